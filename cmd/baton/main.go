@@ -1,0 +1,167 @@
+// Command baton is a graceful-restart supervisor: it owns listening sockets,
+// runs N workers of any server binary on them, and upgrades them on SIGUSR2
+// without refusing or dropping a connection.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/baton-sh/baton/listener"
+	"github.com/baton-sh/baton/supervisor"
+	"github.com/urfave/cli/v2"
+)
+
+// Exit codes.
+const (
+	exitFailure = 1 // the master could not start or its workers never came up
+	exitUsage   = 2 // bad flags or arguments
+)
+
+var version = "dev"
+
+// usageError marks errors the user fixes by changing the command line.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == supervisor.ShimArg {
+		os.Exit(supervisor.ExecShim(os.Args[2:]))
+	}
+	os.Exit(run(os.Args))
+}
+
+func run(args []string) int {
+	app := newApp()
+	err := app.Run(args)
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintln(os.Stderr, "baton: "+oneLine(err.Error()))
+	var ue *usageError
+	if errors.As(err, &ue) {
+		return exitUsage
+	}
+	return exitFailure
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}
+
+func newApp() *cli.App {
+	onUsage := func(_ *cli.Context, err error, _ bool) error { return &usageError{err} }
+	return &cli.App{
+		Name:    "baton",
+		Usage:   "run N workers of a server on sockets that survive upgrades",
+		Version: version,
+		// Errors are printed once, by run, as a single line; cli must
+		// neither print help nor call os.Exit behind our back.
+		ExitErrHandler:  func(*cli.Context, error) {},
+		OnUsageError:    onUsage,
+		HideHelpCommand: true,
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return &usageError{fmt.Errorf("unknown command %q (see baton --help)", c.Args().First())}
+			}
+			return &usageError{errors.New("no command given (see baton --help)")}
+		},
+		Commands: []*cli.Command{runCommand(onUsage)},
+	}
+}
+
+func runFlags() []cli.Flag {
+	env := func(name string) []string {
+		return []string{"BATON_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))}
+	}
+	return []cli.Flag{
+		&cli.StringSliceFlag{Name: "listen", Aliases: []string{"l"}, EnvVars: env("listen"),
+			Usage: "socket to listen on, repeatable: [NAME=][tcp|tcp4|tcp6://]HOST:PORT or [NAME=]unix:///PATH"},
+		&cli.IntFlag{Name: "workers", Aliases: []string{"w"}, Value: 1, EnvVars: env("workers"),
+			Usage: "number of worker processes"},
+		&cli.StringFlag{Name: "ready", Value: "notify", EnvVars: env("ready"),
+			Usage: "when a worker counts as ready: notify (READY=1 on $NOTIFY_SOCKET), delay:DURATION or exec:COMMAND"},
+		&cli.DurationFlag{Name: "ready-timeout", Value: 60 * time.Second, EnvVars: env("ready-timeout"),
+			Usage: "how long a worker may take to become ready"},
+		&cli.StringFlag{Name: "drain-signal", Value: "TERM", EnvVars: env("drain-signal"),
+			Usage: "signal that asks a worker to finish in-flight requests and exit (TERM, QUIT, INT, …)"},
+		&cli.DurationFlag{Name: "drain-timeout", Value: 30 * time.Second, EnvVars: env("drain-timeout"),
+			Usage: "how long a draining worker may take before it is killed"},
+		&cli.StringFlag{Name: "pid-file", EnvVars: env("pid-file"),
+			Usage: "write the serving master's pid here"},
+		&cli.StringFlag{Name: "chdir", EnvVars: env("chdir"),
+			Usage: "workers' working directory, resolved anew at every upgrade (e.g. /srv/app/current)"},
+		&cli.StringFlag{Name: "log-format", EnvVars: env("log-format"),
+			Usage: "console or json (default: console on a terminal, json otherwise)"},
+		&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: env("log-level"),
+			Usage: "debug, info, warn or error"},
+	}
+}
+
+func runCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
+	return &cli.Command{
+		Name:            "run",
+		Usage:           "start a master and its workers",
+		ArgsUsage:       "-- COMMAND [ARGS...]",
+		Flags:           runFlags(),
+		OnUsageError:    onUsage,
+		HideHelpCommand: true,
+		Action: func(c *cli.Context) error {
+			cfg, err := configFrom(c)
+			if err != nil {
+				return &usageError{err}
+			}
+			log, err := newLogger(c.String("log-format"), c.String("log-level"))
+			if err != nil {
+				return &usageError{err}
+			}
+			defer syncLogger(log)
+			cfg.Log = log.Named("master")
+			return supervisor.Run(cfg)
+		},
+	}
+}
+
+func configFrom(c *cli.Context) (supervisor.Config, error) {
+	var cfg supervisor.Config
+	specs, err := listener.ParseSpecs(c.StringSlice("listen"))
+	if err != nil {
+		return cfg, err
+	}
+	ready, err := supervisor.ParseReadyRule(c.String("ready"))
+	if err != nil {
+		return cfg, err
+	}
+	sig, err := supervisor.ParseSignal(c.String("drain-signal"))
+	if err != nil {
+		return cfg, fmt.Errorf("--drain-signal: %w", err)
+	}
+	for _, d := range []string{"ready-timeout", "drain-timeout"} {
+		if c.Duration(d) <= 0 {
+			return cfg, fmt.Errorf("--%s %s: want a positive duration", d, c.Duration(d))
+		}
+	}
+	cfg = supervisor.Config{
+		Listen:       specs,
+		Workers:      c.Int("workers"),
+		Ready:        ready,
+		ReadyTimeout: c.Duration("ready-timeout"),
+		DrainSignal:  sig,
+		DrainTimeout: c.Duration("drain-timeout"),
+		Chdir:        c.String("chdir"),
+		Command:      c.Args().Slice(),
+	}
+	if p := c.String("pid-file"); p != "" {
+		if cfg.PIDFile, err = filepath.Abs(p); err != nil {
+			return cfg, fmt.Errorf("--pid-file %q: %w", p, err)
+		}
+	}
+	// Validate everything cheap before anything is bound or started.
+	return cfg, cfg.Check()
+}

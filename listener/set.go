@@ -1,0 +1,174 @@
+package listener
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+)
+
+// Registry is the part of *tableflip.Fds that Open needs: it hands back a
+// socket inherited from the previous master, or binds a new one and keeps a
+// copy for the next master.
+type Registry interface {
+	Listener(network, addr string) (net.Listener, error)
+	ListenWithCallback(network, addr string, bind func(network, addr string) (net.Listener, error)) (net.Listener, error)
+}
+
+// Set is the master's view of its listening sockets, in --listen order.
+type Set struct {
+	specs []Spec
+	files []*os.File
+}
+
+// Open returns the sockets for specs, inherited where the registry has them
+// and bound otherwise. A stale unix socket file (nothing accepting on it) is
+// replaced; a live one is an error. On error nothing opened here stays open,
+// but sockets bound here stay in the registry: the caller's registry Stop
+// removes them.
+func Open(reg Registry, specs []Spec) (*Set, error) {
+	s := &Set{specs: specs}
+	for _, spec := range specs {
+		f, err := open(reg, spec)
+		if err != nil {
+			s.Close()
+			return nil, err
+		}
+		s.files = append(s.files, f)
+	}
+	return s, nil
+}
+
+func open(reg Registry, spec Spec) (*os.File, error) {
+	ln, err := reg.Listener(spec.Network, spec.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("inherit %s: %w", spec, err)
+	}
+	if ln == nil {
+		if spec.Network == "unix" {
+			if err := removeStaleSocket(spec.Addr); err != nil {
+				return nil, err
+			}
+		}
+		// tableflip flattens bind errors to strings; keep ours to wrap.
+		var bindErr error
+		ln, err = reg.ListenWithCallback(spec.Network, spec.Addr, func(network, addr string) (net.Listener, error) {
+			var lc net.ListenConfig
+			l, err := lc.Listen(context.Background(), network, addr)
+			bindErr = err
+			return l, err
+		})
+		if bindErr != nil {
+			return nil, fmt.Errorf("listen %s %s: %w", spec.Network, spec.Addr, unwrapOp(bindErr))
+		}
+		if err != nil {
+			return nil, fmt.Errorf("listen %s %s: %w", spec.Network, spec.Addr, err)
+		}
+	}
+	defer ln.Close() // the registry keeps its own copy; ours is the dup below
+	f, err := dupFile(ln.(syscall.Conn), spec.String())
+	if err != nil {
+		return nil, fmt.Errorf("dup %s: %w", spec, err)
+	}
+	return f, nil
+}
+
+// dupFile duplicates a socket without touching its O_NONBLOCK flag. The flag
+// lives on the open file description shared with every worker, so a blocking
+// switch here (what net.TCPListener.File's Fd does) would stall their accepts.
+// os.NewFile on an already non-blocking fd leaves Fd() side-effect free.
+func dupFile(c syscall.Conn, name string) (*os.File, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	dup := -1
+	var dupErr error
+	err = rc.Control(func(fd uintptr) {
+		var r uintptr
+		var errno syscall.Errno
+		r, _, errno = syscall.Syscall(syscall.SYS_FCNTL, fd, syscall.F_DUPFD_CLOEXEC, 3)
+		if errno != 0 {
+			dupErr = errno
+			return
+		}
+		dup = int(r)
+	})
+	if err == nil {
+		err = dupErr
+	}
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(dup), name), nil
+}
+
+func removeStaleSocket(path string) error {
+	if strings.HasPrefix(path, "@") {
+		return nil // abstract: no file
+	}
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("listen unix %s: %w", path, err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("listen unix %s: file exists and is not a socket", path)
+	}
+	c, err := net.Dial("unix", path)
+	if err == nil {
+		c.Close()
+		return fmt.Errorf("listen unix %s: address already in use (something accepts on it)", path)
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		return fmt.Errorf("listen unix %s: probe stale socket: %w", path, unwrapOp(err))
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("listen unix %s: remove stale socket: %w", path, err)
+	}
+	return nil
+}
+
+// unwrapOp drops net.OpError's "listen tcp 1.2.3.4:5:" prefix so the message
+// names the value once.
+func unwrapOp(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		var sc *os.SyscallError
+		if errors.As(op.Err, &sc) {
+			return sc.Err
+		}
+		return op.Err
+	}
+	return err
+}
+
+// Files returns the sockets in --listen order, for exec.Cmd.ExtraFiles
+// (entry i becomes fd 3+i in the worker). The Set keeps ownership.
+func (s *Set) Files() []*os.File { return s.files }
+
+// Specs returns the specs the Set was opened with.
+func (s *Set) Specs() []Spec { return s.specs }
+
+// Names returns the LISTEN_FDNAMES value for the Set.
+func (s *Set) Names() string {
+	names := make([]string, len(s.specs))
+	for i, spec := range s.specs {
+		names[i] = spec.Name
+	}
+	return strings.Join(names, ":")
+}
+
+// Close closes the master's copies handed to workers. It does not close the
+// sockets themselves: the registry and running workers hold those.
+func (s *Set) Close() {
+	for _, f := range s.files {
+		f.Close()
+	}
+	s.files = nil
+}

@@ -1,0 +1,196 @@
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/baton-sh/baton/listener"
+	"go.uber.org/zap"
+)
+
+// Config is everything a master needs. cmd/baton builds it from flags.
+type Config struct {
+	Listen       []listener.Spec
+	Workers      int
+	Ready        ReadyRule
+	ReadyTimeout time.Duration
+	DrainSignal  syscall.Signal
+	DrainTimeout time.Duration
+	PIDFile      string // absolute; empty for none
+	Chdir        string // workers' working directory; resolved anew by every master
+	Command      []string
+	Log          *zap.Logger
+}
+
+// ReadyMode says how a worker shows that it serves.
+type ReadyMode int
+
+const (
+	ReadyNotify ReadyMode = iota // READY=1 on NOTIFY_SOCKET
+	ReadyDelay                   // alive for Delay
+	ReadyExec                    // Probe exits 0
+)
+
+// ReadyRule is a parsed --ready value.
+type ReadyRule struct {
+	Mode  ReadyMode
+	Delay time.Duration
+	Probe string
+}
+
+func (r ReadyRule) String() string {
+	switch r.Mode {
+	case ReadyDelay:
+		return "delay:" + r.Delay.String()
+	case ReadyExec:
+		return "exec:" + r.Probe
+	}
+	return "notify"
+}
+
+// ParseReadyRule parses "notify", "delay:DURATION" or "exec:COMMAND".
+func ParseReadyRule(s string) (ReadyRule, error) {
+	mode, arg, _ := strings.Cut(s, ":")
+	switch mode {
+	case "notify":
+		if arg == "" {
+			return ReadyRule{Mode: ReadyNotify}, nil
+		}
+	case "delay":
+		d, err := time.ParseDuration(arg)
+		if err == nil && d >= 0 {
+			return ReadyRule{Mode: ReadyDelay, Delay: d}, nil
+		}
+		return ReadyRule{}, fmt.Errorf("--ready %q: want delay:DURATION such as delay:2s", s)
+	case "exec":
+		if strings.TrimSpace(arg) != "" {
+			return ReadyRule{Mode: ReadyExec, Probe: arg}, nil
+		}
+		return ReadyRule{}, fmt.Errorf("--ready %q: exec: needs a command", s)
+	}
+	return ReadyRule{}, fmt.Errorf("--ready %q: want notify, delay:DURATION or exec:COMMAND", s)
+}
+
+var signalNames = map[syscall.Signal]string{
+	syscall.SIGTERM: "TERM", syscall.SIGQUIT: "QUIT", syscall.SIGINT: "INT",
+	syscall.SIGHUP: "HUP", syscall.SIGUSR1: "USR1", syscall.SIGUSR2: "USR2",
+	syscall.SIGWINCH: "WINCH", syscall.SIGKILL: "KILL",
+	syscall.SIGTTIN: "TTIN", syscall.SIGTTOU: "TTOU",
+}
+
+// sigName is the short name operators use: "USR2", not "user defined signal 2".
+func sigName(s syscall.Signal) string {
+	if n, ok := signalNames[s]; ok {
+		return "SIG" + n
+	}
+	return s.String()
+}
+
+// ParseSignal accepts TERM, SIGTERM, QUIT, INT, … (case-insensitive).
+func ParseSignal(s string) (syscall.Signal, error) {
+	name := strings.TrimPrefix(strings.ToUpper(s), "SIG")
+	for sig, n := range signalNames {
+		if n == name && sig != syscall.SIGTTIN && sig != syscall.SIGTTOU {
+			return sig, nil
+		}
+	}
+	return 0, fmt.Errorf("signal %q: want TERM, QUIT, INT, HUP, USR1, USR2, WINCH or KILL", s)
+}
+
+// ErrBadConfig is wrapped by Check's errors.
+var ErrBadConfig = errors.New("bad configuration")
+
+// Check validates what can be checked without binding: the working
+// directory, the command, and the pid file's directory. Every master runs it
+// anew, so a deploy that moves a symlink is checked against the new target.
+func (c *Config) Check() error {
+	if len(c.Command) == 0 {
+		return fmt.Errorf("%w: no command given (baton run [flags] -- COMMAND [ARGS...])", ErrBadConfig)
+	}
+	if len(c.Listen) == 0 {
+		return fmt.Errorf("%w: no --listen given", ErrBadConfig)
+	}
+	if c.Workers < 1 {
+		return fmt.Errorf("%w: --workers %d: want at least 1", ErrBadConfig, c.Workers)
+	}
+	if c.Chdir != "" {
+		fi, err := os.Stat(c.Chdir)
+		if err != nil {
+			return fmt.Errorf("--chdir %q: %w", c.Chdir, pathErr(err))
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("--chdir %q: not a directory", c.Chdir)
+		}
+	}
+	if _, err := ResolveCommand(c.Chdir, c.Command[0]); err != nil {
+		return err
+	}
+	if c.PIDFile != "" {
+		if err := checkPIDFile(c.PIDFile); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ResolveCommand finds name the way the worker's exec will: a name with a
+// slash relative to dir, a bare name on $PATH.
+func ResolveCommand(dir, name string) (string, error) {
+	if !strings.Contains(name, "/") {
+		p, err := exec.LookPath(name)
+		if err != nil {
+			return "", fmt.Errorf("command %q: not found in $PATH", name)
+		}
+		return p, nil
+	}
+	p := name
+	if !filepath.IsAbs(p) && dir != "" {
+		p = filepath.Join(dir, p)
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		return "", fmt.Errorf("command %q: %w", name, pathErr(err))
+	}
+	if fi.IsDir() {
+		return "", fmt.Errorf("command %q: is a directory", name)
+	}
+	if err := syscall.Access(p, 1 /* X_OK */); err != nil {
+		return "", fmt.Errorf("command %q: not executable: %w", name, err)
+	}
+	return p, nil
+}
+
+func pathErr(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// checkPIDFile refuses a pid file naming a live process and a directory we
+// cannot write, before anything is bound or started.
+func checkPIDFile(path string) error {
+	if b, err := os.ReadFile(path); err == nil {
+		var pid int
+		if _, err := fmt.Sscan(strings.TrimSpace(string(b)), &pid); err == nil && pid > 0 && pid != os.Getpid() && pid != os.Getppid() {
+			// Our parent is the old master during an upgrade: the file is its.
+			if syscall.Kill(pid, 0) == nil || errors.Is(syscall.Kill(pid, 0), syscall.EPERM) {
+				return fmt.Errorf("--pid-file %q: names running process %d", path, pid)
+			}
+		}
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), ".baton-check-*")
+	if err != nil {
+		return fmt.Errorf("--pid-file %q: directory not writable: %w", path, pathErr(err))
+	}
+	f.Close()
+	os.Remove(f.Name())
+	return nil
+}

@@ -1,0 +1,606 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/baton-sh/baton/listener"
+	"github.com/cloudflare/tableflip"
+	"go.uber.org/zap"
+)
+
+// Variables one master sets for the next one it re-executes. They never
+// reach workers (stripEnv drops every BATON_ variable).
+const (
+	envNextGeneration = "BATON_MASTER_GENERATION"
+	envUpgradeStart   = "BATON_UPGRADE_START"  // unix nanoseconds of the USR2
+	envParentNotify   = "BATON_PARENT_NOTIFY"  // the old master's notify socket
+	notifyUpgradeFail = "BATON_UPGRADE_FAILED" // new → old master: why it gave up
+)
+
+// ErrBootFailed is wrapped by Run's error when the first generation of a
+// master did not come up.
+var ErrBootFailed = errors.New("workers did not become ready")
+
+type phase int
+
+const (
+	phaseBooting    phase = iota // this master's first workers are starting
+	phaseServing                 // all started once; crashes are replaced
+	phaseStopping                // draining on a stop signal or a failed boot
+	phaseHandedOver              // a new master took over; draining, then exit
+)
+
+// master is one baton master process. run's loop owns every field below
+// events; other goroutines only post events.
+type master struct {
+	cfg     Config
+	log     *zap.Logger
+	upg     *tableflip.Upgrader
+	lns     *listener.Set
+	notify  *notifySocket
+	spawn   *spawner
+	self    int
+	baseEnv []string
+	events  chan any
+	done    chan struct{}
+
+	gen      int
+	phase    phase
+	slots    []*slot
+	procs    map[int]*worker // every live worker by pid, current or draining
+	bootErr  error
+	bootAt   time.Time
+	firstRdy time.Time
+
+	// upgrades
+	hasParent      bool
+	parentNotify   string
+	upgradeStart   time.Time // this master's own start, as the old master's USR2 time
+	parentDeadline time.Time // the old master has surely exited by then
+	upgrading      bool
+	upgradeAt      time.Time
+	upgradeReason  string
+	killedAll      bool
+}
+
+type (
+	evExit struct {
+		pid   int
+		state *os.ProcessState
+	}
+	evReady        struct{ pid int }
+	evReadyTimeout struct{ pid int }
+	evKill         struct{ pid int }
+	evRestart      struct{ index int }
+	evUpgradeDone  struct{ err error }
+	evParentExited struct{}
+)
+
+// Run runs a master until it stops or hands over to a new master. It returns
+// nil after a clean stop or handover, and an error when the first generation
+// could not start; only then (or on a setup error) is nothing left serving.
+func Run(cfg Config) error {
+	log := cfg.Log
+	if log == nil {
+		log = zap.NewNop()
+	}
+	upg, err := tableflip.New(tableflip.Options{
+		PIDFile: cfg.PIDFile,
+		// The new master rolls itself back after the ready timeout and a
+		// drain of what it started (PEERS P17); tableflip must not SIGKILL
+		// it first.
+		UpgradeTimeout: cfg.ReadyTimeout + cfg.DrainTimeout + 10*time.Second,
+	})
+	if err != nil {
+		return fmt.Errorf("init upgrader: %w", err)
+	}
+	m := &master{
+		cfg:    cfg,
+		upg:    upg,
+		self:   os.Getpid(),
+		events: make(chan any, 64),
+		done:   make(chan struct{}),
+		procs:  make(map[int]*worker),
+		gen:    1,
+	}
+	m.hasParent = upg.HasParent()
+	if m.hasParent {
+		// tableflip's ready and names pipes arrive without O_CLOEXEC
+		// (PEERS P16); workers must not inherit them.
+		syscall.CloseOnExec(3)
+		syscall.CloseOnExec(4)
+		if g, err := strconv.Atoi(os.Getenv(envNextGeneration)); err == nil && g > 0 {
+			m.gen = g
+		}
+		if ns, err := strconv.ParseInt(os.Getenv(envUpgradeStart), 10, 64); err == nil {
+			m.upgradeStart = time.Unix(0, ns)
+		}
+		m.parentNotify = os.Getenv(envParentNotify)
+	}
+	for _, k := range []string{envNextGeneration, envUpgradeStart, envParentNotify, "TABLEFLIP_HAS_PARENT_7DIU3"} {
+		os.Unsetenv(k)
+	}
+	m.baseEnv = workerBaseEnv(os.Environ())
+	m.log = log.With(zap.Int("generation", m.gen), zap.Int("master_pid", m.self))
+
+	err = m.setup()
+	if err != nil {
+		m.release(false)
+		return err
+	}
+	return m.run()
+}
+
+func (m *master) setup() error {
+	if err := m.cfg.Check(); err != nil {
+		return err
+	}
+	lns, err := listener.Open(m.upg, m.cfg.Listen)
+	if err != nil {
+		return err
+	}
+	m.lns = lns
+	n, err := openNotifySocket()
+	if err != nil {
+		return err
+	}
+	m.notify = n
+	return nil
+}
+
+// release frees what the master holds. owner says whether it is the master
+// of record (not a new master that failed to take over, not an old one that
+// handed over): only the owner unlinks unix sockets and removes the pid file.
+func (m *master) release(owner bool) {
+	if m.notify != nil {
+		m.notify.close()
+	}
+	if m.lns != nil {
+		m.lns.Close()
+	}
+	if owner || !m.hasParent {
+		m.upg.Stop()
+		<-m.upg.Exit()
+		if owner && m.cfg.PIDFile != "" {
+			if b, err := os.ReadFile(m.cfg.PIDFile); err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(m.self) {
+				os.Remove(m.cfg.PIDFile)
+			}
+		}
+	}
+}
+
+func (m *master) post(ev any) {
+	select {
+	case m.events <- ev:
+	case <-m.done:
+	}
+}
+
+func (m *master) run() error {
+	sigc := make(chan os.Signal, 16)
+	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGHUP,
+		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGTTIN, syscall.SIGTTOU)
+	defer signal.Stop(sigc)
+
+	m.spawn = newSpawner()
+	go m.notify.run(func(msg notifyMsg) { m.post(msg) })
+	if m.hasParent {
+		go func() {
+			m.upg.WaitForParent(context.Background())
+			m.post(evParentExited{})
+		}()
+	}
+
+	m.log.Info("master starting",
+		zap.Int("workers", m.cfg.Workers),
+		zap.Strings("listen", specStrings(m.cfg.Listen)),
+		zap.Strings("command", m.cfg.Command),
+		zap.Bool("upgrade", m.hasParent))
+	m.bootAt = time.Now()
+	for i := 0; i < m.cfg.Workers; i++ {
+		m.slots = append(m.slots, &slot{backoff: backoffMin})
+		m.startWorker(i)
+	}
+
+	for !m.finished() {
+		select {
+		case sig := <-sigc:
+			m.onSignal(sig.(syscall.Signal))
+		case ev := <-m.events:
+			m.onEvent(ev)
+		}
+	}
+	close(m.done)
+	m.spawn.stop()
+
+	switch {
+	case m.phase == phaseHandedOver:
+		m.release(false)
+		m.log.Info("master exiting after handover")
+		return nil
+	case m.bootErr != nil:
+		m.release(false)
+		return m.bootErr
+	}
+	m.release(true)
+	m.log.Info("master stopped")
+	return nil
+}
+
+func (m *master) finished() bool {
+	return (m.phase == phaseStopping || m.phase == phaseHandedOver) && len(m.procs) == 0
+}
+
+func (m *master) onSignal(sig syscall.Signal) {
+	switch sig {
+	case syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT:
+		if m.phase == phaseStopping || m.phase == phaseHandedOver {
+			if sig != syscall.SIGQUIT {
+				m.log.Warn("second stop signal: killing workers now", zap.String("signal", sigName(sig)))
+				m.killAll()
+			}
+			return
+		}
+		m.log.Info("stop requested: draining workers", zap.String("signal", sigName(sig)),
+			zap.Duration("drain_timeout", m.cfg.DrainTimeout))
+		if m.phase == phaseBooting {
+			m.bootErr = fmt.Errorf("%w: stopped by %s while starting", ErrBootFailed, sigName(sig))
+			if !m.hasParent {
+				m.bootErr = nil // a plain start interrupted by the operator is a clean stop
+			}
+			m.reportUpgradeFailure("new master received " + sigName(sig) + " before its workers were ready")
+		}
+		m.phase = phaseStopping
+		m.drainAll()
+	case syscall.SIGUSR2, syscall.SIGHUP:
+		m.requestUpgrade(sig)
+	case syscall.SIGTTIN:
+		if m.phase != phaseServing && m.phase != phaseBooting {
+			return
+		}
+		i := len(m.slots)
+		m.slots = append(m.slots, &slot{backoff: backoffMin})
+		m.log.Info("worker count increased", zap.Int("workers", len(m.slots)))
+		m.startWorker(i)
+	case syscall.SIGTTOU:
+		if m.phase != phaseServing && m.phase != phaseBooting {
+			return
+		}
+		if len(m.slots) <= 1 {
+			m.log.Warn("worker count not decreased: at least one worker runs", zap.Int("workers", len(m.slots)))
+			return
+		}
+		s := m.slots[len(m.slots)-1]
+		m.slots = m.slots[:len(m.slots)-1]
+		m.log.Info("worker count decreased", zap.Int("workers", len(m.slots)))
+		if s.cur != nil {
+			m.drain(s.cur)
+		}
+	case syscall.SIGUSR1:
+		for _, w := range m.procs {
+			syscall.Kill(w.pid, syscall.SIGUSR1)
+		}
+		m.log.Info("SIGUSR1 forwarded to workers", zap.Int("workers", len(m.procs)))
+	}
+}
+
+func (m *master) onEvent(ev any) {
+	switch ev := ev.(type) {
+	case evExit:
+		m.onExit(ev)
+	case notifyMsg:
+		m.onNotify(ev)
+	case evReady:
+		if w := m.procs[ev.pid]; w != nil {
+			m.markReady(w)
+		}
+	case evReadyTimeout:
+		if w := m.procs[ev.pid]; w != nil && w.state == stateStarting {
+			m.onReadyTimeout(w)
+		}
+	case evKill:
+		if w := m.procs[ev.pid]; w != nil {
+			w.log.Warn("drain timeout: killing worker", zap.Duration("drain_timeout", m.cfg.DrainTimeout))
+			w.killed = true
+			syscall.Kill(-w.pid, syscall.SIGKILL) // its process group: helpers too
+		}
+	case evRestart:
+		if ev.index < len(m.slots) && m.phase == phaseServing {
+			if s := m.slots[ev.index]; s.pending && s.cur == nil {
+				s.pending = false
+				s.restarts++
+				m.startWorker(ev.index)
+			}
+		}
+	case evUpgradeDone:
+		m.onUpgradeDone(ev.err)
+	case evParentExited:
+		m.parentDeadline = time.Time{}
+		m.hasParent = false
+		m.log.Info("previous master exited")
+	}
+}
+
+func (m *master) startWorker(index int) {
+	env := append(m.baseEnv[:len(m.baseEnv):len(m.baseEnv)],
+		"LISTEN_FDS="+strconv.Itoa(len(m.lns.Files())),
+		"LISTEN_FDNAMES="+m.lns.Names(),
+		"NOTIFY_SOCKET="+m.notify.addr,
+		"BATON_WORKER="+strconv.Itoa(index),
+		"BATON_GENERATION="+strconv.Itoa(m.gen),
+		envShimPPID+"="+strconv.Itoa(m.self),
+	)
+	cmd := &exec.Cmd{
+		Path:       "/proc/self/exe", // this binary even if a deploy replaced the file
+		Args:       append([]string{"baton", ShimArg}, m.cfg.Command...),
+		Env:        env,
+		Dir:        m.cfg.Chdir,
+		Stdout:     os.Stdout,
+		Stderr:     os.Stderr,
+		ExtraFiles: m.lns.Files(),
+		SysProcAttr: &syscall.SysProcAttr{
+			Setpgid:   true, // a terminal's ^C reaches the master only
+			Pdeathsig: syscall.SIGKILL,
+		},
+	}
+	s := m.slots[index]
+	if err := m.spawn.start(cmd); err != nil {
+		m.log.Error("worker start failed", zap.Int("worker", index), zap.Error(err))
+		m.scheduleRestart(index, s)
+		return
+	}
+	w := &worker{
+		index:   index,
+		gen:     m.gen,
+		pid:     cmd.Process.Pid,
+		started: time.Now(),
+	}
+	w.log = m.log.With(zap.Int("worker", index), zap.Int("pid", w.pid))
+	ctx, cancel := context.WithCancel(context.Background())
+	w.cancel = cancel
+	s.cur = w
+	m.procs[w.pid] = w
+	w.log.Info("worker started", zap.Int("restarts", s.restarts))
+
+	go func() {
+		cmd.Wait()
+		cancel()
+		m.post(evExit{pid: w.pid, state: cmd.ProcessState})
+	}()
+	m.after(ctx, m.cfg.ReadyTimeout, evReadyTimeout{w.pid})
+	switch m.cfg.Ready.Mode {
+	case ReadyDelay:
+		m.after(ctx, m.cfg.Ready.Delay, evReady{w.pid})
+	case ReadyExec:
+		penv := append(env[:len(env):len(env)], "BATON_WORKER_PID="+strconv.Itoa(w.pid))
+		go runProbe(ctx, m.cfg.Ready.Probe, m.cfg.Chdir, penv, func() { m.post(evReady{w.pid}) })
+	}
+}
+
+// after posts ev once d has passed, unless ctx ends first.
+func (m *master) after(ctx context.Context, d time.Duration, ev any) {
+	go func() {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			m.post(ev)
+		case <-ctx.Done():
+		}
+	}()
+}
+
+func (m *master) onNotify(msg notifyMsg) {
+	w := m.procs[msg.pid]
+	if w == nil {
+		w = m.workerAncestor(msg.pid)
+	}
+	if w == nil {
+		if reason, ok := msg.fields[notifyUpgradeFail]; ok && parentOf(msg.pid) == m.self {
+			m.upgradeReason = reason
+			return
+		}
+		m.log.Warn("notify message from unknown process ignored", zap.Int("sender_pid", msg.pid))
+		return
+	}
+	if st, ok := msg.fields["STATUS"]; ok {
+		w.log.Debug("worker status", zap.String("status", st))
+	}
+	if msg.fields["READY"] == "1" && m.cfg.Ready.Mode == ReadyNotify {
+		m.markReady(w)
+	}
+}
+
+// workerAncestor attributes a message from a worker's descendant (a server
+// that notifies from a child process) to that worker.
+func (m *master) workerAncestor(pid int) *worker {
+	for i := 0; i < 16 && pid > 1; i++ {
+		pid = parentOf(pid)
+		if w := m.procs[pid]; w != nil {
+			return w
+		}
+	}
+	return nil
+}
+
+// parentOf reads a process's parent pid from /proc; 0 when unknown.
+func parentOf(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// The command name may hold spaces and parentheses; fields follow the last ')'.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
+}
+
+func (m *master) markReady(w *worker) {
+	if w.state != stateStarting {
+		return
+	}
+	w.state = stateReady
+	w.readyAt = time.Now()
+	w.log.Info("worker ready", zap.Duration("startup", w.readyAt.Sub(w.started)))
+	if m.phase == phaseBooting && m.allReady() {
+		m.bootDone()
+	}
+}
+
+func (m *master) allReady() bool {
+	for _, s := range m.slots {
+		if s.cur == nil || s.cur.state != stateReady {
+			return false
+		}
+	}
+	return true
+}
+
+func (m *master) bootDone() {
+	now := time.Now()
+	workers := now.Sub(m.bootAt)
+	if err := m.upg.Ready(); err != nil {
+		m.bootFailed(fmt.Errorf("%w: %v", ErrBootFailed, err), "could not signal readiness: "+err.Error())
+		return
+	}
+	m.phase = phaseServing
+	fields := []zap.Field{zap.Int("workers", len(m.slots)), zap.Duration("workers_starting", workers)}
+	if m.hasParent {
+		if !m.upgradeStart.IsZero() {
+			total := now.Sub(m.upgradeStart)
+			fields = append(fields, zap.Duration("total", total), zap.Duration("baton", total-workers))
+		}
+		// The old master drains for at most its drain timeout after this.
+		m.parentDeadline = now.Add(m.cfg.DrainTimeout + time.Second)
+		m.log.Info("handover complete: new generation serving", fields...)
+	} else {
+		m.log.Info("generation ready", fields...)
+	}
+	if ns := os.Getenv("NOTIFY_SOCKET"); ns != "" {
+		sendNotify(ns, fmt.Sprintf("MAINPID=%d\nREADY=1\nSTATUS=generation %d, %d workers", m.self, m.gen, len(m.slots)))
+	}
+}
+
+func (m *master) onReadyTimeout(w *worker) {
+	w.log.Error("worker not ready in time", zap.Duration("ready_timeout", m.cfg.ReadyTimeout))
+	if m.phase == phaseBooting {
+		m.bootFailed(fmt.Errorf("%w: worker %d (pid %d) not ready after %s", ErrBootFailed, w.index, w.pid, m.cfg.ReadyTimeout),
+			fmt.Sprintf("worker %d (pid %d) not ready after %s (--ready-timeout)", w.index, w.pid, m.cfg.ReadyTimeout))
+		return
+	}
+	// A replacement that never comes up: drain it; its exit schedules another.
+	m.drain(w)
+}
+
+func (m *master) bootFailed(err error, reason string) {
+	if m.phase != phaseBooting {
+		return
+	}
+	m.log.Error("generation failed to start; stopping its workers", zap.String("reason", reason))
+	m.bootErr = err
+	m.reportUpgradeFailure(reason)
+	m.phase = phaseStopping
+	m.drainAll()
+}
+
+func (m *master) reportUpgradeFailure(reason string) {
+	if m.parentNotify != "" {
+		sendNotify(m.parentNotify, notifyUpgradeFail+"="+reason)
+	}
+}
+
+func (m *master) onExit(ev evExit) {
+	w := m.procs[ev.pid]
+	if w == nil {
+		return
+	}
+	delete(m.procs, ev.pid)
+	w.cancel()
+	fields := append(exitFields(ev.state), zap.Duration("uptime", time.Since(w.started)))
+	var s *slot
+	if w.index < len(m.slots) && m.slots[w.index].cur == w {
+		s = m.slots[w.index]
+		s.cur = nil
+	}
+	switch {
+	case w.state == stateDraining:
+		w.log.Info("worker drained", append(fields, zap.Duration("drain", time.Since(w.drainAt)), zap.Bool("killed", w.killed))...)
+	case m.phase == phaseBooting:
+		w.log.Error("worker exited before it was ready", fields...)
+		m.bootFailed(fmt.Errorf("%w: worker %d (pid %d) exited with %s before it was ready", ErrBootFailed, w.index, w.pid, exitReason(ev.state)),
+			fmt.Sprintf("worker %d (pid %d) exited with %s before it was ready", w.index, w.pid, exitReason(ev.state)))
+	case m.phase == phaseServing && s != nil:
+		w.log.Warn("worker exited unexpectedly", fields...)
+		if time.Since(w.started) >= backoffStable {
+			s.backoff = backoffMin
+		}
+		m.scheduleRestart(w.index, s)
+	default:
+		w.log.Info("worker exited", fields...)
+	}
+}
+
+func (m *master) scheduleRestart(index int, s *slot) {
+	if m.phase != phaseServing && m.phase != phaseBooting {
+		return
+	}
+	d := s.backoff
+	s.backoff = min(s.backoff*2, backoffMax)
+	s.pending = true
+	m.log.Info("worker restart scheduled", zap.Int("worker", index), zap.Duration("backoff", d))
+	m.after(context.Background(), d, evRestart{index})
+}
+
+// drain asks a worker to finish in-flight work and exit, and SIGKILLs it at
+// the drain deadline.
+func (m *master) drain(w *worker) {
+	if w.state == stateDraining {
+		return
+	}
+	w.state = stateDraining
+	w.drainAt = time.Now()
+	w.log.Info("draining worker", zap.String("signal", sigName(m.cfg.DrainSignal)))
+	syscall.Kill(w.pid, m.cfg.DrainSignal)
+	m.after(context.Background(), m.cfg.DrainTimeout, evKill{w.pid})
+}
+
+func (m *master) drainAll() {
+	for _, s := range m.slots {
+		s.pending = false
+	}
+	for _, w := range m.procs {
+		m.drain(w)
+	}
+}
+
+func (m *master) killAll() {
+	for _, w := range m.procs {
+		w.killed = true
+		syscall.Kill(-w.pid, syscall.SIGKILL)
+	}
+}
+
+func specStrings(specs []listener.Spec) []string {
+	out := make([]string, len(specs))
+	for i, s := range specs {
+		out[i] = s.String()
+	}
+	return out
+}
