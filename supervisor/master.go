@@ -140,10 +140,8 @@ func Run(cfg Config) error {
 	return m.run()
 }
 
+// setup binds (or inherits) the sockets. The caller has run Config.Check.
 func (m *master) setup() error {
-	if err := m.cfg.Check(); err != nil {
-		return err
-	}
 	lns, err := listener.Open(m.upg, m.cfg.Listen)
 	if err != nil {
 		return err

@@ -20,6 +20,7 @@ import (
 )
 
 func main() {
+	listenPid := os.Getenv("LISTEN_PID") // activation.Listeners unsets it
 	lns, err := activation.Listeners()
 	if err != nil {
 		log.Fatal(err)
@@ -28,7 +29,7 @@ func main() {
 		log.Fatal("activation: no sockets (LISTEN_PID/LISTEN_FDS not for this process)")
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "activation pid=%d listen_pid=%s\n", os.Getpid(), os.Getenv("LISTEN_PID"))
+		fmt.Fprintf(w, "activation pid=%d listen_pid=%s\n", os.Getpid(), listenPid)
 	})}
 	for _, ln := range lns {
 		go srv.Serve(ln)

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// runBaton runs baton to completion and returns its exit code, its stderr
+// lines that are not JSON log events, and the whole output.
+func runBaton(t *testing.T, cred *syscall.Credential, args ...string) (int, []string, string) {
+	t.Helper()
+	var out bytes.Buffer
+	cmd := exec.Command(bin("baton"), args...)
+	cmd.Stdout = &out
+	cmd.Stderr = &out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(20 * time.Second):
+		syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+		t.Fatalf("baton %v did not exit within 20s:\n%s", args, out.String())
+	}
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, l := range strings.Split(strings.TrimRight(out.String(), "\n"), "\n") {
+		if l != "" && !strings.HasPrefix(l, "{") {
+			lines = append(lines, l)
+		}
+	}
+	return code, lines, out.String()
+}
+
+func TestBadInput(t *testing.T) {
+	t.Parallel()
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { busy.Close() }) // after the parallel subtests, unlike defer
+
+	type tc struct {
+		name   string
+		args   func(dir string) []string
+		code   int
+		want   string // the one error line contains this
+		asUser bool   // run as nobody (skipped unless root)
+	}
+	free := freeAddr(t)
+	cases := []tc{
+		{"unknown flag", func(string) []string { return []string{"run", "--bogus", "--", bin("hello")} }, 2, "-bogus", false},
+		{"unknown command", func(string) []string { return []string{"launch"} }, 2, `"launch"`, false},
+		{"no command", func(string) []string { return []string{"run", "-l", free} }, 2, "no command given", false},
+		{"no arguments", func(string) []string { return nil }, 2, "no command given", false},
+		{"bad listen spec", func(string) []string { return []string{"run", "-l", "127.0.0.1:99999", "--", bin("hello")} }, 2, `"127.0.0.1:99999"`, false},
+		{"bad scheme", func(string) []string { return []string{"run", "-l", "udp://:53", "--", bin("hello")} }, 2, `"udp"`, false},
+		{"bad ready rule", func(string) []string { return []string{"run", "-l", free, "--ready", "sometimes", "--", bin("hello")} }, 2, `"sometimes"`, false},
+		{"bad drain signal", func(string) []string { return []string{"run", "-l", free, "--drain-signal", "NOPE", "--", bin("hello")} }, 2, `"NOPE"`, false},
+		{"zero workers", func(string) []string { return []string{"run", "-l", free, "-w", "0", "--", bin("hello")} }, 2, "--workers 0", false},
+		{"port in use", func(dir string) []string {
+			return []string{"run", "-l", busy.Addr().String(), "--pid-file", filepath.Join(dir, "b.pid"), "--", bin("hello")}
+		}, 1, busy.Addr().String() + ": address already in use", false},
+		{"port in use after a unix socket", func(dir string) []string {
+			return []string{"run", "-l", "unix://" + filepath.Join(dir, "a.sock"), "-l", busy.Addr().String(), "--", bin("hello")}
+		}, 1, "address already in use", false},
+		{"command not found", func(string) []string { return []string{"run", "-l", free, "--", "no-such-command-baton"} }, 2, `"no-such-command-baton": not found`, false},
+		{"command path missing", func(dir string) []string { return []string{"run", "-l", free, "--", filepath.Join(dir, "nope")} }, 2, "no such file", false},
+		{"chdir missing", func(dir string) []string {
+			return []string{"run", "-l", free, "--chdir", filepath.Join(dir, "gone"), "--", bin("hello")}
+		}, 2, "gone", false},
+		{"pid file dir missing", func(dir string) []string {
+			return []string{"run", "-l", free, "--pid-file", filepath.Join(dir, "no/such/dir/b.pid"), "--", bin("hello")}
+		}, 2, "b.pid", false},
+		{"worker exits at once", func(dir string) []string {
+			return []string{"run", "--log-format", "json", "-l", "unix://" + filepath.Join(dir, "w.sock"), "--pid-file", filepath.Join(dir, "b.pid"), "--", "sh", "-c", "exit 3"}
+		}, 1, "exit status 3 before it was ready", false},
+		{"permission denied", func(dir string) []string {
+			return []string{"run", "-l", "unix://" + filepath.Join(dir, "p.sock"), "--", bin("hello")}
+		}, 1, "permission denied", true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			var cred *syscall.Credential
+			if c.asUser {
+				if os.Getuid() != 0 {
+					t.Skip("needs root to run baton as another user")
+				}
+				os.Chmod(dir, 0o755) // nobody may enter but not create
+				cred = &syscall.Credential{Uid: 65534, Gid: 65534}
+			}
+			code, lines, out := runBaton(t, cred, c.args(dir)...)
+			if code != c.code {
+				t.Errorf("exit code %d, want %d; output:\n%s", code, c.code, out)
+			}
+			if len(lines) != 1 || !strings.HasPrefix(lines[0], "baton: ") || !strings.Contains(lines[0], c.want) {
+				t.Errorf("want one line \"baton: …%s…\", got %q", c.want, lines)
+			}
+			for _, bad := range []string{"goroutine ", "panic", "Incorrect Usage", "USAGE:"} {
+				if strings.Contains(out, bad) {
+					t.Errorf("output contains %q:\n%s", bad, out)
+				}
+			}
+			if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+				var names []string
+				for _, e := range ents {
+					names = append(names, e.Name())
+				}
+				t.Errorf("left behind in %s: %v", dir, names)
+			}
+		})
+	}
+}

@@ -1,0 +1,342 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/baton-sh/baton/scripts/zdbench/loadgen"
+)
+
+// binDir holds baton and the example servers, built once for all tests.
+var binDir string
+
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "__baton_exec" {
+		// never: workers run the real baton binary, not the test binary
+		os.Exit(127)
+	}
+	dir, err := os.MkdirTemp("", "baton-test-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	// Readable by every user: the permission test runs baton as nobody.
+	os.Chmod(dir, 0o755)
+	binDir = dir
+	for name, pkg := range map[string]string{
+		"baton":      ".",
+		"hello":      "../../examples/hello",
+		"activation": "../../examples/activation",
+	} {
+		out, err := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg).CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", name, err, out)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func bin(name string) string { return filepath.Join(binDir, name) }
+
+// logEvent is one JSON log line of a master.
+type logEvent map[string]any
+
+func (e logEvent) str(k string) string { s, _ := e[k].(string); return s }
+func (e logEvent) num(k string) int    { f, _ := e[k].(float64); return int(f) }
+
+// logTail collects a master's JSON log lines (and those of the masters that
+// succeed it: they inherit the same stderr) and lets tests wait for one.
+type logTail struct {
+	mu     sync.Mutex
+	events []logEvent
+	lines  []string // non-JSON lines: workers' own output, baton's error line
+	cond   *sync.Cond
+	closed bool
+}
+
+func newLogTail(r *os.File) *logTail {
+	lt := &logTail{}
+	lt.cond = sync.NewCond(&lt.mu)
+	go func() {
+		sc := bufio.NewScanner(r)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			var ev logEvent
+			lt.mu.Lock()
+			if json.Unmarshal([]byte(line), &ev) == nil && ev["msg"] != nil {
+				lt.events = append(lt.events, ev)
+			} else {
+				lt.lines = append(lt.lines, line)
+			}
+			lt.cond.Broadcast()
+			lt.mu.Unlock()
+		}
+		r.Close()
+		lt.mu.Lock()
+		lt.closed = true
+		lt.cond.Broadcast()
+		lt.mu.Unlock()
+	}()
+	return lt
+}
+
+// waitFrom returns the first event at index >= from with message msg that
+// satisfies match, and its index; it fails the test after timeout.
+func (lt *logTail) waitFrom(t testing.TB, from int, msg string, match func(logEvent) bool, timeout time.Duration) (logEvent, int) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	timer := time.AfterFunc(timeout, func() { lt.mu.Lock(); lt.cond.Broadcast(); lt.mu.Unlock() })
+	defer timer.Stop()
+	lt.mu.Lock()
+	defer lt.mu.Unlock()
+	for {
+		for i := from; i < len(lt.events); i++ {
+			ev := lt.events[i]
+			if ev.str("msg") == msg && (match == nil || match(ev)) {
+				return ev, i
+			}
+		}
+		if time.Now().After(deadline) || lt.closed {
+			t.Fatalf("no log event %q within %s; log:\n%s", msg, timeout, lt.dumpLocked())
+		}
+		lt.cond.Wait()
+	}
+}
+
+func (lt *logTail) wait(t testing.TB, msg string, match func(logEvent) bool, timeout time.Duration) logEvent {
+	t.Helper()
+	ev, _ := lt.waitFrom(t, 0, msg, match, timeout)
+	return ev
+}
+
+// count returns how many events so far have message msg.
+func (lt *logTail) count(msg string) int {
+	lt.mu.Lock()
+	defer lt.mu.Unlock()
+	n := 0
+	for _, ev := range lt.events {
+		if ev.str("msg") == msg {
+			n++
+		}
+	}
+	return n
+}
+
+func (lt *logTail) len() int {
+	lt.mu.Lock()
+	defer lt.mu.Unlock()
+	return len(lt.events)
+}
+
+func (lt *logTail) all() []logEvent {
+	lt.mu.Lock()
+	defer lt.mu.Unlock()
+	return append([]logEvent(nil), lt.events...)
+}
+
+func (lt *logTail) dumpLocked() string {
+	var b strings.Builder
+	for _, ev := range lt.events {
+		j, _ := json.Marshal(ev)
+		b.Write(j)
+		b.WriteByte('\n')
+	}
+	for _, l := range lt.lines {
+		b.WriteString("| " + l + "\n")
+	}
+	return b.String()
+}
+
+func (lt *logTail) dump() string {
+	lt.mu.Lock()
+	defer lt.mu.Unlock()
+	return lt.dumpLocked()
+}
+
+// baton is a master started by a test.
+type baton struct {
+	t    *testing.T
+	cmd  *exec.Cmd
+	pid  int
+	log  *logTail
+	done chan struct{} // closed when the first master has exited
+	err  error         // its exit, valid after done
+}
+
+// startBaton runs "baton run ARGS..." with JSON logs on a pipe. Cleanup kills
+// every baton and worker process the log names, by pid, if still alive.
+func startBaton(t *testing.T, env []string, args ...string) *baton {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin("baton"), append([]string{"run", "--log-format", "json"}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout = w
+	cmd.Stderr = w
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	b := &baton{t: t, cmd: cmd, pid: cmd.Process.Pid, log: newLogTail(r), done: make(chan struct{})}
+	go func() { b.err = cmd.Wait(); close(b.done) }()
+	t.Cleanup(func() {
+		for _, pid := range b.pids() {
+			killOurs(pid)
+		}
+		select {
+		case <-b.done:
+		case <-time.After(5 * time.Second):
+		}
+	})
+	return b
+}
+
+// pids lists every master and worker pid the log has named.
+func (b *baton) pids() []int {
+	seen := map[int]bool{b.pid: true}
+	for _, ev := range b.log.all() {
+		for _, k := range []string{"master_pid", "pid"} {
+			if p := ev.num(k); p > 0 {
+				seen[p] = true
+			}
+		}
+	}
+	out := make([]int, 0, len(seen))
+	for p := range seen {
+		out = append(out, p)
+	}
+	return out
+}
+
+// killOurs SIGKILLs pid only if it still runs one of the binaries this test
+// built, so a recycled pid is never hit.
+func killOurs(pid int) {
+	exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
+	if err == nil && strings.HasPrefix(exe, binDir+"/") {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+func (b *baton) signal(sig syscall.Signal) {
+	b.t.Helper()
+	if err := syscall.Kill(b.pid, sig); err != nil {
+		b.t.Fatalf("signal %v to master %d: %v", sig, b.pid, err)
+	}
+}
+
+// waitExit waits for the first master to exit and returns its exit code.
+func (b *baton) waitExit(timeout time.Duration) int {
+	b.t.Helper()
+	select {
+	case <-b.done:
+	case <-time.After(timeout):
+		b.t.Fatalf("master %d still running after %s; log:\n%s", b.pid, timeout, b.log.dump())
+	}
+	if b.err == nil {
+		return 0
+	}
+	var ee *exec.ExitError
+	if errors.As(b.err, &ee) {
+		return ee.ExitCode()
+	}
+	b.t.Fatalf("wait master: %v", b.err)
+	return -1
+}
+
+// waitReady waits until the generation of this master is serving.
+func (b *baton) waitReady() logEvent {
+	b.t.Helper()
+	return b.log.wait(b.t, "generation ready", nil, 20*time.Second)
+}
+
+// workerPids returns the pids of the "worker ready" events of generation gen.
+func (b *baton) workerPids(gen int) []int {
+	var out []int
+	for _, ev := range b.log.all() {
+		if ev.str("msg") == "worker ready" && ev.num("generation") == gen {
+			out = append(out, ev.num("pid"))
+		}
+	}
+	return out
+}
+
+// freeAddr returns a loopback TCP address nobody listens on right now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// get does one request on a fresh connection.
+func get(network, addr, path string) (string, error) {
+	c := &loadgen.Client{Network: network, Addr: addr, Timeout: 10 * time.Second}
+	defer c.Close()
+	body, _, err := c.Get(path)
+	return string(body), err
+}
+
+func mustGet(t *testing.T, addr, path string) string {
+	t.Helper()
+	body, err := get("tcp", addr, path)
+	if err != nil {
+		t.Fatalf("GET %s%s: %v", addr, path, err)
+	}
+	return body
+}
+
+// field extracts "key=value" from a hello response body.
+func field(body, key string) string {
+	for _, f := range strings.Fields(body) {
+		if k, v, ok := strings.Cut(f, "="); ok && k == key {
+			return v
+		}
+	}
+	return ""
+}
+
+func alive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// A zombie is dead for our purposes: it serves nothing.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || !strings.HasPrefix(s[i+1:], " Z")
+}
+
+// eventually polls cond every 10ms until it holds or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -1,0 +1,343 @@
+package main
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestRequestsReachAllWorkers(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	b := startBaton(t, nil, "-l", addr, "-w", "4", "--", bin("hello"))
+	b.waitReady()
+	want := map[string]bool{}
+	for _, p := range b.workerPids(1) {
+		want[strconv.Itoa(p)] = true
+	}
+	if len(want) != 4 {
+		t.Fatalf("want 4 ready workers, log has %v", want)
+	}
+	seen := map[string]bool{}
+	for i := 0; i < 4000 && len(seen) < 4; i++ {
+		pid := field(mustGet(t, addr, "/"), "pid")
+		if !want[pid] {
+			t.Fatalf("answer from pid %s, not one of the workers %v", pid, want)
+		}
+		seen[pid] = true
+	}
+	if len(seen) != 4 {
+		t.Fatalf("4000 requests reached only workers %v of %v", seen, want)
+	}
+}
+
+func TestKilledWorkerIsReplaced(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	b := startBaton(t, nil, "-l", addr, "-w", "2", "--", bin("hello"))
+	b.waitReady()
+	victim := b.workerPids(1)[0]
+	syscall.Kill(victim, syscall.SIGKILL)
+	ev := b.log.wait(t, "worker exited unexpectedly", func(e logEvent) bool { return e.num("pid") == victim }, 10*time.Second)
+	if ev.str("signal") != "SIGKILL" {
+		t.Errorf("exit logged with signal %q, want SIGKILL", ev.str("signal"))
+	}
+	idx := ev.num("worker")
+	repl := b.log.wait(t, "worker ready", func(e logEvent) bool { return e.num("worker") == idx && e.num("pid") != victim }, 10*time.Second)
+	newPid := strconv.Itoa(repl.num("pid"))
+	for i := 0; i < 4000; i++ {
+		body := mustGet(t, addr, "/")
+		if field(body, "pid") == strconv.Itoa(victim) {
+			t.Fatalf("killed worker %d still answers", victim)
+		}
+		if field(body, "pid") == newPid {
+			if field(body, "worker") != strconv.Itoa(idx) {
+				t.Fatalf("replacement answers as worker %s, want %d", field(body, "worker"), idx)
+			}
+			return
+		}
+	}
+	t.Fatalf("replacement %s never answered", newPid)
+}
+
+func TestTTINAndTTOUChangeWorkerCount(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	b := startBaton(t, nil, "-l", addr, "-w", "1", "--", bin("hello"))
+	b.waitReady()
+	b.signal(syscall.SIGTTIN)
+	ev := b.log.wait(t, "worker ready", func(e logEvent) bool { return e.num("worker") == 1 }, 10*time.Second)
+	added := ev.num("pid")
+	b.signal(syscall.SIGTTOU)
+	b.log.wait(t, "worker drained", func(e logEvent) bool { return e.num("pid") == added }, 10*time.Second)
+	if alive(added) {
+		t.Fatalf("worker %d removed by TTOU still runs", added)
+	}
+	// The last worker is never removed.
+	b.signal(syscall.SIGTTOU)
+	b.log.wait(t, "worker count not decreased: at least one worker runs", nil, 10*time.Second)
+	if !alive(b.workerPids(1)[0]) {
+		t.Fatal("worker 0 was stopped")
+	}
+}
+
+func TestSystemdActivationServerRunsUnchanged(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	b := startBaton(t, nil, "-l", addr, "-w", "2", "--", bin("activation"))
+	b.waitReady()
+	for i := 0; i < 10; i++ {
+		body := mustGet(t, addr, "/")
+		if field(body, "pid") == "" || field(body, "pid") != field(body, "listen_pid") {
+			t.Fatalf("LISTEN_PID does not match the worker's pid: %q", body)
+		}
+	}
+}
+
+func TestUnixSocketListener(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "app.sock")
+	// A stale socket file: bound once, nothing accepts on it any more.
+	stale, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.(*net.UnixListener).SetUnlinkOnClose(false)
+	stale.Close()
+
+	b := startBaton(t, nil, "-l", "app=unix://"+sock, "-w", "2", "--", bin("hello"))
+	b.waitReady()
+	body, err := get("unix", sock, "/")
+	if err != nil || !strings.HasPrefix(body, "hello ") {
+		t.Fatalf("GET over %s: %q, %v", sock, body, err)
+	}
+	b.signal(syscall.SIGTERM)
+	if code := b.waitExit(15 * time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
+		t.Fatalf("socket file left behind after stop: %v", err)
+	}
+}
+
+func TestLiveUnixSocketIsNotStolen(t *testing.T) {
+	t.Parallel()
+	sock := filepath.Join(t.TempDir(), "app.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	b := startBaton(t, nil, "-l", "unix://"+sock, "--", bin("hello"))
+	if code := b.waitExit(15 * time.Second); code == 0 {
+		t.Fatal("baton started on a socket another process serves")
+	}
+	if _, err := os.Lstat(sock); err != nil {
+		t.Fatalf("the other process's socket was removed: %v", err)
+	}
+}
+
+func TestNotifyFromForeignProcessIsIgnored(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	// sleep never notifies, so only the foreign message could make it ready.
+	b := startBaton(t, nil, "-l", addr, "--ready-timeout", "30s", "--", "sleep", "60")
+	ev := b.log.wait(t, "worker started", nil, 10*time.Second)
+	env, err := os.ReadFile("/proc/" + strconv.Itoa(ev.num("pid")) + "/environ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sock string
+	for _, kv := range strings.Split(string(env), "\x00") {
+		if v, ok := strings.CutPrefix(kv, "NOTIFY_SOCKET="); ok {
+			sock = v
+		}
+	}
+	if sock == "" {
+		t.Fatal("worker has no NOTIFY_SOCKET")
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("READY=1")); err != nil {
+		t.Fatal(err)
+	}
+	_, at := b.log.waitFrom(t, 0, "notify message from unknown process ignored",
+		func(e logEvent) bool { return e.num("sender_pid") == os.Getpid() }, 10*time.Second)
+	// Prove the message did not count: a later event in the same loop must
+	// come first. TTIN makes one.
+	b.signal(syscall.SIGTTIN)
+	b.log.waitFrom(t, at, "worker count increased", nil, 10*time.Second)
+	if n := b.log.count("worker ready"); n != 0 {
+		t.Fatalf("a foreign READY=1 made %d workers ready", n)
+	}
+}
+
+func TestGracefulStopFinishesInFlightRequest(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	pidFile := filepath.Join(t.TempDir(), "baton.pid")
+	b := startBaton(t, nil, "-l", addr, "-w", "2", "--pid-file", pidFile, "--", bin("hello"))
+	b.waitReady()
+	if got, _ := os.ReadFile(pidFile); string(got) != strconv.Itoa(b.pid) {
+		t.Fatalf("pid file holds %q, want %d", got, b.pid)
+	}
+	type result struct {
+		body string
+		err  error
+		took time.Duration
+	}
+	res := make(chan result, 1)
+	start := time.Now()
+	go func() {
+		body, err := get("tcp", addr, "/?sleep=2000")
+		res <- result{body, err, time.Since(start)}
+	}()
+	// The stop must come while the request is in flight: wait until a
+	// worker holds the connection (it shows as an extra socket in /proc).
+	eventually(t, 5*time.Second, "the slow request to be accepted", func() bool {
+		for _, p := range b.workerPids(1) {
+			if countSockets(p) > 1 {
+				return true
+			}
+		}
+		return false
+	})
+	b.signal(syscall.SIGTERM)
+	r := <-res
+	if r.err != nil || !strings.HasPrefix(r.body, "hello ") {
+		t.Fatalf("in-flight request during stop: %q, %v", r.body, r.err)
+	}
+	if r.took < 2*time.Second {
+		t.Fatalf("slow request took %s, want at least 2s", r.took)
+	}
+	if code := b.waitExit(15 * time.Second); code != 0 {
+		t.Fatalf("exit code %d after graceful stop", code)
+	}
+	if _, err := os.Stat(pidFile); !os.IsNotExist(err) {
+		t.Fatalf("pid file left behind: %v", err)
+	}
+	if _, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		t.Fatal("port still accepts after stop")
+	}
+}
+
+func countSockets(pid int) int {
+	ents, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, e := range ents {
+		if l, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/fd/" + e.Name()); err == nil && strings.HasPrefix(l, "socket:") {
+			n++
+		}
+	}
+	return n
+}
+
+func TestMasterSIGKILLLeavesNoWorker(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	b := startBaton(t, nil, "-l", addr, "-w", "3", "--", bin("hello"))
+	b.waitReady()
+	workers := b.workerPids(1)
+	b.signal(syscall.SIGKILL)
+	b.waitExit(5 * time.Second)
+	eventually(t, 2*time.Second, "workers to die with their master", func() bool {
+		for _, p := range workers {
+			if alive(p) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func TestSecondStopSignalKillsAtOnce(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	// sleep ignores nothing but never drains on QUIT fast: use QUIT as the
+	// drain signal for a process that ignores it.
+	b := startBaton(t, nil, "-l", addr, "--ready", "delay:0s", "--drain-signal", "WINCH", "--drain-timeout", "60s", "--", "sleep", "60")
+	b.log.wait(t, "generation ready", nil, 10*time.Second)
+	b.signal(syscall.SIGTERM)
+	b.log.wait(t, "draining worker", nil, 10*time.Second)
+	start := time.Now()
+	b.signal(syscall.SIGINT)
+	b.waitExit(10 * time.Second)
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("second stop signal took %s to end the master", took)
+	}
+	b.log.wait(t, "worker drained", func(e logEvent) bool { return e["killed"] == true }, time.Second)
+}
+
+func TestListenerStaysNonBlockingAndWorkerFdsAreExact(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	// sleep never touches fd 3, so its flags are what baton left on it.
+	b := startBaton(t, nil, "-l", addr, "-l", "unix://"+filepath.Join(t.TempDir(), "s"), "-w", "2", "--ready", "delay:0s", "--", "sleep", "60")
+	b.waitReady()
+	for _, pid := range b.workerPids(1) {
+		// delay:0s is ready at fork; wait for the trampoline's exec.
+		eventually(t, 5*time.Second, "the worker to exec sleep", func() bool {
+			exe, _ := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
+			return strings.HasSuffix(exe, "/sleep")
+		})
+		fds := openFds(t, pid)
+		if strings.Join(fds, ",") != "0,1,2,3,4" {
+			t.Errorf("worker %d has fds %v, want 0,1,2,3,4", pid, fds)
+		}
+		for _, fd := range []string{"3", "4"} {
+			if flags := fdFlags(t, pid, fd); flags&syscall.O_NONBLOCK == 0 {
+				t.Errorf("worker %d fd %s flags %o: listening socket switched to blocking mode", pid, fd, flags)
+			}
+		}
+	}
+}
+
+func openFds(t *testing.T, pid int) []string {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+func fdFlags(t *testing.T, pid int, fd string) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/fdinfo/" + fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "flags:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(v), 8, 64)
+			return int(n)
+		}
+	}
+	t.Fatalf("no flags in fdinfo of %d/%s", pid, fd)
+	return 0
+}

@@ -1,0 +1,131 @@
+package listener
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// HTTPDrainer lets an http.Server hand its clients over to the next
+// generation without failing a request.
+//
+// http.Server.Shutdown alone closes idle keep-alive connections at once; a
+// client that sent its next request at that moment sees EOF or a reset
+// (golang/go#65802, PEERS P15). While draining, HTTPDrainer instead answers
+// every request with "Connection: close", so busy keep-alive clients leave
+// after their next response, and only then shuts down what is still idle.
+type HTTPDrainer struct {
+	srv      *http.Server
+	mu       sync.Mutex
+	conns    map[net.Conn]http.ConnState
+	draining bool
+	changed  chan struct{} // closed and replaced on every connection change
+}
+
+// NewHTTPDrainer wraps srv.Handler and srv.ConnState; call it before Serve.
+func NewHTTPDrainer(srv *http.Server) *HTTPDrainer {
+	d := &HTTPDrainer{srv: srv, conns: make(map[net.Conn]http.ConnState), changed: make(chan struct{})}
+	next := srv.Handler
+	if next == nil {
+		next = http.DefaultServeMux
+	}
+	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		d.mu.Lock()
+		draining := d.draining
+		d.mu.Unlock()
+		if draining {
+			w.Header().Set("Connection", "close")
+		}
+		next.ServeHTTP(w, r)
+	})
+	prev := srv.ConnState
+	srv.ConnState = func(c net.Conn, st http.ConnState) {
+		d.mu.Lock()
+		if st == http.StateClosed || st == http.StateHijacked {
+			delete(d.conns, c)
+		} else {
+			d.conns[c] = st
+		}
+		close(d.changed)
+		d.changed = make(chan struct{})
+		d.mu.Unlock()
+		if prev != nil {
+			prev(c, st)
+		}
+	}
+	return d
+}
+
+// Drain closes lns, lets clients finish, and returns when every connection
+// is gone or ctx ends. grace bounds how long idle keep-alive connections are
+// waited for before they are closed.
+func (d *HTTPDrainer) Drain(ctx context.Context, lns []net.Listener, grace time.Duration) error {
+	for _, ln := range lns {
+		ln.Close()
+	}
+	d.mu.Lock()
+	d.draining = true
+	d.mu.Unlock()
+	deadline := time.NewTimer(grace)
+	defer deadline.Stop()
+	for {
+		d.mu.Lock()
+		n, changed := len(d.conns), d.changed
+		d.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		select {
+		case <-changed:
+			continue
+		case <-deadline.C:
+		case <-ctx.Done():
+		}
+		break
+	}
+	// What remains is idle past the grace period, or mid-request: Shutdown
+	// closes the former and waits for the latter.
+	return d.srv.Shutdown(ctx)
+}
+
+// ServeHTTP is the whole life of a Go HTTP worker under baton in one call:
+// it serves srv on every inherited socket, reports ready, and on SIGTERM or
+// SIGQUIT drains (see HTTPDrainer) within timeout. It returns nil after a
+// clean drain.
+func ServeHTTP(srv *http.Server, timeout time.Duration) error {
+	m, err := Listeners()
+	if err != nil {
+		return err
+	}
+	lns := make([]net.Listener, 0, len(m))
+	for _, ln := range m {
+		lns = append(lns, ln)
+	}
+	d := NewHTTPDrainer(srv)
+	errc := make(chan error, len(lns))
+	for _, ln := range lns {
+		go func(ln net.Listener) { errc <- srv.Serve(ln) }(ln)
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGQUIT, syscall.SIGINT)
+	defer signal.Stop(sig)
+	if err := Ready(); err != nil {
+		return err
+	}
+	select {
+	case <-sig:
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return d.Drain(ctx, lns, time.Second)
+}
