@@ -75,7 +75,9 @@ func TestBadInput(t *testing.T) {
 		{"bad listen spec", func(string) []string { return []string{"run", "-l", "127.0.0.1:99999", "--", bin("hello")} }, 2, `"127.0.0.1:99999"`, false},
 		{"bad scheme", func(string) []string { return []string{"run", "-l", "udp://:53", "--", bin("hello")} }, 2, `"udp"`, false},
 		{"bad ready rule", func(string) []string { return []string{"run", "-l", free, "--ready", "sometimes", "--", bin("hello")} }, 2, `"sometimes"`, false},
-		{"bad drain signal", func(string) []string { return []string{"run", "-l", free, "--drain-signal", "NOPE", "--", bin("hello")} }, 2, `"NOPE"`, false},
+		{"bad drain signal", func(string) []string {
+			return []string{"run", "-l", free, "--drain-signal", "NOPE", "--", bin("hello")}
+		}, 2, `"NOPE"`, false},
 		{"zero workers", func(string) []string { return []string{"run", "-l", free, "-w", "0", "--", bin("hello")} }, 2, "--workers 0", false},
 		{"port in use", func(dir string) []string {
 			return []string{"run", "-l", busy.Addr().String(), "--pid-file", filepath.Join(dir, "b.pid"), "--", bin("hello")}
