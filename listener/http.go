@@ -107,6 +107,11 @@ func ServeHTTP(srv *http.Server, timeout time.Duration) error {
 	for _, ln := range m {
 		lns = append(lns, ln)
 	}
+	return ServeHTTPOn(srv, lns, timeout)
+}
+
+// ServeHTTPOn is ServeHTTP on listeners the caller chose.
+func ServeHTTPOn(srv *http.Server, lns []net.Listener, timeout time.Duration) error {
 	d := NewHTTPDrainer(srv)
 	errc := make(chan error, len(lns))
 	for _, ln := range lns {

@@ -7,13 +7,16 @@
 // On SIGTERM or SIGQUIT it drains without failing a request: it stops
 // accepting, answers what it has, and exits (listener.ServeHTTP).
 //
-// Two variables simulate other apps in tests and benchmarks:
-// HELLO_STARTUP_MS delays start-up, HELLO_TAG is added to every answer.
+// Variables for tests and benchmarks: HELLO_STARTUP_MS delays start-up (an
+// app that boots slowly), HELLO_TAG is added to every answer, and
+// HELLO_LISTEN=HOST:PORT makes it bind the port itself, without baton (the
+// "run directly" baseline).
 package main
 
 import (
 	"fmt"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -47,7 +50,16 @@ func main() {
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       60 * time.Second,
 	}
-	if err := listener.ServeHTTP(srv, 25*time.Second); err != nil {
+	var err error
+	if addr := os.Getenv("HELLO_LISTEN"); addr != "" {
+		var ln net.Listener
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			err = listener.ServeHTTPOn(srv, []net.Listener{ln}, 25*time.Second)
+		}
+	} else {
+		err = listener.ServeHTTP(srv, 25*time.Second)
+	}
+	if err != nil {
 		log.Fatal(err)
 	}
 }
