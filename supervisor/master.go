@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -324,7 +325,8 @@ func (m *master) onEvent(ev any) {
 	case evParentExited:
 		m.parentDeadline = time.Time{}
 		m.hasParent = false
-		m.log.Info("previous master exited")
+		// The goroutine count is here to make leaks visible in tests.
+		m.log.Info("previous master exited", zap.Int("goroutines", runtime.NumGoroutine()))
 	}
 }
 

@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"os"
+	"runtime"
 	"strconv"
 	"syscall"
 	"time"
@@ -46,6 +47,11 @@ func (m *master) onUpgradeDone(err error) {
 	m.upgrading = false
 	took := time.Since(m.upgradeAt)
 	if err != nil {
+		// tableflip v1.2.3 does not close its ends of the child's pipes
+		// (ready writer, names reader) in the parent; only their finalizers
+		// do. Collect now so a failed upgrade leaves no fds behind until
+		// some later GC.
+		runtime.GC()
 		reason := m.upgradeReason
 		if reason == "" {
 			reason = err.Error()
@@ -55,7 +61,8 @@ func (m *master) onUpgradeDone(err error) {
 			return
 		}
 		m.log.Error("upgrade failed: old generation keeps serving",
-			zap.String("reason", reason), zap.Duration("took", took))
+			zap.String("reason", reason), zap.Duration("took", took),
+			zap.Int("goroutines", runtime.NumGoroutine()))
 		return
 	}
 	m.log.Info("handed over to new master: draining old generation",

@@ -1,0 +1,327 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/baton-sh/baton/scripts/zdbench/loadgen"
+)
+
+// upgrade sends USR2 to the master pid and waits for the handover to the
+// next generation; it returns the new master's pid. It waits until the old
+// master has exited, so the next upgrade may follow at once.
+func (b *baton) upgrade(t *testing.T, master, gen int) int {
+	t.Helper()
+	from := b.log.len()
+	if err := syscall.Kill(master, syscall.SIGUSR2); err != nil {
+		t.Fatalf("USR2 to %d: %v", master, err)
+	}
+	ev, _ := b.log.waitFrom(t, from, "handover complete: new generation serving",
+		func(e logEvent) bool { return e.num("generation") == gen+1 }, 30*time.Second)
+	newMaster := ev.num("master_pid")
+	b.log.waitFrom(t, from, "previous master exited",
+		func(e logEvent) bool { return e.num("master_pid") == newMaster }, 30*time.Second)
+	return newMaster
+}
+
+// inFlight starts a slow request and returns a channel with its outcome.
+func inFlight(addr string, ms int) <-chan string {
+	out := make(chan string, 1)
+	go func() {
+		body, err := get("tcp", addr, "/?sleep="+strconv.Itoa(ms))
+		if err != nil {
+			out <- "error: " + err.Error()
+			return
+		}
+		out <- body
+	}()
+	return out
+}
+
+func TestUpgradeUnderLoadLosesNothing(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	pidFile := filepath.Join(t.TempDir(), "baton.pid")
+	b := startBaton(t, nil, "-l", addr, "-w", "4", "--pid-file", pidFile, "--", bin("hello"))
+	b.waitReady()
+
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	var served sync.Map // generation → count
+	loadDone := make(chan *loadgen.Result, 1)
+	go func() {
+		loadDone <- loadgen.Run(ctx, loadgen.Config{
+			Network: "tcp", Addr: addr, Clients: 16, KeepAlive: 0.5,
+			Duration: 120 * time.Second, MaxRequests: 2_000_000, Timeout: 10 * time.Second,
+			OnResponse: func(body []byte) {
+				g := field(string(body), "generation")
+				n, _ := served.LoadOrStore(g, new(int64))
+				_ = n
+			},
+		})
+	}()
+
+	master, gen := b.pid, 1
+	var slow []<-chan string
+	oldServedSlow := 0
+	for i := 0; i < 10; i++ {
+		slow = append(slow, inFlight(addr, 1000))
+		// The slow request must be held by the old generation when USR2
+		// lands: wait until one of its workers has an extra socket.
+		eventually(t, 5*time.Second, "the slow request to be accepted", func() bool {
+			for _, p := range b.workerPids(gen) {
+				if countSockets(p) > 1 {
+					return true
+				}
+			}
+			return false
+		})
+		master = b.upgrade(t, master, gen)
+		gen++
+		// After the old master is gone every new connection reaches the
+		// new generation.
+		for j := 0; j < 20; j++ {
+			body := mustGet(t, addr, "/")
+			if g := field(body, "generation"); g != strconv.Itoa(gen) {
+				t.Fatalf("after upgrade %d a new connection reached generation %s, want %d", i+1, g, gen)
+			}
+		}
+		if got, _ := os.ReadFile(pidFile); string(got) != strconv.Itoa(master) {
+			t.Fatalf("pid file %q after upgrade %d, want new master %d", got, i+1, master)
+		}
+	}
+	stop()
+	res := <-loadDone
+	for i, c := range slow {
+		body := <-c
+		if !strings.HasPrefix(body, "hello ") {
+			t.Errorf("slow request %d: %s", i, body)
+		}
+		if field(body, "generation") == strconv.Itoa(i+1) {
+			oldServedSlow++
+		}
+	}
+	if oldServedSlow == 0 {
+		t.Errorf("no slow request was served by the generation being replaced: the test did not exercise the drain")
+	}
+	if res.Failures() != 0 {
+		t.Fatalf("failed requests across 10 upgrades: %s", res)
+	}
+	if res.Requests < 1000 {
+		t.Fatalf("only %d requests ran: load did not overlap the upgrades", res.Requests)
+	}
+	t.Logf("10 upgrades under load: %s; %d of 10 slow requests finished on the old generation", res, oldServedSlow)
+}
+
+// release writes an executable ./server script into dir/releases/name.
+func release(t *testing.T, dir, name, script string) string {
+	t.Helper()
+	rd := filepath.Join(dir, "releases", name)
+	if err := os.MkdirAll(rd, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(rd, "server"), []byte("#!/bin/sh\n"+script+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return rd
+}
+
+// pointCurrent swaps dir/current to releases/name atomically, as a deploy does.
+func pointCurrent(t *testing.T, dir, name string) {
+	t.Helper()
+	tmp := filepath.Join(dir, "current.tmp")
+	os.Remove(tmp)
+	if err := os.Symlink(filepath.Join("releases", name), tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, "current")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFailedUpgradesRollBackAndSymlinkDeploy(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	release(t, dir, "v1", "HELLO_TAG=v1 exec "+bin("hello"))
+	release(t, dir, "crash", "echo 'boom: config missing' >&2; exit 3")
+	release(t, dir, "hang", "exec sleep 60") // alive, never ready
+	release(t, dir, "v2", "HELLO_TAG=v2 exec "+bin("hello"))
+	pointCurrent(t, dir, "v1")
+	addr := freeAddr(t)
+	pidFile := filepath.Join(dir, "baton.pid")
+	b := startBaton(t, nil, "-l", addr, "-w", "2", "--chdir", filepath.Join(dir, "current"),
+		"--ready-timeout", "2s", "--drain-timeout", "5s", "--pid-file", pidFile, "--", "./server")
+	b.waitReady()
+	oldWorkers := b.workerPids(1)
+
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	loadDone := make(chan *loadgen.Result, 1)
+	go func() {
+		loadDone <- loadgen.Run(ctx, loadgen.Config{
+			Network: "tcp", Addr: addr, Clients: 8, KeepAlive: 0.5,
+			Duration: 60 * time.Second, MaxRequests: 1_000_000, Timeout: 10 * time.Second,
+		})
+	}()
+
+	for _, bad := range []struct{ release, reason string }{
+		{"crash", "exit status 3 before it was ready"},
+		{"hang", "not ready after 2s"},
+	} {
+		pointCurrent(t, dir, bad.release)
+		from := b.log.len()
+		b.signal(syscall.SIGUSR2)
+		ev, _ := b.log.waitFrom(t, from, "upgrade failed: old generation keeps serving", nil, 30*time.Second)
+		if !strings.Contains(ev.str("reason"), bad.reason) {
+			t.Errorf("%s release: failure reason %q, want it to say %q", bad.release, ev.str("reason"), bad.reason)
+		}
+		if ev.num("master_pid") != b.pid {
+			t.Errorf("failure logged by %d, want the old master %d", ev.num("master_pid"), b.pid)
+		}
+		for _, p := range oldWorkers {
+			if !alive(p) {
+				t.Fatalf("%s release: old worker %d died", bad.release, p)
+			}
+		}
+		if got, _ := os.ReadFile(pidFile); string(got) != strconv.Itoa(b.pid) {
+			t.Fatalf("%s release: pid file %q, want the old master %d", bad.release, got, b.pid)
+		}
+		if body := mustGet(t, addr, "/"); field(body, "tag") != "v1" {
+			t.Fatalf("%s release: served %q, want v1", bad.release, body)
+		}
+		// Nothing of the failed generation is left running.
+		for _, e := range b.log.all()[from:] {
+			if e.str("msg") == "worker started" && e.num("generation") == 2 {
+				if p := e.num("pid"); alive(p) {
+					t.Errorf("%s release: new-generation worker %d still runs", bad.release, p)
+				}
+			}
+		}
+	}
+
+	pointCurrent(t, dir, "v2")
+	newMaster := b.upgrade(t, b.pid, 1)
+	if body := mustGet(t, addr, "/"); field(body, "tag") != "v2" || field(body, "generation") != "2" {
+		t.Fatalf("after deploying v2: served %q", body)
+	}
+	if got, _ := os.ReadFile(pidFile); string(got) != strconv.Itoa(newMaster) {
+		t.Fatalf("pid file %q, want new master %d", got, newMaster)
+	}
+	stop()
+	if res := <-loadDone; res.Failures() != 0 {
+		t.Fatalf("failed requests during failed and good upgrades: %s", res)
+	}
+}
+
+func TestUpgradeRefusedWhileOneRuns(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	// Workers of every generation take 1.5 s to start: a wide window.
+	b := startBaton(t, []string{"HELLO_STARTUP_MS=1500"}, "-l", addr, "-w", "2", "--", bin("hello"))
+	b.waitReady()
+	b.signal(syscall.SIGUSR2)
+	b.log.wait(t, "upgrade requested", nil, 10*time.Second)
+	b.signal(syscall.SIGUSR2)
+	b.log.wait(t, "upgrade refused: an upgrade is already under way", nil, 10*time.Second)
+	ho := b.log.wait(t, "handover complete: new generation serving", nil, 30*time.Second)
+	if n := b.log.count("upgrade requested"); n != 1 {
+		t.Fatalf("%d upgrades started, want 1", n)
+	}
+	if ho.num("generation") != 2 {
+		t.Fatalf("handover to generation %d, want 2", ho.num("generation"))
+	}
+	newMaster := ho.num("master_pid")
+	b.log.wait(t, "previous master exited", func(e logEvent) bool { return e.num("master_pid") == newMaster }, 30*time.Second)
+	if body := mustGet(t, addr, "/"); field(body, "generation") != "2" {
+		t.Fatalf("served %q, want generation 2", body)
+	}
+}
+
+func TestUpgradeRefusedWhilePreviousGenerationDrains(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	b := startBaton(t, nil, "-l", addr, "-w", "1", "--drain-timeout", "20s", "--", bin("hello"))
+	b.waitReady()
+	slow := inFlight(addr, 3000)
+	eventually(t, 5*time.Second, "the slow request to be accepted", func() bool {
+		return countSockets(b.workerPids(1)[0]) > 1
+	})
+	b.signal(syscall.SIGUSR2)
+	ho := b.log.wait(t, "handover complete: new generation serving", nil, 30*time.Second)
+	newMaster := ho.num("master_pid")
+	from := b.log.len()
+	syscall.Kill(newMaster, syscall.SIGUSR2)
+	ev, _ := b.log.waitFrom(t, from, "upgrade refused: previous generation still draining", nil, 10*time.Second)
+	if left := ev["drain_left_at_most"].(float64); left <= 0 || left > 21000 {
+		t.Errorf("drain_left_at_most = %vms, want within the 20s drain timeout", left)
+	}
+	if body := <-slow; field(body, "generation") != "1" {
+		t.Fatalf("slow request: %q, want an answer from generation 1", body)
+	}
+	b.log.wait(t, "previous master exited", func(e logEvent) bool { return e.num("master_pid") == newMaster }, 30*time.Second)
+	// Once the old master is gone the next upgrade goes through.
+	b.upgrade(t, newMaster, 2)
+}
+
+func fdCount(t *testing.T, pid int) int {
+	t.Helper()
+	return len(openFds(t, pid))
+}
+
+func TestNoFdOrGoroutineLeakAcrossUpgrades(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	release(t, dir, "good", "exec "+bin("hello"))
+	release(t, dir, "bad", "exit 1")
+	pointCurrent(t, dir, "good")
+	addr := freeAddr(t)
+	b := startBaton(t, nil, "-l", addr, "-l", "unix://"+filepath.Join(dir, "s.sock"), "-w", "2",
+		"--chdir", filepath.Join(dir, "current"), "--", "./server")
+	b.waitReady()
+
+	// One master across failed upgrades: it stays in place, so anything a
+	// failed attempt leaks stays visible in it.
+	pointCurrent(t, dir, "bad")
+	baseFds := fdCount(t, b.pid)
+	var gors []int
+	for i := 0; i < 6; i++ {
+		from := b.log.len()
+		b.signal(syscall.SIGUSR2)
+		ev, _ := b.log.waitFrom(t, from, "upgrade failed: old generation keeps serving", nil, 30*time.Second)
+		// Finalizers close what the failed attempt opened; they run just
+		// after the event.
+		eventually(t, 2*time.Second, fmt.Sprintf("fd count back to %d after failed upgrade %d", baseFds, i+1), func() bool {
+			return fdCount(t, b.pid) == baseFds
+		})
+		gors = append(gors, ev.num("goroutines"))
+	}
+	// A goroutine leaked per attempt would add 6; transient ones come and go.
+	if grow := gors[len(gors)-1] - gors[0]; grow >= 3 {
+		t.Fatalf("master goroutines grow across failed upgrades: %v", gors)
+	}
+
+	// A chain of masters across 20 upgrades: each new master must hold what
+	// the first held.
+	pointCurrent(t, dir, "good")
+	master := b.pid
+	var chainFds, chainGors []int
+	for gen := 1; gen <= 20; gen++ {
+		from := b.log.len()
+		master = b.upgrade(t, master, gen)
+		ev, _ := b.log.waitFrom(t, from, "previous master exited", func(e logEvent) bool { return e.num("master_pid") == master }, 10*time.Second)
+		chainFds = append(chainFds, fdCount(t, master))
+		chainGors = append(chainGors, ev.num("goroutines"))
+	}
+	if chainFds[0] != chainFds[len(chainFds)-1] || chainGors[len(chainGors)-1]-chainGors[0] >= 3 {
+		t.Fatalf("masters grow across 20 upgrades: fds %v, goroutines %v", chainFds, chainGors)
+	}
+	t.Logf("master fds across 20 upgrades: %v; goroutines: %v", chainFds, chainGors)
+}
