@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -25,7 +27,13 @@ type Config struct {
 	PIDFile      string // absolute; empty for none
 	Chdir        string // workers' working directory; resolved anew by every master
 	Command      []string
-	Log          *zap.Logger
+	// Control is the control socket's path ("" for none). When
+	// ControlExplicit is false, failing to bind it is only a warning.
+	Control         string
+	ControlExplicit bool
+	// Credential, if set, is the user and groups workers run as.
+	Credential *syscall.Credential
+	Log        *zap.Logger
 }
 
 // ReadyMode says how a worker shows that it serves.
@@ -101,6 +109,49 @@ func ParseSignal(s string) (syscall.Signal, error) {
 		}
 	}
 	return 0, fmt.Errorf("signal %q: want TERM, QUIT, INT, HUP, USR1, USR2, WINCH or KILL", s)
+}
+
+// LookupCredential resolves --user and --group. The group defaults to the
+// user's primary group; supplementary groups are the user's.
+func LookupCredential(userName, groupName string) (*syscall.Credential, error) {
+	if userName == "" && groupName == "" {
+		return nil, nil
+	}
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("--user/--group %q/%q: baton must run as root to start workers as another user", userName, groupName)
+	}
+	cred := &syscall.Credential{Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid())}
+	if userName != "" {
+		u, err := user.Lookup(userName)
+		if err != nil {
+			if u, err = user.LookupId(userName); err != nil {
+				return nil, fmt.Errorf("--user %q: no such user", userName)
+			}
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		cred.Uid, cred.Gid = uint32(uid), uint32(gid)
+		if gids, err := u.GroupIds(); err == nil {
+			for _, g := range gids {
+				if n, err := strconv.Atoi(g); err == nil {
+					cred.Groups = append(cred.Groups, uint32(n))
+				}
+			}
+		}
+	} else {
+		cred.NoSetGroups = true
+	}
+	if groupName != "" {
+		g, err := user.LookupGroup(groupName)
+		if err != nil {
+			if g, err = user.LookupGroupId(groupName); err != nil {
+				return nil, fmt.Errorf("--group %q: no such group", groupName)
+			}
+		}
+		gid, _ := strconv.Atoi(g.Gid)
+		cred.Gid = uint32(gid)
+	}
+	return cred, nil
 }
 
 // ErrBadConfig is wrapped by Check's errors.

@@ -2,11 +2,14 @@ package supervisor
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -63,14 +66,21 @@ type master struct {
 	firstRdy time.Time
 
 	// upgrades
-	hasParent      bool
-	parentNotify   string
-	upgradeStart   time.Time // this master's own start, as the old master's USR2 time
-	parentDeadline time.Time // the old master has surely exited by then
-	upgrading      bool
-	upgradeAt      time.Time
-	upgradeReason  string
-	killedAll      bool
+	hasParent       bool
+	parentNotify    string
+	upgradeStart    time.Time // this master's own start, as the old master's USR2 time
+	parentDeadline  time.Time // the old master has surely exited by then
+	upgrading       bool
+	upgradeAt       time.Time
+	upgradeReason   string        // from the new master, when it failed
+	upgradeStderr   []string      // its failing worker's last stderr lines
+	upgradeReady    *ReloadResult // from the new master, when it took over
+	lastUpgrade     *ReloadResult
+	reloadWaiters   []*ctlConn
+	stopWaiters     []*ctlConn // held open until exit
+	control         *net.UnixListener
+	handoverPending bool // reload clients wait for the new master's report
+	startAt         time.Time
 }
 
 type (
@@ -78,12 +88,13 @@ type (
 		pid   int
 		state *os.ProcessState
 	}
-	evReady        struct{ pid int }
-	evReadyTimeout struct{ pid int }
-	evKill         struct{ pid int }
-	evRestart      struct{ index int }
-	evUpgradeDone  struct{ err error }
-	evParentExited struct{}
+	evReady          struct{ pid int }
+	evReadyTimeout   struct{ pid int }
+	evKill           struct{ pid int }
+	evRestart        struct{ index int }
+	evUpgradeDone    struct{ err error }
+	evParentExited   struct{}
+	evHandoverReport struct{} // stop waiting for the new master's report
 )
 
 // Run runs a master until it stops or hands over to a new master. It returns
@@ -105,13 +116,14 @@ func Run(cfg Config) error {
 		return fmt.Errorf("init upgrader: %w", err)
 	}
 	m := &master{
-		cfg:    cfg,
-		upg:    upg,
-		self:   os.Getpid(),
-		events: make(chan any, 64),
-		done:   make(chan struct{}),
-		procs:  make(map[int]*worker),
-		gen:    1,
+		cfg:     cfg,
+		upg:     upg,
+		self:    os.Getpid(),
+		events:  make(chan any, 64),
+		done:    make(chan struct{}),
+		procs:   make(map[int]*worker),
+		gen:     1,
+		startAt: time.Now(),
 	}
 	m.hasParent = upg.HasParent()
 	if m.hasParent {
@@ -153,6 +165,39 @@ func (m *master) setup() error {
 		return err
 	}
 	m.notify = n
+	if m.cfg.Control != "" {
+		if err := m.openControl(); err != nil {
+			if m.cfg.ControlExplicit {
+				return err
+			}
+			m.log.Warn("no control socket: baton reload/status/stop will not reach this master",
+				zap.String("control", m.cfg.Control), zap.Error(err))
+		}
+	}
+	return nil
+}
+
+// openControl binds (or inherits) the control socket. Like the listeners it
+// goes through tableflip, so every new master answers on the same path.
+func (m *master) openControl() error {
+	if !strings.HasPrefix(m.cfg.Control, "@") {
+		if err := os.MkdirAll(filepath.Dir(m.cfg.Control), 0o700); err != nil {
+			return fmt.Errorf("--control %q: %w", m.cfg.Control, err)
+		}
+	}
+	set, err := listener.Open(m.upg, []listener.Spec{{Name: "control", Network: "unix", Addr: m.cfg.Control}})
+	if err != nil {
+		return fmt.Errorf("--control: %w", err)
+	}
+	defer set.Close()
+	ln, err := net.FileListener(set.Files()[0])
+	if err != nil {
+		return fmt.Errorf("--control %q: %w", m.cfg.Control, err)
+	}
+	if !strings.HasPrefix(m.cfg.Control, "@") {
+		os.Chmod(m.cfg.Control, 0o600)
+	}
+	m.control = ln.(*net.UnixListener)
 	return nil
 }
 
@@ -162,6 +207,9 @@ func (m *master) setup() error {
 func (m *master) release(owner bool) {
 	if m.notify != nil {
 		m.notify.close()
+	}
+	if m.control != nil {
+		m.control.Close()
 	}
 	if m.lns != nil {
 		m.lns.Close()
@@ -192,6 +240,11 @@ func (m *master) run() error {
 
 	m.spawn = newSpawner()
 	go m.notify.run(func(msg notifyMsg) { m.post(msg) })
+	if m.control != nil && !m.hasParent {
+		// A new master answers only once it serves; until then the old
+		// one does.
+		go m.serveControl(m.control)
+	}
 	if m.hasParent {
 		go func() {
 			m.upg.WaitForParent(context.Background())
@@ -249,19 +302,9 @@ func (m *master) onSignal(sig syscall.Signal) {
 			}
 			return
 		}
-		m.log.Info("stop requested: draining workers", zap.String("signal", sigName(sig)),
-			zap.Duration("drain_timeout", m.cfg.DrainTimeout))
-		if m.phase == phaseBooting {
-			m.bootErr = fmt.Errorf("%w: stopped by %s while starting", ErrBootFailed, sigName(sig))
-			if !m.hasParent {
-				m.bootErr = nil // a plain start interrupted by the operator is a clean stop
-			}
-			m.reportUpgradeFailure("new master received " + sigName(sig) + " before its workers were ready")
-		}
-		m.phase = phaseStopping
-		m.drainAll()
+		m.stop(sigName(sig))
 	case syscall.SIGUSR2, syscall.SIGHUP:
-		m.requestUpgrade(sig)
+		m.requestUpgrade(sigName(sig))
 	case syscall.SIGTTIN:
 		if m.phase != phaseServing && m.phase != phaseBooting {
 			return
@@ -292,8 +335,39 @@ func (m *master) onSignal(sig syscall.Signal) {
 	}
 }
 
+// stop drains every worker; the loop ends when they are gone.
+func (m *master) stop(trigger string) {
+	if m.phase == phaseStopping || m.phase == phaseHandedOver {
+		return
+	}
+	m.log.Info("stop requested: draining workers", zap.String("trigger", trigger),
+		zap.Duration("drain_timeout", m.cfg.DrainTimeout))
+	if m.phase == phaseBooting {
+		m.bootErr = fmt.Errorf("%w: stopped by %s while starting", ErrBootFailed, trigger)
+		if !m.hasParent {
+			m.bootErr = nil // a plain start interrupted by the operator is a clean stop
+		}
+		m.reportUpgradeFailure("new master received " + trigger + " before its workers were ready")
+	} else {
+		m.sdNotify("STOPPING=1")
+	}
+	m.phase = phaseStopping
+	m.drainAll()
+}
+
+// sdNotify tells the service manager that started baton, if any.
+func (m *master) sdNotify(msg string) {
+	if ns := os.Getenv("NOTIFY_SOCKET"); ns != "" {
+		if err := sendNotify(ns, msg); err != nil {
+			m.log.Warn("notify service manager failed", zap.Error(err))
+		}
+	}
+}
+
 func (m *master) onEvent(ev any) {
 	switch ev := ev.(type) {
+	case *ctlConn:
+		m.onControl(ev)
 	case evExit:
 		m.onExit(ev)
 	case notifyMsg:
@@ -322,6 +396,8 @@ func (m *master) onEvent(ev any) {
 		}
 	case evUpgradeDone:
 		m.onUpgradeDone(ev.err)
+	case evHandoverReport:
+		m.finishHandover()
 	case evParentExited:
 		m.parentDeadline = time.Time{}
 		m.hasParent = false
@@ -348,8 +424,9 @@ func (m *master) startWorker(index int) {
 		Stderr:     os.Stderr,
 		ExtraFiles: m.lns.Files(),
 		SysProcAttr: &syscall.SysProcAttr{
-			Setpgid:   true, // a terminal's ^C reaches the master only
-			Pdeathsig: syscall.SIGKILL,
+			Setpgid:    true, // a terminal's ^C reaches the master only
+			Pdeathsig:  syscall.SIGKILL,
+			Credential: m.cfg.Credential,
 		},
 	}
 	s := m.slots[index]
@@ -405,8 +482,7 @@ func (m *master) onNotify(msg notifyMsg) {
 		w = m.workerAncestor(msg.pid)
 	}
 	if w == nil {
-		if reason, ok := msg.fields[notifyUpgradeFail]; ok && parentOf(msg.pid) == m.self {
-			m.upgradeReason = reason
+		if parentOf(msg.pid) == m.self && m.onChildMasterReport(msg.pid, msg.fields) {
 			return
 		}
 		m.log.Warn("notify message from unknown process ignored", zap.Int("sender_pid", msg.pid))
@@ -476,6 +552,16 @@ func (m *master) allReady() bool {
 func (m *master) bootDone() {
 	now := time.Now()
 	workers := now.Sub(m.bootAt)
+	var total time.Duration
+	if !m.upgradeStart.IsZero() {
+		total = now.Sub(m.upgradeStart)
+	}
+	if m.parentNotify != "" {
+		// Before Ready: the old master must have this when its Upgrade returns.
+		b, _ := json.Marshal(ReloadResult{Generation: m.gen, TotalMS: ms(total),
+			WorkersStartingMS: ms(workers), BatonMS: ms(total - workers)})
+		sendNotify(m.parentNotify, notifyUpgradeReady+"="+string(b))
+	}
 	if err := m.upg.Ready(); err != nil {
 		m.bootFailed(fmt.Errorf("%w: %v", ErrBootFailed, err), "could not signal readiness: "+err.Error())
 		return
@@ -483,9 +569,11 @@ func (m *master) bootDone() {
 	m.phase = phaseServing
 	fields := []zap.Field{zap.Int("workers", len(m.slots)), zap.Duration("workers_starting", workers)}
 	if m.hasParent {
-		if !m.upgradeStart.IsZero() {
-			total := now.Sub(m.upgradeStart)
+		if total > 0 {
 			fields = append(fields, zap.Duration("total", total), zap.Duration("baton", total-workers))
+		}
+		if m.control != nil {
+			go m.serveControl(m.control)
 		}
 		// The old master drains for at most its drain timeout after this.
 		m.parentDeadline = now.Add(m.cfg.DrainTimeout + time.Second)
@@ -493,9 +581,7 @@ func (m *master) bootDone() {
 	} else {
 		m.log.Info("generation ready", fields...)
 	}
-	if ns := os.Getenv("NOTIFY_SOCKET"); ns != "" {
-		sendNotify(ns, fmt.Sprintf("MAINPID=%d\nREADY=1\nSTATUS=generation %d, %d workers", m.self, m.gen, len(m.slots)))
-	}
+	m.sdNotify(fmt.Sprintf("MAINPID=%d\nREADY=1\nSTATUS=generation %d, %d workers", m.self, m.gen, len(m.slots)))
 }
 
 func (m *master) onReadyTimeout(w *worker) {

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"syscall"
+	"unsafe"
 )
 
 // notifySocket is the master's private sd_notify(3) endpoint. It is an
@@ -108,4 +110,13 @@ func sendNotify(addr, msg string) error {
 		return fmt.Errorf("notify %s: %w", addr, err)
 	}
 	return nil
+}
+
+// monotonicUsec is CLOCK_MONOTONIC in microseconds, the clock systemd wants
+// in MONOTONIC_USEC= beside RELOADING=1 (without it systemd may ignore the
+// reload notification).
+func monotonicUsec() string {
+	var ts syscall.Timespec
+	syscall.Syscall(syscall.SYS_CLOCK_GETTIME, 1 /* CLOCK_MONOTONIC */, uintptr(unsafe.Pointer(&ts)), 0)
+	return strconv.FormatInt(ts.Sec*1e6+ts.Nsec/1e3, 10)
 }

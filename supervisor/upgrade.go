@@ -1,72 +1,157 @@
 package supervisor
 
 import (
+	"context"
+	"encoding/json"
 	"os"
 	"runtime"
 	"strconv"
-	"syscall"
 	"time"
 
 	"go.uber.org/zap"
 )
 
-// requestUpgrade starts a handover to a freshly executed master, unless one
-// is under way or the previous master is still draining: tableflip allows a
-// single pair of masters, and a third generation would stack drains.
-func (m *master) requestUpgrade(sig syscall.Signal) {
+// notifyUpgradeReady is what a new master sends the old one, as JSON of a
+// ReloadResult, just before it takes over.
+const notifyUpgradeReady = "BATON_UPGRADE_READY"
+
+// requestUpgrade starts a handover to a freshly executed master. It returns
+// why it refused, or "" once the upgrade is under way. One at a time:
+// tableflip allows a single pair of masters, and a third generation would
+// stack drains.
+func (m *master) requestUpgrade(trigger string) string {
+	var why string
+	var fields []zap.Field
 	switch {
 	case m.phase != phaseServing:
-		m.log.Warn("upgrade refused: master is not serving", zap.String("signal", sigName(sig)))
-		return
+		why = "master is not serving (" + m.status().State + ")"
 	case m.upgrading:
-		m.log.Warn("upgrade refused: an upgrade is already under way",
-			zap.Duration("running_for", time.Since(m.upgradeAt)))
-		return
+		why = "an upgrade is already under way"
+		fields = append(fields, zap.Duration("running_for", time.Since(m.upgradeAt)))
 	case m.hasParent:
-		left := time.Until(m.parentDeadline)
-		if m.parentDeadline.IsZero() || left < 0 {
-			left = 0
-		}
-		m.log.Warn("upgrade refused: previous generation still draining",
-			zap.Duration("drain_left_at_most", left.Round(time.Millisecond)))
-		return
+		left := max(time.Until(m.parentDeadline), 0).Round(time.Millisecond)
+		why = "previous generation still draining (up to " + left.String() + " more)"
+		fields = append(fields, zap.Duration("drain_left_at_most", left))
+	}
+	if why != "" {
+		m.log.Warn("upgrade refused: "+trimParen(why), append(fields, zap.String("trigger", trigger))...)
+		return why
 	}
 	m.upgrading = true
 	m.upgradeAt = time.Now()
 	m.upgradeReason = ""
+	m.upgradeReady = nil
 	// tableflip re-executes us with os.Environ(); this is how the next
-	// master learns its generation and when the deploy began.
+	// master learns its generation, when the deploy began, and where to
+	// report.
 	os.Setenv(envNextGeneration, strconv.Itoa(m.gen+1))
 	os.Setenv(envUpgradeStart, strconv.FormatInt(m.upgradeAt.UnixNano(), 10))
 	os.Setenv(envParentNotify, m.notify.addr)
-	m.log.Info("upgrade requested", zap.String("signal", sigName(sig)), zap.Int("new_generation", m.gen+1))
+	m.log.Info("upgrade requested", zap.String("trigger", trigger), zap.Int("new_generation", m.gen+1))
+	m.sdNotify("RELOADING=1\nMONOTONIC_USEC=" + monotonicUsec() + "\nSTATUS=upgrading to generation " + strconv.Itoa(m.gen+1))
 	go func() { m.post(evUpgradeDone{m.upg.Upgrade()}) }()
+	return ""
+}
+
+func trimParen(s string) string {
+	for i := range s {
+		if s[i] == '(' {
+			return s[:max(i-1, 0)]
+		}
+	}
+	return s
 }
 
 func (m *master) onUpgradeDone(err error) {
 	m.upgrading = false
 	took := time.Since(m.upgradeAt)
+	res := ReloadResult{OldMasterPID: m.self, Generation: m.gen + 1}
 	if err != nil {
 		// tableflip v1.2.3 does not close its ends of the child's pipes
 		// (ready writer, names reader) in the parent; only their finalizers
 		// do. Collect now so a failed upgrade leaves no fds behind until
 		// some later GC.
 		runtime.GC()
-		reason := m.upgradeReason
-		if reason == "" {
-			reason = err.Error()
+		res.Code = ReloadRollback
+		res.Reason = m.upgradeReason
+		if res.Reason == "" {
+			res.Reason = "new master failed: " + err.Error()
 		}
+		res.Stderr = m.upgradeStderr
+		res.TotalMS = ms(took)
 		if m.phase != phaseServing {
-			m.log.Info("upgrade abandoned", zap.String("reason", reason))
-			return
+			m.log.Info("upgrade abandoned", zap.String("reason", res.Reason))
+		} else {
+			m.log.Error("upgrade failed: old generation keeps serving",
+				zap.String("reason", res.Reason), zap.Duration("took", took),
+				zap.Int("goroutines", runtime.NumGoroutine()))
+			m.sdNotify("READY=1\nSTATUS=upgrade failed, generation " + strconv.Itoa(m.gen) + " serving: " + res.Reason)
 		}
-		m.log.Error("upgrade failed: old generation keeps serving",
-			zap.String("reason", reason), zap.Duration("took", took),
-			zap.Int("goroutines", runtime.NumGoroutine()))
+		m.finishReload(res)
 		return
 	}
 	m.log.Info("handed over to new master: draining old generation",
 		zap.Duration("handover", took), zap.Int("workers", len(m.procs)))
 	m.phase = phaseHandedOver
+	if m.control != nil {
+		// The new master answers on the shared socket from now on.
+		m.control.Close()
+		m.control = nil
+	}
 	m.drainAll()
+	// The new master's report was sent before its ready byte, but it comes
+	// through another goroutine and may still be queued: answer reload
+	// clients when it is in, or after a short wait with what we know.
+	m.handoverPending = true
+	if m.upgradeReady != nil {
+		m.finishHandover()
+	} else {
+		m.after(context.Background(), time.Second, evHandoverReport{})
+	}
+}
+
+// finishHandover answers reload clients after a successful handover.
+func (m *master) finishHandover() {
+	if !m.handoverPending {
+		return
+	}
+	m.handoverPending = false
+	res := ReloadResult{Generation: m.gen + 1, TotalMS: ms(time.Since(m.upgradeAt))}
+	if m.upgradeReady != nil {
+		res = *m.upgradeReady
+	}
+	res.OK, res.Code, res.OldMasterPID = true, ReloadOK, m.self
+	m.log.Info("new master reported", zap.Int("new_master_pid", res.NewMasterPID),
+		zap.Float64("total_ms", res.TotalMS), zap.Float64("workers_starting_ms", res.WorkersStartingMS))
+	m.finishReload(res)
+}
+
+func (m *master) finishReload(res ReloadResult) {
+	m.lastUpgrade = &res
+	for _, c := range m.reloadWaiters {
+		c.reply(res)
+		c.conn.Close()
+	}
+	m.reloadWaiters = nil
+}
+
+// onChildMasterReport takes a new master's report of its outcome.
+func (m *master) onChildMasterReport(pid int, fields map[string]string) bool {
+	if reason, ok := fields[notifyUpgradeFail]; ok {
+		m.upgradeReason = reason
+		if s, ok := fields["BATON_STDERR"]; ok {
+			json.Unmarshal([]byte(s), &m.upgradeStderr)
+		}
+		return true
+	}
+	if js, ok := fields[notifyUpgradeReady]; ok {
+		var r ReloadResult
+		if json.Unmarshal([]byte(js), &r) == nil {
+			r.NewMasterPID = pid
+			m.upgradeReady = &r
+			m.finishHandover()
+		}
+		return true
+	}
+	return false
 }

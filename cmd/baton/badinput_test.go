@@ -17,8 +17,14 @@ import (
 // lines that are not JSON log events, and the whole output.
 func runBaton(t *testing.T, cred *syscall.Credential, args ...string) (int, []string, string) {
 	t.Helper()
+	return runBatonEnv(t, cred, nil, args...)
+}
+
+func runBatonEnv(t *testing.T, cred *syscall.Credential, env []string, args ...string) (int, []string, string) {
+	t.Helper()
 	var out bytes.Buffer
 	cmd := exec.Command(bin("baton"), args...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout = &out
 	cmd.Stderr = &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred}
@@ -112,7 +118,8 @@ func TestBadInput(t *testing.T) {
 				os.Chmod(dir, 0o755) // nobody may enter but not create
 				cred = &syscall.Credential{Uid: 65534, Gid: 65534}
 			}
-			code, lines, out := runBaton(t, cred, c.args(dir)...)
+			// The control socket goes in dir too: it must not be left behind either.
+			code, lines, out := runBatonEnv(t, cred, []string{"BATON_CONTROL=" + filepath.Join(dir, "ctl.sock")}, c.args(dir)...)
 			if code != c.code {
 				t.Errorf("exit code %d, want %d; output:\n%s", code, c.code, out)
 			}

@@ -178,6 +178,8 @@ type baton struct {
 	log  *logTail
 	done chan struct{} // closed when the first master has exited
 	err  error         // its exit, valid after done
+	// control is the control socket path, unless the test's args chose one.
+	control string
 }
 
 // startBaton runs "baton run ARGS..." with JSON logs on a pipe. Cleanup kills
@@ -188,8 +190,10 @@ func startBaton(t *testing.T, env []string, args ...string) *baton {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Every master gets its own control socket unless the test picks one.
+	ctl := filepath.Join(t.TempDir(), "ctl.sock")
 	cmd := exec.Command(bin("baton"), append([]string{"run", "--log-format", "json"}, args...)...)
-	cmd.Env = append(os.Environ(), env...)
+	cmd.Env = append(append(os.Environ(), "BATON_CONTROL="+ctl), env...)
 	cmd.Stdout = w
 	cmd.Stderr = w
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -197,7 +201,7 @@ func startBaton(t *testing.T, env []string, args ...string) *baton {
 		t.Fatal(err)
 	}
 	w.Close()
-	b := &baton{t: t, cmd: cmd, pid: cmd.Process.Pid, log: newLogTail(r), done: make(chan struct{})}
+	b := &baton{t: t, cmd: cmd, pid: cmd.Process.Pid, log: newLogTail(r), done: make(chan struct{}), control: ctl}
 	go func() { b.err = cmd.Wait(); close(b.done) }()
 	t.Cleanup(func() {
 		for _, pid := range b.pids() {

@@ -45,8 +45,12 @@ func run(args []string) int {
 	}
 	fmt.Fprintln(os.Stderr, "baton: "+oneLine(err.Error()))
 	var ue *usageError
-	if errors.As(err, &ue) {
+	var ec *exitCode
+	switch {
+	case errors.As(err, &ue):
 		return exitUsage
+	case errors.As(err, &ec):
+		return ec.code
 	}
 	return exitFailure
 }
@@ -72,7 +76,7 @@ func newApp() *cli.App {
 			}
 			return &usageError{errors.New("no command given (see baton --help)")}
 		},
-		Commands: []*cli.Command{runCommand(onUsage)},
+		Commands: []*cli.Command{runCommand(onUsage), reloadCommand(onUsage), statusCommand(onUsage), stopCommand(onUsage)},
 	}
 }
 
@@ -95,8 +99,14 @@ func runFlags() []cli.Flag {
 			Usage: "how long a draining worker may take before it is killed"},
 		&cli.StringFlag{Name: "pid-file", EnvVars: env("pid-file"),
 			Usage: "write the serving master's pid here"},
+		&cli.StringFlag{Name: "control", EnvVars: env("control"),
+			Usage: "control socket for baton reload/status/stop (default: beside --pid-file as NAME.sock, else $XDG_RUNTIME_DIR/baton/control.sock or /run/baton/control.sock)"},
 		&cli.StringFlag{Name: "chdir", EnvVars: env("chdir"),
 			Usage: "workers' working directory, resolved anew at every upgrade (e.g. /srv/app/current)"},
+		&cli.StringFlag{Name: "user", EnvVars: env("user"),
+			Usage: "run workers as this user (baton must start as root; sockets are bound before)"},
+		&cli.StringFlag{Name: "group", EnvVars: env("group"),
+			Usage: "run workers with this group (default: the --user's primary group)"},
 		&cli.StringFlag{Name: "log-format", EnvVars: env("log-format"),
 			Usage: "console or json (default: console on a terminal, json otherwise)"},
 		&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: env("log-level"),
@@ -160,6 +170,17 @@ func configFrom(c *cli.Context) (supervisor.Config, error) {
 	if p := c.String("pid-file"); p != "" {
 		if cfg.PIDFile, err = filepath.Abs(p); err != nil {
 			return cfg, fmt.Errorf("--pid-file %q: %w", p, err)
+		}
+	}
+	if cfg.Credential, err = supervisor.LookupCredential(c.String("user"), c.String("group")); err != nil {
+		return cfg, err
+	}
+	cfg.Control, cfg.ControlExplicit = c.String("control"), c.IsSet("control")
+	if cfg.Control == "" {
+		cfg.Control = supervisor.DefaultControlPath(cfg.PIDFile)
+	} else if !strings.HasPrefix(cfg.Control, "@") {
+		if cfg.Control, err = filepath.Abs(cfg.Control); err != nil {
+			return cfg, fmt.Errorf("--control %q: %w", c.String("control"), err)
 		}
 	}
 	// Validate everything cheap before anything is bound or started.
