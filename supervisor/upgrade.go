@@ -3,7 +3,9 @@ package supervisor
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"runtime"
 	"strconv"
 	"time"
@@ -32,9 +34,13 @@ func (m *master) requestUpgrade(trigger string) string {
 		left := max(time.Until(m.parentDeadline), 0).Round(time.Millisecond)
 		why = "previous generation still draining (up to " + left.String() + " more)"
 		fields = append(fields, zap.Duration("drain_left_at_most", left))
+	default:
+		if err := m.preflight(); err != nil {
+			why = "pre-flight check failed (" + err.Error() + ")"
+		}
 	}
 	if why != "" {
-		m.log.Warn("upgrade refused: "+trimParen(why), append(fields, zap.String("trigger", trigger))...)
+		m.log.Warn("upgrade refused: "+trimParen(why), append(fields, zap.String("trigger", trigger), zap.String("reason", why))...)
 		return why
 	}
 	m.upgrading = true
@@ -51,6 +57,17 @@ func (m *master) requestUpgrade(trigger string) string {
 	m.sdNotify("RELOADING=1\nMONOTONIC_USEC=" + monotonicUsec() + "\nSTATUS=upgrading to generation " + strconv.Itoa(m.gen+1))
 	go func() { m.post(evUpgradeDone{m.upg.Upgrade()}) }()
 	return ""
+}
+
+// preflight checks what the new master will need before anything is
+// forked: the baton binary as tableflip will exec it (os.Args[0] from the
+// initial working directory), the working directory and the command, each
+// resolved anew so that a moved symlink is followed.
+func (m *master) preflight() error {
+	if _, err := exec.LookPath(os.Args[0]); err != nil {
+		return fmt.Errorf("baton binary %q: %w", os.Args[0], pathErr(err))
+	}
+	return m.cfg.Check()
 }
 
 func trimParen(s string) string {

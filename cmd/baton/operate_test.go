@@ -57,6 +57,17 @@ func TestReloadExitCodes(t *testing.T) {
 		t.Fatalf("after rollback served %q", body)
 	}
 
+	// 2: pre-flight: the release is gone, so nothing is forked.
+	pointCurrent(t, dir, "deleted")
+	starts := b.log.count("master starting")
+	code, out = b.ctl(t, "reload")
+	if code != 2 || !strings.Contains(out, "pre-flight") || !strings.Contains(out, "current") {
+		t.Fatalf("reload of a missing release: exit %d, output:\n%s", code, out)
+	}
+	if n := b.log.count("master starting"); n != starts {
+		t.Fatalf("a new master was started for a release that does not exist")
+	}
+
 	// 2: an upgrade already under way.
 	pointCurrent(t, dir, "slow")
 	from := b.log.len()
