@@ -31,6 +31,8 @@ type Config struct {
 	// ControlExplicit is false, failing to bind it is only a warning.
 	Control         string
 	ControlExplicit bool
+	// WorkerOutput is OutputTagged or OutputInherit.
+	WorkerOutput string
 	// Credential, if set, is the user and groups workers run as.
 	Credential *syscall.Credential
 	Log        *zap.Logger

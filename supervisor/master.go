@@ -79,7 +79,8 @@ type master struct {
 	reloadWaiters   []*ctlConn
 	stopWaiters     []*ctlConn // held open until exit
 	control         *net.UnixListener
-	handoverPending bool // reload clients wait for the new master's report
+	handoverPending bool     // reload clients wait for the new master's report
+	failedStderr    []string // the failing worker's last stderr lines
 	startAt         time.Time
 }
 
@@ -430,7 +431,20 @@ func (m *master) startWorker(index int) {
 		},
 	}
 	s := m.slots[index]
+	var pipes *workerPipes
+	if m.cfg.WorkerOutput == OutputTagged {
+		var err error
+		if pipes, err = newWorkerPipes(); err != nil {
+			m.log.Error("worker output pipes failed", zap.Int("worker", index), zap.Error(err))
+			m.scheduleRestart(index, s)
+			return
+		}
+		cmd.Stdout, cmd.Stderr = pipes.outW, pipes.errW
+	}
 	if err := m.spawn.start(cmd); err != nil {
+		if pipes != nil {
+			pipes.abandon()
+		}
 		m.log.Error("worker start failed", zap.Int("worker", index), zap.Error(err))
 		m.scheduleRestart(index, s)
 		return
@@ -440,8 +454,12 @@ func (m *master) startWorker(index int) {
 		gen:     m.gen,
 		pid:     cmd.Process.Pid,
 		started: time.Now(),
+		pipes:   pipes,
 	}
 	w.log = m.log.With(zap.Int("worker", index), zap.Int("pid", w.pid))
+	if pipes != nil {
+		pipes.started(w.log)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	w.cancel = cancel
 	s.cur = w
@@ -451,6 +469,15 @@ func (m *master) startWorker(index int) {
 	go func() {
 		cmd.Wait()
 		cancel()
+		if pipes != nil {
+			// Let the last words reach the log (and the failure report)
+			// before the exit is handled; a grandchild holding the pipe
+			// must not hold up the exit, hence the bound.
+			select {
+			case <-pipes.done:
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
 		m.post(evExit{pid: w.pid, state: cmd.ProcessState})
 	}()
 	m.after(ctx, m.cfg.ReadyTimeout, evReadyTimeout{w.pid})
@@ -587,6 +614,7 @@ func (m *master) bootDone() {
 func (m *master) onReadyTimeout(w *worker) {
 	w.log.Error("worker not ready in time", zap.Duration("ready_timeout", m.cfg.ReadyTimeout))
 	if m.phase == phaseBooting {
+		m.failedStderr = w.stderrTail()
 		m.bootFailed(fmt.Errorf("%w: worker %d (pid %d) not ready after %s", ErrBootFailed, w.index, w.pid, m.cfg.ReadyTimeout),
 			fmt.Sprintf("worker %d (pid %d) not ready after %s (--ready-timeout)", w.index, w.pid, m.cfg.ReadyTimeout))
 		return
@@ -607,8 +635,16 @@ func (m *master) bootFailed(err error, reason string) {
 }
 
 func (m *master) reportUpgradeFailure(reason string) {
-	if m.parentNotify != "" {
-		sendNotify(m.parentNotify, notifyUpgradeFail+"="+reason)
+	if m.parentNotify == "" {
+		return
+	}
+	msg := notifyUpgradeFail + "=" + strings.ReplaceAll(reason, "\n", " ")
+	if len(m.failedStderr) > 0 {
+		b, _ := json.Marshal(m.failedStderr)
+		msg += "\nBATON_STDERR=" + string(b)
+	}
+	if err := sendNotify(m.parentNotify, msg); err != nil {
+		m.log.Warn("could not tell the old master why this upgrade failed", zap.Error(err))
 	}
 }
 
@@ -630,6 +666,7 @@ func (m *master) onExit(ev evExit) {
 		w.log.Info("worker drained", append(fields, zap.Duration("drain", time.Since(w.drainAt)), zap.Bool("killed", w.killed))...)
 	case m.phase == phaseBooting:
 		w.log.Error("worker exited before it was ready", fields...)
+		m.failedStderr = w.stderrTail()
 		m.bootFailed(fmt.Errorf("%w: worker %d (pid %d) exited with %s before it was ready", ErrBootFailed, w.index, w.pid, exitReason(ev.state)),
 			fmt.Sprintf("worker %d (pid %d) exited with %s before it was ready", w.index, w.pid, exitReason(ev.state)))
 	case m.phase == phaseServing && s != nil:

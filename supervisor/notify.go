@@ -54,7 +54,7 @@ func openNotifySocket() (*notifySocket, error) {
 
 // run reads datagrams until the socket is closed, handing each to deliver.
 func (n *notifySocket) run(deliver func(notifyMsg)) {
-	buf := make([]byte, 4096)
+	buf := make([]byte, 64<<10) // room for a failure report with stderr lines
 	oob := make([]byte, syscall.CmsgSpace(syscall.SizeofUcred))
 	for {
 		nb, noob, _, _, err := n.conn.ReadMsgUnix(buf, oob)

@@ -46,6 +46,7 @@ func (m *master) requestUpgrade(trigger string) string {
 	m.upgrading = true
 	m.upgradeAt = time.Now()
 	m.upgradeReason = ""
+	m.upgradeStderr = nil
 	m.upgradeReady = nil
 	// tableflip re-executes us with os.Environ(); this is how the next
 	// master learns its generation, when the deploy began, and where to

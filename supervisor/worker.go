@@ -37,6 +37,7 @@ type worker struct {
 	killed  bool // SIGKILLed at the drain deadline
 	log     *zap.Logger
 	cancel  context.CancelFunc // stops its probe and timers
+	pipes   *workerPipes       // nil with --worker-output inherit
 }
 
 // slot is a worker index: the worker holding it now and its crash history.
@@ -116,4 +117,13 @@ func runProbe(ctx context.Context, probe, dir string, env []string, ready func()
 
 func (w *worker) String() string {
 	return fmt.Sprintf("worker %d (pid %d)", w.index, w.pid)
+}
+
+// stderrTail returns the last lines the worker wrote to stderr, if its
+// output goes through the master.
+func (w *worker) stderrTail() []string {
+	if w.pipes == nil {
+		return nil
+	}
+	return w.pipes.tail.snapshot()
 }

@@ -107,6 +107,8 @@ func runFlags() []cli.Flag {
 			Usage: "run workers as this user (baton must start as root; sockets are bound before)"},
 		&cli.StringFlag{Name: "group", EnvVars: env("group"),
 			Usage: "run workers with this group (default: the --user's primary group)"},
+		&cli.StringFlag{Name: "worker-output", EnvVars: env("worker-output"),
+			Usage: "tagged (baton logs each line of workers' stdout/stderr with generation, worker and pid) or inherit (default: inherit on a terminal, tagged otherwise)"},
 		&cli.StringFlag{Name: "log-format", EnvVars: env("log-format"),
 			Usage: "console or json (default: console on a terminal, json otherwise)"},
 		&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: env("log-level"),
@@ -174,6 +176,16 @@ func configFrom(c *cli.Context) (supervisor.Config, error) {
 	}
 	if cfg.Credential, err = supervisor.LookupCredential(c.String("user"), c.String("group")); err != nil {
 		return cfg, err
+	}
+	switch cfg.WorkerOutput = c.String("worker-output"); cfg.WorkerOutput {
+	case "":
+		cfg.WorkerOutput = supervisor.OutputTagged
+		if fi, err := os.Stdout.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+			cfg.WorkerOutput = supervisor.OutputInherit
+		}
+	case supervisor.OutputTagged, supervisor.OutputInherit:
+	default:
+		return cfg, fmt.Errorf("--worker-output %q: want tagged or inherit", cfg.WorkerOutput)
 	}
 	cfg.Control, cfg.ControlExplicit = c.String("control"), c.IsSet("control")
 	if cfg.Control == "" {

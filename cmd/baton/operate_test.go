@@ -50,7 +50,7 @@ func TestReloadExitCodes(t *testing.T) {
 	// 1: rolled back, with the reason.
 	pointCurrent(t, dir, "crash")
 	code, out := b.ctl(t, "reload")
-	if code != 1 || !strings.Contains(out, "exit status 3 before it was ready") {
+	if code != 1 || !strings.Contains(out, "exit status 3 before it was ready") || !strings.Contains(out, "| fatal: cannot open config.yml") {
 		t.Fatalf("reload of a crashing release: exit %d, output:\n%s", code, out)
 	}
 	if body := mustGet(t, addr, "/"); field(body, "tag") != "v1" {
@@ -329,5 +329,57 @@ func TestWorkersRunAsUser(t *testing.T) {
 	code, lines, _ := runBaton(t, nil, "run", "-l", freeAddr(t), "--user", "no-such-user-xyz", "--", bin("hello"))
 	if code != 2 || len(lines) != 1 || !strings.Contains(lines[0], `"no-such-user-xyz"`) {
 		t.Fatalf("unknown user: exit %d, %q", code, lines)
+	}
+}
+
+func TestDeployScriptRollsBack(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	release(t, dir, "v1", "HELLO_TAG=v1 exec "+bin("hello"))
+	release(t, dir, "v2", "HELLO_TAG=v2 exec "+bin("hello"))
+	release(t, dir, "v3", "echo 'v3: missing DATABASE_URL' >&2; exit 3")
+	pointCurrent(t, dir, "v1")
+	addr := freeAddr(t)
+	b := startBaton(t, nil, "-l", addr, "-w", "2", "--chdir", filepath.Join(dir, "current"), "--", "./server")
+	b.waitReady()
+	deploy := func(rel string) (int, string) {
+		cmd := exec.Command("bash", "../../scripts/deploy.sh", filepath.Join(dir, "releases", rel))
+		cmd.Env = append(os.Environ(), "BATON="+bin("baton"), "BATON_CONTROL="+b.control, "APP_ROOT="+dir)
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode(), string(out)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 0, string(out)
+	}
+	current := func() string {
+		p, err := filepath.EvalSymlinks(filepath.Join(dir, "current"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return filepath.Base(p)
+	}
+
+	code, out := deploy("v2")
+	if code != 0 || current() != "v2" {
+		t.Fatalf("deploy v2: exit %d, current -> %s:\n%s", code, current(), out)
+	}
+	if body := mustGet(t, addr, "/"); field(body, "tag") != "v2" {
+		t.Fatalf("after deploying v2 served %q", body)
+	}
+	b.log.wait(t, "previous master exited", nil, 30*time.Second)
+
+	code, out = deploy("v3")
+	if code == 0 || !strings.Contains(out, "exit status 3") || !strings.Contains(out, "rolled back") {
+		t.Fatalf("deploy of a crashing v3: exit %d:\n%s", code, out)
+	}
+	if current() != "v2" {
+		t.Fatalf("after a failed deploy current -> %s, want v2", current())
+	}
+	if body := mustGet(t, addr, "/"); field(body, "tag") != "v2" {
+		t.Fatalf("after the failed deploy served %q", body)
 	}
 }

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# deploy.sh RELEASE_DIR — Capistrano-style deploy under baton.
+#
+# Points APP_ROOT/current at RELEASE_DIR atomically, asks baton to upgrade,
+# and waits for the outcome. If the new release does not come up, current
+# is pointed back at the previous release (baton has already rolled the
+# workers back) and the script exits non-zero with baton's reason.
+#
+# Environment:
+#   APP_ROOT       directory holding the `current` symlink (default: parent of RELEASE_DIR's parent,
+#                  i.e. /srv/app for /srv/app/releases/42)
+#   BATON          baton binary (default: baton on $PATH)
+#   BATON_CONTROL  or BATON_PID_FILE: how to reach the master (see baton reload --help)
+#   RELOAD_TIMEOUT how long to wait for the new generation (default 10m)
+set -euo pipefail
+
+die() { echo "deploy: $*" >&2; exit 1; }
+
+[ $# -eq 1 ] || die "usage: deploy.sh RELEASE_DIR"
+release=$(cd "$1" 2>/dev/null && pwd -P) || die "release directory $1 does not exist"
+app_root=${APP_ROOT:-$(dirname "$(dirname "$release")")}
+baton=${BATON:-baton}
+current="$app_root/current"
+
+previous=""
+if [ -L "$current" ]; then
+	previous=$(readlink "$current")
+fi
+
+# Swap atomically: a new symlink under a temporary name, renamed over the
+# old one (rename(2) replaces it in one step; ln -sf would unlink first).
+swap() {
+	local tmp="$app_root/.current.$$"
+	ln -sfn "$1" "$tmp"
+	mv -T "$tmp" "$current"
+}
+
+swap "$release"
+echo "deploy: current -> $release"
+
+set +e
+out=$("$baton" reload --timeout "${RELOAD_TIMEOUT:-10m}" 2>&1)
+code=$?
+set -e
+echo "$out"
+
+if [ $code -eq 0 ]; then
+	echo "deploy: $release is live"
+	exit 0
+fi
+if [ -n "$previous" ]; then
+	swap "$previous"
+	echo "deploy: current -> $previous (rolled back)" >&2
+else
+	rm -f "$current"
+	echo "deploy: removed current (there was no previous release)" >&2
+fi
+case $code in
+	1) die "release $release failed to start; the previous generation keeps serving" ;;
+	2) die "upgrade not started (see above); nothing changed" ;;
+	*) die "outcome unknown (baton reload exit $code); check 'baton status'" ;;
+esac
