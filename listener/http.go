@@ -36,13 +36,11 @@ func NewHTTPDrainer(srv *http.Server) *HTTPDrainer {
 		next = http.DefaultServeMux
 	}
 	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		d.mu.Lock()
-		draining := d.draining
-		d.mu.Unlock()
-		if draining {
-			w.Header().Set("Connection", "close")
+		cw := &closingWriter{ResponseWriter: w, d: d}
+		next.ServeHTTP(cw, r)
+		if !cw.wroteHeader {
+			cw.WriteHeader(http.StatusOK) // what net/http would send; now with our header
 		}
-		next.ServeHTTP(w, r)
 	})
 	prev := srv.ConnState
 	srv.ConnState = func(c net.Conn, st http.ConnState) {
@@ -61,6 +59,42 @@ func NewHTTPDrainer(srv *http.Server) *HTTPDrainer {
 	}
 	return d
 }
+
+func (d *HTTPDrainer) isDraining() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.draining
+}
+
+// closingWriter decides on "Connection: close" when the response starts,
+// not when the request did: a slow request that began before the drain must
+// still send its client away, or the client's next request lands on this
+// worker again and the drain lasts twice as long.
+type closingWriter struct {
+	http.ResponseWriter
+	d           *HTTPDrainer
+	wroteHeader bool
+}
+
+func (w *closingWriter) WriteHeader(code int) {
+	if !w.wroteHeader && code >= 200 {
+		w.wroteHeader = true
+		if w.d.isDraining() {
+			w.Header().Set("Connection", "close")
+		}
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *closingWriter) Write(b []byte) (int, error) {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach Flush, Hijack and deadlines.
+func (w *closingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // Drain closes lns, lets clients finish, and returns when every connection
 // is gone or ctx ends. grace bounds how long idle keep-alive connections are
@@ -90,8 +124,12 @@ func (d *HTTPDrainer) Drain(ctx context.Context, lns []net.Listener, grace time.
 		break
 	}
 	// What remains is idle past the grace period, or mid-request: Shutdown
-	// closes the former and waits for the latter.
-	return d.srv.Shutdown(ctx)
+	// closes the former and waits for the latter. It also closes the
+	// listeners again, which says net.ErrClosed: they are ours, and closed.
+	if err := d.srv.Shutdown(ctx); err != nil && !errors.Is(err, net.ErrClosed) {
+		return err
+	}
+	return nil
 }
 
 // ServeHTTP is the whole life of a Go HTTP worker under baton in one call:

@@ -16,6 +16,10 @@ import (
 type Registry interface {
 	Listener(network, addr string) (net.Listener, error)
 	ListenWithCallback(network, addr string, bind func(network, addr string) (net.Listener, error)) (net.Listener, error)
+	// Sockets from systemd socket activation travel as plain files, so
+	// that tableflip never unlinks a unix socket path systemd owns.
+	File(name string) (*os.File, error)
+	AddFile(name string, f *os.File) error
 }
 
 // Set is the master's view of its listening sockets, in --listen order.
@@ -29,10 +33,21 @@ type Set struct {
 // replaced; a live one is an error. On error nothing opened here stays open,
 // but sockets bound here stay in the registry: the caller's registry Stop
 // removes them.
-func Open(reg Registry, specs []Spec) (*Set, error) {
+//
+// activated are sockets systemd passed to baton itself (TakeActivated);
+// they are matched to specs by name, else by order, and used instead of
+// binding. Later masters inherit them like any other socket.
+func Open(reg Registry, specs []Spec, activated []Activated) (*Set, error) {
 	s := &Set{specs: specs}
-	for _, spec := range specs {
-		f, err := open(reg, spec)
+	adopt := match(specs, activated)
+	for i, spec := range specs {
+		var f *os.File
+		var err error
+		if a := adopt[i]; a != nil {
+			f, err = adoptFile(reg, spec, a)
+		} else {
+			f, err = open(reg, spec)
+		}
 		if err != nil {
 			s.Close()
 			return nil, err
@@ -42,7 +57,27 @@ func Open(reg Registry, specs []Spec) (*Set, error) {
 	return s, nil
 }
 
+func activatedKey(spec Spec) string { return "activated:" + spec.Network + ":" + spec.Addr }
+
+func adoptFile(reg Registry, spec Spec, f *os.File) (*os.File, error) {
+	defer f.Close()
+	if err := reg.AddFile(activatedKey(spec), f); err != nil {
+		return nil, fmt.Errorf("adopt %s: %w", spec, err)
+	}
+	dup, err := dupFile(f, spec.String())
+	if err != nil {
+		return nil, fmt.Errorf("adopt %s: %w", spec, err)
+	}
+	return dup, nil
+}
+
 func open(reg Registry, spec Spec) (*os.File, error) {
+	// Adopted from systemd by an earlier master?
+	if f, err := reg.File(activatedKey(spec)); err != nil {
+		return nil, fmt.Errorf("inherit %s: %w", spec, err)
+	} else if f != nil {
+		return f, nil
+	}
 	ln, err := reg.Listener(spec.Network, spec.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("inherit %s: %w", spec, err)

@@ -61,7 +61,9 @@ func ParseSpec(value string, index int) (Spec, error) {
 		if rest == "" || rest == "@" {
 			return fail("empty unix socket path")
 		}
-		if len(rest) > 107 {
+		// sun_path holds 108 bytes: a path needs its NUL terminator, an
+		// abstract name ("@…", the '@' standing for a leading NUL) does not.
+		if limit := 107; len(rest) > limit && !(rest[0] == '@' && len(rest) <= limit+1) {
 			return fail("unix socket path longer than 107 bytes")
 		}
 		s.Addr = rest
@@ -73,8 +75,16 @@ func ParseSpec(value string, index int) (Spec, error) {
 		return fail("want [host]:port")
 	}
 	n, err := strconv.Atoi(port)
-	if err != nil || n < 0 || n > 65535 {
+	if err != nil || n < 0 || n > 65535 || strings.TrimLeft(port, "0123456789") != "" {
 		return fail(fmt.Sprintf("port %q is not a number from 0 to 65535", port))
+	}
+	port = strconv.Itoa(n) // canonical, so ":080" and ":80" are one address
+	if ip := net.ParseIP(host); ip != nil {
+		v6 := strings.Contains(host, ":")
+		host = ip.String() // canonical too: [0:0::1] is [::1]
+		if v6 && ip.To4() != nil {
+			host = "::ffff:" + host // keep the v4-mapped form the user wrote
+		}
 	}
 	if ip := net.ParseIP(host); host != "" && ip == nil && !validHostname(host) {
 		return fail(fmt.Sprintf("host %q is neither an IP address nor a host name", host))
@@ -131,7 +141,8 @@ func checkName(name string) error {
 }
 
 func validHostname(h string) bool {
-	if len(h) > 253 {
+	// All digits and dots is a mistyped address (256.1.1.1), not a name.
+	if len(h) > 253 || strings.Trim(h, "0123456789.") == "" {
 		return false
 	}
 	for _, label := range strings.Split(h, ".") {

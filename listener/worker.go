@@ -65,7 +65,10 @@ func inherit() ([]named, error) {
 	return inherited, inheritErr
 }
 
-func readEnv() ([]named, error) {
+// listenEnv reads the socket-activation variables meant for this process
+// and removes them, so that programs it starts do not take them for their
+// own. ok is false when they are absent or name another pid.
+func listenEnv() (n int, names []string, ok bool) {
 	defer func() {
 		os.Unsetenv("LISTEN_PID")
 		os.Unsetenv("LISTEN_FDS")
@@ -73,13 +76,20 @@ func readEnv() ([]named, error) {
 	}()
 	pid, err := strconv.Atoi(os.Getenv("LISTEN_PID"))
 	if err != nil || pid != os.Getpid() {
-		return nil, ErrNoListeners
+		return 0, nil, false
 	}
-	n, err := strconv.Atoi(os.Getenv("LISTEN_FDS"))
+	n, err = strconv.Atoi(os.Getenv("LISTEN_FDS"))
 	if err != nil || n <= 0 {
+		return 0, nil, false
+	}
+	return n, strings.Split(os.Getenv("LISTEN_FDNAMES"), ":"), true
+}
+
+func readEnv() ([]named, error) {
+	n, names, ok := listenEnv()
+	if !ok {
 		return nil, ErrNoListeners
 	}
-	names := strings.Split(os.Getenv("LISTEN_FDNAMES"), ":")
 	out := make([]named, 0, n)
 	for i := 0; i < n; i++ {
 		fd := firstFd + i

@@ -31,6 +31,14 @@ type Config struct {
 	// ControlExplicit is false, failing to bind it is only a warning.
 	Control         string
 	ControlExplicit bool
+	// EnvFile holds KEY=VALUE lines added to workers' environment. Every
+	// master reads it anew, so a deploy can change the app's environment.
+	EnvFile string
+	// Compat lists other supervisors' fd conventions to set as well:
+	// "einhorn", "server-starter".
+	Compat []string
+	// ReopenLogs, if set, is called on SIGUSR1 (logrotate).
+	ReopenLogs func() error
 	// WorkerOutput is OutputTagged or OutputInherit.
 	WorkerOutput string
 	// Credential, if set, is the user and groups workers run as.
@@ -189,7 +197,46 @@ func (c *Config) Check() error {
 			return err
 		}
 	}
+	if c.EnvFile != "" {
+		if _, err := ReadEnvFile(c.EnvFile); err != nil {
+			return err
+		}
+	}
+	for _, m := range c.Compat {
+		if m != "einhorn" && m != "server-starter" {
+			return fmt.Errorf("--compat %q: want einhorn or server-starter", m)
+		}
+	}
 	return nil
+}
+
+// ReadEnvFile reads KEY=VALUE lines, as systemd's EnvironmentFile= does in
+// its simple form: blank lines and lines starting with '#' are skipped, an
+// "export " prefix is allowed, and one pair of surrounding quotes is removed.
+func ReadEnvFile(path string) ([]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--env-file %q: %w", path, pathErr(err))
+	}
+	var out []string
+	for i, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		line = strings.TrimPrefix(line, "export ")
+		k, v, ok := strings.Cut(line, "=")
+		k = strings.TrimSpace(k)
+		if !ok || k == "" || strings.ContainsAny(k, " \t\"'") {
+			return nil, fmt.Errorf("--env-file %q: line %d: want KEY=VALUE, got %q", path, i+1, line)
+		}
+		v = strings.TrimSpace(v)
+		if len(v) >= 2 && (v[0] == '"' || v[0] == '\'') && v[len(v)-1] == v[0] {
+			v = v[1 : len(v)-1]
+		}
+		out = append(out, k+"="+v)
+	}
+	return out, nil
 }
 
 // ResolveCommand finds name the way the worker's exec will: a name with a

@@ -158,6 +158,9 @@ func DecodeControlRequest(line []byte) (ControlRequest, error) {
 	if err := dec.Decode(&req); err != nil {
 		return req, fmt.Errorf("bad control request: %w", err)
 	}
+	if dec.More() {
+		return ControlRequest{}, fmt.Errorf("bad control request: more than one JSON value on the line")
+	}
 	switch req.Cmd {
 	case "status", "reload", "stop":
 		return req, nil

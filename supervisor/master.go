@@ -96,6 +96,7 @@ type (
 	evUpgradeDone    struct{ err error }
 	evParentExited   struct{}
 	evHandoverReport struct{} // stop waiting for the new master's report
+	evWatchdog       struct{}
 )
 
 // Run runs a master until it stops or hands over to a new master. It returns
@@ -144,6 +145,14 @@ func Run(cfg Config) error {
 		os.Unsetenv(k)
 	}
 	m.baseEnv = workerBaseEnv(os.Environ())
+	if cfg.EnvFile != "" {
+		extra, err := ReadEnvFile(cfg.EnvFile)
+		if err != nil {
+			upg.Stop()
+			return err
+		}
+		m.baseEnv = mergeEnv(m.baseEnv, extra)
+	}
 	m.log = log.With(zap.Int("generation", m.gen), zap.Int("master_pid", m.self))
 
 	err = m.setup()
@@ -156,7 +165,19 @@ func Run(cfg Config) error {
 
 // setup binds (or inherits) the sockets. The caller has run Config.Check.
 func (m *master) setup() error {
-	lns, err := listener.Open(m.upg, m.cfg.Listen)
+	var act []listener.Activated
+	if !m.hasParent {
+		// Started by a systemd .socket unit: its sockets, not new ones.
+		// (A re-executed master gets everything from tableflip instead.)
+		var err error
+		if act, err = listener.TakeActivated(); err != nil {
+			return err
+		}
+		if len(act) > 0 {
+			m.log.Info("adopting sockets from socket activation", zap.Int("count", len(act)))
+		}
+	}
+	lns, err := listener.Open(m.upg, m.cfg.Listen, act)
 	if err != nil {
 		return err
 	}
@@ -186,7 +207,7 @@ func (m *master) openControl() error {
 			return fmt.Errorf("--control %q: %w", m.cfg.Control, err)
 		}
 	}
-	set, err := listener.Open(m.upg, []listener.Spec{{Name: "control", Network: "unix", Addr: m.cfg.Control}})
+	set, err := listener.Open(m.upg, []listener.Spec{{Name: "control", Network: "unix", Addr: m.cfg.Control}}, nil)
 	if err != nil {
 		return fmt.Errorf("--control: %w", err)
 	}
@@ -252,6 +273,25 @@ func (m *master) run() error {
 			m.post(evParentExited{})
 		}()
 	}
+
+	if iv := m.watchdogInterval(); iv > 0 {
+		// Pinged from the loop, not a goroutine of its own: a wedged loop
+		// must look dead to systemd.
+		go func() {
+			t := time.NewTicker(iv)
+			defer t.Stop()
+			for {
+				select {
+				case <-t.C:
+					m.post(evWatchdog{})
+				case <-m.done:
+					return
+				}
+			}
+		}()
+	}
+	// A slow generation must not trip systemd's start or reload timeout.
+	m.sdNotify("EXTEND_TIMEOUT_USEC=" + strconv.FormatInt((m.cfg.ReadyTimeout+m.cfg.DrainTimeout+10*time.Second).Microseconds(), 10))
 
 	m.log.Info("master starting",
 		zap.Int("workers", m.cfg.Workers),
@@ -329,6 +369,11 @@ func (m *master) onSignal(sig syscall.Signal) {
 			m.drain(s.cur)
 		}
 	case syscall.SIGUSR1:
+		if m.cfg.ReopenLogs != nil {
+			if err := m.cfg.ReopenLogs(); err != nil {
+				m.log.Error("reopen log file failed", zap.Error(err))
+			}
+		}
 		for _, w := range m.procs {
 			syscall.Kill(w.pid, syscall.SIGUSR1)
 		}
@@ -354,6 +399,25 @@ func (m *master) stop(trigger string) {
 	}
 	m.phase = phaseStopping
 	m.drainAll()
+}
+
+// watchdogInterval is how often to send WATCHDOG=1, or 0 when systemd's
+// watchdog is not on for this master. WATCHDOG_PID names the first master;
+// a re-executed one is its successor when it names our parent, and passes
+// the role on by naming itself.
+func (m *master) watchdogInterval() time.Duration {
+	usec, err := strconv.ParseInt(os.Getenv("WATCHDOG_USEC"), 10, 64)
+	if err != nil || usec <= 0 {
+		return 0
+	}
+	if p := os.Getenv("WATCHDOG_PID"); p != "" {
+		pid, _ := strconv.Atoi(p)
+		if pid != m.self && !(m.hasParent && pid == os.Getppid()) {
+			return 0
+		}
+	}
+	os.Setenv("WATCHDOG_PID", strconv.Itoa(m.self))
+	return time.Duration(usec) * time.Microsecond / 2
 }
 
 // sdNotify tells the service manager that started baton, if any.
@@ -399,6 +463,8 @@ func (m *master) onEvent(ev any) {
 		m.onUpgradeDone(ev.err)
 	case evHandoverReport:
 		m.finishHandover()
+	case evWatchdog:
+		m.sdNotify("WATCHDOG=1")
 	case evParentExited:
 		m.parentDeadline = time.Time{}
 		m.hasParent = false
@@ -408,7 +474,8 @@ func (m *master) onEvent(ev any) {
 }
 
 func (m *master) startWorker(index int) {
-	env := append(m.baseEnv[:len(m.baseEnv):len(m.baseEnv)],
+	env := append(m.baseEnv[:len(m.baseEnv):len(m.baseEnv)], m.compatEnv()...)
+	env = append(env,
 		"LISTEN_FDS="+strconv.Itoa(len(m.lns.Files())),
 		"LISTEN_FDNAMES="+m.lns.Names(),
 		"NOTIFY_SOCKET="+m.notify.addr,
@@ -478,6 +545,7 @@ func (m *master) startWorker(index int) {
 			case <-time.After(200 * time.Millisecond):
 			}
 		}
+		m.notify.barrier(100 * time.Millisecond)
 		m.post(evExit{pid: w.pid, state: cmd.ProcessState})
 	}()
 	m.after(ctx, m.cfg.ReadyTimeout, evReadyTimeout{w.pid})
@@ -665,10 +733,16 @@ func (m *master) onExit(ev evExit) {
 	case w.state == stateDraining:
 		w.log.Info("worker drained", append(fields, zap.Duration("drain", time.Since(w.drainAt)), zap.Bool("killed", w.killed))...)
 	case m.phase == phaseBooting:
-		w.log.Error("worker exited before it was ready", fields...)
+		// A crash while the generation starts fails the generation, even
+		// from a worker that had said READY=1: it is not healthy.
+		when := "before it was ready"
+		if w.state == stateReady {
+			when = "while the generation was starting (after it was ready)"
+		}
+		w.log.Error("worker exited "+when, fields...)
 		m.failedStderr = w.stderrTail()
-		m.bootFailed(fmt.Errorf("%w: worker %d (pid %d) exited with %s before it was ready", ErrBootFailed, w.index, w.pid, exitReason(ev.state)),
-			fmt.Sprintf("worker %d (pid %d) exited with %s before it was ready", w.index, w.pid, exitReason(ev.state)))
+		reason := fmt.Sprintf("worker %d (pid %d) exited with %s %s", w.index, w.pid, exitReason(ev.state), when)
+		m.bootFailed(fmt.Errorf("%w: %s", ErrBootFailed, reason), reason)
 	case m.phase == phaseServing && s != nil:
 		w.log.Warn("worker exited unexpectedly", fields...)
 		if time.Since(w.started) >= backoffStable {
@@ -718,6 +792,48 @@ func (m *master) killAll() {
 		w.killed = true
 		syscall.Kill(-w.pid, syscall.SIGKILL)
 	}
+}
+
+// compatEnv describes the sockets in other supervisors' conventions too.
+func (m *master) compatEnv() []string {
+	var env []string
+	n := len(m.cfg.Listen)
+	for _, c := range m.cfg.Compat {
+		switch c {
+		case "einhorn":
+			fds := make([]string, n)
+			env = append(env, "EINHORN_FD_COUNT="+strconv.Itoa(n))
+			for i := range n {
+				fds[i] = strconv.Itoa(3 + i)
+				env = append(env, "EINHORN_FD_"+strconv.Itoa(i)+"="+fds[i])
+			}
+			env = append(env, "EINHORN_FDS="+strings.Join(fds, " "))
+		case "server-starter":
+			ports := make([]string, n)
+			for i, s := range m.cfg.Listen {
+				ports[i] = s.Addr + "=" + strconv.Itoa(3+i)
+			}
+			env = append(env, "SERVER_STARTER_PORT="+strings.Join(ports, ";"),
+				"SERVER_STARTER_GENERATION="+strconv.Itoa(m.gen))
+		}
+	}
+	return env
+}
+
+// mergeEnv returns base with extra's assignments, extra winning.
+func mergeEnv(base, extra []string) []string {
+	keys := make(map[string]bool, len(extra))
+	for _, kv := range extra {
+		k, _, _ := strings.Cut(kv, "=")
+		keys[k] = true
+	}
+	out := make([]string, 0, len(base)+len(extra))
+	for _, kv := range base {
+		if k, _, _ := strings.Cut(kv, "="); !keys[k] {
+			out = append(out, kv)
+		}
+	}
+	return append(out, extra...)
 }
 
 func specStrings(specs []listener.Spec) []string {

@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -20,6 +23,11 @@ import (
 type notifySocket struct {
 	conn *net.UnixConn
 	addr string
+	self int
+
+	mu       sync.Mutex
+	barriers map[string]chan struct{}
+	nextID   int
 }
 
 type notifyMsg struct {
@@ -49,7 +57,35 @@ func openNotifySocket() (*notifySocket, error) {
 		c.Close()
 		return nil, fmt.Errorf("notify socket %s: SO_PASSCRED: %w", addr, err)
 	}
-	return &notifySocket{conn: c, addr: addr}, nil
+	return &notifySocket{conn: c, addr: addr, self: os.Getpid(), barriers: make(map[string]chan struct{})}, nil
+}
+
+const notifyBarrier = "BATON_BARRIER"
+
+// barrier returns once every datagram queued on the socket before the call
+// has been handed to deliver, or after timeout. Datagrams on one socket are
+// read in order, so a barrier sent after a worker exited orders that
+// worker's last READY=1 before the exit: a server that says READY=1 and
+// dies at once was ready, not a failed start.
+func (n *notifySocket) barrier(timeout time.Duration) {
+	n.mu.Lock()
+	n.nextID++
+	id := strconv.Itoa(n.nextID)
+	ch := make(chan struct{})
+	n.barriers[id] = ch
+	n.mu.Unlock()
+	defer func() {
+		n.mu.Lock()
+		delete(n.barriers, id)
+		n.mu.Unlock()
+	}()
+	if sendNotify(n.addr, notifyBarrier+"="+id) != nil {
+		return
+	}
+	select {
+	case <-ch:
+	case <-time.After(timeout):
+	}
 }
 
 // run reads datagrams until the socket is closed, handing each to deliver.
@@ -68,7 +104,16 @@ func (n *notifySocket) run(deliver func(notifyMsg)) {
 		if pid <= 0 {
 			continue
 		}
-		deliver(notifyMsg{pid: pid, fields: parseNotify(buf[:nb])})
+		fields := parseNotify(buf[:nb])
+		if id, ok := fields[notifyBarrier]; ok && pid == n.self {
+			n.mu.Lock()
+			if ch := n.barriers[id]; ch != nil {
+				close(ch)
+			}
+			n.mu.Unlock()
+			continue
+		}
+		deliver(notifyMsg{pid: pid, fields: fields})
 	}
 }
 
@@ -91,7 +136,8 @@ func senderPid(oob []byte) int {
 // assignments. Lines without '=' are ignored, as systemd does.
 func parseNotify(b []byte) map[string]string {
 	fields := make(map[string]string)
-	for _, line := range strings.Split(string(b), "\n") {
+	// systemd splits on "\n" and "\r" alike (strv_split_newlines).
+	for _, line := range strings.FieldsFunc(string(b), func(r rune) bool { return r == '\n' || r == '\r' }) {
 		if k, v, ok := strings.Cut(line, "="); ok && k != "" {
 			fields[k] = v
 		}

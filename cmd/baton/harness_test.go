@@ -109,7 +109,7 @@ func (lt *logTail) waitFrom(t testing.TB, from int, msg string, match func(logEv
 	for {
 		for i := from; i < len(lt.events); i++ {
 			ev := lt.events[i]
-			if ev.str("msg") == msg && (match == nil || match(ev)) {
+			if (msg == "" || ev.str("msg") == msg) && (match == nil || match(ev)) {
 				return ev, i
 			}
 		}
@@ -186,13 +186,19 @@ type baton struct {
 // every baton and worker process the log names, by pid, if still alive.
 func startBaton(t *testing.T, env []string, args ...string) *baton {
 	t.Helper()
+	return startBatonCmd(t, exec.Command(bin("baton"), append([]string{"run", "--log-format", "json"}, args...)...), env)
+}
+
+// startBatonCmd starts a prepared command that runs baton (possibly through
+// a shell), with JSON logs on a pipe.
+func startBatonCmd(t *testing.T, cmd *exec.Cmd, env []string) *baton {
+	t.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Every master gets its own control socket unless the test picks one.
 	ctl := filepath.Join(t.TempDir(), "ctl.sock")
-	cmd := exec.Command(bin("baton"), append([]string{"run", "--log-format", "json"}, args...)...)
 	cmd.Env = append(append(os.Environ(), "BATON_CONTROL="+ctl), env...)
 	cmd.Stdout = w
 	cmd.Stderr = w
@@ -343,4 +349,19 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// waitAccepted waits until a worker of generation gen holds a connection
+// besides its listening socket: a slow request sent just before is now in
+// that worker's hands, not in the shared accept queue.
+func (b *baton) waitAccepted(t *testing.T, gen int) {
+	t.Helper()
+	eventually(t, 5*time.Second, "the slow request to be accepted", func() bool {
+		for _, p := range b.workerPids(gen) {
+			if countSockets(p) > 1 {
+				return true
+			}
+		}
+		return false
+	})
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
@@ -14,10 +15,12 @@ import (
 // newLogger builds the one logger baton uses: console lines for a person at
 // a terminal, JSON for journald and log shippers. No sampling (every
 // lifecycle event matters) and no stack traces (errors here are user-facing).
-func newLogger(format, level string) (*zap.Logger, error) {
+//
+// With a log file, the second result reopens it (for logrotate's SIGUSR1).
+func newLogger(format, level, file string) (*zap.Logger, func() error, error) {
 	if format == "" {
 		format = "json"
-		if fi, err := os.Stderr.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+		if fi, err := os.Stderr.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 && file == "" {
 			format = "console"
 		}
 	}
@@ -35,14 +38,69 @@ func newLogger(format, level string) (*zap.Logger, error) {
 		cfg.EncoderConfig = zap.NewDevelopmentEncoderConfig()
 		cfg.EncoderConfig.EncodeTime = zapcore.TimeEncoderOfLayout("15:04:05.000")
 	default:
-		return nil, fmt.Errorf("--log-format %q: want console or json", format)
+		return nil, nil, fmt.Errorf("--log-format %q: want console or json", format)
 	}
 	lvl, err := zapcore.ParseLevel(level)
 	if err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+		return nil, nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
 	}
 	cfg.Level = zap.NewAtomicLevelAt(lvl)
-	return cfg.Build()
+	if file == "" {
+		l, err := cfg.Build()
+		return l, nil, err
+	}
+	rf, err := openReopenable(file)
+	if err != nil {
+		return nil, nil, err
+	}
+	enc := zapcore.NewJSONEncoder(cfg.EncoderConfig)
+	if format == "console" {
+		enc = zapcore.NewConsoleEncoder(cfg.EncoderConfig)
+	}
+	return zap.New(zapcore.NewCore(enc, rf, cfg.Level)), rf.reopen, nil
+}
+
+// reopenable is a log file that logrotate can move away: reopen starts a
+// new file at the same path.
+type reopenable struct {
+	mu   sync.Mutex
+	path string
+	f    *os.File
+}
+
+func openReopenable(path string) (*reopenable, error) {
+	r := &reopenable{path: path}
+	if err := r.reopen(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func (r *reopenable) reopen() error {
+	f, err := os.OpenFile(r.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return fmt.Errorf("--log-file %q: %w", r.path, err)
+	}
+	r.mu.Lock()
+	old := r.f
+	r.f = f
+	r.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	return nil
+}
+
+func (r *reopenable) Write(b []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.f.Write(b)
+}
+
+func (r *reopenable) Sync() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.f.Sync()
 }
 
 func syncLogger(l *zap.Logger) {

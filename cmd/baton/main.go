@@ -107,12 +107,18 @@ func runFlags() []cli.Flag {
 			Usage: "run workers as this user (baton must start as root; sockets are bound before)"},
 		&cli.StringFlag{Name: "group", EnvVars: env("group"),
 			Usage: "run workers with this group (default: the --user's primary group)"},
+		&cli.StringFlag{Name: "env-file", EnvVars: env("env-file"),
+			Usage: "KEY=VALUE lines added to workers' environment, read anew by every generation"},
+		&cli.StringSliceFlag{Name: "compat", EnvVars: env("compat"),
+			Usage: "also describe the sockets the way another supervisor does: einhorn (EINHORN_FD_*), server-starter (SERVER_STARTER_PORT)"},
 		&cli.StringFlag{Name: "worker-output", EnvVars: env("worker-output"),
 			Usage: "tagged (baton logs each line of workers' stdout/stderr with generation, worker and pid) or inherit (default: inherit on a terminal, tagged otherwise)"},
 		&cli.StringFlag{Name: "log-format", EnvVars: env("log-format"),
 			Usage: "console or json (default: console on a terminal, json otherwise)"},
 		&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: env("log-level"),
 			Usage: "debug, info, warn or error"},
+		&cli.StringFlag{Name: "log-file", EnvVars: env("log-file"),
+			Usage: "write baton's log here instead of stderr (reopened on SIGUSR1)"},
 	}
 }
 
@@ -129,12 +135,13 @@ func runCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 			if err != nil {
 				return &usageError{err}
 			}
-			log, err := newLogger(c.String("log-format"), c.String("log-level"))
+			log, reopen, err := newLogger(c.String("log-format"), c.String("log-level"), c.String("log-file"))
 			if err != nil {
 				return &usageError{err}
 			}
 			defer syncLogger(log)
 			cfg.Log = log.Named("master")
+			cfg.ReopenLogs = reopen
 			return supervisor.Run(cfg)
 		},
 	}
@@ -168,6 +175,8 @@ func configFrom(c *cli.Context) (supervisor.Config, error) {
 		DrainTimeout: c.Duration("drain-timeout"),
 		Chdir:        c.String("chdir"),
 		Command:      c.Args().Slice(),
+		EnvFile:      c.String("env-file"),
+		Compat:       c.StringSlice("compat"),
 	}
 	if p := c.String("pid-file"); p != "" {
 		if cfg.PIDFile, err = filepath.Abs(p); err != nil {

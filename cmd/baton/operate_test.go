@@ -112,14 +112,7 @@ func TestStatusDuringDrainAndStop(t *testing.T) {
 	b := startBaton(t, nil, "-l", addr, "-w", "2", "--", bin("hello"))
 	b.waitReady()
 	slow := inFlight(addr, 3000)
-	eventually(t, 5*time.Second, "the slow request to be accepted", func() bool {
-		for _, p := range b.workerPids(1) {
-			if countSockets(p) > 1 {
-				return true
-			}
-		}
-		return false
-	})
+	b.waitAccepted(t, 1)
 	code, out := b.ctl(t, "reload")
 	if code != 0 || !strings.Contains(out, "reload ok: generation 2") {
 		t.Fatalf("reload: exit %d:\n%s", code, out)

@@ -212,14 +212,7 @@ func TestGracefulStopFinishesInFlightRequest(t *testing.T) {
 	}()
 	// The stop must come while the request is in flight: wait until a
 	// worker holds the connection (it shows as an extra socket in /proc).
-	eventually(t, 5*time.Second, "the slow request to be accepted", func() bool {
-		for _, p := range b.workerPids(1) {
-			if countSockets(p) > 1 {
-				return true
-			}
-		}
-		return false
-	})
+	b.waitAccepted(t, 1)
 	b.signal(syscall.SIGTERM)
 	r := <-res
 	if r.err != nil || !strings.HasPrefix(r.body, "hello ") {

@@ -76,14 +76,7 @@ func TestUpgradeUnderLoadLosesNothing(t *testing.T) {
 		slow = append(slow, inFlight(addr, 1000))
 		// The slow request must be held by the old generation when USR2
 		// lands: wait until one of its workers has an extra socket.
-		eventually(t, 5*time.Second, "the slow request to be accepted", func() bool {
-			for _, p := range b.workerPids(gen) {
-				if countSockets(p) > 1 {
-					return true
-				}
-			}
-			return false
-		})
+		b.waitAccepted(t, gen)
 		master = b.upgrade(t, master, gen)
 		gen++
 		// After the old master is gone every new connection reaches the

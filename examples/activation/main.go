@@ -3,15 +3,24 @@
 // systemd .socket unit, and says it is ready with go-systemd's daemon
 // package. baton must run it unchanged, which needs LISTEN_PID to be the
 // server's own pid.
+//
+// Its drain is plain net/http plus the care any server handed over under
+// load needs (golang/go#65802): Shutdown alone drops a request that arrives
+// on a connection accepted just before it, so the server first stops
+// accepting, asks clients to go ("Connection: close"), waits for its
+// connections to finish, and only then shuts down.
 package main
 
 import (
 	"context"
 	"fmt"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -28,9 +37,26 @@ func main() {
 	if len(lns) == 0 {
 		log.Fatal("activation: no sockets (LISTEN_PID/LISTEN_FDS not for this process)")
 	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "activation pid=%d listen_pid=%s\n", os.Getpid(), listenPid)
-	})}
+	var draining atomic.Bool
+	var mu sync.Mutex
+	conns := map[net.Conn]bool{}
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if draining.Load() {
+				w.Header().Set("Connection", "close")
+			}
+			fmt.Fprintf(w, "activation pid=%d listen_pid=%s\n", os.Getpid(), listenPid)
+		}),
+		ConnState: func(c net.Conn, st http.ConnState) {
+			mu.Lock()
+			defer mu.Unlock()
+			if st == http.StateClosed || st == http.StateHijacked {
+				delete(conns, c)
+			} else {
+				conns[c] = true
+			}
+		},
+	}
 	for _, ln := range lns {
 		go srv.Serve(ln)
 	}
@@ -39,6 +65,20 @@ func main() {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGQUIT)
 	<-sig
+	draining.Store(true)
+	for _, ln := range lns {
+		ln.Close()
+	}
+	// Busy keep-alive clients leave after their next response; wait a
+	// second for them before Shutdown closes what is idle.
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		mu.Lock()
+		n := len(conns)
+		mu.Unlock()
+		if n == 0 {
+			break
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	srv.Shutdown(ctx)

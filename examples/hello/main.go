@@ -10,7 +10,8 @@
 // Variables for tests and benchmarks: HELLO_STARTUP_MS delays start-up (an
 // app that boots slowly), HELLO_TAG is added to every answer, and
 // HELLO_LISTEN=HOST:PORT makes it bind the port itself, without baton (the
-// "run directly" baseline).
+// "run directly" baseline), and HELLO_CRASH_WORKER=N makes worker N report
+// ready and exit 300 ms later without serving (a crash after readiness).
 package main
 
 import (
@@ -19,7 +20,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"strconv"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/baton-sh/baton/listener"
@@ -32,6 +36,21 @@ func main() {
 	if ms, _ := strconv.Atoi(os.Getenv("HELLO_STARTUP_MS")); ms > 0 {
 		time.Sleep(time.Duration(ms) * time.Millisecond)
 	}
+	if n, err := strconv.Atoi(os.Getenv("HELLO_CRASH_WORKER")); err == nil && n == listener.Worker() {
+		// Ready, never accepting (so no request dies with it), then gone.
+		listener.Ready()
+		time.Sleep(300 * time.Millisecond)
+		log.Fatal("crashing after ready (HELLO_CRASH_WORKER)")
+	}
+	// logrotate sends USR1 through baton; this server logs to stderr only,
+	// so there is nothing to reopen, but it must not die of the signal.
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	go func() {
+		for range usr1 {
+			log.Print("USR1: reopening logs")
+		}
+	}()
 	body := fmt.Sprintf("hello pid=%d worker=%d generation=%d",
 		os.Getpid(), listener.Worker(), listener.Generation())
 	if tag := os.Getenv("HELLO_TAG"); tag != "" {
@@ -39,13 +58,24 @@ func main() {
 	}
 	body += "\n"
 
+	// Which named socket a request came in on (LISTEN_FDNAMES), by address.
+	names := map[string]string{}
+	if lns, err := listener.Listeners(); err == nil {
+		for name, ln := range lns {
+			names[ln.Addr().String()] = name
+		}
+	}
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if ms, err := strconv.Atoi(r.URL.Query().Get("sleep")); err == nil && ms > 0 {
 				time.Sleep(time.Duration(ms) * time.Millisecond)
 			}
 			w.Header().Set("Content-Type", "text/plain")
-			fmt.Fprint(w, body)
+			b := body
+			if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok && names[a.String()] != "" {
+				b = strings.TrimSuffix(b, "\n") + " listener=" + names[a.String()] + "\n"
+			}
+			fmt.Fprint(w, b)
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       60 * time.Second,

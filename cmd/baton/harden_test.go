@@ -1,0 +1,441 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/baton-sh/baton/scripts/zdbench/loadgen"
+)
+
+func environOf(t *testing.T, pid int) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{}
+	for _, kv := range strings.Split(string(b), "\x00") {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			env[k] = v
+		}
+	}
+	return env
+}
+
+// waitExec waits until pid runs a program whose path ends in suffix.
+func waitExec(t *testing.T, pid int, suffix string) {
+	t.Helper()
+	eventually(t, 5*time.Second, fmt.Sprintf("worker %d to exec %s", pid, suffix), func() bool {
+		exe, _ := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
+		return strings.HasSuffix(exe, suffix)
+	})
+}
+
+func TestWorkerEnvironmentAndFdsAreExactlyTheContract(t *testing.T) {
+	t.Parallel()
+	rec := newNotifyRecorder(t)
+	addr := freeAddr(t)
+	b := startBaton(t, []string{
+		"NOTIFY_SOCKET=" + rec.path, "WATCHDOG_USEC=60000000", "LISTEN_FDS=9", "LISTEN_PID=1",
+		"BATON_SOMETHING=internal", "APP_SETTING=kept",
+	}, "-l", "web="+addr, "-w", "2", "--ready", "delay:0s", "--", "sleep", "60")
+	b.waitReady()
+	check := func(gen int) {
+		t.Helper()
+		pids := b.workerPids(gen)
+		if len(pids) != 2 {
+			t.Fatalf("generation %d: workers %v", gen, pids)
+		}
+		for _, pid := range pids {
+			waitExec(t, pid, "/sleep")
+			env := environOf(t, pid)
+			for k := range env {
+				bad := strings.HasPrefix(k, "TABLEFLIP_") || strings.HasPrefix(k, "WATCHDOG_") ||
+					(strings.HasPrefix(k, "LISTEN_") && k != "LISTEN_FDS" && k != "LISTEN_PID" && k != "LISTEN_FDNAMES") ||
+					(strings.HasPrefix(k, "BATON_") && k != "BATON_WORKER" && k != "BATON_GENERATION")
+				if bad {
+					t.Errorf("generation %d worker %d has %s=%s", gen, pid, k, env[k])
+				}
+			}
+			want := map[string]string{
+				"LISTEN_FDS": "1", "LISTEN_PID": strconv.Itoa(pid), "LISTEN_FDNAMES": "web",
+				"BATON_GENERATION": strconv.Itoa(gen), "APP_SETTING": "kept",
+			}
+			for k, v := range want {
+				if env[k] != v {
+					t.Errorf("generation %d worker %d: %s=%q, want %q", gen, pid, k, env[k], v)
+				}
+			}
+			if !strings.HasPrefix(env["NOTIFY_SOCKET"], "@baton/") {
+				t.Errorf("worker %d NOTIFY_SOCKET=%q: baton's own, not the service manager's", pid, env["NOTIFY_SOCKET"])
+			}
+			if fds := openFds(t, pid); strings.Join(fds, ",") != "0,1,2,3" {
+				t.Errorf("generation %d worker %d has fds %v, want 0,1,2,3", gen, pid, fds)
+			}
+		}
+	}
+	check(1)
+	// After an upgrade, the new master came through tableflip: its pipes
+	// and sentinel variable must not reach workers either.
+	b.upgrade(t, b.pid, 1)
+	check(2)
+}
+
+func TestEnvFileIsReadByEveryGeneration(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	envFile := filepath.Join(dir, "app.env")
+	os.WriteFile(envFile, []byte("# release settings\nexport HELLO_TAG=\"first\"\n"), 0o644)
+	addr := freeAddr(t)
+	b := startBaton(t, nil, "-l", addr, "--env-file", envFile, "--", bin("hello"))
+	b.waitReady()
+	if body := mustGet(t, addr, "/"); field(body, "tag") != "first" {
+		t.Fatalf("served %q, want tag=first", body)
+	}
+	os.WriteFile(envFile, []byte("HELLO_TAG=second\n"), 0o644)
+	b.upgrade(t, b.pid, 1)
+	if body := mustGet(t, addr, "/"); field(body, "tag") != "second" {
+		t.Fatalf("after upgrade served %q, want tag=second", body)
+	}
+	// A broken env file stops the upgrade before anything is forked.
+	os.WriteFile(envFile, []byte("NOT A VALID LINE\n"), 0o644)
+	code, out := b.ctl(t, "reload")
+	if code != 2 || !strings.Contains(out, "line 1") {
+		t.Fatalf("reload with a broken env file: exit %d:\n%s", code, out)
+	}
+}
+
+func TestUSR1ReachesWorkersAndReopensLogFile(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	logFile := filepath.Join(dir, "baton.log")
+	addr := freeAddr(t)
+	b := startBaton(t, nil, "-l", addr, "-w", "3", "--log-file", logFile, "--worker-output", "tagged", "--", bin("hello"))
+	// The log goes to the file, so follow it there.
+	eventually(t, 20*time.Second, "generation ready in the log file", func() bool {
+		data, _ := os.ReadFile(logFile)
+		return strings.Contains(string(data), `"generation ready"`)
+	})
+	os.Rename(logFile, logFile+".1")
+	b.signal(syscall.SIGUSR1)
+	eventually(t, 10*time.Second, "three workers to log USR1 in the reopened file", func() bool {
+		data, _ := os.ReadFile(logFile)
+		return strings.Count(string(data), "USR1: reopening logs") == 3
+	})
+	if _, err := get("tcp", addr, "/"); err != nil {
+		t.Fatalf("workers stopped serving after USR1: %v", err)
+	}
+}
+
+func TestWatchdogPingsThroughAnUpgrade(t *testing.T) {
+	t.Parallel()
+	rec := newNotifyRecorder(t)
+	addr := freeAddr(t)
+	// 200 ms watchdog: a ping every 100 ms. Workers take 1 s to start, so
+	// the upgrade is long enough to miss pings if any part stopped them.
+	b := startBaton(t, []string{"NOTIFY_SOCKET=" + rec.path, "WATCHDOG_USEC=200000", "HELLO_STARTUP_MS=1000"},
+		"-l", addr, "-w", "2", "--", bin("hello"))
+	b.waitReady()
+	b.signal(syscall.SIGUSR2)
+	start := rec.waitFor(t, 0, b.pid, "RELOADING=1")
+	ho := b.log.wait(t, "handover complete: new generation serving", nil, 30*time.Second)
+	newMaster := ho.num("master_pid")
+	end := rec.waitFor(t, start, newMaster, "READY=1")
+	rec.waitFor(t, start, newMaster, "EXTEND_TIMEOUT_USEC=")
+	// Pings from either master while the new generation started.
+	rec.mu.Lock()
+	pings := 0
+	for _, m := range rec.msgs[start:end] {
+		if m.msg == "WATCHDOG=1" {
+			pings++
+		}
+	}
+	rec.mu.Unlock()
+	if pings < 5 {
+		t.Fatalf("%d watchdog pings during a >1 s upgrade, want one per 100 ms", pings)
+	}
+	// And the new master keeps them coming after the old one is gone.
+	b.log.wait(t, "previous master exited", nil, 20*time.Second)
+	i := rec.waitFor(t, end, newMaster, "WATCHDOG=1")
+	rec.waitFor(t, i+1, newMaster, "WATCHDOG=1")
+}
+
+func TestSocketActivationOfBaton(t *testing.T) {
+	t.Parallel()
+	web, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wf, _ := web.(*net.TCPListener).File()
+	af, _ := admin.(*net.TCPListener).File()
+	// The test keeps its own listeners open: had baton bound instead of
+	// adopting, it would fail with "address already in use".
+	defer web.Close()
+	defer admin.Close()
+	// systemd sets LISTEN_PID to the service's pid before exec; a shell
+	// does the same with $$ and exec.
+	cmd := exec.Command("sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=2 LISTEN_FDNAMES=web:admin exec "$0" "$@"`,
+		bin("baton"), "run", "--log-format", "json", "-w", "2",
+		"-l", "admin="+admin.Addr().String(), "-l", "web="+web.Addr().String(), "--", bin("hello"))
+	cmd.ExtraFiles = []*os.File{wf, af}
+	b := startBatonCmd(t, cmd, nil)
+	wf.Close()
+	af.Close()
+	b.waitReady()
+	b.log.wait(t, "adopting sockets from socket activation", func(e logEvent) bool { return e.num("count") == 2 }, time.Second)
+	// Matched by name, not by order: LISTEN_FDNAMES says web:admin while
+	// --listen says admin then web. Had baton matched by position, the
+	// socket workers call "admin" would be the web port.
+	for name, a := range map[string]string{"web": web.Addr().String(), "admin": admin.Addr().String()} {
+		if body := mustGet(t, a, "/"); field(body, "listener") != name {
+			t.Fatalf("GET on the %s socket %s: %q", name, a, body)
+		}
+	}
+	// Later masters inherit the adopted sockets.
+	b.upgrade(t, b.pid, 1)
+	if body := mustGet(t, web.Addr().String(), "/"); field(body, "generation") != "2" {
+		t.Fatalf("after upgrade: %q", body)
+	}
+}
+
+func TestUnixSocketSurvivesUpgradesAndGoesAtStop(t *testing.T) {
+	t.Parallel()
+	sock := filepath.Join(t.TempDir(), "app.sock")
+	b := startBaton(t, nil, "-l", "unix://"+sock, "-w", "2", "--", bin("hello"))
+	b.waitReady()
+	st, err := os.Stat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ino := st.Sys().(*syscall.Stat_t).Ino
+	master := b.pid
+	for gen := 1; gen <= 10; gen++ {
+		master = b.upgrade(t, master, gen)
+		st, err := os.Stat(sock)
+		if err != nil || st.Sys().(*syscall.Stat_t).Ino != ino {
+			t.Fatalf("after upgrade %d the socket file changed or went: %v", gen, err)
+		}
+		body, err := get("unix", sock, "/")
+		if err != nil || field(body, "generation") != strconv.Itoa(gen+1) {
+			t.Fatalf("after upgrade %d: %q, %v", gen, body, err)
+		}
+	}
+	syscall.Kill(master, syscall.SIGTERM)
+	b.log.wait(t, "master stopped", nil, 20*time.Second)
+	eventually(t, 5*time.Second, "the socket file to be removed", func() bool {
+		_, err := os.Lstat(sock)
+		return os.IsNotExist(err)
+	})
+}
+
+func TestSIGKILLOfNewMasterBeforeReady(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	release(t, dir, "v1", "exec "+bin("hello"))
+	release(t, dir, "slow", "HELLO_STARTUP_MS=5000 exec "+bin("hello"))
+	pointCurrent(t, dir, "v1")
+	addr := freeAddr(t)
+	b := startBaton(t, nil, "-l", addr, "-w", "2", "--chdir", filepath.Join(dir, "current"), "--", "./server")
+	b.waitReady()
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	loadDone := make(chan *loadgen.Result, 1)
+	go func() {
+		loadDone <- loadgen.Run(ctx, loadgen.Config{Network: "tcp", Addr: addr, Clients: 8, KeepAlive: 0.5,
+			Duration: 60 * time.Second, MaxRequests: 1_000_000})
+	}()
+	pointCurrent(t, dir, "slow")
+	b.signal(syscall.SIGUSR2)
+	ms := b.log.wait(t, "master starting", func(e logEvent) bool { return e["upgrade"] == true }, 10*time.Second)
+	newMaster := ms.num("master_pid")
+	var newWorkers []int
+	for len(newWorkers) < 2 {
+		ev, _ := b.log.waitFrom(t, 0, "worker started", func(e logEvent) bool {
+			return e.num("master_pid") == newMaster && !containsInt(newWorkers, e.num("pid"))
+		}, 10*time.Second)
+		newWorkers = append(newWorkers, ev.num("pid"))
+	}
+	syscall.Kill(newMaster, syscall.SIGKILL)
+	ev := b.log.wait(t, "upgrade failed: old generation keeps serving", nil, 10*time.Second)
+	if !strings.Contains(ev.str("reason"), "killed") {
+		t.Errorf("reason %q does not say the new master was killed", ev.str("reason"))
+	}
+	eventually(t, 2*time.Second, "the new generation's workers to die with their master", func() bool {
+		return !alive(newWorkers[0]) && !alive(newWorkers[1])
+	})
+	if body := mustGet(t, addr, "/"); field(body, "generation") != "1" {
+		t.Fatalf("served %q", body)
+	}
+	stop()
+	if res := <-loadDone; res.Failures() != 0 {
+		t.Fatalf("failed requests: %s", res)
+	}
+}
+
+func containsInt(s []int, v int) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+func TestSIGKILLOfOldMasterWhileDraining(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	b := startBaton(t, nil, "-l", addr, "-w", "2", "--", bin("hello"))
+	b.waitReady()
+	slow := inFlight(addr, 5000)
+	b.waitAccepted(t, 1)
+	b.signal(syscall.SIGUSR2)
+	ho := b.log.wait(t, "handover complete: new generation serving", nil, 20*time.Second)
+	newMaster := ho.num("master_pid")
+	b.log.wait(t, "draining worker", func(e logEvent) bool { return e.num("master_pid") == b.pid }, 10*time.Second)
+	b.signal(syscall.SIGKILL)
+	b.log.wait(t, "previous master exited", func(e logEvent) bool { return e.num("master_pid") == newMaster }, 10*time.Second)
+	<-slow // lost with the old generation: SIGKILL is not a drain
+	for i := 0; i < 20; i++ {
+		if body := mustGet(t, addr, "/"); field(body, "generation") != "2" {
+			t.Fatalf("served %q", body)
+		}
+	}
+	code, out := b.ctl(t, "status", "--json")
+	if code != 0 || !strings.Contains(out, `"generation": 2`) {
+		t.Fatalf("status after the old master was killed: exit %d:\n%s", code, out)
+	}
+}
+
+// TestFaultSoak runs 100 upgrades under load, where chosen generations exit
+// at once, hang without becoming ready, start slowly, or lose a worker right
+// after becoming ready.
+func TestFaultSoak(t *testing.T) {
+	if testing.Short() {
+		t.Skip("soak")
+	}
+	t.Parallel()
+	dir := t.TempDir()
+	release(t, dir, "good", "exec "+bin("hello"))
+	release(t, dir, "crash", "echo 'crash: bad config' >&2; exit 3")
+	release(t, dir, "hang", "exec sleep 60")
+	release(t, dir, "slow", "HELLO_STARTUP_MS=300 exec "+bin("hello"))
+	release(t, dir, "crashready", "HELLO_CRASH_WORKER=0 exec "+bin("hello"))
+	pointCurrent(t, dir, "good")
+	addr := freeAddr(t)
+	b := startBaton(t, nil, "-l", addr, "-w", "3", "--chdir", filepath.Join(dir, "current"),
+		"--ready-timeout", "4s", "--drain-timeout", "5s", "--", "./server")
+	b.waitReady()
+
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	loadDone := make(chan *loadgen.Result, 1)
+	go func() {
+		loadDone <- loadgen.Run(ctx, loadgen.Config{Network: "tcp", Addr: addr, Clients: 8, KeepAlive: 0.5,
+			Duration: 240 * time.Second, MaxRequests: 5_000_000, Timeout: 10 * time.Second})
+	}()
+
+	plan := make([]string, 100)
+	rng := rand.New(rand.NewSource(1))
+	for i := range plan {
+		switch r := rng.Intn(100); {
+		case r < 12:
+			plan[i] = "crash"
+		case r < 20:
+			plan[i] = "hang"
+		case r < 30:
+			plan[i] = "slow"
+		case r < 36:
+			plan[i] = "crashready"
+		default:
+			plan[i] = "good"
+		}
+	}
+	master, gen := b.pid, 1
+	var fds, rss []int
+	counts := map[string]int{}
+	for i, rel := range plan {
+		counts[rel]++
+		pointCurrent(t, dir, rel)
+		from := b.log.len()
+		syscall.Kill(master, syscall.SIGUSR2)
+		if rel == "crashready" {
+			// Worker 0 dies 300 ms after READY=1. Usually its siblings are
+			// ready by then and the generation takes over (the crash is
+			// then replaced like any); on a starved machine it dies while
+			// they start, which rolls the generation back. Either is right.
+			ev, _ := b.log.waitFrom(t, from, "", func(e logEvent) bool {
+				return e.str("msg") == "upgrade failed: old generation keeps serving" ||
+					(e.str("msg") == "handover complete: new generation serving" && e.num("generation") == gen+1)
+			}, 30*time.Second)
+			if ev.str("msg") != "handover complete: new generation serving" {
+				if !strings.Contains(ev.str("reason"), "exit status 1 while the generation was starting") {
+					t.Fatalf("upgrade %d (crashready): rolled back for %q", i, ev.str("reason"))
+				}
+				counts["crashready rolled back"]++
+				continue
+			}
+			rel = "slow" // handed over: wait for the old master like a good one
+		}
+		switch rel {
+		case "crash", "hang":
+			ev, _ := b.log.waitFrom(t, from, "upgrade failed: old generation keeps serving", nil, 30*time.Second)
+			want := map[string]string{"crash": "exit status 3", "hang": "not ready after 4s"}[rel]
+			if !strings.Contains(ev.str("reason"), want) || ev.num("master_pid") != master {
+				t.Fatalf("upgrade %d (%s): failure %v, want reason with %q from master %d", i, rel, ev, want, master)
+			}
+		default:
+			ev, _ := b.log.waitFrom(t, from, "handover complete: new generation serving",
+				func(e logEvent) bool { return e.num("generation") == gen+1 }, 30*time.Second)
+			master, gen = ev.num("master_pid"), gen+1
+			b.log.waitFrom(t, from, "previous master exited", func(e logEvent) bool { return e.num("master_pid") == master }, 30*time.Second)
+			if rel == "good" {
+				fds = append(fds, fdCount(t, master))
+				rss = append(rss, rssKB(t, master))
+			}
+		}
+	}
+	stop()
+	res := <-loadDone
+	if res.Failures() != 0 {
+		t.Fatalf("failed requests in the soak: %s", res)
+	}
+	if fds[0] != fds[len(fds)-1] {
+		t.Fatalf("master fd counts drift across the soak: %v", fds)
+	}
+	sorted := append([]int(nil), rss...)
+	sort.Ints(sorted)
+	if last, med := rss[len(rss)-1], sorted[len(sorted)/2]; last > med+4096 {
+		t.Fatalf("master RSS grows across the soak: %v KB", rss)
+	}
+	t.Logf("soak: %v; %s; master fds %d..%d, RSS %d..%d KB", counts, res, fds[0], fds[len(fds)-1], sorted[0], sorted[len(sorted)-1])
+}
+
+func rssKB(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			return n
+		}
+	}
+	return 0
+}

@@ -1,0 +1,664 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/baton-sh/baton/scripts/zdbench/loadgen"
+)
+
+// Messages of baton's JSON log that the benchmark waits for.
+const (
+	msgReady        = "generation ready"
+	msgBootFailed   = "generation failed to start; stopping its workers"
+	msgHandover     = "handover complete: new generation serving"
+	msgHandedOver   = "handed over to new master: draining old generation"
+	msgUpgradeFail  = "upgrade failed: old generation keeps serving"
+	msgRefused      = "upgrade refused"
+	msgParentExited = "previous master exited"
+	msgDrained      = "worker drained"
+)
+
+// event is one JSON line of a master's log, stamped when zdbench read it.
+type event struct {
+	at time.Time
+	f  map[string]any
+}
+
+func (e event) msg() string          { return e.str("msg") }
+func (e event) str(k string) string  { s, _ := e.f[k].(string); return s }
+func (e event) num(k string) float64 { v, _ := e.f[k].(float64); return v }
+func (e event) int(k string) int     { return int(e.num(k)) }
+func (e event) flag(k string) bool   { v, _ := e.f[k].(bool); return v }
+
+// logTail reads the stderr that every master of one baton run shares (each
+// new master inherits it, and so do the workers). The pipe reaches EOF only
+// when every one of those processes has exited, which makes it the surest
+// sign that a run left nothing behind.
+type logTail struct {
+	mu      sync.Mutex
+	events  []event
+	other   []string // the last few non-JSON lines (workers' own output)
+	closed  bool
+	changed chan struct{} // closed and replaced on every new line and at EOF
+}
+
+func newLogTail(r io.ReadCloser) *logTail {
+	lt := &logTail{changed: make(chan struct{})}
+	go func() {
+		defer r.Close()
+		sc := bufio.NewScanner(r)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			line := sc.Bytes()
+			var f map[string]any
+			isEvent := json.Unmarshal(line, &f) == nil && f["msg"] != nil
+			lt.mu.Lock()
+			if isEvent {
+				lt.events = append(lt.events, event{at: time.Now(), f: f})
+			} else {
+				lt.other = append(lt.other, string(line))
+				if len(lt.other) > 20 {
+					lt.other = lt.other[len(lt.other)-20:]
+				}
+			}
+			close(lt.changed)
+			lt.changed = make(chan struct{})
+			lt.mu.Unlock()
+		}
+		// A read error ends the tail as EOF would: no more events will come.
+		lt.mu.Lock()
+		lt.closed = true
+		close(lt.changed)
+		lt.mu.Unlock()
+	}()
+	return lt
+}
+
+func (lt *logTail) len() int {
+	lt.mu.Lock()
+	defer lt.mu.Unlock()
+	return len(lt.events)
+}
+
+// slice returns the events with index in [from, to); to < 0 means all.
+func (lt *logTail) slice(from, to int) []event {
+	lt.mu.Lock()
+	defer lt.mu.Unlock()
+	if to < 0 || to > len(lt.events) {
+		to = len(lt.events)
+	}
+	if from > to {
+		return nil
+	}
+	return append([]event(nil), lt.events[from:to]...)
+}
+
+// waitFor returns the first event at index >= from that match accepts.
+func (lt *logTail) waitFor(ctx context.Context, from int, timeout time.Duration, what string, match func(event) bool) (event, int, error) {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		lt.mu.Lock()
+		for i := from; i < len(lt.events); i++ {
+			if match(lt.events[i]) {
+				ev := lt.events[i]
+				lt.mu.Unlock()
+				return ev, i, nil
+			}
+		}
+		from = len(lt.events)
+		closed, changed := lt.closed, lt.changed
+		lt.mu.Unlock()
+		if closed {
+			return event{}, -1, fmt.Errorf("waiting for %s: every baton process exited%s", what, lt.problem())
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			return event{}, -1, fmt.Errorf("waiting for %s: nothing within %s%s", what, timeout, lt.problem())
+		case <-ctx.Done():
+			return event{}, -1, fmt.Errorf("waiting for %s: %w", what, ctx.Err())
+		}
+	}
+}
+
+// waitClosed reports whether every process writing to the log has exited
+// within timeout.
+func (lt *logTail) waitClosed(timeout time.Duration) bool {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		lt.mu.Lock()
+		closed, changed := lt.closed, lt.changed
+		lt.mu.Unlock()
+		if closed {
+			return true
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			return false
+		}
+	}
+}
+
+// problem names the last warning or error baton logged and the last line a
+// worker printed, for error messages that must fit on one line.
+func (lt *logTail) problem() string {
+	lt.mu.Lock()
+	defer lt.mu.Unlock()
+	var parts []string
+	for i := len(lt.events) - 1; i >= 0; i-- {
+		ev := lt.events[i]
+		if l := ev.str("level"); l == "warn" || l == "error" {
+			s := ev.msg()
+			if r := ev.str("reason"); r != "" {
+				s += ": " + r
+			} else if e := ev.str("error"); e != "" {
+				s += ": " + e
+			}
+			parts = append(parts, "last baton warning: "+strconv.Quote(s))
+			break
+		}
+	}
+	if n := len(lt.other); n > 0 {
+		parts = append(parts, "last worker output: "+strconv.Quote(lt.other[n-1]))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(parts, "; ") + ")"
+}
+
+// batonProc is one "baton run" and every master that succeeds it.
+type batonProc struct {
+	dir     string // binaries directory: only processes running from it are ours
+	addr    string
+	pidFile string
+	workers int
+	log     *logTail
+	reaped  chan struct{} // the first master (our child) has been waited for
+	master  int           // serving master
+	gen     int           // its generation
+	stopped bool
+}
+
+// handover is what one SIGUSR2 produced.
+type handover struct {
+	oldPID, newPID int
+	oldGen, newGen int
+	sent           time.Time // SIGUSR2 sent
+	logged         time.Time // handover log line read
+	parentGone     time.Time // new master logged its predecessor's exit
+	ok             bool
+	failure        string
+	totalMS        float64 // from the log: USR2 received -> new generation serving
+	startingMS     float64 // from the log: first worker spawned -> all ready
+	batonMS        float64 // from the log: total - starting
+	killedWorkers  int     // old workers killed at the drain timeout
+	fds            int     // new master's open fds once alone
+	fdKinds        map[string]int
+	rssMB          float64 // and its RSS
+	pidFileOK      bool
+}
+
+var pidFileSeq int
+
+// startBaton starts "baton run" with workers workers of hello on a fresh
+// loopback port and waits until its first generation serves.
+func (b *bench) startBaton(ctx context.Context, workers int, env []string) (*batonProc, error) {
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	pidFileSeq++
+	p := &batonProc{
+		dir:     b.bin.dir,
+		addr:    addr,
+		pidFile: filepath.Join(b.bin.dir, fmt.Sprintf("baton-%d.pid", pidFileSeq)),
+		workers: workers,
+		reaped:  make(chan struct{}),
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(b.bin.baton, "run", "-l", addr, "-w", strconv.Itoa(workers),
+		"--pid-file", p.pidFile, "--log-format", "json",
+		"--ready-timeout", readyTimeout.String(), "--drain-timeout", drainTimeout.String(),
+		"--", b.bin.hello)
+	cmd.Env = append(childEnv(), env...)
+	cmd.Stdout, cmd.Stderr = w, w
+	// Its own process group: a Ctrl-C on the terminal reaches only zdbench,
+	// which then stops baton gracefully instead of leaving half of it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		r.Close()
+		w.Close()
+		return nil, fmt.Errorf("start baton: %w", err)
+	}
+	w.Close()
+	p.master = cmd.Process.Pid
+	p.log = newLogTail(r)
+	go func() { cmd.Wait(); close(p.reaped) }()
+	b.track(p)
+
+	ev, _, err := p.log.waitFor(ctx, 0, readyTimeout+30*time.Second,
+		fmt.Sprintf("baton with %d workers to serve", workers),
+		func(e event) bool { return e.msg() == msgReady || e.msg() == msgBootFailed })
+	if err != nil {
+		return p, err
+	}
+	if ev.msg() == msgBootFailed {
+		return p, fmt.Errorf("baton with %d workers failed to start: %s", workers, ev.str("reason"))
+	}
+	p.master, p.gen = ev.int("master_pid"), ev.int("generation")
+	return p, nil
+}
+
+// upgrade sends SIGUSR2 to the serving master and waits until the new
+// generation serves and the old master has exited: the next upgrade would be
+// refused before that, and only then is the new master's fd count and RSS
+// that of a master alone.
+func (p *batonProc) upgrade(ctx context.Context) (handover, error) {
+	h := handover{oldPID: p.master, oldGen: p.gen, newGen: p.gen + 1}
+	if !ours(p.dir, p.master) {
+		return h, fmt.Errorf("serving master %d is gone%s", p.master, p.log.problem())
+	}
+	from := p.log.len()
+	if err := syscall.Kill(p.master, syscall.SIGUSR2); err != nil {
+		return h, fmt.Errorf("SIGUSR2 to master %d: %w", p.master, err)
+	}
+	h.sent = time.Now()
+	ev, idx, err := p.log.waitFor(ctx, from, readyTimeout+30*time.Second,
+		fmt.Sprintf("handover to generation %d", h.newGen), func(e event) bool {
+			m := e.msg()
+			if m == msgHandover {
+				return e.int("generation") == h.newGen
+			}
+			return e.int("master_pid") == h.oldPID && (m == msgUpgradeFail || strings.HasPrefix(m, msgRefused))
+		})
+	if err != nil {
+		return h, err
+	}
+	if ev.msg() != msgHandover {
+		h.failure = ev.msg()
+		if r := ev.str("reason"); r != "" {
+			h.failure += ": " + r
+		}
+		return h, nil
+	}
+	h.ok = true
+	h.logged = ev.at
+	h.newPID = ev.int("master_pid")
+	h.totalMS, h.startingMS, h.batonMS = ev.num("total"), ev.num("workers_starting"), ev.num("baton")
+	p.master, p.gen = h.newPID, h.newGen
+	h.pidFileOK = waitPIDFile(ctx, p.pidFile, h.newPID, 5*time.Second)
+
+	gone, gidx, err := p.log.waitFor(ctx, idx, drainTimeout+30*time.Second,
+		fmt.Sprintf("master %d (generation %d) to exit after handover", h.oldPID, h.oldGen),
+		func(e event) bool { return e.msg() == msgParentExited && e.int("master_pid") == h.newPID })
+	if err != nil {
+		return h, err
+	}
+	h.parentGone = gone.at
+	for _, e := range p.log.slice(from, gidx) {
+		if e.msg() == msgDrained && e.int("master_pid") == h.oldPID && e.flag("killed") {
+			h.killedWorkers++
+		}
+	}
+	h.fds, _ = procFDs(h.newPID)
+	h.fdKinds = procFDKinds(h.newPID)
+	if rss, err := procRSS(h.newPID); err == nil {
+		h.rssMB = float64(rss) / (1 << 20)
+	}
+	return h, nil
+}
+
+// pids lists every master and worker pid the log has named.
+func (p *batonProc) pids() (masters, workers []int) {
+	seenM, seenW := map[int]bool{}, map[int]bool{}
+	for _, e := range p.log.slice(0, -1) {
+		if pid := e.int("master_pid"); pid > 0 && !seenM[pid] {
+			seenM[pid] = true
+			masters = append(masters, pid)
+		}
+		if pid := e.int("pid"); pid > 0 && !seenW[pid] {
+			seenW[pid] = true
+			workers = append(workers, pid)
+		}
+	}
+	return masters, workers
+}
+
+// stop stops the run gracefully (SIGTERM to whichever master serves) and
+// waits until every process of it has exited, killing what is left after a
+// deadline. Masters that already handed over drain and exit by themselves; a
+// second SIGTERM would make them kill their workers, so they are left alone.
+func (p *batonProc) stop() error {
+	if p.stopped {
+		return nil
+	}
+	p.stopped = true
+	signaled := map[int]bool{}
+	deadline := time.Now().Add(drainTimeout + 10*time.Second)
+	closed := false
+	for !closed && time.Now().Before(deadline) {
+		handedOver := map[int]bool{}
+		for _, e := range p.log.slice(0, -1) {
+			if e.msg() == msgHandedOver {
+				handedOver[e.int("master_pid")] = true
+			}
+		}
+		masters, _ := p.pids()
+		masters = append(masters, p.master)
+		for _, pid := range masters {
+			if !signaled[pid] && !handedOver[pid] && alive(pid) && ours(p.dir, pid) {
+				syscall.Kill(pid, syscall.SIGTERM)
+				signaled[pid] = true
+			}
+		}
+		// Short waits, so that a master that appears meanwhile (an upgrade
+		// under way when the stop began) is stopped too.
+		closed = p.log.waitClosed(250 * time.Millisecond)
+	}
+	var err error
+	if !closed {
+		masters, workers := p.pids()
+		var killed []int
+		for _, pid := range append(masters, workers...) {
+			if alive(pid) && ours(p.dir, pid) {
+				syscall.Kill(pid, syscall.SIGKILL)
+				killed = append(killed, pid)
+			}
+		}
+		err = fmt.Errorf("baton on %s did not stop within %s of SIGTERM; killed pids %v", p.addr, drainTimeout+10*time.Second, killed)
+		if !p.log.waitClosed(5 * time.Second) {
+			err = fmt.Errorf("baton on %s: processes still hold its log after SIGKILL", p.addr)
+		}
+	}
+	// Workers whose output goes through their master rather than to the
+	// shared stderr do not hold the log open: check them by pid too.
+	leftover := func() []int {
+		masters, workers := p.pids()
+		var out []int
+		for _, pid := range append(masters, workers...) {
+			if alive(pid) && ours(p.dir, pid) {
+				out = append(out, pid)
+			}
+		}
+		return out
+	}
+	for wait := time.Now().Add(5 * time.Second); len(leftover()) > 0 && time.Now().Before(wait); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if left := leftover(); len(left) > 0 {
+		for _, pid := range left {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		if err == nil {
+			err = fmt.Errorf("baton on %s: pids %v outlived their masters; killed", p.addr, left)
+		}
+	}
+	select {
+	case <-p.reaped:
+	case <-time.After(5 * time.Second):
+		if err == nil {
+			err = fmt.Errorf("baton on %s: first master not reaped", p.addr)
+		}
+	}
+	return err
+}
+
+// helloProc is examples/hello run directly on its own socket.
+type helloProc struct {
+	cmd     *exec.Cmd
+	done    chan struct{}
+	out     *tailWriter
+	stopped bool
+}
+
+// startHello starts hello bound to addr by itself and waits for its first
+// answer, which it returns the time of.
+func (b *bench) startHello(ctx context.Context, addr string) (*helloProc, time.Time, error) {
+	h := &helloProc{done: make(chan struct{}), out: &tailWriter{max: 2048}}
+	h.cmd = exec.Command(b.bin.hello)
+	h.cmd.Env = append(childEnv(), "HELLO_LISTEN="+addr)
+	h.cmd.Stdout, h.cmd.Stderr = h.out, h.out
+	h.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := h.cmd.Start(); err != nil {
+		return nil, time.Time{}, fmt.Errorf("start hello: %w", err)
+	}
+	go func() { h.cmd.Wait(); close(h.done) }()
+	b.track(h)
+	at, err := waitAnswer(ctx, addr, 15*time.Second, h.done)
+	if err != nil {
+		return h, at, fmt.Errorf("hello on %s: %w%s", addr, err, h.out.last())
+	}
+	return h, at, nil
+}
+
+// stop sends SIGTERM (hello drains its requests) and waits for the exit,
+// killing it after a deadline.
+func (h *helloProc) stop() error {
+	if h.stopped {
+		return nil
+	}
+	h.stopped = true
+	h.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-h.done:
+		return nil
+	case <-time.After(drainTimeout + 5*time.Second):
+	}
+	h.cmd.Process.Kill()
+	select {
+	case <-h.done:
+	case <-time.After(5 * time.Second):
+	}
+	return fmt.Errorf("hello %d did not exit within %s of SIGTERM; killed", h.cmd.Process.Pid, drainTimeout+5*time.Second)
+}
+
+// waitAnswer polls addr with requests on fresh connections until one gets a
+// 200, and returns when that answer arrived.
+func waitAnswer(ctx context.Context, addr string, timeout time.Duration, exited <-chan struct{}) (time.Time, error) {
+	deadline := time.Now().Add(timeout)
+	var lastErr error
+	for time.Now().Before(deadline) {
+		c := &loadgen.Client{Network: "tcp", Addr: addr, Timeout: time.Second}
+		_, _, err := c.Get("/")
+		c.Close()
+		if err == nil {
+			return time.Now(), nil
+		}
+		lastErr = err
+		select {
+		case <-exited:
+			return time.Time{}, errors.New("exited before answering")
+		case <-ctx.Done():
+			return time.Time{}, ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+	return time.Time{}, fmt.Errorf("no answer within %s: %v", timeout, lastErr)
+}
+
+// waitPIDFile reports whether the pid file names pid within timeout.
+func waitPIDFile(ctx context.Context, path string, pid int, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		b, err := os.ReadFile(path)
+		if err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(pid) {
+			return true
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// tailWriter keeps the last max bytes written to it.
+type tailWriter struct {
+	mu  sync.Mutex
+	max int
+	buf []byte
+}
+
+func (t *tailWriter) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if len(t.buf) > t.max {
+		t.buf = t.buf[len(t.buf)-t.max:]
+	}
+	return len(p), nil
+}
+
+func (t *tailWriter) last() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	lines := strings.Split(strings.TrimSpace(string(t.buf)), "\n")
+	if l := lines[len(lines)-1]; l != "" {
+		return " (last output: " + strconv.Quote(l) + ")"
+	}
+	return ""
+}
+
+// childEnv is zdbench's environment without what would change how baton or
+// hello behave behind the benchmark's back (BATON_WORKERS, HELLO_STARTUP_MS,
+// a NOTIFY_SOCKET from systemd, …).
+func childEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(k, "BATON_") || strings.HasPrefix(k, "HELLO_") ||
+			strings.HasPrefix(k, "LISTEN_") || k == "NOTIFY_SOCKET" {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+// freeAddr returns a loopback TCP address nobody listens on right now.
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("find a free port: %w", err)
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// ours reports whether pid runs one of the binaries zdbench built, so that a
+// recycled pid is never signalled.
+func ours(dir string, pid int) bool {
+	exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
+	return err == nil && strings.HasPrefix(exe, dir+"/")
+}
+
+// alive is false for a zombie: it serves nothing and holds no fd.
+func alive(pid int) bool {
+	f, err := procStat(pid)
+	return err == nil && f[0] != "Z"
+}
+
+// procStat returns the fields of /proc/PID/stat after the command name,
+// starting with the state (field 3).
+func procStat(pid int) ([]string, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return nil, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return nil, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return nil, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	return f, nil
+}
+
+// procCPU is the CPU time pid has used (utime+stime). /proc reports it in
+// USER_HZ ticks, which Linux fixes at 100 per second for user space.
+func procCPU(pid int) (time.Duration, error) {
+	f, err := procStat(pid)
+	if err != nil {
+		return 0, err
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: bad utime/stime", pid)
+	}
+	return time.Duration(ut+st) * 10 * time.Millisecond, nil
+}
+
+// procRSS is pid's resident set size in bytes (VmRSS).
+func procRSS(pid int) (int64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(v)
+			if len(f) >= 1 {
+				kb, err := strconv.ParseInt(f[0], 10, 64)
+				if err == nil {
+					return kb << 10, nil
+				}
+			}
+		}
+	}
+	return 0, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
+}
+
+// procFDs counts pid's open file descriptors.
+func procFDs(pid int) (int, error) {
+	ents, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
+	if err != nil {
+		return 0, err
+	}
+	return len(ents), nil
+}
+
+// procFDKinds summarizes what pid's fds point to ("socket", "pipe",
+// "anon_inode:[eventpoll]", or a path), for the report when counts grow.
+func procFDKinds(pid int) map[string]int {
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	out := map[string]int{}
+	for _, e := range ents {
+		t, err := os.Readlink(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue
+		}
+		if i := strings.Index(t, ":["); i > 0 && !strings.HasPrefix(t, "anon_inode") {
+			t = t[:i] // socket:[123] -> socket
+		}
+		out[t]++
+	}
+	return out
+}

@@ -1,0 +1,341 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+type report struct {
+	Machine  machine         `json:"machine"`
+	Config   config          `json:"config"`
+	Direct   *steadySide     `json:"direct,omitempty"`
+	Steady   *steadyResult   `json:"steady,omitempty"`
+	Upgrades *upgradesResult `json:"upgrades,omitempty"`
+	Naive    *naiveResult    `json:"naive,omitempty"`
+	Scaling  []scalingRow    `json:"scaling,omitempty"`
+	Targets  []target        `json:"targets"`
+	Notes    []string        `json:"notes,omitempty"`
+	Error    string          `json:"error,omitempty"`
+}
+
+type config struct {
+	Quick           bool    `json:"quick"`
+	Upgrades        int     `json:"upgrades"`
+	Concurrency     int     `json:"concurrency"`
+	KeepAlive       float64 `json:"keep_alive_share"`
+	NaiveRestarts   int     `json:"naive_restarts"`
+	Workers         int     `json:"workers"`
+	IntervalMS      float64 `json:"interval_ms"`
+	SlowClients     int     `json:"slow_clients"`
+	SlowMS          int     `json:"slow_request_ms"`
+	Rounds          int     `json:"steady_rounds"`
+	RoundSeconds    float64 `json:"steady_round_seconds"`
+	ScalingWorkers  []int   `json:"scaling_workers"`
+	ScalingUpgrades int     `json:"scaling_upgrades"`
+	SkipSteady      bool    `json:"skip_steady"`
+	SkipNaive       bool    `json:"skip_naive"`
+	SkipScaling     bool    `json:"skip_scaling"`
+}
+
+func configOf(o options) config {
+	return config{
+		Quick: o.quick, Upgrades: o.upgrades, Concurrency: o.concurrency, KeepAlive: o.keepAlive,
+		NaiveRestarts: o.naiveRestarts, Workers: o.workers, IntervalMS: msOf(o.interval),
+		SlowClients: o.slowClients, SlowMS: o.slowMS, Rounds: o.rounds, RoundSeconds: o.roundDur.Seconds(),
+		ScalingWorkers: o.scalingWorkers, ScalingUpgrades: o.scalingUpgrades,
+		SkipSteady: o.skipSteady, SkipNaive: o.skipNaive, SkipScaling: o.skipScaling,
+	}
+}
+
+// target is one of the figures the team compares against.
+type target struct {
+	Name     string `json:"name"`
+	Want     string `json:"target"`
+	Measured string `json:"measured"`
+	Status   string `json:"status"` // met, missed or not measured
+	Note     string `json:"note,omitempty"`
+}
+
+const (
+	met         = "met"
+	missed      = "MISSED"
+	notMeasured = "not measured"
+)
+
+func status(ok bool) string {
+	if ok {
+		return met
+	}
+	return missed
+}
+
+func targetsOf(r *report, o options) []target {
+	var ts []target
+
+	t := target{Name: "failed requests during upgrades", Want: "0 over 50 upgrades at concurrency 64", Status: notMeasured}
+	if u := r.Upgrades; u != nil {
+		t.Measured = fmt.Sprintf("%d failed of %d, %d/%d upgrades handed over, concurrency %d",
+			u.Total.Failed, u.Total.Requests, u.HandedOver, u.Requested, u.Concurrency)
+		t.Status = status(u.Total.Failed == 0 && u.HandedOver == u.Requested && u.Requested > 0)
+		if u.Requested < 50 || u.Concurrency < 64 {
+			t.Note = "smaller run than the target's"
+		}
+	}
+	ts = append(ts, t)
+
+	t = target{Name: "slow requests during upgrades", Want: "every one completes with 200", Status: notMeasured}
+	if u := r.Upgrades; u != nil && u.Slow.Requests > 0 {
+		t.Measured = fmt.Sprintf("%d of %d failed", u.Slow.Failed, u.Slow.Requests)
+		t.Status = status(u.Slow.Failed == 0)
+	}
+	ts = append(ts, t)
+
+	t = target{Name: "throughput through baton", Want: ">= 0.98 of direct", Status: notMeasured}
+	if s := r.Steady; s != nil && len(s.Ratios) > 0 {
+		t.Measured = fmt.Sprintf("%.3f (median of %d rounds)", s.RatioMedian, len(s.Ratios))
+		t.Status = status(s.RatioMedian >= 0.98)
+	}
+	ts = append(ts, t)
+
+	for _, want := range []struct {
+		workers int
+		ms      float64
+	}{{4, 25}, {64, 100}} {
+		t = target{Name: fmt.Sprintf("baton's part of a handover, %d workers", want.workers),
+			Want: fmt.Sprintf("<= %.0f ms median", want.ms), Status: notMeasured}
+		var parts []string
+		ok := true
+		if u := r.Upgrades; u != nil && u.Workers == want.workers && u.BatonPart.N > 0 {
+			parts = append(parts, fmt.Sprintf("%.1f ms under load", u.BatonPart.Median))
+			ok = ok && u.BatonPart.Median <= want.ms
+		}
+		for _, row := range r.Scaling {
+			if row.Workers == want.workers && row.BatonPart.N > 0 {
+				parts = append(parts, fmt.Sprintf("%.1f ms with %d ms app start-up", row.BatonPart.Median, row.AppDelayMS))
+				ok = ok && row.BatonPart.Median <= want.ms
+			}
+		}
+		if len(parts) > 0 {
+			t.Measured = strings.Join(parts, ", ")
+			t.Status = status(ok)
+		}
+		ts = append(ts, t)
+	}
+
+	t = target{Name: "master RSS", Want: "<= 15 MB (goal 8 MB)", Status: notMeasured}
+	rss := 0.0
+	if s := r.Steady; s != nil {
+		rss = max(rss, s.MasterRSSMB)
+	}
+	if u := r.Upgrades; u != nil {
+		rss = max(rss, u.Masters.RSSMaxMB)
+	}
+	if rss > 0 {
+		t.Measured = fmt.Sprintf("%.1f MB max (steady state and upgrades phase)", rss)
+		t.Status = status(rss <= 15)
+		if rss <= 8 {
+			t.Note = "goal met"
+		} else {
+			t.Note = "goal of 8 MB not met"
+		}
+	}
+	ts = append(ts, t)
+
+	t = target{Name: "fd and RSS growth across upgrades", Want: "none", Status: notMeasured}
+	if u := r.Upgrades; u != nil && u.HandedOver >= 2 {
+		m := u.Masters
+		t.Measured = fmt.Sprintf("fds %d -> %d, RSS %.1f -> %.1f MB (first -> last master)", m.FDsFirst, m.FDsLast, m.RSSFirstMB, m.RSSLastMB)
+		t.Status = status(!m.FDGrowth && !m.RSSGrowth)
+	}
+	ts = append(ts, t)
+	return ts
+}
+
+func printReport(w io.Writer, r *report) {
+	m := r.Machine
+	fmt.Fprintf(w, "\nzdbench: baton zero-downtime benchmark\n")
+	fmt.Fprintf(w, "machine: %d CPUs (%s), Linux %s, %s, %d MB RAM, %s\n", m.NProc, m.CPUModel, m.Kernel, m.GoVersion, m.MemTotalMB, m.Date)
+	fmt.Fprintf(w, "load average: %s at start, %s at end (the load generator runs on this machine too)\n", m.LoadAvgStart, m.LoadAvgEnd)
+
+	if s := r.Steady; s != nil {
+		fmt.Fprintf(w, "\n1-2. Steady state: hello with 1 worker process, concurrency %d (%.0f%% keep-alive); rounds: %d x %s, direct and baton alternating\n",
+			s.Concurrency, s.KeepAlive*100, s.Rounds, time.Duration(s.RoundSeconds*float64(time.Second)))
+		tw := table(w)
+		fmt.Fprintln(tw, "  \treq/s (median)\tp50\tp99\tmax\trequests\tfailed\t")
+		for _, row := range []struct {
+			name string
+			s    steadySide
+		}{{"direct", s.Direct}, {"baton", s.Baton}} {
+			fmt.Fprintf(tw, "  %s\t%.0f\t%s\t%s\t%s\t%d\t%d\t\n", row.name, row.s.RPSMedian,
+				ms(row.s.Latency.P50), ms(row.s.Latency.P99), ms(row.s.Latency.Max), row.s.Requests, row.s.Failed)
+		}
+		tw.Flush()
+		var rs []string
+		for _, x := range s.Ratios {
+			rs = append(rs, fmt.Sprintf("%.3f", x))
+		}
+		fmt.Fprintf(w, "  throughput baton/direct: median %.3f (per round: %s)\n", s.RatioMedian, strings.Join(rs, " "))
+		fmt.Fprintf(w, "  baton master: RSS %.1f MB, CPU %.0f ms over %.1f s of load (%.2f%% of one core)\n",
+			s.MasterRSSMB, s.MasterCPUMS, s.LoadSeconds, s.MasterCPUPct)
+	}
+
+	if u := r.Upgrades; u != nil {
+		fmt.Fprintf(w, "\n3. Upgrades under load: %d workers, %d upgrades every %s; concurrency %d (%.0f%% keep-alive) + %d slow clients (/?sleep=%d) + 1 probe\n",
+			u.Workers, u.Requested, time.Duration(u.IntervalMS*float64(time.Millisecond)), u.Concurrency, u.KeepAlive*100, u.SlowClients, u.SlowMS)
+		fmt.Fprintf(w, "  handed over: %d/%d", u.HandedOver, u.Requested)
+		if u.Late > 0 {
+			fmt.Fprintf(w, " (%d sent more than 50 ms after their due time: the previous old generation was still draining)", u.Late)
+		}
+		fmt.Fprintln(w)
+		tw := table(w)
+		fmt.Fprintf(tw, "  requests\ttotal\tfailed\t%s\tretried\t\n", strings.Join(failureKinds, "\t"))
+		for _, row := range []struct {
+			name string
+			c    requestCounts
+		}{{"all", u.Total}, {"load", u.Load}, {"slow", u.Slow}, {"probe", u.Probe}} {
+			fmt.Fprintf(tw, "  %s\t%d\t%d\t", row.name, row.c.Requests, row.c.Failed)
+			for _, k := range failureKinds {
+				fmt.Fprintf(tw, "%d\t", row.c.ByKind[k])
+			}
+			fmt.Fprintf(tw, "%d\t\n", row.c.Retried)
+		}
+		tw.Flush()
+		if len(u.Total.Examples) > 0 {
+			fmt.Fprintf(w, "  first failures: %q\n", u.Total.Examples)
+		}
+		tw = table(w)
+		fmt.Fprintln(tw, "  latency (load clients)\trequests\tp50\tp99\tmax\t")
+		fmt.Fprintf(tw, "  steady state\t%d\t%s\t%s\t%s\t\n", u.LatencySteady.N, ms(u.LatencySteady.P50), ms(u.LatencySteady.P99), ms(u.LatencySteady.Max))
+		fmt.Fprintf(tw, "  USR2 .. handover+1s\t%d\t%s\t%s\t%s\t\n", u.LatencyUpgrade.N, ms(u.LatencyUpgrade.P50), ms(u.LatencyUpgrade.P99), ms(u.LatencyUpgrade.Max))
+		tw.Flush()
+		tw = table(w)
+		fmt.Fprintln(tw, "  handover (ms, over upgrades)\tmedian\tp90\tmax\t")
+		for _, row := range []struct {
+			name string
+			d    dist
+		}{
+			{"USR2 sent -> first response of new generation (fresh conn.)", u.FirstNew},
+			{"USR2 sent -> last response of old generation (fresh conn.)", u.LastOld},
+			{"total (log: USR2 received -> new generation serving)", u.LogTotal},
+			{"  app start-up (log: workers_starting)", u.AppStartup},
+			{"  baton's part (total - app start-up)", u.BatonPart},
+			{"old generation drain (handover -> old master exited)", u.OldDrain},
+		} {
+			fmt.Fprintf(tw, "  %s\t%.1f\t%.1f\t%.1f\t\n", row.name, row.d.Median, row.d.P90, row.d.Max)
+		}
+		tw.Flush()
+		mm := u.Masters
+		fmt.Fprintf(w, "  new masters once alone: fds first %d, last %d (min %d, max %d); RSS first %.1f MB, last %.1f MB, max %.1f MB\n",
+			mm.FDsFirst, mm.FDsLast, mm.FDsMin, mm.FDsMax, mm.RSSFirstMB, mm.RSSLastMB, mm.RSSMaxMB)
+		if mm.FDGrowth {
+			fmt.Fprintf(w, "  fd kinds first: %v; last: %v\n", mm.FDKindsFirst, mm.FDKindsLast)
+		}
+		var bad []string
+		for _, rec := range u.List {
+			if !rec.HandedOver || rec.FailedInWindow > 0 {
+				s := fmt.Sprintf("#%d", rec.N)
+				if rec.Failure != "" {
+					s += " (" + rec.Failure + ")"
+				}
+				if rec.FailedInWindow > 0 {
+					s += fmt.Sprintf(" %d failed requests", rec.FailedInWindow)
+				}
+				bad = append(bad, s)
+			}
+		}
+		if len(bad) > 0 {
+			fmt.Fprintf(w, "  upgrades with problems: %s\n", strings.Join(bad, ", "))
+		}
+	}
+
+	if n := r.Naive; n != nil {
+		fmt.Fprintf(w, "\n4. Naive restart (SIGTERM hello, wait for exit, start it again) under the same load, %d restarts\n", n.Restarts)
+		tw := table(w)
+		fmt.Fprintf(tw, "  requests\ttotal\tfailed\t%s\t\n", strings.Join(failureKinds, "\t"))
+		fmt.Fprintf(tw, "  all\t%d\t%d\t", n.Total.Requests, n.Total.Failed)
+		for _, k := range failureKinds {
+			fmt.Fprintf(tw, "%d\t", n.Total.ByKind[k])
+		}
+		fmt.Fprintln(tw)
+		tw.Flush()
+		tw = table(w)
+		fmt.Fprintln(tw, "  per restart\tmedian\tp90\tmax\t")
+		fmt.Fprintf(tw, "  failed requests\t%.0f\t%.0f\t%.0f\t\n", n.FailedPerRestart.Median, n.FailedPerRestart.P90, n.FailedPerRestart.Max)
+		fmt.Fprintf(tw, "  downtime: SIGTERM -> answering again (ms)\t%.1f\t%.1f\t%.1f\t\n", n.Downtime.Median, n.Downtime.P90, n.Downtime.Max)
+		fmt.Fprintf(tw, "  of which stopping: SIGTERM -> exit (ms)\t%.1f\t%.1f\t%.1f\t\n", n.Stop.Median, n.Stop.P90, n.Stop.Max)
+		tw.Flush()
+		fmt.Fprintf(w, "  (failed requests: clients retry at once, so the count grows with downtime x concurrency)\n")
+	}
+
+	if len(r.Scaling) > 0 {
+		fmt.Fprintf(w, "\n5. Handover time against worker count (medians over %d upgrades each; probe only, no load)\n", r.Scaling[0].Upgrades)
+		tw := table(w)
+		fmt.Fprintln(tw, "  workers\tapp start-up\ttotal (ms)\tapp (ms)\tbaton (ms)\tfirst new response (ms)\tmaster RSS\tfailures\t")
+		for _, row := range r.Scaling {
+			fmt.Fprintf(tw, "  %d\t%d ms\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f MB\t%d\t\n", row.Workers, row.AppDelayMS,
+				row.Total.Median, row.AppStartup.Median, row.BatonPart.Median, row.FirstNew.Median, row.MasterRSSMB,
+				row.Upgrades-row.HandedOver+row.ProbeFailed)
+		}
+		tw.Flush()
+	}
+
+	fmt.Fprintf(w, "\nTargets\n")
+	tw := table(w)
+	for _, t := range r.Targets {
+		note := ""
+		if t.Note != "" {
+			note = " (" + t.Note + ")"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s%s\t\n", t.Name, t.Want, t.Status, t.Measured, note)
+	}
+	tw.Flush()
+	if len(r.Notes) > 0 {
+		fmt.Fprintf(w, "\nNotes\n")
+		for _, n := range r.Notes {
+			fmt.Fprintf(w, "  - %s\n", n)
+		}
+	}
+	if r.Error != "" {
+		fmt.Fprintf(w, "\nSTOPPED EARLY: %s\n", r.Error)
+	}
+}
+
+func table(w io.Writer) *tabwriter.Writer {
+	return tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+}
+
+func ms(v float64) string {
+	if v < 10 {
+		return fmt.Sprintf("%.2f ms", v)
+	}
+	return fmt.Sprintf("%.1f ms", v)
+}
+
+// writeJSON writes the report through a temporary file, so that an
+// interrupted run never leaves half a file behind.
+func writeJSON(path string, r *report) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode results: %w", err)
+	}
+	if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("results directory: %w", err)
+		}
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write results: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write results: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// syncBuffer is written by the benchmark and read by the test once it ends;
+// the lock keeps the race detector's view of that simple.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestQuickRun runs the whole benchmark in its quick mode, in-process, and
+// checks what must hold however slow the machine: no failed request, every
+// upgrade handed over, a complete JSON file, nothing left running. Speed
+// targets are the benchmark's output, not the test's business.
+func TestQuickRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the quick benchmark (about 30 s)")
+	}
+	path := filepath.Join(t.TempDir(), "out", "zdbench.json")
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	var stdout, stderr syncBuffer
+	code := mainCode(ctx, []string{"-quick", "-upgrades", "3", "-concurrency", "4", "-json", path}, &stdout, &stderr)
+	t.Logf("stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+	if code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	if lastBinDir == "" {
+		t.Fatal("the benchmark did not record its binaries directory")
+	}
+	if left := processesUnder(lastBinDir); len(left) > 0 {
+		t.Errorf("processes still running from %s: %v", lastBinDir, left)
+	}
+
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var generic map[string]any
+	if err := json.Unmarshal(raw, &generic); err != nil {
+		t.Fatalf("JSON file is not well-formed: %v", err)
+	}
+	for _, k := range []string{"machine", "config", "direct", "steady", "upgrades", "naive", "scaling", "targets"} {
+		if generic[k] == nil {
+			t.Errorf("JSON file has no %q", k)
+		}
+	}
+	var rep report
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		t.Fatalf("JSON file does not decode into the report: %v", err)
+	}
+	if rep.Error != "" {
+		t.Errorf("report has an error: %s", rep.Error)
+	}
+	if m := rep.Machine; m.NProc < 1 || m.GoVersion == "" || m.Kernel == "" || m.Date == "" {
+		t.Errorf("machine info incomplete: %+v", m)
+	}
+
+	if s := rep.Steady; s == nil || s.Direct.RPSMedian <= 0 || s.Baton.RPSMedian <= 0 || len(s.Ratios) != 1 {
+		t.Errorf("steady state incomplete: %+v", s)
+	}
+
+	u := rep.Upgrades
+	if u == nil {
+		t.Fatal("no upgrades phase in the report")
+	}
+	if u.Requested != 3 || u.HandedOver != 3 || len(u.List) != 3 {
+		t.Errorf("upgrades: %d requested, %d handed over, %d listed; want 3 each", u.Requested, u.HandedOver, len(u.List))
+	}
+	if u.Total.Requests == 0 || u.Load.Requests == 0 || u.Probe.Requests == 0 {
+		t.Errorf("upgrades: no load ran: %+v", u.Total)
+	}
+	if u.Total.Failed != 0 {
+		t.Errorf("upgrades: %d failed requests %v; first: %q", u.Total.Failed, u.Total.ByKind, u.Total.Examples)
+	}
+	if u.Slow.Requests == 0 || u.Slow.Failed != 0 {
+		t.Errorf("slow requests: %d, failed %d; want some, none failed", u.Slow.Requests, u.Slow.Failed)
+	}
+	for _, rec := range u.List {
+		if !rec.HandedOver || rec.NewMaster == 0 || rec.TotalMS <= 0 || rec.FirstNewMS == nil || rec.LastOldMS == nil || rec.MasterFDs == 0 {
+			t.Errorf("upgrade %d incomplete: %+v", rec.N, rec)
+		}
+		if rec.NewGeneration != rec.OldGeneration+1 {
+			t.Errorf("upgrade %d: generation %d -> %d", rec.N, rec.OldGeneration, rec.NewGeneration)
+		}
+	}
+
+	if n := rep.Naive; n == nil || len(n.List) != 1 || n.List[0].DowntimeMS <= 0 {
+		t.Errorf("naive restarts incomplete: %+v", n)
+	}
+
+	if len(rep.Scaling) != 4 {
+		t.Errorf("scaling: %d rows, want 4 (1 and 4 workers, 0 and 500 ms start-up)", len(rep.Scaling))
+	}
+	for _, row := range rep.Scaling {
+		if row.HandedOver != row.Upgrades || row.Total.N == 0 {
+			t.Errorf("scaling row incomplete: %+v", row)
+		}
+		if row.AppDelayMS == 500 && row.AppStartup.Median < 500 {
+			t.Errorf("scaling, %d workers: app start-up %.1f ms with HELLO_STARTUP_MS=500", row.Workers, row.AppStartup.Median)
+		}
+	}
+	if len(rep.Targets) == 0 {
+		t.Error("no targets in the report")
+	}
+}
+
+// processesUnder lists the processes running a binary from dir (deleted by
+// now, which /proc shows as a suffix).
+func processesUnder(dir string) []string {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
+		if err == nil && strings.HasPrefix(exe, dir+"/") && alive(pid) {
+			out = append(out, e.Name()+" "+exe)
+		}
+	}
+	return out
+}
