@@ -238,7 +238,7 @@ func (m *master) status() Status {
 				UptimeMS: ms(time.Since(w.started))})
 		}
 	}
-	if m.hasParent && m.phase != phaseBooting {
+	if m.parentAlive && m.phase != phaseBooting {
 		ppid := os.Getppid()
 		st.Previous = &PrevStatus{MasterPID: ppid, Generation: m.gen - 1, State: "draining",
 			WorkerPIDs: childrenOf(ppid, m.self), DrainLeftMS: max(0, ms(time.Until(m.parentDeadline)))}

@@ -57,18 +57,17 @@ type master struct {
 	events  chan any
 	done    chan struct{}
 
-	gen      int
-	phase    phase
-	slots    []*slot
-	procs    map[int]*worker // every live worker by pid, current or draining
-	bootErr  error
-	bootAt   time.Time
-	firstRdy time.Time
+	gen     int
+	phase   phase
+	slots   []*slot
+	procs   map[int]*worker // every live worker by pid, current or draining
+	bootErr error
+	bootAt  time.Time
 
 	// upgrades
-	hasParent       bool
+	parentAlive     bool // started by an old master that has not exited yet
 	parentNotify    string
-	upgradeStart    time.Time // this master's own start, as the old master's USR2 time
+	upgradeStart    time.Time // when the old master got the USR2 that started us
 	parentDeadline  time.Time // the old master has surely exited by then
 	upgrading       bool
 	upgradeAt       time.Time
@@ -127,8 +126,8 @@ func Run(cfg Config) error {
 		gen:     1,
 		startAt: time.Now(),
 	}
-	m.hasParent = upg.HasParent()
-	if m.hasParent {
+	m.parentAlive = upg.HasParent()
+	if m.parentAlive {
 		// tableflip's ready and names pipes arrive without O_CLOEXEC
 		// (PEERS P16); workers must not inherit them.
 		syscall.CloseOnExec(3)
@@ -166,7 +165,7 @@ func Run(cfg Config) error {
 // setup binds (or inherits) the sockets. The caller has run Config.Check.
 func (m *master) setup() error {
 	var act []listener.Activated
-	if !m.hasParent {
+	if !m.parentAlive {
 		// Started by a systemd .socket unit: its sockets, not new ones.
 		// (A re-executed master gets everything from tableflip instead.)
 		var err error
@@ -182,6 +181,7 @@ func (m *master) setup() error {
 		return err
 	}
 	m.lns = lns
+	quietListeners(lns.Files())
 	n, err := openNotifySocket()
 	if err != nil {
 		return err
@@ -236,7 +236,11 @@ func (m *master) release(owner bool) {
 	if m.lns != nil {
 		m.lns.Close()
 	}
-	if owner || !m.hasParent {
+	// Stop unlinks the unix sockets tableflip bound, unless an upgrade
+	// succeeded: then tableflip's loop has already ended and Stop only
+	// closes. So an old master that handed over may call it safely, and a
+	// new master whose old one still serves must not.
+	if owner || !m.parentAlive {
 		m.upg.Stop()
 		<-m.upg.Exit()
 		if owner && m.cfg.PIDFile != "" {
@@ -262,12 +266,12 @@ func (m *master) run() error {
 
 	m.spawn = newSpawner()
 	go m.notify.run(func(msg notifyMsg) { m.post(msg) })
-	if m.control != nil && !m.hasParent {
+	if m.control != nil && !m.parentAlive {
 		// A new master answers only once it serves; until then the old
 		// one does.
 		go m.serveControl(m.control)
 	}
-	if m.hasParent {
+	if m.parentAlive {
 		go func() {
 			m.upg.WaitForParent(context.Background())
 			m.post(evParentExited{})
@@ -297,7 +301,7 @@ func (m *master) run() error {
 		zap.Int("workers", m.cfg.Workers),
 		zap.Strings("listen", specStrings(m.cfg.Listen)),
 		zap.Strings("command", m.cfg.Command),
-		zap.Bool("upgrade", m.hasParent))
+		zap.Bool("upgrade", m.parentAlive))
 	m.bootAt = time.Now()
 	for i := 0; i < m.cfg.Workers; i++ {
 		m.slots = append(m.slots, &slot{backoff: backoffMin})
@@ -390,7 +394,7 @@ func (m *master) stop(trigger string) {
 		zap.Duration("drain_timeout", m.cfg.DrainTimeout))
 	if m.phase == phaseBooting {
 		m.bootErr = fmt.Errorf("%w: stopped by %s while starting", ErrBootFailed, trigger)
-		if !m.hasParent {
+		if !m.parentAlive {
 			m.bootErr = nil // a plain start interrupted by the operator is a clean stop
 		}
 		m.reportUpgradeFailure("new master received " + trigger + " before its workers were ready")
@@ -412,7 +416,7 @@ func (m *master) watchdogInterval() time.Duration {
 	}
 	if p := os.Getenv("WATCHDOG_PID"); p != "" {
 		pid, _ := strconv.Atoi(p)
-		if pid != m.self && !(m.hasParent && pid == os.Getppid()) {
+		if pid != m.self && !(m.parentAlive && pid == os.Getppid()) {
 			return 0
 		}
 	}
@@ -467,7 +471,7 @@ func (m *master) onEvent(ev any) {
 		m.sdNotify("WATCHDOG=1")
 	case evParentExited:
 		m.parentDeadline = time.Time{}
-		m.hasParent = false
+		m.parentAlive = false
 		// The goroutine count is here to make leaks visible in tests.
 		m.log.Info("previous master exited", zap.Int("goroutines", runtime.NumGoroutine()))
 	}
@@ -663,7 +667,7 @@ func (m *master) bootDone() {
 	}
 	m.phase = phaseServing
 	fields := []zap.Field{zap.Int("workers", len(m.slots)), zap.Duration("workers_starting", workers)}
-	if m.hasParent {
+	if m.parentAlive {
 		if total > 0 {
 			fields = append(fields, zap.Duration("total", total), zap.Duration("baton", total-workers))
 		}

@@ -30,7 +30,7 @@ func (m *master) requestUpgrade(trigger string) string {
 	case m.upgrading:
 		why = "an upgrade is already under way"
 		fields = append(fields, zap.Duration("running_for", time.Since(m.upgradeAt)))
-	case m.hasParent:
+	case m.parentAlive:
 		left := max(time.Until(m.parentDeadline), 0).Round(time.Millisecond)
 		why = "previous generation still draining (up to " + left.String() + " more)"
 		fields = append(fields, zap.Duration("drain_left_at_most", left))

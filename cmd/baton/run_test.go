@@ -334,3 +334,49 @@ func fdFlags(t *testing.T, pid int, fd string) int {
 	t.Fatalf("no flags in fdinfo of %d/%s", pid, fd)
 	return 0
 }
+
+// ctxSwitches sums the context switches of every thread of pid: each time
+// the master is woken, one of them counts it.
+func ctxSwitches(t *testing.T, pid int) int {
+	t.Helper()
+	tasks, err := filepath.Glob("/proc/" + strconv.Itoa(pid) + "/task/*/status")
+	if err != nil || len(tasks) == 0 {
+		t.Fatalf("no tasks for %d: %v", pid, err)
+	}
+	n := 0
+	for _, p := range tasks {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue // a thread that just exited
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "voluntary_ctxt_switches:"); ok {
+				c, _ := strconv.Atoi(strings.TrimSpace(v))
+				n += c
+			}
+		}
+	}
+	return n
+}
+
+func TestMasterStaysOutOfTheDataPath(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	b := startBaton(t, nil, "-l", addr, "-w", "2", "--", bin("hello"))
+	b.waitReady()
+	master := b.pid
+	check := func(what string) {
+		t.Helper()
+		before := ctxSwitches(t, master)
+		for i := 0; i < 2000; i++ {
+			mustGet(t, addr, "/") // a fresh connection each
+		}
+		// Woken once per connection, the master would count ~2000 here.
+		if d := ctxSwitches(t, master) - before; d > 200 {
+			t.Fatalf("%s: master woke %d times for 2000 connections", what, d)
+		}
+	}
+	check("first master")
+	master = b.upgrade(t, master, 1)
+	check("master after an upgrade")
+}
