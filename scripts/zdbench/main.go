@@ -90,8 +90,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.Float64Var(&o.keepAlive, "keep-alive", 0.5, "share of load clients that reuse their connection (the rest connect anew per request)")
 	fs.IntVar(&o.slowClients, "slow-clients", 4, "extra clients that always have a slow request in flight")
 	fs.IntVar(&o.slowMS, "slow-ms", 1000, "duration of a slow request (hello's ?sleep=)")
-	fs.IntVar(&o.rounds, "rounds", 3, "steady-state rounds (each runs direct and baton once)")
-	fs.DurationVar(&o.roundDur, "round-duration", 4*time.Second, "load duration of one steady-state run")
+	fs.IntVar(&o.rounds, "rounds", 7, "steady-state rounds (each runs direct and baton once)")
+	fs.DurationVar(&o.roundDur, "round-duration", 3*time.Second, "load duration of one steady-state run")
 	scaling := fs.String("scaling-workers", "1,4,16,64", "worker counts for the handover scaling phase")
 	fs.IntVar(&o.scalingUpgrades, "scaling-upgrades", 3, "upgrades per worker count in the scaling phase")
 	if err := fs.Parse(args); err != nil {
