@@ -22,6 +22,7 @@ import (
 // after their next response, and only then shuts down what is still idle.
 type HTTPDrainer struct {
 	srv      *http.Server
+	serving  sync.WaitGroup // Serve calls still in their accept loop
 	mu       sync.Mutex
 	conns    map[net.Conn]http.ConnState
 	draining bool
@@ -96,9 +97,19 @@ func (w *closingWriter) Write(b []byte) (int, error) {
 // Unwrap lets http.ResponseController reach Flush, Hijack and deadlines.
 func (w *closingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
+// Serve runs srv.Serve(ln) for Drain to wait on: a connection accepted at
+// the moment the listener closes is only tracked once Serve has handed it
+// on, and Serve returns only after that.
+func (d *HTTPDrainer) Serve(ln net.Listener) error {
+	d.serving.Add(1)
+	defer d.serving.Done()
+	return d.srv.Serve(ln)
+}
+
 // Drain closes lns, lets clients finish, and returns when every connection
-// is gone or ctx ends. grace bounds how long idle keep-alive connections are
-// waited for before they are closed.
+// is gone or ctx ends. grace bounds how long idle keep-alive connections
+// are waited for before they are closed. Serve on lns through d.Serve, not
+// srv.Serve.
 func (d *HTTPDrainer) Drain(ctx context.Context, lns []net.Listener, grace time.Duration) error {
 	for _, ln := range lns {
 		ln.Close()
@@ -106,6 +117,14 @@ func (d *HTTPDrainer) Drain(ctx context.Context, lns []net.Listener, grace time.
 	d.mu.Lock()
 	d.draining = true
 	d.mu.Unlock()
+	// Until every Serve has returned, a connection may be accepted but not
+	// yet counted; Shutdown would then cut its first request (PEERS P15).
+	served := make(chan struct{})
+	go func() { d.serving.Wait(); close(served) }()
+	select {
+	case <-served:
+	case <-ctx.Done():
+	}
 	deadline := time.NewTimer(grace)
 	defer deadline.Stop()
 	for {
@@ -151,13 +170,16 @@ func ServeHTTP(srv *http.Server, timeout time.Duration) error {
 // ServeHTTPOn is ServeHTTP on listeners the caller chose.
 func ServeHTTPOn(srv *http.Server, lns []net.Listener, timeout time.Duration) error {
 	d := NewHTTPDrainer(srv)
-	errc := make(chan error, len(lns))
-	for _, ln := range lns {
-		go func(ln net.Listener) { errc <- srv.Serve(ln) }(ln)
-	}
+	// Catch the drain signal before the first accept: a TERM that lands
+	// between the two would otherwise kill the process with its default
+	// action, and with it a connection already accepted.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGQUIT, syscall.SIGINT)
 	defer signal.Stop(sig)
+	errc := make(chan error, len(lns))
+	for _, ln := range lns {
+		go func(ln net.Listener) { errc <- d.Serve(ln) }(ln)
+	}
 	if err := Ready(); err != nil {
 		return err
 	}

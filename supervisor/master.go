@@ -53,6 +53,7 @@ type master struct {
 	notify  *notifySocket
 	spawn   *spawner
 	self    int
+	shell   string // the trampoline's shell, or "" to re-execute baton
 	baseEnv []string
 	events  chan any
 	done    chan struct{}
@@ -65,22 +66,24 @@ type master struct {
 	bootAt  time.Time
 
 	// upgrades
-	parentAlive     bool // started by an old master that has not exited yet
-	parentNotify    string
-	upgradeStart    time.Time // when the old master got the USR2 that started us
-	parentDeadline  time.Time // the old master has surely exited by then
-	upgrading       bool
-	upgradeAt       time.Time
-	upgradeReason   string        // from the new master, when it failed
-	upgradeStderr   []string      // its failing worker's last stderr lines
-	upgradeReady    *ReloadResult // from the new master, when it took over
-	lastUpgrade     *ReloadResult
-	reloadWaiters   []*ctlConn
-	stopWaiters     []*ctlConn // held open until exit
-	control         *net.UnixListener
-	handoverPending bool     // reload clients wait for the new master's report
-	failedStderr    []string // the failing worker's last stderr lines
-	startAt         time.Time
+	parentAlive    bool // started by an old master that has not exited yet
+	parentNotify   string
+	upgradeStart   time.Time // when the old master got the USR2 that started us
+	parentDeadline time.Time // the old master has surely exited by then
+	upgrading      bool
+	upgradeAt      time.Time
+	upgradeReason  string        // from the new master, when it failed
+	upgradeStderr  []string      // its failing worker's last stderr lines
+	upgradeReady   *ReloadResult // from the new master, when it took over
+	lastUpgrade    *ReloadResult
+	reloadWaiters  []*ctlConn
+	stopWaiters    []*ctlConn // held open until exit
+	control        *net.UnixListener
+	failedStderr   []string // the failing worker's last stderr lines
+	startAt        time.Time
+	handedOverAt   time.Time
+	drainedCount   int // workers that exited while draining
+	killedCount    int // of them, SIGKILLed at the drain deadline
 }
 
 type (
@@ -88,14 +91,13 @@ type (
 		pid   int
 		state *os.ProcessState
 	}
-	evReady          struct{ pid int }
-	evReadyTimeout   struct{ pid int }
-	evKill           struct{ pid int }
-	evRestart        struct{ index int }
-	evUpgradeDone    struct{ err error }
-	evParentExited   struct{}
-	evHandoverReport struct{} // stop waiting for the new master's report
-	evWatchdog       struct{}
+	evReady        struct{ pid int }
+	evReadyTimeout struct{ pid int }
+	evKill         struct{ pid int }
+	evRestart      struct{ index int }
+	evUpgradeDone  struct{ err error }
+	evParentExited struct{}
+	evWatchdog     struct{}
 )
 
 // Run runs a master until it stops or hands over to a new master. It returns
@@ -126,12 +128,14 @@ func Run(cfg Config) error {
 		gen:     1,
 		startAt: time.Now(),
 	}
+	// Nothing reaches a worker unless it is passed on purpose: not what
+	// baton's launcher leaked to it, nor tableflip's ready and names pipes,
+	// which arrive without O_CLOEXEC (PEERS P16). Passing an fd (ExtraFiles,
+	// tableflip's files) dup2s it, which clears the flag on the copy.
+	markCloexecFrom(3)
+	m.shell = findShell()
 	m.parentAlive = upg.HasParent()
 	if m.parentAlive {
-		// tableflip's ready and names pipes arrive without O_CLOEXEC
-		// (PEERS P16); workers must not inherit them.
-		syscall.CloseOnExec(3)
-		syscall.CloseOnExec(4)
 		if g, err := strconv.Atoi(os.Getenv(envNextGeneration)); err == nil && g > 0 {
 			m.gen = g
 		}
@@ -322,7 +326,8 @@ func (m *master) run() error {
 	switch {
 	case m.phase == phaseHandedOver:
 		m.release(false)
-		m.log.Info("master exiting after handover")
+		m.log.Info("master exiting after handover: old generation drained",
+			zap.Duration("drain", time.Since(m.handedOverAt)), zap.Int("workers", m.drainedCount), zap.Int("killed", m.killedCount))
 		return nil
 	case m.bootErr != nil:
 		m.release(false)
@@ -465,8 +470,6 @@ func (m *master) onEvent(ev any) {
 		}
 	case evUpgradeDone:
 		m.onUpgradeDone(ev.err)
-	case evHandoverReport:
-		m.finishHandover()
 	case evWatchdog:
 		m.sdNotify("WATCHDOG=1")
 	case evParentExited:
@@ -487,9 +490,10 @@ func (m *master) startWorker(index int) {
 		"BATON_GENERATION="+strconv.Itoa(m.gen),
 		envShimPPID+"="+strconv.Itoa(m.self),
 	)
+	path, argv := shimCommand(m.shell, m.cfg.Command)
 	cmd := &exec.Cmd{
-		Path:       "/proc/self/exe", // this binary even if a deploy replaced the file
-		Args:       append([]string{"baton", ShimArg}, m.cfg.Command...),
+		Path:       path,
+		Args:       argv,
 		Env:        env,
 		Dir:        m.cfg.Chdir,
 		Stdout:     os.Stdout,
@@ -735,6 +739,10 @@ func (m *master) onExit(ev evExit) {
 	}
 	switch {
 	case w.state == stateDraining:
+		m.drainedCount++
+		if w.killed {
+			m.killedCount++
+		}
 		w.log.Info("worker drained", append(fields, zap.Duration("drain", time.Since(w.drainAt)), zap.Bool("killed", w.killed))...)
 	case m.phase == phaseBooting:
 		// A crash while the generation starts fails the generation, even

@@ -9,12 +9,48 @@ import (
 	"syscall"
 )
 
-// ShimArg is argv[1] of the worker trampoline: the master starts each worker
-// as "/proc/self/exe ShimArg COMMAND ARGS...". The trampoline sets LISTEN_PID
-// to its own pid and execs COMMAND, which keeps the pid, so servers that check
+// Workers start through a trampoline that sets LISTEN_PID to its own pid and
+// then execs the server, which keeps the pid, so servers that check
 // LISTEN_PID == getpid() (sd_listen_fds(3), go-systemd) accept the sockets.
 // os/exec cannot set it: the pid is unknown until after fork.
+//
+// The trampoline is /bin/sh running shellShim: a shell starts in about a
+// millisecond, where baton itself (a Go program with its package inits)
+// takes 10-15 ms on a small VM, time every generation waits for. Without
+// /bin/sh, baton re-executes itself as "/proc/self/exe ShimArg COMMAND
+// ARGS..." (ExecShim).
 const ShimArg = "__baton_exec"
+
+// shellShim is the /bin/sh trampoline, run as sh -c shellShim NAME COMMAND
+// ARGS...: it refuses to start the server when the master died before
+// PR_SET_PDEATHSIG was armed (the parent changed), then sets LISTEN_PID.
+const shellShim = `[ "$PPID" = "$BATON_SHIM_PPID" ] || { echo "baton: master $BATON_SHIM_PPID is gone; not starting $1" >&2; exit 1; }
+unset BATON_SHIM_PPID
+LISTEN_PID=$$
+export LISTEN_PID
+exec "$@"`
+
+// shimCommand returns the path and argv that start command through the
+// trampoline.
+func shimCommand(shell string, command []string) (string, []string) {
+	if shell != "" {
+		return shell, append([]string{shell, "-c", shellShim, "baton-worker"}, command...)
+	}
+	// The running binary even if a deploy replaced the file.
+	return "/proc/self/exe", append([]string{"baton", ShimArg}, command...)
+}
+
+// findShell returns /bin/sh unless it is missing or BATON_SHIM=self asks
+// for the self-exec trampoline (tests use it to cover both).
+func findShell() string {
+	if os.Getenv("BATON_SHIM") == "self" {
+		return ""
+	}
+	if err := syscall.Access("/bin/sh", 1 /* X_OK */); err != nil {
+		return ""
+	}
+	return "/bin/sh"
+}
 
 // envShimPPID carries the master's pid to the trampoline, which refuses to
 // run the server when its parent already changed: the master died between
@@ -52,10 +88,10 @@ func ExecShim(args []string) int {
 	return 127
 }
 
-// markCloexecFrom makes every fd >= first close-on-exec, so the server
-// inherits exactly 0, 1, 2 and its sockets whatever the master held open
-// without O_CLOEXEC (tableflip's pipes on fds 3 and 4 in a re-executed
-// master, for one).
+// markCloexecFrom makes every fd >= first close-on-exec. The master does it
+// to all it inherited at start (fds its own launcher leaked, tableflip's
+// pipes on fds 3 and 4 in a re-executed master), so a worker inherits
+// exactly 0, 1, 2 and the sockets it is given.
 func markCloexecFrom(first int) {
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {

@@ -1,7 +1,6 @@
 package supervisor
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -56,7 +55,13 @@ func (m *master) requestUpgrade(trigger string) string {
 	os.Setenv(envParentNotify, m.notify.addr)
 	m.log.Info("upgrade requested", zap.String("trigger", trigger), zap.Int("new_generation", m.gen+1))
 	m.sdNotify("RELOADING=1\nMONOTONIC_USEC=" + monotonicUsec() + "\nSTATUS=upgrading to generation " + strconv.Itoa(m.gen+1))
-	go func() { m.post(evUpgradeDone{m.upg.Upgrade()}) }()
+	go func() {
+		err := m.upg.Upgrade()
+		// The new master reports how it went on the notify socket before
+		// it signals ready or exits; let that report reach the loop first.
+		m.notify.barrier(100 * time.Millisecond)
+		m.post(evUpgradeDone{err})
+	}()
 	return ""
 }
 
@@ -108,40 +113,24 @@ func (m *master) onUpgradeDone(err error) {
 		m.finishReload(res)
 		return
 	}
+	res = ReloadResult{Generation: m.gen + 1, TotalMS: ms(took)}
+	if m.upgradeReady != nil {
+		res = *m.upgradeReady
+	}
+	res.OK, res.Code, res.OldMasterPID = true, ReloadOK, m.self
 	m.log.Info("handed over to new master: draining old generation",
-		zap.Duration("handover", took), zap.Int("workers", len(m.procs)))
+		zap.Int("new_master_pid", res.NewMasterPID), zap.Duration("handover", took),
+		zap.Float64("workers_starting_ms", res.WorkersStartingMS), zap.Int("workers", len(m.procs)))
 	m.phase = phaseHandedOver
+	m.handedOverAt = time.Now()
+	m.drainedCount, m.killedCount = 0, 0
 	if m.control != nil {
 		// The new master answers on the shared socket from now on.
 		m.control.Close()
 		m.control = nil
 	}
-	m.drainAll()
-	// The new master's report was sent before its ready byte, but it comes
-	// through another goroutine and may still be queued: answer reload
-	// clients when it is in, or after a short wait with what we know.
-	m.handoverPending = true
-	if m.upgradeReady != nil {
-		m.finishHandover()
-	} else {
-		m.after(context.Background(), time.Second, evHandoverReport{})
-	}
-}
-
-// finishHandover answers reload clients after a successful handover.
-func (m *master) finishHandover() {
-	if !m.handoverPending {
-		return
-	}
-	m.handoverPending = false
-	res := ReloadResult{Generation: m.gen + 1, TotalMS: ms(time.Since(m.upgradeAt))}
-	if m.upgradeReady != nil {
-		res = *m.upgradeReady
-	}
-	res.OK, res.Code, res.OldMasterPID = true, ReloadOK, m.self
-	m.log.Info("new master reported", zap.Int("new_master_pid", res.NewMasterPID),
-		zap.Float64("total_ms", res.TotalMS), zap.Float64("workers_starting_ms", res.WorkersStartingMS))
 	m.finishReload(res)
+	m.drainAll()
 }
 
 func (m *master) finishReload(res ReloadResult) {
@@ -167,7 +156,6 @@ func (m *master) onChildMasterReport(pid int, fields map[string]string) bool {
 		if json.Unmarshal([]byte(js), &r) == nil {
 			r.NewMasterPID = pid
 			m.upgradeReady = &r
-			m.finishHandover()
 		}
 		return true
 	}

@@ -80,9 +80,7 @@ func TestWorkerEnvironmentAndFdsAreExactlyTheContract(t *testing.T) {
 			if !strings.HasPrefix(env["NOTIFY_SOCKET"], "@baton/") {
 				t.Errorf("worker %d NOTIFY_SOCKET=%q: baton's own, not the service manager's", pid, env["NOTIFY_SOCKET"])
 			}
-			if fds := openFds(t, pid); strings.Join(fds, ",") != "0,1,2,3" {
-				t.Errorf("generation %d worker %d has fds %v, want 0,1,2,3", gen, pid, fds)
-			}
+			expectFds(t, pid, "0,1,2,3")
 		}
 	}
 	check(1)
@@ -412,7 +410,14 @@ func TestFaultSoak(t *testing.T) {
 	stop()
 	res := <-loadDone
 	if res.Failures() != 0 {
-		t.Fatalf("failed requests in the soak: %s", res)
+		// Name the moments, so the log shows what baton was doing.
+		var at []string
+		for _, s := range res.Samples {
+			if s.Failed {
+				at = append(at, s.Start.UTC().Format("15:04:05.000000")+"+"+s.Latency.String())
+			}
+		}
+		t.Fatalf("failed requests in the soak: %s; started at %v; log:\n%s", res, at, b.log.dump())
 	}
 	if fds[0] != fds[len(fds)-1] {
 		t.Fatalf("master fd counts drift across the soak: %v", fds)
@@ -438,4 +443,63 @@ func rssKB(t *testing.T, pid int) int {
 		}
 	}
 	return 0
+}
+
+func TestCompatEnvironment(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	b := startBaton(t, nil, "-l", addr, "-l", "unix://"+sock, "--compat", "einhorn", "--compat", "server-starter",
+		"--ready", "delay:0s", "--", "sleep", "60")
+	b.waitReady()
+	pid := b.workerPids(1)[0]
+	waitExec(t, pid, "/sleep")
+	env := environOf(t, pid)
+	want := map[string]string{
+		"EINHORN_FD_COUNT": "2", "EINHORN_FD_0": "3", "EINHORN_FD_1": "4", "EINHORN_FDS": "3 4",
+		"SERVER_STARTER_PORT":       addr + "=3;" + sock + "=4",
+		"SERVER_STARTER_GENERATION": "1",
+	}
+	for k, v := range want {
+		if env[k] != v {
+			t.Errorf("%s=%q, want %q", k, env[k], v)
+		}
+	}
+}
+
+func TestWorkerOutputFloodAndLongLines(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	// A 300 KB line on stdout and 20 000 lines on stderr before serving.
+	script := `head -c 300000 /dev/zero | tr '\0' x; echo; yes flood | head -n 20000 >&2; echo 'last words' >&2; exec "$0"`
+	b := startBaton(t, nil, "-l", addr, "--worker-output", "tagged", "--", "sh", "-c", script, bin("hello"))
+	b.log.wait(t, "generation ready", nil, 60*time.Second)
+	// The pump logs at its own pace, behind the worker: wait for the end.
+	b.log.wait(t, "worker output", func(e logEvent) bool { return e.str("line") == "last words" && e.str("stream") == "stderr" }, 30*time.Second)
+	var partial, flood, longest int
+	for _, ev := range b.log.all() {
+		if ev.str("msg") != "worker output" {
+			continue
+		}
+		l := ev.str("line")
+		longest = max(longest, len(l))
+		if ev["partial"] == true {
+			partial++
+		}
+		if l == "flood" {
+			flood++
+		}
+	}
+	if longest > 16<<10 || partial < 300000/(16<<10) {
+		t.Errorf("a 300 KB line came out as %d partial pieces, the longest %d bytes", partial, longest)
+	}
+	if flood != 20000 {
+		t.Errorf("%d of 20000 stderr lines logged", flood)
+	}
+	if rss := rssKB(t, b.pid); rss > 40<<10 {
+		t.Errorf("master RSS %d KB after the flood", rss)
+	}
+	if body := mustGet(t, addr, "/"); !strings.HasPrefix(body, "hello ") {
+		t.Fatalf("served %q", body)
+	}
 }

@@ -106,8 +106,10 @@ func (lt *logTail) waitFrom(t testing.TB, from int, msg string, match func(logEv
 	defer timer.Stop()
 	lt.mu.Lock()
 	defer lt.mu.Unlock()
-	for {
-		for i := from; i < len(lt.events); i++ {
+	for i := from; ; {
+		// Only events that arrived since the last look: a flood of log
+		// lines must not make every wait quadratic.
+		for ; i < len(lt.events); i++ {
 			ev := lt.events[i]
 			if (msg == "" || ev.str("msg") == msg) && (match == nil || match(ev)) {
 				return ev, i

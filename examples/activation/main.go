@@ -57,18 +57,24 @@ func main() {
 			}
 		},
 	}
-	for _, ln := range lns {
-		go srv.Serve(ln)
-	}
-	daemon.SdNotify(false, daemon.SdNotifyReady)
-
+	// Before the first accept, or a TERM in between kills an accepted
+	// connection with the process.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGQUIT)
+	var serving sync.WaitGroup
+	for _, ln := range lns {
+		serving.Add(1)
+		go func() { defer serving.Done(); srv.Serve(ln) }()
+	}
+	daemon.SdNotify(false, daemon.SdNotifyReady)
 	<-sig
 	draining.Store(true)
 	for _, ln := range lns {
 		ln.Close()
 	}
+	// Serve returns only after handing on what it accepted last, so from
+	// then on every connection is counted.
+	serving.Wait()
 	// Busy keep-alive clients leave after their next response; wait a
 	// second for them before Shutdown closes what is idle.
 	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
