@@ -10,11 +10,10 @@ build:
 	$(GO) build -o $(BIN)/baton ./cmd/baton
 	$(GO) build -o $(BIN)/hello ./examples/hello
 
-# Runs 4 workers of examples/hello on $(DEMO_ADDR). In another terminal:
-#   curl $(DEMO_ADDR)/ ; kill -USR2 $$(cat $(BIN)/baton.pid) ; Ctrl-C to stop.
+# Runs 4 workers of examples/hello on $(DEMO_ADDR) until Ctrl-C; see
+# scripts/demo.sh for what to try in another terminal.
 demo: build
-	@echo "baton: serving on http://$(DEMO_ADDR)/  (reload: kill -USR2 \$$(cat $(BIN)/baton.pid); stop: Ctrl-C)"
-	$(BIN)/baton run --listen http=$(DEMO_ADDR) --workers 4 --pid-file $(BIN)/baton.pid -- $(BIN)/hello
+	DEMO_ADDR=$(DEMO_ADDR) scripts/demo.sh
 
 check:
 	@test -z "$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go'))" || { gofmt -l $$(git ls-files -co --exclude-standard '*.go'); echo "gofmt: files above need formatting"; exit 1; }

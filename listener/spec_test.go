@@ -3,6 +3,7 @@ package listener
 import (
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -323,5 +324,38 @@ func TestAbstractUnixNameMayUseAllOfSunPath(t *testing.T) {
 	}
 	if _, err := ParseSpec("unix:///"+strings.Repeat("a", 107), 0); err == nil {
 		t.Fatal("a 108-byte path was accepted: it leaves no room for the NUL")
+	}
+}
+
+func TestMatchActivatedSockets(t *testing.T) {
+	files := func(n int) []*os.File {
+		var fs []*os.File
+		for i := 0; i < n; i++ {
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.Close()
+			t.Cleanup(func() { r.Close() })
+			fs = append(fs, r)
+		}
+		return fs
+	}
+	specs := []Spec{{Name: "admin"}, {Name: "web"}, {Name: "listen2"}}
+	fs := files(3)
+	act := []Activated{{Name: "web", File: fs[0]}, {Name: "unknown", File: fs[1]}, {Name: "admin", File: fs[2]}}
+	m := match(specs, act)
+	// By name where a name matches, else the next unused one in order.
+	if m[0] != fs[2] || m[1] != fs[0] || m[2] != fs[1] {
+		t.Fatalf("match: admin<-%v web<-%v listen2<-%v", m[0].Name(), m[1].Name(), m[2].Name())
+	}
+	// More sockets than specs: the spare ones are closed, not leaked.
+	fs = files(2)
+	m = match(specs[:1], []Activated{{Name: "x", File: fs[0]}, {Name: "y", File: fs[1]}})
+	if len(m) != 1 || m[0] != fs[0] {
+		t.Fatalf("match with a spare socket: %v", m)
+	}
+	if err := fs[1].Close(); err == nil {
+		t.Fatal("the spare socket was left open")
 	}
 }

@@ -1,0 +1,136 @@
+package supervisor
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/baton-sh/baton/listener"
+)
+
+func TestWorkerBaseEnvStripsWhatDescribesBaton(t *testing.T) {
+	have := workerBaseEnv([]string{
+		"PATH=/bin", "HOME=/root", "NOTIFY_SOCKET=/run/systemd/notify", "LISTEN_FDS=2", "LISTEN_PID=1",
+		"LISTEN_FDNAMES=a", "WATCHDOG_USEC=1", "WATCHDOG_PID=1", "TABLEFLIP_HAS_PARENT_7DIU3=yes",
+		"BATON_WORKERS=4", "BATON_MASTER_GENERATION=3", "NOTIFY_SOCKETS=kept", "MY_LISTEN_FDS=kept",
+	})
+	want := []string{"PATH=/bin", "HOME=/root", "NOTIFY_SOCKETS=kept", "MY_LISTEN_FDS=kept"}
+	if !slices.Equal(have, want) {
+		t.Fatalf("have %q\nwant %q", have, want)
+	}
+}
+
+func TestMergeEnvLetsTheFileWin(t *testing.T) {
+	have := mergeEnv([]string{"A=1", "B=2", "C=3"}, []string{"B=two", "D=4"})
+	want := []string{"A=1", "C=3", "B=two", "D=4"}
+	if !slices.Equal(have, want) {
+		t.Fatalf("have %q, want %q", have, want)
+	}
+}
+
+func TestReadEnvFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(s string) string {
+		p := filepath.Join(dir, "env")
+		os.WriteFile(p, []byte(s), 0o644)
+		return p
+	}
+	have, err := ReadEnvFile(write("# comment\n\nA=1\nexport B = two words \nC=\"quoted\"\nD='single'\nE=\nF=a=b\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"A=1", "B=two words", "C=quoted", "D=single", "E=", "F=a=b"}
+	if !slices.Equal(have, want) {
+		t.Fatalf("have %q, want %q", have, want)
+	}
+	for _, bad := range []string{"NOEQUALS\n", "=value\n", "A B=1\n", "A=1\nbad line\n"} {
+		if _, err := ReadEnvFile(write(bad)); err == nil || !strings.Contains(err.Error(), "--env-file") {
+			t.Errorf("%q: err %v, want a --env-file error", bad, err)
+		}
+	}
+	if _, err := ReadEnvFile(filepath.Join(dir, "missing")); err == nil || !strings.Contains(err.Error(), "no such file") {
+		t.Errorf("missing file: %v", err)
+	}
+}
+
+func TestCompatEnv(t *testing.T) {
+	m := &master{gen: 7, cfg: Config{
+		Listen: []listener.Spec{{Network: "tcp", Addr: "127.0.0.1:80"}, {Network: "unix", Addr: "/run/a.sock"}},
+		Compat: []string{"einhorn", "server-starter"},
+	}}
+	have := m.compatEnv()
+	want := []string{"EINHORN_FD_COUNT=2", "EINHORN_FD_0=3", "EINHORN_FD_1=4", "EINHORN_FDS=3 4",
+		"SERVER_STARTER_PORT=127.0.0.1:80=3;/run/a.sock=4", "SERVER_STARTER_GENERATION=7"}
+	if !slices.Equal(have, want) {
+		t.Fatalf("have %q\nwant %q", have, want)
+	}
+}
+
+func TestExitReason(t *testing.T) {
+	for _, tt := range []struct {
+		script, want string
+	}{
+		{"exit 3", "exit status 3"},
+		{"exit 0", "exit status 0"},
+		{"kill -KILL $$", "signal SIGKILL"},
+		{"kill -TERM $$", "signal SIGTERM"},
+	} {
+		cmd := exec.Command("/bin/sh", "-c", tt.script)
+		cmd.Run()
+		if have := exitReason(cmd.ProcessState); have != tt.want {
+			t.Errorf("%q: have %q, want %q", tt.script, have, tt.want)
+		}
+	}
+	if have := exitReason(nil); have != "unknown" {
+		t.Errorf("nil state: %q", have)
+	}
+}
+
+func TestDefaultControlPath(t *testing.T) {
+	t.Setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+	for _, tt := range []struct{ pid, want string }{
+		{"/run/app/app.pid", "/run/app/app.sock"},
+		{"/run/app/baton", "/run/app/baton.sock"},
+		{"", "/run/user/1000/baton/control.sock"},
+	} {
+		if have := DefaultControlPath(tt.pid); have != tt.want {
+			t.Errorf("DefaultControlPath(%q) = %q, want %q", tt.pid, have, tt.want)
+		}
+	}
+	t.Setenv("XDG_RUNTIME_DIR", "")
+	if have := DefaultControlPath(""); have != "/run/baton/control.sock" {
+		t.Errorf("without XDG_RUNTIME_DIR: %q", have)
+	}
+}
+
+func TestShimCommand(t *testing.T) {
+	path, argv := shimCommand("/bin/sh", []string{"./server", "-x"})
+	if path != "/bin/sh" || !slices.Equal(argv[len(argv)-3:], []string{"baton-worker", "./server", "-x"}) {
+		t.Fatalf("shell trampoline: %s %q", path, argv)
+	}
+	// The script itself: LISTEN_PID becomes the shell's pid, which exec keeps.
+	cmd := exec.Command("/bin/sh", "-c", shellShim, "baton-worker", "/bin/sh", "-c", `echo "$LISTEN_PID $$ ${BATON_SHIM_PPID:-unset}"`)
+	cmd.Env = []string{"BATON_SHIM_PPID=" + strconv.Itoa(os.Getpid())}
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(out))
+	if len(f) != 3 || f[0] != f[1] || f[2] != "unset" {
+		t.Fatalf("trampoline output %q: want LISTEN_PID equal to the pid, and BATON_SHIM_PPID gone", out)
+	}
+	// A parent other than the master: refuse.
+	cmd = exec.Command("/bin/sh", "-c", shellShim, "baton-worker", "/bin/true")
+	cmd.Env = []string{"BATON_SHIM_PPID=1"}
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "master 1 is gone") {
+		t.Fatalf("trampoline under the wrong parent: %v %q", err, out)
+	}
+	path, argv = shimCommand("", []string{"./server"})
+	if path != "/proc/self/exe" || !slices.Equal(argv, []string{"baton", ShimArg, "./server"}) {
+		t.Fatalf("self trampoline: %s %q", path, argv)
+	}
+}
