@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"math/rand"
 	"net"
@@ -250,13 +249,8 @@ func TestSIGKILLOfNewMasterBeforeReady(t *testing.T) {
 	addr := freeAddr(t)
 	b := startBaton(t, nil, "-l", addr, "-w", "2", "--chdir", filepath.Join(dir, "current"), "--", "./server")
 	b.waitReady()
-	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
-	loadDone := make(chan *loadgen.Result, 1)
-	go func() {
-		loadDone <- loadgen.Run(ctx, loadgen.Config{Network: "tcp", Addr: addr, Clients: 8, KeepAlive: 0.5,
-			Duration: 60 * time.Second, MaxRequests: 1_000_000})
-	}()
+	load := startLoad(t, loadgen.Config{Network: "tcp", Addr: addr, Clients: 8, KeepAlive: 0.5,
+		Duration: 60 * time.Second, MaxRequests: 1_000_000})
 	pointCurrent(t, dir, "slow")
 	b.signal(syscall.SIGUSR2)
 	ms := b.log.wait(t, "master starting", func(e logEvent) bool { return e["upgrade"] == true }, 10*time.Second)
@@ -279,8 +273,7 @@ func TestSIGKILLOfNewMasterBeforeReady(t *testing.T) {
 	if body := mustGet(t, addr, "/"); field(body, "generation") != "1" {
 		t.Fatalf("served %q", body)
 	}
-	stop()
-	if res := <-loadDone; res.Failures() != 0 {
+	if res := load.finish(); res.Failures() != 0 {
 		t.Fatalf("failed requests: %s", res)
 	}
 }
@@ -339,13 +332,8 @@ func TestFaultSoak(t *testing.T) {
 		"--ready-timeout", "4s", "--drain-timeout", "5s", "--", "./server")
 	b.waitReady()
 
-	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
-	loadDone := make(chan *loadgen.Result, 1)
-	go func() {
-		loadDone <- loadgen.Run(ctx, loadgen.Config{Network: "tcp", Addr: addr, Clients: 8, KeepAlive: 0.5,
-			Duration: 240 * time.Second, MaxRequests: 5_000_000, Timeout: 10 * time.Second})
-	}()
+	load := startLoad(t, loadgen.Config{Network: "tcp", Addr: addr, Clients: 8, KeepAlive: 0.5,
+		Duration: 240 * time.Second, MaxRequests: 5_000_000, Timeout: 10 * time.Second})
 
 	plan := make([]string, 100)
 	rng := rand.New(rand.NewSource(1))
@@ -407,8 +395,7 @@ func TestFaultSoak(t *testing.T) {
 			}
 		}
 	}
-	stop()
-	res := <-loadDone
+	res := load.finish()
 	if res.Failures() != 0 {
 		// Name the moments, so the log shows what baton was doing.
 		var at []string

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -366,4 +367,42 @@ func (b *baton) waitAccepted(t *testing.T, gen int) {
 		}
 		return false
 	})
+}
+
+// startLoad runs bounded load in the background until finish is called (or
+// its own bounds end it); the test's cleanup finishes it too.
+func startLoad(t *testing.T, cfg loadgen.Config) *runningLoad {
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &runningLoad{cancel: cancel, done: make(chan *loadgen.Result, 1)}
+	go func() { l.done <- loadgen.Run(ctx, cfg) }()
+	t.Cleanup(func() { l.finish() })
+	return l
+}
+
+type runningLoad struct {
+	cancel context.CancelFunc
+	done   chan *loadgen.Result
+	res    *loadgen.Result
+}
+
+// finish stops the load and returns its result.
+func (l *runningLoad) finish() *loadgen.Result {
+	if l.res == nil {
+		l.cancel()
+		l.res = <-l.done
+	}
+	return l.res
+}
+
+// ended reports whether the load stopped by itself already.
+func (l *runningLoad) ended() bool {
+	if l.res != nil {
+		return true
+	}
+	select {
+	case l.res = <-l.done:
+		return true
+	default:
+		return false
+	}
 }

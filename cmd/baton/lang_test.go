@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/binary"
 	"io"
 	"net"
@@ -102,23 +101,18 @@ func upgradesUnderLoad(t *testing.T, c langCase) {
 		t.Fatalf("first answer %q, want %q...", body, c.prefix)
 	}
 
-	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
 	var answered, foreign atomic.Int64
-	loadDone := make(chan *loadgen.Result, 1)
-	go func() {
-		loadDone <- loadgen.Run(ctx, loadgen.Config{
-			Network: "tcp", Addr: addr, Clients: 16, KeepAlive: 0.5,
-			// Stopped below once the upgrades are done; these only bound it.
-			Duration: 90 * time.Second, MaxRequests: 1_000_000, Timeout: 10 * time.Second,
-			OnResponse: func(body []byte) {
-				answered.Add(1)
-				if !bytes.HasPrefix(body, []byte(c.prefix)) {
-					foreign.Add(1)
-				}
-			},
-		})
-	}()
+	load := startLoad(t, loadgen.Config{
+		Network: "tcp", Addr: addr, Clients: 16, KeepAlive: 0.5,
+		// Stopped below once the upgrades are done; these only bound it.
+		Duration: 90 * time.Second, MaxRequests: 1_000_000, Timeout: 10 * time.Second,
+		OnResponse: func(body []byte) {
+			answered.Add(1)
+			if !bytes.HasPrefix(body, []byte(c.prefix)) {
+				foreign.Add(1)
+			}
+		},
+	})
 	eventually(t, 10*time.Second, "the load to get answers", func() bool { return answered.Load() >= 50 })
 
 	for i := 1; i <= c.upgrades; i++ {
@@ -140,10 +134,8 @@ func upgradesUnderLoad(t *testing.T, c langCase) {
 		}
 		b.log.waitFrom(t, from, "previous master exited",
 			func(e logEvent) bool { return e.num("master_pid") == newMaster }, 60*time.Second)
-		select {
-		case res := <-loadDone:
-			t.Fatalf("load ended before upgrade %d was done: %s", i, res)
-		default:
+		if load.ended() {
+			t.Fatalf("load ended before upgrade %d was done: %s", i, load.finish())
 		}
 		if c.slow {
 			// When each worker of the old generation was told to drain.
@@ -190,8 +182,7 @@ func upgradesUnderLoad(t *testing.T, c langCase) {
 		}
 		master = newMaster
 	}
-	stop()
-	res := <-loadDone
+	res := load.finish()
 	if res.Failures() != 0 {
 		t.Fatalf("failed requests across %d upgrades: %s\nlog:\n%s", c.upgrades, res, b.log.dump())
 	}

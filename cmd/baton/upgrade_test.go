@@ -1,13 +1,11 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -53,21 +51,10 @@ func TestUpgradeUnderLoadLosesNothing(t *testing.T) {
 	b := startBaton(t, nil, "-l", addr, "-w", "4", "--pid-file", pidFile, "--", bin("hello"))
 	b.waitReady()
 
-	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
-	var served sync.Map // generation → count
-	loadDone := make(chan *loadgen.Result, 1)
-	go func() {
-		loadDone <- loadgen.Run(ctx, loadgen.Config{
-			Network: "tcp", Addr: addr, Clients: 16, KeepAlive: 0.5,
-			Duration: 120 * time.Second, MaxRequests: 2_000_000, Timeout: 10 * time.Second,
-			OnResponse: func(body []byte) {
-				g := field(string(body), "generation")
-				n, _ := served.LoadOrStore(g, new(int64))
-				_ = n
-			},
-		})
-	}()
+	load := startLoad(t, loadgen.Config{
+		Network: "tcp", Addr: addr, Clients: 16, KeepAlive: 0.5,
+		Duration: 120 * time.Second, MaxRequests: 2_000_000, Timeout: 10 * time.Second,
+	})
 
 	master, gen := b.pid, 1
 	var slow []<-chan string
@@ -91,8 +78,7 @@ func TestUpgradeUnderLoadLosesNothing(t *testing.T) {
 			t.Fatalf("pid file %q after upgrade %d, want new master %d", got, i+1, master)
 		}
 	}
-	stop()
-	res := <-loadDone
+	res := load.finish()
 	for i, c := range slow {
 		body := <-c
 		if !strings.HasPrefix(body, "hello ") {
@@ -155,15 +141,10 @@ func TestFailedUpgradesRollBackAndSymlinkDeploy(t *testing.T) {
 	b.waitReady()
 	oldWorkers := b.workerPids(1)
 
-	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
-	loadDone := make(chan *loadgen.Result, 1)
-	go func() {
-		loadDone <- loadgen.Run(ctx, loadgen.Config{
-			Network: "tcp", Addr: addr, Clients: 8, KeepAlive: 0.5,
-			Duration: 60 * time.Second, MaxRequests: 1_000_000, Timeout: 10 * time.Second,
-		})
-	}()
+	load := startLoad(t, loadgen.Config{
+		Network: "tcp", Addr: addr, Clients: 8, KeepAlive: 0.5,
+		Duration: 60 * time.Second, MaxRequests: 1_000_000, Timeout: 10 * time.Second,
+	})
 
 	for _, bad := range []struct{ release, reason string }{
 		{"crash", "exit status 3 before it was ready"},
@@ -208,8 +189,7 @@ func TestFailedUpgradesRollBackAndSymlinkDeploy(t *testing.T) {
 	if got, _ := os.ReadFile(pidFile); string(got) != strconv.Itoa(newMaster) {
 		t.Fatalf("pid file %q, want new master %d", got, newMaster)
 	}
-	stop()
-	if res := <-loadDone; res.Failures() != 0 {
+	if res := load.finish(); res.Failures() != 0 {
 		t.Fatalf("failed requests during failed and good upgrades: %s", res)
 	}
 }
