@@ -27,7 +27,9 @@ const (
 	envNextGeneration = "BATON_MASTER_GENERATION"
 	envUpgradeStart   = "BATON_UPGRADE_START"  // unix nanoseconds of the USR2
 	envParentNotify   = "BATON_PARENT_NOTIFY"  // the old master's notify socket
+	envUpgradeToken   = "BATON_UPGRADE_TOKEN"  // proves a report comes from that new master
 	notifyUpgradeFail = "BATON_UPGRADE_FAILED" // new → old master: why it gave up
+	notifyToken       = "BATON_TOKEN"
 )
 
 // ErrBootFailed is wrapped by Run's error when the first generation of a
@@ -68,6 +70,8 @@ type master struct {
 	// upgrades
 	parentAlive    bool // started by an old master that has not exited yet
 	parentNotify   string
+	parentToken    string    // include in reports to the old master
+	upgradeToken   string    // expect in reports from the new master
 	upgradeStart   time.Time // when the old master got the USR2 that started us
 	parentDeadline time.Time // the old master has surely exited by then
 	upgrading      bool
@@ -143,8 +147,9 @@ func Run(cfg Config) error {
 			m.upgradeStart = time.Unix(0, ns)
 		}
 		m.parentNotify = os.Getenv(envParentNotify)
+		m.parentToken = os.Getenv(envUpgradeToken)
 	}
-	for _, k := range []string{envNextGeneration, envUpgradeStart, envParentNotify, "TABLEFLIP_HAS_PARENT_7DIU3"} {
+	for _, k := range []string{envNextGeneration, envUpgradeStart, envParentNotify, envUpgradeToken, "TABLEFLIP_HAS_PARENT_7DIU3"} {
 		os.Unsetenv(k)
 	}
 	m.baseEnv = workerBaseEnv(os.Environ())
@@ -585,7 +590,9 @@ func (m *master) onNotify(msg notifyMsg) {
 		w = m.workerAncestor(msg.pid)
 	}
 	if w == nil {
-		if parentOf(msg.pid) == m.self && m.onChildMasterReport(msg.pid, msg.fields) {
+		// The new master may be gone (and reaped) by the time its report is
+		// read, so it is known by the token it was given, not by its pid.
+		if t := msg.fields[notifyToken]; t != "" && t == m.upgradeToken && m.onChildMasterReport(msg.pid, msg.fields) {
 			return
 		}
 		m.log.Warn("notify message from unknown process ignored", zap.Int("sender_pid", msg.pid))
@@ -663,7 +670,7 @@ func (m *master) bootDone() {
 		// Before Ready: the old master must have this when its Upgrade returns.
 		b, _ := json.Marshal(ReloadResult{Generation: m.gen, TotalMS: ms(total),
 			WorkersStartingMS: ms(workers), BatonMS: ms(total - workers)})
-		sendNotify(m.parentNotify, notifyUpgradeReady+"="+string(b))
+		sendNotify(m.parentNotify, notifyToken+"="+m.parentToken+"\n"+notifyUpgradeReady+"="+string(b))
 	}
 	if err := m.upg.Ready(); err != nil {
 		m.bootFailed(fmt.Errorf("%w: %v", ErrBootFailed, err), "could not signal readiness: "+err.Error())
@@ -714,7 +721,7 @@ func (m *master) reportUpgradeFailure(reason string) {
 	if m.parentNotify == "" {
 		return
 	}
-	msg := notifyUpgradeFail + "=" + strings.ReplaceAll(reason, "\n", " ")
+	msg := notifyToken + "=" + m.parentToken + "\n" + notifyUpgradeFail + "=" + strings.ReplaceAll(reason, "\n", " ")
 	if len(m.failedStderr) > 0 {
 		b, _ := json.Marshal(m.failedStderr)
 		msg += "\nBATON_STDERR=" + string(b)

@@ -3,6 +3,7 @@ package supervisor
 import (
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"runtime"
@@ -53,6 +54,8 @@ func (m *master) requestUpgrade(trigger string) string {
 	os.Setenv(envNextGeneration, strconv.Itoa(m.gen+1))
 	os.Setenv(envUpgradeStart, strconv.FormatInt(m.upgradeAt.UnixNano(), 10))
 	os.Setenv(envParentNotify, m.notify.addr)
+	m.upgradeToken = strconv.FormatUint(rand.Uint64(), 36)
+	os.Setenv(envUpgradeToken, m.upgradeToken)
 	m.log.Info("upgrade requested", zap.String("trigger", trigger), zap.Int("new_generation", m.gen+1))
 	m.sdNotify("RELOADING=1\nMONOTONIC_USEC=" + monotonicUsec() + "\nSTATUS=upgrading to generation " + strconv.Itoa(m.gen+1))
 	go func() {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -406,9 +407,12 @@ func TestFaultSoak(t *testing.T) {
 		}
 		t.Fatalf("failed requests in the soak: %s; started at %v; log:\n%s", res, at, b.log.dump())
 	}
-	if fds[0] != fds[len(fds)-1] {
-		t.Fatalf("master fd counts drift across the soak: %v", fds)
-	}
+	// A count taken just as the old master went may include tableflip's
+	// pipe from it for a moment; a leak never goes away.
+	base := slices.Min(fds[:min(5, len(fds))])
+	eventually(t, 2*time.Second, fmt.Sprintf("the last master's fds to be at most %d (counts: %v)", base, fds), func() bool {
+		return fdCount(t, master) <= base
+	})
 	sorted := append([]int(nil), rss...)
 	sort.Ints(sorted)
 	if last, med := rss[len(rss)-1], sorted[len(sorted)/2]; last > med+4096 {
@@ -487,6 +491,96 @@ func TestWorkerOutputFloodAndLongLines(t *testing.T) {
 		t.Errorf("master RSS %d KB after the flood", rss)
 	}
 	if body := mustGet(t, addr, "/"); !strings.HasPrefix(body, "hello ") {
+		t.Fatalf("served %q", body)
+	}
+}
+
+// environSet is pid's environment as it was exec'd.
+func environSet(t *testing.T, pid int) []string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	sort.Strings(env)
+	return env
+}
+
+func TestMasterEnvironmentDoesNotAccumulate(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	b := startBaton(t, []string{"APP_MODE=prod"}, "-l", addr, "--", bin("hello"))
+	b.waitReady()
+	master := b.upgrade(t, b.pid, 1)
+	second := environSet(t, master)
+	for gen := 2; gen < 8; gen++ {
+		master = b.upgrade(t, master, gen)
+	}
+	last := environSet(t, master)
+	// Every re-executed master gets the same environment but for the
+	// handover's own variables, set anew for each.
+	strip := func(env []string) []string {
+		var out []string
+		for _, kv := range env {
+			switch k, _, _ := strings.Cut(kv, "="); k {
+			case "BATON_MASTER_GENERATION", "BATON_UPGRADE_START", "BATON_PARENT_NOTIFY", "BATON_UPGRADE_TOKEN":
+			default:
+				out = append(out, kv)
+			}
+		}
+		return out
+	}
+	if a, z := strip(second), strip(last); strings.Join(a, "\n") != strings.Join(z, "\n") {
+		t.Fatalf("master environment changed across upgrades:\nsecond: %q\neighth: %q", a, z)
+	}
+	if !containsStr(last, "APP_MODE=prod") {
+		t.Fatalf("the startup environment was lost: %q", last)
+	}
+}
+
+func containsStr(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+func TestPreflightRefusesAMissingBatonBinary(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	self := filepath.Join(dir, "baton")
+	data, err := os.ReadFile(bin("baton"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(self, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	b := startBatonCmd(t, exec.Command(self, "run", "--log-format", "json", "-l", addr, "--", bin("hello")), nil)
+	// The harness only kills binaries from binDir; this master runs a copy.
+	// Until Wait has reaped it, its pid cannot be another process's.
+	t.Cleanup(func() {
+		select {
+		case <-b.done:
+		default:
+			syscall.Kill(b.pid, syscall.SIGKILL)
+		}
+	})
+	b.waitReady()
+	os.Remove(self) // a deploy that removed baton instead of replacing it
+	starts := b.log.count("master starting")
+	code, out := b.ctl(t, "reload")
+	if code != 2 || !strings.Contains(out, "pre-flight") || !strings.Contains(out, self) {
+		t.Fatalf("reload without a baton binary: exit %d:\n%s", code, out)
+	}
+	if b.log.count("master starting") != starts {
+		t.Fatal("a new master was forked anyway")
+	}
+	if body := mustGet(t, addr, "/"); field(body, "generation") != "1" {
 		t.Fatalf("served %q", body)
 	}
 }

@@ -158,6 +158,8 @@ func TestNotifyFromForeignProcessIsIgnored(t *testing.T) {
 	// sleep never notifies, so only the foreign message could make it ready.
 	b := startBaton(t, nil, "-l", addr, "--ready-timeout", "30s", "--", "sleep", "60")
 	ev := b.log.wait(t, "worker started", nil, 10*time.Second)
+	// Until the exec, /proc shows the master's environment.
+	waitExec(t, ev.num("pid"), "/sleep")
 	env, err := os.ReadFile("/proc/" + strconv.Itoa(ev.num("pid")) + "/environ")
 	if err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -293,8 +294,14 @@ func TestNoFdOrGoroutineLeakAcrossUpgrades(t *testing.T) {
 		chainFds = append(chainFds, fdCount(t, master))
 		chainGors = append(chainGors, ev.num("goroutines"))
 	}
-	if chainFds[0] != chainFds[len(chainFds)-1] || chainGors[len(chainGors)-1]-chainGors[0] >= 3 {
-		t.Fatalf("masters grow across 20 upgrades: fds %v, goroutines %v", chainFds, chainGors)
+	if chainGors[len(chainGors)-1]-chainGors[0] >= 3 {
+		t.Fatalf("masters grow across 20 upgrades: goroutines %v", chainGors)
 	}
+	// Counted as the old master went, tableflip's pipe from it may still be
+	// open for a moment; a leak would stay.
+	base := slices.Min(chainFds[:5])
+	eventually(t, 2*time.Second, fmt.Sprintf("the 21st master's fds to be at most %d (counts: %v)", base, chainFds), func() bool {
+		return fdCount(t, master) <= base
+	})
 	t.Logf("master fds across 20 upgrades: %v; goroutines: %v", chainFds, chainGors)
 }
