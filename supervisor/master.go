@@ -511,12 +511,21 @@ func (m *master) startWorker(index int) {
 		},
 	}
 	s := m.slots[index]
+	fail := func(err error) {
+		m.log.Error("worker start failed", zap.Int("worker", index), zap.Error(err))
+		if m.phase == phaseBooting {
+			// No process, so no exit or timeout would ever end the boot.
+			reason := fmt.Sprintf("worker %d could not start: %v", index, err)
+			m.bootFailed(fmt.Errorf("%w: %s", ErrBootFailed, reason), reason)
+			return
+		}
+		m.scheduleRestart(index, s)
+	}
 	var pipes *workerPipes
 	if m.cfg.WorkerOutput == OutputTagged {
 		var err error
 		if pipes, err = newWorkerPipes(); err != nil {
-			m.log.Error("worker output pipes failed", zap.Int("worker", index), zap.Error(err))
-			m.scheduleRestart(index, s)
+			fail(fmt.Errorf("output pipes: %w", err))
 			return
 		}
 		cmd.Stdout, cmd.Stderr = pipes.outW, pipes.errW
@@ -525,8 +534,7 @@ func (m *master) startWorker(index int) {
 		if pipes != nil {
 			pipes.abandon()
 		}
-		m.log.Error("worker start failed", zap.Int("worker", index), zap.Error(err))
-		m.scheduleRestart(index, s)
+		fail(err)
 		return
 	}
 	w := &worker{

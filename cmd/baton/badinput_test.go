@@ -102,6 +102,13 @@ func TestBadInput(t *testing.T) {
 		{"worker exits at once", func(dir string) []string {
 			return []string{"run", "--log-format", "json", "-l", "unix://" + filepath.Join(dir, "w.sock"), "--pid-file", filepath.Join(dir, "b.pid"), "--", "sh", "-c", "exit 3"}
 		}, 1, "exit status 3 before it was ready", false},
+		{"worker cannot start", func(dir string) []string {
+			// root may enter it, the worker's user may not: only the
+			// worker's own chdir fails.
+			private := filepath.Join(dir, "private")
+			os.Mkdir(private, 0o700)
+			return []string{"run", "-l", "unix://" + filepath.Join(dir, "c.sock"), "--user", "nobody", "--chdir", private, "--", bin("hello")}
+		}, 1, "worker 0 could not start", false},
 		{"permission denied", func(dir string) []string {
 			return []string{"run", "-l", "unix://" + filepath.Join(dir, "p.sock"), "--", bin("hello")}
 		}, 1, "permission denied", true},
@@ -110,6 +117,9 @@ func TestBadInput(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			dir := t.TempDir()
+			if c.name == "worker cannot start" && os.Getuid() != 0 {
+				t.Skip("needs root for --user")
+			}
 			var cred *syscall.Credential
 			if c.asUser {
 				if os.Getuid() != 0 {
@@ -131,12 +141,15 @@ func TestBadInput(t *testing.T) {
 					t.Errorf("output contains %q:\n%s", bad, out)
 				}
 			}
-			if ents, _ := os.ReadDir(dir); len(ents) != 0 {
-				var names []string
-				for _, e := range ents {
-					names = append(names, e.Name())
+			var left []string
+			ents, _ := os.ReadDir(dir)
+			for _, e := range ents {
+				if e.Name() != "private" { // the test's own
+					left = append(left, e.Name())
 				}
-				t.Errorf("left behind in %s: %v", dir, names)
+			}
+			if len(left) != 0 {
+				t.Errorf("left behind in %s: %v", dir, left)
 			}
 		})
 	}
