@@ -41,6 +41,9 @@ type Config struct {
 	ReopenLogs func() error
 	// WorkerOutput is OutputTagged or OutputInherit.
 	WorkerOutput string
+	// Version is baton's own, for the logs: after an upgrade it tells
+	// whether the new master runs a new baton.
+	Version string
 	// Credential, if set, is the user and groups workers run as.
 	Credential *syscall.Credential
 	Log        *zap.Logger

@@ -307,6 +307,7 @@ func (m *master) run() error {
 	m.sdNotify("EXTEND_TIMEOUT_USEC=" + strconv.FormatInt((m.cfg.ReadyTimeout+m.cfg.DrainTimeout+10*time.Second).Microseconds(), 10))
 
 	m.log.Info("master starting",
+		zap.String("version", m.cfg.Version),
 		zap.Int("workers", m.cfg.Workers),
 		zap.Strings("listen", specStrings(m.cfg.Listen)),
 		zap.Strings("command", m.cfg.Command),

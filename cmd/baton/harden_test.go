@@ -584,3 +584,55 @@ func TestPreflightRefusesAMissingBatonBinary(t *testing.T) {
 		t.Fatalf("served %q", body)
 	}
 }
+
+// Replacing the baton binary on disk and sending USR2 upgrades baton itself:
+// the new master is exec'd from the path, not from the running image.
+func TestUpgradeReplacesBatonItself(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	self := filepath.Join(dir, "baton")
+	install := func(from string) {
+		data, err := os.ReadFile(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmp := self + ".new"
+		if err := os.WriteFile(tmp, data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, self); err != nil { // as package managers do
+			t.Fatal(err)
+		}
+	}
+	install(bin("baton"))
+	addr := freeAddr(t)
+	b := startBatonCmd(t, exec.Command(self, "run", "--log-format", "json", "-l", addr, "-w", "2", "--", bin("hello")), nil)
+	// The harness kills only binaries from binDir; these masters run copies.
+	t.Cleanup(func() {
+		for _, ev := range b.log.all() {
+			if ev.str("msg") == "master starting" && alive(ev.num("master_pid")) {
+				if exe, _ := os.Readlink("/proc/" + strconv.Itoa(ev.num("master_pid")) + "/exe"); strings.HasPrefix(exe, dir) {
+					syscall.Kill(ev.num("master_pid"), syscall.SIGKILL)
+				}
+			}
+		}
+	})
+	first := b.log.wait(t, "master starting", nil, 10*time.Second)
+	if first.str("version") != "dev" {
+		t.Fatalf("first master runs version %q", first.str("version"))
+	}
+	b.waitReady()
+	install(bin("baton-v2"))
+	master := b.upgrade(t, b.pid, 1)
+	ev := b.log.wait(t, "master starting", func(e logEvent) bool { return e.num("master_pid") == master }, time.Second)
+	if ev.str("version") != "test-v2" {
+		t.Fatalf("new master runs version %q, want the replaced binary's test-v2", ev.str("version"))
+	}
+	if body := mustGet(t, addr, "/"); field(body, "generation") != "2" {
+		t.Fatalf("served %q", body)
+	}
+	code, out := b.ctl(t, "stop")
+	if code != 0 {
+		t.Fatalf("stop: %d %s", code, out)
+	}
+}

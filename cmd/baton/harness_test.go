@@ -48,6 +48,13 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
+	// A second baton, as a deploy would install it, to upgrade baton itself.
+	out, err := exec.Command("go", "build", "-ldflags", "-X main.version=test-v2", "-o", filepath.Join(dir, "baton-v2"), ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build baton-v2: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)

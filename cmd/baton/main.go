@@ -141,6 +141,7 @@ func runCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 			}
 			defer syncLogger(log)
 			cfg.Log = log.Named("master")
+			cfg.Version = version
 			cfg.ReopenLogs = reopen
 			return supervisor.Run(cfg)
 		},
