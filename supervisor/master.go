@@ -760,6 +760,11 @@ func (m *master) onExit(ev evExit) {
 			m.killedCount++
 		}
 		w.log.Info("worker drained", append(fields, zap.Duration("drain", time.Since(w.drainAt)), zap.Bool("killed", w.killed))...)
+		if s != nil && m.phase == phaseServing {
+			// Drained but still holding its slot: a replacement that never
+			// became ready. Try again, with backoff.
+			m.scheduleRestart(w.index, s)
+		}
 	case m.phase == phaseBooting:
 		// A crash while the generation starts fails the generation, even
 		// from a worker that had said READY=1: it is not healthy.

@@ -424,3 +424,26 @@ func expectFds(t *testing.T, pid int, want string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A replacement that never becomes ready is drained at the ready timeout
+// and replaced again, until one comes up.
+func TestReplacementThatNeverGetsReadyIsRetried(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	hang := filepath.Join(dir, "hang")
+	script := `if [ -e "$1" ]; then exec sleep 60; fi; exec "$0"`
+	addr := freeAddr(t)
+	b := startBaton(t, nil, "-l", addr, "--ready-timeout", "1s", "--", "sh", "-c", script, bin("hello"), hang)
+	b.waitReady()
+	first := b.workerPids(1)[0]
+	os.WriteFile(hang, nil, 0o644) // replacements now hang
+	syscall.Kill(first, syscall.SIGKILL)
+	_, at := b.log.waitFrom(t, 0, "worker not ready in time", nil, 10*time.Second)
+	b.log.waitFrom(t, at, "worker drained", nil, 10*time.Second)
+	_, at = b.log.waitFrom(t, at, "worker restart scheduled", nil, 10*time.Second)
+	os.Remove(hang) // the next one comes up
+	ev, _ := b.log.waitFrom(t, at, "worker ready", nil, 30*time.Second)
+	if body := mustGet(t, addr, "/"); field(body, "pid") != strconv.Itoa(ev.num("pid")) {
+		t.Fatalf("served %q, want the latest replacement %d", body, ev.num("pid"))
+	}
+}
