@@ -60,6 +60,14 @@ func (m *master) requestUpgrade(trigger string) string {
 	m.sdNotify("RELOADING=1\nMONOTONIC_USEC=" + monotonicUsec() + "\nSTATUS=upgrading to generation " + strconv.Itoa(m.gen+1))
 	go func() {
 		err := m.upg.Upgrade()
+		// tableflip learns that the old master exited in its own loop,
+		// which may still hold that news when our (earlier) WaitForParent
+		// already told us: its select then refuses at random. The parent
+		// is gone, so the refusal is stale within microseconds.
+		for i := 0; i < 50 && err != nil && err.Error() == "parent hasn't exited"; i++ {
+			time.Sleep(2 * time.Millisecond)
+			err = m.upg.Upgrade()
+		}
 		// The new master reports how it went on the notify socket before
 		// it signals ready or exits; let that report reach the loop first.
 		m.notify.barrier(100 * time.Millisecond)
