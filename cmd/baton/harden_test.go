@@ -259,7 +259,7 @@ func TestSIGKILLOfNewMasterBeforeReady(t *testing.T) {
 	var newWorkers []int
 	for len(newWorkers) < 2 {
 		ev, _ := b.log.waitFrom(t, 0, "worker started", func(e logEvent) bool {
-			return e.num("master_pid") == newMaster && !containsInt(newWorkers, e.num("pid"))
+			return e.num("master_pid") == newMaster && !slices.Contains(newWorkers, e.num("pid"))
 		}, 10*time.Second)
 		newWorkers = append(newWorkers, ev.num("pid"))
 	}
@@ -277,15 +277,6 @@ func TestSIGKILLOfNewMasterBeforeReady(t *testing.T) {
 	if res := load.finish(); res.Failures() != 0 {
 		t.Fatalf("failed requests: %s", res)
 	}
-}
-
-func containsInt(s []int, v int) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 func TestSIGKILLOfOldMasterWhileDraining(t *testing.T) {
@@ -534,18 +525,9 @@ func TestMasterEnvironmentDoesNotAccumulate(t *testing.T) {
 	if a, z := strip(second), strip(last); strings.Join(a, "\n") != strings.Join(z, "\n") {
 		t.Fatalf("master environment changed across upgrades:\nsecond: %q\neighth: %q", a, z)
 	}
-	if !containsStr(last, "APP_MODE=prod") {
+	if !slices.Contains(last, "APP_MODE=prod") {
 		t.Fatalf("the startup environment was lost: %q", last)
 	}
-}
-
-func containsStr(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 func TestPreflightRefusesAMissingBatonBinary(t *testing.T) {
