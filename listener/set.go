@@ -187,9 +187,6 @@ func unwrapOp(err error) error {
 // (entry i becomes fd 3+i in the worker). The Set keeps ownership.
 func (s *Set) Files() []*os.File { return s.files }
 
-// Specs returns the specs the Set was opened with.
-func (s *Set) Specs() []Spec { return s.specs }
-
 // Names returns the LISTEN_FDNAMES value for the Set.
 func (s *Set) Names() string {
 	names := make([]string, len(s.specs))
