@@ -284,7 +284,7 @@ func checkPIDFile(path string) error {
 		var pid int
 		if _, err := fmt.Sscan(strings.TrimSpace(string(b)), &pid); err == nil && pid > 0 && pid != os.Getpid() && pid != os.Getppid() {
 			// Our parent is the old master during an upgrade: the file is its.
-			if syscall.Kill(pid, 0) == nil || errors.Is(syscall.Kill(pid, 0), syscall.EPERM) {
+			if err := syscall.Kill(pid, 0); err == nil || errors.Is(err, syscall.EPERM) {
 				return fmt.Errorf("--pid-file %q: names running process %d", path, pid)
 			}
 		}

@@ -540,7 +540,6 @@ func (m *master) startWorker(index int) {
 	}
 	w := &worker{
 		index:   index,
-		gen:     m.gen,
 		pid:     cmd.Process.Pid,
 		started: time.Now(),
 		pipes:   pipes,
@@ -652,8 +651,7 @@ func (m *master) markReady(w *worker) {
 		return
 	}
 	w.state = stateReady
-	w.readyAt = time.Now()
-	w.log.Info("worker ready", zap.Duration("startup", w.readyAt.Sub(w.started)))
+	w.log.Info("worker ready", zap.Duration("startup", time.Since(w.started)))
 	if m.phase == phaseBooting && m.allReady() {
 		m.bootDone()
 	}

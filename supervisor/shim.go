@@ -70,8 +70,6 @@ func ExecShim(args []string) int {
 		fmt.Fprintf(os.Stderr, "baton: master %s is gone; not starting %s\n", want, args[0])
 		return 1
 	}
-	n, _ := strconv.Atoi(os.Getenv("LISTEN_FDS"))
-	markCloexecFrom(3 + n)
 	os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
 
 	path := args[0]

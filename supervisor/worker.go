@@ -28,11 +28,9 @@ func (s workerState) String() string {
 // worker is one running server process. Only the master's loop touches it.
 type worker struct {
 	index   int
-	gen     int
 	pid     int
 	state   workerState
 	started time.Time
-	readyAt time.Time
 	drainAt time.Time
 	killed  bool // SIGKILLed at the drain deadline
 	log     *zap.Logger
