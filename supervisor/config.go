@@ -12,13 +12,13 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/baton-sh/baton/listener"
+	"github.com/baton-sh/baton/supervisor/sockets"
 	"go.uber.org/zap"
 )
 
 // Config is everything a master needs. cmd/baton builds it from flags.
 type Config struct {
-	Listen       []listener.Spec
+	Listen       []sockets.Spec
 	Workers      int
 	Ready        ReadyRule
 	ReadyTimeout time.Duration
@@ -47,55 +47,6 @@ type Config struct {
 	// Credential, if set, is the user and groups workers run as.
 	Credential *syscall.Credential
 	Log        *zap.Logger
-}
-
-// ReadyMode says how a worker shows that it serves.
-type ReadyMode int
-
-const (
-	ReadyNotify ReadyMode = iota // READY=1 on NOTIFY_SOCKET
-	ReadyDelay                   // alive for Delay
-	ReadyExec                    // Probe exits 0
-)
-
-// ReadyRule is a parsed --ready value.
-type ReadyRule struct {
-	Mode  ReadyMode
-	Delay time.Duration
-	Probe string
-}
-
-func (r ReadyRule) String() string {
-	switch r.Mode {
-	case ReadyDelay:
-		return "delay:" + r.Delay.String()
-	case ReadyExec:
-		return "exec:" + r.Probe
-	}
-	return "notify"
-}
-
-// ParseReadyRule parses "notify", "delay:DURATION" or "exec:COMMAND".
-func ParseReadyRule(s string) (ReadyRule, error) {
-	mode, arg, _ := strings.Cut(s, ":")
-	switch mode {
-	case "notify":
-		if arg == "" {
-			return ReadyRule{Mode: ReadyNotify}, nil
-		}
-	case "delay":
-		d, err := time.ParseDuration(arg)
-		if err == nil && d >= 0 {
-			return ReadyRule{Mode: ReadyDelay, Delay: d}, nil
-		}
-		return ReadyRule{}, fmt.Errorf("--ready %q: want delay:DURATION such as delay:2s", s)
-	case "exec":
-		if strings.TrimSpace(arg) != "" {
-			return ReadyRule{Mode: ReadyExec, Probe: arg}, nil
-		}
-		return ReadyRule{}, fmt.Errorf("--ready %q: exec: needs a command", s)
-	}
-	return ReadyRule{}, fmt.Errorf("--ready %q: want notify, delay:DURATION or exec:COMMAND", s)
 }
 
 var signalNames = map[syscall.Signal]string{

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/baton-sh/baton/listener"
+	"github.com/baton-sh/baton/supervisor/sockets"
 )
 
 func TestWorkerBaseEnvStripsWhatDescribesBaton(t *testing.T) {
@@ -59,7 +59,7 @@ func TestReadEnvFile(t *testing.T) {
 
 func TestCompatEnv(t *testing.T) {
 	m := &master{gen: 7, cfg: Config{
-		Listen: []listener.Spec{{Network: "tcp", Addr: "127.0.0.1:80"}, {Network: "unix", Addr: "/run/a.sock"}},
+		Listen: []sockets.Spec{{Network: "tcp", Addr: "127.0.0.1:80"}, {Network: "unix", Addr: "/run/a.sock"}},
 		Compat: []string{"einhorn", "server-starter"},
 	}}
 	have := m.compatEnv()
@@ -81,29 +81,9 @@ func TestExitReason(t *testing.T) {
 	} {
 		cmd := exec.Command("/bin/sh", "-c", tt.script)
 		cmd.Run()
-		if have := exitReason(cmd.ProcessState); have != tt.want {
+		if have := statusOf(cmd.ProcessState).String(); have != tt.want {
 			t.Errorf("%q: have %q, want %q", tt.script, have, tt.want)
 		}
-	}
-	if have := exitReason(nil); have != "unknown" {
-		t.Errorf("nil state: %q", have)
-	}
-}
-
-func TestDefaultControlPath(t *testing.T) {
-	t.Setenv("XDG_RUNTIME_DIR", "/run/user/1000")
-	for _, tt := range []struct{ pid, want string }{
-		{"/run/app/app.pid", "/run/app/app.sock"},
-		{"/run/app/baton", "/run/app/baton.sock"},
-		{"", "/run/user/1000/baton/control.sock"},
-	} {
-		if have := DefaultControlPath(tt.pid); have != tt.want {
-			t.Errorf("DefaultControlPath(%q) = %q, want %q", tt.pid, have, tt.want)
-		}
-	}
-	t.Setenv("XDG_RUNTIME_DIR", "")
-	if have := DefaultControlPath(""); have != "/run/baton/control.sock" {
-		t.Errorf("without XDG_RUNTIME_DIR: %q", have)
 	}
 }
 
