@@ -14,25 +14,27 @@ type (
 		w      *worker
 		status exitStatus
 	}
-	evReady        struct{ w *worker }
-	evReadyTimeout struct{ w *worker }
-	evDrainTimeout struct{ w *worker }
-	evRestart      struct{ s *slot }
-	evNotify       notifyMsg
-	evControl      struct{ c *ctlConn }
-	evUpgradeDone  struct{ err error }
-	evParentExited struct{}
-	evWatchdog     struct{}
+	evReady          struct{ w *worker }
+	evReadyTimeout   struct{ w *worker }
+	evDrainTimeout   struct{ w *worker }
+	evRestart        struct{ s *slot }
+	evNotify         notifyMsg
+	evControl        struct{ c *ctlConn }
+	evUpgradeDone    struct{ err error }
+	evParentExited   struct{}
+	evWatchdog       struct{}
+	evStopAckTimeout struct{}
 )
 
-func (evSignal) isEvent()       {}
-func (evExit) isEvent()         {}
-func (evReady) isEvent()        {}
-func (evReadyTimeout) isEvent() {}
-func (evDrainTimeout) isEvent() {}
-func (evRestart) isEvent()      {}
-func (evNotify) isEvent()       {}
-func (evControl) isEvent()      {}
-func (evUpgradeDone) isEvent()  {}
-func (evParentExited) isEvent() {}
-func (evWatchdog) isEvent()     {}
+func (evSignal) isEvent()         {}
+func (evExit) isEvent()           {}
+func (evReady) isEvent()          {}
+func (evReadyTimeout) isEvent()   {}
+func (evDrainTimeout) isEvent()   {}
+func (evRestart) isEvent()        {}
+func (evNotify) isEvent()         {}
+func (evControl) isEvent()        {}
+func (evUpgradeDone) isEvent()    {}
+func (evParentExited) isEvent()   {}
+func (evWatchdog) isEvent()       {}
+func (evStopAckTimeout) isEvent() {}

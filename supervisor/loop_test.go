@@ -316,14 +316,21 @@ func TestHandover(t *testing.T) {
 		reportReady: `{"generation":2,"total_ms":30,"workers_starting_ms":20}`}})
 	l.upg.results <- nil
 	l.awaitEvent()
-	if l.m.phase != phaseHandedOver || l.m.up.last == nil || !l.m.up.last.OK || l.m.up.last.NewMasterPID != 999 {
-		t.Fatalf("phase %d, last %+v", l.m.phase, l.m.up.last)
-	}
-	if len(l.m.up.waiters) != 0 {
-		t.Fatal("reload request not answered")
+	if l.m.phase != phaseHandedOver {
+		t.Fatalf("phase %d after handover", l.m.phase)
 	}
 	if !l.proc(0).got(syscall.SIGTERM) || !l.proc(1).got(syscall.SIGTERM) {
 		t.Fatal("old generation not drained after handover")
+	}
+	// The answer waits until the old workers no longer accept: one says
+	// STOPPING=1, the other exits.
+	l.m.handle(evNotify{pid: l.proc(0).pid, fields: map[string]string{"STOPPING": "1"}})
+	if len(l.m.up.waiters) != 1 || l.m.up.last != nil {
+		t.Fatal("reload answered while an old worker may still accept")
+	}
+	l.exit(l.proc(1), exitStatus{code: 0})
+	if len(l.m.up.waiters) != 0 || l.m.up.last == nil || !l.m.up.last.OK || l.m.up.last.NewMasterPID != 999 {
+		t.Fatalf("reload not answered once the old workers stopped: last %+v", l.m.up.last)
 	}
 	l.exitDrained()
 	if !l.m.finished() || l.started() != 2 {
@@ -380,5 +387,20 @@ func TestDelayReadiness(t *testing.T) {
 	l.advance(time.Millisecond)
 	if l.m.phase != phaseServing {
 		t.Fatal("not ready at the delay")
+	}
+}
+
+func TestReloadAnswerDoesNotWaitForeverForStopping(t *testing.T) {
+	l := serving(t, testConfig(2))
+	l.m.onControl(&ctlConn{conn: discardConn{}, req: control.Request{Cmd: control.CmdReload}})
+	l.upg.results <- nil
+	l.awaitEvent()
+	l.advance(stopAckWait - time.Millisecond)
+	if len(l.m.up.waiters) != 1 {
+		t.Fatal("answered before the wait for STOPPING=1 ended")
+	}
+	l.advance(time.Millisecond)
+	if len(l.m.up.waiters) != 0 || l.m.up.last == nil || !l.m.up.last.OK {
+		t.Fatalf("not answered after %s: %+v", stopAckWait, l.m.up.last)
 	}
 }

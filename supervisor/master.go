@@ -334,6 +334,8 @@ func (m *master) handle(ev event) {
 		m.sdNotify("WATCHDOG=1")
 	case evParentExited:
 		m.onParentExited()
+	case evStopAckTimeout:
+		m.answerReload()
 	}
 }
 
@@ -451,6 +453,9 @@ func (m *master) onNotify(msg notifyMsg) {
 	}
 	if msg.fields["READY"] == "1" && m.ready.byNotify() {
 		m.markReady(w)
+	}
+	if msg.fields["STOPPING"] == "1" {
+		m.oldWorkerStopped(w)
 	}
 }
 

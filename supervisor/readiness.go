@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -117,12 +118,12 @@ func ParseReadyRule(s string) (ReadyRule, error) {
 		if err == nil && d >= 0 {
 			return ReadyRule{Mode: ReadyDelay, Delay: d}, nil
 		}
-		return ReadyRule{}, fmt.Errorf("--ready %q: want delay:DURATION such as delay:2s", s)
+		return ReadyRule{}, badConfig("--ready", strconv.Quote(s), "want delay:DURATION such as delay:2s", nil)
 	case "exec":
 		if strings.TrimSpace(arg) != "" {
 			return ReadyRule{Mode: ReadyExec, Probe: arg}, nil
 		}
-		return ReadyRule{}, fmt.Errorf("--ready %q: exec: needs a command", s)
+		return ReadyRule{}, badConfig("--ready", strconv.Quote(s), "exec: needs a command", nil)
 	}
-	return ReadyRule{}, fmt.Errorf("--ready %q: want notify, delay:DURATION or exec:COMMAND", s)
+	return ReadyRule{}, badConfig("--ready", strconv.Quote(s), "want notify, delay:DURATION or exec:COMMAND", nil)
 }

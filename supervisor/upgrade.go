@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"go.uber.org/zap"
 )
 
@@ -58,7 +59,18 @@ type upgradeState struct {
 	ready   *control.ReloadResult // from the new master, when it took over
 	last    *control.ReloadResult
 	waiters []*ctlConn // reload requests answered at the outcome
+
+	// After a handover, reload requests are answered once every old
+	// worker has stopped accepting (said STOPPING=1, or exited), or after
+	// stopAckWait.
+	pending     *control.ReloadResult
+	accepting   map[*worker]bool
+	stopAckStop func()
 }
+
+// stopAckWait bounds how long an answer to "baton reload" waits for the
+// old workers' STOPPING=1; servers that never send it cost this much.
+const stopAckWait = 250 * time.Millisecond
 
 // readUpgradeEnv takes what the old master passed, if this master was
 // started by one, and removes it from the environment. It returns the
@@ -148,7 +160,7 @@ func (m *master) requestUpgrade(trigger string) string {
 // resolved anew so that a moved symlink is followed.
 func (m *master) preflight() error {
 	if _, err := exec.LookPath(os.Args[0]); err != nil {
-		return fmt.Errorf("baton binary %q: %w", os.Args[0], pathErr(err))
+		return fmt.Errorf("baton binary %q: %w", os.Args[0], osutil.Cause(err))
 	}
 	return m.cfg.Check()
 }
@@ -202,8 +214,49 @@ func (m *master) onUpgradeDone(err error) {
 		m.control.Close()
 		m.control = nil
 	}
-	m.finishReload(res)
 	m.drainAll()
+	// The deploy script hears "ok" once the old code takes no more
+	// connections, so whatever it checks next is the new release.
+	u.pending = &res
+	u.accepting = make(map[*worker]bool, len(m.procs))
+	for _, w := range m.procs {
+		u.accepting[w] = true
+	}
+	if len(u.accepting) == 0 {
+		m.answerReload()
+		return
+	}
+	u.stopAckStop = m.sys.afterFunc(stopAckWait, func() { m.post(evStopAckTimeout{}) })
+}
+
+// oldWorkerStopped notes that w no longer accepts, after a handover.
+func (m *master) oldWorkerStopped(w *worker) {
+	u := &m.up
+	if u.pending == nil || !u.accepting[w] {
+		return
+	}
+	delete(u.accepting, w)
+	if len(u.accepting) == 0 {
+		m.answerReload()
+	}
+}
+
+// answerReload answers the reload requests held after a handover.
+func (m *master) answerReload() {
+	u := &m.up
+	if u.pending == nil {
+		return
+	}
+	if u.stopAckStop != nil {
+		u.stopAckStop()
+	}
+	if len(u.accepting) > 0 {
+		m.log.Info("answering reload: old workers still accepting after the wait",
+			zap.Int("workers", len(u.accepting)), zap.Duration("waited", stopAckWait))
+	}
+	res := *u.pending
+	u.pending, u.accepting = nil, nil
+	m.finishReload(res)
 }
 
 func (m *master) finishReload(res control.ReloadResult) {

@@ -184,6 +184,7 @@ func (m *master) onExit(w *worker, st exitStatus) {
 	}
 	w.exited = true
 	w.cancelTimers()
+	m.oldWorkerStopped(w)
 	if m.procs[w.pid] == w {
 		delete(m.procs, w.pid)
 	}

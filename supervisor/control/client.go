@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
@@ -35,7 +34,7 @@ type Conn struct {
 func Send(path string, cmd Cmd, timeout time.Duration) (*Conn, error) {
 	c, err := net.DialTimeout("unix", path, min(timeout, 5*time.Second))
 	if err != nil {
-		return nil, fmt.Errorf("%w at %s: %w", ErrNoMaster, path, unwrapSyscall(err))
+		return nil, fmt.Errorf("%w at %s: %w", ErrNoMaster, path, osutil.Cause(err))
 	}
 	c.SetDeadline(time.Now().Add(timeout))
 	b, _ := json.Marshal(Request{Cmd: cmd})
@@ -98,14 +97,6 @@ func Call(path string, cmd Cmd, timeout time.Duration, v any) error {
 	}
 	defer c.Close()
 	return c.Reply(v)
-}
-
-func unwrapSyscall(err error) error {
-	var se *os.SyscallError
-	if errors.As(err, &se) {
-		return se.Err
-	}
-	return err
 }
 
 // WaitExited polls every 5 ms until pid has exited (gone or a zombie) or
