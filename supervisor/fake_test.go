@@ -92,23 +92,18 @@ func (f *fakeOS) sys() sys {
 
 func (p *fakeProc) Pid() int { return p.pid }
 
-func (p *fakeProc) Signal(sig syscall.Signal) error {
-	p.os.mu.Lock()
-	defer p.os.mu.Unlock()
-	if p.reaped {
-		return os.ErrProcessDone
-	}
-	p.signals = append(p.signals, sig)
-	return nil
-}
+func (p *fakeProc) Signal(sig syscall.Signal) error { return p.record(&p.signals, sig) }
 
-func (p *fakeProc) SignalGroup(sig syscall.Signal) error {
+func (p *fakeProc) SignalGroup(sig syscall.Signal) error { return p.record(&p.group, sig) }
+
+// record logs sig unless the process was reaped, as osProcess refuses.
+func (p *fakeProc) record(to *[]syscall.Signal, sig syscall.Signal) error {
 	p.os.mu.Lock()
 	defer p.os.mu.Unlock()
 	if p.reaped {
 		return os.ErrProcessDone
 	}
-	p.group = append(p.group, sig)
+	*to = append(*to, sig)
 	return nil
 }
 
