@@ -164,7 +164,7 @@ func (m *master) setup() error {
 	}
 	m.lns, m.files, m.fdNames = lns, lns.Files(), lns.Names()
 	quietListeners(m.files)
-	n, err := openNotifySocket()
+	n, err := openNotifySocket(m.cfg.Credential)
 	if err != nil {
 		return err
 	}
