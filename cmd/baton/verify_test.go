@@ -234,3 +234,56 @@ func TestVerifyBadInput(t *testing.T) {
 		}
 	}
 }
+
+func TestDeployScriptVerify(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	release(t, dir, "v1", "HELLO_TAG=v1 exec "+bin("hello"))
+	release(t, dir, "v2", "HELLO_TAG=v2 exec "+bin("hello"))
+	release(t, dir, "v3", "HELLO_TAG=v3 HELLO_STATUS=500 exec "+bin("hello"))
+	pointCurrent(t, dir, "v1")
+	addr := freeAddr(t)
+	b := startBaton(t, nil, "-l", addr, "-w", "2", "--chdir", filepath.Join(dir, "current"), "--", "./server")
+	b.waitReady()
+	deploy := func(rel string) (int, string) {
+		cmd := exec.Command("bash", "../../scripts/deploy.sh", "--verify", "http://"+addr+"/", filepath.Join(dir, "releases", rel))
+		cmd.Env = append(os.Environ(), "BATON="+bin("baton"), "BATON_CONTROL="+b.control, "APP_ROOT="+dir,
+			"VERIFY_FLAGS="+strings.Join(verifyLight, " "))
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode(), string(out)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 0, string(out)
+	}
+	current := func() string {
+		p, err := filepath.EvalSymlinks(filepath.Join(dir, "current"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return filepath.Base(p)
+	}
+
+	code, out := deploy("v2")
+	if code != 0 || current() != "v2" || !strings.Contains(out, "verified: 1 upgrade(s) handed over") {
+		t.Fatalf("deploy --verify v2: exit %d, current -> %s:\n%s", code, current(), out)
+	}
+	if body := mustGet(t, addr, "/"); field(body, "tag") != "v2" {
+		t.Fatalf("after deploying v2 served %q", body)
+	}
+
+	code, out = deploy("v3")
+	if code != 1 || current() != "v2" || !strings.Contains(out, "NOT verified") ||
+		!strings.Contains(out, "v3 failed verification (see above); "+filepath.Join(dir, "releases", "v2")+" serves again") {
+		t.Fatalf("deploy --verify of v3 answering 500: exit %d, current -> %s:\n%s", code, current(), out)
+	}
+	// baton reload returns at the handover; the old generation's workers
+	// may take a new connection until their drain signal lands.
+	eventually(t, 10*time.Second, "v2 to answer again", func() bool {
+		body, err := get("tcp", addr, "/")
+		return err == nil && field(body, "tag") == "v2"
+	})
+}
