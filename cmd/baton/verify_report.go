@@ -326,7 +326,7 @@ func (r *verifyReport) writeText(w io.Writer) {
 	if r.NotAttempted > 0 {
 		fmt.Fprintf(w, "%d upgrade(s) not attempted\n", r.NotAttempted)
 	}
-	fmt.Fprintf(w, "requests: %d in %.1f s, %d failed%s, %d retried once on an idle kept-alive connection the server closed (RFC 9112 §9.3.1)\n",
+	fmt.Fprintf(w, "requests: %d in %.1f s, %d failed%s, %d retried (sent again once: the server had closed the idle kept-alive connection, RFC 9112 §9.3.1)\n",
 		r.Requests, r.Seconds, r.Failed, kindList(r.FailedByKind), r.Retried)
 	if r.SlowClients > 0 {
 		fmt.Fprintf(w, "slow requests (%s): %d, %d failed\n", r.SlowPath, r.SlowRequests, r.SlowFailed)
