@@ -293,7 +293,7 @@ func runVerify(parent context.Context, c *cli.Context, p verifyPlan) (*verifyRep
 			u.answered = time.Now()
 			if u.err == nil && u.out.OK {
 				left := min(p.upgradeTimeout, time.Until(start.Add(p.duration)))
-				if waitMasterGone(u.out.OldMasterPID, max(left, 0)) {
+				if waitMasterGone(ctx, u.out.OldMasterPID, max(left, 0)) {
 					u.gone = time.Now()
 				}
 			}

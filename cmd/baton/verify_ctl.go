@@ -57,12 +57,22 @@ func triggerUpgrade(ctx context.Context, c *cli.Context) (upgradeOutcome, error)
 
 // waitMasterGone waits until the old master of a handover has exited, so
 // that its generation's drain is over (a next upgrade is refused until
-// then). It blocks for at most timeout and reports whether the master is
-// gone. It reads /proc, so it only works on the master's host, which the
-// unix control socket implies.
-func waitMasterGone(pid int, timeout time.Duration) bool {
+// then). It blocks for at most timeout, or until ctx ends, and reports
+// whether the master is gone. It reads /proc, so it only works on the
+// master's host, which the unix control socket implies.
+func waitMasterGone(ctx context.Context, pid int, timeout time.Duration) bool {
 	if pid <= 0 {
 		return true
 	}
-	return waitGone(pid, timeout)
+	deadline := time.Now().Add(timeout)
+	for {
+		left := time.Until(deadline)
+		// Short slices, so that ctx ending is noticed promptly.
+		if waitGone(pid, min(left, 100*time.Millisecond)) {
+			return true
+		}
+		if ctx.Err() != nil || left <= 0 {
+			return false
+		}
+	}
 }
