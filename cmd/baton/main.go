@@ -77,7 +77,7 @@ func newApp() *cli.App {
 			}
 			return &usageError{errors.New("no command given (see baton --help)")}
 		},
-		Commands: []*cli.Command{runCommand(onUsage), reloadCommand(onUsage), statusCommand(onUsage), stopCommand(onUsage)},
+		Commands: []*cli.Command{runCommand(onUsage), reloadCommand(onUsage), statusCommand(onUsage), stopCommand(onUsage), verifyCommand(onUsage)},
 	}
 }
 

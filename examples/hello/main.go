@@ -10,8 +10,10 @@
 // Variables for tests and benchmarks: HELLO_STARTUP_MS delays start-up (an
 // app that boots slowly), HELLO_TAG is added to every answer, and
 // HELLO_LISTEN=HOST:PORT makes it bind the port itself, without baton (the
-// "run directly" baseline), and HELLO_CRASH_WORKER=N makes worker N report
-// ready and exit 300 ms later without serving (a crash after readiness).
+// "run directly" baseline), HELLO_CRASH_WORKER=N makes worker N report
+// ready and exit 300 ms later without serving (a crash after readiness), and
+// HELLO_STATUS=CODE answers every request with that status (a broken
+// release, for baton verify). Every answer carries a Hello-Generation header.
 package main
 
 import (
@@ -57,6 +59,11 @@ func main() {
 		body += " tag=" + tag
 	}
 	body += "\n"
+	status := http.StatusOK
+	if code, err := strconv.Atoi(os.Getenv("HELLO_STATUS")); err == nil && code >= 200 && code <= 599 {
+		status = code
+	}
+	generation := strconv.Itoa(listener.Generation())
 
 	// Which named socket a request came in on (LISTEN_FDNAMES), by address.
 	names := map[string]string{}
@@ -71,10 +78,12 @@ func main() {
 				time.Sleep(time.Duration(ms) * time.Millisecond)
 			}
 			w.Header().Set("Content-Type", "text/plain")
+			w.Header().Set("Hello-Generation", generation)
 			b := body
 			if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok && names[a.String()] != "" {
 				b = strings.TrimSuffix(b, "\n") + " listener=" + names[a.String()] + "\n"
 			}
+			w.WriteHeader(status)
 			fmt.Fprint(w, b)
 		}),
 		ReadHeaderTimeout: 10 * time.Second,

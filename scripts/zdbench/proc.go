@@ -17,7 +17,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/baton-sh/baton/scripts/zdbench/loadgen"
+	"github.com/baton-sh/baton/cmd/baton/loadgen"
 )
 
 // Messages of baton's JSON log that the benchmark waits for.

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/baton-sh/baton/cmd/baton/loadgen"
 )
 
 type report struct {
@@ -218,7 +220,7 @@ func printReport(w io.Writer, r *report) {
 		fmt.Fprintln(tw, "  handover (ms, over upgrades)\tmedian\tp90\tmax\t")
 		for _, row := range []struct {
 			name string
-			d    dist
+			d    loadgen.Dist
 		}{
 			{"USR2 sent -> first response of new generation (fresh conn.)", u.FirstNew},
 			{"USR2 sent -> last response of old generation (fresh conn.)", u.LastOld},
