@@ -3,7 +3,6 @@ package supervisor
 import (
 	"errors"
 	"fmt"
-	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"os"
 	"os/exec"
 	"os/user"
@@ -13,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"github.com/baton-sh/baton/supervisor/sockets"
 	"go.uber.org/zap"
 )
@@ -146,7 +146,7 @@ func (e *ConfigError) Error() string {
 	if e.Msg != "" {
 		parts = append(parts, e.Msg)
 	}
-	if e.Err != nil {
+	if e.Err != nil && !errors.Is(e.Err, exec.ErrNotFound) {
 		parts = append(parts, e.Err.Error())
 	}
 	return strings.Join(parts, ": ")
@@ -236,7 +236,7 @@ func ResolveCommand(dir, name string) (string, error) {
 	if !strings.Contains(name, "/") {
 		p, err := exec.LookPath(name)
 		if err != nil {
-			return "", badConfig("command", strconv.Quote(name), "not found in $PATH", nil)
+			return "", badConfig("command", strconv.Quote(name), "not found in $PATH", exec.ErrNotFound)
 		}
 		return p, nil
 	}

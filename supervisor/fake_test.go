@@ -86,7 +86,8 @@ func (f *fakeOS) sys() sys {
 			f.reports = append(f.reports, msg)
 			return nil
 		},
-		setenv: func(k, v string) { f.mu.Lock(); f.env[k] = v; f.mu.Unlock() },
+		setenv:   func(k, v string) { f.mu.Lock(); f.env[k] = v; f.mu.Unlock() },
+		parentOf: func(int) int { return 0 }, // no process has a parent here
 	}
 }
 
@@ -142,6 +143,7 @@ func (u *fakeUpgrader) Stop()                                   {}
 func (u *fakeUpgrader) Exit() <-chan struct{}                   { return u.exit }
 func (u *fakeUpgrader) HasParent() bool                         { return false }
 func (u *fakeUpgrader) WaitForParent(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }
+func (u *fakeUpgrader) Registry() sockets.Registry              { return nil }
 
 // loop drives one master's event loop in the test's goroutine.
 type loop struct {

@@ -222,23 +222,36 @@ func TestDrainTimeoutKillsTheWorkerItWasSetFor(t *testing.T) {
 		t.Fatal("not killed at the drain timeout")
 	}
 	l.exit(l.proc(0), exitStatus{code: -1, signal: syscall.SIGKILL})
-	if !l.m.finished() || l.m.killedCount != 1 || l.m.drainedCount != 2 {
-		t.Fatalf("finished %v, killed %d, drained %d", l.m.finished(), l.m.killedCount, l.m.drainedCount)
+	if !l.m.finished() || l.m.up.killed != 1 || l.m.up.drained != 2 {
+		t.Fatalf("finished %v, killed %d, drained %d", l.m.finished(), l.m.up.killed, l.m.up.drained)
 	}
 }
 
-// A late ready timeout of a crashed worker does not touch its replacement
-// with the same pid.
+// A replacement that crashes while still starting leaves a ready timer
+// behind; when the next replacement gets its pid, that timer must not
+// drain it.
 func TestReadyTimeoutBelongsToItsWorker(t *testing.T) {
 	l := serving(t, testConfig(1))
 	l.exit(l.proc(0), exitStatus{code: 1})
-	l.os.reusePid = l.proc(0).pid
 	l.advance(backoffMin)
-	fresh := l.proc(1)
-	l.ready(fresh)
-	l.advance(time.Minute)
-	if fresh.got(syscall.SIGTERM) || l.m.slots[0].cur.state != stateReady {
-		t.Fatal("replacement drained by a timer of the worker before it")
+	first := l.proc(1) // a replacement, starting: its ready timer runs 5 s
+	l.advance(4 * time.Second)
+	l.exit(first, exitStatus{code: 1}) // crashes before it is ready
+	l.os.reusePid = first.pid
+	l.advance(200 * time.Millisecond) // the backoff has doubled
+	second := l.proc(2)
+	if second.pid != first.pid {
+		t.Fatalf("fake did not reuse pid %d", first.pid)
+	}
+	// The first replacement's ready timeout falls due now; the second,
+	// still starting under the same pid, has 4.8 s left of its own.
+	l.advance(time.Second)
+	if second.got(syscall.SIGTERM) || l.m.slots[0].cur != nil && l.m.slots[0].cur.state != stateStarting {
+		t.Fatal("the second replacement was drained by its predecessor's ready timeout")
+	}
+	l.ready(second)
+	if l.m.slots[0].cur == nil || l.m.slots[0].cur.state != stateReady {
+		t.Fatal("the second replacement is not serving")
 	}
 }
 

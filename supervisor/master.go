@@ -63,9 +63,6 @@ type master struct {
 	failedStderr []string // the failing worker's last stderr lines
 	up           upgradeState
 	stopWaiters  []*ctlConn // held open until exit
-	handedOverAt time.Time
-	drainedCount int // workers that exited while draining
-	killedCount  int // of them, SIGKILLed at the drain deadline
 }
 
 // newMaster returns a master that has started nothing. gen is its
@@ -123,7 +120,7 @@ func Run(cfg Config) error {
 	gen := up.readUpgradeEnv(upg.HasParent())
 	s, release := osSys()
 	defer release()
-	m := newMaster(cfg, s, upg, gen)
+	m := newMaster(cfg, s, tableflipUpgrader{upg}, gen)
 	m.up = up
 	m.shell = findShell()
 	m.baseEnv = workerBaseEnv(os.Environ())
@@ -157,7 +154,7 @@ func (m *master) setup() error {
 			m.log.Info("adopting sockets from socket activation", zap.Int("count", len(act)))
 		}
 	}
-	reg := m.upg.(*tableflip.Upgrader).Fds
+	reg := m.upg.Registry()
 	lns, err := sockets.Open(reg, m.cfg.Listen, act)
 	if err != nil {
 		return err
@@ -294,7 +291,7 @@ func (m *master) exit() error {
 	case m.phase == phaseHandedOver:
 		m.release(false)
 		m.log.Info("master exiting after handover: old generation drained",
-			zap.Duration("drain", m.sys.now().Sub(m.handedOverAt)), zap.Int("workers", m.drainedCount), zap.Int("killed", m.killedCount))
+			zap.Duration("drain", m.sys.now().Sub(m.up.handedOverAt)), zap.Int("workers", m.up.drained), zap.Int("killed", m.up.killed))
 		return nil
 	case m.bootErr != nil:
 		m.release(false)
@@ -397,8 +394,14 @@ func (m *master) bootDone() {
 		total = now.Sub(m.up.start)
 	}
 	// Before Ready: the old master must have this when its Upgrade returns.
-	m.reportReady(control.ReloadResult{Generation: m.gen, TotalMS: ms(total),
-		WorkersStartingMS: ms(workers), BatonMS: ms(total - workers)})
+	res := control.ReloadResult{Generation: m.gen, TotalMS: ms(total),
+		WorkersStartingMS: ms(workers), BatonMS: ms(total - workers)}
+	m.reportReady(res)
+	if m.up.parentAlive {
+		// This master's own handover is the last upgrade status shows.
+		res.OK, res.Code, res.OldMasterPID, res.NewMasterPID = true, control.ReloadOK, os.Getppid(), m.self
+		m.up.last = &res
+	}
 	if err := m.upg.Ready(); err != nil {
 		m.bootFailed(fmt.Errorf("%w: %w", ErrBootFailed, err), "could not signal readiness: "+err.Error())
 		return
@@ -463,7 +466,7 @@ func (m *master) onNotify(msg notifyMsg) {
 // that notifies from a child process) to that worker.
 func (m *master) workerAncestor(pid int) *worker {
 	for i := 0; i < 16 && pid > 1; i++ {
-		pid = osutil.ParentOf(pid)
+		pid = m.sys.parentOf(pid)
 		if w := m.procs[pid]; w != nil {
 			return w
 		}

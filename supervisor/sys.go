@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
+	"github.com/baton-sh/baton/supervisor/sockets"
+	"github.com/cloudflare/tableflip"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
@@ -18,7 +20,7 @@ import (
 // sys is the master's OS seam, in the style of tableflip's env: every
 // process start, signal, timer and notification the loop causes goes
 // through these funcs, so tests drive the loop in-process with a fake
-// (sys_test.go) and the real ones live here alone.
+// (fake_test.go) and the real ones live here alone.
 type sys struct {
 	// start starts a worker process. exited is called once, from another
 	// goroutine, after the process has been reaped and its output read.
@@ -35,6 +37,9 @@ type sys struct {
 	notifyTo func(addr, msg string) error
 	// setenv changes the environment the next master is executed with.
 	setenv func(key, value string)
+	// parentOf returns a process's parent pid, 0 when unknown (notify
+	// messages from a worker's descendants count as the worker's).
+	parentOf func(pid int) int
 }
 
 // upgrader is what the master uses of *tableflip.Upgrader (tableflip's own
@@ -46,7 +51,14 @@ type upgrader interface {
 	Exit() <-chan struct{}
 	HasParent() bool
 	WaitForParent(ctx context.Context) error
+	// Registry is where listening sockets are inherited or bound.
+	Registry() sockets.Registry
 }
+
+// tableflipUpgrader is *tableflip.Upgrader as an upgrader.
+type tableflipUpgrader struct{ *tableflip.Upgrader }
+
+func (u tableflipUpgrader) Registry() sockets.Registry { return u.Fds }
 
 // procSpec is one worker process to start.
 type procSpec struct {
@@ -64,9 +76,11 @@ type procSpec struct {
 type process interface {
 	Pid() int
 	// Signal sends sig to the process, and SignalGroup to its process
-	// group. Once the process has been reaped neither sends anything
-	// (its pid may belong to another process by then); both return
-	// os.ErrProcessDone.
+	// group. Once the process has been reaped Signal sends nothing (its
+	// pid may belong to another process by then) and returns
+	// os.ErrProcessDone; SignalGroup still reaches the group while it has
+	// live members (helpers left behind), since a pid in use as a process
+	// group id is not handed out again.
 	Signal(sig syscall.Signal) error
 	SignalGroup(sig syscall.Signal) error
 	// StderrTail returns the last lines it wrote to stderr when its
@@ -122,6 +136,7 @@ func osSys() (sys, func()) {
 		},
 		notifyTo: osutil.SendNotify,
 		setenv:   func(k, v string) { os.Setenv(k, v) },
+		parentOf: osutil.ParentOf,
 	}, sp.stop
 }
 
@@ -205,7 +220,10 @@ func (p *osProcess) SignalGroup(sig syscall.Signal) error { return p.kill(-p.pid
 func (p *osProcess) kill(target int, sig syscall.Signal) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.reaped {
+	// After the reap, the group is still ours only while it has members:
+	// an empty group's id is a free pid. (The loop, the only spawner of
+	// workers, is the caller, so none of ours takes it meanwhile.)
+	if p.reaped && (target > 0 || !osutil.GroupHasMembers(p.pid)) {
 		return os.ErrProcessDone
 	}
 	if err := syscall.Kill(target, sig); err != nil {

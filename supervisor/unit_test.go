@@ -151,13 +151,17 @@ func TestEveryConfigErrorIsErrBadConfig(t *testing.T) {
 	if err := (&Config{Listen: ok().Listen, Workers: 1, Command: []string{filepath.Join(dir, "gone")}}).Check(); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("the cause is not wrapped: %v", err)
 	}
-	for _, bad := range []func() error{
-		func() error { _, err := ParseReadyRule("sometimes"); return err },
-		func() error { _, err := ParseSignal("NOPE"); return err },
-		func() error { _, err := ReadEnvFile(filepath.Join(dir, "gone")); return err },
+	for _, bad := range []struct {
+		flag string
+		err  func() error
+	}{
+		{"--ready", func() error { _, err := ParseReadyRule("sometimes"); return err }},
+		{"--drain-signal", func() error { _, err := ParseSignal("NOPE"); return err }},
+		{"--env-file", func() error { _, err := ReadEnvFile(filepath.Join(dir, "gone")); return err }},
 	} {
-		if err := bad(); !errors.Is(err, ErrBadConfig) {
-			t.Errorf("%v does not match ErrBadConfig", err)
+		err := bad.err()
+		if !errors.Is(err, ErrBadConfig) || strings.Count(fmt.Sprint(err), bad.flag) != 1 {
+			t.Errorf("%v: want ErrBadConfig naming %s once", err, bad.flag)
 		}
 	}
 }

@@ -63,6 +63,10 @@ type upgradeState struct {
 	// After a handover, reload requests are answered once every old
 	// worker has stopped accepting (said STOPPING=1, or exited), or after
 	// stopAckWait.
+	handedOverAt time.Time
+	drained      int // old workers that exited while draining
+	killed       int // of them, SIGKILLed at the drain deadline
+
 	pending     *control.ReloadResult
 	accepting   map[*worker]bool
 	stopAckStop func()
@@ -207,21 +211,25 @@ func (m *master) onUpgradeDone(err error) {
 		zap.Int("new_master_pid", res.NewMasterPID), zap.Duration("handover", took),
 		zap.Float64("workers_starting_ms", res.WorkersStartingMS), zap.Int("workers", len(m.procs)))
 	m.phase = phaseHandedOver
-	m.handedOverAt = m.sys.now()
-	m.drainedCount, m.killedCount = 0, 0
+	u.handedOverAt = m.sys.now()
+	u.drained, u.killed = 0, 0
 	if m.control != nil {
 		// The new master answers on the shared socket from now on.
 		m.control.Close()
 		m.control = nil
 	}
-	m.drainAll()
 	// The deploy script hears "ok" once the old code takes no more
-	// connections, so whatever it checks next is the new release.
+	// connections, so whatever it checks next is the new release. Only
+	// workers that were serving are waited for: draining ones have
+	// stopped accepting, and starting ones would not say STOPPING=1.
 	u.pending = &res
 	u.accepting = make(map[*worker]bool, len(m.procs))
 	for _, w := range m.procs {
-		u.accepting[w] = true
+		if w.state == stateReady {
+			u.accepting[w] = true
+		}
 	}
+	m.drainAll()
 	if len(u.accepting) == 0 {
 		m.answerReload()
 		return

@@ -197,9 +197,9 @@ func (m *master) onExit(w *worker, st exitStatus) {
 	}
 	switch {
 	case w.state == stateDraining:
-		m.drainedCount++
+		m.up.drained++
 		if w.killed {
-			m.killedCount++
+			m.up.killed++
 		}
 		w.log.Info("worker drained", append(fields, zap.Duration("drain", m.sys.now().Sub(w.drainAt)), zap.Bool("killed", w.killed))...)
 		if s != nil && m.phase == phaseServing {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -153,7 +154,8 @@ func configFrom(c *cli.Context) (supervisor.Config, error) {
 	var cfg supervisor.Config
 	specs, err := sockets.ParseSpecs(c.StringSlice("listen"))
 	if err != nil {
-		return cfg, err
+		// The spec's error names the value; this names the flag.
+		return cfg, &supervisor.ConfigError{Flag: "--listen", Err: err}
 	}
 	ready, err := supervisor.ParseReadyRule(c.String("ready"))
 	if err != nil {
@@ -161,11 +163,11 @@ func configFrom(c *cli.Context) (supervisor.Config, error) {
 	}
 	sig, err := supervisor.ParseSignal(c.String("drain-signal"))
 	if err != nil {
-		return cfg, fmt.Errorf("--drain-signal: %w", err)
+		return cfg, err
 	}
 	for _, d := range []string{"ready-timeout", "drain-timeout"} {
 		if c.Duration(d) <= 0 {
-			return cfg, fmt.Errorf("--%s %s: want a positive duration", d, c.Duration(d))
+			return cfg, &supervisor.ConfigError{Flag: "--" + d, Value: c.Duration(d).String(), Msg: "want a positive duration"}
 		}
 	}
 	cfg = supervisor.Config{
@@ -196,7 +198,7 @@ func configFrom(c *cli.Context) (supervisor.Config, error) {
 		}
 	case supervisor.OutputTagged, supervisor.OutputInherit:
 	default:
-		return cfg, fmt.Errorf("--worker-output %q: want tagged or inherit", cfg.WorkerOutput)
+		return cfg, &supervisor.ConfigError{Flag: "--worker-output", Value: strconv.Quote(cfg.WorkerOutput), Msg: "want tagged or inherit"}
 	}
 	cfg.Control, cfg.ControlExplicit = c.String("control"), c.IsSet("control")
 	if cfg.Control == "" {

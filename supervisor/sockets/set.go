@@ -4,11 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"net"
 	"os"
 	"strings"
 	"syscall"
+
+	"github.com/baton-sh/baton/supervisor/internal/osutil"
 )
 
 // Registry is the part of *tableflip.Fds that Open needs: it hands back a

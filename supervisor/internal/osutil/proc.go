@@ -15,6 +15,7 @@ import (
 type Stat struct {
 	State byte // R, S, D, Z, T, …
 	PPID  int
+	PGRP  int // process group
 }
 
 // ReadStat reads /proc/PID/stat. The error wraps fs.ErrNotExist when the
@@ -32,14 +33,18 @@ func ReadStat(pid int) (Stat, error) {
 		return Stat{}, fmt.Errorf("read stat of pid %d: no ')' in %q", pid, s)
 	}
 	f := strings.Fields(s[i+1:])
-	if len(f) < 2 || len(f[0]) != 1 {
+	if len(f) < 3 || len(f[0]) != 1 {
 		return Stat{}, fmt.Errorf("read stat of pid %d: short line %q", pid, s)
 	}
 	ppid, err := strconv.Atoi(f[1])
 	if err != nil {
 		return Stat{}, fmt.Errorf("read stat of pid %d: ppid %q: %w", pid, f[1], err)
 	}
-	return Stat{State: f[0][0], PPID: ppid}, nil
+	pgrp, err := strconv.Atoi(f[2])
+	if err != nil {
+		return Stat{}, fmt.Errorf("read stat of pid %d: pgrp %q: %w", pid, f[2], err)
+	}
+	return Stat{State: f[0][0], PPID: ppid, PGRP: pgrp}, nil
 }
 
 // ParentOf returns pid's parent pid, or 0 when unknown.
@@ -74,4 +79,20 @@ func ChildrenOf(pid, skip int) []int {
 		}
 	}
 	return out
+}
+
+// GroupHasMembers reports whether a live process (not a zombie) is in
+// process group pgid. It reads every /proc/PID/stat: for rare paths only.
+func GroupHasMembers(pgid int) bool {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if st, err := ReadStat(pid); err == nil && st.PGRP == pgid && st.State != 'Z' {
+			return true
+		}
+	}
+	return false
 }
