@@ -53,6 +53,7 @@ type ReloadResult struct {
 // Status answers a status request.
 type Status struct {
 	MasterPID   int            `json:"master_pid"`
+	Version     string         `json:"version"` // baton's, of this master
 	Generation  int            `json:"generation"`
 	State       string         `json:"state"` // starting, serving, upgrading, stopping, handed-over
 	UptimeMS    float64        `json:"uptime_ms"`
@@ -210,6 +211,7 @@ func (m *master) onControl(c *ctlConn) {
 func (m *master) status() Status {
 	st := Status{
 		MasterPID:  m.self,
+		Version:    m.cfg.Version,
 		Generation: m.gen,
 		UptimeMS:   ms(time.Since(m.startAt)),
 		Listeners:  specStrings(m.cfg.Listen),
