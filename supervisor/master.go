@@ -88,6 +88,7 @@ type master struct {
 	handedOverAt   time.Time
 	drainedCount   int // workers that exited while draining
 	killedCount    int // of them, SIGKILLed at the drain deadline
+	accepts        *acceptWatch
 }
 
 type (
@@ -303,6 +304,7 @@ func (m *master) run() error {
 			}
 		}()
 	}
+	m.startAcceptWatch()
 	// A slow generation must not trip systemd's start or reload timeout.
 	m.sdNotify("EXTEND_TIMEOUT_USEC=" + strconv.FormatInt((m.cfg.ReadyTimeout+m.cfg.DrainTimeout+10*time.Second).Microseconds(), 10))
 
@@ -478,6 +480,8 @@ func (m *master) onEvent(ev any) {
 		m.onUpgradeDone(ev.err)
 	case evWatchdog:
 		m.sdNotify("WATCHDOG=1")
+	case evAcceptCheck:
+		m.onAcceptCheck()
 	case evParentExited:
 		m.parentDeadline = time.Time{}
 		m.parentAlive = false
@@ -522,19 +526,17 @@ func (m *master) startWorker(index int) {
 		}
 		m.scheduleRestart(index, s)
 	}
-	var pipes *workerPipes
-	if m.cfg.WorkerOutput == OutputTagged {
-		var err error
-		if pipes, err = newWorkerPipes(); err != nil {
-			fail(fmt.Errorf("output pipes: %w", err))
-			return
-		}
-		cmd.Stdout, cmd.Stderr = pipes.outW, pipes.errW
+	pipes, err := newWorkerPipes(m.cfg.WorkerOutput == OutputInherit)
+	if err != nil {
+		fail(fmt.Errorf("output pipes: %w", err))
+		return
 	}
+	if pipes.outW != nil {
+		cmd.Stdout = pipes.outW
+	}
+	cmd.Stderr = pipes.errW
 	if err := m.spawn.start(cmd); err != nil {
-		if pipes != nil {
-			pipes.abandon()
-		}
+		pipes.abandon()
 		fail(err)
 		return
 	}
@@ -545,9 +547,7 @@ func (m *master) startWorker(index int) {
 		pipes:   pipes,
 	}
 	w.log = m.log.With(zap.Int("worker", index), zap.Int("pid", w.pid))
-	if pipes != nil {
-		pipes.started(w.log)
-	}
+	pipes.started(w.log)
 	ctx, cancel := context.WithCancel(context.Background())
 	w.cancel = cancel
 	s.cur = w
@@ -557,14 +557,12 @@ func (m *master) startWorker(index int) {
 	go func() {
 		cmd.Wait()
 		cancel()
-		if pipes != nil {
-			// Let the last words reach the log (and the failure report)
-			// before the exit is handled; a grandchild holding the pipe
-			// must not hold up the exit, hence the bound.
-			select {
-			case <-pipes.done:
-			case <-time.After(200 * time.Millisecond):
-			}
+		// Let the last words reach the log (and the failure report)
+		// before the exit is handled; a grandchild holding the pipe
+		// must not hold up the exit, hence the bound.
+		select {
+		case <-pipes.done:
+		case <-time.After(200 * time.Millisecond):
 		}
 		m.notify.barrier(100 * time.Millisecond)
 		m.post(evExit{pid: w.pid, state: cmd.ProcessState})
@@ -606,6 +604,7 @@ func (m *master) onNotify(msg notifyMsg) {
 		m.log.Warn("notify message from unknown process ignored", zap.Int("sender_pid", msg.pid))
 		return
 	}
+	w.notified = true
 	if st, ok := msg.fields["STATUS"]; ok {
 		w.log.Debug("worker status", zap.String("status", st))
 	}
@@ -702,11 +701,12 @@ func (m *master) bootDone() {
 }
 
 func (m *master) onReadyTimeout(w *worker) {
-	w.log.Error("worker not ready in time", zap.Duration("ready_timeout", m.cfg.ReadyTimeout))
+	hint := startHint(w.stderrTail(), true, w.notified, m.cfg.Ready)
+	w.log.Error("worker not ready in time", zap.Duration("ready_timeout", m.cfg.ReadyTimeout), zap.String("hint", hint))
 	if m.phase == phaseBooting {
 		m.failedStderr = w.stderrTail()
-		m.bootFailed(fmt.Errorf("%w: worker %d (pid %d) not ready after %s", ErrBootFailed, w.index, w.pid, m.cfg.ReadyTimeout),
-			fmt.Sprintf("worker %d (pid %d) not ready after %s (--ready-timeout)", w.index, w.pid, m.cfg.ReadyTimeout))
+		m.bootFailed(fmt.Errorf("%w: %s", ErrBootFailed, withHint(fmt.Sprintf("worker %d (pid %d) not ready after %s", w.index, w.pid, m.cfg.ReadyTimeout), hint)),
+			withHint(fmt.Sprintf("worker %d (pid %d) not ready after %s (--ready-timeout)", w.index, w.pid, m.cfg.ReadyTimeout), hint))
 		return
 	}
 	// A replacement that never comes up: drain it; its exit schedules another.
@@ -772,9 +772,13 @@ func (m *master) onExit(ev evExit) {
 		}
 		w.log.Error("worker exited "+when, fields...)
 		m.failedStderr = w.stderrTail()
-		reason := fmt.Sprintf("worker %d (pid %d) exited with %s %s", w.index, w.pid, exitReason(ev.state), when)
+		reason := withHint(fmt.Sprintf("worker %d (pid %d) exited with %s %s", w.index, w.pid, exitReason(ev.state), when),
+			startHint(m.failedStderr, false, w.notified, m.cfg.Ready))
 		m.bootFailed(fmt.Errorf("%w: %s", ErrBootFailed, reason), reason)
 	case m.phase == phaseServing && s != nil:
+		if hint := startHint(w.stderrTail(), false, w.notified, m.cfg.Ready); hint != "" {
+			fields = append(fields, zap.String("hint", hint))
+		}
 		w.log.Warn("worker exited unexpectedly", fields...)
 		if time.Since(w.started) >= backoffStable {
 			s.backoff = backoffMin

@@ -35,7 +35,10 @@ type worker struct {
 	killed  bool // SIGKILLed at the drain deadline
 	log     *zap.Logger
 	cancel  context.CancelFunc // stops its probe and timers
-	pipes   *workerPipes       // nil with --worker-output inherit
+	pipes   *workerPipes       // its stderr (and stdout, when tagged)
+	// notified: it sent something on NOTIFY_SOCKET (for the hint when
+	// --ready notify times out)
+	notified bool
 }
 
 // slot is a worker index: the worker holding it now and its crash history.
@@ -117,8 +120,7 @@ func (w *worker) String() string {
 	return fmt.Sprintf("worker %d (pid %d)", w.index, w.pid)
 }
 
-// stderrTail returns the last lines the worker wrote to stderr, if its
-// output goes through the master.
+// stderrTail returns the last lines the worker wrote to stderr.
 func (w *worker) stderrTail() []string {
 	if w.pipes == nil {
 		return nil
