@@ -22,7 +22,9 @@ _baton() {
 		[[ $w == -- ]] && return 0
 	done
 	local -a args=("${COMP_WORDS[@]:1:COMP_CWORD-1}")
-	[[ $cur == -* ]] && args+=("$cur")
+	# baton lists the flags when the last word starts with "-"; a bare "--"
+	# would end its options instead, so "-" stands in for it.
+	if [[ $cur == -- ]]; then args+=(-); elif [[ $cur == -* ]]; then args+=("$cur"); fi
 	local IFS=$'\n'
 	COMPREPLY=($(compgen -W "$("${COMP_WORDS[0]}" "${args[@]}" --generate-bash-completion 2>/dev/null)" -- "$cur"))
 }
@@ -35,7 +37,9 @@ _baton() {
 	local -a words_before opts
 	words_before=(${words[2,CURRENT-1]})
 	(( ${words_before[(I)--]} )) && { _files; return }
-	[[ ${words[CURRENT]} == -* ]] && words_before+=(${words[CURRENT]})
+	# "-" stands in for a bare "--", which would end baton's options.
+	if [[ ${words[CURRENT]} == -- ]]; then words_before+=(-)
+	elif [[ ${words[CURRENT]} == -* ]]; then words_before+=(${words[CURRENT]}); fi
 	opts=("${(@f)$(${words[1]} ${words_before[@]} --generate-bash-completion 2>/dev/null)}")
 	if [[ ${words[CURRENT]} == -* ]]; then
 		compadd -a opts
