@@ -4,11 +4,10 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"syscall"
 	"time"
-	"unsafe"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
 // Hints turn the two most common mistakes of a server's first run under
@@ -27,14 +26,14 @@ const HintNoNotify = "it sent nothing on $NOTIFY_SOCKET: a server that does not 
 // startHint returns advice for a worker that failed to start or to become
 // ready, from its last stderr lines and whether it ever sent a notify
 // message; "" when there is none to give.
-func startHint(stderr []string, timedOut, notified bool, ready ReadyRule) string {
+func startHint(stderr []string, timedOut, notified, byNotify bool) string {
 	for _, l := range stderr {
 		l = strings.ToLower(l)
 		if strings.Contains(l, "address already in use") || strings.Contains(l, "eaddrinuse") {
 			return "the worker said \"address already in use\": " + HintInheritedSocket
 		}
 	}
-	if timedOut && ready.Mode == ReadyNotify && !notified {
+	if timedOut && byNotify && !notified {
 		return HintNoNotify
 	}
 	return ""
@@ -112,32 +111,27 @@ func listenQueue(f *os.File) (queued, limit uint32, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	var info syscall.TCPInfo
+	var info *unix.TCPInfo
 	var serr error
 	err = rc.Control(func(fd uintptr) {
-		size := uint32(unsafe.Sizeof(info))
-		_, _, e := syscall.Syscall6(syscall.SYS_GETSOCKOPT, fd, syscall.IPPROTO_TCP, syscall.TCP_INFO,
-			uintptr(unsafe.Pointer(&info)), uintptr(unsafe.Pointer(&size)), 0)
-		if e != 0 {
-			serr = e
-		}
+		info, serr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
 	})
 	if err == nil {
 		err = serr
 	}
-	if err == nil && info.State != 10 /* TCP_LISTEN */ {
-		err = fmt.Errorf("not a listening TCP socket")
+	if err != nil {
+		return 0, 0, err
+	}
+	if info.State != unix.BPF_TCP_LISTEN {
+		return 0, 0, fmt.Errorf("not a listening TCP socket")
 	}
 	return info.Unacked, info.Sacked, err
 }
 
-// evAcceptCheck asks the loop to sample the accept queues.
-type evAcceptCheck struct{}
-
 // startAcceptWatch posts evAcceptCheck every acceptCheckEvery until the
 // master is done.
 func (m *master) startAcceptWatch() {
-	m.accepts = newAcceptWatch(m.lns.Files(), specStrings(m.cfg.Listen))
+	m.accepts = newAcceptWatch(m.files, specStrings(m.cfg.Listen))
 	if len(m.accepts.socks) == 0 {
 		return
 	}
@@ -163,7 +157,7 @@ func (m *master) onAcceptCheck() {
 	}
 	for _, w := range m.procs {
 		if w.state == stateReady {
-			m.accepts.check(time.Now(), m.log)
+			m.accepts.check(m.sys.now(), m.log)
 			return
 		}
 	}

@@ -12,7 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
-	"unsafe"
+
+	"github.com/baton-sh/baton/supervisor/internal/osutil"
 )
 
 // notifySocket is the master's private sd_notify(3) endpoint. It is an
@@ -79,7 +80,7 @@ func (n *notifySocket) barrier(timeout time.Duration) {
 		delete(n.barriers, id)
 		n.mu.Unlock()
 	}()
-	if sendNotify(n.addr, notifyBarrier+"="+id) != nil {
+	if osutil.SendNotify(n.addr, notifyBarrier+"="+id) != nil {
 		return
 	}
 	select {
@@ -143,26 +144,4 @@ func parseNotify(b []byte) map[string]string {
 		}
 	}
 	return fields
-}
-
-// sendNotify sends one datagram to an sd_notify socket address.
-func sendNotify(addr, msg string) error {
-	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
-	if err != nil {
-		return fmt.Errorf("notify %s: %w", addr, err)
-	}
-	defer c.Close()
-	if _, err := c.Write([]byte(msg)); err != nil {
-		return fmt.Errorf("notify %s: %w", addr, err)
-	}
-	return nil
-}
-
-// monotonicUsec is CLOCK_MONOTONIC in microseconds, the clock systemd wants
-// in MONOTONIC_USEC= beside RELOADING=1 (without it systemd may ignore the
-// reload notification).
-func monotonicUsec() string {
-	var ts syscall.Timespec
-	syscall.Syscall(syscall.SYS_CLOCK_GETTIME, 1 /* CLOCK_MONOTONIC */, uintptr(unsafe.Pointer(&ts)), 0)
-	return strconv.FormatInt(ts.Sec*1e6+ts.Nsec/1e3, 10)
 }

@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -8,30 +9,107 @@ import (
 	"os/exec"
 	"runtime"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"go.uber.org/zap"
 )
 
-// notifyUpgradeReady is what a new master sends the old one, as JSON of a
-// ReloadResult, just before it takes over.
-const notifyUpgradeReady = "BATON_UPGRADE_READY"
+// This file owns the handover protocol, both ends of it. The old master
+// (parent) re-executes baton through tableflip with a few variables set;
+// the new master (child) reads them at start, and before it signals ready
+// or exits it reports to the parent's notify socket, proving who it is
+// with a per-upgrade token.
+
+// Variables one master sets for the next one it re-executes. They never
+// reach workers (stripEnv drops every BATON_ variable).
+const (
+	envNextGeneration = "BATON_MASTER_GENERATION"
+	envUpgradeStart   = "BATON_UPGRADE_START" // unix nanoseconds of the USR2
+	envParentNotify   = "BATON_PARENT_NOTIFY" // the old master's notify socket
+	envUpgradeToken   = "BATON_UPGRADE_TOKEN" // proves a report comes from that new master
+)
+
+// Keys of the child's report on the parent's notify socket.
+const (
+	reportToken  = "BATON_TOKEN"
+	reportReady  = "BATON_UPGRADE_READY"  // JSON of a control.ReloadResult: it took over
+	reportFailed = "BATON_UPGRADE_FAILED" // why it gave up
+	reportStderr = "BATON_STDERR"         // JSON list: its failing worker's last stderr lines
+)
+
+// upgradeState is a master's part in upgrades: as the child of an old
+// master, and as the parent of the upgrade it started. Owned by the loop.
+type upgradeState struct {
+	// As a child (started by an old master).
+	parentAlive    bool      // the old master has not exited yet
+	parentNotify   string    // where to report
+	parentToken    string    // include in reports
+	start          time.Time // when the old master got the USR2
+	parentDeadline time.Time // the old master has surely exited by then
+
+	// As a parent (the upgrade this master started).
+	running bool
+	at      time.Time
+	token   string                // expect in reports from the new master
+	reason  string                // from the new master, when it failed
+	stderr  []string              // its failing worker's last stderr lines
+	ready   *control.ReloadResult // from the new master, when it took over
+	last    *control.ReloadResult
+	waiters []*ctlConn // reload requests answered at the outcome
+
+	// After a handover, reload requests are answered once every old
+	// worker has stopped accepting (said STOPPING=1, or exited), or after
+	// stopAckWait.
+	pending     *control.ReloadResult
+	accepting   map[*worker]bool
+	stopAckStop func()
+}
+
+// stopAckWait bounds how long an answer to "baton reload" waits for the
+// old workers' STOPPING=1; servers that never send it cost this much.
+const stopAckWait = 250 * time.Millisecond
+
+// readUpgradeEnv takes what the old master passed, if this master was
+// started by one, and removes it from the environment. It returns the
+// generation number to use.
+func (u *upgradeState) readUpgradeEnv(hasParent bool) int {
+	gen := 1
+	u.parentAlive = hasParent
+	if hasParent {
+		if g, err := strconv.Atoi(os.Getenv(envNextGeneration)); err == nil && g > 0 {
+			gen = g
+		}
+		if ns, err := strconv.ParseInt(os.Getenv(envUpgradeStart), 10, 64); err == nil {
+			u.start = time.Unix(0, ns)
+		}
+		u.parentNotify = os.Getenv(envParentNotify)
+		u.parentToken = os.Getenv(envUpgradeToken)
+	}
+	for _, k := range []string{envNextGeneration, envUpgradeStart, envParentNotify, envUpgradeToken, "TABLEFLIP_HAS_PARENT_7DIU3"} {
+		os.Unsetenv(k)
+	}
+	return gen
+}
 
 // requestUpgrade starts a handover to a freshly executed master. It returns
 // why it refused, or "" once the upgrade is under way. One at a time:
 // tableflip allows a single pair of masters, and a third generation would
 // stack drains.
 func (m *master) requestUpgrade(trigger string) string {
+	u := &m.up
 	var why string
 	var fields []zap.Field
 	switch {
 	case m.phase != phaseServing:
-		why = "master is not serving (" + m.status().State + ")"
-	case m.upgrading:
+		why = "master is not serving (" + m.stateName() + ")"
+	case u.running:
 		why = "an upgrade is already under way"
-		fields = append(fields, zap.Duration("running_for", time.Since(m.upgradeAt)))
-	case m.parentAlive:
-		left := max(time.Until(m.parentDeadline), 0).Round(time.Millisecond)
+		fields = append(fields, zap.Duration("running_for", m.sys.now().Sub(u.at)))
+	case u.parentAlive:
+		left := max(u.parentDeadline.Sub(m.sys.now()), 0).Round(time.Millisecond)
 		why = "previous generation still draining (up to " + left.String() + " more)"
 		fields = append(fields, zap.Duration("drain_left_at_most", left))
 	default:
@@ -43,21 +121,19 @@ func (m *master) requestUpgrade(trigger string) string {
 		m.log.Warn("upgrade refused: "+trimParen(why), append(fields, zap.String("trigger", trigger), zap.String("reason", why))...)
 		return why
 	}
-	m.upgrading = true
-	m.upgradeAt = time.Now()
-	m.upgradeReason = ""
-	m.upgradeStderr = nil
-	m.upgradeReady = nil
+	u.running = true
+	u.at = m.sys.now()
+	u.reason, u.stderr, u.ready = "", nil, nil
+	u.token = strconv.FormatUint(rand.Uint64(), 36)
 	// tableflip re-executes us with os.Environ(); this is how the next
 	// master learns its generation, when the deploy began, and where to
 	// report.
-	os.Setenv(envNextGeneration, strconv.Itoa(m.gen+1))
-	os.Setenv(envUpgradeStart, strconv.FormatInt(m.upgradeAt.UnixNano(), 10))
-	os.Setenv(envParentNotify, m.notify.addr)
-	m.upgradeToken = strconv.FormatUint(rand.Uint64(), 36)
-	os.Setenv(envUpgradeToken, m.upgradeToken)
+	m.sys.setenv(envNextGeneration, strconv.Itoa(m.gen+1))
+	m.sys.setenv(envUpgradeStart, strconv.FormatInt(u.at.UnixNano(), 10))
+	m.sys.setenv(envParentNotify, m.notifyAddr())
+	m.sys.setenv(envUpgradeToken, u.token)
 	m.log.Info("upgrade requested", zap.String("trigger", trigger), zap.Int("new_generation", m.gen+1))
-	m.sdNotify("RELOADING=1\nMONOTONIC_USEC=" + monotonicUsec() + "\nSTATUS=upgrading to generation " + strconv.Itoa(m.gen+1))
+	m.sdNotify("RELOADING=1\n" + monotonicUsec() + "STATUS=upgrading to generation " + strconv.Itoa(m.gen+1))
 	go func() {
 		err := m.upg.Upgrade()
 		// tableflip learns that the old master exited in its own loop,
@@ -68,9 +144,11 @@ func (m *master) requestUpgrade(trigger string) string {
 			time.Sleep(2 * time.Millisecond)
 			err = m.upg.Upgrade()
 		}
-		// The new master reports how it went on the notify socket before
-		// it signals ready or exits; let that report reach the loop first.
-		m.notify.barrier(100 * time.Millisecond)
+		if m.notify != nil {
+			// The new master reports how it went before it signals ready
+			// or exits; let that report reach the loop first.
+			m.notify.barrier(100 * time.Millisecond)
+		}
 		m.post(evUpgradeDone{err})
 	}()
 	return ""
@@ -82,37 +160,33 @@ func (m *master) requestUpgrade(trigger string) string {
 // resolved anew so that a moved symlink is followed.
 func (m *master) preflight() error {
 	if _, err := exec.LookPath(os.Args[0]); err != nil {
-		return fmt.Errorf("baton binary %q: %w", os.Args[0], pathErr(err))
+		return fmt.Errorf("baton binary %q: %w", os.Args[0], osutil.Cause(err))
 	}
 	return m.cfg.Check()
 }
 
 func trimParen(s string) string {
-	for i := range s {
-		if s[i] == '(' {
-			return s[:max(i-1, 0)]
-		}
+	if i := strings.IndexByte(s, '('); i >= 0 {
+		return s[:max(i-1, 0)]
 	}
 	return s
 }
 
 func (m *master) onUpgradeDone(err error) {
-	m.upgrading = false
-	took := time.Since(m.upgradeAt)
-	res := ReloadResult{OldMasterPID: m.self, Generation: m.gen + 1}
+	u := &m.up
+	u.running = false
+	took := m.sys.now().Sub(u.at)
 	if err != nil {
 		// tableflip v1.2.3 does not close its ends of the child's pipes
 		// (ready writer, names reader) in the parent; only their finalizers
 		// do. Collect now so a failed upgrade leaves no fds behind until
 		// some later GC.
 		runtime.GC()
-		res.Code = ReloadRollback
-		res.Reason = m.upgradeReason
+		res := control.ReloadResult{Code: control.ReloadRollback, OldMasterPID: m.self, Generation: m.gen + 1,
+			Reason: u.reason, Stderr: u.stderr, TotalMS: ms(took)}
 		if res.Reason == "" {
 			res.Reason = "new master failed: " + err.Error()
 		}
-		res.Stderr = m.upgradeStderr
-		res.TotalMS = ms(took)
 		if m.phase != phaseServing {
 			m.log.Info("upgrade abandoned", zap.String("reason", res.Reason))
 		} else {
@@ -124,51 +198,133 @@ func (m *master) onUpgradeDone(err error) {
 		m.finishReload(res)
 		return
 	}
-	res = ReloadResult{Generation: m.gen + 1, TotalMS: ms(took)}
-	if m.upgradeReady != nil {
-		res = *m.upgradeReady
+	res := control.ReloadResult{Generation: m.gen + 1, TotalMS: ms(took)}
+	if u.ready != nil {
+		res = *u.ready
 	}
-	res.OK, res.Code, res.OldMasterPID = true, ReloadOK, m.self
+	res.OK, res.Code, res.OldMasterPID = true, control.ReloadOK, m.self
 	m.log.Info("handed over to new master: draining old generation",
 		zap.Int("new_master_pid", res.NewMasterPID), zap.Duration("handover", took),
 		zap.Float64("workers_starting_ms", res.WorkersStartingMS), zap.Int("workers", len(m.procs)))
 	m.phase = phaseHandedOver
-	m.handedOverAt = time.Now()
+	m.handedOverAt = m.sys.now()
 	m.drainedCount, m.killedCount = 0, 0
 	if m.control != nil {
 		// The new master answers on the shared socket from now on.
 		m.control.Close()
 		m.control = nil
 	}
-	m.finishReload(res)
 	m.drainAll()
-}
-
-func (m *master) finishReload(res ReloadResult) {
-	m.lastUpgrade = &res
-	for _, c := range m.reloadWaiters {
-		c.reply(res)
-		c.conn.Close()
+	// The deploy script hears "ok" once the old code takes no more
+	// connections, so whatever it checks next is the new release.
+	u.pending = &res
+	u.accepting = make(map[*worker]bool, len(m.procs))
+	for _, w := range m.procs {
+		u.accepting[w] = true
 	}
-	m.reloadWaiters = nil
+	if len(u.accepting) == 0 {
+		m.answerReload()
+		return
+	}
+	u.stopAckStop = m.sys.afterFunc(stopAckWait, func() { m.post(evStopAckTimeout{}) })
 }
 
-// onChildMasterReport takes a new master's report of its outcome.
-func (m *master) onChildMasterReport(pid int, fields map[string]string) bool {
-	if reason, ok := fields[notifyUpgradeFail]; ok {
-		m.upgradeReason = reason
-		if s, ok := fields["BATON_STDERR"]; ok {
-			json.Unmarshal([]byte(s), &m.upgradeStderr)
+// oldWorkerStopped notes that w no longer accepts, after a handover.
+func (m *master) oldWorkerStopped(w *worker) {
+	u := &m.up
+	if u.pending == nil || !u.accepting[w] {
+		return
+	}
+	delete(u.accepting, w)
+	if len(u.accepting) == 0 {
+		m.answerReload()
+	}
+}
+
+// answerReload answers the reload requests held after a handover.
+func (m *master) answerReload() {
+	u := &m.up
+	if u.pending == nil {
+		return
+	}
+	if u.stopAckStop != nil {
+		u.stopAckStop()
+	}
+	if len(u.accepting) > 0 {
+		m.log.Info("answering reload: old workers still accepting after the wait",
+			zap.Int("workers", len(u.accepting)), zap.Duration("waited", stopAckWait))
+	}
+	res := *u.pending
+	u.pending, u.accepting = nil, nil
+	m.finishReload(res)
+}
+
+func (m *master) finishReload(res control.ReloadResult) {
+	m.up.last = &res
+	for _, c := range m.up.waiters {
+		c.reply(res)
+		c.close()
+	}
+	m.up.waiters = nil
+}
+
+// onChildReport takes a new master's report of its outcome. It reports
+// false when fields are no such report.
+func (m *master) onChildReport(pid int, fields map[string]string) bool {
+	u := &m.up
+	if reason, ok := fields[reportFailed]; ok {
+		u.reason = reason
+		if s, ok := fields[reportStderr]; ok {
+			json.Unmarshal([]byte(s), &u.stderr)
 		}
 		return true
 	}
-	if js, ok := fields[notifyUpgradeReady]; ok {
-		var r ReloadResult
+	if js, ok := fields[reportReady]; ok {
+		var r control.ReloadResult
 		if json.Unmarshal([]byte(js), &r) == nil {
 			r.NewMasterPID = pid
-			m.upgradeReady = &r
+			u.ready = &r
 		}
 		return true
 	}
 	return false
+}
+
+// reportReady tells the old master, if any, that this generation is ready,
+// with how long it took. It must reach the old master before tableflip's
+// Ready does.
+func (m *master) reportReady(res control.ReloadResult) {
+	if m.up.parentNotify == "" {
+		return
+	}
+	b, _ := json.Marshal(res)
+	m.sys.notifyTo(m.up.parentNotify, reportToken+"="+m.up.parentToken+"\n"+reportReady+"="+string(b))
+}
+
+// reportFailure tells the old master, if any, why this generation failed.
+func (m *master) reportFailure(reason string) {
+	if m.up.parentNotify == "" {
+		return
+	}
+	msg := reportToken + "=" + m.up.parentToken + "\n" + reportFailed + "=" + strings.ReplaceAll(reason, "\n", " ")
+	if len(m.failedStderr) > 0 {
+		b, _ := json.Marshal(m.failedStderr)
+		msg += "\n" + reportStderr + "=" + string(b)
+	}
+	if err := m.sys.notifyTo(m.up.parentNotify, msg); err != nil {
+		m.log.Warn("could not tell the old master why this upgrade failed", zap.Error(err))
+	}
+}
+
+// waitForParent posts evParentExited once the old master has exited.
+func (m *master) waitForParent() {
+	m.upg.WaitForParent(context.Background())
+	m.post(evParentExited{})
+}
+
+func (m *master) onParentExited() {
+	m.up.parentDeadline = time.Time{}
+	m.up.parentAlive = false
+	// The goroutine count is here to make leaks visible in tests.
+	m.log.Info("previous master exited", zap.Int("goroutines", runtime.NumGoroutine()))
 }

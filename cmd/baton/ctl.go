@@ -1,18 +1,16 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/baton-sh/baton/supervisor"
+	"github.com/baton-sh/baton/supervisor/control"
 	"github.com/urfave/cli/v2"
 )
 
@@ -43,75 +41,27 @@ func controlPath(c *cli.Context) string {
 	if p := c.String("control"); p != "" {
 		return p
 	}
-	return supervisor.DefaultControlPath(c.String("pid-file"))
+	return control.DefaultPath(c.String("pid-file"))
 }
 
-// ask sends one request and returns the connection, positioned after the
-// request, for the caller to read replies from.
-func ask(c *cli.Context, cmd string) (net.Conn, *bufio.Reader, error) {
-	path := controlPath(c)
-	conn, err := net.DialTimeout("unix", path, 5*time.Second)
+// call sends cmd to the master and reads its reply into v. The returned
+// connection is open for a caller that waits for more (stop); it is nil on
+// error. Errors are *exitCode with the status the command exits with.
+func call(c *cli.Context, cmd control.Cmd, v any) (*control.Conn, error) {
+	conn, err := control.Send(controlPath(c), cmd, c.Duration("timeout"))
 	if err != nil {
-		return nil, nil, &exitCode{supervisor.ReloadRefused, fmt.Sprintf("no master at %s: %v", path, unwrapSyscall(err))}
+		return nil, &exitCode{control.ReloadRefused, err.Error()}
 	}
-	conn.SetDeadline(time.Now().Add(c.Duration("timeout")))
-	b, _ := json.Marshal(supervisor.ControlRequest{Cmd: cmd})
-	if _, err := conn.Write(append(b, '\n')); err != nil {
+	if err := conn.Reply(v); err != nil {
 		conn.Close()
-		return nil, nil, &exitCode{supervisor.ReloadRefused, fmt.Sprintf("control %s: %v", path, err)}
-	}
-	return conn, bufio.NewReader(conn), nil
-}
-
-func unwrapSyscall(err error) error {
-	var se *os.SyscallError
-	if errors.As(err, &se) {
-		return se.Err
-	}
-	return err
-}
-
-func readReply(c *cli.Context, r *bufio.Reader, v any) error {
-	line, err := r.ReadBytes('\n')
-	if err != nil {
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			return &exitCode{exitUnknown, fmt.Sprintf("no answer within %s (--timeout); the outcome is unknown", c.Duration("timeout"))}
+		code := control.ReloadRefused
+		if errors.Is(err, control.ErrNoAnswer) {
+			code = exitUnknown
+			err = fmt.Errorf("%w (--timeout %s)", err, c.Duration("timeout"))
 		}
-		return &exitCode{exitUnknown, fmt.Sprintf("control connection closed without an answer: %v", err)}
+		return nil, &exitCode{code, err.Error()}
 	}
-	if _, isReload := v.(*supervisor.ReloadResult); !isReload {
-		// Any other answer may be a refusal instead of what was asked.
-		var refusal struct {
-			OK     *bool  `json:"ok"`
-			Code   int    `json:"code"`
-			Reason string `json:"reason"`
-		}
-		if json.Unmarshal(line, &refusal) == nil && refusal.OK != nil && !*refusal.OK {
-			return &exitCode{supervisor.ReloadRefused, "refused: " + refusal.Reason}
-		}
-	}
-	if err := json.Unmarshal(line, v); err != nil {
-		return &exitCode{exitUnknown, fmt.Sprintf("bad answer from master: %v", err)}
-	}
-	return nil
-}
-
-// waitGone waits until pid has exited (gone or a zombie). The master's fds
-// close a moment before it becomes a zombie, so EOF alone is early.
-func waitGone(pid int, timeout time.Duration) bool {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			return true
-		}
-		if i := strings.LastIndexByte(string(b), ')'); i > 0 && strings.HasPrefix(string(b[i+1:]), " Z") {
-			return true
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return false
+	return conn, nil
 }
 
 func reloadCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
@@ -122,22 +72,19 @@ func reloadCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 			&cli.BoolFlag{Name: "json", Usage: "print the outcome as JSON"}),
 		OnUsageError: onUsage,
 		Action: func(c *cli.Context) error {
-			conn, r, err := ask(c, "reload")
+			var res control.ReloadResult
+			conn, err := call(c, control.CmdReload, &res)
 			if err != nil {
 				return err
 			}
-			defer conn.Close()
-			var res supervisor.ReloadResult
-			if err := readReply(c, r, &res); err != nil {
-				return err
-			}
+			conn.Close()
 			if c.Bool("json") {
 				b, _ := json.Marshal(res)
 				fmt.Println(string(b))
 			} else {
 				printReload(os.Stdout, res)
 			}
-			if res.Code != supervisor.ReloadOK {
+			if res.Code != control.ReloadOK {
 				return &exitCode{res.Code, "reload failed: " + res.Reason}
 			}
 			return nil
@@ -145,12 +92,12 @@ func reloadCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 	}
 }
 
-func printReload(w io.Writer, res supervisor.ReloadResult) {
+func printReload(w io.Writer, res control.ReloadResult) {
 	switch res.Code {
-	case supervisor.ReloadOK:
+	case control.ReloadOK:
 		fmt.Fprintf(w, "reload ok: generation %d serving, master %d -> %d, handover %.1f ms (workers starting %.1f ms, baton %.1f ms)\n",
 			res.Generation, res.OldMasterPID, res.NewMasterPID, res.TotalMS, res.WorkersStartingMS, res.BatonMS)
-	case supervisor.ReloadRollback:
+	case control.ReloadRollback:
 		fmt.Fprintf(w, "reload rolled back: generation %d failed after %.1f ms; master %d keeps serving\nreason: %s\n",
 			res.Generation, res.TotalMS, res.OldMasterPID, res.Reason)
 		if len(res.Stderr) > 0 {
@@ -171,15 +118,12 @@ func statusCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 		Flags:        append(controlFlags(10*time.Second, "how long to wait for the master's answer"), &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
 		OnUsageError: onUsage,
 		Action: func(c *cli.Context) error {
-			conn, r, err := ask(c, "status")
+			var st control.Status
+			conn, err := call(c, control.CmdStatus, &st)
 			if err != nil {
 				return err
 			}
-			defer conn.Close()
-			var st supervisor.Status
-			if err := readReply(c, r, &st); err != nil {
-				return err
-			}
+			conn.Close()
 			if c.Bool("json") {
 				b, _ := json.MarshalIndent(st, "", "  ")
 				fmt.Println(string(b))
@@ -191,7 +135,7 @@ func statusCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 	}
 }
 
-func printStatus(w io.Writer, st supervisor.Status) {
+func printStatus(w io.Writer, st control.Status) {
 	fmt.Fprintf(w, "master %d  generation %d  %s  up %s  baton %s\n", st.MasterPID, st.Generation, st.State, msDur(st.UptimeMS), st.Version)
 	fmt.Fprintf(w, "listening on %s\n", strings.Join(st.Listeners, ", "))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -221,20 +165,14 @@ func stopCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 		Flags:        controlFlags(2*time.Minute, "how long to wait for the master to exit (exit 3 if it still runs then)"),
 		OnUsageError: onUsage,
 		Action: func(c *cli.Context) error {
-			conn, r, err := ask(c, "stop")
+			var ack control.StopAck
+			conn, err := call(c, control.CmdStop, &ack)
 			if err != nil {
 				return err
 			}
 			defer conn.Close()
-			var ack struct {
-				OK        bool `json:"ok"`
-				MasterPID int  `json:"master_pid"`
-			}
-			if err := readReply(c, r, &ack); err != nil {
-				return err
-			}
 			// The master holds this connection until it exits.
-			if _, err := io.Copy(io.Discard, r); err != nil || !waitGone(ack.MasterPID, 5*time.Second) {
+			if err := conn.WaitClosed(); err != nil || !control.WaitExited(ack.MasterPID, 5*time.Second) {
 				return &exitCode{exitUnknown, fmt.Sprintf("master %d still stopping after %s (--timeout)", ack.MasterPID, c.Duration("timeout"))}
 			}
 			fmt.Printf("master %d stopped\n", ack.MasterPID)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor"
+	"github.com/baton-sh/baton/supervisor/control"
 )
 
 // What a newcomer meets first: make install, --version, help, completion,
@@ -135,7 +136,7 @@ func TestMakeInstallThenTheReadmeExamples(t *testing.T) {
 		t.Errorf("GET before deploy: %q", body)
 	}
 
-	var st supervisor.Status
+	var st control.Status
 	code, out := sh(t, []string{path}, "baton status --pid-file "+pidFile+" --json")
 	if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil {
 		t.Fatalf("baton status --json: exit %d, %v:\n%s", code, err, out)

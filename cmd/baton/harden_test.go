@@ -33,12 +33,16 @@ func environOf(t *testing.T, pid int) map[string]string {
 	return env
 }
 
-// waitExec waits until pid runs a program whose path ends in suffix.
+// waitExec waits until pid runs a program whose path ends in suffix and
+// whose environment is in place: the kernel switches /proc/PID/exe before
+// it lays out the new program's environment, so for a moment environ reads
+// empty.
 func waitExec(t *testing.T, pid int, suffix string) {
 	t.Helper()
 	eventually(t, 5*time.Second, fmt.Sprintf("worker %d to exec %s", pid, suffix), func() bool {
 		exe, _ := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
-		return strings.HasSuffix(exe, suffix)
+		env, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+		return strings.HasSuffix(exe, suffix) && len(env) > 0
 	})
 }
 

@@ -109,6 +109,18 @@ func newLogTail(r *os.File) *logTail {
 // satisfies match, and its index; it fails the test after timeout.
 func (lt *logTail) waitFrom(t testing.TB, from int, msg string, match func(logEvent) bool, timeout time.Duration) (logEvent, int) {
 	t.Helper()
+	ev, i := lt.tryWaitFrom(from, msg, match, timeout)
+	if ev == nil {
+		lt.mu.Lock()
+		defer lt.mu.Unlock()
+		t.Fatalf("no log event %q within %s; log:\n%s", msg, timeout, lt.dumpLocked())
+	}
+	return ev, i
+}
+
+// tryWaitFrom is waitFrom returning nil, -1 instead of failing: for events
+// that must not come.
+func (lt *logTail) tryWaitFrom(from int, msg string, match func(logEvent) bool, timeout time.Duration) (logEvent, int) {
 	deadline := time.Now().Add(timeout)
 	timer := time.AfterFunc(timeout, func() { lt.mu.Lock(); lt.cond.Broadcast(); lt.mu.Unlock() })
 	defer timer.Stop()
@@ -124,7 +136,7 @@ func (lt *logTail) waitFrom(t testing.TB, from int, msg string, match func(logEv
 			}
 		}
 		if time.Now().After(deadline) || lt.closed {
-			t.Fatalf("no log event %q within %s; log:\n%s", msg, timeout, lt.dumpLocked())
+			return nil, -1
 		}
 		lt.cond.Wait()
 	}

@@ -11,8 +11,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/baton-sh/baton/listener"
 	"github.com/baton-sh/baton/supervisor"
+	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/sockets"
 	"github.com/urfave/cli/v2"
 )
 
@@ -152,7 +153,7 @@ func runCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 
 func configFrom(c *cli.Context) (supervisor.Config, error) {
 	var cfg supervisor.Config
-	specs, err := listener.ParseSpecs(c.StringSlice("listen"))
+	specs, err := sockets.ParseSpecs(c.StringSlice("listen"))
 	if err != nil {
 		return cfg, err
 	}
@@ -201,7 +202,7 @@ func configFrom(c *cli.Context) (supervisor.Config, error) {
 	}
 	cfg.Control, cfg.ControlExplicit = c.String("control"), c.IsSet("control")
 	if cfg.Control == "" {
-		cfg.Control = supervisor.DefaultControlPath(cfg.PIDFile)
+		cfg.Control = control.DefaultPath(cfg.PIDFile)
 	} else if !strings.HasPrefix(cfg.Control, "@") {
 		if cfg.Control, err = filepath.Abs(cfg.Control); err != nil {
 			return cfg, fmt.Errorf("--control %q: %w", c.String("control"), err)

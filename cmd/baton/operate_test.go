@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/baton-sh/baton/supervisor"
+	"github.com/baton-sh/baton/supervisor/control"
 )
 
 // ctl runs a baton client command against b's control socket and returns
@@ -87,7 +87,7 @@ func TestReloadExitCodes(t *testing.T) {
 	if !strings.HasPrefix(got, "0 ") {
 		t.Fatalf("reload of a slow but good release: %s", got)
 	}
-	var res supervisor.ReloadResult
+	var res control.ReloadResult
 	if err := json.Unmarshal([]byte(strings.TrimPrefix(got, "0 ")), &res); err != nil {
 		t.Fatalf("reload --json: %v in %q", err, got)
 	}
@@ -121,7 +121,7 @@ func TestStatusDuringDrainAndStop(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("status: exit %d:\n%s", code, out)
 	}
-	var st supervisor.Status
+	var st control.Status
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("status --json: %v:\n%s", err, out)
 	}

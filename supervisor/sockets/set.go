@@ -1,9 +1,10 @@
-package listener
+package sockets
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"net"
 	"os"
 	"strings"
@@ -97,7 +98,7 @@ func open(reg Registry, spec Spec) (*os.File, error) {
 			return l, err
 		})
 		if bindErr != nil {
-			return nil, fmt.Errorf("listen %s %s: %w", spec.Network, spec.Addr, unwrapOp(bindErr))
+			return nil, fmt.Errorf("listen %s %s: %w", spec.Network, spec.Addr, osutil.Cause(bindErr))
 		}
 		if err != nil {
 			return nil, fmt.Errorf("listen %s %s: %w", spec.Network, spec.Addr, err)
@@ -161,26 +162,12 @@ func removeStaleSocket(path string) error {
 		return fmt.Errorf("listen unix %s: address already in use (something accepts on it)", path)
 	}
 	if !errors.Is(err, syscall.ECONNREFUSED) {
-		return fmt.Errorf("listen unix %s: probe stale socket: %w", path, unwrapOp(err))
+		return fmt.Errorf("listen unix %s: probe stale socket: %w", path, osutil.Cause(err))
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("listen unix %s: remove stale socket: %w", path, err)
 	}
 	return nil
-}
-
-// unwrapOp drops net.OpError's "listen tcp 1.2.3.4:5:" prefix so the message
-// names the value once.
-func unwrapOp(err error) error {
-	var op *net.OpError
-	if errors.As(err, &op) && op.Err != nil {
-		var sc *os.SyscallError
-		if errors.As(op.Err, &sc) {
-			return sc.Err
-		}
-		return op.Err
-	}
-	return err
 }
 
 // Files returns the sockets in --listen order, for exec.Cmd.ExtraFiles
