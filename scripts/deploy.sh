@@ -14,7 +14,8 @@
 # Environment:
 #   APP_ROOT       directory holding the `current` symlink (default: parent of RELEASE_DIR's parent,
 #                  i.e. /srv/app for /srv/app/releases/42)
-#   BATON          baton binary (default: baton on $PATH)
+#   BATON          baton binary (default: baton on $PATH, else bin/baton of the checkout
+#                  this script is in, as make build leaves it)
 #   BATON_CONTROL  or BATON_PID_FILE: how to reach the master (see baton reload --help)
 #   RELOAD_TIMEOUT how long to wait for the new generation (default 10m)
 #   VERIFY_FLAGS   more flags for baton verify, e.g. "--slow /report --version-header X-Release"
@@ -30,8 +31,22 @@ fi
 [ $# -eq 1 ] || die "usage: deploy.sh [--verify URL] RELEASE_DIR"
 release=$(cd "$1" 2>/dev/null && pwd -P) || die "release directory $1 does not exist"
 app_root=${APP_ROOT:-$(dirname "$(dirname "$release")")}
-baton=${BATON:-baton}
 current="$app_root/current"
+
+# Find baton and make sure it runs before anything is touched: a deploy that
+# cannot ask baton must not move current (nor "roll back" a release that was
+# never tried).
+if [ -n "${BATON:-}" ]; then
+	baton=$BATON
+elif command -v baton >/dev/null 2>&1; then
+	baton=baton
+else
+	baton="$(cd "$(dirname "$0")/.." && pwd)/bin/baton"
+fi
+command -v "$baton" >/dev/null 2>&1 ||
+	die "baton not found (tried ${BATON:-baton on \$PATH, then $baton}): run make install, or set BATON=/path/to/baton; nothing changed"
+ver=$("$baton" --version 2>&1) ||
+	die "cannot run $baton --version: $(echo "$ver" | head -n 1); nothing changed"
 
 previous=""
 if [ -L "$current" ]; then
@@ -47,7 +62,7 @@ swap() {
 }
 
 swap "$release"
-echo "deploy: current -> $release"
+echo "deploy: current -> $release ($ver)"
 
 set +e
 if [ -n "$verify_url" ]; then

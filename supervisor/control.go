@@ -120,6 +120,7 @@ func (m *master) status() control.Status {
 	now := m.sys.now()
 	st := control.Status{
 		MasterPID:  m.self,
+		Version:    m.cfg.Version,
 		Generation: m.gen,
 		State:      m.stateName(),
 		UptimeMS:   ms(now.Sub(m.startAt)),

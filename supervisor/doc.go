@@ -24,7 +24,10 @@
 //	sys.go        the OS seam: process start, signals, clock and timers,
 //	              notifications; tests swap in a fake (fake_test.go)
 //	notify.go     the master's own sd_notify socket, for workers
-//	output.go     tagged worker output and the stderr tail of failures
+//	output.go     tagged worker output, inherit mode's stderr tee, and the
+//	              stderr tail of failures
+//	hints.go      advice for the usual first-run mistakes: a server binding
+//	              its own port, one that never sends READY=1
 //	shim.go       the trampoline that sets LISTEN_PID
 //	spawn.go      the one OS thread workers are forked from (PDEATHSIG)
 //	quiet.go      keeping the listening sockets out of the master's epoll

@@ -24,6 +24,7 @@ type (
 	evParentExited   struct{}
 	evWatchdog       struct{}
 	evStopAckTimeout struct{}
+	evAcceptCheck    struct{} // sample the accept queues (hints.go)
 )
 
 func (evSignal) isEvent()         {}
@@ -38,3 +39,4 @@ func (evUpgradeDone) isEvent()    {}
 func (evParentExited) isEvent()   {}
 func (evWatchdog) isEvent()       {}
 func (evStopAckTimeout) isEvent() {}
+func (evAcceptCheck) isEvent()    {}

@@ -63,6 +63,7 @@ type master struct {
 	failedStderr []string // the failing worker's last stderr lines
 	up           upgradeState
 	stopWaiters  []*ctlConn // held open until exit
+	accepts      *acceptWatch
 }
 
 // newMaster returns a master that has started nothing. gen is its
@@ -255,6 +256,7 @@ func (m *master) run() error {
 		go m.waitForParent()
 	}
 	m.startWatchdog()
+	m.startAcceptWatch()
 	// A slow generation must not trip systemd's start or reload timeout.
 	m.sdNotify("EXTEND_TIMEOUT_USEC=" + strconv.FormatInt((m.cfg.ReadyTimeout+m.cfg.DrainTimeout+10*time.Second).Microseconds(), 10))
 	m.boot()
@@ -333,6 +335,8 @@ func (m *master) handle(ev event) {
 		m.onParentExited()
 	case evStopAckTimeout:
 		m.answerReload()
+	case evAcceptCheck:
+		m.onAcceptCheck()
 	}
 }
 
@@ -397,11 +401,6 @@ func (m *master) bootDone() {
 	res := control.ReloadResult{Generation: m.gen, TotalMS: ms(total),
 		WorkersStartingMS: ms(workers), BatonMS: ms(total - workers)}
 	m.reportReady(res)
-	if m.up.parentAlive {
-		// This master's own handover is the last upgrade status shows.
-		res.OK, res.Code, res.OldMasterPID, res.NewMasterPID = true, control.ReloadOK, os.Getppid(), m.self
-		m.up.last = &res
-	}
 	if err := m.upg.Ready(); err != nil {
 		m.bootFailed(fmt.Errorf("%w: %w", ErrBootFailed, err), "could not signal readiness: "+err.Error())
 		return
@@ -451,6 +450,7 @@ func (m *master) onNotify(msg notifyMsg) {
 		m.log.Warn("notify message from unknown process ignored", zap.Int("sender_pid", msg.pid))
 		return
 	}
+	w.notified = true
 	if st, ok := msg.fields["STATUS"]; ok {
 		w.log.Debug("worker status", zap.String("status", st))
 	}

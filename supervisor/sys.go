@@ -164,14 +164,16 @@ func startOSProcess(sp *spawner, p procSpec, exited func(exitStatus)) (*osProces
 			Credential: p.cred,
 		},
 	}
-	var pipes *workerPipes
-	if p.output == OutputTagged {
-		var err error
-		if pipes, err = newWorkerPipes(); err != nil {
-			return nil, fmt.Errorf("output pipes: %w", err)
-		}
-		cmd.Stdout, cmd.Stderr = pipes.outW, pipes.errW
+	// Tagged: both streams through the master. Inherit: stderr is teed,
+	// so failure reports carry its last lines in both modes.
+	pipes, err := newWorkerPipes(p.output != OutputTagged)
+	if err != nil {
+		return nil, fmt.Errorf("output pipes: %w", err)
 	}
+	if pipes.outW != nil {
+		cmd.Stdout = pipes.outW
+	}
+	cmd.Stderr = pipes.errW
 	if err := sp.start(cmd); err != nil {
 		if pipes != nil {
 			pipes.abandon()

@@ -37,6 +37,9 @@ type worker struct {
 	killed  bool // SIGKILLed at the drain deadline
 	exited  bool // its exit was handled; late events for it are ignored
 	log     *zap.Logger
+	// notified: it sent something on NOTIFY_SOCKET (for the hint when
+	// --ready notify times out)
+	notified bool
 
 	stopReady      func() // ends the readiness watch
 	stopReadyTimer func()
@@ -167,11 +170,12 @@ func (m *master) onReadyTimeout(w *worker) {
 	if w.exited || w.state != stateStarting {
 		return
 	}
-	w.log.Error("worker not ready in time", zap.Duration("ready_timeout", m.cfg.ReadyTimeout))
+	hint := startHint(w.proc.StderrTail(), true, w.notified, m.ready.byNotify())
+	w.log.Error("worker not ready in time", zap.Duration("ready_timeout", m.cfg.ReadyTimeout), zap.String("hint", hint))
 	if m.phase == phaseBooting {
 		m.failedStderr = w.proc.StderrTail()
-		m.bootFailed(fmt.Errorf("%w: worker %d (pid %d) not ready after %s", ErrBootFailed, w.index, w.pid, m.cfg.ReadyTimeout),
-			fmt.Sprintf("worker %d (pid %d) not ready after %s (--ready-timeout)", w.index, w.pid, m.cfg.ReadyTimeout))
+		m.bootFailed(fmt.Errorf("%w: %s", ErrBootFailed, withHint(fmt.Sprintf("worker %d (pid %d) not ready after %s", w.index, w.pid, m.cfg.ReadyTimeout), hint)),
+			withHint(fmt.Sprintf("worker %d (pid %d) not ready after %s (--ready-timeout)", w.index, w.pid, m.cfg.ReadyTimeout), hint))
 		return
 	}
 	// A replacement that never comes up: drain it; its exit schedules another.
@@ -216,9 +220,13 @@ func (m *master) onExit(w *worker, st exitStatus) {
 		}
 		w.log.Error("worker exited "+when, fields...)
 		m.failedStderr = w.proc.StderrTail()
-		reason := fmt.Sprintf("worker %d (pid %d) exited with %s %s", w.index, w.pid, st, when)
+		reason := withHint(fmt.Sprintf("worker %d (pid %d) exited with %s %s", w.index, w.pid, st, when),
+			startHint(m.failedStderr, false, w.notified, m.ready.byNotify()))
 		m.bootFailed(fmt.Errorf("%w: %s", ErrBootFailed, reason), reason)
 	case m.phase == phaseServing && s != nil:
+		if hint := startHint(w.proc.StderrTail(), false, w.notified, m.ready.byNotify()); hint != "" {
+			fields = append(fields, zap.String("hint", hint))
+		}
 		w.log.Warn("worker exited unexpectedly", fields...)
 		if uptime >= backoffStable {
 			s.backoff = backoffMin

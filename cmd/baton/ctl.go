@@ -25,13 +25,15 @@ type exitCode struct {
 
 func (e *exitCode) Error() string { return e.msg }
 
-func controlFlags(timeout time.Duration) []cli.Flag {
+// controlFlags are the flags every control command takes; timeoutUsage says
+// what --timeout bounds for that command.
+func controlFlags(timeout time.Duration, timeoutUsage string) []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "control", EnvVars: []string{"BATON_CONTROL"},
 			Usage: "the master's control socket (default: beside --pid-file, else $XDG_RUNTIME_DIR/baton/control.sock or /run/baton/control.sock)"},
 		&cli.StringFlag{Name: "pid-file", EnvVars: []string{"BATON_PID_FILE"},
 			Usage: "find the control socket beside this pid file (app.pid -> app.sock)"},
-		&cli.DurationFlag{Name: "timeout", Value: timeout, Usage: "how long to wait for the outcome"},
+		&cli.DurationFlag{Name: "timeout", Value: timeout, Usage: timeoutUsage},
 	}
 }
 
@@ -66,7 +68,7 @@ func reloadCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 	return &cli.Command{
 		Name:  "reload",
 		Usage: "upgrade to a new generation and wait for the outcome (exit 0 took over, 1 rolled back, 2 not started, 3 unknown)",
-		Flags: append(controlFlags(10*time.Minute),
+		Flags: append(controlFlags(10*time.Minute, "how long to wait for the outcome of the upgrade (exit 3 if none by then)"),
 			&cli.BoolFlag{Name: "json", Usage: "print the outcome as JSON"}),
 		OnUsageError: onUsage,
 		Action: func(c *cli.Context) error {
@@ -113,7 +115,7 @@ func statusCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 	return &cli.Command{
 		Name:         "status",
 		Usage:        "show the master, its workers and the last upgrade",
-		Flags:        append(controlFlags(10*time.Second), &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
+		Flags:        append(controlFlags(10*time.Second, "how long to wait for the master's answer"), &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
 		OnUsageError: onUsage,
 		Action: func(c *cli.Context) error {
 			var st control.Status
@@ -134,7 +136,7 @@ func statusCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 }
 
 func printStatus(w io.Writer, st control.Status) {
-	fmt.Fprintf(w, "master %d  generation %d  %s  up %s\n", st.MasterPID, st.Generation, st.State, msDur(st.UptimeMS))
+	fmt.Fprintf(w, "master %d  generation %d  %s  up %s  baton %s\n", st.MasterPID, st.Generation, st.State, msDur(st.UptimeMS), st.Version)
 	fmt.Fprintf(w, "listening on %s\n", strings.Join(st.Listeners, ", "))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "WORKER\tPID\tSTATE\tUPTIME\tRESTARTS")
@@ -160,7 +162,7 @@ func stopCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 	return &cli.Command{
 		Name:         "stop",
 		Usage:        "drain every worker, stop the master, and wait until it has exited",
-		Flags:        controlFlags(2 * time.Minute),
+		Flags:        controlFlags(2*time.Minute, "how long to wait for the master to exit (exit 3 if it still runs then)"),
 		OnUsageError: onUsage,
 		Action: func(c *cli.Context) error {
 			var ack control.StopAck

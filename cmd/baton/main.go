@@ -24,8 +24,6 @@ const (
 	exitUsage   = 2 // bad flags or arguments
 )
 
-var version = "dev"
-
 // usageError marks errors the user fixes by changing the command line.
 type usageError struct{ err error }
 
@@ -54,6 +52,9 @@ func run(args []string) int {
 	case errors.As(err, &ec):
 		return ec.code
 	}
+	if _, ok := err.(cli.ExitCoder); ok {
+		return exitUsage // cli's own: "No help topic for …"
+	}
 	return exitFailure
 }
 
@@ -66,19 +67,20 @@ func newApp() *cli.App {
 	return &cli.App{
 		Name:    "baton",
 		Usage:   "run N workers of a server on sockets that survive upgrades",
-		Version: version,
+		Version: buildVersion(),
 		// Errors are printed once, by run, as a single line; cli must
 		// neither print help nor call os.Exit behind our back.
-		ExitErrHandler:  func(*cli.Context, error) {},
-		OnUsageError:    onUsage,
-		HideHelpCommand: true,
+		ExitErrHandler:       func(*cli.Context, error) {},
+		OnUsageError:         onUsage,
+		EnableBashCompletion: true,
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
 				return &usageError{fmt.Errorf("unknown command %q (see baton --help)", c.Args().First())}
 			}
 			return &usageError{errors.New("no command given (see baton --help)")}
 		},
-		Commands: []*cli.Command{runCommand(onUsage), reloadCommand(onUsage), statusCommand(onUsage), stopCommand(onUsage), verifyCommand(onUsage)},
+		Commands: []*cli.Command{runCommand(onUsage), reloadCommand(onUsage), statusCommand(onUsage), stopCommand(onUsage),
+			verifyCommand(onUsage), completionCommand(), manCommand()},
 	}
 }
 
@@ -112,7 +114,7 @@ func runFlags() []cli.Flag {
 		&cli.StringFlag{Name: "env-file", EnvVars: env("env-file"),
 			Usage: "KEY=VALUE lines added to workers' environment, read anew by every generation"},
 		&cli.StringSliceFlag{Name: "compat", EnvVars: env("compat"),
-			Usage: "also describe the sockets the way another supervisor does: einhorn (EINHORN_FD_*), server-starter (SERVER_STARTER_PORT)"},
+			Usage: "also describe the sockets the way another supervisor does: einhorn (EINHORN_FD_COUNT, EINHORN_FD_0, …), server-starter (SERVER_STARTER_PORT)"},
 		&cli.StringFlag{Name: "worker-output", EnvVars: env("worker-output"),
 			Usage: "tagged (baton logs each line of workers' stdout/stderr with generation, worker and pid) or inherit (default: inherit on a terminal, tagged otherwise)"},
 		&cli.StringFlag{Name: "log-format", EnvVars: env("log-format"),
@@ -143,7 +145,7 @@ func runCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 			}
 			defer syncLogger(log)
 			cfg.Log = log.Named("master")
-			cfg.Version = version
+			cfg.Version = buildVersion()
 			cfg.ReopenLogs = reopen
 			return supervisor.Run(cfg)
 		},

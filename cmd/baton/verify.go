@@ -51,7 +51,7 @@ func verifyCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 			"requests), triggers --reloads upgrades one after another through the master's control socket,\n" +
 			"keeps loading for --interval after the last, and reports failed requests by kind and by the\n" +
 			"upgrade after which they happened. Only loopback addresses unless --allow-remote.",
-		Flags: append(controlFlags(2*time.Minute),
+		Flags: append(controlFlags(2*time.Minute, "how long to wait for the outcome of each upgrade"),
 			&cli.StringFlag{Name: "url", Usage: "http://HOST:PORT/PATH to load (loopback unless --allow-remote)"},
 			&cli.StringFlag{Name: "unix-socket", Usage: "connect to this unix socket instead of --url's host (which then only names the Host header)"},
 			&cli.IntFlag{Name: "reloads", Value: 1, Usage: "upgrades to trigger, one after another"},

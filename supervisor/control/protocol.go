@@ -73,6 +73,7 @@ const (
 // Status answers a status request. Durations are milliseconds.
 type Status struct {
 	MasterPID   int            `json:"master_pid"`
+	Version     string         `json:"version"` // baton's, of this master
 	Generation  int            `json:"generation"`
 	State       string         `json:"state"` // one of the State* constants
 	UptimeMS    float64        `json:"uptime_ms"`
