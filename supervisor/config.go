@@ -262,7 +262,7 @@ func ResolveCommand(dir, name string) (string, error) {
 func checkPIDFile(path string) error {
 	if b, err := os.ReadFile(path); err == nil {
 		var pid int
-		if _, err := fmt.Sscan(strings.TrimSpace(string(b)), &pid); err == nil && pid > 0 && pid != os.Getpid() && pid != os.Getppid() {
+		if _, err := fmt.Sscan(strings.TrimSpace(string(b)), &pid); err == nil && pid > 0 && pid != os.Getpid() && pid != os.Getppid() && strconv.Itoa(pid) != os.Getenv(envKeeperPID) {
 			// Our parent is the old master during an upgrade: the file is its.
 			if err := syscall.Kill(pid, 0); err == nil || errors.Is(err, syscall.EPERM) {
 				return badConfig("--pid-file", strconv.Quote(path), fmt.Sprintf("names running process %d", pid), nil)

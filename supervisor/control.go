@@ -109,10 +109,15 @@ func (m *master) onControl(c *ctlConn) {
 		}
 		m.up.waiters = append(m.up.waiters, c)
 	case control.CmdStop:
-		c.reply(control.StopAck{OK: true, MasterPID: m.self})
+		c.reply(control.StopAck{OK: true, MasterPID: m.self, KeeperPID: m.keeperPID()})
 		// Held open: the client sees EOF when this process exits.
 		m.stopWaiters = append(m.stopWaiters, c)
 		m.stop("control")
+		if m.keeperPID() != 0 {
+			// The keeper stops every other master too: one starting a new
+			// generation must not take over after the stop.
+			m.sdNotify(keeperStop + "=1")
+		}
 	}
 }
 
@@ -120,6 +125,7 @@ func (m *master) status() control.Status {
 	now := m.sys.now()
 	st := control.Status{
 		MasterPID:  m.self,
+		KeeperPID:  m.keeperPID(),
 		Version:    m.cfg.Version,
 		Generation: m.gen,
 		State:      m.stateName(),

@@ -24,6 +24,7 @@ type (
 	evParentExited   struct{}
 	evWatchdog       struct{}
 	evStopAckTimeout struct{}
+	evKeeperGone     struct{}
 	evAcceptCheck    struct{} // sample the accept queues (hints.go)
 )
 
@@ -39,4 +40,5 @@ func (evUpgradeDone) isEvent()    {}
 func (evParentExited) isEvent()   {}
 func (evWatchdog) isEvent()       {}
 func (evStopAckTimeout) isEvent() {}
+func (evKeeperGone) isEvent()     {}
 func (evAcceptCheck) isEvent()    {}

@@ -17,6 +17,7 @@ import (
 	"github.com/baton-sh/baton/supervisor/sockets"
 	"github.com/cloudflare/tableflip"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
 // ErrBootFailed is wrapped by Run's error when the first generation of a
@@ -63,6 +64,7 @@ type master struct {
 	failedStderr []string // the failing worker's last stderr lines
 	up           upgradeState
 	stopWaiters  []*ctlConn // held open until exit
+	stopAsked    bool       // a stop signal came after the handover
 	accepts      *acceptWatch
 }
 
@@ -102,8 +104,24 @@ func newMaster(cfg Config, s sys, upg upgrader, gen int) *master {
 // on a setup failure (sockets, control socket, --env-file); only in the last
 // two cases is nothing of this master left running.
 func Run(cfg Config) error {
+	keeper := os.Getenv(envKeeperPID)
+	pidFile := cfg.PIDFile
+	if keeper != "" {
+		// The keeper owns the pid file: its pid, for the service's life.
+		pidFile = ""
+		// Announce this master first thing: the keeper must know it
+		// before the old master can exit.
+		if err := osutil.SendNotify(os.Getenv("NOTIFY_SOCKET"), keeperRegister+"=1"); err != nil {
+			return fmt.Errorf("announce to keeper %s: %w", keeper, err)
+		}
+		if os.Getenv("LISTEN_PID") == keeper {
+			// Sockets of a systemd .socket unit, passed on by the keeper
+			// at the same fd numbers.
+			os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
+		}
+	}
 	upg, err := tableflip.New(tableflip.Options{
-		PIDFile: cfg.PIDFile,
+		PIDFile: pidFile,
 		// The new master rolls itself back after the ready timeout and a
 		// drain of what it started (PEERS P17); tableflip must not SIGKILL
 		// it first.
@@ -137,7 +155,23 @@ func Run(cfg Config) error {
 		m.release(false)
 		return err
 	}
-	return m.run()
+	if keeper != "" {
+		pid, _ := strconv.Atoi(keeper)
+		if err := m.watchKeeper(pid); err != nil {
+			m.release(false)
+			return err
+		}
+	}
+	err = m.run()
+	if keeper != "" {
+		// The status cmd/baton exits with (ErrBootFailed and the like: 1).
+		code := 0
+		if err != nil {
+			code = 1
+		}
+		m.sdNotify(keeperExit + "=" + strconv.Itoa(code))
+	}
+	return err
 }
 
 // setup binds (or inherits) the sockets and opens the notify and control
@@ -224,7 +258,7 @@ func (m *master) release(owner bool) {
 	if owner || !m.up.parentAlive {
 		m.upg.Stop()
 		<-m.upg.Exit()
-		if owner && m.cfg.PIDFile != "" {
+		if owner && m.cfg.PIDFile != "" && os.Getenv(envKeeperPID) == "" {
 			if b, err := os.ReadFile(m.cfg.PIDFile); err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(m.self) {
 				os.Remove(m.cfg.PIDFile)
 			}
@@ -335,6 +369,8 @@ func (m *master) handle(ev event) {
 		m.onParentExited()
 	case evStopAckTimeout:
 		m.answerReload()
+	case evKeeperGone:
+		m.onKeeperGone()
 	case evAcceptCheck:
 		m.onAcceptCheck()
 	}
@@ -343,6 +379,13 @@ func (m *master) handle(ev event) {
 func (m *master) onSignal(sig syscall.Signal) {
 	switch sig {
 	case syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT:
+		if m.phase == phaseHandedOver && !m.stopAsked {
+			// Already on its way out: the first stop means "finish the
+			// drain, then exit", as it would for a serving master.
+			m.stopAsked = true
+			m.log.Info("stop requested while draining after handover: finishing the drain", zap.String("signal", sigName(sig)))
+			return
+		}
 		if m.phase == phaseStopping || m.phase == phaseHandedOver {
 			if sig != syscall.SIGQUIT {
 				m.log.Warn("second stop signal: killing workers now", zap.String("signal", sigName(sig)))
@@ -505,3 +548,40 @@ func specStrings(specs []sockets.Spec) []string {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// watchKeeper ends this master, and so its workers, when the keeper dies:
+// SIGKILLed or OOM-killed, it can no longer stop or follow the service,
+// and nothing may outlive it. The master's own parent may be an old
+// master, so PR_SET_PDEATHSIG cannot say it; a pidfd can.
+func (m *master) watchKeeper(pid int) error {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return fmt.Errorf("watch keeper %d: %w", pid, err)
+	}
+	go func() {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		for {
+			if _, err := unix.Poll(fds, -1); !errors.Is(err, syscall.EINTR) {
+				break
+			}
+		}
+		m.post(evKeeperGone{})
+	}()
+	return nil
+}
+
+// onKeeperGone kills every worker now; the loop ends once they are reaped.
+func (m *master) onKeeperGone() {
+	m.log.Error("keeper is gone: killing workers and exiting")
+	if m.phase != phaseHandedOver {
+		m.phase = phaseStopping
+	}
+	m.drainAll() // stops restarts and readiness
+	m.killAll()
+}
+
+// keeperPID is the keeper's pid, or 0 when this master has none.
+func (m *master) keeperPID() int {
+	pid, _ := strconv.Atoi(os.Getenv(envKeeperPID))
+	return pid
+}

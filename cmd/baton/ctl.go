@@ -137,6 +137,9 @@ func statusCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 
 func printStatus(w io.Writer, st control.Status) {
 	fmt.Fprintf(w, "master %d  generation %d  %s  up %s  baton %s\n", st.MasterPID, st.Generation, st.State, msDur(st.UptimeMS), st.Version)
+	if st.KeeperPID != 0 {
+		fmt.Fprintf(w, "keeper %d (the service's pid)\n", st.KeeperPID)
+	}
 	fmt.Fprintf(w, "listening on %s\n", strings.Join(st.Listeners, ", "))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "WORKER\tPID\tSTATE\tUPTIME\tRESTARTS")
@@ -174,6 +177,10 @@ func stopCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 			// The master holds this connection until it exits.
 			if err := conn.WaitClosed(); err != nil || !control.WaitExited(ack.MasterPID, 5*time.Second) {
 				return &exitCode{exitUnknown, fmt.Sprintf("master %d still stopping after %s (--timeout)", ack.MasterPID, c.Duration("timeout"))}
+			}
+			// The keeper exits once no master is left: then nothing runs.
+			if ack.KeeperPID != 0 && !control.WaitExited(ack.KeeperPID, c.Duration("timeout")) {
+				return &exitCode{exitUnknown, fmt.Sprintf("keeper %d still running after %s (--timeout)", ack.KeeperPID, c.Duration("timeout"))}
 			}
 			fmt.Printf("master %d stopped\n", ack.MasterPID)
 			return nil

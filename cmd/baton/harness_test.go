@@ -215,6 +215,22 @@ func startBaton(t *testing.T, env []string, args ...string) *baton {
 // a shell), with JSON logs on a pipe.
 func startBatonCmd(t *testing.T, cmd *exec.Cmd, env []string) *baton {
 	t.Helper()
+	b := launch(t, cmd, env)
+	t.Cleanup(func() {
+		for _, pid := range b.pids() {
+			killOurs(pid)
+		}
+		select {
+		case <-b.done:
+		case <-time.After(5 * time.Second):
+		}
+	})
+	return b
+}
+
+// launch starts cmd with JSON logs on a pipe; the caller arranges cleanup.
+func launch(t *testing.T, cmd *exec.Cmd, env []string) *baton {
+	t.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -231,15 +247,6 @@ func startBatonCmd(t *testing.T, cmd *exec.Cmd, env []string) *baton {
 	w.Close()
 	b := &baton{t: t, cmd: cmd, pid: cmd.Process.Pid, log: newLogTail(r), done: make(chan struct{}), control: ctl}
 	go func() { b.err = cmd.Wait(); close(b.done) }()
-	t.Cleanup(func() {
-		for _, pid := range b.pids() {
-			killOurs(pid)
-		}
-		select {
-		case <-b.done:
-		case <-time.After(5 * time.Second):
-		}
-	})
 	return b
 }
 
@@ -293,6 +300,13 @@ func (b *baton) waitExit(timeout time.Duration) int {
 	}
 	b.t.Fatalf("wait master: %v", b.err)
 	return -1
+}
+
+// firstMaster returns the pid of the first master, which the keeper (the
+// process the test started, b.pid) starts and logs.
+func (b *baton) firstMaster() int {
+	b.t.Helper()
+	return b.log.wait(b.t, "keeper started", nil, 20*time.Second).num("master_pid")
 }
 
 // waitReady waits until the generation of this master is serving.

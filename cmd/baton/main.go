@@ -43,7 +43,9 @@ func run(args []string) int {
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintln(os.Stderr, "baton: "+oneLine(err.Error()))
+	if msg := oneLine(err.Error()); msg != "" {
+		fmt.Fprintln(os.Stderr, "baton: "+msg)
+	}
 	var ue *usageError
 	var ec *exitCode
 	switch {
@@ -144,6 +146,17 @@ func runCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 				return &usageError{err}
 			}
 			defer syncLogger(log)
+			if !supervisor.UnderKeeper() {
+				// This process stays for the service's whole life; the
+				// masters below it come and go at every upgrade.
+				code := supervisor.Keep(supervisor.KeeperConfig{
+					Args: os.Args, PIDFile: cfg.PIDFile, ReopenLogs: reopen, Log: log.Named("keeper"),
+				})
+				if code != 0 {
+					return &exitCode{code, ""} // the master said why
+				}
+				return nil
+			}
 			cfg.Log = log.Named("master")
 			cfg.Version = buildVersion()
 			cfg.ReopenLogs = reopen

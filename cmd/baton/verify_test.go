@@ -167,7 +167,7 @@ func TestVerifyFindsRequestsDroppedByDrain(t *testing.T) {
 	b.waitReady()
 
 	code, rep, _ := verifyJSON(t, append([]string{"--url", "http://" + addr + "/", "--control", b.control,
-		"--slow", "/?sleep=500"}, verifyLight...)...)
+		"--slow", "/?sleep=3000"}, verifyLight...)...)
 	t.Logf("verify: requests %d, failed %d %v, first %+v", rep.Requests, rep.Failed, rep.FailedByKind, rep.FirstFailures)
 	if code != 1 || rep.Verified {
 		t.Fatalf("exit %d, verified %v; want 1, false", code, rep.Verified)
@@ -176,10 +176,10 @@ func TestVerifyFindsRequestsDroppedByDrain(t *testing.T) {
 		t.Fatalf("upgrades %+v: want one, handed over", rep.Upgrades)
 	}
 	dropped := rep.FailedByKind["eof"] + rep.FailedByKind["reset"]
-	// Whether a slow request was in flight at the kill is up to timing,
-	// so slow failures are not required.
-	if dropped == 0 || dropped != rep.Failed || rep.Upgrades[0].Failed != rep.Failed {
-		t.Errorf("failed %d %v (slow %d), after upgrade 1: %d: want every failure an EOF or reset after upgrade 1",
+	// A 3 s slow request started with the load is in flight on an old
+	// worker when the upgrade (0.3 s in) kills it.
+	if dropped == 0 || dropped != rep.Failed || rep.Upgrades[0].Failed != rep.Failed || rep.SlowFailed == 0 {
+		t.Errorf("failed %d %v (slow %d), after upgrade 1: %d: want every failure an EOF or reset after upgrade 1, the slow one among them",
 			rep.Failed, rep.FailedByKind, rep.SlowFailed, rep.Upgrades[0].Failed)
 	}
 }

@@ -73,7 +73,8 @@ const (
 // Status answers a status request. Durations are milliseconds.
 type Status struct {
 	MasterPID   int            `json:"master_pid"`
-	Version     string         `json:"version"` // baton's, of this master
+	KeeperPID   int            `json:"keeper_pid,omitempty"` // the stable process above the masters
+	Version     string         `json:"version"`              // baton's, of this master
 	Generation  int            `json:"generation"`
 	State       string         `json:"state"` // one of the State* constants
 	UptimeMS    float64        `json:"uptime_ms"`
@@ -106,6 +107,7 @@ type PrevStatus struct {
 type StopAck struct {
 	OK        bool `json:"ok"`
 	MasterPID int  `json:"master_pid"`
+	KeeperPID int  `json:"keeper_pid,omitempty"` // exits last, once no master is left
 }
 
 // Refusal answers any request the master will not carry out.
