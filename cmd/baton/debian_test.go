@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -49,6 +52,16 @@ type serverCase struct {
 	// release's name, so the answer tells which release serves.
 	files map[string]string
 	exe   string // the workers' /proc/PID/exe, for cleanup
+	// drainLine is what a worker (or its children) writes once its
+	// graceful stop has begun.
+	drainLine string
+	// mayDropUnread: the server is known to close, when its drain begins,
+	// connections it has accepted but not read a request from yet, so
+	// their clients get no answer (a flaw of the server's drain that no
+	// supervisor can undo: the connection is already in its hands). Such
+	// a server is checked for it; if it does, the load may see as many
+	// closed connections as workers were drained, and the test says so.
+	mayDropUnread bool
 }
 
 // wsgiApp answers "gunicorn release=… generation=… pid=…".
@@ -83,6 +96,14 @@ run lambda { |env|
 }
 `
 
+// pumaConfig makes puma read each request in a thread of its pool instead
+// of its reactor. With the reactor, a graceful stop closes every connection
+// whose request has not arrived yet, including ones puma has just accepted
+// from the shared socket: their clients get a closed connection and no
+// answer. In a pool thread the request is read and answered before the
+// thread pool lets puma exit.
+const pumaConfig = "queue_requests false\n"
+
 func TestGunicornUpgradesUnderLoad(t *testing.T) {
 	t.Parallel()
 	gunicorn := debianTool(t, "gunicorn", "gunicorn")
@@ -90,9 +111,12 @@ func TestGunicornUpgradesUnderLoad(t *testing.T) {
 		name: "gunicorn",
 		// gunicorn takes LISTEN_FDS sockets as they are (no --bind) and
 		// sends READY=1 itself; TERM is its graceful stop.
-		cmd:   func(string) []string { return []string{gunicorn, "--workers", "2", "--worker-class", "sync", "app:app"} },
-		files: map[string]string{"app.py": wsgiApp},
-		exe:   python3Exe(t),
+		cmd: func(string) []string {
+			return []string{gunicorn, "--workers", "2", "--worker-class", "sync", "app:app"}
+		},
+		files:     map[string]string{"app.py": wsgiApp},
+		exe:       python3Exe(t),
+		drainLine: "Handling signal: term",
 	})
 }
 
@@ -104,9 +128,12 @@ func TestPumaUpgradesUnderLoad(t *testing.T) {
 		name: "puma",
 		// The bind must name the inherited socket exactly as it is bound,
 		// or puma closes it and binds its own.
-		cmd:   func(addr string) []string { return []string{puma, "--bind", "tcp://" + addr, "config.ru"} },
-		files: map[string]string{"config.ru": rackApp},
-		exe:   ruby,
+		cmd: func(addr string) []string {
+			return []string{puma, "--config", "puma.rb", "--bind", "tcp://" + addr, "config.ru"}
+		},
+		files:     map[string]string{"config.ru": rackApp, "puma.rb": pumaConfig},
+		exe:       ruby,
+		drainLine: "Gracefully stopping",
 	})
 	// Issue 16: puma, ready through the sd_notify gem, which cannot reach
 	// an abstract NOTIFY_SOCKET. The generations above became ready on
@@ -181,8 +208,12 @@ func TestUvicornUpgradesUnderLoad(t *testing.T) {
 		cmd: func(string) []string {
 			return []string{uvicorn, "--fd", "3", "--lifespan", "off", "--no-access-log", "app:app"}
 		},
-		files: map[string]string{"app.py": asgiApp},
-		exe:   python3Exe(t),
+		files:     map[string]string{"app.py": asgiApp},
+		exe:       python3Exe(t),
+		drainLine: "Shutting down",
+		// Kludex/uvicorn#2757: its shutdown closes every connection
+		// without a request in progress, also one it has just accepted.
+		mayDropUnread: true,
 	})
 }
 
@@ -199,8 +230,9 @@ func TestNodeExampleReleasesUnderLoad(t *testing.T) {
 		cmd:   func(string) []string { return []string{node, "server.js"} },
 		// The example does not name its release; the answering process's
 		// working directory does.
-		files: map[string]string{"server.js": string(src)},
-		exe:   node,
+		files:     map[string]string{"server.js": string(src)},
+		exe:       node,
+		drainLine: "SIGTERM: draining",
 	})
 }
 
@@ -274,7 +306,7 @@ func releaseUpgradesUnderLoad(t *testing.T, c serverCase) *baton {
 	byGen := map[string]int{}
 	var foreign atomic.Int64
 	load := startLoad(t, loadgen.Config{
-		Network: "tcp", Addr: addr, Clients: 8, KeepAlive: 0.5,
+		Network: "tcp", Addr: addr, Clients: 4, KeepAlive: 0.5,
 		// Stopped below once the upgrades are done; these only bound it.
 		Duration: 90 * time.Second, MaxRequests: 1_000_000, Timeout: 10 * time.Second,
 		OnResponse: func(body []byte) {
@@ -291,11 +323,32 @@ func releaseUpgradesUnderLoad(t *testing.T, c serverCase) *baton {
 	answers := func(g int) int { mu.Lock(); defer mu.Unlock(); return byGen[strconv.Itoa(g)] }
 	eventually(t, 10*time.Second, "the load to get answers", func() bool { return answers(gen) >= 20 })
 
+	dropsUnread := false
 	for i := 1; i <= debianUpgrades; i++ {
 		deploy(i)
+		var unread *unreadConn
+		if i == 1 {
+			unread = startUnreadConn(t, addr, b.workerPids(gen))
+		}
 		from := b.log.len()
 		if err := syscall.Kill(master, syscall.SIGUSR2); err != nil {
 			t.Fatalf("USR2 to %d: %v", master, err)
+		}
+		if unread != nil {
+			// Once the worker holding it has begun its drain, the request
+			// is sent: a drain that finishes what it accepted answers it.
+			b.log.waitFrom(t, from, "worker output", func(e logEvent) bool {
+				return e.num("pid") == unread.worker && strings.Contains(e.str("line"), c.drainLine)
+			}, 60*time.Second)
+			body, err := unread.request()
+			switch {
+			case err == nil && strings.HasPrefix(body, c.name+" "):
+			case c.mayDropUnread:
+				dropsUnread = true
+				t.Logf("%s closed a connection it had accepted, unread, when its drain began (%v): the load may see that too", c.name, err)
+			default:
+				t.Fatalf("a connection accepted before the drain began, request sent after: answer %q, %v", body, err)
+			}
 		}
 		ev, _ := b.log.waitFrom(t, from, "handover complete: new generation serving",
 			func(e logEvent) bool { return e.num("generation") == gen+1 }, 60*time.Second)
@@ -314,7 +367,13 @@ func releaseUpgradesUnderLoad(t *testing.T, c serverCase) *baton {
 		master = newMaster
 	}
 	res := load.finish()
-	if res.Failures() != 0 {
+	// A dropped connection reads as EOF, or as a reset when the request
+	// was already in the kernel's buffer as the server closed it.
+	if dropped := res.Failed[loadgen.EOF] + res.Failed[loadgen.Reset]; dropsUnread && res.Failures() == dropped && dropped <= 2*debianUpgrades {
+		if n := res.Failures(); n > 0 {
+			t.Logf("%s: %d requests on connections it dropped unread at drain (its own flaw, shown above)", c.name, n)
+		}
+	} else if res.Failures() != 0 {
 		t.Fatalf("failed requests across %d upgrades: %s\nlog:\n%s", debianUpgrades, res, b.log.dump())
 	}
 	if n := foreign.Load(); n != 0 {
@@ -364,4 +423,69 @@ func rubyWithSdNotify(t *testing.T) string {
 		t.Skipf("ruby cannot load the sd_notify gem (%v: %s): needs Debian package ruby-sd-notify (.ci/run installs it)", err, bytes.TrimSpace(out))
 	}
 	return ruby
+}
+
+// unreadConn is a connection a worker has accepted and holds, with no
+// request sent on it yet.
+type unreadConn struct {
+	conn   net.Conn
+	worker int // the baton worker whose process (or child) holds it
+}
+
+// startUnreadConn connects to addr and waits until one of workers, or a
+// child of one (gunicorn's arbiter hands connections to its own workers),
+// has accepted the connection.
+func startUnreadConn(t *testing.T, addr string, workers []int) *unreadConn {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	u := &unreadConn{conn: conn}
+	port := conn.LocalAddr().(*net.TCPAddr).Port
+	eventually(t, 10*time.Second, "a worker to accept the connection", func() bool {
+		for _, w := range workers {
+			if heldBy(addr, port, append([]int{w}, childPids(w)...)) != 0 {
+				u.worker = w
+				return true
+			}
+		}
+		return false
+	})
+	return u
+}
+
+// request sends GET / on the connection and returns the answer's body.
+func (u *unreadConn) request() (string, error) {
+	defer u.conn.Close()
+	u.conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(u.conn, "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"); err != nil {
+		return "", err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(u.conn), nil)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return string(body), err
+}
+
+// childPids lists the children of pid (all its threads').
+func childPids(pid int) []int {
+	var out []int
+	tasks, _ := filepath.Glob("/proc/" + strconv.Itoa(pid) + "/task/*/children")
+	for _, f := range tasks {
+		b, _ := os.ReadFile(f)
+		for _, s := range strings.Fields(string(b)) {
+			if p, err := strconv.Atoi(s); err == nil {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
 }
