@@ -353,11 +353,12 @@ func releaseUpgradesUnderLoad(t *testing.T, c serverCase) *baton {
 		ev, _ := b.log.waitFrom(t, from, "handover complete: new generation serving",
 			func(e logEvent) bool { return e.num("generation") == gen+1 }, 60*time.Second)
 		newMaster := ev.num("master_pid")
-		b.log.waitFrom(t, from, "previous master exited",
+		exited, _ := b.log.waitFrom(t, from, "previous master exited",
 			func(e logEvent) bool { return e.num("master_pid") == newMaster }, 60*time.Second)
 		if load.ended() {
 			t.Fatalf("load ended before upgrade %d was done: %s", i, load.finish())
 		}
+		t.Logf("upgrade %d: new generation ready %.0f ms after USR2, old one gone %s later", i, ev["total"], eventGap(ev, exited))
 		// The old master has exited with its workers: whatever answers
 		// now is the new release.
 		gen++
@@ -423,6 +424,16 @@ func rubyWithSdNotify(t *testing.T) string {
 		t.Skipf("ruby cannot load the sd_notify gem (%v: %s): needs Debian package ruby-sd-notify (.ci/run installs it)", err, bytes.TrimSpace(out))
 	}
 	return ruby
+}
+
+// eventGap is the time from event a to event b by their timestamps.
+func eventGap(a, b logEvent) time.Duration {
+	ta, errA := time.Parse(time.RFC3339Nano, a.str("ts"))
+	tb, errB := time.Parse(time.RFC3339Nano, b.str("ts"))
+	if errA != nil || errB != nil {
+		return -1
+	}
+	return tb.Sub(ta).Round(time.Millisecond)
 }
 
 // unreadConn is a connection a worker has accepted and holds, with no
