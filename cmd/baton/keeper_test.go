@@ -218,15 +218,3 @@ func parentPid(pid int) int {
 	_, ppid, _ := procStat(pid)
 	return ppid
 }
-
-// childPids lists pid's children.
-func childPids(pid int) []int {
-	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/task/" + strconv.Itoa(pid) + "/children")
-	var out []int
-	for _, f := range strings.Fields(string(b)) {
-		if c, err := strconv.Atoi(f); err == nil {
-			out = append(out, c)
-		}
-	}
-	return out
-}
