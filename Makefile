@@ -2,7 +2,7 @@ GO        ?= go
 BIN       := bin
 DEMO_ADDR ?= 127.0.0.1:8080
 
-.PHONY: all build demo test check bench fuzz clean
+.PHONY: all build demo test check bench bench-deps fuzz clean
 
 all: build
 
@@ -21,6 +21,14 @@ check:
 
 test: check
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+# Phase 6 of the benchmark runs nginx's binary upgrade and Unicorn's USR2
+# beside baton when they are installed; this installs them (Debian, as root).
+# The package's postinst may start nginx on port 80 where systemd runs; the
+# benchmark starts its own on loopback and leaves that one alone.
+bench-deps:
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y nginx-light unicorn
 
 bench:
 	$(GO) run ./scripts/zdbench $(BENCHFLAGS)
