@@ -14,7 +14,7 @@ DATADIR   ?= $(PREFIX)/share
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null)
 LDFLAGS   := $(if $(VERSION),-X main.version=$(VERSION))
 
-.PHONY: all build docs demo test check bench fuzz clean install uninstall
+.PHONY: all build docs demo test check bench bench-deps clean install uninstall
 
 all: build
 
@@ -64,6 +64,14 @@ check:
 
 test: check
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+# Phase 6 of the benchmark runs nginx's binary upgrade and Unicorn's USR2
+# beside baton when they are installed; this installs them (Debian, as root).
+# The package's postinst may start nginx on port 80 where systemd runs; the
+# benchmark starts its own on loopback and leaves that one alone.
+bench-deps:
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y nginx-light unicorn
 
 bench:
 	$(GO) run ./scripts/zdbench $(BENCHFLAGS)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"strconv"
 	"sync"
 	"time"
@@ -45,14 +46,20 @@ type genSeen struct {
 	n           int
 }
 
-// genTracker records, per generation named in hello's answer, the first and
-// last response seen on a fresh connection.
+// genTracker records, per generation named in the answer ("generation=G",
+// from hello, the nginx config or the unicorn app), the first and last
+// response seen on a fresh connection.
 type genTracker struct {
 	mu   sync.Mutex
 	gens map[int]*genSeen
+	// newGen is closed and replaced when a generation is seen for the first
+	// time (not on every response: that would cost the load clients).
+	newGen chan struct{}
 }
 
-func newGenTracker() *genTracker { return &genTracker{gens: map[int]*genSeen{}} }
+func newGenTracker() *genTracker {
+	return &genTracker{gens: map[int]*genSeen{}, newGen: make(chan struct{})}
+}
 
 func (t *genTracker) saw(body []byte) {
 	at := time.Now()
@@ -65,6 +72,8 @@ func (t *genTracker) saw(body []byte) {
 	s := t.gens[g]
 	if s == nil {
 		t.gens[g] = &genSeen{first: at, last: at, n: 1}
+		close(t.newGen)
+		t.newGen = make(chan struct{})
 		return
 	}
 	if at.Before(s.first) {
@@ -84,6 +93,33 @@ func (t *genTracker) get(gen int) (genSeen, bool) {
 		return genSeen{}, false
 	}
 	return *s, true
+}
+
+// waitSeen blocks until an answer from generation gen has been seen on a
+// fresh connection, timeout passes or ctx ends.
+func (t *genTracker) waitSeen(ctx context.Context, gen int, timeout time.Duration) (genSeen, error) {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		t.mu.Lock()
+		var seen *genSeen
+		if s := t.gens[gen]; s != nil {
+			c := *s
+			seen = &c
+		}
+		ch := t.newGen
+		t.mu.Unlock()
+		if seen != nil {
+			return *seen, nil
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			return genSeen{}, fmt.Errorf("no answer from generation %d on a fresh connection within %s", gen, timeout)
+		case <-ctx.Done():
+			return genSeen{}, fmt.Errorf("waiting for generation %d: %w", gen, ctx.Err())
+		}
+	}
 }
 
 // generationOf reads "generation=G" from hello's answer.
