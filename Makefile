@@ -19,8 +19,9 @@ check:
 	@test -z "$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go'))" || { gofmt -l $$(git ls-files -co --exclude-standard '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet ./...
 
+# TESTFLAGS=-v lists skipped tests with their reasons (.ci/run does).
 test: check
-	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...
 
 bench:
 	$(GO) run ./scripts/zdbench $(BENCHFLAGS)
