@@ -87,7 +87,7 @@ func runFlags() []cli.Flag {
 	}
 	return []cli.Flag{
 		&cli.StringSliceFlag{Name: "listen", Aliases: []string{"l"}, EnvVars: env("listen"),
-			Usage: "socket to listen on, repeatable: [NAME=][tcp|tcp4|tcp6://]HOST:PORT or [NAME=]unix:///PATH"},
+			Usage: "socket to listen on, repeatable: [NAME=][tcp|tcp4|tcp6|mptcp://]HOST:PORT or [NAME=]unix:///PATH[?mode=0660&user=U&group=G] (under --user, unix socket files default to the worker user and mode 0666)"},
 		&cli.IntFlag{Name: "workers", Aliases: []string{"w"}, Value: 1, EnvVars: env("workers"),
 			Usage: "number of worker processes"},
 		&cli.StringFlag{Name: "ready", Value: "notify", EnvVars: env("ready"),
@@ -187,6 +187,10 @@ func configFrom(c *cli.Context) (supervisor.Config, error) {
 	}
 	if cfg.Credential, err = supervisor.LookupCredential(c.String("user"), c.String("group")); err != nil {
 		return cfg, err
+	}
+	if cr := cfg.Credential; cr != nil {
+		// Workers run as another user: their unix sockets are theirs.
+		sockets.DefaultPerm(cfg.Listen, int(cr.Uid), int(cr.Gid))
 	}
 	switch cfg.WorkerOutput = c.String("worker-output"); cfg.WorkerOutput {
 	case "":
