@@ -126,7 +126,7 @@ func Run(cfg Config) error {
 	m := newMaster(cfg, s, upg, gen)
 	m.up = up
 	m.shell = findShell()
-	m.baseEnv = workerBaseEnv(os.Environ())
+	m.baseEnv = workerBaseEnv(os.Environ(), cfg.WorkerOutput == OutputTagged)
 	if cfg.EnvFile != "" {
 		extra, err := ReadEnvFile(cfg.EnvFile)
 		if err != nil {
