@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/baton-sh/baton/supervisor/control"
 	"github.com/baton-sh/baton/supervisor/sockets"
 	"go.uber.org/zap"
 )
@@ -28,8 +29,12 @@ type Config struct {
 	PIDFile      string // absolute; empty for none
 	Chdir        string // workers' working directory; resolved anew by every master
 	Command      []string
-	// Control is the control socket's path ("" for none). When
-	// ControlExplicit is false, failing to bind it is only a warning.
+	// Control is the control socket's path ("" for none, in tests).
+	// Failing to bind it refuses the start: a master that cannot be
+	// reached, or a path answered by another service, would let "baton
+	// reload" reach the wrong one. ControlExplicit says it was given with
+	// --control, not derived (control.DefaultPath), for error messages
+	// and the directory check.
 	Control         string
 	ControlExplicit bool
 	// EnvFile holds KEY=VALUE lines added to workers' environment. Every
@@ -188,6 +193,9 @@ func (c *Config) Check() error {
 			return err
 		}
 	}
+	if err := c.checkControl(); err != nil {
+		return err
+	}
 	if c.EnvFile != "" {
 		if _, err := ReadEnvFile(c.EnvFile); err != nil {
 			return err
@@ -275,5 +283,32 @@ func checkPIDFile(path string) error {
 	}
 	f.Close()
 	os.Remove(f.Name())
+	return nil
+}
+
+// controlFlag names the control socket's path in errors: the flag, or
+// where the default came from.
+func (c *Config) controlFlag() string {
+	if c.ControlExplicit {
+		return "--control"
+	}
+	return "control socket (default; set --control)"
+}
+
+// checkControl refuses a control socket path no socket can have, and one
+// that is also a listening socket (the workers would answer baton's
+// commands, or the control socket would replace the listener).
+func (c *Config) checkControl() error {
+	if c.Control == "" {
+		return nil
+	}
+	if err := control.CheckPath(c.Control); err != nil {
+		return badConfig(c.controlFlag(), strconv.Quote(c.Control), "", err)
+	}
+	for _, s := range c.Listen {
+		if s.Network == "unix" && s.Addr == c.Control {
+			return badConfig(c.controlFlag(), strconv.Quote(c.Control), "is also a --listen socket", nil)
+		}
+	}
 	return nil
 }

@@ -170,12 +170,10 @@ func (m *master) setup() error {
 	}
 	m.notify = n
 	if m.cfg.Control != "" {
+		// Never a warning: a master nothing can reach, or a path another
+		// service answers on, makes "baton reload" reach the wrong one.
 		if err := m.openControl(reg); err != nil {
-			if m.cfg.ControlExplicit {
-				return err
-			}
-			m.log.Warn("no control socket: baton reload/status/stop will not reach this master",
-				zap.String("control", m.cfg.Control), zap.Error(err))
+			return err
 		}
 	}
 	return nil
@@ -185,14 +183,20 @@ func (m *master) setup() error {
 // goes through tableflip, so every new master answers on the same path.
 func (m *master) openControl(reg sockets.Registry) error {
 	path := m.cfg.Control
+	flag := m.cfg.controlFlag()
 	if !strings.HasPrefix(path, "@") {
 		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			return fmt.Errorf("--control %q: %w", path, err)
+			return fmt.Errorf("%s %q: %w", flag, path, err)
+		}
+		if !m.cfg.ControlExplicit && filepath.Dir(path) == control.Dir() {
+			if err := control.CheckDir(filepath.Dir(path)); err != nil {
+				return fmt.Errorf("%s %q: %w", flag, path, err)
+			}
 		}
 	}
 	set, err := sockets.Open(reg, []sockets.Spec{{Name: "control", Network: "unix", Addr: path}}, nil)
 	if err != nil {
-		return fmt.Errorf("--control: %w", err)
+		return fmt.Errorf("%s: %w", flag, err)
 	}
 	defer set.Close()
 	ln, err := net.FileListener(set.Files()[0])

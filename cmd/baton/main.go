@@ -101,7 +101,7 @@ func runFlags() []cli.Flag {
 		&cli.StringFlag{Name: "pid-file", EnvVars: env("pid-file"),
 			Usage: "write the serving master's pid here"},
 		&cli.StringFlag{Name: "control", EnvVars: env("control"),
-			Usage: "control socket for baton reload/status/stop (default: beside --pid-file as NAME.sock, else $XDG_RUNTIME_DIR/baton/control.sock or /run/baton/control.sock)"},
+			Usage: "control socket for baton reload/status/stop (default: beside --pid-file as NAME.sock, else one per set of --listen values in $XDG_RUNTIME_DIR/baton, /run/baton for root)"},
 		&cli.StringFlag{Name: "chdir", EnvVars: env("chdir"),
 			Usage: "workers' working directory, resolved anew at every upgrade (e.g. /srv/app/current)"},
 		&cli.StringFlag{Name: "user", EnvVars: env("user"),
@@ -202,9 +202,10 @@ func configFrom(c *cli.Context) (supervisor.Config, error) {
 	default:
 		return cfg, fmt.Errorf("--worker-output %q: want tagged or inherit", cfg.WorkerOutput)
 	}
-	cfg.Control, cfg.ControlExplicit = c.String("control"), c.IsSet("control")
+	cfg.Control = c.String("control")
+	cfg.ControlExplicit = cfg.Control != ""
 	if cfg.Control == "" {
-		cfg.Control = control.DefaultPath(cfg.PIDFile)
+		cfg.Control = control.DefaultPath(cfg.PIDFile, specStrings(specs))
 	} else if !strings.HasPrefix(cfg.Control, "@") {
 		if cfg.Control, err = filepath.Abs(cfg.Control); err != nil {
 			return cfg, fmt.Errorf("--control %q: %w", c.String("control"), err)

@@ -17,8 +17,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 )
 
@@ -144,17 +142,4 @@ func DecodeRequest(line []byte) (Request, error) {
 		names[i] = string(c)
 	}
 	return Request{}, fmt.Errorf("%w: unknown cmd %q (want %s)", ErrBadRequest, req.Cmd, strings.Join(names, ", "))
-}
-
-// DefaultPath is where the control socket lives when --control is not
-// given: beside the pid file (app.pid -> app.sock), else in the runtime
-// directory.
-func DefaultPath(pidFile string) string {
-	if pidFile != "" {
-		return strings.TrimSuffix(pidFile, ".pid") + ".sock"
-	}
-	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
-		return filepath.Join(d, "baton", "control.sock")
-	}
-	return "/run/baton/control.sock"
 }
