@@ -16,6 +16,7 @@ import (
 	"github.com/baton-sh/baton/supervisor/control"
 	"github.com/baton-sh/baton/supervisor/sockets"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
 // Config is everything a master needs. cmd/baton builds it from flags.
@@ -173,8 +174,8 @@ func (c *Config) Check() error {
 	if len(c.Listen) == 0 {
 		return badConfig("", "", "no --listen given", nil)
 	}
-	if c.Workers < 1 {
-		return badConfig("--workers", strconv.Itoa(c.Workers), "want at least 1", nil)
+	if err := c.checkWorkers(); err != nil {
+		return err
 	}
 	if c.Chdir != "" {
 		fi, err := os.Stat(c.Chdir)
@@ -268,6 +269,13 @@ func ResolveCommand(dir, name string) (string, error) {
 // checkPIDFile refuses a pid file naming a live process and a directory we
 // cannot write, before anything is bound or started.
 func checkPIDFile(path string) error {
+	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
+		what := "not a regular file"
+		if fi.IsDir() {
+			what = "is a directory"
+		}
+		return badConfig("--pid-file", strconv.Quote(path), what, nil)
+	}
 	if b, err := os.ReadFile(path); err == nil {
 		var pid int
 		if _, err := fmt.Sscan(strings.TrimSpace(string(b)), &pid); err == nil && pid > 0 && pid != os.Getpid() && pid != os.Getppid() {
@@ -308,6 +316,41 @@ func (c *Config) checkControl() error {
 	for _, s := range c.Listen {
 		if s.Network == "unix" && s.Addr == c.Control {
 			return badConfig(c.controlFlag(), strconv.Quote(c.Control), "is also a --listen socket", nil)
+		}
+	}
+	return nil
+}
+
+// MaxWorkers is the most workers one master runs. Each worker's exit is
+// waited for by a goroutine blocked in waitid(2), which holds an OS thread,
+// and a Go program dies (with a dump of every goroutine) past 10000
+// threads; this leaves room for the rest.
+const MaxWorkers = 4096
+
+// checkWorkers refuses a worker count the master or the machine's limits
+// cannot hold, before anything starts: past them, fork or pipe fails half
+// way through the start instead.
+func (c *Config) checkWorkers() error {
+	n := strconv.Itoa(c.Workers)
+	if c.Workers < 1 {
+		return badConfig("--workers", n, "want at least 1", nil)
+	}
+	if c.Workers > MaxWorkers {
+		return badConfig("--workers", n, fmt.Sprintf("want at most %d (one master waits on each worker with an OS thread)", MaxWorkers), nil)
+	}
+	// RLIMIT_NPROC counts every process of the workers' user and binds
+	// unless that user is root.
+	var lim syscall.Rlimit
+	asRoot := os.Geteuid() == 0 && (c.Credential == nil || c.Credential.Uid == 0)
+	if err := syscall.Getrlimit(unix.RLIMIT_NPROC, &lim); err == nil && !asRoot && lim.Cur != unix.RLIM_INFINITY && uint64(c.Workers) >= lim.Cur {
+		return badConfig("--workers", n, fmt.Sprintf("over the process limit (ulimit -u %d)", lim.Cur), nil)
+	}
+	// Tagged output takes two pipes per worker in the master, beside the
+	// sockets and the master's own few.
+	if c.WorkerOutput == OutputTagged {
+		need := uint64(2*c.Workers + len(c.Listen) + 64)
+		if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && lim.Cur != unix.RLIM_INFINITY && need > lim.Cur {
+			return badConfig("--workers", n, fmt.Sprintf("needs about %d open files for tagged output, over the limit (ulimit -n %d)", need, lim.Cur), nil)
 		}
 	}
 	return nil

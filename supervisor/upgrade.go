@@ -313,7 +313,9 @@ func (m *master) reportFailure(reason string) {
 	}
 	if err := m.sys.notifyTo(m.up.parentNotify, msg); err != nil {
 		m.log.Warn("could not tell the old master why this upgrade failed", zap.Error(err))
+		return
 	}
+	failureReported.Store(true)
 }
 
 // waitForParent posts evParentExited once the old master has exited.

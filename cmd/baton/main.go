@@ -45,6 +45,8 @@ func run(args []string) int {
 		return 0
 	}
 	fmt.Fprintln(os.Stderr, "baton: "+oneLine(err.Error()))
+	// A new master's failure goes to whoever asked for the upgrade too.
+	supervisor.ReportStartFailure(err)
 	var ue *usageError
 	var ec *exitCode
 	switch {
