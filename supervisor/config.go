@@ -29,6 +29,9 @@ type Config struct {
 	DrainTimeout time.Duration
 	PIDFile      string // absolute; empty for none
 	Chdir        string // workers' working directory; resolved anew by every master
+	// ChdirDefault says Chdir is where baton started (no --chdir given),
+	// for error messages.
+	ChdirDefault bool
 	Command      []string
 	// Control is the control socket's path ("" for none, in tests).
 	// Failing to bind it refuses the start: a master that cannot be
@@ -178,12 +181,16 @@ func (c *Config) Check() error {
 		return err
 	}
 	if c.Chdir != "" {
+		flag := "--chdir"
+		if c.ChdirDefault {
+			flag = "working directory (where baton started; set --chdir)"
+		}
 		fi, err := os.Stat(c.Chdir)
 		if err != nil {
-			return badConfig("--chdir", strconv.Quote(c.Chdir), "", osutil.Cause(err))
+			return badConfig(flag, strconv.Quote(c.Chdir), "", osutil.Cause(err))
 		}
 		if !fi.IsDir() {
-			return badConfig("--chdir", strconv.Quote(c.Chdir), "not a directory", nil)
+			return badConfig(flag, strconv.Quote(c.Chdir), "not a directory", nil)
 		}
 	}
 	if _, err := ResolveCommand(c.Chdir, c.Command[0]); err != nil {

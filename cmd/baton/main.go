@@ -35,6 +35,19 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == supervisor.ShimArg {
 		os.Exit(supervisor.ExecShim(os.Args[2:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "run" {
+		cwd, err := os.Getwd()
+		if err == nil {
+			err = absolutize(cwd)
+		}
+		if err == nil && cwd != "/" {
+			err = reexecFromRoot(cwd)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "baton: "+oneLine(fmt.Sprintf("resolve paths against the working directory: %v", err)))
+			os.Exit(exitUsage)
+		}
+	}
 	os.Exit(run(os.Args))
 }
 
@@ -178,9 +191,19 @@ func configFrom(c *cli.Context) (supervisor.Config, error) {
 		DrainSignal:  sig,
 		DrainTimeout: c.Duration("drain-timeout"),
 		Chdir:        c.String("chdir"),
+		ChdirDefault: c.String("chdir") == "",
 		Command:      c.Args().Slice(),
 		EnvFile:      c.String("env-file"),
 		Compat:       c.StringSlice("compat"),
+	}
+	if cfg.ChdirDefault {
+		// Workers start where baton did, named explicitly: the master
+		// itself leaves that directory.
+		if cfg.Chdir = os.Getenv(envStartDir); cfg.Chdir == "" {
+			if cfg.Chdir, err = os.Getwd(); err != nil {
+				return cfg, fmt.Errorf("working directory: %w", err)
+			}
+		}
 	}
 	if p := c.String("pid-file"); p != "" {
 		if cfg.PIDFile, err = filepath.Abs(p); err != nil {
