@@ -61,6 +61,7 @@ type master struct {
 	startAt      time.Time
 	bootAt       time.Time
 	failedStderr []string // the failing worker's last stderr lines
+	pinned       release // resolved at boot; every worker of the generation runs it
 	up           upgradeState
 	stopWaiters  []*ctlConn // held open until exit
 	handedOverAt time.Time
@@ -286,6 +287,13 @@ func (m *master) boot() {
 		zap.Strings("command", m.cfg.Command),
 		zap.Bool("upgrade", m.up.parentAlive))
 	m.bootAt = m.sys.now()
+	rel, err := resolveRelease(m.cfg)
+	if err != nil {
+		m.bootFailed(fmt.Errorf("%w: %w", ErrBootFailed, err), err.Error())
+		return
+	}
+	m.pinned = rel
+	m.log.Info("release pinned for this generation", zap.String("dir", rel.dir), zap.String("command", rel.command[0]))
 	for i := 0; i < m.cfg.Workers && m.phase == phaseBooting; i++ {
 		m.addSlot()
 	}

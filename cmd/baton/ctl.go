@@ -177,6 +177,9 @@ func statusCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 func printStatus(w io.Writer, st control.Status) {
 	fmt.Fprintf(w, "master %d  generation %d  %s  up %s\n", st.MasterPID, st.Generation, st.State, msDur(st.UptimeMS))
 	fmt.Fprintf(w, "listening on %s\n", strings.Join(st.Listeners, ", "))
+	if r := st.Release; r != nil {
+		fmt.Fprintf(w, "release %s  (%s)\n", r.Dir, r.Command)
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "WORKER\tPID\tSTATE\tUPTIME\tRESTARTS")
 	for _, wk := range st.Workers {

@@ -75,9 +75,17 @@ type Status struct {
 	State       string         `json:"state"` // one of the State* constants
 	UptimeMS    float64        `json:"uptime_ms"`
 	Listeners   []string       `json:"listeners"`
+	Release     *Release       `json:"release,omitempty"` // what this generation's workers run
 	Workers     []WorkerStatus `json:"workers"`
 	Previous    *PrevStatus    `json:"previous,omitempty"` // the draining previous generation
 	LastUpgrade *ReloadResult  `json:"last_upgrade,omitempty"`
+}
+
+// Release is what a generation runs, resolved once when it booted: every
+// worker of the generation, replacements included, starts from it.
+type Release struct {
+	Dir     string `json:"dir"`     // working directory, symlinks resolved
+	Command string `json:"command"` // the executable's path
 }
 
 // WorkerStatus is one worker in a Status.
