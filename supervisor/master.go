@@ -61,7 +61,7 @@ type master struct {
 	startAt      time.Time
 	bootAt       time.Time
 	failedStderr []string // the failing worker's last stderr lines
-	pinned       release // resolved at boot; every worker of the generation runs it
+	pinned       release  // resolved at boot; every worker of the generation runs it
 	up           upgradeState
 	stopWaiters  []*ctlConn // held open until exit
 	handedOverAt time.Time
