@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"syscall"
@@ -17,6 +18,7 @@ import (
 // lifecycle event matters) and no stack traces (errors here are user-facing).
 //
 // With a log file, the second result reopens it (for logrotate's SIGUSR1).
+// Entries go out through an asyncSink: logging never blocks the caller.
 func newLogger(format, level, file string) (*zap.Logger, func() error, error) {
 	if format == "" {
 		format = "json"
@@ -45,19 +47,31 @@ func newLogger(format, level, file string) (*zap.Logger, func() error, error) {
 		return nil, nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
 	}
 	cfg.Level = zap.NewAtomicLevelAt(lvl)
-	if file == "" {
-		l, err := cfg.Build()
-		return l, nil, err
-	}
-	rf, err := openReopenable(file)
-	if err != nil {
-		return nil, nil, err
-	}
 	enc := zapcore.NewJSONEncoder(cfg.EncoderConfig)
 	if format == "console" {
 		enc = zapcore.NewConsoleEncoder(cfg.EncoderConfig)
 	}
-	return zap.New(zapcore.NewCore(enc, rf, cfg.Level)), rf.reopen, nil
+	// The "dropped" notice, encoded like every other entry.
+	notice := func(n uint64) []byte {
+		buf, err := enc.Clone().EncodeEntry(zapcore.Entry{Level: zapcore.WarnLevel, Time: time.Now(), LoggerName: "log",
+			Message: "log entries dropped: the log output was not keeping up"}, []zapcore.Field{zap.Uint64("dropped", n)})
+		if err != nil {
+			return nil
+		}
+		return buf.Bytes()
+	}
+	var out io.Writer = os.Stderr
+	syncOut := os.Stderr.Sync
+	var reopen func() error
+	if file != "" {
+		rf, err := openReopenable(file)
+		if err != nil {
+			return nil, nil, err
+		}
+		out, syncOut, reopen = rf, rf.Sync, rf.reopen
+	}
+	sink := newAsyncSink(out, syncOut, notice)
+	return zap.New(zapcore.NewCore(enc, sink, cfg.Level)), reopen, nil
 }
 
 // reopenable is a log file that logrotate can move away: reopen starts a
@@ -105,7 +119,9 @@ func (r *reopenable) Sync() error {
 
 func syncLogger(l *zap.Logger) {
 	// Syncing a terminal or pipe stderr fails with EINVAL/ENOTTY; nothing lost.
-	if err := l.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOTTY) {
+	// A stuck or broken output cannot take the complaint either.
+	if err := l.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOTTY) &&
+		!errors.Is(err, errLogStuck) && !errors.Is(err, syscall.EPIPE) {
 		fmt.Fprintln(os.Stderr, "baton: sync log:", err)
 	}
 }

@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/baton-sh/baton/supervisor"
@@ -35,6 +37,12 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == supervisor.ShimArg {
 		os.Exit(supervisor.ExecShim(os.Args[2:]))
 	}
+	// A write to a closed pipe must be an error, not death: Go kills the
+	// process with SIGPIPE for a broken stdout or stderr unless SIGPIPE is
+	// notified (ignoring it would be inherited by workers through exec).
+	// baton's log reader going away must not take the master, and with it
+	// every worker, down.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	if len(os.Args) > 1 && os.Args[1] == "run" {
 		cwd, err := os.Getwd()
 		if err == nil {
