@@ -49,6 +49,9 @@ type Config struct {
 	Compat []string
 	// ReopenLogs, if set, is called on SIGUSR1 (logrotate).
 	ReopenLogs func() error
+	// LogDropped, if set, returns how many log entries the log's output
+	// could not take so far (status shows it).
+	LogDropped func() uint64
 	// WorkerOutput is OutputTagged or OutputInherit.
 	WorkerOutput string
 	// Version is baton's own, for the logs: after an upgrade it tells

@@ -125,6 +125,9 @@ func (m *master) status() control.Status {
 		UptimeMS:   ms(now.Sub(m.startAt)),
 		Listeners:  specStrings(m.cfg.Listen),
 	}
+	if m.cfg.LogDropped != nil {
+		st.LogDropped = m.cfg.LogDropped()
+	}
 	if len(m.pinned.command) > 0 {
 		st.Release = &control.Release{Dir: m.pinned.dir, Command: m.pinned.command[0]}
 	}

@@ -177,6 +177,9 @@ func statusCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 func printStatus(w io.Writer, st control.Status) {
 	fmt.Fprintf(w, "master %d  generation %d  %s  up %s\n", st.MasterPID, st.Generation, st.State, msDur(st.UptimeMS))
 	fmt.Fprintf(w, "listening on %s\n", strings.Join(st.Listeners, ", "))
+	if st.LogDropped > 0 {
+		fmt.Fprintf(w, "log entries dropped: %d (baton's log output did not keep up)\n", st.LogDropped)
+	}
 	if r := st.Release; r != nil {
 		fmt.Fprintf(w, "release %s  (%s)\n", r.Dir, r.Command)
 	}

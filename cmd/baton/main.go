@@ -159,7 +159,7 @@ func runCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 			if err != nil {
 				return &usageError{err}
 			}
-			log, reopen, err := newLogger(c.String("log-format"), c.String("log-level"), c.String("log-file"))
+			log, reopen, dropped, err := newLogger(c.String("log-format"), c.String("log-level"), c.String("log-file"))
 			if err != nil {
 				return &usageError{err}
 			}
@@ -167,6 +167,7 @@ func runCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 			cfg.Log = log.Named("master")
 			cfg.Version = version
 			cfg.ReopenLogs = reopen
+			cfg.LogDropped = dropped
 			return supervisor.Run(cfg)
 		},
 	}

@@ -75,7 +75,8 @@ type Status struct {
 	State       string         `json:"state"` // one of the State* constants
 	UptimeMS    float64        `json:"uptime_ms"`
 	Listeners   []string       `json:"listeners"`
-	Release     *Release       `json:"release,omitempty"` // what this generation's workers run
+	Release     *Release       `json:"release,omitempty"`     // what this generation's workers run
+	LogDropped  uint64         `json:"log_dropped,omitempty"` // log entries baton's log output could not take
 	Workers     []WorkerStatus `json:"workers"`
 	Previous    *PrevStatus    `json:"previous,omitempty"` // the draining previous generation
 	LastUpgrade *ReloadResult  `json:"last_upgrade,omitempty"`
