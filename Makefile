@@ -62,8 +62,9 @@ check:
 	@test -z "$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go'))" || { gofmt -l $$(git ls-files -co --exclude-standard '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet ./...
 
+# TESTFLAGS=-v lists skipped tests with their reasons (.ci/run does).
 test: check
-	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...
 
 # Phase 6 of the benchmark runs nginx's binary upgrade and Unicorn's USR2
 # beside baton when they are installed; this installs them (Debian, as root).

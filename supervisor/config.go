@@ -12,9 +12,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/baton-sh/baton/supervisor/control"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"github.com/baton-sh/baton/supervisor/sockets"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
 // Config is everything a master needs. cmd/baton builds it from flags.
@@ -27,9 +29,16 @@ type Config struct {
 	DrainTimeout time.Duration
 	PIDFile      string // absolute; empty for none
 	Chdir        string // workers' working directory; resolved anew by every master
+	// ChdirDefault says Chdir is where baton started (no --chdir given),
+	// for error messages.
+	ChdirDefault bool
 	Command      []string
-	// Control is the control socket's path ("" for none). When
-	// ControlExplicit is false, failing to bind it is only a warning.
+	// Control is the control socket's path ("" for none, in tests).
+	// Failing to bind it refuses the start: a master that cannot be
+	// reached, or a path answered by another service, would let "baton
+	// reload" reach the wrong one. ControlExplicit says it was given with
+	// --control, not derived (control.DefaultPath), for error messages
+	// and the directory check.
 	Control         string
 	ControlExplicit bool
 	// EnvFile holds KEY=VALUE lines added to workers' environment. Every
@@ -40,6 +49,9 @@ type Config struct {
 	Compat []string
 	// ReopenLogs, if set, is called on SIGUSR1 (logrotate).
 	ReopenLogs func() error
+	// LogDropped, if set, returns how many log entries the log's output
+	// could not take so far (status shows it).
+	LogDropped func() uint64
 	// WorkerOutput is OutputTagged or OutputInherit.
 	WorkerOutput string
 	// Version is baton's own, for the logs: after an upgrade it tells
@@ -168,16 +180,20 @@ func (c *Config) Check() error {
 	if len(c.Listen) == 0 {
 		return badConfig("", "", "no --listen given", nil)
 	}
-	if c.Workers < 1 {
-		return badConfig("--workers", strconv.Itoa(c.Workers), "want at least 1", nil)
+	if err := c.checkWorkers(); err != nil {
+		return err
 	}
 	if c.Chdir != "" {
+		flag := "--chdir"
+		if c.ChdirDefault {
+			flag = "working directory (where baton started; set --chdir)"
+		}
 		fi, err := os.Stat(c.Chdir)
 		if err != nil {
-			return badConfig("--chdir", strconv.Quote(c.Chdir), "", osutil.Cause(err))
+			return badConfig(flag, strconv.Quote(c.Chdir), "", osutil.Cause(err))
 		}
 		if !fi.IsDir() {
-			return badConfig("--chdir", strconv.Quote(c.Chdir), "not a directory", nil)
+			return badConfig(flag, strconv.Quote(c.Chdir), "not a directory", nil)
 		}
 	}
 	if _, err := ResolveCommand(c.Chdir, c.Command[0]); err != nil {
@@ -187,6 +203,9 @@ func (c *Config) Check() error {
 		if err := checkPIDFile(c.PIDFile); err != nil {
 			return err
 		}
+	}
+	if err := c.checkControl(); err != nil {
+		return err
 	}
 	if c.EnvFile != "" {
 		if _, err := ReadEnvFile(c.EnvFile); err != nil {
@@ -260,6 +279,13 @@ func ResolveCommand(dir, name string) (string, error) {
 // checkPIDFile refuses a pid file naming a live process and a directory we
 // cannot write, before anything is bound or started.
 func checkPIDFile(path string) error {
+	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
+		what := "not a regular file"
+		if fi.IsDir() {
+			what = "is a directory"
+		}
+		return badConfig("--pid-file", strconv.Quote(path), what, nil)
+	}
 	if b, err := os.ReadFile(path); err == nil {
 		var pid int
 		if _, err := fmt.Sscan(strings.TrimSpace(string(b)), &pid); err == nil && pid > 0 && pid != os.Getpid() && pid != os.Getppid() && strconv.Itoa(pid) != os.Getenv(envKeeperPID) {
@@ -275,5 +301,67 @@ func checkPIDFile(path string) error {
 	}
 	f.Close()
 	os.Remove(f.Name())
+	return nil
+}
+
+// controlFlag names the control socket's path in errors: the flag, or
+// where the default came from.
+func (c *Config) controlFlag() string {
+	if c.ControlExplicit {
+		return "--control"
+	}
+	return "control socket (default; set --control)"
+}
+
+// checkControl refuses a control socket path no socket can have, and one
+// that is also a listening socket (the workers would answer baton's
+// commands, or the control socket would replace the listener).
+func (c *Config) checkControl() error {
+	if c.Control == "" {
+		return nil
+	}
+	if err := control.CheckPath(c.Control); err != nil {
+		return badConfig(c.controlFlag(), strconv.Quote(c.Control), "", err)
+	}
+	for _, s := range c.Listen {
+		if s.Network == "unix" && s.Addr == c.Control {
+			return badConfig(c.controlFlag(), strconv.Quote(c.Control), "is also a --listen socket", nil)
+		}
+	}
+	return nil
+}
+
+// MaxWorkers is the most workers one master runs. Each worker's exit is
+// waited for by a goroutine blocked in waitid(2), which holds an OS thread,
+// and a Go program dies (with a dump of every goroutine) past 10000
+// threads; this leaves room for the rest.
+const MaxWorkers = 4096
+
+// checkWorkers refuses a worker count the master or the machine's limits
+// cannot hold, before anything starts: past them, fork or pipe fails half
+// way through the start instead.
+func (c *Config) checkWorkers() error {
+	n := strconv.Itoa(c.Workers)
+	if c.Workers < 1 {
+		return badConfig("--workers", n, "want at least 1", nil)
+	}
+	if c.Workers > MaxWorkers {
+		return badConfig("--workers", n, fmt.Sprintf("want at most %d (one master waits on each worker with an OS thread)", MaxWorkers), nil)
+	}
+	// RLIMIT_NPROC counts every process of the workers' user and binds
+	// unless that user is root.
+	var lim syscall.Rlimit
+	asRoot := os.Geteuid() == 0 && (c.Credential == nil || c.Credential.Uid == 0)
+	if err := syscall.Getrlimit(unix.RLIMIT_NPROC, &lim); err == nil && !asRoot && lim.Cur != unix.RLIM_INFINITY && uint64(c.Workers) >= lim.Cur {
+		return badConfig("--workers", n, fmt.Sprintf("over the process limit (ulimit -u %d)", lim.Cur), nil)
+	}
+	// Tagged output takes two pipes per worker in the master, beside the
+	// sockets and the master's own few.
+	if c.WorkerOutput == OutputTagged {
+		need := uint64(2*c.Workers + len(c.Listen) + 64)
+		if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && lim.Cur != unix.RLIM_INFINITY && need > lim.Cur {
+			return badConfig("--workers", n, fmt.Sprintf("needs about %d open files for tagged output, over the limit (ulimit -n %d)", need, lim.Cur), nil)
+		}
+	}
 	return nil
 }

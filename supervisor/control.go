@@ -132,6 +132,12 @@ func (m *master) status() control.Status {
 		UptimeMS:   ms(now.Sub(m.startAt)),
 		Listeners:  specStrings(m.cfg.Listen),
 	}
+	if m.cfg.LogDropped != nil {
+		st.LogDropped = m.cfg.LogDropped()
+	}
+	if len(m.pinned.command) > 0 {
+		st.Release = &control.Release{Dir: m.pinned.dir, Command: m.pinned.command[0]}
+	}
 	for i, s := range m.slots {
 		if w := s.cur; w != nil {
 			st.Workers = append(st.Workers, control.WorkerStatus{Index: i, PID: w.pid, State: w.state.String(),

@@ -62,6 +62,7 @@ type master struct {
 	startAt      time.Time
 	bootAt       time.Time
 	failedStderr []string // the failing worker's last stderr lines
+	pinned       release  // resolved at boot; every worker of the generation runs it
 	up           upgradeState
 	stopWaiters  []*ctlConn // held open until exit
 	stopAsked    bool       // a stop signal came after the handover
@@ -142,7 +143,7 @@ func Run(cfg Config) error {
 	m := newMaster(cfg, s, tableflipUpgrader{upg}, gen)
 	m.up = up
 	m.shell = findShell()
-	m.baseEnv = workerBaseEnv(os.Environ())
+	m.baseEnv = workerBaseEnv(os.Environ(), cfg.WorkerOutput == OutputTagged)
 	if cfg.EnvFile != "" {
 		extra, err := ReadEnvFile(cfg.EnvFile)
 		if err != nil {
@@ -202,12 +203,10 @@ func (m *master) setup() error {
 	}
 	m.notify = n
 	if m.cfg.Control != "" {
+		// Never a warning: a master nothing can reach, or a path another
+		// service answers on, makes "baton reload" reach the wrong one.
 		if err := m.openControl(reg); err != nil {
-			if m.cfg.ControlExplicit {
-				return err
-			}
-			m.log.Warn("no control socket: baton reload/status/stop will not reach this master",
-				zap.String("control", m.cfg.Control), zap.Error(err))
+			return err
 		}
 	}
 	return nil
@@ -217,14 +216,20 @@ func (m *master) setup() error {
 // goes through tableflip, so every new master answers on the same path.
 func (m *master) openControl(reg sockets.Registry) error {
 	path := m.cfg.Control
+	flag := m.cfg.controlFlag()
 	if !strings.HasPrefix(path, "@") {
 		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			return fmt.Errorf("--control %q: %w", path, err)
+			return fmt.Errorf("%s %q: %w", flag, path, err)
+		}
+		if !m.cfg.ControlExplicit && filepath.Dir(path) == control.Dir() {
+			if err := control.CheckDir(filepath.Dir(path)); err != nil {
+				return fmt.Errorf("%s %q: %w", flag, path, err)
+			}
 		}
 	}
 	set, err := sockets.Open(reg, []sockets.Spec{{Name: "control", Network: "unix", Addr: path}}, nil)
 	if err != nil {
-		return fmt.Errorf("--control: %w", err)
+		return fmt.Errorf("%s: %w", flag, err)
 	}
 	defer set.Close()
 	ln, err := net.FileListener(set.Files()[0])
@@ -315,6 +320,13 @@ func (m *master) boot() {
 		zap.Strings("command", m.cfg.Command),
 		zap.Bool("upgrade", m.up.parentAlive))
 	m.bootAt = m.sys.now()
+	rel, err := resolveRelease(m.cfg)
+	if err != nil {
+		m.bootFailed(fmt.Errorf("%w: %w", ErrBootFailed, err), err.Error())
+		return
+	}
+	m.pinned = rel
+	m.log.Info("release pinned for this generation", zap.String("dir", rel.dir), zap.String("command", rel.command[0]))
 	for i := 0; i < m.cfg.Workers && m.phase == phaseBooting; i++ {
 		m.addSlot()
 	}

@@ -16,6 +16,10 @@ const (
 	OutputInherit = "inherit" // workers write to baton's own stdout and stderr
 )
 
+// OutputMessage is the log message of every relayed line of worker output
+// (tagged mode); a log sink may treat these entries apart.
+const OutputMessage = "worker output"
+
 const (
 	maxLine      = 16 << 10 // longer lines are logged in pieces
 	tailLines    = 20       // stderr lines kept for failure reports
@@ -149,7 +153,7 @@ func pump(r *os.File, log *zap.Logger, stream string, tail *stderrTail) {
 			if partial {
 				fields = append(fields, zap.Bool("partial", true))
 			}
-			log.Info("worker output", fields...)
+			log.Info(OutputMessage, fields...)
 			if tail != nil {
 				tail.add(s)
 			}

@@ -20,10 +20,17 @@ func TestWorkerBaseEnvStripsWhatDescribesBaton(t *testing.T) {
 		"PATH=/bin", "HOME=/root", "NOTIFY_SOCKET=/run/systemd/notify", "LISTEN_FDS=2", "LISTEN_PID=1",
 		"LISTEN_FDNAMES=a", "WATCHDOG_USEC=1", "WATCHDOG_PID=1", "TABLEFLIP_HAS_PARENT_7DIU3=yes",
 		"BATON_WORKERS=4", "BATON_MASTER_GENERATION=3", "NOTIFY_SOCKETS=kept", "MY_LISTEN_FDS=kept",
-	})
-	want := []string{"PATH=/bin", "HOME=/root", "NOTIFY_SOCKETS=kept", "MY_LISTEN_FDS=kept"}
+		"NODE_CHANNEL_FD=3", "NODE_CHANNEL_SERIALIZATION_MODE=json", "NODE_UNIQUE_ID=1", "NODE_ENV=kept",
+		"EINHORN_FD_0=3", "EINHORN_FDS=3", "SERVER_STARTER_PORT=:80=3", "UNICORN_FD=3", "GUNICORN_FD=3",
+		"PUMA_INHERIT_0=3:tcp://:80", "SYSTEMD_EXEC_PID=1", "JOURNAL_STREAM=8:123", "INVOCATION_ID=kept",
+	}, true)
+	want := []string{"PATH=/bin", "HOME=/root", "NOTIFY_SOCKETS=kept", "MY_LISTEN_FDS=kept", "NODE_ENV=kept", "INVOCATION_ID=kept"}
 	if !slices.Equal(have, want) {
 		t.Fatalf("have %q\nwant %q", have, want)
+	}
+	// With inherited output the workers' stderr is baton's: the journal.
+	if have := workerBaseEnv([]string{"JOURNAL_STREAM=8:123"}, false); !slices.Equal(have, []string{"JOURNAL_STREAM=8:123"}) {
+		t.Fatalf("inherited output: have %q, want JOURNAL_STREAM kept", have)
 	}
 }
 

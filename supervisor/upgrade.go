@@ -159,10 +159,14 @@ func (m *master) requestUpgrade(trigger string) string {
 }
 
 // preflight checks what the new master will need before anything is
-// forked: the baton binary as tableflip will exec it (os.Args[0] from the
-// initial working directory), the working directory and the command, each
-// resolved anew so that a moved symlink is followed.
+// forked: the directory it is executed in (this master's), the baton
+// binary as tableflip will exec it (os.Args[0], absolute since start), the
+// workers' directory and the command, each resolved anew so that a moved
+// symlink is followed.
 func (m *master) preflight() error {
+	if wd, err := os.Getwd(); err != nil {
+		return fmt.Errorf("master's working directory %q: %w", wd, osutil.Cause(err))
+	}
 	if _, err := exec.LookPath(os.Args[0]); err != nil {
 		return fmt.Errorf("baton binary %q: %w", os.Args[0], osutil.Cause(err))
 	}
@@ -321,7 +325,9 @@ func (m *master) reportFailure(reason string) {
 	}
 	if err := m.sys.notifyTo(m.up.parentNotify, msg); err != nil {
 		m.log.Warn("could not tell the old master why this upgrade failed", zap.Error(err))
+		return
 	}
+	failureReported.Store(true)
 }
 
 // waitForParent posts evParentExited once the old master has exited.

@@ -95,11 +95,11 @@ func (m *master) liveSlot(s *slot) bool {
 
 func (m *master) startWorker(s *slot) {
 	env := m.workerEnv(s.index)
-	path, argv := shimCommand(m.shell, m.cfg.Command)
+	path, argv := shimCommand(m.shell, m.pinned.command)
 	wlog := m.log.With(zap.Int("worker", s.index))
 	w := &worker{index: s.index, state: stateStarting}
 	proc, err := m.sys.start(procSpec{
-		path: path, argv: argv, env: env, dir: m.cfg.Chdir,
+		path: path, argv: argv, env: env, dir: m.pinned.dir,
 		files: m.files, cred: m.cfg.Credential,
 		output: m.cfg.WorkerOutput, log: wlog,
 	}, func(st exitStatus) {

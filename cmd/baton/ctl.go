@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/sockets"
 	"github.com/urfave/cli/v2"
 )
 
@@ -30,25 +32,64 @@ func (e *exitCode) Error() string { return e.msg }
 func controlFlags(timeout time.Duration, timeoutUsage string) []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "control", EnvVars: []string{"BATON_CONTROL"},
-			Usage: "the master's control socket (default: beside --pid-file, else $XDG_RUNTIME_DIR/baton/control.sock or /run/baton/control.sock)"},
+			Usage: "the master's control socket (default: from --pid-file or --listen as baton run derives it, else the one service's socket in $XDG_RUNTIME_DIR/baton, /run/baton for root)"},
 		&cli.StringFlag{Name: "pid-file", EnvVars: []string{"BATON_PID_FILE"},
-			Usage: "find the control socket beside this pid file (app.pid -> app.sock)"},
+			Usage: "find the control socket of the service with this pid file (app.pid -> app.sock)"},
+		&cli.StringSliceFlag{Name: "listen", Aliases: []string{"l"}, EnvVars: []string{"BATON_LISTEN"},
+			Usage: "find the control socket of the service with these --listen values (one service with no --pid-file)"},
 		&cli.DurationFlag{Name: "timeout", Value: timeout, Usage: timeoutUsage},
 	}
 }
 
-func controlPath(c *cli.Context) string {
+// controlPath is the control socket a client command talks to: --control,
+// else derived from --pid-file or --listen the way baton run derives it,
+// else the only one in the default directory. More than one there is an
+// error: a deploy must not reload whichever service it finds first.
+func controlPath(c *cli.Context) (string, error) {
 	if p := c.String("control"); p != "" {
-		return p
+		return p, nil
 	}
-	return control.DefaultPath(c.String("pid-file"))
+	pid := c.String("pid-file")
+	if pid != "" {
+		abs, err := filepath.Abs(pid)
+		if err != nil {
+			return "", &exitCode{exitUsage, fmt.Sprintf("--pid-file %q: %v", pid, err)}
+		}
+		pid = abs
+	}
+	if pid != "" || len(c.StringSlice("listen")) > 0 {
+		specs, err := sockets.ParseSpecs(c.StringSlice("listen"))
+		if err != nil {
+			return "", &exitCode{exitUsage, err.Error()}
+		}
+		return control.DefaultPath(pid, specStrings(specs)), nil
+	}
+	p, err := control.Discover()
+	if err != nil {
+		return "", &exitCode{control.ReloadRefused, err.Error()}
+	}
+	return p, nil
+}
+
+// specStrings is the canonical form of specs, as the default control
+// path is derived from.
+func specStrings(specs []sockets.Spec) []string {
+	out := make([]string, len(specs))
+	for i, s := range specs {
+		out[i] = s.Network + "://" + s.Addr
+	}
+	return out
 }
 
 // call sends cmd to the master and reads its reply into v. The returned
 // connection is open for a caller that waits for more (stop); it is nil on
 // error. Errors are *exitCode with the status the command exits with.
 func call(c *cli.Context, cmd control.Cmd, v any) (*control.Conn, error) {
-	conn, err := control.Send(controlPath(c), cmd, c.Duration("timeout"))
+	path, err := controlPath(c)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := control.Send(path, cmd, c.Duration("timeout"))
 	if err != nil {
 		return nil, &exitCode{control.ReloadRefused, err.Error()}
 	}
@@ -141,6 +182,12 @@ func printStatus(w io.Writer, st control.Status) {
 		fmt.Fprintf(w, "keeper %d (the service's pid)\n", st.KeeperPID)
 	}
 	fmt.Fprintf(w, "listening on %s\n", strings.Join(st.Listeners, ", "))
+	if st.LogDropped > 0 {
+		fmt.Fprintf(w, "log entries dropped: %d (baton's log output did not keep up)\n", st.LogDropped)
+	}
+	if r := st.Release; r != nil {
+		fmt.Fprintf(w, "release %s  (%s)\n", r.Dir, r.Command)
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "WORKER\tPID\tSTATE\tUPTIME\tRESTARTS")
 	for _, wk := range st.Workers {

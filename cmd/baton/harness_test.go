@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,7 +42,7 @@ func TestMain(m *testing.M) {
 		"hello":      "../../examples/hello",
 		"activation": "../../examples/activation",
 	} {
-		out, err := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg).CombinedOutput()
+		out, err := exec.Command(goTool(), "build", "-o", filepath.Join(dir, name), pkg).CombinedOutput()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", name, err, out)
 			os.RemoveAll(dir)
@@ -49,7 +50,7 @@ func TestMain(m *testing.M) {
 		}
 	}
 	// A second baton, as a deploy would install it, to upgrade baton itself.
-	out, err := exec.Command("go", "build", "-ldflags", "-X main.version=test-v2", "-o", filepath.Join(dir, "baton-v2"), ".").CombinedOutput()
+	out, err := exec.Command(goTool(), "build", "-ldflags", "-X main.version=test-v2", "-o", filepath.Join(dir, "baton-v2"), ".").CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "build baton-v2: %v\n%s", err, out)
 		os.RemoveAll(dir)
@@ -61,6 +62,17 @@ func TestMain(m *testing.M) {
 }
 
 func bin(name string) string { return filepath.Join(binDir, name) }
+
+// goTool is the go command running these tests: the one in $GOROOT (go test
+// sets it), so a machine whose PATH lacks go still builds the binaries.
+func goTool() string {
+	for _, root := range []string{os.Getenv("GOROOT"), runtime.GOROOT()} {
+		if p := filepath.Join(root, "bin", "go"); root != "" && syscall.Access(p, 1) == nil {
+			return p
+		}
+	}
+	return "go"
+}
 
 // logEvent is one JSON log line of a master.
 type logEvent map[string]any

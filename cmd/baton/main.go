@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/baton-sh/baton/supervisor"
@@ -34,6 +36,25 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == supervisor.ShimArg {
 		os.Exit(supervisor.ExecShim(os.Args[2:]))
 	}
+	// A write to a closed pipe must be an error, not death: Go kills the
+	// process with SIGPIPE for a broken stdout or stderr unless SIGPIPE is
+	// notified (ignoring it would be inherited by workers through exec).
+	// baton's log reader going away must not take the master, and with it
+	// every worker, down.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+	if len(os.Args) > 1 && os.Args[1] == "run" {
+		cwd, err := os.Getwd()
+		if err == nil {
+			err = absolutize(cwd)
+		}
+		if err == nil && cwd != "/" {
+			err = reexecFromRoot(cwd)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "baton: "+oneLine(fmt.Sprintf("resolve paths against the working directory: %v", err)))
+			os.Exit(exitUsage)
+		}
+	}
 	os.Exit(run(os.Args))
 }
 
@@ -45,6 +66,8 @@ func run(args []string) int {
 	}
 	if msg := oneLine(err.Error()); msg != "" {
 		fmt.Fprintln(os.Stderr, "baton: "+msg)
+		// A new master's failure goes to whoever asked for the upgrade too.
+		supervisor.ReportStartFailure(err)
 	}
 	var ue *usageError
 	var ec *exitCode
@@ -92,7 +115,7 @@ func runFlags() []cli.Flag {
 	}
 	return []cli.Flag{
 		&cli.StringSliceFlag{Name: "listen", Aliases: []string{"l"}, EnvVars: env("listen"),
-			Usage: "socket to listen on, repeatable: [NAME=][tcp|tcp4|tcp6://]HOST:PORT or [NAME=]unix:///PATH"},
+			Usage: "socket to listen on, repeatable: [NAME=][tcp|tcp4|tcp6|mptcp://]HOST:PORT or [NAME=]unix:///PATH[?mode=0660&user=U&group=G] (under --user, unix socket files default to the worker user and mode 0666)"},
 		&cli.IntFlag{Name: "workers", Aliases: []string{"w"}, Value: 1, EnvVars: env("workers"),
 			Usage: "number of worker processes"},
 		&cli.StringFlag{Name: "ready", Value: "notify", EnvVars: env("ready"),
@@ -106,7 +129,7 @@ func runFlags() []cli.Flag {
 		&cli.StringFlag{Name: "pid-file", EnvVars: env("pid-file"),
 			Usage: "write the serving master's pid here"},
 		&cli.StringFlag{Name: "control", EnvVars: env("control"),
-			Usage: "control socket for baton reload/status/stop (default: beside --pid-file as NAME.sock, else $XDG_RUNTIME_DIR/baton/control.sock or /run/baton/control.sock)"},
+			Usage: "control socket for baton reload/status/stop (default: beside --pid-file as NAME.sock, else one per set of --listen values in $XDG_RUNTIME_DIR/baton, /run/baton for root)"},
 		&cli.StringFlag{Name: "chdir", EnvVars: env("chdir"),
 			Usage: "workers' working directory, resolved anew at every upgrade (e.g. /srv/app/current)"},
 		&cli.StringFlag{Name: "user", EnvVars: env("user"),
@@ -141,7 +164,7 @@ func runCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 			if err != nil {
 				return &usageError{err}
 			}
-			log, reopen, err := newLogger(c.String("log-format"), c.String("log-level"), c.String("log-file"))
+			log, reopen, dropped, err := newLogger(c.String("log-format"), c.String("log-level"), c.String("log-file"))
 			if err != nil {
 				return &usageError{err}
 			}
@@ -160,6 +183,7 @@ func runCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 			cfg.Log = log.Named("master")
 			cfg.Version = buildVersion()
 			cfg.ReopenLogs = reopen
+			cfg.LogDropped = dropped
 			return supervisor.Run(cfg)
 		},
 	}
@@ -193,9 +217,19 @@ func configFrom(c *cli.Context) (supervisor.Config, error) {
 		DrainSignal:  sig,
 		DrainTimeout: c.Duration("drain-timeout"),
 		Chdir:        c.String("chdir"),
+		ChdirDefault: c.String("chdir") == "",
 		Command:      c.Args().Slice(),
 		EnvFile:      c.String("env-file"),
 		Compat:       c.StringSlice("compat"),
+	}
+	if cfg.ChdirDefault {
+		// Workers start where baton did, named explicitly: the master
+		// itself leaves that directory.
+		if cfg.Chdir = os.Getenv(envStartDir); cfg.Chdir == "" {
+			if cfg.Chdir, err = os.Getwd(); err != nil {
+				return cfg, fmt.Errorf("working directory: %w", err)
+			}
+		}
 	}
 	if p := c.String("pid-file"); p != "" {
 		if cfg.PIDFile, err = filepath.Abs(p); err != nil {
@@ -204,6 +238,10 @@ func configFrom(c *cli.Context) (supervisor.Config, error) {
 	}
 	if cfg.Credential, err = supervisor.LookupCredential(c.String("user"), c.String("group")); err != nil {
 		return cfg, err
+	}
+	if cr := cfg.Credential; cr != nil {
+		// Workers run as another user: their unix sockets are theirs.
+		sockets.DefaultPerm(cfg.Listen, int(cr.Uid), int(cr.Gid))
 	}
 	switch cfg.WorkerOutput = c.String("worker-output"); cfg.WorkerOutput {
 	case "":
@@ -215,9 +253,10 @@ func configFrom(c *cli.Context) (supervisor.Config, error) {
 	default:
 		return cfg, &supervisor.ConfigError{Flag: "--worker-output", Value: strconv.Quote(cfg.WorkerOutput), Msg: "want tagged or inherit"}
 	}
-	cfg.Control, cfg.ControlExplicit = c.String("control"), c.IsSet("control")
+	cfg.Control = c.String("control")
+	cfg.ControlExplicit = cfg.Control != ""
 	if cfg.Control == "" {
-		cfg.Control = control.DefaultPath(cfg.PIDFile)
+		cfg.Control = control.DefaultPath(cfg.PIDFile, specStrings(specs))
 	} else if !strings.HasPrefix(cfg.Control, "@") {
 		if cfg.Control, err = filepath.Abs(cfg.Control); err != nil {
 			return cfg, fmt.Errorf("--control %q: %w", c.String("control"), err)

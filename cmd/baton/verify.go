@@ -161,7 +161,11 @@ func verifyPlanFrom(c *cli.Context) (verifyPlan, error) {
 	}
 	// A control socket that is not there is a wrong flag, not a failed
 	// upgrade: say so before loading anything.
-	if path := controlPath(c); !strings.HasPrefix(path, "@") {
+	path, err := controlPath(c)
+	if err != nil {
+		return verifyPlan{}, &exitCode{exitUsage, err.(*exitCode).msg}
+	}
+	if !strings.HasPrefix(path, "@") {
 		if fi, err := os.Stat(path); err != nil || fi.Mode()&os.ModeSocket == 0 {
 			return verifyPlan{}, &exitCode{exitUsage, fmt.Sprintf("no master at %s (give --control or --pid-file)", path)}
 		}

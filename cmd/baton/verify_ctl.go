@@ -32,7 +32,11 @@ type upgradeOutcome struct {
 // or until ctx ends. An error means no outcome arrived (no master, no answer
 // in time, ctx ended); the upgrade may then still be under way.
 func triggerUpgrade(ctx context.Context, c *cli.Context) (upgradeOutcome, error) {
-	conn, err := control.Send(controlPath(c), control.CmdReload, c.Duration("timeout"))
+	path, err := controlPath(c)
+	if err != nil {
+		return upgradeOutcome{}, err
+	}
+	conn, err := control.Send(path, control.CmdReload, c.Duration("timeout"))
 	if err != nil {
 		return upgradeOutcome{}, &exitCode{control.ReloadRefused, err.Error()}
 	}

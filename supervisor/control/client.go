@@ -30,8 +30,13 @@ type Conn struct {
 
 // Send dials the control socket at path, sends cmd, and returns the
 // connection for reading the reply. timeout bounds the dial and everything
-// read on the connection afterwards. Errors wrap ErrNoMaster.
+// read on the connection afterwards. Errors wrap ErrNoMaster, or
+// ErrPathTooLong for a path no unix socket can have (no master can be
+// there, and "no master" would hide the cause).
 func Send(path string, cmd Cmd, timeout time.Duration) (*Conn, error) {
+	if err := CheckPath(path); err != nil {
+		return nil, fmt.Errorf("control socket %q: %w", path, err)
+	}
 	c, err := net.DialTimeout("unix", path, min(timeout, 5*time.Second))
 	if err != nil {
 		return nil, fmt.Errorf("%w at %s: %w", ErrNoMaster, path, osutil.Cause(err))

@@ -17,8 +17,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 )
 
@@ -79,9 +77,18 @@ type Status struct {
 	State       string         `json:"state"` // one of the State* constants
 	UptimeMS    float64        `json:"uptime_ms"`
 	Listeners   []string       `json:"listeners"`
+	Release     *Release       `json:"release,omitempty"`     // what this generation's workers run
+	LogDropped  uint64         `json:"log_dropped,omitempty"` // log entries baton's log output could not take
 	Workers     []WorkerStatus `json:"workers"`
 	Previous    *PrevStatus    `json:"previous,omitempty"` // the draining previous generation
 	LastUpgrade *ReloadResult  `json:"last_upgrade,omitempty"`
+}
+
+// Release is what a generation runs, resolved once when it booted: every
+// worker of the generation, replacements included, starts from it.
+type Release struct {
+	Dir     string `json:"dir"`     // working directory, symlinks resolved
+	Command string `json:"command"` // the executable's path
 }
 
 // WorkerStatus is one worker in a Status.
@@ -147,17 +154,4 @@ func DecodeRequest(line []byte) (Request, error) {
 		names[i] = string(c)
 	}
 	return Request{}, fmt.Errorf("%w: unknown cmd %q (want %s)", ErrBadRequest, req.Cmd, strings.Join(names, ", "))
-}
-
-// DefaultPath is where the control socket lives when --control is not
-// given: beside the pid file (app.pid -> app.sock), else in the runtime
-// directory.
-func DefaultPath(pidFile string) string {
-	if pidFile != "" {
-		return strings.TrimSuffix(pidFile, ".pid") + ".sock"
-	}
-	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
-		return filepath.Join(d, "baton", "control.sock")
-	}
-	return "/run/baton/control.sock"
 }

@@ -2,6 +2,7 @@ package control
 
 import (
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 )
@@ -109,14 +110,26 @@ func TestDefaultPath(t *testing.T) {
 	for _, tt := range []struct{ pid, want string }{
 		{"/run/app/app.pid", "/run/app/app.sock"},
 		{"/run/app/baton", "/run/app/baton.sock"},
-		{"", "/run/user/1000/baton/control.sock"},
 	} {
-		if have := DefaultPath(tt.pid); have != tt.want {
+		if have := DefaultPath(tt.pid, nil); have != tt.want {
 			t.Errorf("DefaultPath(%q) = %q, want %q", tt.pid, have, tt.want)
 		}
 	}
-	t.Setenv("XDG_RUNTIME_DIR", "")
-	if have := DefaultPath(""); have != "/run/baton/control.sock" {
-		t.Errorf("without XDG_RUNTIME_DIR: %q", have)
+	// Two services without pid files: two sockets; the order of --listen
+	// does not matter.
+	a := DefaultPath("", []string{"tcp://127.0.0.1:8080", "unix:///run/a.sock"})
+	if a != DefaultPath("", []string{"unix:///run/a.sock", "tcp://127.0.0.1:8080"}) || a == DefaultPath("", []string{"tcp://127.0.0.1:8081"}) {
+		t.Errorf("default paths by listen specs are not one per service: %q", a)
+	}
+	if !strings.HasPrefix(a, "/run/user/1000/baton/") {
+		t.Errorf("default path %q is not in the runtime directory", a)
+	}
+	// A pid file so deep that app.sock beside it would not fit in sun_path.
+	deep := "/srv/" + strings.Repeat("d", 100) + "/app.pid"
+	if have := DefaultPath(deep, nil); len(have) > MaxPath || !strings.HasPrefix(have, "/run/user/1000/baton/pid-") || have == DefaultPath(deep+"x", nil) {
+		t.Errorf("DefaultPath of a deep pid file = %q", have)
+	}
+	if err := CheckPath(strings.TrimSuffix(deep, ".pid") + ".sock"); !errors.Is(err, ErrPathTooLong) {
+		t.Errorf("CheckPath of %d bytes: %v", len(deep)+1, err)
 	}
 }

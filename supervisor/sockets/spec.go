@@ -4,22 +4,50 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"os/user"
 	"strconv"
 	"strings"
 )
 
 // Spec is one parsed --listen value.
 type Spec struct {
-	Name    string // LISTEN_FDNAMES entry; "listen<i>" when not given
-	Network string // tcp, tcp4, tcp6 or unix
+	Name string // LISTEN_FDNAMES entry; "listen<i>" when not given
+	// Network is tcp, tcp4, tcp6, mptcp or unix. tcp* sockets are plain
+	// TCP (IPPROTO_TCP) even where Go would make them Multipath TCP; mptcp
+	// is a TCP socket with IPPROTO_MPTCP, only when asked for.
+	Network string
 	Addr    string // host:port, or a filesystem path / "@abstract" name for unix
+	// Perm is what a unix socket file is given after bind, systemd's
+	// SocketMode=, SocketUser= and SocketGroup=; nil leaves it as bound
+	// (umask, baton's user). Only for unix paths.
+	Perm *Perm
 }
 
+// Perm is a unix socket file's mode and owner.
+type Perm struct {
+	Mode os.FileMode // permission bits; 0: unchanged
+	UID  int         // -1: unchanged
+	GID  int         // -1: unchanged
+}
+
+// String is the spec as ParseSpec reads it back, owners as numeric ids.
 func (s Spec) String() string {
-	if s.Network == "unix" {
-		return s.Name + "=unix://" + s.Addr
+	out := s.Name + "=" + s.Network + "://" + s.Addr
+	if p := s.Perm; p != nil {
+		var q []string
+		if p.Mode != 0 {
+			q = append(q, fmt.Sprintf("mode=%#o", p.Mode))
+		}
+		if p.UID >= 0 {
+			q = append(q, "user="+strconv.Itoa(p.UID))
+		}
+		if p.GID >= 0 {
+			q = append(q, "group="+strconv.Itoa(p.GID))
+		}
+		out += "?" + strings.Join(q, "&")
 	}
-	return s.Name + "=" + s.Network + "://" + s.Addr
+	return out
 }
 
 // ErrBadSpec is wrapped by every ParseSpec error.
@@ -29,8 +57,11 @@ var ErrBadSpec = errors.New("bad listen spec")
 // name of its own. Accepted forms:
 //
 //	:8080  127.0.0.1:8080  [::1]:8080  localhost:8080
-//	tcp://…  tcp4://…  tcp6://…  unix:///run/app.sock  unix://@abstract
+//	tcp://…  tcp4://…  tcp6://…  mptcp://…  unix:///run/app.sock  unix://@abstract
+//	unix:///run/app.sock?mode=0660&user=app&group=www-data
 //	NAME=any of the above
+//
+// user and group are looked up here (names or numeric ids).
 func ParseSpec(value string, index int) (Spec, error) {
 	fail := func(why string) (Spec, error) {
 		return Spec{}, fmt.Errorf("%w %q: %s", ErrBadSpec, value, why)
@@ -50,21 +81,31 @@ func ParseSpec(value string, index int) (Spec, error) {
 	}
 	if scheme, addr, ok := strings.Cut(rest, "://"); ok {
 		switch scheme {
-		case "tcp", "tcp4", "tcp6", "unix":
+		case "tcp", "tcp4", "tcp6", "mptcp", "unix":
 			s.Network = scheme
 		default:
-			return fail(fmt.Sprintf("unknown scheme %q (want tcp, tcp4, tcp6 or unix)", scheme))
+			return fail(fmt.Sprintf("unknown scheme %q (want tcp, tcp4, tcp6, mptcp or unix)", scheme))
 		}
 		rest = addr
 	}
 	if s.Network == "unix" {
+		if path, query, ok := strings.Cut(rest, "?"); ok {
+			perm, err := parsePerm(query)
+			if err != nil {
+				return fail(err.Error())
+			}
+			if strings.HasPrefix(path, "@") {
+				return fail("an abstract socket has no file mode or owner")
+			}
+			rest, s.Perm = path, perm
+		}
 		if rest == "" || rest == "@" {
 			return fail("empty unix socket path")
 		}
 		// sun_path holds 108 bytes: a path needs its NUL terminator, an
 		// abstract name ("@…", the '@' standing for a leading NUL) does not.
-		if limit := 107; len(rest) > limit && !(rest[0] == '@' && len(rest) <= limit+1) {
-			return fail("unix socket path longer than 107 bytes")
+		if err := CheckUnixPath(rest); err != nil {
+			return fail(err.Error())
 		}
 		s.Addr = rest
 		return s, nil
@@ -122,6 +163,84 @@ func ParseSpecs(values []string) ([]Spec, error) {
 		specs = append(specs, s)
 	}
 	return specs, nil
+}
+
+// MaxUnixPath is the longest unix socket path bind(2) and connect(2)
+// accept: sun_path holds 108 bytes, with room for the terminating NUL.
+const MaxUnixPath = 107
+
+// ErrPathTooLong is wrapped by CheckUnixPath's error.
+var ErrPathTooLong = errors.New("unix socket path too long")
+
+// CheckUnixPath refuses a path the kernel cannot bind or connect to. An
+// abstract name ("@…", the '@' standing for a leading NUL) needs no NUL
+// terminator, so it may be one byte longer. Errors wrap ErrPathTooLong.
+func CheckUnixPath(path string) error {
+	if len(path) > MaxUnixPath && !(path[0] == '@' && len(path) <= MaxUnixPath+1) {
+		return fmt.Errorf("%w (%d bytes, longer than %d bytes)", ErrPathTooLong, len(path), MaxUnixPath)
+	}
+	return nil
+}
+
+// parsePerm parses "mode=0660&user=app&group=www-data" (any subset).
+func parsePerm(query string) (*Perm, error) {
+	p := &Perm{UID: -1, GID: -1}
+	for _, kv := range strings.Split(query, "&") {
+		k, v, _ := strings.Cut(kv, "=")
+		switch k {
+		case "mode":
+			m, err := strconv.ParseUint(v, 8, 32)
+			if err != nil || m == 0 || m > 0o777 {
+				return nil, fmt.Errorf("mode %q: want octal permission bits such as 0660", v)
+			}
+			p.Mode = os.FileMode(m)
+		case "user":
+			u, err := user.Lookup(v)
+			if err != nil {
+				if u, err = user.LookupId(v); err != nil {
+					return nil, fmt.Errorf("user %q: no such user", v)
+				}
+			}
+			p.UID, _ = strconv.Atoi(u.Uid)
+		case "group":
+			g, err := user.LookupGroup(v)
+			if err != nil {
+				if g, err = user.LookupGroupId(v); err != nil {
+					return nil, fmt.Errorf("group %q: no such group", v)
+				}
+			}
+			p.GID, _ = strconv.Atoi(g.Gid)
+		default:
+			return nil, fmt.Errorf("unknown option %q (want mode, user or group)", k)
+		}
+	}
+	return p, nil
+}
+
+// DefaultPerm gives unix socket files that name no owner of their own to
+// the workers' user (uid, gid), with systemd's default SocketMode= 0666:
+// under --user the server itself and a proxy running as another user can
+// then connect, where the bound file would be root's with the umask's mode.
+// Directory permissions still decide who reaches the path.
+func DefaultPerm(specs []Spec, uid, gid int) {
+	for i := range specs {
+		s := &specs[i]
+		if s.Network != "unix" || strings.HasPrefix(s.Addr, "@") {
+			continue
+		}
+		if s.Perm == nil {
+			s.Perm = &Perm{UID: -1, GID: -1}
+		}
+		if s.Perm.Mode == 0 {
+			s.Perm.Mode = 0o666
+		}
+		if s.Perm.UID < 0 {
+			s.Perm.UID = uid
+		}
+		if s.Perm.GID < 0 {
+			s.Perm.GID = gid
+		}
+	}
 }
 
 func checkName(name string) error {
