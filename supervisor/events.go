@@ -24,6 +24,15 @@ type (
 	evParentExited   struct{}
 	evWatchdog       struct{}
 	evStopAckTimeout struct{}
+	evHookExit       struct {
+		h      *hookRun
+		status exitStatus
+	}
+	evHookTimeout struct{ h *hookRun }
+	evHookOutput  struct {
+		h            *hookRun
+		stream, line string
+	}
 )
 
 func (evSignal) isEvent()         {}
@@ -38,3 +47,6 @@ func (evUpgradeDone) isEvent()    {}
 func (evParentExited) isEvent()   {}
 func (evWatchdog) isEvent()       {}
 func (evStopAckTimeout) isEvent() {}
+func (evHookExit) isEvent()       {}
+func (evHookTimeout) isEvent()    {}
+func (evHookOutput) isEvent()     {}

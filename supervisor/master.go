@@ -64,8 +64,11 @@ type master struct {
 	up           upgradeState
 	stopWaiters  []*ctlConn // held open until exit
 	handedOverAt time.Time
-	drainedCount int // workers that exited while draining
-	killedCount  int // of them, SIGKILLed at the drain deadline
+	drainedCount int           // workers that exited while draining
+	killedCount  int           // of them, SIGKILLed at the drain deadline
+	hook         *hookRun      // the --before-upgrade command while it runs (hook.go)
+	prog         progressState // progress.go
+	met          *metrics      // metrics.go
 }
 
 // newMaster returns a master that has started nothing. gen is its
@@ -86,6 +89,7 @@ func newMaster(cfg Config, s sys, upg upgrader, gen int) *master {
 		procs:   make(map[int]*worker),
 		gen:     gen,
 		startAt: s.now(),
+		met:     newMetrics(cfg.Version, gen),
 	}
 	m.log = log.With(zap.Int("generation", gen), zap.Int("master_pid", m.self))
 	return m
@@ -121,10 +125,16 @@ func Run(cfg Config) error {
 	osutil.MarkCloexecFrom(3)
 	var up upgradeState
 	gen := up.readUpgradeEnv(upg.HasParent())
+	if up.workers > 0 {
+		cfg.Workers = up.workers // as TTIN, TTOU or scale left it
+	}
 	s, release := osSys()
 	defer release()
 	m := newMaster(cfg, s, upg, gen)
 	m.up = up
+	if err := m.met.restore(up.metrics); err != nil {
+		m.log.Warn("previous master's metrics not carried over", zap.Error(err))
+	}
 	m.shell = findShell()
 	m.baseEnv = workerBaseEnv(os.Environ())
 	if cfg.EnvFile != "" {
@@ -178,6 +188,9 @@ func (m *master) setup() error {
 				zap.String("control", m.cfg.Control), zap.Error(err))
 		}
 	}
+	if m.cfg.Metrics != "" {
+		return m.openMetrics(reg)
+	}
 	return nil
 }
 
@@ -216,6 +229,7 @@ func (m *master) release(owner bool) {
 	if m.control != nil {
 		m.control.Close()
 	}
+	m.stopMetrics()
 	if m.lns != nil {
 		m.lns.Close()
 	}
@@ -254,6 +268,9 @@ func (m *master) run() error {
 		// one does.
 		go m.serveControl(m.control)
 	}
+	if !m.up.parentAlive {
+		m.serveMetrics()
+	}
 	if m.up.parentAlive {
 		go m.waitForParent()
 	}
@@ -282,6 +299,19 @@ func (m *master) boot() {
 		zap.Strings("command", m.cfg.Command),
 		zap.Bool("upgrade", m.up.parentAlive))
 	m.bootAt = m.sys.now()
+	m.step(control.Progress{Event: control.EvMasterStarted, Count: m.cfg.Workers,
+		Message: fmt.Sprintf("new master %d started: %d workers", m.self, m.cfg.Workers)})
+	if m.cfg.BeforeStart && !m.up.parentAlive {
+		m.startHook(m.gen, false)
+		return
+	}
+	m.startGeneration()
+}
+
+// startGeneration starts this master's workers.
+func (m *master) startGeneration() {
+	m.bootAt = m.sys.now()
+	m.prog.forwarding.Store(m.up.parentNotify != "")
 	for i := 0; i < m.cfg.Workers && m.phase == phaseBooting; i++ {
 		m.addSlot()
 	}
@@ -306,7 +336,7 @@ func (m *master) exit() error {
 }
 
 func (m *master) finished() bool {
-	return (m.phase == phaseStopping || m.phase == phaseHandedOver) && len(m.procs) == 0
+	return (m.phase == phaseStopping || m.phase == phaseHandedOver) && len(m.procs) == 0 && m.hook == nil
 }
 
 // handle is the loop's one dispatch: every state change starts here.
@@ -336,7 +366,14 @@ func (m *master) handle(ev event) {
 		m.onParentExited()
 	case evStopAckTimeout:
 		m.answerReload()
+	case evHookExit:
+		m.onHookExit(ev.h, ev.status)
+	case evHookTimeout:
+		m.onHookTimeout(ev.h)
+	case evHookOutput:
+		m.onHookOutput(ev.h, ev.stream, ev.line)
 	}
+	m.syncMetrics()
 }
 
 func (m *master) onSignal(sig syscall.Signal) {
@@ -351,7 +388,7 @@ func (m *master) onSignal(sig syscall.Signal) {
 		}
 		m.stop(sigName(sig))
 	case syscall.SIGUSR2, syscall.SIGHUP:
-		m.requestUpgrade(sigName(sig))
+		m.requestUpgrade(sigName(sig), true)
 	case syscall.SIGTTIN:
 		m.addWorker()
 	case syscall.SIGTTOU:
@@ -386,6 +423,8 @@ func (m *master) stop(trigger string) {
 		m.sdNotify("STOPPING=1")
 	}
 	m.phase = phaseStopping
+	m.stopHook(m.cfg.DrainSignal)
+	m.dropQueued("master stopping (" + trigger + ")")
 	m.drainAll()
 }
 
@@ -399,6 +438,9 @@ func (m *master) bootDone() {
 	// Before Ready: the old master must have this when its Upgrade returns.
 	m.reportReady(control.ReloadResult{Generation: m.gen, TotalMS: ms(total),
 		WorkersStartingMS: ms(workers), BatonMS: ms(total - workers)})
+	m.step(control.Progress{Event: control.EvGenerationReady, Count: len(m.slots), DurationMS: ms(workers),
+		Message: fmt.Sprintf("all %d workers ready after %s; handing over", len(m.slots), workers.Round(time.Millisecond))})
+	m.prog.forwarding.Store(false)
 	if err := m.upg.Ready(); err != nil {
 		m.bootFailed(fmt.Errorf("%w: %w", ErrBootFailed, err), "could not signal readiness: "+err.Error())
 		return
@@ -412,6 +454,9 @@ func (m *master) bootDone() {
 		if m.control != nil {
 			go m.serveControl(m.control)
 		}
+		m.serveMetrics()
+		m.met.tookOver(now, workers, total-workers)
+		m.up.servingAt = now
 		// The old master drains for at most its drain timeout after this.
 		m.up.parentDeadline = now.Add(m.cfg.DrainTimeout + time.Second)
 		m.log.Info("handover complete: new generation serving", fields...)
@@ -426,6 +471,7 @@ func (m *master) bootFailed(err error, reason string) {
 		return
 	}
 	m.log.Error("generation failed to start; stopping its workers", zap.String("reason", reason))
+	m.prog.forwarding.Store(false)
 	m.bootErr = err
 	m.reportFailure(reason)
 	m.phase = phaseStopping
