@@ -230,6 +230,7 @@ func (m *master) release(owner bool) {
 		m.control.Close()
 	}
 	m.stopMetrics()
+	m.waitMetrics()
 	if m.lns != nil {
 		m.lns.Close()
 	}

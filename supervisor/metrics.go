@@ -1,7 +1,6 @@
 package supervisor
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"net"
@@ -101,8 +100,11 @@ type metrics struct {
 	drainUntil time.Time // the latest drain deadline, or zero
 
 	// Loop only.
-	ln  net.Listener
-	srv *http.Server
+	ln        net.Listener
+	srv       *http.Server
+	serveDone chan struct{} // closed when srv.Serve has returned
+	conns     sync.WaitGroup
+	stopped   chan struct{} // closed once a stopped server's scrapes ended
 }
 
 func newMetrics(version string, gen int) *metrics {
@@ -303,29 +305,69 @@ func (m *master) serveMetrics() {
 	reg.MustRegister(mt, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mt.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	srv, ln := mt.srv, mt.ln
+	// ConnState counts connections, so that a master about to exit can
+	// answer every scrape it accepted (stopMetrics).
+	mt.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
+		ConnState: func(_ net.Conn, st http.ConnState) {
+			switch st {
+			case http.StateNew:
+				mt.conns.Add(1)
+			case http.StateClosed, http.StateHijacked:
+				mt.conns.Done()
+			}
+		}}
+	// One connection per scrape: a kept-alive connection would be closed
+	// by this master at the handover just as a scraper reuses it (an EOF
+	// for that scrape); a new one always finds a master accepting.
+	mt.srv.SetKeepAlivesEnabled(false)
+	srv, ln, done := mt.srv, mt.ln, make(chan struct{})
+	mt.serveDone = done
 	go func() {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		defer close(done)
+		if err := srv.Serve(ln); !errors.Is(err, net.ErrClosed) {
 			m.log.Warn("metrics server ended", zap.Error(err))
 		}
 	}()
 	m.log.Info("serving metrics", zap.String("metrics", "http://"+m.cfg.Metrics+"/metrics"))
 }
 
-// stopMetrics stops answering /metrics, letting scrapes under way finish.
-// The socket stays open in the other masters that hold it. Never blocks.
+// stopMetrics stops answering /metrics, letting scrapes under way finish
+// (waitMetrics waits for them). The socket stays open in the other masters
+// that hold it. Never blocks.
 func (m *master) stopMetrics() {
 	mt := m.met
-	if mt.srv != nil {
-		srv := mt.srv
-		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			srv.Shutdown(ctx)
-		}()
-	} else if mt.ln != nil {
+	if mt.ln != nil {
+		// Not srv.Shutdown: a connection accepted just before it would be
+		// closed unanswered once its request is read (net/http drops
+		// requests read during a shutdown), an EOF for the scraper. Closing
+		// the listener stops the accepts; what was accepted is answered.
 		mt.ln.Close()
 	}
+	if mt.srv != nil {
+		serveDone, done := mt.serveDone, make(chan struct{})
+		mt.stopped = done
+		go func() {
+			defer close(done)
+			<-serveDone // after it, no connection is added
+			answered := make(chan struct{})
+			go func() { mt.conns.Wait(); close(answered) }()
+			select {
+			case <-answered:
+			case <-time.After(metricsStopWait):
+			}
+		}()
+	}
 	mt.ln, mt.srv = nil, nil
+}
+
+// metricsStopWait bounds how long a master about to exit waits for scrapes
+// it accepted: exiting would cut them off.
+const metricsStopWait = 5 * time.Second
+
+// waitMetrics blocks until the scrapes a stopped server had accepted have
+// been answered, at most metricsStopWait.
+func (m *master) waitMetrics() {
+	if m.met.stopped != nil {
+		<-m.met.stopped
+	}
 }
