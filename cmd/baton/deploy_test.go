@@ -44,7 +44,7 @@ func TestBeforeUpgradeFailureStartsNothing(t *testing.T) {
 	t.Parallel()
 	addr := freeAddr(t)
 	b := startBaton(t, nil, "-l", addr, "-w", "2",
-		"--before-upgrade", `echo "applying 0042_add_column"; echo "migration 0042 failed: column email already exists" >&2; exit 1`,
+		"--before-upgrade", `echo "applying 0042_add_column"; sleep 0.5; echo "migration 0042 failed: column email already exists" >&2; exit 1`,
 		"--", bin("hello"))
 	b.waitReady()
 	load := startLoad(t, lightLoad(addr))
