@@ -60,6 +60,17 @@ type Config struct {
 	// Credential, if set, is the user and groups workers run as.
 	Credential *syscall.Credential
 	Log        *zap.Logger
+
+	// BeforeUpgrade, if set, is run by /bin/sh -c before every upgrade
+	// starts anything of the new generation (hook.go); a non-zero exit or
+	// running past BeforeUpgradeTimeout fails the upgrade. BeforeStart
+	// runs it before the first generation too.
+	BeforeUpgrade        string
+	BeforeUpgradeTimeout time.Duration
+	BeforeStart          bool
+	// Metrics, if set, is the TCP address (HOST:PORT) of the Prometheus
+	// endpoint /metrics, served by the master of record (metrics.go).
+	Metrics string
 }
 
 var signalNames = map[syscall.Signal]string{
@@ -209,6 +220,17 @@ func (c *Config) Check() error {
 	}
 	if c.EnvFile != "" {
 		if _, err := ReadEnvFile(c.EnvFile); err != nil {
+			return err
+		}
+	}
+	if c.BeforeUpgrade != "" && c.BeforeUpgradeTimeout <= 0 {
+		return badConfig("--before-upgrade-timeout", c.BeforeUpgradeTimeout.String(), "want a positive duration", nil)
+	}
+	if c.BeforeStart && c.BeforeUpgrade == "" {
+		return badConfig("--before-start", "", "needs --before-upgrade COMMAND to run", nil)
+	}
+	if c.Metrics != "" {
+		if err := checkMetricsAddr(c.Metrics); err != nil {
 			return err
 		}
 	}

@@ -20,8 +20,10 @@ import (
 
 // ctlConn is one accepted control connection with its request.
 type ctlConn struct {
-	conn net.Conn
-	req  control.Request
+	conn   net.Conn
+	req    control.Request
+	stream *ctlStream // a held reload request's writer (progress.go)
+	since  time.Time  // when it was held
 }
 
 // reply writes one JSON line; a client that stopped reading cannot hold
@@ -102,12 +104,22 @@ func (m *master) onControl(c *ctlConn) {
 		c.reply(m.status())
 		c.close()
 	case control.CmdReload:
-		if reason := m.requestUpgrade("control"); reason != "" {
-			c.reply(control.ReloadResult{Code: control.ReloadRefused, Reason: reason, OldMasterPID: m.self})
-			c.close()
-			return
-		}
+		// Held before the request is made, so that it hears every step
+		// (progress.go), the wait in a queue included.
+		c.hold(m.sys.now())
 		m.up.waiters = append(m.up.waiters, c)
+		if reason := m.requestUpgrade("control", !c.req.NoWait); reason != "" {
+			m.up.waiters = m.up.waiters[:len(m.up.waiters)-1]
+			c.finish(control.ReloadResult{Code: control.ReloadRefused, Reason: reason, OldMasterPID: m.self})
+		}
+	case control.CmdScale:
+		prev, err := m.scale(c.req.Workers)
+		if err != nil {
+			c.reply(control.NewRefusal("scale refused: " + err.Error()))
+		} else {
+			c.reply(control.ScaleResult{OK: true, Previous: prev, Workers: len(m.slots)})
+		}
+		c.close()
 	case control.CmdStop:
 		c.reply(control.StopAck{OK: true, MasterPID: m.self, KeeperPID: m.keeperPID()})
 		// Held open: the client sees EOF when this process exits.
@@ -131,6 +143,9 @@ func (m *master) status() control.Status {
 		State:      m.stateName(),
 		UptimeMS:   ms(now.Sub(m.startAt)),
 		Listeners:  specStrings(m.cfg.Listen),
+
+		WorkersConfigured: len(m.slots),
+		UpgradeQueued:     !m.up.queuedAt.IsZero(),
 	}
 	if m.cfg.LogDropped != nil {
 		st.LogDropped = m.cfg.LogDropped()
@@ -140,6 +155,9 @@ func (m *master) status() control.Status {
 	}
 	for i, s := range m.slots {
 		if w := s.cur; w != nil {
+			if w.state == stateReady {
+				st.WorkersCurrent++
+			}
 			st.Workers = append(st.Workers, control.WorkerStatus{Index: i, PID: w.pid, State: w.state.String(),
 				UptimeMS: ms(now.Sub(w.started)), Restarts: s.restarts})
 		}

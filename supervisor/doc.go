@@ -17,6 +17,11 @@
 //	              backoff, drain, TTIN/TTOU, and the timers of each
 //	readiness.go  when a worker counts as ready (notify, delay:, exec:)
 //	upgrade.go    the handover protocol, both ends, its state in one struct
+//	hook.go       --before-upgrade: run by the old master before an upgrade
+//	queue.go      the one upgrade waiting for the previous generation's drain
+//	progress.go   a reload's progress lines, and a new master's steps sent
+//	              to the old master that streams them
+//	metrics.go    --metrics: Prometheus exposition, carried across masters
 //	control.go    the master's side of the control protocol (package
 //	              control has the wire types and the client)
 //	systemd.go    sd_notify to the service manager, watchdog
@@ -39,9 +44,10 @@
 //
 // Signals and what the loop does with them:
 //
-//	USR2, HUP          upgrade through tableflip (requestUpgrade)
+//	USR2, HUP          upgrade through tableflip (requestUpgrade); queued
+//	                   while the previous generation drains
 //	TERM, INT, QUIT    drain every worker, then exit; a second TERM/INT kills them
-//	TTIN, TTOU         one worker more / less
+//	TTIN, TTOU         one worker more / less (the count survives upgrades)
 //	USR1               reopen the log file, and forwarded to every worker
 //
 // Phases of a master: booting (its workers are starting; a failure here

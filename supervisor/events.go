@@ -26,6 +26,15 @@ type (
 	evStopAckTimeout struct{}
 	evKeeperGone     struct{}
 	evAcceptCheck    struct{} // sample the accept queues (hints.go)
+	evHookExit       struct {
+		h      *hookRun
+		status exitStatus
+	}
+	evHookTimeout struct{ h *hookRun }
+	evHookOutput  struct {
+		h            *hookRun
+		stream, line string
+	}
 )
 
 func (evSignal) isEvent()         {}
@@ -42,3 +51,6 @@ func (evWatchdog) isEvent()       {}
 func (evStopAckTimeout) isEvent() {}
 func (evKeeperGone) isEvent()     {}
 func (evAcceptCheck) isEvent()    {}
+func (evHookExit) isEvent()       {}
+func (evHookTimeout) isEvent()    {}
+func (evHookOutput) isEvent()     {}

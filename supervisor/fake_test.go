@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -39,6 +40,7 @@ type fakeProc struct {
 	os      *fakeOS
 	pid     int
 	exited  func(exitStatus)
+	spec    procSpec
 	reaped  bool
 	signals []syscall.Signal // to the process
 	group   []syscall.Signal // to its process group
@@ -62,7 +64,7 @@ func (f *fakeOS) sys() sys {
 			} else {
 				f.nextPid++
 			}
-			fp := &fakeProc{os: f, pid: pid, exited: exited}
+			fp := &fakeProc{os: f, pid: pid, exited: exited, spec: p}
 			f.procs = append(f.procs, fp)
 			return fp, nil
 		},
@@ -127,6 +129,7 @@ func (p *fakeProc) gotGroup(sig syscall.Signal) bool {
 // fakeUpgrader stands in for tableflip: Upgrade blocks until the test
 // sends its result.
 type fakeUpgrader struct {
+	calls    atomic.Int32 // Upgrade calls
 	results  chan error
 	readies  int
 	readyErr error
@@ -137,7 +140,7 @@ func newFakeUpgrader() *fakeUpgrader {
 	return &fakeUpgrader{results: make(chan error, 1), exit: make(chan struct{})}
 }
 
-func (u *fakeUpgrader) Upgrade() error                          { return <-u.results }
+func (u *fakeUpgrader) Upgrade() error                          { u.calls.Add(1); return <-u.results }
 func (u *fakeUpgrader) Ready() error                            { u.readies++; return u.readyErr }
 func (u *fakeUpgrader) Stop()                                   {}
 func (u *fakeUpgrader) Exit() <-chan struct{}                   { return u.exit }

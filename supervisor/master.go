@@ -67,6 +67,9 @@ type master struct {
 	stopWaiters  []*ctlConn // held open until exit
 	stopAsked    bool       // a stop signal came after the handover
 	accepts      *acceptWatch
+	hook         *hookRun      // the --before-upgrade command while it runs (hook.go)
+	prog         progressState // progress.go
+	met          *metrics      // metrics.go
 }
 
 // newMaster returns a master that has started nothing. gen is its
@@ -87,6 +90,7 @@ func newMaster(cfg Config, s sys, upg upgrader, gen int) *master {
 		procs:   make(map[int]*worker),
 		gen:     gen,
 		startAt: s.now(),
+		met:     newMetrics(cfg.Version, gen),
 	}
 	m.log = log.With(zap.Int("generation", gen), zap.Int("master_pid", m.self))
 	return m
@@ -138,10 +142,16 @@ func Run(cfg Config) error {
 	osutil.MarkCloexecFrom(3)
 	var up upgradeState
 	gen := up.readUpgradeEnv(upg.HasParent())
+	if up.workers > 0 {
+		cfg.Workers = up.workers // as TTIN, TTOU or scale left it
+	}
 	s, release := osSys()
 	defer release()
 	m := newMaster(cfg, s, tableflipUpgrader{upg}, gen)
 	m.up = up
+	if err := m.met.restore(up.metrics); err != nil {
+		m.log.Warn("previous master's metrics not carried over", zap.Error(err))
+	}
 	m.shell = findShell()
 	m.baseEnv = workerBaseEnv(os.Environ(), cfg.WorkerOutput == OutputTagged)
 	if cfg.EnvFile != "" {
@@ -209,6 +219,9 @@ func (m *master) setup() error {
 			return err
 		}
 	}
+	if m.cfg.Metrics != "" {
+		return m.openMetrics(reg)
+	}
 	return nil
 }
 
@@ -253,6 +266,8 @@ func (m *master) release(owner bool) {
 	if m.control != nil {
 		m.control.Close()
 	}
+	m.stopMetrics()
+	m.waitMetrics()
 	if m.lns != nil {
 		m.lns.Close()
 	}
@@ -291,6 +306,9 @@ func (m *master) run() error {
 		// one does.
 		go m.serveControl(m.control)
 	}
+	if !m.up.parentAlive {
+		m.serveMetrics()
+	}
 	if m.up.parentAlive {
 		go m.waitForParent()
 	}
@@ -320,6 +338,19 @@ func (m *master) boot() {
 		zap.Strings("command", m.cfg.Command),
 		zap.Bool("upgrade", m.up.parentAlive))
 	m.bootAt = m.sys.now()
+	m.step(control.Progress{Event: control.EvMasterStarted, Count: m.cfg.Workers,
+		Message: fmt.Sprintf("new master %d started: %d workers", m.self, m.cfg.Workers)})
+	if m.cfg.BeforeStart && !m.up.parentAlive {
+		m.startHook(m.gen, false)
+		return
+	}
+	m.startGeneration()
+}
+
+// startGeneration starts this master's workers.
+func (m *master) startGeneration() {
+	m.bootAt = m.sys.now()
+	m.prog.forwarding.Store(m.up.parentNotify != "")
 	rel, err := resolveRelease(m.cfg)
 	if err != nil {
 		m.bootFailed(fmt.Errorf("%w: %w", ErrBootFailed, err), err.Error())
@@ -351,7 +382,7 @@ func (m *master) exit() error {
 }
 
 func (m *master) finished() bool {
-	return (m.phase == phaseStopping || m.phase == phaseHandedOver) && len(m.procs) == 0
+	return (m.phase == phaseStopping || m.phase == phaseHandedOver) && len(m.procs) == 0 && m.hook == nil
 }
 
 // handle is the loop's one dispatch: every state change starts here.
@@ -385,7 +416,14 @@ func (m *master) handle(ev event) {
 		m.onKeeperGone()
 	case evAcceptCheck:
 		m.onAcceptCheck()
+	case evHookExit:
+		m.onHookExit(ev.h, ev.status)
+	case evHookTimeout:
+		m.onHookTimeout(ev.h)
+	case evHookOutput:
+		m.onHookOutput(ev.h, ev.stream, ev.line)
 	}
+	m.syncMetrics()
 }
 
 func (m *master) onSignal(sig syscall.Signal) {
@@ -407,7 +445,7 @@ func (m *master) onSignal(sig syscall.Signal) {
 		}
 		m.stop(sigName(sig))
 	case syscall.SIGUSR2, syscall.SIGHUP:
-		m.requestUpgrade(sigName(sig))
+		m.requestUpgrade(sigName(sig), true)
 	case syscall.SIGTTIN:
 		m.addWorker()
 	case syscall.SIGTTOU:
@@ -442,6 +480,8 @@ func (m *master) stop(trigger string) {
 		m.sdNotify("STOPPING=1")
 	}
 	m.phase = phaseStopping
+	m.stopHook(m.cfg.DrainSignal)
+	m.dropQueued("master stopping (" + trigger + ")")
 	m.drainAll()
 }
 
@@ -456,6 +496,9 @@ func (m *master) bootDone() {
 	res := control.ReloadResult{Generation: m.gen, TotalMS: ms(total),
 		WorkersStartingMS: ms(workers), BatonMS: ms(total - workers)}
 	m.reportReady(res)
+	m.step(control.Progress{Event: control.EvGenerationReady, Count: len(m.slots), DurationMS: ms(workers),
+		Message: fmt.Sprintf("all %d workers ready after %s; handing over", len(m.slots), workers.Round(time.Millisecond))})
+	m.prog.forwarding.Store(false)
 	if err := m.upg.Ready(); err != nil {
 		m.bootFailed(fmt.Errorf("%w: %w", ErrBootFailed, err), "could not signal readiness: "+err.Error())
 		return
@@ -469,6 +512,9 @@ func (m *master) bootDone() {
 		if m.control != nil {
 			go m.serveControl(m.control)
 		}
+		m.serveMetrics()
+		m.met.tookOver(now, workers, total-workers)
+		m.up.servingAt = now
 		// The old master drains for at most its drain timeout after this.
 		m.up.parentDeadline = now.Add(m.cfg.DrainTimeout + time.Second)
 		m.log.Info("handover complete: new generation serving", fields...)
@@ -483,6 +529,7 @@ func (m *master) bootFailed(err error, reason string) {
 		return
 	}
 	m.log.Error("generation failed to start; stopping its workers", zap.String("reason", reason))
+	m.prog.forwarding.Store(false)
 	m.bootErr = err
 	m.reportFailure(reason)
 	m.phase = phaseStopping

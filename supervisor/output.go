@@ -90,7 +90,9 @@ func newWorkerPipes(tee bool) (*workerPipes, error) {
 // Reading runs outside the master's loop: a flood of output costs the
 // pumps' goroutines time, never the loop's, and memory stays bounded by
 // maxLine per stream.
-func (p *workerPipes) started(log *zap.Logger) {
+//
+// Each line is logged with message msg, and handed to onLine if it is set.
+func (p *workerPipes) started(log *zap.Logger, msg string, onLine func(stream, line string)) {
 	p.errW.Close()
 	if p.tee {
 		go func() { teePump(p.errR, os.Stderr, &p.tail); close(p.done) }()
@@ -99,8 +101,8 @@ func (p *workerPipes) started(log *zap.Logger) {
 	p.outW.Close()
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); pump(p.outR, log, "stdout", nil) }()
-	go func() { defer wg.Done(); pump(p.errR, log, "stderr", &p.tail) }()
+	go func() { defer wg.Done(); pump(p.outR, log, msg, "stdout", nil, onLine) }()
+	go func() { defer wg.Done(); pump(p.errR, log, msg, "stderr", &p.tail, onLine) }()
 	go func() { wg.Wait(); close(p.done) }()
 }
 
@@ -141,7 +143,7 @@ func teePump(r *os.File, w io.Writer, tail *stderrTail) {
 	}
 }
 
-func pump(r *os.File, log *zap.Logger, stream string, tail *stderrTail) {
+func pump(r *os.File, log *zap.Logger, msg, stream string, tail *stderrTail, onLine func(stream, line string)) {
 	defer r.Close()
 	br := bufio.NewReaderSize(r, maxLine)
 	for {
@@ -153,9 +155,12 @@ func pump(r *os.File, log *zap.Logger, stream string, tail *stderrTail) {
 			if partial {
 				fields = append(fields, zap.Bool("partial", true))
 			}
-			log.Info(OutputMessage, fields...)
+			log.Info(msg, fields...)
 			if tail != nil {
 				tail.add(s)
+			}
+			if onLine != nil {
+				onLine(stream, s)
 			}
 		}
 		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {

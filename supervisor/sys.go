@@ -70,6 +70,11 @@ type procSpec struct {
 	cred   *syscall.Credential
 	output string      // OutputTagged or OutputInherit
 	log    *zap.Logger // for tagged output; the pid is added
+	// outputMsg is the log message of each tagged line ("worker output"
+	// when empty); onLine, if set, is also called with each line, from
+	// the output pumps' goroutines.
+	outputMsg string
+	onLine    func(stream, line string)
 }
 
 // process is a started worker as the loop sees it.
@@ -182,7 +187,11 @@ func startOSProcess(sp *spawner, p procSpec, exited func(exitStatus)) (*osProces
 	}
 	proc := &osProcess{pid: cmd.Process.Pid, pipes: pipes}
 	if pipes != nil {
-		pipes.started(p.log.With(zap.Int("pid", proc.pid)))
+		msg := p.outputMsg
+		if msg == "" {
+			msg = "worker output"
+		}
+		pipes.started(p.log.With(zap.Int("pid", proc.pid)), msg, p.onLine)
 	}
 	go func() {
 		// Wait for the exit without reaping, so that signals stop before

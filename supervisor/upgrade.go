@@ -27,9 +27,11 @@ import (
 // reach workers (stripEnv drops every BATON_ variable).
 const (
 	envNextGeneration = "BATON_MASTER_GENERATION"
-	envUpgradeStart   = "BATON_UPGRADE_START" // unix nanoseconds of the USR2
-	envParentNotify   = "BATON_PARENT_NOTIFY" // the old master's notify socket
-	envUpgradeToken   = "BATON_UPGRADE_TOKEN" // proves a report comes from that new master
+	envUpgradeStart   = "BATON_UPGRADE_START"  // unix nanoseconds of the USR2
+	envParentNotify   = "BATON_PARENT_NOTIFY"  // the old master's notify socket
+	envUpgradeToken   = "BATON_UPGRADE_TOKEN"  // proves a report comes from that new master
+	envNextWorkers    = "BATON_MASTER_WORKERS" // the worker count, as TTIN/TTOU/scale left it
+	envMetrics        = "BATON_MASTER_METRICS" // the counters so far (metrics.go)
 )
 
 // Keys of the child's report on the parent's notify socket.
@@ -49,16 +51,23 @@ type upgradeState struct {
 	parentToken    string    // include in reports
 	start          time.Time // when the old master got the USR2
 	parentDeadline time.Time // the old master has surely exited by then
+	workers        int       // the worker count the old master ran, or 0
+	metrics        string    // its counters, for metrics.restore
+	servingAt      time.Time // when this generation took over
 
 	// As a parent (the upgrade this master started).
-	running bool
-	at      time.Time
-	token   string                // expect in reports from the new master
-	reason  string                // from the new master, when it failed
-	stderr  []string              // its failing worker's last stderr lines
-	ready   *control.ReloadResult // from the new master, when it took over
-	last    *control.ReloadResult
-	waiters []*ctlConn // reload requests answered at the outcome
+	running  bool
+	at       time.Time
+	token    string                // expect in reports from the new master
+	reason   string                // from the new master, when it failed
+	stderr   []string              // its failing worker's last stderr lines
+	ready    *control.ReloadResult // from the new master, when it took over
+	last     *control.ReloadResult
+	waiters  []*ctlConn    // reload requests answered at the outcome
+	hookTook time.Duration // the --before-upgrade command's run
+	waited   time.Duration // the wait for the previous generation's drain
+	queuedAt time.Time     // non-zero while an upgrade waits (queue.go)
+	queuedBy string        // what asked for it first
 
 	// After a handover, reload requests are answered once every old
 	// worker has stopped accepting (said STOPPING=1, or exited), or after
@@ -91,18 +100,25 @@ func (u *upgradeState) readUpgradeEnv(hasParent bool) int {
 		}
 		u.parentNotify = os.Getenv(envParentNotify)
 		u.parentToken = os.Getenv(envUpgradeToken)
+		if n, err := strconv.Atoi(os.Getenv(envNextWorkers)); err == nil && n > 0 {
+			u.workers = n
+		}
+		u.metrics = os.Getenv(envMetrics)
 	}
-	for _, k := range []string{envNextGeneration, envUpgradeStart, envParentNotify, envUpgradeToken, "TABLEFLIP_HAS_PARENT_7DIU3"} {
+	for _, k := range []string{envNextGeneration, envUpgradeStart, envParentNotify, envUpgradeToken, envNextWorkers, envMetrics, "TABLEFLIP_HAS_PARENT_7DIU3"} {
 		os.Unsetenv(k)
 	}
 	return gen
 }
 
 // requestUpgrade starts a handover to a freshly executed master. It returns
-// why it refused, or "" once the upgrade is under way. One at a time:
-// tableflip allows a single pair of masters, and a third generation would
-// stack drains.
-func (m *master) requestUpgrade(trigger string) string {
+// why it refused, or "" once the upgrade is under way or queued. One at a
+// time: tableflip allows a single pair of masters, and a third generation
+// would stack drains. While the previous generation drains, the upgrade is
+// queued (wait true; at most one, later requests merge into it) and starts
+// once the previous master has exited (queue.go); with wait false it is
+// refused.
+func (m *master) requestUpgrade(trigger string, wait bool) string {
 	u := &m.up
 	var why string
 	var fields []zap.Field
@@ -112,6 +128,9 @@ func (m *master) requestUpgrade(trigger string) string {
 	case u.running:
 		why = "an upgrade is already under way"
 		fields = append(fields, zap.Duration("running_for", m.sys.now().Sub(u.at)))
+	case u.parentAlive && wait:
+		m.queueUpgrade(trigger)
+		return ""
 	case u.parentAlive:
 		left := max(u.parentDeadline.Sub(m.sys.now()), 0).Round(time.Millisecond)
 		why = "previous generation still draining (up to " + left.String() + " more)"
@@ -123,21 +142,45 @@ func (m *master) requestUpgrade(trigger string) string {
 	}
 	if why != "" {
 		m.log.Warn("upgrade refused: "+trimParen(why), append(fields, zap.String("trigger", trigger), zap.String("reason", why))...)
+		m.met.upgrade(outcomeRefused)
 		return why
 	}
 	u.running = true
 	u.at = m.sys.now()
 	u.reason, u.stderr, u.ready = "", nil, nil
+	u.hookTook, u.waited = 0, 0
+	if !u.queuedAt.IsZero() {
+		u.waited = u.at.Sub(u.queuedAt)
+		u.queuedAt = time.Time{}
+	}
+	m.log.Info("upgrade requested", zap.String("trigger", trigger), zap.Int("new_generation", m.gen+1))
+	m.progress(control.Progress{Event: control.EvPreflight, Message: "pre-flight checks passed"})
+	m.sdNotify("RELOADING=1\n" + monotonicUsec() + "STATUS=upgrading to generation " + strconv.Itoa(m.gen+1))
+	if m.cfg.BeforeUpgrade != "" {
+		m.startHook(m.gen+1, true)
+		return ""
+	}
+	m.launchUpgrade()
+	return ""
+}
+
+// launchUpgrade re-executes baton through tableflip; its outcome arrives
+// as evUpgradeDone.
+func (m *master) launchUpgrade() {
+	u := &m.up
+	start := m.sys.now()
 	u.token = strconv.FormatUint(rand.Uint64(), 36)
 	// tableflip re-executes us with os.Environ(); this is how the next
-	// master learns its generation, when the deploy began, and where to
-	// report.
+	// master learns its generation, when the deploy began (after the
+	// hook: the handover's time is the new generation's), where to
+	// report, the worker count (TTIN/TTOU survive a deploy) and the
+	// metrics so far.
 	m.sys.setenv(envNextGeneration, strconv.Itoa(m.gen+1))
-	m.sys.setenv(envUpgradeStart, strconv.FormatInt(u.at.UnixNano(), 10))
+	m.sys.setenv(envUpgradeStart, strconv.FormatInt(start.UnixNano(), 10))
 	m.sys.setenv(envParentNotify, m.notifyAddr())
 	m.sys.setenv(envUpgradeToken, u.token)
-	m.log.Info("upgrade requested", zap.String("trigger", trigger), zap.Int("new_generation", m.gen+1))
-	m.sdNotify("RELOADING=1\n" + monotonicUsec() + "STATUS=upgrading to generation " + strconv.Itoa(m.gen+1))
+	m.sys.setenv(envNextWorkers, strconv.Itoa(len(m.slots)))
+	m.sys.setenv(envMetrics, m.met.carry())
 	go func() {
 		err := m.upg.Upgrade()
 		// tableflip learns that the old master exited in its own loop,
@@ -155,7 +198,6 @@ func (m *master) requestUpgrade(trigger string) string {
 		}
 		m.post(evUpgradeDone{err})
 	}()
-	return ""
 }
 
 // preflight checks what the new master will need before anything is
@@ -191,7 +233,7 @@ func (m *master) onUpgradeDone(err error) {
 		// some later GC.
 		runtime.GC()
 		res := control.ReloadResult{Code: control.ReloadRollback, OldMasterPID: m.self, Generation: m.gen + 1,
-			Reason: u.reason, Stderr: u.stderr, TotalMS: ms(took)}
+			Reason: u.reason, Stderr: u.stderr, TotalMS: ms(took), HookMS: ms(u.hookTook), WaitedMS: ms(u.waited)}
 		if res.Reason == "" {
 			res.Reason = "new master failed: " + err.Error()
 		}
@@ -203,6 +245,8 @@ func (m *master) onUpgradeDone(err error) {
 				zap.Int("goroutines", runtime.NumGoroutine()))
 			m.sdNotify("READY=1\nSTATUS=upgrade failed, generation " + strconv.Itoa(m.gen) + " serving: " + res.Reason)
 		}
+		m.met.upgradeFailed(m.sys.now())
+		m.progress(control.Progress{Event: control.EvFailed, Message: "upgrade failed: " + res.Reason})
 		m.finishReload(res)
 		return
 	}
@@ -211,6 +255,7 @@ func (m *master) onUpgradeDone(err error) {
 		res = *u.ready
 	}
 	res.OK, res.Code, res.OldMasterPID = true, control.ReloadOK, m.self
+	res.HookMS, res.WaitedMS = ms(u.hookTook), ms(u.waited)
 	m.log.Info("handed over to new master: draining old generation",
 		zap.Int("new_master_pid", res.NewMasterPID), zap.Duration("handover", took),
 		zap.Float64("workers_starting_ms", res.WorkersStartingMS), zap.Int("workers", len(m.procs)))
@@ -222,6 +267,7 @@ func (m *master) onUpgradeDone(err error) {
 		m.control.Close()
 		m.control = nil
 	}
+	m.stopMetrics() // and serves /metrics, on the socket both hold
 	// The deploy script hears "ok" once the old code takes no more
 	// connections, so whatever it checks next is the new release. Only
 	// workers that were serving are waited for: draining ones have
@@ -234,6 +280,8 @@ func (m *master) onUpgradeDone(err error) {
 		}
 	}
 	m.drainAll()
+	m.progress(control.Progress{Event: control.EvHandover, PID: res.NewMasterPID, Count: len(m.procs),
+		Message: fmt.Sprintf("new master %d serving generation %d; draining %d old workers", res.NewMasterPID, res.Generation, len(m.procs))})
 	if len(u.accepting) == 0 {
 		m.answerReload()
 		return
@@ -265,6 +313,10 @@ func (m *master) answerReload() {
 	if len(u.accepting) > 0 {
 		m.log.Info("answering reload: old workers still accepting after the wait",
 			zap.Int("workers", len(u.accepting)), zap.Duration("waited", stopAckWait))
+		m.progress(control.Progress{Event: control.EvStopped, Count: len(u.accepting),
+			Message: fmt.Sprintf("%d old workers still accepting after %s; answering anyway", len(u.accepting), stopAckWait)})
+	} else {
+		m.progress(control.Progress{Event: control.EvStopped, Message: "old workers no longer accept connections"})
 	}
 	res := *u.pending
 	u.pending, u.accepting = nil, nil
@@ -272,10 +324,11 @@ func (m *master) answerReload() {
 }
 
 func (m *master) finishReload(res control.ReloadResult) {
-	m.up.last = &res
+	if res.Code != control.ReloadRefused {
+		m.up.last = &res
+	}
 	for _, c := range m.up.waiters {
-		c.reply(res)
-		c.close()
+		c.finish(res)
 	}
 	m.up.waiters = nil
 }
@@ -288,6 +341,16 @@ func (m *master) onChildReport(pid int, fields map[string]string) bool {
 		u.reason = reason
 		if s, ok := fields[reportStderr]; ok {
 			json.Unmarshal([]byte(s), &u.stderr)
+		}
+		return true
+	}
+	if js, ok := fields[reportProgress]; ok {
+		var p control.Progress
+		if json.Unmarshal([]byte(js), &p) == nil {
+			if p.Event == control.EvMasterStarted {
+				p.PID = pid
+			}
+			m.progress(p)
 		}
 		return true
 	}
@@ -339,6 +402,11 @@ func (m *master) waitForParent() {
 func (m *master) onParentExited() {
 	m.up.parentDeadline = time.Time{}
 	m.up.parentAlive = false
+	if !m.up.servingAt.IsZero() {
+		// The old master drained from about when this one took over.
+		m.met.drained(m.sys.now().Sub(m.up.servingAt))
+	}
+	m.startQueued()
 	// The goroutine count is here to make leaks visible in tests.
 	m.log.Info("previous master exited", zap.Int("goroutines", runtime.NumGoroutine()))
 }

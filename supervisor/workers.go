@@ -6,6 +6,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/baton-sh/baton/supervisor/control"
 	"go.uber.org/zap"
 )
 
@@ -101,7 +102,7 @@ func (m *master) startWorker(s *slot) {
 	proc, err := m.sys.start(procSpec{
 		path: path, argv: argv, env: env, dir: m.pinned.dir,
 		files: m.files, cred: m.cfg.Credential,
-		output: m.cfg.WorkerOutput, log: wlog,
+		output: m.cfg.WorkerOutput, log: wlog, onLine: m.outputForwarder(s.index),
 	}, func(st exitStatus) {
 		if m.notify != nil {
 			// Datagrams are read in order: a worker's last READY=1 is
@@ -119,7 +120,7 @@ func (m *master) startWorker(s *slot) {
 			m.bootFailed(fmt.Errorf("%w: %s", ErrBootFailed, reason), reason)
 			return
 		}
-		m.scheduleRestart(s)
+		m.scheduleRestart(s, "start_error")
 		return
 	}
 	w.proc, w.pid, w.started = proc, proc.Pid(), m.sys.now()
@@ -127,6 +128,9 @@ func (m *master) startWorker(s *slot) {
 	s.cur = w
 	m.procs[w.pid] = w
 	w.log.Info("worker started", zap.Int("restarts", s.restarts))
+	m.met.workerStarted()
+	m.step(control.Progress{Event: control.EvWorkerStarted, Worker: intp(w.index), PID: w.pid,
+		Message: fmt.Sprintf("worker %d started (pid %d)", w.index, w.pid)})
 	w.stopReadyTimer = m.sys.afterFunc(m.cfg.ReadyTimeout, func() { m.post(evReadyTimeout{w}) })
 	w.stopReady = m.ready.watch(w, env, func() { m.post(evReady{w}) })
 }
@@ -151,7 +155,10 @@ func (m *master) markReady(w *worker) {
 	w.state = stateReady
 	w.stopReady()
 	w.stopReadyTimer()
-	w.log.Info("worker ready", zap.Duration("startup", m.sys.now().Sub(w.started)))
+	startup := m.sys.now().Sub(w.started)
+	w.log.Info("worker ready", zap.Duration("startup", startup))
+	m.step(control.Progress{Event: control.EvWorkerReady, Worker: intp(w.index), PID: w.pid, DurationMS: ms(startup),
+		Message: fmt.Sprintf("worker %d ready (pid %d) after %s", w.index, w.pid, startup.Round(time.Millisecond))})
 	if m.phase == phaseBooting && m.allReady() {
 		m.bootDone()
 	}
@@ -204,12 +211,15 @@ func (m *master) onExit(w *worker, st exitStatus) {
 		m.up.drained++
 		if w.killed {
 			m.up.killed++
+			m.met.workerExited("killed")
+		} else {
+			m.met.workerExited("drained")
 		}
 		w.log.Info("worker drained", append(fields, zap.Duration("drain", m.sys.now().Sub(w.drainAt)), zap.Bool("killed", w.killed))...)
 		if s != nil && m.phase == phaseServing {
 			// Drained but still holding its slot: a replacement that never
 			// became ready. Try again, with backoff.
-			m.scheduleRestart(s)
+			m.scheduleRestart(s, "not_ready")
 		}
 	case m.phase == phaseBooting:
 		// A crash while the generation starts fails the generation, even
@@ -219,6 +229,7 @@ func (m *master) onExit(w *worker, st exitStatus) {
 			when = "while the generation was starting (after it was ready)"
 		}
 		w.log.Error("worker exited "+when, fields...)
+		m.met.workerExited("failed_start")
 		m.failedStderr = w.proc.StderrTail()
 		reason := withHint(fmt.Sprintf("worker %d (pid %d) exited with %s %s", w.index, w.pid, st, when),
 			startHint(m.failedStderr, false, w.notified, m.ready.byNotify()))
@@ -228,19 +239,24 @@ func (m *master) onExit(w *worker, st exitStatus) {
 			fields = append(fields, zap.String("hint", hint))
 		}
 		w.log.Warn("worker exited unexpectedly", fields...)
+		m.met.workerExited("crashed")
 		if uptime >= backoffStable {
 			s.backoff = backoffMin
 		}
-		m.scheduleRestart(s)
+		m.scheduleRestart(s, "crash")
 	default:
 		w.log.Info("worker exited", fields...)
+		m.met.workerExited("other")
 	}
 }
 
-func (m *master) scheduleRestart(s *slot) {
+// scheduleRestart restarts s's worker after its backoff; reason is a
+// baton_worker_restarts_total label.
+func (m *master) scheduleRestart(s *slot, reason string) {
 	if m.phase != phaseServing && m.phase != phaseBooting {
 		return
 	}
+	m.met.workerRestart(reason)
 	d := s.backoff
 	s.backoff = min(s.backoff*2, backoffMax)
 	s.cancelRestart()
@@ -291,6 +307,7 @@ func (m *master) drainAll() {
 }
 
 func (m *master) killAll() {
+	m.stopHook(syscall.SIGKILL)
 	for _, w := range m.procs {
 		w.killed = true
 		w.proc.SignalGroup(syscall.SIGKILL)
@@ -323,4 +340,22 @@ func (m *master) removeWorker() {
 	if s.cur != nil {
 		m.drain(s.cur)
 	}
+}
+
+// scale sets the worker count to n (baton scale), as TTIN and TTOU would
+// one at a time, and returns the count before. It refuses unless the
+// master serves.
+func (m *master) scale(n int) (int, error) {
+	prev := len(m.slots)
+	if m.phase != phaseServing {
+		return prev, fmt.Errorf("master is not serving (%s)", m.stateName())
+	}
+	for len(m.slots) < n {
+		m.addWorker()
+	}
+	for len(m.slots) > n {
+		m.removeWorker()
+	}
+	m.log.Info("worker count set", zap.Int("previous", prev), zap.Int("workers", n))
+	return prev, nil
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -108,17 +109,41 @@ func call(c *cli.Context, cmd control.Cmd, v any) (*control.Conn, error) {
 func reloadCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 	return &cli.Command{
 		Name:  "reload",
-		Usage: "upgrade to a new generation and wait for the outcome (exit 0 took over, 1 rolled back, 2 not started, 3 unknown)",
+		Usage: "upgrade to a new generation, printing each step, and wait for the outcome (exit 0 took over, 1 rolled back, 2 not started, 3 unknown)",
 		Flags: append(controlFlags(10*time.Minute, "how long to wait for the outcome of the upgrade (exit 3 if none by then)"),
-			&cli.BoolFlag{Name: "json", Usage: "print the outcome as JSON"}),
+			&cli.BoolFlag{Name: "json", Usage: "print each step and the outcome as JSON lines"},
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print the outcome only"},
+			&cli.BoolFlag{Name: "follow-logs", Usage: "also print the hook's and the new workers' output while the upgrade runs (needs tagged --worker-output)"},
+			&cli.BoolFlag{Name: "no-wait", Usage: "refuse (exit 2) instead of waiting while the previous generation drains"}),
 		OnUsageError: onUsage,
 		Action: func(c *cli.Context) error {
-			var res control.ReloadResult
-			conn, err := call(c, control.CmdReload, &res)
+			if c.Bool("quiet") && c.Bool("follow-logs") {
+				return &usageError{errors.New("--quiet and --follow-logs: choose one")}
+			}
+			path, err := controlPath(c)
 			if err != nil {
 				return err
 			}
-			conn.Close()
+			conn, err := control.SendRequest(path, control.Request{Cmd: control.CmdReload, NoWait: c.Bool("no-wait")}, c.Duration("timeout"))
+			if err != nil {
+				return &exitCode{control.ReloadRefused, err.Error()}
+			}
+			defer conn.Close()
+			var res control.ReloadResult
+			err = conn.Reload(func(p control.Progress) {
+				if c.Bool("quiet") || (p.IsOutput() && !c.Bool("follow-logs")) {
+					return
+				}
+				if c.Bool("json") {
+					b, _ := json.Marshal(p)
+					fmt.Println(string(b))
+				} else {
+					fmt.Printf("%8.3fs  %s\n", p.ElapsedMS/1000, p.Message)
+				}
+			}, &res)
+			if err != nil {
+				return &exitCode{exitUnknown, fmt.Errorf("%w (--timeout %s)", err, c.Duration("timeout")).Error()}
+			}
 			if c.Bool("json") {
 				b, _ := json.Marshal(res)
 				fmt.Println(string(b))
@@ -188,6 +213,10 @@ func printStatus(w io.Writer, st control.Status) {
 	if r := st.Release; r != nil {
 		fmt.Fprintf(w, "release %s  (%s)\n", r.Dir, r.Command)
 	}
+	fmt.Fprintf(w, "workers: %d configured, %d ready\n", st.WorkersConfigured, st.WorkersCurrent)
+	if st.UpgradeQueued {
+		fmt.Fprintln(w, "an upgrade is queued: it starts once the previous generation has drained")
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "WORKER\tPID\tSTATE\tUPTIME\tRESTARTS")
 	for _, wk := range st.Workers {
@@ -230,6 +259,44 @@ func stopCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 				return &exitCode{exitUnknown, fmt.Sprintf("keeper %d still running after %s (--timeout)", ack.KeeperPID, c.Duration("timeout"))}
 			}
 			fmt.Printf("master %d stopped\n", ack.MasterPID)
+			return nil
+		},
+	}
+}
+
+func scaleCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
+	return &cli.Command{
+		Name:         "scale",
+		Usage:        "set the worker count (kept by later generations, like TTIN/TTOU)",
+		ArgsUsage:    "N",
+		Flags:        controlFlags(10*time.Second, "how long to wait for the master's answer"),
+		OnUsageError: onUsage,
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return &usageError{errors.New("scale: want one argument, the worker count N")}
+			}
+			n, err := strconv.Atoi(c.Args().First())
+			if err != nil || n < 1 || n > control.MaxWorkers {
+				return &usageError{fmt.Errorf("scale %q: want a worker count from 1 to %d", c.Args().First(), control.MaxWorkers)}
+			}
+			path, err := controlPath(c)
+			if err != nil {
+				return err
+			}
+			conn, err := control.SendRequest(path, control.Request{Cmd: control.CmdScale, Workers: n}, c.Duration("timeout"))
+			if err != nil {
+				return &exitCode{control.ReloadRefused, err.Error()}
+			}
+			defer conn.Close()
+			var res control.ScaleResult
+			if err := conn.Reply(&res); err != nil {
+				code := control.ReloadRefused
+				if errors.Is(err, control.ErrNoAnswer) {
+					code = exitUnknown
+				}
+				return &exitCode{code, err.Error()}
+			}
+			fmt.Printf("workers: %d -> %d\n", res.Previous, res.Workers)
 			return nil
 		},
 	}

@@ -522,7 +522,7 @@ func TestMasterEnvironmentDoesNotAccumulate(t *testing.T) {
 		var out []string
 		for _, kv := range env {
 			switch k, _, _ := strings.Cut(kv, "="); k {
-			case "BATON_MASTER_GENERATION", "BATON_UPGRADE_START", "BATON_PARENT_NOTIFY", "BATON_UPGRADE_TOKEN":
+			case "BATON_MASTER_GENERATION", "BATON_UPGRADE_START", "BATON_PARENT_NOTIFY", "BATON_UPGRADE_TOKEN", "BATON_MASTER_METRICS":
 			default:
 				out = append(out, kv)
 			}

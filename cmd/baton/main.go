@@ -104,7 +104,7 @@ func newApp() *cli.App {
 			}
 			return &usageError{errors.New("no command given (see baton --help)")}
 		},
-		Commands: []*cli.Command{runCommand(onUsage), reloadCommand(onUsage), statusCommand(onUsage), stopCommand(onUsage),
+		Commands: []*cli.Command{runCommand(onUsage), reloadCommand(onUsage), statusCommand(onUsage), scaleCommand(onUsage), stopCommand(onUsage),
 			verifyCommand(onUsage), completionCommand(), manCommand()},
 	}
 }
@@ -148,6 +148,14 @@ func runFlags() []cli.Flag {
 			Usage: "debug, info, warn or error"},
 		&cli.StringFlag{Name: "log-file", EnvVars: env("log-file"),
 			Usage: "write baton's log here instead of stderr (reopened on SIGUSR1)"},
+		&cli.StringFlag{Name: "before-upgrade", EnvVars: env("before-upgrade"),
+			Usage: "run this by /bin/sh -c before every upgrade starts anything new (e.g. migrations), in --chdir with the workers' environment and BATON_GENERATION; failing it fails the upgrade"},
+		&cli.DurationFlag{Name: "before-upgrade-timeout", Value: 10 * time.Minute, EnvVars: env("before-upgrade-timeout"),
+			Usage: "how long --before-upgrade may run before its process group is killed and the upgrade fails"},
+		&cli.BoolFlag{Name: "before-start", EnvVars: env("before-start"),
+			Usage: "run --before-upgrade before the first generation starts too (failing it, baton exits 1)"},
+		&cli.StringFlag{Name: "metrics", EnvVars: env("metrics"),
+			Usage: "serve Prometheus metrics at http://ADDRESS/metrics (HOST:PORT, e.g. 127.0.0.1:9101), from whichever master serves"},
 	}
 }
 
@@ -221,6 +229,11 @@ func configFrom(c *cli.Context) (supervisor.Config, error) {
 		Command:      c.Args().Slice(),
 		EnvFile:      c.String("env-file"),
 		Compat:       c.StringSlice("compat"),
+
+		BeforeUpgrade:        c.String("before-upgrade"),
+		BeforeUpgradeTimeout: c.Duration("before-upgrade-timeout"),
+		BeforeStart:          c.Bool("before-start"),
+		Metrics:              c.String("metrics"),
 	}
 	if cfg.ChdirDefault {
 		// Workers start where baton did, named explicitly: the master

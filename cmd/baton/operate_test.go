@@ -25,7 +25,8 @@ import (
 func (b *baton) ctl(t *testing.T, args ...string) (int, string) {
 	t.Helper()
 	var out bytes.Buffer
-	cmd := exec.Command(bin("baton"), append(args, "--control", b.control)...)
+	// --control right after the command: cli stops at the first argument.
+	cmd := exec.Command(bin("baton"), append([]string{args[0], "--control", b.control}, args[1:]...)...)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
 	var ee *exec.ExitError
@@ -90,7 +91,9 @@ func TestReloadExitCodes(t *testing.T) {
 		t.Fatalf("reload of a slow but good release: %s", got)
 	}
 	var res control.ReloadResult
-	if err := json.Unmarshal([]byte(strings.TrimPrefix(got, "0 ")), &res); err != nil {
+	// JSON lines: the steps, then the result.
+	jl := strings.Split(strings.TrimSpace(strings.TrimPrefix(got, "0 ")), "\n")
+	if err := json.Unmarshal([]byte(jl[len(jl)-1]), &res); err != nil {
 		t.Fatalf("reload --json: %v in %q", err, got)
 	}
 	if !res.OK || res.Generation != 2 || res.OldMasterPID != b.firstMaster() || res.NewMasterPID == 0 || res.NewMasterPID == b.firstMaster() ||

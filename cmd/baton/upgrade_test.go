@@ -219,7 +219,10 @@ func TestUpgradeRefusedWhileOneRuns(t *testing.T) {
 	}
 }
 
-func TestUpgradeRefusedWhilePreviousGenerationDrains(t *testing.T) {
+// USR2 while the previous generation drains waits its turn: it is queued,
+// a second one is merged into it, a reload --no-wait is still refused, and
+// the queued upgrade runs once the old master has exited.
+func TestUpgradeQueuedWhilePreviousGenerationDrains(t *testing.T) {
 	t.Parallel()
 	addr := freeAddr(t)
 	b := startBaton(t, nil, "-l", addr, "-w", "1", "--drain-timeout", "20s", "--", bin("hello"))
@@ -233,16 +236,30 @@ func TestUpgradeRefusedWhilePreviousGenerationDrains(t *testing.T) {
 	newMaster := ho.num("master_pid")
 	from := b.log.len()
 	syscall.Kill(newMaster, syscall.SIGUSR2)
-	ev, _ := b.log.waitFrom(t, from, "upgrade refused: previous generation still draining", nil, 10*time.Second)
+	ev, _ := b.log.waitFrom(t, from, "upgrade queued: previous generation still draining", nil, 10*time.Second)
 	if left := ev["drain_left_at_most"].(float64); left <= 0 || left > 21000 {
 		t.Errorf("drain_left_at_most = %vms, want within the 20s drain timeout", left)
+	}
+	syscall.Kill(newMaster, syscall.SIGHUP)
+	b.log.waitFrom(t, from, "upgrade request merged into the queued upgrade", nil, 10*time.Second)
+	if code, out := b.ctl(t, "reload", "--no-wait"); code != 2 || !strings.Contains(out, "still draining") {
+		t.Fatalf("reload --no-wait while draining: exit %d:\n%s", code, out)
+	}
+	if b.log.count("upgrade requested") != 1 {
+		t.Fatal("the queued upgrade started while the previous generation drained")
 	}
 	if body := <-slow; field(body, "generation") != "1" {
 		t.Fatalf("slow request: %q, want an answer from generation 1", body)
 	}
 	b.log.wait(t, "previous master exited", func(e logEvent) bool { return e.num("master_pid") == newMaster }, 30*time.Second)
-	// Once the old master is gone the next upgrade goes through.
-	b.upgrade(t, newMaster, 2)
+	// The two signals made one upgrade, to generation 3.
+	b.log.waitFrom(t, from, "handover complete: new generation serving", func(e logEvent) bool { return e.num("generation") == 3 }, 30*time.Second)
+	if body := mustGet(t, addr, "/"); field(body, "generation") != "3" {
+		t.Fatalf("served %q, want generation 3", body)
+	}
+	if n := b.log.count("upgrade requested"); n != 2 {
+		t.Fatalf("%d upgrades requested, want 2 (the queued one merged the second signal)", n)
+	}
 }
 
 func fdCount(t *testing.T, pid int) int {

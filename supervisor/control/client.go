@@ -34,6 +34,11 @@ type Conn struct {
 // ErrPathTooLong for a path no unix socket can have (no master can be
 // there, and "no master" would hide the cause).
 func Send(path string, cmd Cmd, timeout time.Duration) (*Conn, error) {
+	return SendRequest(path, Request{Cmd: cmd}, timeout)
+}
+
+// SendRequest is Send with a request that carries arguments.
+func SendRequest(path string, req Request, timeout time.Duration) (*Conn, error) {
 	if err := CheckPath(path); err != nil {
 		return nil, fmt.Errorf("control socket %q: %w", path, err)
 	}
@@ -42,38 +47,77 @@ func Send(path string, cmd Cmd, timeout time.Duration) (*Conn, error) {
 		return nil, fmt.Errorf("%w at %s: %w", ErrNoMaster, path, osutil.Cause(err))
 	}
 	c.SetDeadline(time.Now().Add(timeout))
-	b, _ := json.Marshal(Request{Cmd: cmd})
+	b, _ := json.Marshal(req)
 	if _, err := c.Write(append(b, '\n')); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("%w at %s: send %s: %w", ErrNoMaster, path, cmd, err)
+		return nil, fmt.Errorf("%w at %s: send %s: %w", ErrNoMaster, path, req.Cmd, err)
 	}
 	return &Conn{path: path, conn: c, r: bufio.NewReader(c)}, nil
 }
 
-// Reply reads one reply line into v (a *Status, *ReloadResult or
-// *StopAck). A Refusal instead of what was asked is an error wrapping
-// ErrRefused; a reload's own failure is not an error here (see
-// ReloadResult.Code). No line before the deadline, or a closed connection,
-// is an error wrapping ErrNoAnswer.
-func (c *Conn) Reply(v any) error {
+// Reload reads a reload's reply: each Progress line is handed to
+// onProgress (nil: skipped) as it arrives, blocking the read while it
+// runs, and the final line goes into res. Errors are Reply's.
+func (c *Conn) Reload(onProgress func(Progress), res *ReloadResult) error {
+	for {
+		line, err := c.line()
+		if err != nil {
+			return err
+		}
+		var probe struct {
+			Event *string `json:"event"`
+		}
+		if json.Unmarshal(line, &probe) == nil && probe.Event != nil {
+			var p Progress
+			if err := json.Unmarshal(line, &p); err != nil {
+				return fmt.Errorf("%w: bad progress line from master: %w", ErrNoAnswer, err)
+			}
+			if onProgress != nil {
+				onProgress(p)
+			}
+			continue
+		}
+		if err := json.Unmarshal(line, res); err != nil {
+			return fmt.Errorf("%w: bad answer from master: %w", ErrNoAnswer, err)
+		}
+		return nil
+	}
+}
+
+func (c *Conn) line() ([]byte, error) {
 	line, err := c.r.ReadBytes('\n')
 	if err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
-			return fmt.Errorf("%w within the timeout; the outcome is unknown", ErrNoAnswer)
+			return nil, fmt.Errorf("%w within the timeout; the outcome is unknown", ErrNoAnswer)
 		}
-		return fmt.Errorf("%w: control connection closed: %w", ErrNoAnswer, err)
+		return nil, fmt.Errorf("%w: control connection closed: %w", ErrNoAnswer, err)
 	}
-	if _, isReload := v.(*ReloadResult); !isReload {
-		// A reload's result carries its own refusal; anything else may be
-		// a refusal instead of what was asked.
-		var r struct {
-			OK     *bool  `json:"ok"`
-			Reason string `json:"reason"`
-		}
-		if json.Unmarshal(line, &r) == nil && r.OK != nil && !*r.OK {
-			return fmt.Errorf("%w: %s", ErrRefused, r.Reason)
-		}
+	return line, nil
+}
+
+// Reply reads one reply line into v (a *Status, *ReloadResult,
+// *ScaleResult or *StopAck); for a *ReloadResult it skips the Progress
+// lines before it. A Refusal instead of what was asked is an error wrapping
+// ErrRefused; a reload's own failure is not an error here (see
+// ReloadResult.Code). No line before the deadline, or a closed connection,
+// is an error wrapping ErrNoAnswer.
+func (c *Conn) Reply(v any) error {
+	if res, isReload := v.(*ReloadResult); isReload {
+		return c.Reload(nil, res)
+	}
+	line, err := c.line()
+	if err != nil {
+		return err
+	}
+	// A reload's result carries its own refusal; anything else may be a
+	// refusal instead of what was asked.
+	var r struct {
+		OK     *bool  `json:"ok"`
+		Reason string `json:"reason"`
+	}
+	if json.Unmarshal(line, &r) == nil && r.OK != nil && !*r.OK {
+		return fmt.Errorf("%w: %s", ErrRefused, r.Reason)
 	}
 	if err := json.Unmarshal(line, v); err != nil {
 		return fmt.Errorf("%w: bad answer from master: %w", ErrNoAnswer, err)
