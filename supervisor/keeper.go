@@ -72,9 +72,23 @@ type keptMaster struct {
 func (m *keptMaster) watch(exited chan<- *keptMaster) {
 	fds := []unix.PollFd{{Fd: int32(m.pidfd), Events: unix.POLLIN}}
 	for {
-		if _, err := unix.Poll(fds, -1); !errors.Is(err, syscall.EINTR) {
-			break
+		_, err := unix.Poll(fds, -1)
+		if errors.Is(err, syscall.EINTR) {
+			continue
 		}
+		// Believe the pidfd only when the kernel says the process is gone:
+		// anything else (an error, POLLNVAL) is no proof, and a master
+		// taken for dead would end the service.
+		if err == nil && fds[0].Revents&unix.POLLIN != 0 {
+			if serr := unix.PidfdSendSignal(m.pidfd, 0, nil, 0); errors.Is(serr, syscall.ESRCH) {
+				break
+			}
+		}
+		// Fall back to /proc, every 100 ms, for this master.
+		for !osutil.Gone(m.pid) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		break
 	}
 	exited <- m
 }
@@ -271,6 +285,7 @@ func (k *keeper) reap() {
 
 // onExited forgets a master that has exited.
 func (k *keeper) onExited(m *keptMaster) {
+	k.log.Debug("master gone", zap.Int("master_pid", m.pid), zap.Int("masters_left", len(k.masters)-1))
 	unix.Close(m.pidfd)
 	delete(k.masters, m.pid)
 	k.lastExited = m
