@@ -48,6 +48,8 @@ type Config struct {
 	// Credential, if set, is the user and groups workers run as.
 	Credential *syscall.Credential
 	Log        *zap.Logger
+	// Rollout is --strategy and the checks of blue-green and canary.
+	Rollout Rollout
 }
 
 var signalNames = map[syscall.Signal]string{
@@ -192,6 +194,9 @@ func (c *Config) Check() error {
 		if _, err := ReadEnvFile(c.EnvFile); err != nil {
 			return err
 		}
+	}
+	if err := c.Rollout.check(c.Listen); err != nil {
+		return err
 	}
 	for _, m := range c.Compat {
 		if m != "einhorn" && m != "server-starter" {

@@ -108,6 +108,8 @@ func (m *master) onControl(c *ctlConn) {
 			return
 		}
 		m.up.waiters = append(m.up.waiters, c)
+	case control.CmdPromote, control.CmdRollback:
+		m.onRolloutCmd(c)
 	case control.CmdStop:
 		c.reply(control.StopAck{OK: true, MasterPID: m.self, KeeperPID: m.keeperPID()})
 		// Held open: the client sees EOF when this process exits.

@@ -1,6 +1,9 @@
 package supervisor
 
-import "syscall"
+import (
+	"syscall"
+	"time"
+)
 
 // event is something for the master's loop to handle. The set is sealed
 // (isEvent is unexported): every kind is declared here, and each names the
@@ -26,6 +29,20 @@ type (
 	evStopAckTimeout struct{}
 	evKeeperGone     struct{}
 	evAcceptCheck    struct{} // sample the accept queues (hints.go)
+	// Blue-green and canary (bluegreen.go).
+	evCheckDone struct {
+		c      *candidate
+		stage  stage
+		err    error
+		output []string // a smoke test's last output lines
+	}
+	evBakeDone       struct{ c *candidate }
+	evBakeHealth     struct{ c *candidate }
+	evSwitchBackWait struct{}
+	evQueueIdle      struct {
+		left   int // connections still queued at the bound
+		waited time.Duration
+	}
 )
 
 func (evSignal) isEvent()         {}
@@ -42,3 +59,8 @@ func (evWatchdog) isEvent()       {}
 func (evStopAckTimeout) isEvent() {}
 func (evKeeperGone) isEvent()     {}
 func (evAcceptCheck) isEvent()    {}
+func (evCheckDone) isEvent()      {}
+func (evBakeDone) isEvent()       {}
+func (evBakeHealth) isEvent()     {}
+func (evSwitchBackWait) isEvent() {}
+func (evQueueIdle) isEvent()      {}

@@ -119,6 +119,8 @@ func (m *master) requestUpgrade(trigger string) string {
 	default:
 		if err := m.preflight(); err != nil {
 			why = "pre-flight check failed (" + err.Error() + ")"
+		} else if err := m.prepareRollout(); err != nil {
+			why = "cannot steer connections (" + err.Error() + ")"
 		}
 	}
 	if why != "" {
@@ -188,8 +190,15 @@ func (m *master) onUpgradeDone(err error) {
 		runtime.GC()
 		res := control.ReloadResult{Code: control.ReloadRollback, OldMasterPID: m.self, Generation: m.gen + 1,
 			Reason: u.reason, Stderr: u.stderr, TotalMS: ms(took)}
+		m.rolloutDone(err, &res)
+		if res.Reason == "" {
+			res.Reason = m.up.reason
+		}
 		if res.Reason == "" {
 			res.Reason = "new master failed: " + err.Error()
+		}
+		if len(res.Stderr) == 0 {
+			res.Stderr = u.stderr
 		}
 		if m.phase != phaseServing {
 			m.log.Info("upgrade abandoned", zap.String("reason", res.Reason))
@@ -207,6 +216,7 @@ func (m *master) onUpgradeDone(err error) {
 		res = *u.ready
 	}
 	res.OK, res.Code, res.OldMasterPID = true, control.ReloadOK, m.self
+	m.rolloutDone(nil, &res)
 	m.log.Info("handed over to new master: draining old generation",
 		zap.Int("new_master_pid", res.NewMasterPID), zap.Duration("handover", took),
 		zap.Float64("workers_starting_ms", res.WorkersStartingMS), zap.Int("workers", len(m.procs)))
@@ -229,7 +239,7 @@ func (m *master) onUpgradeDone(err error) {
 			u.accepting[w] = true
 		}
 	}
-	m.drainAll()
+	m.drainWhenIdle()
 	if len(u.accepting) == 0 {
 		m.answerReload()
 		return
@@ -285,6 +295,11 @@ func (m *master) onChildReport(pid int, fields map[string]string) bool {
 		if s, ok := fields[reportStderr]; ok {
 			json.Unmarshal([]byte(s), &u.stderr)
 		}
+		m.onChildFailed(reason)
+		return true
+	}
+	if _, ok := fields[reportCandidate]; ok {
+		m.onCandidate(pid, fields)
 		return true
 	}
 	if js, ok := fields[reportReady]; ok {

@@ -153,7 +153,7 @@ func (m *master) markReady(w *worker) {
 	w.stopReadyTimer()
 	w.log.Info("worker ready", zap.Duration("startup", m.sys.now().Sub(w.started)))
 	if m.phase == phaseBooting && m.allReady() {
-		m.bootDone()
+		m.generationReady()
 	}
 }
 

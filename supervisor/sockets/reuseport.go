@@ -176,9 +176,13 @@ func (s *Set) Attach(prog []unix.SockFilter) error {
 // of s (TCP_INFO's tcpi_unacked on a listener is its accept backlog).
 // Connections still in the handshake are not counted: the kernel does not
 // report them.
-func (s *Set) QueueLen() (int, error) {
+func (s *Set) QueueLen() (int, error) { return QueueLen(s.files) }
+
+// QueueLen is Set.QueueLen over listening sockets that may be closed
+// meanwhile by another goroutine (an error then).
+func QueueLen(files []*os.File) (int, error) {
 	total := 0
-	for i, f := range s.files {
+	for _, f := range files {
 		err := control(f, func(fd int) error {
 			ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
 			if err != nil {
@@ -188,7 +192,7 @@ func (s *Set) QueueLen() (int, error) {
 			return nil
 		})
 		if err != nil {
-			return 0, fmt.Errorf("TCP_INFO of %s: %w", s.specs[i], err)
+			return 0, fmt.Errorf("TCP_INFO of %s: %w", f.Name(), err)
 		}
 	}
 	return total, nil
