@@ -241,7 +241,8 @@ func (m *master) promote(c *candidate, trigger string) {
 	c.stopAll()
 	c.stage = stagePromoted
 	m.step(c, "promote", trigger)
-	m.log.Info("promoting the new generation", zap.String("trigger", trigger), zap.Int("new_generation", c.gen))
+	m.log.Info("promoting the new generation", zap.String("trigger", trigger), zap.Int("new_generation", c.gen),
+		zap.Int64("at_unix_ns", m.sys.now().UnixNano()))
 	if err := m.sys.notifyTo(c.notify, reportToken+"="+m.up.token+"\n"+orderPromote+"=1"); err != nil {
 		m.rollback(c, "could not reach the new master to promote it: "+err.Error())
 	}
@@ -263,7 +264,8 @@ func (m *master) rollback(c *candidate, reason string) {
 		m.up.reason = "rolled back: " + reason
 	}
 	m.log.Warn("rolling back: users on the old generation, draining the new one",
-		zap.String("reason", reason), zap.Bool("was_switched", c.switched), zap.Int("new_generation", c.gen))
+		zap.String("reason", reason), zap.Bool("was_switched", c.switched), zap.Int("new_generation", c.gen),
+		zap.Int64("at_unix_ns", m.sys.now().UnixNano()))
 	if c.notify != "" {
 		m.sys.notifyTo(c.notify, reportToken+"="+m.up.token+"\n"+orderRollback+"="+strings.ReplaceAll(reason, "\n", " "))
 	}
