@@ -17,6 +17,12 @@
 //	              backoff, drain, TTIN/TTOU, and the timers of each
 //	readiness.go  when a worker counts as ready (notify, delay:, exec:)
 //	upgrade.go    the handover protocol, both ends, its state in one struct
+//	strategy.go   --strategy and the rollout flags, their checks
+//	bluegreen.go  blue-green and canary, both ends: candidate, checks in
+//	              order, switch, bake, promote, rollback; orders to the
+//	              new master on its notify socket
+//	checks.go     the health check, the smoke test and its relay, which
+//	              reach only the candidate; emptying an accept queue
 //	control.go    the master's side of the control protocol (package
 //	              control has the wire types and the client)
 //	systemd.go    sd_notify to the service manager, watchdog
@@ -34,7 +40,8 @@
 //	config.go     Config, its checks, and ConfigError
 //
 // Sub-packages: control (protocol and client), sockets (the master's side
-// of the listening sockets), internal/osutil (/proc, own fds, sd_notify
+// of the listening sockets; reuseport.go: per-generation sockets and the
+// BPF program that steers between them), internal/osutil (/proc, own fds, sd_notify
 // sending).
 //
 // Signals and what the loop does with them:

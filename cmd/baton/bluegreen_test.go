@@ -285,3 +285,29 @@ func TestCanaryShare(t *testing.T) {
 	}
 	t.Logf("canary 20%%: %.1f%% of %d new connections during the bake reached the new release; %s", share, total, lr)
 }
+
+// TestRolloutBadInput: what blue-green and canary cannot do is refused at
+// start with one line naming the value, exit 2.
+func TestRolloutBadInput(t *testing.T) {
+	t.Parallel()
+	sock := filepath.Join(t.TempDir(), "app.sock")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-l", "unix://" + sock, "--strategy", "blue-green"}, "unix socket cannot join a SO_REUSEPORT group"},
+		{[]string{"-l", "127.0.0.1:0", "--strategy", "canary"}, "port 0"},
+		{[]string{"-l", "127.0.0.1:1", "--strategy", "purple"}, `--strategy "purple": want shared, blue-green or canary`},
+		{[]string{"-l", "127.0.0.1:1", "--strategy", "canary", "--canary-weight", "0"}, "--canary-weight 0"},
+		{[]string{"-l", "127.0.0.1:1", "--health-check", "http:/"}, "--health-check: needs --strategy blue-green or canary"},
+		{[]string{"-l", "127.0.0.1:1", "--strategy", "blue-green", "--health-check", "http:healthz"}, `--health-check "http:healthz"`},
+	} {
+		code, lines, out := runBaton(t, nil, append(append([]string{"run"}, c.args...), "--", bin("hello"))...)
+		if code != 2 || len(lines) != 1 || !strings.Contains(lines[0], c.want) {
+			t.Errorf("%v: exit %d, lines %q; want exit 2 and one line saying %q\n%s", c.args, code, lines, c.want, out)
+		}
+	}
+	if _, err := os.Stat(sock); err == nil {
+		t.Errorf("refused start left %s behind", sock)
+	}
+}
