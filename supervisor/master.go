@@ -529,7 +529,9 @@ func (m *master) bootDone() {
 	m.reportReady(res)
 	m.step(control.Progress{Event: control.EvGenerationReady, Count: len(m.slots), DurationMS: ms(workers),
 		Message: fmt.Sprintf("all %d workers ready after %s; handing over", len(m.slots), workers.Round(time.Millisecond))})
-	m.prog.forwarding.Store(false)
+	// Output the workers wrote before they were ready may still be in
+	// their pipes' readers: forward a moment longer.
+	time.AfterFunc(250*time.Millisecond, func() { m.prog.forwarding.Store(false) })
 	if err := m.upg.Ready(); err != nil {
 		m.bootFailed(fmt.Errorf("%w: %w", ErrBootFailed, err), "could not signal readiness: "+err.Error())
 		return
