@@ -4,8 +4,8 @@
 # reload (masters come and go below it), so Ctrl-C reaches it and stops the
 # service gracefully, whichever generation serves.
 #
-# Ctrl-C is a normal way to end the demo: the script then exits 0, so make
-# reports no error.
+# Ctrl-C is a normal way to end the demo: the script then exits 0. (make
+# itself also gets the terminal's Ctrl-C and may still exit 130 after it.)
 set -u
 addr=${DEMO_ADDR:-127.0.0.1:8080}
 pidfile=bin/baton.pid

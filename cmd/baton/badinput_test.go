@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"errors"
 	"net"
 	"os"
 	"os/exec"
@@ -10,7 +9,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 )
 
 // runBaton runs baton to completion and returns its exit code, its stderr
@@ -27,27 +25,8 @@ func runBatonEnv(t *testing.T, cred *syscall.Credential, env []string, args ...s
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout = &out
 	cmd.Stderr = &out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	var err error
-	select {
-	case err = <-done:
-	case <-time.After(20 * time.Second):
-		syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
-		<-done
-		t.Fatalf("baton %v did not exit within 20s:\n%s", args, out.String())
-	}
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	code := runBounded(t, cmd, out.String)
 	var lines []string
 	for _, l := range strings.Split(strings.TrimRight(out.String(), "\n"), "\n") {
 		if l != "" && !strings.HasPrefix(l, "{") {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -450,4 +451,56 @@ func (l *runningLoad) ended() bool {
 	default:
 		return false
 	}
+}
+
+// runBounded runs cmd (its own process group) to completion, 20 s at most,
+// and returns its exit code; out is shown if it does not end in time.
+func runBounded(t *testing.T, cmd *exec.Cmd, out func() string) int {
+	t.Helper()
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid = true
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(20 * time.Second):
+		syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+		t.Fatalf("%v did not exit within 20s:\n%s", cmd.Args, out())
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return 0
+}
+
+// runDeploy runs scripts/deploy.sh ARGS with env added and returns its exit
+// code and output.
+func runDeploy(t *testing.T, env []string, args ...string) (int, string) {
+	t.Helper()
+	var out bytes.Buffer
+	cmd := exec.Command("bash", append([]string{"../../scripts/deploy.sh"}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	code := runBounded(t, cmd, out.String)
+	return code, out.String()
+}
+
+// releaseOf returns the release APP_ROOT dir's current symlink points at.
+func releaseOf(t *testing.T, dir string) string {
+	t.Helper()
+	p, err := filepath.EvalSymlinks(filepath.Join(dir, "current"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Base(p)
 }

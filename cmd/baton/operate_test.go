@@ -359,25 +359,10 @@ func TestDeployScriptRollsBack(t *testing.T) {
 	b := startBaton(t, nil, "-l", addr, "-w", "2", "--chdir", filepath.Join(dir, "current"), "--", "./server")
 	b.waitReady()
 	deploy := func(rel string) (int, string) {
-		cmd := exec.Command("bash", "../../scripts/deploy.sh", filepath.Join(dir, "releases", rel))
-		cmd.Env = append(os.Environ(), "BATON="+bin("baton"), "BATON_CONTROL="+b.control, "APP_ROOT="+dir)
-		out, err := cmd.CombinedOutput()
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return ee.ExitCode(), string(out)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return 0, string(out)
+		return runDeploy(t, []string{"BATON=" + bin("baton"), "BATON_CONTROL=" + b.control, "APP_ROOT=" + dir},
+			filepath.Join(dir, "releases", rel))
 	}
-	current := func() string {
-		p, err := filepath.EvalSymlinks(filepath.Join(dir, "current"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return filepath.Base(p)
-	}
+	current := func() string { return releaseOf(t, dir) }
 
 	code, out := deploy("v2")
 	if code != 0 || current() != "v2" {

@@ -3,12 +3,10 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -20,27 +18,7 @@ func verifyRun(t *testing.T, args ...string) (int, string, string) {
 	var stdout, stderr bytes.Buffer
 	cmd := exec.Command(bin("baton"), append([]string{"verify"}, args...)...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	var err error
-	select {
-	case err = <-done:
-	case <-time.After(20 * time.Second):
-		syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
-		<-done
-		t.Fatalf("baton verify %v did not exit within 20s:\n%s\n%s", args, stdout.String(), stderr.String())
-	}
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
+	code := runBounded(t, cmd, func() string { return stdout.String() + "\n" + stderr.String() })
 	return code, stdout.String(), stderr.String()
 }
 
@@ -248,26 +226,11 @@ func TestDeployScriptVerify(t *testing.T) {
 	b := startBaton(t, nil, "-l", addr, "-w", "2", "--chdir", filepath.Join(dir, "current"), "--", "./server")
 	b.waitReady()
 	deploy := func(rel string) (int, string) {
-		cmd := exec.Command("bash", "../../scripts/deploy.sh", "--verify", "http://"+addr+"/", filepath.Join(dir, "releases", rel))
-		cmd.Env = append(os.Environ(), "BATON="+bin("baton"), "BATON_CONTROL="+b.control, "APP_ROOT="+dir,
-			"VERIFY_FLAGS="+strings.Join(verifyLight, " "))
-		out, err := cmd.CombinedOutput()
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return ee.ExitCode(), string(out)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return 0, string(out)
+		return runDeploy(t, []string{"BATON=" + bin("baton"), "BATON_CONTROL=" + b.control, "APP_ROOT=" + dir,
+			"VERIFY_FLAGS=" + strings.Join(verifyLight, " ")},
+			"--verify", "http://"+addr+"/", filepath.Join(dir, "releases", rel))
 	}
-	current := func() string {
-		p, err := filepath.EvalSymlinks(filepath.Join(dir, "current"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return filepath.Base(p)
-	}
+	current := func() string { return releaseOf(t, dir) }
 
 	code, out := deploy("v2")
 	if code != 0 || current() != "v2" || !strings.Contains(out, "verified: 1 upgrade(s) handed over") {
