@@ -3,6 +3,7 @@
 //
 //	GET /            -> "hello pid=123 worker=0 generation=1\n"
 //	GET /?sleep=2000 -> the same after 2 s (a slow in-flight request)
+//	GET /healthz     -> 200 "ok", or 503 when HELLO_UNHEALTHY is set
 //
 // On SIGTERM or SIGQUIT it drains without failing a request: it stops
 // accepting, answers what it has, and exits (listener.ServeHTTP).
@@ -11,7 +12,9 @@
 // app that boots slowly), HELLO_TAG is added to every answer, and
 // HELLO_LISTEN=HOST:PORT makes it bind the port itself, without baton (the
 // "run directly" baseline), and HELLO_CRASH_WORKER=N makes worker N report
-// ready and exit 300 ms later without serving (a crash after readiness).
+// ready and exit 300 ms later without serving (a crash after readiness),
+// and HELLO_UNHEALTHY=1 makes /healthz answer 503 while every other path
+// still works (a release that starts but fails its health check).
 package main
 
 import (
@@ -65,8 +68,17 @@ func main() {
 			names[ln.Addr().String()] = name
 		}
 	}
+	unhealthy := os.Getenv("HELLO_UNHEALTHY") != ""
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/healthz" {
+				if unhealthy {
+					http.Error(w, "unhealthy (HELLO_UNHEALTHY)", http.StatusServiceUnavailable)
+					return
+				}
+				fmt.Fprintln(w, "ok")
+				return
+			}
 			if ms, err := strconv.Atoi(r.URL.Query().Get("sleep")); err == nil && ms > 0 {
 				time.Sleep(time.Duration(ms) * time.Millisecond)
 			}
