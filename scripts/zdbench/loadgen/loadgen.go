@@ -42,6 +42,10 @@ type Config struct {
 	Duration    time.Duration // default 10s
 	MaxRequests int           // 0: no cap besides Duration
 	Timeout     time.Duration // per request; default 5s
+	// Pause is how long each client waits between its requests; 0 sends
+	// the next at once. Tests that share the CPU with what they drive
+	// (Ansible, sshd) use it to keep concurrency without saturating it.
+	Pause time.Duration
 	// OnResponse, if set, sees every successful response body (from many
 	// goroutines at once).
 	OnResponse func(body []byte)
@@ -139,6 +143,12 @@ func Run(ctx context.Context, cfg Config) *Result {
 					}
 				}
 				mu.Unlock()
+				if cfg.Pause > 0 {
+					select {
+					case <-ctx.Done():
+					case <-time.After(cfg.Pause):
+					}
+				}
 			}
 			mu.Lock()
 			res.Samples = append(res.Samples, local...)
