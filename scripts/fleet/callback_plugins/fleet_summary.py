@@ -4,7 +4,7 @@
 #
 # The playbooks keep one dict per host in the fact fleet_report (before,
 # after, outcome, reload, handover_ms, drain_s, error); this plugin keeps the
-# last value each host set and prints them in inventory order of first sight.
+# last value each host set and prints them sorted by name (h2 before h10).
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
@@ -21,6 +21,8 @@ description:
     configuration.
 """
 
+import re
+
 from ansible.plugins.callback import CallbackBase
 
 COLUMNS = [
@@ -34,6 +36,10 @@ COLUMNS = [
 ]
 
 
+def natural(name):
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
 class CallbackModule(CallbackBase):
     CALLBACK_VERSION = 2.0
     CALLBACK_TYPE = "aggregate"
@@ -42,7 +48,7 @@ class CallbackModule(CallbackBase):
 
     def __init__(self):
         super(CallbackModule, self).__init__()
-        self.reports = {}  # host name -> fleet_report, in order of first sight
+        self.reports = {}  # host name -> fleet_report
 
     def v2_runner_on_ok(self, result):
         facts = result._result.get("ansible_facts") or {}
@@ -54,7 +60,7 @@ class CallbackModule(CallbackBase):
         if not self.reports:
             return
         rows = []
-        for host, rep in self.reports.items():
+        for host, rep in sorted(self.reports.items(), key=lambda kv: natural(kv[0])):
             row = dict(rep, host=host)
             if rep.get("handover_ms") not in (None, ""):
                 row["handover_ms"] = "%.0f ms" % float(rep["handover_ms"])
