@@ -2,7 +2,7 @@ GO        ?= go
 BIN       := bin
 DEMO_ADDR ?= 127.0.0.1:8080
 
-.PHONY: all build demo test check bench fuzz clean
+.PHONY: all build demo test check bench fuzz clean fleet-deps fleet-rig
 
 all: build
 
@@ -24,6 +24,16 @@ test: check
 
 bench:
 	$(GO) run ./scripts/zdbench $(BENCHFLAGS)
+
+# Debian packages of scripts/fleet and its test (as root): Ansible (with
+# community.general), HAProxy, OpenSSH, iproute2.
+fleet-deps:
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y ansible haproxy openssh-server openssh-client iproute2
+
+# A fleet of 3 hosts behind HAProxy on this machine, to try scripts/fleet
+# on (as root; Ctrl-C tears it down). See README, Fleet deploys.
+fleet-rig:
+	$(GO) run ./scripts/fleet/rig up $(RIGFLAGS)
 
 clean:
 	rm -rf $(BIN)
