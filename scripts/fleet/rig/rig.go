@@ -350,6 +350,9 @@ defaults
     timeout client 30s
     timeout server 30s
     timeout http-keep-alive 10s
+    # A check slower than this fails; without it the check interval is the
+    # timeout, and a busy machine marks healthy servers DOWN.
+    timeout check 2s
 
 frontend fleet
     bind fd@3
@@ -360,7 +363,7 @@ backend app
     option httpchk GET /healthz
     http-check expect status 200
 {{- range .Hosts}}
-    server {{.Name}} {{.Addr}}:{{$.Port}} check inter 250ms fall 2 rise 2
+    server {{.Name}} {{.Addr}}:{{$.Port}} check inter 500ms fall 3 rise 2
 {{- end}}
 `
 
