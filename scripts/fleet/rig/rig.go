@@ -289,7 +289,7 @@ func (r *Rig) sshd() error {
 	}
 	for i, h := range r.Hosts {
 		p := r.procs[len(r.procs)-len(r.Hosts)+i]
-		addr := [4]byte{10, 231, 0, byte(i + 2)}
+		addr := [4]byte(net.ParseIP(h.Addr).To4())
 		if !waitFor(10*time.Second, func() bool { return p.exited() || listeningIn(p.cmd.Process.Pid, addr, 22) }) || p.exited() {
 			return fmt.Errorf("host %s: sshd did not listen on %s:22 within 10s (see %s)", h.Name, h.Addr, filepath.Join(r.Dir, h.Name, "sshd.log"))
 		}
