@@ -19,15 +19,18 @@ import (
 	"github.com/baton-sh/baton/scripts/zdbench/loadgen"
 )
 
-// TestFleet drives scripts/fleet's playbooks with Ansible against a rig of
-// 3 hosts behind HAProxy, under load through HAProxy, one scenario after the
-// other on the same fleet (each starts where the previous one left it):
+// TestFleet drives scripts/fleet's playbooks with Ansible against two rigs
+// of 3 hosts behind HAProxy, side by side (the runs wait on SSH, HAProxy and
+// health checks more than on the CPU), each under load through its HAProxy.
+// On each rig one scenario starts where the previous one left the fleet:
 //
-//	deploy    v1 -> v2, fleet_serial 1, drained in HAProxy
-//	rollback  rollback.yml: v2 -> v1
-//	no-drain  v1 -> v2 again, lb_drain false (baton alone); v2 is unpacked already
-//	failing   v3, unhealthy on h2, default batches [1, 50%, 100%]: h1 on v3,
-//	          h2 back on v2 and enabled, h3 untouched, the play failed
+//	drain/deploy        v1 -> v2, fleet_serial 1, drained in HAProxy
+//	drain/rollback      rollback.yml: v2 -> v1
+//	nodrain/deploy      v1 -> v2, fleet_serial 1, lb_drain false (baton
+//	                    alone); v2 was unpacked already and must stay as it is
+//	nodrain/failing     v3, unhealthy on h2, default batches [1, 50%, 100%]:
+//	                    h1 on v3, h2 back on v2 and enabled, h3 untouched,
+//	                    the play failed
 //
 // Every scenario must lose no request.
 func TestFleet(t *testing.T) {
@@ -58,75 +61,88 @@ func TestFleet(t *testing.T) {
 	v2 := release("v2", "")
 	v3 := release("v3", `# fault injected by TestFleet: unhealthy on h2 only
 [ "$FLEET_HOST" = h2 ] && export HELLO_UNHEALTHY=1`)
-
-	t0 := time.Now()
-	r, err := Up(Config{Dir: dir, Hosts: 3, Workers: 2, Baton: filepath.Join(bin, "baton"),
-		Release: v1, ReleaseID: "v1", Log: testWriter{t}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		netns := r.Netns
-		if err := r.Close(); err != nil {
-			t.Errorf("rig teardown: %v", err)
+	rigs := closeOnSignal(t)
+	up := func(t *testing.T, staged map[string]string) *fleet {
+		t0 := time.Now()
+		r, err := Up(Config{Dir: t.TempDir(), Hosts: 3, Workers: 2, Baton: filepath.Join(bin, "baton"),
+			Release: v1, ReleaseID: "v1", Staged: staged, Log: testWriter{t}})
+		if err != nil {
+			t.Fatal(err)
 		}
-		for _, ns := range netns {
-			if _, err := os.Stat("/run/netns/" + ns); err == nil {
-				t.Errorf("rig teardown left network namespace %s", ns)
+		rigs.add(r)
+		t.Cleanup(func() {
+			netns := r.Netns
+			if err := r.Close(); err != nil {
+				t.Errorf("rig teardown: %v", err)
 			}
-		}
-	})
-	closeOnSignal(t, r)
-	t.Logf("rig up in %s", time.Since(t0).Round(time.Millisecond))
-	f := &fleet{r: r}
+			for _, ns := range netns {
+				if _, err := os.Stat("/run/netns/" + ns); err == nil {
+					t.Errorf("rig teardown left network namespace %s", ns)
+				}
+			}
+		})
+		t.Logf("rig up in %s", time.Since(t0).Round(time.Millisecond))
+		return &fleet{r: r}
+	}
 
-	ok := t.Run("deploy", func(t *testing.T) {
-		run := f.playbook(t, "deploy.yml", "-e", "release_archive="+v2, "-e", "release_id=v2", "-e", "fleet_serial=1")
-		run.succeeded(t)
-		f.on(t, map[string]string{"h1": "v2", "h2": "v2", "h3": "v2"})
-		f.allEnabled(t)
-		run.summary(t, `h1 +v1 +v2 +deployed +ok +\d+ ms +\d+\.\d s`, `h2 +v1 +v2 +deployed`, `h3 +v1 +v2 +deployed`)
-		run.sawTags(t, "v1", "v2")
-		f.serves(t, "v2")
+	t.Run("drain", func(t *testing.T) {
+		t.Parallel()
+		f := up(t, nil)
+		ok := t.Run("deploy", func(t *testing.T) {
+			run := f.playbook(t, "deploy.yml", "-e", "release_archive="+v2, "-e", "release_id=v2", "-e", "fleet_serial=1")
+			run.succeeded(t)
+			f.on(t, map[string]string{"h1": "v2", "h2": "v2", "h3": "v2"})
+			f.allEnabled(t)
+			run.summary(t, `h1 +v1 +v2 +deployed +ok +\d+ ms +\d+\.\d s`, `h2 +v1 +v2 +deployed`, `h3 +v1 +v2 +deployed`)
+			run.sawTags(t, "v1", "v2")
+			f.serves(t, "v2")
+		})
+		_ = ok && t.Run("rollback", func(t *testing.T) {
+			run := f.playbook(t, "rollback.yml", "-e", "fleet_serial=1")
+			run.succeeded(t)
+			f.on(t, map[string]string{"h1": "v1", "h2": "v1", "h3": "v1"})
+			f.allEnabled(t)
+			run.summary(t, `h1 +v2 +v1 +rolled back +ok`, `h2 +v2 +v1 +rolled back`, `h3 +v2 +v1 +rolled back`)
+			run.sawTags(t, "v1", "v2")
+			f.serves(t, "v1")
+		})
 	})
-	ok = ok && t.Run("rollback", func(t *testing.T) {
-		run := f.playbook(t, "rollback.yml", "-e", "fleet_serial=1")
-		run.succeeded(t)
-		f.on(t, map[string]string{"h1": "v1", "h2": "v1", "h3": "v1"})
-		f.allEnabled(t)
-		run.summary(t, `h1 +v2 +v1 +rolled back +ok`, `h2 +v2 +v1 +rolled back`, `h3 +v2 +v1 +rolled back`)
-		run.sawTags(t, "v1", "v2")
-		f.serves(t, "v1")
-	})
-	ok = ok && t.Run("no-drain", func(t *testing.T) {
-		unpacked := inode(t, filepath.Join(r.Hosts[0].AppRoot, "releases/v2/bin/hello"))
-		run := f.playbook(t, "deploy.yml", "-e", "release_archive="+v2, "-e", "release_id=v2", "-e", "fleet_serial=1", "-e", "lb_drain=false")
-		run.succeeded(t)
-		f.on(t, map[string]string{"h1": "v2", "h2": "v2", "h3": "v2"})
-		f.allEnabled(t)
-		// No DRAIN column: HAProxy was left alone.
-		run.summary(t, `h1 +v1 +v2 +deployed +ok +\d+ ms +-$`, `h2 +v1 +v2 +deployed +ok +\d+ ms +-$`, `h3 +v1 +v2 +deployed +ok +\d+ ms +-$`)
-		if got := inode(t, filepath.Join(r.Hosts[0].AppRoot, "releases/v2/bin/hello")); got != unpacked {
-			t.Errorf("releases/v2 was unpacked again (inode %d -> %d); staging must leave an existing release alone", unpacked, got)
-		}
-		run.sawTags(t, "v1", "v2")
-		f.serves(t, "v2")
-	})
-	_ = ok && t.Run("failing", func(t *testing.T) {
-		gen3 := f.generation(t, r.Hosts[2])
-		run := f.playbook(t, "deploy.yml", "-e", "release_archive="+v3, "-e", "release_id=v3")
-		if run.err == nil {
-			t.Errorf("deploy of a release unhealthy on h2 succeeded; want the play to fail\n%s", run.out)
-		}
-		f.on(t, map[string]string{"h1": "v3", "h2": "v2", "h3": "v2"})
-		f.allEnabled(t)
-		if g := f.generation(t, r.Hosts[2]); g != gen3 {
-			t.Errorf("h3: baton generation %d -> %d; a halted rollout must not touch it", gen3, g)
-		}
-		run.summary(t, `FLEET SUMMARY \(stopped: h2 failed; not started: h3\)`,
-			`h1 +v2 +v3 +deployed +ok`, `h2 +v2 +v2 +failed, back on v2 +ok, back ok +\d+ ms`, `h3 +v2 +v2 +not started`,
-			`h2: Check http://\S+/healthz: Status code was 503`)
-		f.serves(t, "v2", "v3")
+
+	t.Run("nodrain", func(t *testing.T) {
+		t.Parallel()
+		// v2 unpacked already, as a halted or repeated deploy leaves it.
+		f := up(t, map[string]string{"v2": v2})
+		r := f.r
+		ok := t.Run("deploy", func(t *testing.T) {
+			unpacked := inode(t, filepath.Join(r.Hosts[0].AppRoot, "releases/v2/bin/hello"))
+			run := f.playbook(t, "deploy.yml", "-e", "release_archive="+v2, "-e", "release_id=v2", "-e", "fleet_serial=1", "-e", "lb_drain=false")
+			run.succeeded(t)
+			f.on(t, map[string]string{"h1": "v2", "h2": "v2", "h3": "v2"})
+			f.allEnabled(t)
+			// No DRAIN column: HAProxy was left alone.
+			run.summary(t, `h1 +v1 +v2 +deployed +ok +\d+ ms +-$`, `h2 +v1 +v2 +deployed +ok +\d+ ms +-$`, `h3 +v1 +v2 +deployed +ok +\d+ ms +-$`)
+			if got := inode(t, filepath.Join(r.Hosts[0].AppRoot, "releases/v2/bin/hello")); got != unpacked {
+				t.Errorf("releases/v2 was unpacked again (inode %d -> %d); staging must leave an existing release alone", unpacked, got)
+			}
+			run.sawTags(t, "v1", "v2")
+			f.serves(t, "v2")
+		})
+		_ = ok && t.Run("failing", func(t *testing.T) {
+			gen3 := f.generation(t, r.Hosts[2])
+			run := f.playbook(t, "deploy.yml", "-e", "release_archive="+v3, "-e", "release_id=v3")
+			if run.err == nil {
+				t.Errorf("deploy of a release unhealthy on h2 succeeded; want the play to fail\n%s", run.out)
+			}
+			f.on(t, map[string]string{"h1": "v3", "h2": "v2", "h3": "v2"})
+			f.allEnabled(t)
+			if g := f.generation(t, r.Hosts[2]); g != gen3 {
+				t.Errorf("h3: baton generation %d -> %d; a halted rollout must not touch it", gen3, g)
+			}
+			run.summary(t, `FLEET SUMMARY \(stopped: h2 failed; not started: h3\)`,
+				`h1 +v2 +v3 +deployed +ok`, `h2 +v2 +v2 +failed, back on v2 +ok, back ok +\d+ ms`, `h3 +v2 +v2 +not started`,
+				`h2: Check http://\S+/healthz: Status code was 503`)
+			f.serves(t, "v2", "v3")
+		})
 	})
 }
 
@@ -316,17 +332,33 @@ func inode(t *testing.T, path string) uint64 {
 	return st.Ino
 }
 
-// closeOnSignal tears the rig down if the test binary is interrupted
-// (Ctrl-C, or SIGTERM), then exits.
-func closeOnSignal(t *testing.T, r *Rig) {
+// rigList is every rig a test built, for closeOnSignal.
+type rigList struct {
+	mu   sync.Mutex
+	rigs []*Rig
+}
+
+func (l *rigList) add(r *Rig) {
+	l.mu.Lock()
+	l.rigs = append(l.rigs, r)
+	l.mu.Unlock()
+}
+
+// closeOnSignal tears down every rig added to the list it returns if the
+// test binary is interrupted (Ctrl-C, or SIGTERM), then exits.
+func closeOnSignal(t *testing.T) *rigList {
+	l := &rigList{}
 	sig := make(chan os.Signal, 1)
 	done := make(chan struct{})
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 	go func() {
 		select {
 		case s := <-sig:
-			fmt.Fprintf(os.Stderr, "TestFleet: %v: tearing the rig down\n", s)
-			r.Close()
+			fmt.Fprintf(os.Stderr, "TestFleet: %v: tearing the rigs down\n", s)
+			l.mu.Lock()
+			for _, r := range l.rigs {
+				r.Close()
+			}
 			os.Exit(1)
 		case <-done:
 		}
@@ -335,6 +367,7 @@ func closeOnSignal(t *testing.T, r *Rig) {
 		signal.Stop(sig)
 		close(done)
 	})
+	return l
 }
 
 type testWriter struct{ t *testing.T }

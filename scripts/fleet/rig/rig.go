@@ -37,8 +37,9 @@ type Config struct {
 	Baton     string // the baton binary every host runs
 	Release   string // release archive (see WriteRelease) every host starts on
 	ReleaseID string
-	Listen    string    // HAProxy's frontend in the root namespace; loopback only; default 127.0.0.1:0
-	Log       io.Writer // progress lines; nil discards them
+	Staged    map[string]string // more releases unpacked on every host, by id: archive
+	Listen    string            // HAProxy's frontend in the root namespace; loopback only; default 127.0.0.1:0
+	Log       io.Writer         // progress lines; nil discards them
 }
 
 // Host is one application host: a network namespace with its own sshd and
@@ -302,12 +303,14 @@ func (r *Rig) sshd() error {
 // --chdir APP_ROOT/current: the layout deploy.yml expects.
 func (r *Rig) apps(cfg Config) error {
 	for _, h := range r.Hosts {
-		rel := filepath.Join(h.AppRoot, "releases", cfg.ReleaseID)
-		if err := os.MkdirAll(rel, 0o755); err != nil {
-			return fmt.Errorf("host %s: %w", h.Name, err)
+		for id, archive := range cfg.Staged {
+			if err := unpack(archive, filepath.Join(h.AppRoot, "releases", id)); err != nil {
+				return fmt.Errorf("host %s: %w", h.Name, err)
+			}
 		}
-		if err := run(tool("tar"), "-xzf", cfg.Release, "-C", rel); err != nil {
-			return err
+		rel := filepath.Join(h.AppRoot, "releases", cfg.ReleaseID)
+		if err := unpack(cfg.Release, rel); err != nil {
+			return fmt.Errorf("host %s: %w", h.Name, err)
 		}
 		if err := os.Symlink(rel, filepath.Join(h.AppRoot, "current")); err != nil {
 			return fmt.Errorf("host %s: %w", h.Name, err)
@@ -583,6 +586,13 @@ func Load(dir string) (*Rig, error) {
 		return nil, fmt.Errorf("rig state %s: %w", filepath.Join(dir, "rig.json"), err)
 	}
 	return r, nil
+}
+
+func unpack(archive, dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("unpack %s: %w", archive, err)
+	}
+	return run(tool("tar"), "-xzf", archive, "-C", dir)
 }
 
 // WriteRelease writes a release archive (tar.gz) holding bin/hello, a copy
