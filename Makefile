@@ -2,25 +2,77 @@ GO        ?= go
 BIN       := bin
 DEMO_ADDR ?= 127.0.0.1:8080
 
-.PHONY: all build demo test check bench fuzz clean fleet-deps fleet-rig
+# make install [PREFIX=/usr/local] [DESTDIR=staging dir for packagers]
+PREFIX    ?= /usr/local
+BINDIR    ?= $(PREFIX)/bin
+MANDIR    ?= $(PREFIX)/share/man
+DATADIR   ?= $(PREFIX)/share
+
+# The version baton reports (--version, status, its start-up log line):
+# git describe in a checkout; else the binary falls back to the Go module
+# version, else "dev".
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+LDFLAGS   := $(if $(VERSION),-X main.version=$(VERSION))
+
+.PHONY: all build docs demo test check bench bench-deps clean install uninstall fleet-deps fleet-rig
 
 all: build
 
 build:
-	$(GO) build -o $(BIN)/baton ./cmd/baton
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/baton ./cmd/baton
 	$(GO) build -o $(BIN)/hello ./examples/hello
+	@$(MAKE) --no-print-directory docs
+
+# The man page and shell completions, generated from the CLI's own
+# definitions by the binary just built.
+docs:
+	$(BIN)/baton man > $(BIN)/baton.1
+	$(BIN)/baton completion bash > $(BIN)/baton.bash
+	$(BIN)/baton completion zsh > $(BIN)/_baton
+	$(BIN)/baton completion fish > $(BIN)/baton.fish
+
+# The example units go to share/baton/systemd, pointing at the baton
+# installed here.
+install: build
+	install -D -m 0755 $(BIN)/baton $(DESTDIR)$(BINDIR)/baton
+	install -D -m 0644 $(BIN)/baton.1 $(DESTDIR)$(MANDIR)/man1/baton.1
+	install -D -m 0644 $(BIN)/baton.bash $(DESTDIR)$(DATADIR)/bash-completion/completions/baton
+	install -D -m 0644 $(BIN)/_baton $(DESTDIR)$(DATADIR)/zsh/site-functions/_baton
+	install -D -m 0644 $(BIN)/baton.fish $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/baton.fish
+	install -d $(DESTDIR)$(DATADIR)/baton/systemd
+	for u in examples/systemd/*.service examples/systemd/*.socket; do \
+		sed 's|/usr/local/bin/baton|$(BINDIR)/baton|g' $$u > $(DESTDIR)$(DATADIR)/baton/systemd/$${u##*/} && \
+		chmod 0644 $(DESTDIR)$(DATADIR)/baton/systemd/$${u##*/} || exit 1; \
+	done
+	install -D -m 0755 scripts/deploy.sh $(DESTDIR)$(DATADIR)/baton/deploy.sh
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/baton $(DESTDIR)$(MANDIR)/man1/baton.1 \
+		$(DESTDIR)$(DATADIR)/bash-completion/completions/baton \
+		$(DESTDIR)$(DATADIR)/zsh/site-functions/_baton \
+		$(DESTDIR)$(DATADIR)/fish/vendor_completions.d/baton.fish
+	rm -rf $(DESTDIR)$(DATADIR)/baton
 
 # Runs 4 workers of examples/hello on $(DEMO_ADDR) until Ctrl-C; see
 # scripts/demo.sh for what to try in another terminal.
 demo: build
-	DEMO_ADDR=$(DEMO_ADDR) scripts/demo.sh
+	@DEMO_ADDR=$(DEMO_ADDR) exec scripts/demo.sh # exec: no shell between make and the script to die of the Ctrl-C
 
 check:
 	@test -z "$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go'))" || { gofmt -l $$(git ls-files -co --exclude-standard '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet ./...
 
+# TESTFLAGS=-v lists skipped tests with their reasons (.ci/run does).
 test: check
-	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...
+
+# Phase 6 of the benchmark runs nginx's binary upgrade and Unicorn's USR2
+# beside baton when they are installed; this installs them (Debian, as root).
+# The package's postinst may start nginx on port 80 where systemd runs; the
+# benchmark starts its own on loopback and leaves that one alone.
+bench-deps:
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y nginx-light unicorn
 
 bench:
 	$(GO) run ./scripts/zdbench $(BENCHFLAGS)

@@ -1,11 +1,9 @@
-// Package listener owns baton's listening sockets.
+// Package listener is the worker side of baton: what a Go server run by
+// baton (or by systemd socket activation) imports.
 //
-// On the master side it parses listen specs (ParseSpec), opens them through
-// tableflip's fd registry so that a re-executed master inherits them instead
-// of binding again (Open), and lays them out for workers in the systemd
-// socket-activation order: fd 3, 4, … in --listen order.
-//
-// On the worker side it gives Go servers the inherited sockets by name
-// (Listeners, Listener) and the readiness call (Ready). Servers that already
-// speak systemd socket activation need none of it.
+// It gives the inherited sockets by name (Listeners, Listener), says ready
+// (Ready, Notify: sd_notify(3)), and serves HTTP with a drain that loses no
+// request (ServeHTTP, HTTPDrainer). Servers that already speak systemd
+// socket activation need none of it. The master's side of the sockets
+// (listen specs, binding through tableflip) is in supervisor/sockets.
 package listener

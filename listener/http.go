@@ -106,8 +106,9 @@ func (d *HTTPDrainer) Serve(ln net.Listener) error {
 	return d.srv.Serve(ln)
 }
 
-// Drain closes lns, lets clients finish, and returns when every connection
-// is gone or ctx ends. grace bounds how long idle keep-alive connections
+// Drain closes lns, sends STOPPING=1 (sd_notify(3)) once nothing more is
+// accepted, lets clients finish, and returns when every connection is gone
+// or ctx ends. grace bounds how long idle keep-alive connections
 // are waited for before they are closed. Serve on lns through d.Serve, not
 // srv.Serve.
 func (d *HTTPDrainer) Drain(ctx context.Context, lns []net.Listener, grace time.Duration) error {
@@ -123,6 +124,9 @@ func (d *HTTPDrainer) Drain(ctx context.Context, lns []net.Listener, grace time.
 	go func() { d.serving.Wait(); close(served) }()
 	select {
 	case <-served:
+		// Nothing is accepted any more: tell the supervisor, which then
+		// tells the deploy that the old code no longer takes connections.
+		Notify("STOPPING=1")
 	case <-ctx.Done():
 	}
 	deadline := time.NewTimer(grace)

@@ -6,13 +6,11 @@ import (
 	"net"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
-	"syscall"
-)
 
-// firstFd is SD_LISTEN_FDS_START.
-const firstFd = 3
+	"github.com/coreos/go-systemd/v22/activation"
+	"github.com/coreos/go-systemd/v22/daemon"
+)
 
 var (
 	inheritOnce sync.Once
@@ -65,50 +63,25 @@ func inherit() ([]named, error) {
 	return inherited, inheritErr
 }
 
-// listenEnv reads the socket-activation variables meant for this process
-// and removes them, so that programs it starts do not take them for their
-// own. ok is false when they are absent or name another pid.
-func listenEnv() (n int, names []string, ok bool) {
-	defer func() {
-		os.Unsetenv("LISTEN_PID")
-		os.Unsetenv("LISTEN_FDS")
-		os.Unsetenv("LISTEN_FDNAMES")
-	}()
-	pid, err := strconv.Atoi(os.Getenv("LISTEN_PID"))
-	if err != nil || pid != os.Getpid() {
-		return 0, nil, false
-	}
-	n, err = strconv.Atoi(os.Getenv("LISTEN_FDS"))
-	if err != nil || n <= 0 {
-		return 0, nil, false
-	}
-	return n, strings.Split(os.Getenv("LISTEN_FDNAMES"), ":"), true
-}
-
 func readEnv() ([]named, error) {
-	n, names, ok := listenEnv()
-	if !ok {
+	// go-systemd checks LISTEN_PID, marks the fds close-on-exec (children
+	// of this server must not keep the port open after it dies), names
+	// them by LISTEN_FDNAMES, and removes the variables.
+	files := activation.Files(true)
+	if len(files) == 0 {
 		return nil, ErrNoListeners
 	}
-	out := make([]named, 0, n)
-	for i := 0; i < n; i++ {
-		fd := firstFd + i
-		// Children of this server must not keep the port open after it dies.
-		syscall.CloseOnExec(fd)
-		name := "LISTEN_FD_" + strconv.Itoa(fd)
-		if i < len(names) && names[i] != "" {
-			name = names[i]
-		}
-		f := os.NewFile(uintptr(fd), name)
+	out := make([]named, 0, len(files))
+	for _, f := range files {
 		ln, err := net.FileListener(f)
 		f.Close()
 		if err != nil {
 			for _, o := range out {
 				o.ln.Close()
 			}
-			return nil, fmt.Errorf("listener: fd %d (%s): %w", fd, name, err)
+			return nil, fmt.Errorf("listener: fd %d (%s): %w", f.Fd(), f.Name(), err)
 		}
-		out = append(out, named{name, ln})
+		out = append(out, named{f.Name(), ln})
 	}
 	return out, nil
 }
@@ -119,20 +92,11 @@ func readEnv() ([]named, error) {
 func Ready() error { return Notify("READY=1") }
 
 // Notify sends one sd_notify(3) datagram, such as "STATUS=warming cache".
+// Without NOTIFY_SOCKET it does nothing and returns nil. It does not block
+// beyond one datagram send.
 func Notify(state string) error {
-	path := os.Getenv("NOTIFY_SOCKET")
-	if path == "" {
-		return nil
-	}
-	// Go maps a leading '@' to the abstract namespace itself.
-	addr := &net.UnixAddr{Name: path, Net: "unixgram"}
-	c, err := net.DialUnix("unixgram", nil, addr)
-	if err != nil {
-		return fmt.Errorf("listener: notify %s: %w", path, err)
-	}
-	defer c.Close()
-	if _, err := c.Write([]byte(state)); err != nil {
-		return fmt.Errorf("listener: notify %s: %w", path, err)
+	if _, err := daemon.SdNotify(false, state); err != nil {
+		return fmt.Errorf("listener: notify %s: %w", os.Getenv("NOTIFY_SOCKET"), err)
 	}
 	return nil
 }

@@ -12,13 +12,16 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/baton-sh/baton/listener"
+	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/internal/osutil"
+	"github.com/baton-sh/baton/supervisor/sockets"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
 // Config is everything a master needs. cmd/baton builds it from flags.
 type Config struct {
-	Listen       []listener.Spec
+	Listen       []sockets.Spec
 	Workers      int
 	Ready        ReadyRule
 	ReadyTimeout time.Duration
@@ -26,9 +29,16 @@ type Config struct {
 	DrainTimeout time.Duration
 	PIDFile      string // absolute; empty for none
 	Chdir        string // workers' working directory; resolved anew by every master
+	// ChdirDefault says Chdir is where baton started (no --chdir given),
+	// for error messages.
+	ChdirDefault bool
 	Command      []string
-	// Control is the control socket's path ("" for none). When
-	// ControlExplicit is false, failing to bind it is only a warning.
+	// Control is the control socket's path ("" for none, in tests).
+	// Failing to bind it refuses the start: a master that cannot be
+	// reached, or a path answered by another service, would let "baton
+	// reload" reach the wrong one. ControlExplicit says it was given with
+	// --control, not derived (control.DefaultPath), for error messages
+	// and the directory check.
 	Control         string
 	ControlExplicit bool
 	// EnvFile holds KEY=VALUE lines added to workers' environment. Every
@@ -39,6 +49,9 @@ type Config struct {
 	Compat []string
 	// ReopenLogs, if set, is called on SIGUSR1 (logrotate).
 	ReopenLogs func() error
+	// LogDropped, if set, returns how many log entries the log's output
+	// could not take so far (status shows it).
+	LogDropped func() uint64
 	// WorkerOutput is OutputTagged or OutputInherit.
 	WorkerOutput string
 	// Version is baton's own, for the logs: after an upgrade it tells
@@ -47,55 +60,17 @@ type Config struct {
 	// Credential, if set, is the user and groups workers run as.
 	Credential *syscall.Credential
 	Log        *zap.Logger
-}
 
-// ReadyMode says how a worker shows that it serves.
-type ReadyMode int
-
-const (
-	ReadyNotify ReadyMode = iota // READY=1 on NOTIFY_SOCKET
-	ReadyDelay                   // alive for Delay
-	ReadyExec                    // Probe exits 0
-)
-
-// ReadyRule is a parsed --ready value.
-type ReadyRule struct {
-	Mode  ReadyMode
-	Delay time.Duration
-	Probe string
-}
-
-func (r ReadyRule) String() string {
-	switch r.Mode {
-	case ReadyDelay:
-		return "delay:" + r.Delay.String()
-	case ReadyExec:
-		return "exec:" + r.Probe
-	}
-	return "notify"
-}
-
-// ParseReadyRule parses "notify", "delay:DURATION" or "exec:COMMAND".
-func ParseReadyRule(s string) (ReadyRule, error) {
-	mode, arg, _ := strings.Cut(s, ":")
-	switch mode {
-	case "notify":
-		if arg == "" {
-			return ReadyRule{Mode: ReadyNotify}, nil
-		}
-	case "delay":
-		d, err := time.ParseDuration(arg)
-		if err == nil && d >= 0 {
-			return ReadyRule{Mode: ReadyDelay, Delay: d}, nil
-		}
-		return ReadyRule{}, fmt.Errorf("--ready %q: want delay:DURATION such as delay:2s", s)
-	case "exec":
-		if strings.TrimSpace(arg) != "" {
-			return ReadyRule{Mode: ReadyExec, Probe: arg}, nil
-		}
-		return ReadyRule{}, fmt.Errorf("--ready %q: exec: needs a command", s)
-	}
-	return ReadyRule{}, fmt.Errorf("--ready %q: want notify, delay:DURATION or exec:COMMAND", s)
+	// BeforeUpgrade, if set, is run by /bin/sh -c before every upgrade
+	// starts anything of the new generation (hook.go); a non-zero exit or
+	// running past BeforeUpgradeTimeout fails the upgrade. BeforeStart
+	// runs it before the first generation too.
+	BeforeUpgrade        string
+	BeforeUpgradeTimeout time.Duration
+	BeforeStart          bool
+	// Metrics, if set, is the TCP address (HOST:PORT) of the Prometheus
+	// endpoint /metrics, served by the master of record (metrics.go).
+	Metrics string
 }
 
 var signalNames = map[syscall.Signal]string{
@@ -121,7 +96,7 @@ func ParseSignal(s string) (syscall.Signal, error) {
 			return sig, nil
 		}
 	}
-	return 0, fmt.Errorf("signal %q: want TERM, QUIT, INT, HUP, USR1, USR2, WINCH or KILL", s)
+	return 0, badConfig("--drain-signal", strconv.Quote(s), "want TERM, QUIT, INT, HUP, USR1, USR2, WINCH or KILL", nil)
 }
 
 // LookupCredential resolves --user and --group. The group defaults to the
@@ -131,14 +106,14 @@ func LookupCredential(userName, groupName string) (*syscall.Credential, error) {
 		return nil, nil
 	}
 	if os.Geteuid() != 0 {
-		return nil, fmt.Errorf("--user/--group %q/%q: baton must run as root to start workers as another user", userName, groupName)
+		return nil, badConfig("--user/--group", strconv.Quote(userName)+"/"+strconv.Quote(groupName), "baton must run as root to start workers as another user", nil)
 	}
 	cred := &syscall.Credential{Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid())}
 	if userName != "" {
 		u, err := user.Lookup(userName)
 		if err != nil {
 			if u, err = user.LookupId(userName); err != nil {
-				return nil, fmt.Errorf("--user %q: no such user", userName)
+				return nil, badConfig("--user", strconv.Quote(userName), "no such user", nil)
 			}
 		}
 		uid, _ := strconv.Atoi(u.Uid)
@@ -158,7 +133,7 @@ func LookupCredential(userName, groupName string) (*syscall.Credential, error) {
 		g, err := user.LookupGroup(groupName)
 		if err != nil {
 			if g, err = user.LookupGroupId(groupName); err != nil {
-				return nil, fmt.Errorf("--group %q: no such group", groupName)
+				return nil, badConfig("--group", strconv.Quote(groupName), "no such group", nil)
 			}
 		}
 		gid, _ := strconv.Atoi(g.Gid)
@@ -167,29 +142,69 @@ func LookupCredential(userName, groupName string) (*syscall.Credential, error) {
 	return cred, nil
 }
 
-// ErrBadConfig is wrapped by Check's errors.
+// ErrBadConfig matches (errors.Is) every error about a bad flag value or
+// command: Check's, ParseReadyRule's, ParseSignal's, LookupCredential's,
+// ReadEnvFile's and ResolveCommand's.
 var ErrBadConfig = errors.New("bad configuration")
+
+// ConfigError is a bad value of one flag, or of the worker command. Its
+// message names the flag and value once: `--chdir "/srv/x": no such file
+// or directory`. It matches ErrBadConfig and unwraps to its cause.
+type ConfigError struct {
+	Flag  string // "--chdir", "command"; "" when no one flag is at fault
+	Value string // as shown: quoted when a string
+	Msg   string // what is wrong, or ""
+	Err   error  // the cause, or nil
+}
+
+func badConfig(flag, value, msg string, err error) error {
+	return &ConfigError{Flag: flag, Value: value, Msg: msg, Err: err}
+}
+
+func (e *ConfigError) Error() string {
+	var parts []string
+	if what := strings.TrimSpace(e.Flag + " " + e.Value); what != "" {
+		parts = append(parts, what)
+	}
+	if e.Msg != "" {
+		parts = append(parts, e.Msg)
+	}
+	if e.Err != nil && !errors.Is(e.Err, exec.ErrNotFound) {
+		parts = append(parts, e.Err.Error())
+	}
+	return strings.Join(parts, ": ")
+}
+
+// Is makes every ConfigError match ErrBadConfig.
+func (e *ConfigError) Is(target error) bool { return target == ErrBadConfig }
+
+// Unwrap returns the cause, or nil.
+func (e *ConfigError) Unwrap() error { return e.Err }
 
 // Check validates what can be checked without binding: the working
 // directory, the command, and the pid file's directory. Every master runs it
 // anew, so a deploy that moves a symlink is checked against the new target.
 func (c *Config) Check() error {
 	if len(c.Command) == 0 {
-		return fmt.Errorf("%w: no command given (baton run [flags] -- COMMAND [ARGS...])", ErrBadConfig)
+		return badConfig("", "", "no command given (baton run [flags] -- COMMAND [ARGS...])", nil)
 	}
 	if len(c.Listen) == 0 {
-		return fmt.Errorf("%w: no --listen given", ErrBadConfig)
+		return badConfig("", "", "no --listen given", nil)
 	}
-	if c.Workers < 1 {
-		return fmt.Errorf("%w: --workers %d: want at least 1", ErrBadConfig, c.Workers)
+	if err := c.checkWorkers(); err != nil {
+		return err
 	}
 	if c.Chdir != "" {
+		flag := "--chdir"
+		if c.ChdirDefault {
+			flag = "working directory (where baton started; set --chdir)"
+		}
 		fi, err := os.Stat(c.Chdir)
 		if err != nil {
-			return fmt.Errorf("--chdir %q: %w", c.Chdir, pathErr(err))
+			return badConfig(flag, strconv.Quote(c.Chdir), "", osutil.Cause(err))
 		}
 		if !fi.IsDir() {
-			return fmt.Errorf("--chdir %q: not a directory", c.Chdir)
+			return badConfig(flag, strconv.Quote(c.Chdir), "not a directory", nil)
 		}
 	}
 	if _, err := ResolveCommand(c.Chdir, c.Command[0]); err != nil {
@@ -200,14 +215,28 @@ func (c *Config) Check() error {
 			return err
 		}
 	}
+	if err := c.checkControl(); err != nil {
+		return err
+	}
 	if c.EnvFile != "" {
 		if _, err := ReadEnvFile(c.EnvFile); err != nil {
 			return err
 		}
 	}
+	if c.BeforeUpgrade != "" && c.BeforeUpgradeTimeout <= 0 {
+		return badConfig("--before-upgrade-timeout", c.BeforeUpgradeTimeout.String(), "want a positive duration", nil)
+	}
+	if c.BeforeStart && c.BeforeUpgrade == "" {
+		return badConfig("--before-start", "", "needs --before-upgrade COMMAND to run", nil)
+	}
+	if c.Metrics != "" {
+		if err := checkMetricsAddr(c.Metrics); err != nil {
+			return err
+		}
+	}
 	for _, m := range c.Compat {
 		if m != "einhorn" && m != "server-starter" {
-			return fmt.Errorf("--compat %q: want einhorn or server-starter", m)
+			return badConfig("--compat", strconv.Quote(m), "want einhorn or server-starter", nil)
 		}
 	}
 	return nil
@@ -219,7 +248,7 @@ func (c *Config) Check() error {
 func ReadEnvFile(path string) ([]string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("--env-file %q: %w", path, pathErr(err))
+		return nil, badConfig("--env-file", strconv.Quote(path), "", osutil.Cause(err))
 	}
 	var out []string
 	for i, line := range strings.Split(string(b), "\n") {
@@ -231,7 +260,7 @@ func ReadEnvFile(path string) ([]string, error) {
 		k, v, ok := strings.Cut(line, "=")
 		k = strings.TrimSpace(k)
 		if !ok || k == "" || strings.ContainsAny(k, " \t\"'") {
-			return nil, fmt.Errorf("--env-file %q: line %d: want KEY=VALUE, got %q", path, i+1, line)
+			return nil, badConfig("--env-file", strconv.Quote(path), fmt.Sprintf("line %d: want KEY=VALUE, got %q", i+1, line), nil)
 		}
 		v = strings.TrimSpace(v)
 		if len(v) >= 2 && (v[0] == '"' || v[0] == '\'') && v[len(v)-1] == v[0] {
@@ -248,7 +277,7 @@ func ResolveCommand(dir, name string) (string, error) {
 	if !strings.Contains(name, "/") {
 		p, err := exec.LookPath(name)
 		if err != nil {
-			return "", fmt.Errorf("command %q: not found in $PATH", name)
+			return "", badConfig("command", strconv.Quote(name), "not found in $PATH", exec.ErrNotFound)
 		}
 		return p, nil
 	}
@@ -258,42 +287,103 @@ func ResolveCommand(dir, name string) (string, error) {
 	}
 	fi, err := os.Stat(p)
 	if err != nil {
-		return "", fmt.Errorf("command %q: %w", name, pathErr(err))
+		return "", badConfig("command", strconv.Quote(name), "", osutil.Cause(err))
 	}
 	if fi.IsDir() {
-		return "", fmt.Errorf("command %q: is a directory", name)
+		return "", badConfig("command", strconv.Quote(name), "is a directory", nil)
 	}
 	if err := syscall.Access(p, 1 /* X_OK */); err != nil {
-		return "", fmt.Errorf("command %q: not executable: %w", name, err)
+		return "", badConfig("command", strconv.Quote(name), "not executable", err)
 	}
 	return p, nil
-}
-
-func pathErr(err error) error {
-	var pe *os.PathError
-	if errors.As(err, &pe) {
-		return pe.Err
-	}
-	return err
 }
 
 // checkPIDFile refuses a pid file naming a live process and a directory we
 // cannot write, before anything is bound or started.
 func checkPIDFile(path string) error {
+	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
+		what := "not a regular file"
+		if fi.IsDir() {
+			what = "is a directory"
+		}
+		return badConfig("--pid-file", strconv.Quote(path), what, nil)
+	}
 	if b, err := os.ReadFile(path); err == nil {
 		var pid int
-		if _, err := fmt.Sscan(strings.TrimSpace(string(b)), &pid); err == nil && pid > 0 && pid != os.Getpid() && pid != os.Getppid() {
+		if _, err := fmt.Sscan(strings.TrimSpace(string(b)), &pid); err == nil && pid > 0 && pid != os.Getpid() && pid != os.Getppid() && strconv.Itoa(pid) != os.Getenv(envKeeperPID) {
 			// Our parent is the old master during an upgrade: the file is its.
 			if err := syscall.Kill(pid, 0); err == nil || errors.Is(err, syscall.EPERM) {
-				return fmt.Errorf("--pid-file %q: names running process %d", path, pid)
+				return badConfig("--pid-file", strconv.Quote(path), fmt.Sprintf("names running process %d", pid), nil)
 			}
 		}
 	}
 	f, err := os.CreateTemp(filepath.Dir(path), ".baton-check-*")
 	if err != nil {
-		return fmt.Errorf("--pid-file %q: directory not writable: %w", path, pathErr(err))
+		return badConfig("--pid-file", strconv.Quote(path), "directory not writable", osutil.Cause(err))
 	}
 	f.Close()
 	os.Remove(f.Name())
+	return nil
+}
+
+// controlFlag names the control socket's path in errors: the flag, or
+// where the default came from.
+func (c *Config) controlFlag() string {
+	if c.ControlExplicit {
+		return "--control"
+	}
+	return "control socket (default; set --control)"
+}
+
+// checkControl refuses a control socket path no socket can have, and one
+// that is also a listening socket (the workers would answer baton's
+// commands, or the control socket would replace the listener).
+func (c *Config) checkControl() error {
+	if c.Control == "" {
+		return nil
+	}
+	if err := control.CheckPath(c.Control); err != nil {
+		return badConfig(c.controlFlag(), strconv.Quote(c.Control), "", err)
+	}
+	for _, s := range c.Listen {
+		if s.Network == "unix" && s.Addr == c.Control {
+			return badConfig(c.controlFlag(), strconv.Quote(c.Control), "is also a --listen socket", nil)
+		}
+	}
+	return nil
+}
+
+// MaxWorkers is the most workers one master runs. Each worker's exit is
+// waited for by a goroutine blocked in waitid(2), which holds an OS thread,
+// and a Go program dies (with a dump of every goroutine) past 10000
+// threads; this leaves room for the rest.
+const MaxWorkers = 4096
+
+// checkWorkers refuses a worker count the master or the machine's limits
+// cannot hold, before anything starts: past them, fork or pipe fails half
+// way through the start instead.
+func (c *Config) checkWorkers() error {
+	n := strconv.Itoa(c.Workers)
+	if c.Workers < 1 {
+		return badConfig("--workers", n, "want at least 1", nil)
+	}
+	if c.Workers > MaxWorkers {
+		return badConfig("--workers", n, fmt.Sprintf("want at most %d (one master waits on each worker with an OS thread)", MaxWorkers), nil)
+	}
+	// RLIMIT_NPROC counts every process of the workers' user and binds
+	// unless that user is root.
+	var lim syscall.Rlimit
+	asRoot := os.Geteuid() == 0 && (c.Credential == nil || c.Credential.Uid == 0)
+	if err := syscall.Getrlimit(unix.RLIMIT_NPROC, &lim); err == nil && !asRoot && lim.Cur != unix.RLIM_INFINITY && uint64(c.Workers) >= lim.Cur {
+		return badConfig("--workers", n, fmt.Sprintf("over the process limit (ulimit -u %d)", lim.Cur), nil)
+	}
+	// Tagged output takes two pipes per worker in the master, beside the
+	// sockets and the master's own few.
+	if c.WorkerOutput == OutputTagged {
+		need := uint64(2*c.Workers + len(c.Listen) + 64)
+		if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && lim.Cur != unix.RLIM_INFINITY && need > lim.Cur {
+			return badConfig("--workers", n, fmt.Sprintf("needs about %d open files for tagged output, over the limit (ulimit -n %d)", need, lim.Cur), nil)
+		}
+	}
 	return nil
 }

@@ -4,106 +4,37 @@ import (
 	"bufio"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net"
 	"os"
-	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
+	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"go.uber.org/zap"
 )
 
-// The control protocol: a client connects to the master's unix socket,
-// writes one JSON request line, and reads one JSON reply line. "stop" keeps
-// the connection open after its reply until the master has exited, so a
-// client that waits for EOF waits for the stop.
-//
-//	{"cmd":"status"}  -> Status
-//	{"cmd":"reload"}  -> ReloadResult, once the upgrade succeeded or failed
-//	{"cmd":"stop"}    -> {"ok":true,"master_pid":N}, then EOF at exit
-
-// ControlRequest is a client's request line.
-type ControlRequest struct {
-	Cmd string `json:"cmd"`
-}
-
-// Reload outcome codes; cmd/baton uses them as exit codes.
-const (
-	ReloadOK       = 0 // the new generation took over
-	ReloadRollback = 1 // the new generation failed and was thrown away
-	ReloadRefused  = 2 // no upgrade was started
-)
-
-// ReloadResult answers a reload.
-type ReloadResult struct {
-	OK                bool     `json:"ok"`
-	Code              int      `json:"code"`
-	Reason            string   `json:"reason,omitempty"`
-	Stderr            []string `json:"stderr,omitempty"` // last lines of the failing worker
-	OldMasterPID      int      `json:"old_master_pid"`
-	NewMasterPID      int      `json:"new_master_pid,omitempty"`
-	Generation        int      `json:"generation,omitempty"`
-	TotalMS           float64  `json:"total_ms,omitempty"`
-	WorkersStartingMS float64  `json:"workers_starting_ms,omitempty"`
-	BatonMS           float64  `json:"baton_ms,omitempty"`
-}
-
-// Status answers a status request.
-type Status struct {
-	MasterPID   int            `json:"master_pid"`
-	Generation  int            `json:"generation"`
-	State       string         `json:"state"` // starting, serving, upgrading, stopping, handed-over
-	UptimeMS    float64        `json:"uptime_ms"`
-	Listeners   []string       `json:"listeners"`
-	Workers     []WorkerStatus `json:"workers"`
-	Previous    *PrevStatus    `json:"previous,omitempty"` // the draining previous generation
-	LastUpgrade *ReloadResult  `json:"last_upgrade,omitempty"`
-}
-
-// WorkerStatus is one worker in a Status.
-type WorkerStatus struct {
-	Index    int     `json:"index"`
-	PID      int     `json:"pid"`
-	State    string  `json:"state"` // starting, ready, draining
-	UptimeMS float64 `json:"uptime_ms"`
-	Restarts int     `json:"restarts"`
-}
-
-// PrevStatus is the previous generation while its master drains it.
-type PrevStatus struct {
-	MasterPID   int     `json:"master_pid"`
-	Generation  int     `json:"generation"`
-	State       string  `json:"state"`
-	WorkerPIDs  []int   `json:"worker_pids"`
-	DrainLeftMS float64 `json:"drain_left_ms"`
-}
-
-// DefaultControlPath is where the control socket lives when --control is
-// not given: beside the pid file (app.pid -> app.sock), else in the
-// runtime directory.
-func DefaultControlPath(pidFile string) string {
-	if pidFile != "" {
-		return strings.TrimSuffix(pidFile, ".pid") + ".sock"
-	}
-	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
-		return filepath.Join(d, "baton", "control.sock")
-	}
-	return "/run/baton/control.sock"
-}
+// This file is the master's side of the control protocol (package control
+// names the commands and wire keys). A new command: a Cmd in package
+// control, and a case in onControl.
 
 // ctlConn is one accepted control connection with its request.
 type ctlConn struct {
-	conn *net.UnixConn
-	req  ControlRequest
+	conn   net.Conn
+	req    control.Request
+	stream *ctlStream // a held reload request's writer (progress.go)
+	since  time.Time  // when it was held
 }
 
+// reply writes one JSON line; a client that stopped reading cannot hold
+// the loop for more than the write deadline.
 func (c *ctlConn) reply(v any) {
 	c.conn.SetWriteDeadline(time.Now().Add(2 * time.Second))
 	b, _ := json.Marshal(v)
 	c.conn.Write(append(b, '\n'))
 }
+
+func (c *ctlConn) close() { c.conn.Close() }
 
 // serveControl accepts control connections until ln is closed, admitting
 // only the master's own uid and root, and posts each request to the loop.
@@ -129,11 +60,10 @@ func (m *master) readControl(c *net.UnixConn) {
 		return
 	}
 	c.SetReadDeadline(time.Time{})
+	cc := &ctlConn{conn: c}
 	refuse := func(reason string) {
-		b, _ := json.Marshal(map[string]any{"ok": false, "code": ReloadRefused, "reason": reason})
-		c.SetWriteDeadline(time.Now().Add(2 * time.Second))
-		c.Write(append(b, '\n'))
-		c.Close()
+		cc.reply(control.NewRefusal(reason))
+		cc.close()
 	}
 	// Checked after reading, so the client reads our answer rather than
 	// an EPIPE on its request.
@@ -142,30 +72,11 @@ func (m *master) readControl(c *net.UnixConn) {
 		refuse("permission denied: the control socket accepts only the master's user and root")
 		return
 	}
-	req, err := DecodeControlRequest(line)
-	if err != nil {
+	if cc.req, err = control.DecodeRequest(line); err != nil {
 		refuse(err.Error())
 		return
 	}
-	m.post(&ctlConn{conn: c, req: req})
-}
-
-// DecodeControlRequest parses one request line.
-func DecodeControlRequest(line []byte) (ControlRequest, error) {
-	var req ControlRequest
-	dec := json.NewDecoder(strings.NewReader(string(line)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		return req, fmt.Errorf("bad control request: %w", err)
-	}
-	if dec.More() {
-		return ControlRequest{}, fmt.Errorf("bad control request: more than one JSON value on the line")
-	}
-	switch req.Cmd {
-	case "status", "reload", "stop":
-		return req, nil
-	}
-	return req, fmt.Errorf("bad control request: unknown cmd %q (want status, reload or stop)", req.Cmd)
+	m.post(evControl{cc})
 }
 
 func peerUID(c *net.UnixConn) (int, error) {
@@ -189,81 +100,79 @@ func peerUID(c *net.UnixConn) (int, error) {
 // onControl runs in the loop.
 func (m *master) onControl(c *ctlConn) {
 	switch c.req.Cmd {
-	case "status":
+	case control.CmdStatus:
 		c.reply(m.status())
-		c.conn.Close()
-	case "reload":
-		if reason := m.requestUpgrade("control"); reason != "" {
-			c.reply(ReloadResult{Code: ReloadRefused, Reason: reason, OldMasterPID: m.self})
-			c.conn.Close()
-			return
+		c.close()
+	case control.CmdReload:
+		// Held before the request is made, so that it hears every step
+		// (progress.go), the wait in a queue included.
+		c.hold(m.sys.now())
+		m.up.waiters = append(m.up.waiters, c)
+		if reason := m.requestUpgrade("control", !c.req.NoWait); reason != "" {
+			m.up.waiters = m.up.waiters[:len(m.up.waiters)-1]
+			c.finish(control.ReloadResult{Code: control.ReloadRefused, Reason: reason, OldMasterPID: m.self})
 		}
-		m.reloadWaiters = append(m.reloadWaiters, c)
-	case "stop":
-		c.reply(map[string]any{"ok": true, "master_pid": m.self})
+	case control.CmdScale:
+		prev, err := m.scale(c.req.Workers)
+		if err != nil {
+			c.reply(control.NewRefusal("scale refused: " + err.Error()))
+		} else {
+			c.reply(control.ScaleResult{OK: true, Previous: prev, Workers: len(m.slots)})
+		}
+		c.close()
+	case control.CmdStop:
+		c.reply(control.StopAck{OK: true, MasterPID: m.self, KeeperPID: m.keeperPID()})
 		// Held open: the client sees EOF when this process exits.
 		m.stopWaiters = append(m.stopWaiters, c)
 		m.stop("control")
+		if m.keeperPID() != 0 {
+			// The keeper stops every other master too: one starting a new
+			// generation must not take over after the stop.
+			m.sdNotify(keeperStop + "=1")
+		}
 	}
 }
 
-func (m *master) status() Status {
-	st := Status{
+func (m *master) status() control.Status {
+	now := m.sys.now()
+	st := control.Status{
 		MasterPID:  m.self,
+		KeeperPID:  m.keeperPID(),
+		Version:    m.cfg.Version,
 		Generation: m.gen,
-		UptimeMS:   ms(time.Since(m.startAt)),
+		State:      m.stateName(),
+		UptimeMS:   ms(now.Sub(m.startAt)),
 		Listeners:  specStrings(m.cfg.Listen),
+
+		WorkersConfigured: len(m.slots),
+		UpgradeQueued:     !m.up.queuedAt.IsZero(),
 	}
-	switch {
-	case m.phase == phaseBooting:
-		st.State = "starting"
-	case m.phase == phaseStopping:
-		st.State = "stopping"
-	case m.phase == phaseHandedOver:
-		st.State = "handed-over"
-	case m.upgrading:
-		st.State = "upgrading"
-	default:
-		st.State = "serving"
+	if m.cfg.LogDropped != nil {
+		st.LogDropped = m.cfg.LogDropped()
+	}
+	if len(m.pinned.command) > 0 {
+		st.Release = &control.Release{Dir: m.pinned.dir, Command: m.pinned.command[0]}
 	}
 	for i, s := range m.slots {
 		if w := s.cur; w != nil {
-			st.Workers = append(st.Workers, WorkerStatus{Index: i, PID: w.pid, State: w.state.String(),
-				UptimeMS: ms(time.Since(w.started)), Restarts: s.restarts})
+			if w.state == stateReady {
+				st.WorkersCurrent++
+			}
+			st.Workers = append(st.Workers, control.WorkerStatus{Index: i, PID: w.pid, State: w.state.String(),
+				UptimeMS: ms(now.Sub(w.started)), Restarts: s.restarts})
 		}
 	}
 	for _, w := range m.procs {
 		if w.state == stateDraining && (w.index >= len(m.slots) || m.slots[w.index].cur != w) {
-			st.Workers = append(st.Workers, WorkerStatus{Index: w.index, PID: w.pid, State: w.state.String(),
-				UptimeMS: ms(time.Since(w.started))})
+			st.Workers = append(st.Workers, control.WorkerStatus{Index: w.index, PID: w.pid, State: w.state.String(),
+				UptimeMS: ms(now.Sub(w.started))})
 		}
 	}
-	if m.parentAlive && m.phase != phaseBooting {
+	if m.up.parentAlive && m.phase != phaseBooting {
 		ppid := os.Getppid()
-		st.Previous = &PrevStatus{MasterPID: ppid, Generation: m.gen - 1, State: "draining",
-			WorkerPIDs: childrenOf(ppid, m.self), DrainLeftMS: max(0, ms(time.Until(m.parentDeadline)))}
+		st.Previous = &control.PrevStatus{MasterPID: ppid, Generation: m.gen - 1, State: "draining",
+			WorkerPIDs: osutil.ChildrenOf(ppid, m.self), DrainLeftMS: max(0, ms(m.up.parentDeadline.Sub(now)))}
 	}
-	st.LastUpgrade = m.lastUpgrade
+	st.LastUpgrade = m.up.last
 	return st
 }
-
-// childrenOf lists pid's child processes other than skip, from /proc.
-func childrenOf(pid, skip int) []int {
-	out := []int{}
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-	for _, t := range tasks {
-		b, err := os.ReadFile(t)
-		if err != nil {
-			continue
-		}
-		for _, f := range strings.Fields(string(b)) {
-			var c int
-			if _, err := fmt.Sscan(f, &c); err == nil && c != skip {
-				out = append(out, c)
-			}
-		}
-	}
-	return out
-}
-
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -1,18 +1,54 @@
 // Package supervisor is baton's master: it keeps N workers of a server
 // running on sockets it owns, and hands them over to a new generation on
-// upgrade.
+// upgrade. Run is the entry point, once per process.
 //
-// One goroutine, the loop in master.run, owns all mutable state: workers by
-// pid, worker slots, the phase, upgrade bookkeeping. Everything else (signal
+// One goroutine, the loop in master.run, owns all mutable state: workers,
+// worker slots, the phase, upgrade bookkeeping. Everything else (signal
 // delivery, process waits, the notify socket reader, readiness probes,
-// timers, the control socket) only posts events to it.
+// timers, the control socket) only posts events to it. Events are a sealed
+// set (events.go) and name the worker, slot or connection they are about,
+// never a pid: the kernel reuses pids, and a late timer for a worker that
+// is gone must find nothing to act on.
+//
+// Where each concern lives:
+//
+//	master.go     the loop, signal dispatch, phases, boot and stop
+//	workers.go    a generation's workers: spawn, exit, crash restart with
+//	              backoff, drain, TTIN/TTOU, and the timers of each
+//	readiness.go  when a worker counts as ready (notify, delay:, exec:)
+//	upgrade.go    the handover protocol, both ends, its state in one struct
+//	hook.go       --before-upgrade: run by the old master before an upgrade
+//	queue.go      the one upgrade waiting for the previous generation's drain
+//	progress.go   a reload's progress lines, and a new master's steps sent
+//	              to the old master that streams them
+//	metrics.go    --metrics: Prometheus exposition, carried across masters
+//	control.go    the master's side of the control protocol (package
+//	              control has the wire types and the client)
+//	systemd.go    sd_notify to the service manager, watchdog
+//	env.go        what a worker's environment is made of
+//	sys.go        the OS seam: process start, signals, clock and timers,
+//	              notifications; tests swap in a fake (fake_test.go)
+//	notify.go     the master's own sd_notify socket, for workers
+//	output.go     tagged worker output, inherit mode's stderr tee, and the
+//	              stderr tail of failures
+//	hints.go      advice for the usual first-run mistakes: a server binding
+//	              its own port, one that never sends READY=1
+//	shim.go       the trampoline that sets LISTEN_PID
+//	spawn.go      the one OS thread workers are forked from (PDEATHSIG)
+//	quiet.go      keeping the listening sockets out of the master's epoll
+//	config.go     Config, its checks, and ConfigError
+//
+// Sub-packages: control (protocol and client), sockets (the master's side
+// of the listening sockets), internal/osutil (/proc, own fds, sd_notify
+// sending).
 //
 // Signals and what the loop does with them:
 //
-//	USR2, HUP          upgrade through tableflip (requestUpgrade)
+//	USR2, HUP          upgrade through tableflip (requestUpgrade); queued
+//	                   while the previous generation drains
 //	TERM, INT, QUIT    drain every worker, then exit; a second TERM/INT kills them
-//	TTIN, TTOU         one worker more / less
-//	USR1               forwarded to every worker
+//	TTIN, TTOU         one worker more / less (the count survives upgrades)
+//	USR1               reopen the log file, and forwarded to every worker
 //
 // Phases of a master: booting (its workers are starting; a failure here
 // ends the master, and for an upgrade means rollback), serving (crashed

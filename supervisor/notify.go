@@ -1,28 +1,33 @@
 package supervisor
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
-	"unsafe"
+
+	"github.com/baton-sh/baton/supervisor/internal/osutil"
 )
 
-// notifySocket is the master's private sd_notify(3) endpoint. It is an
-// abstract unix datagram socket: nothing on disk to clean up, and it goes
-// away with the master. SO_PASSCRED makes the kernel attach the sender's pid
-// to every datagram, so a message is attributed to the process that sent it,
-// not to what it claims.
+// notifySocket is the master's private sd_notify(3) endpoint: a unix
+// datagram socket at a filesystem path, as systemd hands services
+// (/run/systemd/notify), since not every sd_notify client understands an
+// abstract "@name". It lives in a directory of its own that only baton's
+// user (and, with --user/--group, the workers' group) can enter, and is
+// removed at close; a directory left by a SIGKILLed master is swept by the
+// next one. SO_PASSCRED makes the kernel attach the sender's pid to every
+// datagram, so a message is attributed to the process that sent it, not to
+// what it claims.
 type notifySocket struct {
 	conn *net.UnixConn
-	addr string
+	addr string // the socket's path
+	dir  string // its private directory, removed at close
 	self int
 
 	mu       sync.Mutex
@@ -35,13 +40,88 @@ type notifyMsg struct {
 	fields map[string]string
 }
 
-func openNotifySocket() (*notifySocket, error) {
-	var b [8]byte
-	rand.Read(b[:])
-	addr := "@baton/" + hex.EncodeToString(b[:])
+// notifyDirPrefix names the private directories of notify sockets.
+const notifyDirPrefix = "baton-notify."
+
+// maxNotifyBase is the longest base directory for which
+// BASE/baton-notify.NNNNNNNNNN/notify fits a unix socket address (107 bytes
+// and a NUL).
+const maxNotifyBase = 107 - len("/"+notifyDirPrefix+"0123456789/notify")
+
+// notifyBase is where notify socket directories are made: systemd's
+// RuntimeDirectory=, the user's runtime directory, /run for root, else the
+// temporary directory.
+func notifyBase() string {
+	for _, d := range []string{os.Getenv("RUNTIME_DIRECTORY"), os.Getenv("XDG_RUNTIME_DIR")} {
+		if d != "" && len(d) <= maxNotifyBase && syscall.Access(d, 2|1 /* W_OK|X_OK */) == nil {
+			return d
+		}
+	}
+	if os.Geteuid() == 0 && syscall.Access("/run", 2|1) == nil {
+		return "/run"
+	}
+	if d := os.TempDir(); len(d) <= maxNotifyBase {
+		return d
+	}
+	return "/tmp"
+}
+
+// sweepNotifyDirs removes notify directories in base that this user owns
+// and whose socket nobody reads any more (their master was SIGKILLed).
+func sweepNotifyDirs(base string) {
+	socks, _ := filepath.Glob(filepath.Join(base, notifyDirPrefix+"*", "notify"))
+	for _, sock := range socks {
+		var st syscall.Stat_t
+		if syscall.Lstat(filepath.Dir(sock), &st) != nil || int(st.Uid) != os.Geteuid() {
+			continue
+		}
+		c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: sock, Net: "unixgram"})
+		if err == nil {
+			c.Close()
+			continue // a live master's
+		}
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			os.RemoveAll(filepath.Dir(sock))
+		}
+	}
+}
+
+// openNotifySocket binds a new notify socket. cred, when workers run as
+// another user, names the group that may enter the directory and send.
+func openNotifySocket(cred *syscall.Credential) (*notifySocket, error) {
+	base := notifyBase()
+	sweepNotifyDirs(base)
+	dir, err := os.MkdirTemp(base, notifyDirPrefix) // mode 0700
+	if err != nil {
+		return nil, fmt.Errorf("notify socket directory in %s: %w", base, err)
+	}
+	addr := filepath.Join(dir, "notify")
+	fail := func(what string, err error) (*notifySocket, error) {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("notify socket %s: %s: %w", addr, what, err)
+	}
 	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: addr, Net: "unixgram"})
 	if err != nil {
-		return nil, fmt.Errorf("notify socket %s: %w", addr, err)
+		return fail("bind", err)
+	}
+	if cred != nil && (cred.Uid != uint32(os.Geteuid()) || cred.Gid != uint32(os.Getegid())) {
+		// The workers' group may enter and send; nobody else.
+		for _, p := range []struct {
+			path string
+			mode os.FileMode
+		}{{dir, 0o710}, {addr, 0o620}} {
+			if err := os.Lchown(p.path, os.Geteuid(), int(cred.Gid)); err != nil {
+				c.Close()
+				return fail("chown for --group", err)
+			}
+			if err := os.Chmod(p.path, p.mode); err != nil {
+				c.Close()
+				return fail("chmod", err)
+			}
+		}
+	} else if err := os.Chmod(addr, 0o600); err != nil {
+		c.Close()
+		return fail("chmod", err)
 	}
 	rc, err := c.SyscallConn()
 	if err == nil {
@@ -55,9 +135,9 @@ func openNotifySocket() (*notifySocket, error) {
 	}
 	if err != nil {
 		c.Close()
-		return nil, fmt.Errorf("notify socket %s: SO_PASSCRED: %w", addr, err)
+		return fail("SO_PASSCRED", err)
 	}
-	return &notifySocket{conn: c, addr: addr, self: os.Getpid(), barriers: make(map[string]chan struct{})}, nil
+	return &notifySocket{conn: c, addr: addr, dir: dir, self: os.Getpid(), barriers: make(map[string]chan struct{})}, nil
 }
 
 const notifyBarrier = "BATON_BARRIER"
@@ -79,7 +159,7 @@ func (n *notifySocket) barrier(timeout time.Duration) {
 		delete(n.barriers, id)
 		n.mu.Unlock()
 	}()
-	if sendNotify(n.addr, notifyBarrier+"="+id) != nil {
+	if osutil.SendNotify(n.addr, notifyBarrier+"="+id) != nil {
 		return
 	}
 	select {
@@ -117,7 +197,11 @@ func (n *notifySocket) run(deliver func(notifyMsg)) {
 	}
 }
 
-func (n *notifySocket) close() { n.conn.Close() }
+// close closes the socket and removes its directory.
+func (n *notifySocket) close() {
+	n.conn.Close()
+	os.RemoveAll(n.dir)
+}
 
 func senderPid(oob []byte) int {
 	msgs, err := syscall.ParseSocketControlMessage(oob)
@@ -143,26 +227,4 @@ func parseNotify(b []byte) map[string]string {
 		}
 	}
 	return fields
-}
-
-// sendNotify sends one datagram to an sd_notify socket address.
-func sendNotify(addr, msg string) error {
-	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
-	if err != nil {
-		return fmt.Errorf("notify %s: %w", addr, err)
-	}
-	defer c.Close()
-	if _, err := c.Write([]byte(msg)); err != nil {
-		return fmt.Errorf("notify %s: %w", addr, err)
-	}
-	return nil
-}
-
-// monotonicUsec is CLOCK_MONOTONIC in microseconds, the clock systemd wants
-// in MONOTONIC_USEC= beside RELOADING=1 (without it systemd may ignore the
-// reload notification).
-func monotonicUsec() string {
-	var ts syscall.Timespec
-	syscall.Syscall(syscall.SYS_CLOCK_GETTIME, 1 /* CLOCK_MONOTONIC */, uintptr(unsafe.Pointer(&ts)), 0)
-	return strconv.FormatInt(ts.Sec*1e6+ts.Nsec/1e3, 10)
 }

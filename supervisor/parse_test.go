@@ -1,7 +1,6 @@
 package supervisor
 
 import (
-	"encoding/json"
 	"fmt"
 	"maps"
 	"strings"
@@ -82,104 +81,6 @@ func FuzzParseNotify(f *testing.F) {
 		}
 		if !maps.Equal(got, want) {
 			t.Fatalf("parseNotify(%q)\n have %q\n want %q", b, got, want)
-		}
-	})
-}
-
-// ---- DecodeControlRequest ----
-
-func TestDecodeControlRequestGood(t *testing.T) {
-	tests := []struct {
-		have string
-		want string
-	}{
-		{`{"cmd":"status"}`, "status"},
-		{`{"cmd":"reload"}` + "\n", "reload"},
-		{`{"cmd":"stop"}`, "stop"},
-		{`{"cmd":"stop"}` + "\r\n", "stop"},
-		{` { "cmd" : "status" } ` + "\n", "status"},
-		{"\t{\"cmd\":\"reload\"}\n", "reload"},
-		{`{"cmd":"st\u0061tus"}`, "status"}, // JSON escapes are decoded
-	}
-	for _, tt := range tests {
-		got, err := DecodeControlRequest([]byte(tt.have))
-		if err != nil {
-			t.Errorf("DecodeControlRequest(%q): unexpected error: %v", tt.have, err)
-			continue
-		}
-		if got.Cmd != tt.want {
-			t.Errorf("DecodeControlRequest(%q): have cmd %q, want %q", tt.have, got.Cmd, tt.want)
-		}
-	}
-}
-
-func TestDecodeControlRequestBad(t *testing.T) {
-	tests := []struct {
-		have string
-		why  string // a fragment of the error message
-	}{
-		{`{"cmd":"nope"}`, `unknown cmd "nope"`},
-		{`{"cmd":"STATUS"}`, `unknown cmd "STATUS"`}, // commands are case-sensitive
-		{`{"cmd":" status"}`, `unknown cmd " status"`},
-		{`{"cmd":""}`, `unknown cmd ""`},
-		{`{"cmd":null}`, `unknown cmd ""`},
-		{`{}`, `unknown cmd ""`},
-		{`null`, `unknown cmd ""`},
-		{`{"cmd":"stop","x":1}`, `unknown field "x"`},
-		{`{"x":1}`, `unknown field "x"`},
-		{`{"cmd":"status","reason":"why"}`, `unknown field "reason"`},
-		{`not json`, "invalid character"},
-		{``, "EOF"},
-		{"\n", "EOF"},
-		{`{"cmd":"status"`, "EOF"},
-		{`{"cmd":"status",}`, "invalid character"},
-		{`{"cmd":1}`, "cannot unmarshal number"},
-		{`{"cmd":["status"]}`, "cannot unmarshal array"},
-		{`"status"`, "cannot unmarshal string"},
-		{`["status"]`, "cannot unmarshal array"},
-		{`{'cmd':'status'}`, "invalid character"},
-	}
-	for _, tt := range tests {
-		got, err := DecodeControlRequest([]byte(tt.have))
-		if err == nil {
-			t.Errorf("DecodeControlRequest(%q): have %+v, want an error", tt.have, got)
-			continue
-		}
-		if !strings.HasPrefix(err.Error(), "bad control request: ") {
-			t.Errorf("DecodeControlRequest(%q): error %q lacks the \"bad control request: \" prefix", tt.have, err)
-		}
-		if !strings.Contains(err.Error(), tt.why) {
-			t.Errorf("DecodeControlRequest(%q): error %q does not say %q", tt.have, err, tt.why)
-		}
-	}
-}
-
-func FuzzDecodeControlRequest(f *testing.F) {
-	for _, s := range []string{
-		`{"cmd":"status"}`, `{"cmd":"reload"}` + "\n", `{"cmd":"nope"}`, `{"cmd":"stop","x":1}`,
-		`not json`, `{}`, ``, `null`, `{"cmd":null}`, `{"cmd":"stop"}{"cmd":"reload"}`,
-		`{"CMD":"status"}`, `{"cmd":"nope","cmd":"stop"}`, `{"cmd":"st\u0061tus"}`,
-		`{"cmd":"` + strings.Repeat("x", 4096) + `"}`, strings.Repeat("[", 512),
-	} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, line []byte) {
-		req, err := DecodeControlRequest(line)
-		if err != nil {
-			if !strings.HasPrefix(err.Error(), "bad control request: ") {
-				t.Fatalf("DecodeControlRequest(%q): error %q lacks its prefix", line, err)
-			}
-			return
-		}
-		switch req.Cmd {
-		case "status", "reload", "stop":
-		default:
-			t.Fatalf("DecodeControlRequest(%q): accepted cmd %q", line, req.Cmd)
-		}
-		// What was accepted began with a JSON object.
-		var m map[string]json.RawMessage
-		if err := json.NewDecoder(strings.NewReader(string(line))).Decode(&m); err != nil || m == nil {
-			t.Fatalf("DecodeControlRequest(%q) = %+v, but the line does not start with a JSON object (%v)", line, req, err)
 		}
 	})
 }

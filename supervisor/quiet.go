@@ -3,7 +3,10 @@ package supervisor
 import (
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
+
+	"github.com/baton-sh/baton/supervisor/internal/osutil"
 )
 
 // quietListeners takes the listening sockets out of the master's epoll set.
@@ -26,26 +29,14 @@ func quietListeners(files []*os.File) {
 			inodes[st.Ino] = true
 		}
 	}
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return
-	}
 	var epfds, socks []int
-	for _, e := range ents {
-		fd, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		link, err := os.Readlink("/proc/self/fd/" + e.Name())
-		if err != nil {
-			continue
-		}
+	for _, fd := range osutil.OwnFds() {
 		switch {
-		case link == "anon_inode:[eventpoll]":
-			epfds = append(epfds, fd)
-		case len(link) > 8 && link[:8] == "socket:[":
-			if ino, err := strconv.ParseUint(link[8:len(link)-1], 10, 64); err == nil && inodes[ino] {
-				socks = append(socks, fd)
+		case fd.Link == "anon_inode:[eventpoll]":
+			epfds = append(epfds, fd.Num)
+		case strings.HasPrefix(fd.Link, "socket:["):
+			if ino, err := strconv.ParseUint(fd.Link[8:len(fd.Link)-1], 10, 64); err == nil && inodes[ino] {
+				socks = append(socks, fd.Num)
 			}
 		}
 	}

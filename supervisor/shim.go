@@ -85,19 +85,3 @@ func ExecShim(args []string) int {
 	fmt.Fprintf(os.Stderr, "baton: exec %q: %v\n", args[0], err)
 	return 127
 }
-
-// markCloexecFrom makes every fd >= first close-on-exec. The master does it
-// to all it inherited at start (fds its own launcher leaked, tableflip's
-// pipes on fds 3 and 4 in a re-executed master), so a worker inherits
-// exactly 0, 1, 2 and the sockets it is given.
-func markCloexecFrom(first int) {
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return
-	}
-	for _, e := range ents {
-		if fd, err := strconv.Atoi(e.Name()); err == nil && fd >= first {
-			syscall.CloseOnExec(fd)
-		}
-	}
-}

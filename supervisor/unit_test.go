@@ -1,6 +1,9 @@
 package supervisor
 
 import (
+	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/baton-sh/baton/listener"
+	"github.com/baton-sh/baton/supervisor/sockets"
 )
 
 func TestWorkerBaseEnvStripsWhatDescribesBaton(t *testing.T) {
@@ -17,10 +20,17 @@ func TestWorkerBaseEnvStripsWhatDescribesBaton(t *testing.T) {
 		"PATH=/bin", "HOME=/root", "NOTIFY_SOCKET=/run/systemd/notify", "LISTEN_FDS=2", "LISTEN_PID=1",
 		"LISTEN_FDNAMES=a", "WATCHDOG_USEC=1", "WATCHDOG_PID=1", "TABLEFLIP_HAS_PARENT_7DIU3=yes",
 		"BATON_WORKERS=4", "BATON_MASTER_GENERATION=3", "NOTIFY_SOCKETS=kept", "MY_LISTEN_FDS=kept",
-	})
-	want := []string{"PATH=/bin", "HOME=/root", "NOTIFY_SOCKETS=kept", "MY_LISTEN_FDS=kept"}
+		"NODE_CHANNEL_FD=3", "NODE_CHANNEL_SERIALIZATION_MODE=json", "NODE_UNIQUE_ID=1", "NODE_ENV=kept",
+		"EINHORN_FD_0=3", "EINHORN_FDS=3", "SERVER_STARTER_PORT=:80=3", "UNICORN_FD=3", "GUNICORN_FD=3",
+		"PUMA_INHERIT_0=3:tcp://:80", "SYSTEMD_EXEC_PID=1", "JOURNAL_STREAM=8:123", "INVOCATION_ID=kept",
+	}, true)
+	want := []string{"PATH=/bin", "HOME=/root", "NOTIFY_SOCKETS=kept", "MY_LISTEN_FDS=kept", "NODE_ENV=kept", "INVOCATION_ID=kept"}
 	if !slices.Equal(have, want) {
 		t.Fatalf("have %q\nwant %q", have, want)
+	}
+	// With inherited output the workers' stderr is baton's: the journal.
+	if have := workerBaseEnv([]string{"JOURNAL_STREAM=8:123"}, false); !slices.Equal(have, []string{"JOURNAL_STREAM=8:123"}) {
+		t.Fatalf("inherited output: have %q, want JOURNAL_STREAM kept", have)
 	}
 }
 
@@ -59,7 +69,7 @@ func TestReadEnvFile(t *testing.T) {
 
 func TestCompatEnv(t *testing.T) {
 	m := &master{gen: 7, cfg: Config{
-		Listen: []listener.Spec{{Network: "tcp", Addr: "127.0.0.1:80"}, {Network: "unix", Addr: "/run/a.sock"}},
+		Listen: []sockets.Spec{{Network: "tcp", Addr: "127.0.0.1:80"}, {Network: "unix", Addr: "/run/a.sock"}},
 		Compat: []string{"einhorn", "server-starter"},
 	}}
 	have := m.compatEnv()
@@ -81,29 +91,9 @@ func TestExitReason(t *testing.T) {
 	} {
 		cmd := exec.Command("/bin/sh", "-c", tt.script)
 		cmd.Run()
-		if have := exitReason(cmd.ProcessState); have != tt.want {
+		if have := statusOf(cmd.ProcessState).String(); have != tt.want {
 			t.Errorf("%q: have %q, want %q", tt.script, have, tt.want)
 		}
-	}
-	if have := exitReason(nil); have != "unknown" {
-		t.Errorf("nil state: %q", have)
-	}
-}
-
-func TestDefaultControlPath(t *testing.T) {
-	t.Setenv("XDG_RUNTIME_DIR", "/run/user/1000")
-	for _, tt := range []struct{ pid, want string }{
-		{"/run/app/app.pid", "/run/app/app.sock"},
-		{"/run/app/baton", "/run/app/baton.sock"},
-		{"", "/run/user/1000/baton/control.sock"},
-	} {
-		if have := DefaultControlPath(tt.pid); have != tt.want {
-			t.Errorf("DefaultControlPath(%q) = %q, want %q", tt.pid, have, tt.want)
-		}
-	}
-	t.Setenv("XDG_RUNTIME_DIR", "")
-	if have := DefaultControlPath(""); have != "/run/baton/control.sock" {
-		t.Errorf("without XDG_RUNTIME_DIR: %q", have)
 	}
 }
 
@@ -132,5 +122,53 @@ func TestShimCommand(t *testing.T) {
 	path, argv = shimCommand("", []string{"./server"})
 	if path != "/proc/self/exe" || !slices.Equal(argv, []string{"baton", ShimArg, "./server"}) {
 		t.Fatalf("self trampoline: %s %q", path, argv)
+	}
+}
+
+func TestEveryConfigErrorIsErrBadConfig(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	os.WriteFile(file, []byte("not an env file\n"), 0o644)
+	ok := func() Config {
+		return Config{Listen: []sockets.Spec{{Network: "tcp", Addr: "127.0.0.1:1"}}, Workers: 1, Command: []string{"/bin/sh"}}
+	}
+	for _, tt := range []struct {
+		name   string
+		change func(*Config)
+		names  string // the flag and value, once
+	}{
+		{"no command", func(c *Config) { c.Command = nil }, "no command given"},
+		{"no listen", func(c *Config) { c.Listen = nil }, "no --listen given"},
+		{"workers", func(c *Config) { c.Workers = 0 }, "--workers 0: "},
+		{"chdir missing", func(c *Config) { c.Chdir = filepath.Join(dir, "gone") }, `--chdir "` + dir + `/gone": no such file`},
+		{"chdir a file", func(c *Config) { c.Chdir = file }, `--chdir "` + file + `": not a directory`},
+		{"command", func(c *Config) { c.Command = []string{"no-such-command-baton"} }, `command "no-such-command-baton": not found`},
+		{"command not executable", func(c *Config) { c.Command = []string{file} }, `command "` + file + `": not executable: permission denied`},
+		{"pid file dir", func(c *Config) { c.PIDFile = filepath.Join(dir, "no/b.pid") }, `--pid-file "` + dir + `/no/b.pid": directory not writable: no such file`},
+		{"env file", func(c *Config) { c.EnvFile = file }, `--env-file "` + file + `": line 1`},
+		{"compat", func(c *Config) { c.Compat = []string{"inetd"} }, `--compat "inetd": want`},
+	} {
+		c := ok()
+		tt.change(&c)
+		err := c.Check()
+		if !errors.Is(err, ErrBadConfig) || !strings.Contains(fmt.Sprint(err), tt.names) || strings.Count(fmt.Sprint(err), tt.names) != 1 {
+			t.Errorf("%s: %v; want ErrBadConfig naming %q once", tt.name, err, tt.names)
+		}
+	}
+	if err := (&Config{Listen: ok().Listen, Workers: 1, Command: []string{filepath.Join(dir, "gone")}}).Check(); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the cause is not wrapped: %v", err)
+	}
+	for _, bad := range []struct {
+		flag string
+		err  func() error
+	}{
+		{"--ready", func() error { _, err := ParseReadyRule("sometimes"); return err }},
+		{"--drain-signal", func() error { _, err := ParseSignal("NOPE"); return err }},
+		{"--env-file", func() error { _, err := ReadEnvFile(filepath.Join(dir, "gone")); return err }},
+	} {
+		err := bad.err()
+		if !errors.Is(err, ErrBadConfig) || strings.Count(fmt.Sprint(err), bad.flag) != 1 {
+			t.Errorf("%v: want ErrBadConfig naming %s once", err, bad.flag)
+		}
 	}
 }

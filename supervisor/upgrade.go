@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -8,30 +9,130 @@ import (
 	"os/exec"
 	"runtime"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"go.uber.org/zap"
 )
 
-// notifyUpgradeReady is what a new master sends the old one, as JSON of a
-// ReloadResult, just before it takes over.
-const notifyUpgradeReady = "BATON_UPGRADE_READY"
+// This file owns the handover protocol, both ends of it. The old master
+// (parent) re-executes baton through tableflip with a few variables set;
+// the new master (child) reads them at start, and before it signals ready
+// or exits it reports to the parent's notify socket, proving who it is
+// with a per-upgrade token.
+
+// Variables one master sets for the next one it re-executes. They never
+// reach workers (stripEnv drops every BATON_ variable).
+const (
+	envNextGeneration = "BATON_MASTER_GENERATION"
+	envUpgradeStart   = "BATON_UPGRADE_START"  // unix nanoseconds of the USR2
+	envParentNotify   = "BATON_PARENT_NOTIFY"  // the old master's notify socket
+	envUpgradeToken   = "BATON_UPGRADE_TOKEN"  // proves a report comes from that new master
+	envNextWorkers    = "BATON_MASTER_WORKERS" // the worker count, as TTIN/TTOU/scale left it
+	envMetrics        = "BATON_MASTER_METRICS" // the counters so far (metrics.go)
+)
+
+// Keys of the child's report on the parent's notify socket.
+const (
+	reportToken  = "BATON_TOKEN"
+	reportReady  = "BATON_UPGRADE_READY"  // JSON of a control.ReloadResult: it took over
+	reportFailed = "BATON_UPGRADE_FAILED" // why it gave up
+	reportStderr = "BATON_STDERR"         // JSON list: its failing worker's last stderr lines
+)
+
+// upgradeState is a master's part in upgrades: as the child of an old
+// master, and as the parent of the upgrade it started. Owned by the loop.
+type upgradeState struct {
+	// As a child (started by an old master).
+	parentAlive    bool      // the old master has not exited yet
+	parentNotify   string    // where to report
+	parentToken    string    // include in reports
+	start          time.Time // when the old master got the USR2
+	parentDeadline time.Time // the old master has surely exited by then
+	workers        int       // the worker count the old master ran, or 0
+	metrics        string    // its counters, for metrics.restore
+	servingAt      time.Time // when this generation took over
+
+	// As a parent (the upgrade this master started).
+	running  bool
+	at       time.Time
+	token    string                // expect in reports from the new master
+	reason   string                // from the new master, when it failed
+	stderr   []string              // its failing worker's last stderr lines
+	ready    *control.ReloadResult // from the new master, when it took over
+	last     *control.ReloadResult
+	waiters  []*ctlConn    // reload requests answered at the outcome
+	hookTook time.Duration // the --before-upgrade command's run
+	waited   time.Duration // the wait for the previous generation's drain
+	queuedAt time.Time     // non-zero while an upgrade waits (queue.go)
+	queuedBy string        // what asked for it first
+
+	// After a handover, reload requests are answered once every old
+	// worker has stopped accepting (said STOPPING=1, or exited), or after
+	// stopAckWait.
+	handedOverAt time.Time
+	drained      int // old workers that exited while draining
+	killed       int // of them, SIGKILLed at the drain deadline
+
+	pending     *control.ReloadResult
+	accepting   map[*worker]bool
+	stopAckStop func()
+}
+
+// stopAckWait bounds how long an answer to "baton reload" waits for the
+// old workers' STOPPING=1; servers that never send it cost this much.
+const stopAckWait = 250 * time.Millisecond
+
+// readUpgradeEnv takes what the old master passed, if this master was
+// started by one, and removes it from the environment. It returns the
+// generation number to use.
+func (u *upgradeState) readUpgradeEnv(hasParent bool) int {
+	gen := 1
+	u.parentAlive = hasParent
+	if hasParent {
+		if g, err := strconv.Atoi(os.Getenv(envNextGeneration)); err == nil && g > 0 {
+			gen = g
+		}
+		if ns, err := strconv.ParseInt(os.Getenv(envUpgradeStart), 10, 64); err == nil {
+			u.start = time.Unix(0, ns)
+		}
+		u.parentNotify = os.Getenv(envParentNotify)
+		u.parentToken = os.Getenv(envUpgradeToken)
+		if n, err := strconv.Atoi(os.Getenv(envNextWorkers)); err == nil && n > 0 {
+			u.workers = n
+		}
+		u.metrics = os.Getenv(envMetrics)
+	}
+	for _, k := range []string{envNextGeneration, envUpgradeStart, envParentNotify, envUpgradeToken, envNextWorkers, envMetrics, "TABLEFLIP_HAS_PARENT_7DIU3"} {
+		os.Unsetenv(k)
+	}
+	return gen
+}
 
 // requestUpgrade starts a handover to a freshly executed master. It returns
-// why it refused, or "" once the upgrade is under way. One at a time:
-// tableflip allows a single pair of masters, and a third generation would
-// stack drains.
-func (m *master) requestUpgrade(trigger string) string {
+// why it refused, or "" once the upgrade is under way or queued. One at a
+// time: tableflip allows a single pair of masters, and a third generation
+// would stack drains. While the previous generation drains, the upgrade is
+// queued (wait true; at most one, later requests merge into it) and starts
+// once the previous master has exited (queue.go); with wait false it is
+// refused.
+func (m *master) requestUpgrade(trigger string, wait bool) string {
+	u := &m.up
 	var why string
 	var fields []zap.Field
 	switch {
 	case m.phase != phaseServing:
-		why = "master is not serving (" + m.status().State + ")"
-	case m.upgrading:
+		why = "master is not serving (" + m.stateName() + ")"
+	case u.running:
 		why = "an upgrade is already under way"
-		fields = append(fields, zap.Duration("running_for", time.Since(m.upgradeAt)))
-	case m.parentAlive:
-		left := max(time.Until(m.parentDeadline), 0).Round(time.Millisecond)
+		fields = append(fields, zap.Duration("running_for", m.sys.now().Sub(u.at)))
+	case u.parentAlive && wait:
+		m.queueUpgrade(trigger)
+		return ""
+	case u.parentAlive:
+		left := max(u.parentDeadline.Sub(m.sys.now()), 0).Round(time.Millisecond)
 		why = "previous generation still draining (up to " + left.String() + " more)"
 		fields = append(fields, zap.Duration("drain_left_at_most", left))
 	default:
@@ -41,23 +142,45 @@ func (m *master) requestUpgrade(trigger string) string {
 	}
 	if why != "" {
 		m.log.Warn("upgrade refused: "+trimParen(why), append(fields, zap.String("trigger", trigger), zap.String("reason", why))...)
+		m.met.upgrade(outcomeRefused)
 		return why
 	}
-	m.upgrading = true
-	m.upgradeAt = time.Now()
-	m.upgradeReason = ""
-	m.upgradeStderr = nil
-	m.upgradeReady = nil
-	// tableflip re-executes us with os.Environ(); this is how the next
-	// master learns its generation, when the deploy began, and where to
-	// report.
-	os.Setenv(envNextGeneration, strconv.Itoa(m.gen+1))
-	os.Setenv(envUpgradeStart, strconv.FormatInt(m.upgradeAt.UnixNano(), 10))
-	os.Setenv(envParentNotify, m.notify.addr)
-	m.upgradeToken = strconv.FormatUint(rand.Uint64(), 36)
-	os.Setenv(envUpgradeToken, m.upgradeToken)
+	u.running = true
+	u.at = m.sys.now()
+	u.reason, u.stderr, u.ready = "", nil, nil
+	u.hookTook, u.waited = 0, 0
+	if !u.queuedAt.IsZero() {
+		u.waited = u.at.Sub(u.queuedAt)
+		u.queuedAt = time.Time{}
+	}
 	m.log.Info("upgrade requested", zap.String("trigger", trigger), zap.Int("new_generation", m.gen+1))
-	m.sdNotify("RELOADING=1\nMONOTONIC_USEC=" + monotonicUsec() + "\nSTATUS=upgrading to generation " + strconv.Itoa(m.gen+1))
+	m.progress(control.Progress{Event: control.EvPreflight, Message: "pre-flight checks passed"})
+	m.sdNotify("RELOADING=1\n" + monotonicUsec() + "STATUS=upgrading to generation " + strconv.Itoa(m.gen+1))
+	if m.cfg.BeforeUpgrade != "" {
+		m.startHook(m.gen+1, true)
+		return ""
+	}
+	m.launchUpgrade()
+	return ""
+}
+
+// launchUpgrade re-executes baton through tableflip; its outcome arrives
+// as evUpgradeDone.
+func (m *master) launchUpgrade() {
+	u := &m.up
+	start := m.sys.now()
+	u.token = strconv.FormatUint(rand.Uint64(), 36)
+	// tableflip re-executes us with os.Environ(); this is how the next
+	// master learns its generation, when the deploy began (after the
+	// hook: the handover's time is the new generation's), where to
+	// report, the worker count (TTIN/TTOU survive a deploy) and the
+	// metrics so far.
+	m.sys.setenv(envNextGeneration, strconv.Itoa(m.gen+1))
+	m.sys.setenv(envUpgradeStart, strconv.FormatInt(start.UnixNano(), 10))
+	m.sys.setenv(envParentNotify, m.notifyAddr())
+	m.sys.setenv(envUpgradeToken, u.token)
+	m.sys.setenv(envNextWorkers, strconv.Itoa(len(m.slots)))
+	m.sys.setenv(envMetrics, m.met.carry())
 	go func() {
 		err := m.upg.Upgrade()
 		// tableflip learns that the old master exited in its own loop,
@@ -68,51 +191,52 @@ func (m *master) requestUpgrade(trigger string) string {
 			time.Sleep(2 * time.Millisecond)
 			err = m.upg.Upgrade()
 		}
-		// The new master reports how it went on the notify socket before
-		// it signals ready or exits; let that report reach the loop first.
-		m.notify.barrier(100 * time.Millisecond)
+		if m.notify != nil {
+			// The new master reports how it went before it signals ready
+			// or exits; let that report reach the loop first.
+			m.notify.barrier(100 * time.Millisecond)
+		}
 		m.post(evUpgradeDone{err})
 	}()
-	return ""
 }
 
 // preflight checks what the new master will need before anything is
-// forked: the baton binary as tableflip will exec it (os.Args[0] from the
-// initial working directory), the working directory and the command, each
-// resolved anew so that a moved symlink is followed.
+// forked: the directory it is executed in (this master's), the baton
+// binary as tableflip will exec it (os.Args[0], absolute since start), the
+// workers' directory and the command, each resolved anew so that a moved
+// symlink is followed.
 func (m *master) preflight() error {
+	if wd, err := os.Getwd(); err != nil {
+		return fmt.Errorf("master's working directory %q: %w", wd, osutil.Cause(err))
+	}
 	if _, err := exec.LookPath(os.Args[0]); err != nil {
-		return fmt.Errorf("baton binary %q: %w", os.Args[0], pathErr(err))
+		return fmt.Errorf("baton binary %q: %w", os.Args[0], osutil.Cause(err))
 	}
 	return m.cfg.Check()
 }
 
 func trimParen(s string) string {
-	for i := range s {
-		if s[i] == '(' {
-			return s[:max(i-1, 0)]
-		}
+	if i := strings.IndexByte(s, '('); i >= 0 {
+		return s[:max(i-1, 0)]
 	}
 	return s
 }
 
 func (m *master) onUpgradeDone(err error) {
-	m.upgrading = false
-	took := time.Since(m.upgradeAt)
-	res := ReloadResult{OldMasterPID: m.self, Generation: m.gen + 1}
+	u := &m.up
+	u.running = false
+	took := m.sys.now().Sub(u.at)
 	if err != nil {
 		// tableflip v1.2.3 does not close its ends of the child's pipes
 		// (ready writer, names reader) in the parent; only their finalizers
 		// do. Collect now so a failed upgrade leaves no fds behind until
 		// some later GC.
 		runtime.GC()
-		res.Code = ReloadRollback
-		res.Reason = m.upgradeReason
+		res := control.ReloadResult{Code: control.ReloadRollback, OldMasterPID: m.self, Generation: m.gen + 1,
+			Reason: u.reason, Stderr: u.stderr, TotalMS: ms(took), HookMS: ms(u.hookTook), WaitedMS: ms(u.waited)}
 		if res.Reason == "" {
 			res.Reason = "new master failed: " + err.Error()
 		}
-		res.Stderr = m.upgradeStderr
-		res.TotalMS = ms(took)
 		if m.phase != phaseServing {
 			m.log.Info("upgrade abandoned", zap.String("reason", res.Reason))
 		} else {
@@ -121,54 +245,168 @@ func (m *master) onUpgradeDone(err error) {
 				zap.Int("goroutines", runtime.NumGoroutine()))
 			m.sdNotify("READY=1\nSTATUS=upgrade failed, generation " + strconv.Itoa(m.gen) + " serving: " + res.Reason)
 		}
+		m.met.upgradeFailed(m.sys.now())
+		m.progress(control.Progress{Event: control.EvFailed, Message: "upgrade failed: " + res.Reason})
 		m.finishReload(res)
 		return
 	}
-	res = ReloadResult{Generation: m.gen + 1, TotalMS: ms(took)}
-	if m.upgradeReady != nil {
-		res = *m.upgradeReady
+	res := control.ReloadResult{Generation: m.gen + 1, TotalMS: ms(took)}
+	if u.ready != nil {
+		res = *u.ready
 	}
-	res.OK, res.Code, res.OldMasterPID = true, ReloadOK, m.self
+	res.OK, res.Code, res.OldMasterPID = true, control.ReloadOK, m.self
+	res.HookMS, res.WaitedMS = ms(u.hookTook), ms(u.waited)
 	m.log.Info("handed over to new master: draining old generation",
 		zap.Int("new_master_pid", res.NewMasterPID), zap.Duration("handover", took),
 		zap.Float64("workers_starting_ms", res.WorkersStartingMS), zap.Int("workers", len(m.procs)))
 	m.phase = phaseHandedOver
-	m.handedOverAt = time.Now()
-	m.drainedCount, m.killedCount = 0, 0
+	u.handedOverAt = m.sys.now()
+	u.drained, u.killed = 0, 0
 	if m.control != nil {
 		// The new master answers on the shared socket from now on.
 		m.control.Close()
 		m.control = nil
 	}
-	m.finishReload(res)
-	m.drainAll()
-}
-
-func (m *master) finishReload(res ReloadResult) {
-	m.lastUpgrade = &res
-	for _, c := range m.reloadWaiters {
-		c.reply(res)
-		c.conn.Close()
+	m.stopMetrics() // and serves /metrics, on the socket both hold
+	// The deploy script hears "ok" once the old code takes no more
+	// connections, so whatever it checks next is the new release. Only
+	// workers that were serving are waited for: draining ones have
+	// stopped accepting, and starting ones would not say STOPPING=1.
+	u.pending = &res
+	u.accepting = make(map[*worker]bool, len(m.procs))
+	for _, w := range m.procs {
+		if w.state == stateReady {
+			u.accepting[w] = true
+		}
 	}
-	m.reloadWaiters = nil
+	m.drainAll()
+	m.progress(control.Progress{Event: control.EvHandover, PID: res.NewMasterPID, Count: len(m.procs),
+		Message: fmt.Sprintf("new master %d serving generation %d; draining %d old workers", res.NewMasterPID, res.Generation, len(m.procs))})
+	if len(u.accepting) == 0 {
+		m.answerReload()
+		return
+	}
+	u.stopAckStop = m.sys.afterFunc(stopAckWait, func() { m.post(evStopAckTimeout{}) })
 }
 
-// onChildMasterReport takes a new master's report of its outcome.
-func (m *master) onChildMasterReport(pid int, fields map[string]string) bool {
-	if reason, ok := fields[notifyUpgradeFail]; ok {
-		m.upgradeReason = reason
-		if s, ok := fields["BATON_STDERR"]; ok {
-			json.Unmarshal([]byte(s), &m.upgradeStderr)
+// oldWorkerStopped notes that w no longer accepts, after a handover.
+func (m *master) oldWorkerStopped(w *worker) {
+	u := &m.up
+	if u.pending == nil || !u.accepting[w] {
+		return
+	}
+	delete(u.accepting, w)
+	if len(u.accepting) == 0 {
+		m.answerReload()
+	}
+}
+
+// answerReload answers the reload requests held after a handover.
+func (m *master) answerReload() {
+	u := &m.up
+	if u.pending == nil {
+		return
+	}
+	if u.stopAckStop != nil {
+		u.stopAckStop()
+	}
+	if len(u.accepting) > 0 {
+		m.log.Info("answering reload: old workers still accepting after the wait",
+			zap.Int("workers", len(u.accepting)), zap.Duration("waited", stopAckWait))
+		m.progress(control.Progress{Event: control.EvStopped, Count: len(u.accepting),
+			Message: fmt.Sprintf("%d old workers still accepting after %s; answering anyway", len(u.accepting), stopAckWait)})
+	} else {
+		m.progress(control.Progress{Event: control.EvStopped, Message: "old workers no longer accept connections"})
+	}
+	res := *u.pending
+	u.pending, u.accepting = nil, nil
+	m.finishReload(res)
+}
+
+func (m *master) finishReload(res control.ReloadResult) {
+	if res.Code != control.ReloadRefused {
+		m.up.last = &res
+	}
+	for _, c := range m.up.waiters {
+		c.finish(res)
+	}
+	m.up.waiters = nil
+}
+
+// onChildReport takes a new master's report of its outcome. It reports
+// false when fields are no such report.
+func (m *master) onChildReport(pid int, fields map[string]string) bool {
+	u := &m.up
+	if reason, ok := fields[reportFailed]; ok {
+		u.reason = reason
+		if s, ok := fields[reportStderr]; ok {
+			json.Unmarshal([]byte(s), &u.stderr)
 		}
 		return true
 	}
-	if js, ok := fields[notifyUpgradeReady]; ok {
-		var r ReloadResult
+	if js, ok := fields[reportProgress]; ok {
+		var p control.Progress
+		if json.Unmarshal([]byte(js), &p) == nil {
+			if p.Event == control.EvMasterStarted {
+				p.PID = pid
+			}
+			m.progress(p)
+		}
+		return true
+	}
+	if js, ok := fields[reportReady]; ok {
+		var r control.ReloadResult
 		if json.Unmarshal([]byte(js), &r) == nil {
 			r.NewMasterPID = pid
-			m.upgradeReady = &r
+			u.ready = &r
 		}
 		return true
 	}
 	return false
+}
+
+// reportReady tells the old master, if any, that this generation is ready,
+// with how long it took. It must reach the old master before tableflip's
+// Ready does.
+func (m *master) reportReady(res control.ReloadResult) {
+	if m.up.parentNotify == "" {
+		return
+	}
+	b, _ := json.Marshal(res)
+	m.sys.notifyTo(m.up.parentNotify, reportToken+"="+m.up.parentToken+"\n"+reportReady+"="+string(b))
+}
+
+// reportFailure tells the old master, if any, why this generation failed.
+func (m *master) reportFailure(reason string) {
+	if m.up.parentNotify == "" {
+		return
+	}
+	msg := reportToken + "=" + m.up.parentToken + "\n" + reportFailed + "=" + strings.ReplaceAll(reason, "\n", " ")
+	if len(m.failedStderr) > 0 {
+		b, _ := json.Marshal(m.failedStderr)
+		msg += "\n" + reportStderr + "=" + string(b)
+	}
+	if err := m.sys.notifyTo(m.up.parentNotify, msg); err != nil {
+		m.log.Warn("could not tell the old master why this upgrade failed", zap.Error(err))
+		return
+	}
+	failureReported.Store(true)
+}
+
+// waitForParent posts evParentExited once the old master has exited.
+func (m *master) waitForParent() {
+	m.upg.WaitForParent(context.Background())
+	m.post(evParentExited{})
+}
+
+func (m *master) onParentExited() {
+	m.up.parentDeadline = time.Time{}
+	m.up.parentAlive = false
+	if !m.up.servingAt.IsZero() {
+		// The old master drained from about when this one took over.
+		m.met.drained(m.sys.now().Sub(m.up.servingAt))
+	}
+	m.startQueued()
+	// The goroutine count is here to make leaks visible in tests.
+	m.log.Info("previous master exited", zap.Int("goroutines", runtime.NumGoroutine()))
 }

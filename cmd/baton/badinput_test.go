@@ -136,6 +136,12 @@ func TestBadInput(t *testing.T) {
 			if len(lines) != 1 || !strings.HasPrefix(lines[0], "baton: ") || !strings.Contains(lines[0], c.want) {
 				t.Errorf("want one line \"baton: …%s…\", got %q", c.want, lines)
 			}
+			// The flag at fault is named once, not once per layer.
+			for _, f := range []string{"--listen", "--ready", "--drain-signal", "--workers", "--chdir", "--pid-file", "--user"} {
+				if len(lines) == 1 && strings.Count(lines[0], f+" ")+strings.Count(lines[0], f+":") > 1 {
+					t.Errorf("%s named more than once: %q", f, lines[0])
+				}
+			}
 			for _, bad := range []string{"goroutine ", "panic", "Incorrect Usage", "USAGE:"} {
 				if strings.Contains(out, bad) {
 					t.Errorf("output contains %q:\n%s", bad, out)

@@ -1,18 +1,19 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/baton-sh/baton/supervisor"
+	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/sockets"
 	"github.com/urfave/cli/v2"
 )
 
@@ -27,107 +28,121 @@ type exitCode struct {
 
 func (e *exitCode) Error() string { return e.msg }
 
-func controlFlags(timeout time.Duration) []cli.Flag {
+// controlFlags are the flags every control command takes; timeoutUsage says
+// what --timeout bounds for that command.
+func controlFlags(timeout time.Duration, timeoutUsage string) []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "control", EnvVars: []string{"BATON_CONTROL"},
-			Usage: "the master's control socket (default: beside --pid-file, else $XDG_RUNTIME_DIR/baton/control.sock or /run/baton/control.sock)"},
+			Usage: "the master's control socket (default: from --pid-file or --listen as baton run derives it, else the one service's socket in $XDG_RUNTIME_DIR/baton, /run/baton for root)"},
 		&cli.StringFlag{Name: "pid-file", EnvVars: []string{"BATON_PID_FILE"},
-			Usage: "find the control socket beside this pid file (app.pid -> app.sock)"},
-		&cli.DurationFlag{Name: "timeout", Value: timeout, Usage: "how long to wait for the outcome"},
+			Usage: "find the control socket of the service with this pid file (app.pid -> app.sock)"},
+		&cli.StringSliceFlag{Name: "listen", Aliases: []string{"l"}, EnvVars: []string{"BATON_LISTEN"},
+			Usage: "find the control socket of the service with these --listen values (one service with no --pid-file)"},
+		&cli.DurationFlag{Name: "timeout", Value: timeout, Usage: timeoutUsage},
 	}
 }
 
-func controlPath(c *cli.Context) string {
+// controlPath is the control socket a client command talks to: --control,
+// else derived from --pid-file or --listen the way baton run derives it,
+// else the only one in the default directory. More than one there is an
+// error: a deploy must not reload whichever service it finds first.
+func controlPath(c *cli.Context) (string, error) {
 	if p := c.String("control"); p != "" {
-		return p
+		return p, nil
 	}
-	return supervisor.DefaultControlPath(c.String("pid-file"))
-}
-
-// ask sends one request and returns the connection, positioned after the
-// request, for the caller to read replies from.
-func ask(c *cli.Context, cmd string) (net.Conn, *bufio.Reader, error) {
-	path := controlPath(c)
-	conn, err := net.DialTimeout("unix", path, 5*time.Second)
-	if err != nil {
-		return nil, nil, &exitCode{supervisor.ReloadRefused, fmt.Sprintf("no master at %s: %v", path, unwrapSyscall(err))}
-	}
-	conn.SetDeadline(time.Now().Add(c.Duration("timeout")))
-	b, _ := json.Marshal(supervisor.ControlRequest{Cmd: cmd})
-	if _, err := conn.Write(append(b, '\n')); err != nil {
-		conn.Close()
-		return nil, nil, &exitCode{supervisor.ReloadRefused, fmt.Sprintf("control %s: %v", path, err)}
-	}
-	return conn, bufio.NewReader(conn), nil
-}
-
-func unwrapSyscall(err error) error {
-	var se *os.SyscallError
-	if errors.As(err, &se) {
-		return se.Err
-	}
-	return err
-}
-
-func readReply(c *cli.Context, r *bufio.Reader, v any) error {
-	line, err := r.ReadBytes('\n')
-	if err != nil {
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			return &exitCode{exitUnknown, fmt.Sprintf("no answer within %s (--timeout); the outcome is unknown", c.Duration("timeout"))}
-		}
-		return &exitCode{exitUnknown, fmt.Sprintf("control connection closed without an answer: %v", err)}
-	}
-	if _, isReload := v.(*supervisor.ReloadResult); !isReload {
-		// Any other answer may be a refusal instead of what was asked.
-		var refusal struct {
-			OK     *bool  `json:"ok"`
-			Code   int    `json:"code"`
-			Reason string `json:"reason"`
-		}
-		if json.Unmarshal(line, &refusal) == nil && refusal.OK != nil && !*refusal.OK {
-			return &exitCode{supervisor.ReloadRefused, "refused: " + refusal.Reason}
-		}
-	}
-	if err := json.Unmarshal(line, v); err != nil {
-		return &exitCode{exitUnknown, fmt.Sprintf("bad answer from master: %v", err)}
-	}
-	return nil
-}
-
-// waitGone waits until pid has exited (gone or a zombie). The master's fds
-// close a moment before it becomes a zombie, so EOF alone is early.
-func waitGone(pid int, timeout time.Duration) bool {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	pid := c.String("pid-file")
+	if pid != "" {
+		abs, err := filepath.Abs(pid)
 		if err != nil {
-			return true
+			return "", &exitCode{exitUsage, fmt.Sprintf("--pid-file %q: %v", pid, err)}
 		}
-		if i := strings.LastIndexByte(string(b), ')'); i > 0 && strings.HasPrefix(string(b[i+1:]), " Z") {
-			return true
-		}
-		time.Sleep(5 * time.Millisecond)
+		pid = abs
 	}
-	return false
+	if pid != "" || len(c.StringSlice("listen")) > 0 {
+		specs, err := sockets.ParseSpecs(c.StringSlice("listen"))
+		if err != nil {
+			return "", &exitCode{exitUsage, err.Error()}
+		}
+		return control.DefaultPath(pid, specStrings(specs)), nil
+	}
+	p, err := control.Discover()
+	if err != nil {
+		return "", &exitCode{control.ReloadRefused, err.Error()}
+	}
+	return p, nil
+}
+
+// specStrings is the canonical form of specs, as the default control
+// path is derived from.
+func specStrings(specs []sockets.Spec) []string {
+	out := make([]string, len(specs))
+	for i, s := range specs {
+		out[i] = s.Network + "://" + s.Addr
+	}
+	return out
+}
+
+// call sends cmd to the master and reads its reply into v. The returned
+// connection is open for a caller that waits for more (stop); it is nil on
+// error. Errors are *exitCode with the status the command exits with.
+func call(c *cli.Context, cmd control.Cmd, v any) (*control.Conn, error) {
+	path, err := controlPath(c)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := control.Send(path, cmd, c.Duration("timeout"))
+	if err != nil {
+		return nil, &exitCode{control.ReloadRefused, err.Error()}
+	}
+	if err := conn.Reply(v); err != nil {
+		conn.Close()
+		code := control.ReloadRefused
+		if errors.Is(err, control.ErrNoAnswer) {
+			code = exitUnknown
+			err = fmt.Errorf("%w (--timeout %s)", err, c.Duration("timeout"))
+		}
+		return nil, &exitCode{code, err.Error()}
+	}
+	return conn, nil
 }
 
 func reloadCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 	return &cli.Command{
 		Name:  "reload",
-		Usage: "upgrade to a new generation and wait for the outcome (exit 0 took over, 1 rolled back, 2 not started, 3 unknown)",
-		Flags: append(controlFlags(10*time.Minute),
-			&cli.BoolFlag{Name: "json", Usage: "print the outcome as JSON"}),
+		Usage: "upgrade to a new generation, printing each step, and wait for the outcome (exit 0 took over, 1 rolled back, 2 not started, 3 unknown)",
+		Flags: append(controlFlags(10*time.Minute, "how long to wait for the outcome of the upgrade (exit 3 if none by then)"),
+			&cli.BoolFlag{Name: "json", Usage: "print each step and the outcome as JSON lines"},
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print the outcome only"},
+			&cli.BoolFlag{Name: "follow-logs", Usage: "also print the hook's and the new workers' output while the upgrade runs (needs tagged --worker-output)"},
+			&cli.BoolFlag{Name: "no-wait", Usage: "refuse (exit 2) instead of waiting while the previous generation drains"}),
 		OnUsageError: onUsage,
 		Action: func(c *cli.Context) error {
-			conn, r, err := ask(c, "reload")
+			if c.Bool("quiet") && c.Bool("follow-logs") {
+				return &usageError{errors.New("--quiet and --follow-logs: choose one")}
+			}
+			path, err := controlPath(c)
 			if err != nil {
 				return err
 			}
+			conn, err := control.SendRequest(path, control.Request{Cmd: control.CmdReload, NoWait: c.Bool("no-wait")}, c.Duration("timeout"))
+			if err != nil {
+				return &exitCode{control.ReloadRefused, err.Error()}
+			}
 			defer conn.Close()
-			var res supervisor.ReloadResult
-			if err := readReply(c, r, &res); err != nil {
-				return err
+			var res control.ReloadResult
+			err = conn.Reload(func(p control.Progress) {
+				if c.Bool("quiet") || (p.IsOutput() && !c.Bool("follow-logs")) {
+					return
+				}
+				if c.Bool("json") {
+					b, _ := json.Marshal(p)
+					fmt.Println(string(b))
+				} else {
+					fmt.Printf("%8.3fs  %s\n", p.ElapsedMS/1000, p.Message)
+				}
+			}, &res)
+			if err != nil {
+				return &exitCode{exitUnknown, fmt.Errorf("%w (--timeout %s)", err, c.Duration("timeout")).Error()}
 			}
 			if c.Bool("json") {
 				b, _ := json.Marshal(res)
@@ -135,7 +150,7 @@ func reloadCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 			} else {
 				printReload(os.Stdout, res)
 			}
-			if res.Code != supervisor.ReloadOK {
+			if res.Code != control.ReloadOK {
 				return &exitCode{res.Code, "reload failed: " + res.Reason}
 			}
 			return nil
@@ -143,12 +158,12 @@ func reloadCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 	}
 }
 
-func printReload(w io.Writer, res supervisor.ReloadResult) {
+func printReload(w io.Writer, res control.ReloadResult) {
 	switch res.Code {
-	case supervisor.ReloadOK:
+	case control.ReloadOK:
 		fmt.Fprintf(w, "reload ok: generation %d serving, master %d -> %d, handover %.1f ms (workers starting %.1f ms, baton %.1f ms)\n",
 			res.Generation, res.OldMasterPID, res.NewMasterPID, res.TotalMS, res.WorkersStartingMS, res.BatonMS)
-	case supervisor.ReloadRollback:
+	case control.ReloadRollback:
 		fmt.Fprintf(w, "reload rolled back: generation %d failed after %.1f ms; master %d keeps serving\nreason: %s\n",
 			res.Generation, res.TotalMS, res.OldMasterPID, res.Reason)
 		if len(res.Stderr) > 0 {
@@ -166,18 +181,15 @@ func statusCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 	return &cli.Command{
 		Name:         "status",
 		Usage:        "show the master, its workers and the last upgrade",
-		Flags:        append(controlFlags(10*time.Second), &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
+		Flags:        append(controlFlags(10*time.Second, "how long to wait for the master's answer"), &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
 		OnUsageError: onUsage,
 		Action: func(c *cli.Context) error {
-			conn, r, err := ask(c, "status")
+			var st control.Status
+			conn, err := call(c, control.CmdStatus, &st)
 			if err != nil {
 				return err
 			}
-			defer conn.Close()
-			var st supervisor.Status
-			if err := readReply(c, r, &st); err != nil {
-				return err
-			}
+			conn.Close()
 			if c.Bool("json") {
 				b, _ := json.MarshalIndent(st, "", "  ")
 				fmt.Println(string(b))
@@ -189,9 +201,22 @@ func statusCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 	}
 }
 
-func printStatus(w io.Writer, st supervisor.Status) {
-	fmt.Fprintf(w, "master %d  generation %d  %s  up %s\n", st.MasterPID, st.Generation, st.State, msDur(st.UptimeMS))
+func printStatus(w io.Writer, st control.Status) {
+	fmt.Fprintf(w, "master %d  generation %d  %s  up %s  baton %s\n", st.MasterPID, st.Generation, st.State, msDur(st.UptimeMS), st.Version)
+	if st.KeeperPID != 0 {
+		fmt.Fprintf(w, "keeper %d (the service's pid)\n", st.KeeperPID)
+	}
 	fmt.Fprintf(w, "listening on %s\n", strings.Join(st.Listeners, ", "))
+	if st.LogDropped > 0 {
+		fmt.Fprintf(w, "log entries dropped: %d (baton's log output did not keep up)\n", st.LogDropped)
+	}
+	if r := st.Release; r != nil {
+		fmt.Fprintf(w, "release %s  (%s)\n", r.Dir, r.Command)
+	}
+	fmt.Fprintf(w, "workers: %d configured, %d ready\n", st.WorkersConfigured, st.WorkersCurrent)
+	if st.UpgradeQueued {
+		fmt.Fprintln(w, "an upgrade is queued: it starts once the previous generation has drained")
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "WORKER\tPID\tSTATE\tUPTIME\tRESTARTS")
 	for _, wk := range st.Workers {
@@ -216,26 +241,62 @@ func stopCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 	return &cli.Command{
 		Name:         "stop",
 		Usage:        "drain every worker, stop the master, and wait until it has exited",
-		Flags:        controlFlags(2 * time.Minute),
+		Flags:        controlFlags(2*time.Minute, "how long to wait for the master to exit (exit 3 if it still runs then)"),
 		OnUsageError: onUsage,
 		Action: func(c *cli.Context) error {
-			conn, r, err := ask(c, "stop")
+			var ack control.StopAck
+			conn, err := call(c, control.CmdStop, &ack)
 			if err != nil {
 				return err
 			}
 			defer conn.Close()
-			var ack struct {
-				OK        bool `json:"ok"`
-				MasterPID int  `json:"master_pid"`
-			}
-			if err := readReply(c, r, &ack); err != nil {
-				return err
-			}
 			// The master holds this connection until it exits.
-			if _, err := io.Copy(io.Discard, r); err != nil || !waitGone(ack.MasterPID, 5*time.Second) {
+			if err := conn.WaitClosed(); err != nil || !control.WaitExited(ack.MasterPID, 5*time.Second) {
 				return &exitCode{exitUnknown, fmt.Sprintf("master %d still stopping after %s (--timeout)", ack.MasterPID, c.Duration("timeout"))}
 			}
+			// The keeper exits once no master is left: then nothing runs.
+			if ack.KeeperPID != 0 && !control.WaitExited(ack.KeeperPID, c.Duration("timeout")) {
+				return &exitCode{exitUnknown, fmt.Sprintf("keeper %d still running after %s (--timeout)", ack.KeeperPID, c.Duration("timeout"))}
+			}
 			fmt.Printf("master %d stopped\n", ack.MasterPID)
+			return nil
+		},
+	}
+}
+
+func scaleCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
+	return &cli.Command{
+		Name:         "scale",
+		Usage:        "set the worker count (kept by later generations, like TTIN/TTOU)",
+		ArgsUsage:    "N",
+		Flags:        controlFlags(10*time.Second, "how long to wait for the master's answer"),
+		OnUsageError: onUsage,
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return &usageError{errors.New("scale: want one argument, the worker count N")}
+			}
+			n, err := strconv.Atoi(c.Args().First())
+			if err != nil || n < 1 || n > control.MaxWorkers {
+				return &usageError{fmt.Errorf("scale %q: want a worker count from 1 to %d", c.Args().First(), control.MaxWorkers)}
+			}
+			path, err := controlPath(c)
+			if err != nil {
+				return err
+			}
+			conn, err := control.SendRequest(path, control.Request{Cmd: control.CmdScale, Workers: n}, c.Duration("timeout"))
+			if err != nil {
+				return &exitCode{control.ReloadRefused, err.Error()}
+			}
+			defer conn.Close()
+			var res control.ScaleResult
+			if err := conn.Reply(&res); err != nil {
+				code := control.ReloadRefused
+				if errors.Is(err, control.ErrNoAnswer) {
+					code = exitUnknown
+				}
+				return &exitCode{code, err.Error()}
+			}
+			fmt.Printf("workers: %d -> %d\n", res.Previous, res.Workers)
 			return nil
 		},
 	}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/baton-sh/baton/scripts/zdbench/loadgen"
+	"github.com/baton-sh/baton/cmd/baton/loadgen"
 )
 
 // binDir holds baton and the example servers, built once for all tests.
@@ -41,7 +42,7 @@ func TestMain(m *testing.M) {
 		"hello":      "../../examples/hello",
 		"activation": "../../examples/activation",
 	} {
-		out, err := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg).CombinedOutput()
+		out, err := exec.Command(goTool(), "build", "-o", filepath.Join(dir, name), pkg).CombinedOutput()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", name, err, out)
 			os.RemoveAll(dir)
@@ -49,7 +50,7 @@ func TestMain(m *testing.M) {
 		}
 	}
 	// A second baton, as a deploy would install it, to upgrade baton itself.
-	out, err := exec.Command("go", "build", "-ldflags", "-X main.version=test-v2", "-o", filepath.Join(dir, "baton-v2"), ".").CombinedOutput()
+	out, err := exec.Command(goTool(), "build", "-ldflags", "-X main.version=test-v2", "-o", filepath.Join(dir, "baton-v2"), ".").CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "build baton-v2: %v\n%s", err, out)
 		os.RemoveAll(dir)
@@ -61,6 +62,17 @@ func TestMain(m *testing.M) {
 }
 
 func bin(name string) string { return filepath.Join(binDir, name) }
+
+// goTool is the go command running these tests: the one in $GOROOT (go test
+// sets it), so a machine whose PATH lacks go still builds the binaries.
+func goTool() string {
+	for _, root := range []string{os.Getenv("GOROOT"), runtime.GOROOT()} {
+		if p := filepath.Join(root, "bin", "go"); root != "" && syscall.Access(p, 1) == nil {
+			return p
+		}
+	}
+	return "go"
+}
 
 // logEvent is one JSON log line of a master.
 type logEvent map[string]any
@@ -109,6 +121,18 @@ func newLogTail(r *os.File) *logTail {
 // satisfies match, and its index; it fails the test after timeout.
 func (lt *logTail) waitFrom(t testing.TB, from int, msg string, match func(logEvent) bool, timeout time.Duration) (logEvent, int) {
 	t.Helper()
+	ev, i := lt.tryWaitFrom(from, msg, match, timeout)
+	if ev == nil {
+		lt.mu.Lock()
+		defer lt.mu.Unlock()
+		t.Fatalf("no log event %q within %s; log:\n%s", msg, timeout, lt.dumpLocked())
+	}
+	return ev, i
+}
+
+// tryWaitFrom is waitFrom returning nil, -1 instead of failing: for events
+// that must not come.
+func (lt *logTail) tryWaitFrom(from int, msg string, match func(logEvent) bool, timeout time.Duration) (logEvent, int) {
 	deadline := time.Now().Add(timeout)
 	timer := time.AfterFunc(timeout, func() { lt.mu.Lock(); lt.cond.Broadcast(); lt.mu.Unlock() })
 	defer timer.Stop()
@@ -124,7 +148,7 @@ func (lt *logTail) waitFrom(t testing.TB, from int, msg string, match func(logEv
 			}
 		}
 		if time.Now().After(deadline) || lt.closed {
-			t.Fatalf("no log event %q within %s; log:\n%s", msg, timeout, lt.dumpLocked())
+			return nil, -1
 		}
 		lt.cond.Wait()
 	}
@@ -203,6 +227,22 @@ func startBaton(t *testing.T, env []string, args ...string) *baton {
 // a shell), with JSON logs on a pipe.
 func startBatonCmd(t *testing.T, cmd *exec.Cmd, env []string) *baton {
 	t.Helper()
+	b := launch(t, cmd, env)
+	t.Cleanup(func() {
+		for _, pid := range b.pids() {
+			killOurs(pid)
+		}
+		select {
+		case <-b.done:
+		case <-time.After(5 * time.Second):
+		}
+	})
+	return b
+}
+
+// launch starts cmd with JSON logs on a pipe; the caller arranges cleanup.
+func launch(t *testing.T, cmd *exec.Cmd, env []string) *baton {
+	t.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -219,15 +259,6 @@ func startBatonCmd(t *testing.T, cmd *exec.Cmd, env []string) *baton {
 	w.Close()
 	b := &baton{t: t, cmd: cmd, pid: cmd.Process.Pid, log: newLogTail(r), done: make(chan struct{}), control: ctl}
 	go func() { b.err = cmd.Wait(); close(b.done) }()
-	t.Cleanup(func() {
-		for _, pid := range b.pids() {
-			killOurs(pid)
-		}
-		select {
-		case <-b.done:
-		case <-time.After(5 * time.Second):
-		}
-	})
 	return b
 }
 
@@ -281,6 +312,13 @@ func (b *baton) waitExit(timeout time.Duration) int {
 	}
 	b.t.Fatalf("wait master: %v", b.err)
 	return -1
+}
+
+// firstMaster returns the pid of the first master, which the keeper (the
+// process the test started, b.pid) starts and logs.
+func (b *baton) firstMaster() int {
+	b.t.Helper()
+	return b.log.wait(b.t, "keeper started", nil, 20*time.Second).num("master_pid")
 }
 
 // waitReady waits until the generation of this master is serving.

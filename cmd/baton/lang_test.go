@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/baton-sh/baton/scripts/zdbench/loadgen"
+	"github.com/baton-sh/baton/cmd/baton/loadgen"
 )
 
 // Servers in other languages under baton: examples/python, examples/node
@@ -27,7 +27,7 @@ import (
 // nodeReadyProbe is the --ready rule examples/node/server.js documents: the
 // server names an abstract unix socket after NOTIFY_SOCKET and its pid once
 // it serves.
-const nodeReadyProbe = `exec:grep -qF " $NOTIFY_SOCKET/$BATON_WORKER_PID/ready" /proc/net/unix`
+const nodeReadyProbe = `exec:grep -qF " @${NOTIFY_SOCKET#@}/$BATON_WORKER_PID/ready" /proc/net/unix`
 
 func TestPythonExampleUpgradesUnderLoad(t *testing.T) {
 	t.Parallel()

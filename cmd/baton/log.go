@@ -3,11 +3,13 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/baton-sh/baton/supervisor"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -17,7 +19,8 @@ import (
 // lifecycle event matters) and no stack traces (errors here are user-facing).
 //
 // With a log file, the second result reopens it (for logrotate's SIGUSR1).
-func newLogger(format, level, file string) (*zap.Logger, func() error, error) {
+// Entries go out through an asyncSink: logging never blocks the caller.
+func newLogger(format, level, file string) (*zap.Logger, func() error, func() uint64, error) {
 	if format == "" {
 		format = "json"
 		if fi, err := os.Stderr.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 && file == "" {
@@ -38,27 +41,70 @@ func newLogger(format, level, file string) (*zap.Logger, func() error, error) {
 		cfg.EncoderConfig = zap.NewDevelopmentEncoderConfig()
 		cfg.EncoderConfig.EncodeTime = zapcore.TimeEncoderOfLayout("15:04:05.000")
 	default:
-		return nil, nil, fmt.Errorf("--log-format %q: want console or json", format)
+		return nil, nil, nil, fmt.Errorf("--log-format %q: want console or json", format)
 	}
 	lvl, err := zapcore.ParseLevel(level)
 	if err != nil {
-		return nil, nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+		return nil, nil, nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
 	}
 	cfg.Level = zap.NewAtomicLevelAt(lvl)
-	if file == "" {
-		l, err := cfg.Build()
-		return l, nil, err
-	}
-	rf, err := openReopenable(file)
-	if err != nil {
-		return nil, nil, err
-	}
 	enc := zapcore.NewJSONEncoder(cfg.EncoderConfig)
 	if format == "console" {
 		enc = zapcore.NewConsoleEncoder(cfg.EncoderConfig)
 	}
-	return zap.New(zapcore.NewCore(enc, rf, cfg.Level)), rf.reopen, nil
+	// The "dropped" notice, encoded like every other entry.
+	notice := func(n uint64) []byte {
+		buf, err := enc.Clone().EncodeEntry(zapcore.Entry{Level: zapcore.WarnLevel, Time: time.Now(), LoggerName: "log",
+			Message: "log entries dropped: the log output was not keeping up"}, []zapcore.Field{zap.Uint64("dropped", n)})
+		if err != nil {
+			return nil
+		}
+		return buf.Bytes()
+	}
+	var out io.Writer = os.Stderr
+	syncOut := os.Stderr.Sync
+	var reopen func() error
+	if file != "" {
+		rf, err := openReopenable(file)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		out, syncOut, reopen = rf, rf.Sync, rf.reopen
+	}
+	sink := newAsyncSink(out, syncOut, notice)
+	core := splitCore{
+		own:     zapcore.NewCore(enc, sink, cfg.Level),
+		relayed: zapcore.NewCore(enc.Clone(), zapcore.AddSync(sink.relayed()), cfg.Level),
+	}
+	return zap.New(core), reopen, sink.dropped.Load, nil
 }
+
+// splitCore sends relayed worker output (supervisor.OutputMessage) to a
+// writer that may wait and is dropped first, and the master's own entries
+// to one that never waits (asyncSink).
+type splitCore struct{ own, relayed zapcore.Core }
+
+func (c splitCore) Enabled(l zapcore.Level) bool { return c.own.Enabled(l) }
+
+func (c splitCore) With(f []zapcore.Field) zapcore.Core {
+	return splitCore{c.own.With(f), c.relayed.With(f)}
+}
+
+func (c splitCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if c.Enabled(e.Level) {
+		return ce.AddCore(e, c)
+	}
+	return ce
+}
+
+func (c splitCore) Write(e zapcore.Entry, f []zapcore.Field) error {
+	if e.Message == supervisor.OutputMessage {
+		return c.relayed.Write(e, f)
+	}
+	return c.own.Write(e, f)
+}
+
+func (c splitCore) Sync() error { return c.own.Sync() }
 
 // reopenable is a log file that logrotate can move away: reopen starts a
 // new file at the same path.
@@ -105,7 +151,9 @@ func (r *reopenable) Sync() error {
 
 func syncLogger(l *zap.Logger) {
 	// Syncing a terminal or pipe stderr fails with EINVAL/ENOTTY; nothing lost.
-	if err := l.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOTTY) {
+	// A stuck or broken output cannot take the complaint either.
+	if err := l.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOTTY) &&
+		!errors.Is(err, errLogStuck) && !errors.Is(err, syscall.EPIPE) {
 		fmt.Fprintln(os.Stderr, "baton: sync log:", err)
 	}
 }

@@ -7,12 +7,16 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
-	"github.com/baton-sh/baton/listener"
 	"github.com/baton-sh/baton/supervisor"
+	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/sockets"
 	"github.com/urfave/cli/v2"
 )
 
@@ -21,8 +25,6 @@ const (
 	exitFailure = 1 // the master could not start or its workers never came up
 	exitUsage   = 2 // bad flags or arguments
 )
-
-var version = "dev"
 
 // usageError marks errors the user fixes by changing the command line.
 type usageError struct{ err error }
@@ -34,6 +36,25 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == supervisor.ShimArg {
 		os.Exit(supervisor.ExecShim(os.Args[2:]))
 	}
+	// A write to a closed pipe must be an error, not death: Go kills the
+	// process with SIGPIPE for a broken stdout or stderr unless SIGPIPE is
+	// notified (ignoring it would be inherited by workers through exec).
+	// baton's log reader going away must not take the master, and with it
+	// every worker, down.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+	if len(os.Args) > 1 && os.Args[1] == "run" {
+		cwd, err := os.Getwd()
+		if err == nil {
+			err = absolutize(cwd)
+		}
+		if err == nil && cwd != "/" {
+			err = reexecFromRoot(cwd)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "baton: "+oneLine(fmt.Sprintf("resolve paths against the working directory: %v", err)))
+			os.Exit(exitUsage)
+		}
+	}
 	os.Exit(run(os.Args))
 }
 
@@ -43,7 +64,11 @@ func run(args []string) int {
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintln(os.Stderr, "baton: "+oneLine(err.Error()))
+	if msg := oneLine(err.Error()); msg != "" {
+		fmt.Fprintln(os.Stderr, "baton: "+msg)
+		// A new master's failure goes to whoever asked for the upgrade too.
+		supervisor.ReportStartFailure(err)
+	}
 	var ue *usageError
 	var ec *exitCode
 	switch {
@@ -51,6 +76,9 @@ func run(args []string) int {
 		return exitUsage
 	case errors.As(err, &ec):
 		return ec.code
+	}
+	if _, ok := err.(cli.ExitCoder); ok {
+		return exitUsage // cli's own: "No help topic for …"
 	}
 	return exitFailure
 }
@@ -64,19 +92,20 @@ func newApp() *cli.App {
 	return &cli.App{
 		Name:    "baton",
 		Usage:   "run N workers of a server on sockets that survive upgrades",
-		Version: version,
+		Version: buildVersion(),
 		// Errors are printed once, by run, as a single line; cli must
 		// neither print help nor call os.Exit behind our back.
-		ExitErrHandler:  func(*cli.Context, error) {},
-		OnUsageError:    onUsage,
-		HideHelpCommand: true,
+		ExitErrHandler:       func(*cli.Context, error) {},
+		OnUsageError:         onUsage,
+		EnableBashCompletion: true,
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
 				return &usageError{fmt.Errorf("unknown command %q (see baton --help)", c.Args().First())}
 			}
 			return &usageError{errors.New("no command given (see baton --help)")}
 		},
-		Commands: []*cli.Command{runCommand(onUsage), reloadCommand(onUsage), statusCommand(onUsage), stopCommand(onUsage)},
+		Commands: []*cli.Command{runCommand(onUsage), reloadCommand(onUsage), statusCommand(onUsage), scaleCommand(onUsage), stopCommand(onUsage),
+			verifyCommand(onUsage), completionCommand(), manCommand()},
 	}
 }
 
@@ -86,7 +115,7 @@ func runFlags() []cli.Flag {
 	}
 	return []cli.Flag{
 		&cli.StringSliceFlag{Name: "listen", Aliases: []string{"l"}, EnvVars: env("listen"),
-			Usage: "socket to listen on, repeatable: [NAME=][tcp|tcp4|tcp6://]HOST:PORT or [NAME=]unix:///PATH"},
+			Usage: "socket to listen on, repeatable: [NAME=][tcp|tcp4|tcp6|mptcp://]HOST:PORT or [NAME=]unix:///PATH[?mode=0660&user=U&group=G] (under --user, unix socket files default to the worker user and mode 0666)"},
 		&cli.IntFlag{Name: "workers", Aliases: []string{"w"}, Value: 1, EnvVars: env("workers"),
 			Usage: "number of worker processes"},
 		&cli.StringFlag{Name: "ready", Value: "notify", EnvVars: env("ready"),
@@ -100,7 +129,7 @@ func runFlags() []cli.Flag {
 		&cli.StringFlag{Name: "pid-file", EnvVars: env("pid-file"),
 			Usage: "write the serving master's pid here"},
 		&cli.StringFlag{Name: "control", EnvVars: env("control"),
-			Usage: "control socket for baton reload/status/stop (default: beside --pid-file as NAME.sock, else $XDG_RUNTIME_DIR/baton/control.sock or /run/baton/control.sock)"},
+			Usage: "control socket for baton reload/status/stop (default: beside --pid-file as NAME.sock, else one per set of --listen values in $XDG_RUNTIME_DIR/baton, /run/baton for root)"},
 		&cli.StringFlag{Name: "chdir", EnvVars: env("chdir"),
 			Usage: "workers' working directory, resolved anew at every upgrade (e.g. /srv/app/current)"},
 		&cli.StringFlag{Name: "user", EnvVars: env("user"),
@@ -110,7 +139,7 @@ func runFlags() []cli.Flag {
 		&cli.StringFlag{Name: "env-file", EnvVars: env("env-file"),
 			Usage: "KEY=VALUE lines added to workers' environment, read anew by every generation"},
 		&cli.StringSliceFlag{Name: "compat", EnvVars: env("compat"),
-			Usage: "also describe the sockets the way another supervisor does: einhorn (EINHORN_FD_*), server-starter (SERVER_STARTER_PORT)"},
+			Usage: "also describe the sockets the way another supervisor does: einhorn (EINHORN_FD_COUNT, EINHORN_FD_0, …), server-starter (SERVER_STARTER_PORT)"},
 		&cli.StringFlag{Name: "worker-output", EnvVars: env("worker-output"),
 			Usage: "tagged (baton logs each line of workers' stdout/stderr with generation, worker and pid) or inherit (default: inherit on a terminal, tagged otherwise)"},
 		&cli.StringFlag{Name: "log-format", EnvVars: env("log-format"),
@@ -119,6 +148,14 @@ func runFlags() []cli.Flag {
 			Usage: "debug, info, warn or error"},
 		&cli.StringFlag{Name: "log-file", EnvVars: env("log-file"),
 			Usage: "write baton's log here instead of stderr (reopened on SIGUSR1)"},
+		&cli.StringFlag{Name: "before-upgrade", EnvVars: env("before-upgrade"),
+			Usage: "run this by /bin/sh -c before every upgrade starts anything new (e.g. migrations), in --chdir with the workers' environment and BATON_GENERATION; failing it fails the upgrade"},
+		&cli.DurationFlag{Name: "before-upgrade-timeout", Value: 10 * time.Minute, EnvVars: env("before-upgrade-timeout"),
+			Usage: "how long --before-upgrade may run before its process group is killed and the upgrade fails"},
+		&cli.BoolFlag{Name: "before-start", EnvVars: env("before-start"),
+			Usage: "run --before-upgrade before the first generation starts too (failing it, baton exits 1)"},
+		&cli.StringFlag{Name: "metrics", EnvVars: env("metrics"),
+			Usage: "serve Prometheus metrics at http://ADDRESS/metrics (HOST:PORT, e.g. 127.0.0.1:9101), from whichever master serves"},
 	}
 }
 
@@ -135,14 +172,26 @@ func runCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 			if err != nil {
 				return &usageError{err}
 			}
-			log, reopen, err := newLogger(c.String("log-format"), c.String("log-level"), c.String("log-file"))
+			log, reopen, dropped, err := newLogger(c.String("log-format"), c.String("log-level"), c.String("log-file"))
 			if err != nil {
 				return &usageError{err}
 			}
 			defer syncLogger(log)
+			if !supervisor.UnderKeeper() {
+				// This process stays for the service's whole life; the
+				// masters below it come and go at every upgrade.
+				code := supervisor.Keep(supervisor.KeeperConfig{
+					Args: os.Args, PIDFile: cfg.PIDFile, ReopenLogs: reopen, Log: log.Named("keeper"),
+				})
+				if code != 0 {
+					return &exitCode{code, ""} // the master said why
+				}
+				return nil
+			}
 			cfg.Log = log.Named("master")
-			cfg.Version = version
+			cfg.Version = buildVersion()
 			cfg.ReopenLogs = reopen
+			cfg.LogDropped = dropped
 			return supervisor.Run(cfg)
 		},
 	}
@@ -150,9 +199,10 @@ func runCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 
 func configFrom(c *cli.Context) (supervisor.Config, error) {
 	var cfg supervisor.Config
-	specs, err := listener.ParseSpecs(c.StringSlice("listen"))
+	specs, err := sockets.ParseSpecs(c.StringSlice("listen"))
 	if err != nil {
-		return cfg, err
+		// The spec's error names the value; this names the flag.
+		return cfg, &supervisor.ConfigError{Flag: "--listen", Err: err}
 	}
 	ready, err := supervisor.ParseReadyRule(c.String("ready"))
 	if err != nil {
@@ -160,11 +210,11 @@ func configFrom(c *cli.Context) (supervisor.Config, error) {
 	}
 	sig, err := supervisor.ParseSignal(c.String("drain-signal"))
 	if err != nil {
-		return cfg, fmt.Errorf("--drain-signal: %w", err)
+		return cfg, err
 	}
 	for _, d := range []string{"ready-timeout", "drain-timeout"} {
 		if c.Duration(d) <= 0 {
-			return cfg, fmt.Errorf("--%s %s: want a positive duration", d, c.Duration(d))
+			return cfg, &supervisor.ConfigError{Flag: "--" + d, Value: c.Duration(d).String(), Msg: "want a positive duration"}
 		}
 	}
 	cfg = supervisor.Config{
@@ -175,9 +225,24 @@ func configFrom(c *cli.Context) (supervisor.Config, error) {
 		DrainSignal:  sig,
 		DrainTimeout: c.Duration("drain-timeout"),
 		Chdir:        c.String("chdir"),
+		ChdirDefault: c.String("chdir") == "",
 		Command:      c.Args().Slice(),
 		EnvFile:      c.String("env-file"),
 		Compat:       c.StringSlice("compat"),
+
+		BeforeUpgrade:        c.String("before-upgrade"),
+		BeforeUpgradeTimeout: c.Duration("before-upgrade-timeout"),
+		BeforeStart:          c.Bool("before-start"),
+		Metrics:              c.String("metrics"),
+	}
+	if cfg.ChdirDefault {
+		// Workers start where baton did, named explicitly: the master
+		// itself leaves that directory.
+		if cfg.Chdir = os.Getenv(envStartDir); cfg.Chdir == "" {
+			if cfg.Chdir, err = os.Getwd(); err != nil {
+				return cfg, fmt.Errorf("working directory: %w", err)
+			}
+		}
 	}
 	if p := c.String("pid-file"); p != "" {
 		if cfg.PIDFile, err = filepath.Abs(p); err != nil {
@@ -187,6 +252,10 @@ func configFrom(c *cli.Context) (supervisor.Config, error) {
 	if cfg.Credential, err = supervisor.LookupCredential(c.String("user"), c.String("group")); err != nil {
 		return cfg, err
 	}
+	if cr := cfg.Credential; cr != nil {
+		// Workers run as another user: their unix sockets are theirs.
+		sockets.DefaultPerm(cfg.Listen, int(cr.Uid), int(cr.Gid))
+	}
 	switch cfg.WorkerOutput = c.String("worker-output"); cfg.WorkerOutput {
 	case "":
 		cfg.WorkerOutput = supervisor.OutputTagged
@@ -195,11 +264,12 @@ func configFrom(c *cli.Context) (supervisor.Config, error) {
 		}
 	case supervisor.OutputTagged, supervisor.OutputInherit:
 	default:
-		return cfg, fmt.Errorf("--worker-output %q: want tagged or inherit", cfg.WorkerOutput)
+		return cfg, &supervisor.ConfigError{Flag: "--worker-output", Value: strconv.Quote(cfg.WorkerOutput), Msg: "want tagged or inherit"}
 	}
-	cfg.Control, cfg.ControlExplicit = c.String("control"), c.IsSet("control")
+	cfg.Control = c.String("control")
+	cfg.ControlExplicit = cfg.Control != ""
 	if cfg.Control == "" {
-		cfg.Control = supervisor.DefaultControlPath(cfg.PIDFile)
+		cfg.Control = control.DefaultPath(cfg.PIDFile, specStrings(specs))
 	} else if !strings.HasPrefix(cfg.Control, "@") {
 		if cfg.Control, err = filepath.Abs(cfg.Control); err != nil {
 			return cfg, fmt.Errorf("--control %q: %w", c.String("control"), err)

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/baton-sh/baton/supervisor"
+	"github.com/baton-sh/baton/supervisor/control"
 )
 
 // ctl runs a baton client command against b's control socket and returns
@@ -23,7 +25,8 @@ import (
 func (b *baton) ctl(t *testing.T, args ...string) (int, string) {
 	t.Helper()
 	var out bytes.Buffer
-	cmd := exec.Command(bin("baton"), append(args, "--control", b.control)...)
+	// --control right after the command: cli stops at the first argument.
+	cmd := exec.Command(bin("baton"), append([]string{args[0], "--control", b.control}, args[1:]...)...)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
 	var ee *exec.ExitError
@@ -87,11 +90,13 @@ func TestReloadExitCodes(t *testing.T) {
 	if !strings.HasPrefix(got, "0 ") {
 		t.Fatalf("reload of a slow but good release: %s", got)
 	}
-	var res supervisor.ReloadResult
-	if err := json.Unmarshal([]byte(strings.TrimPrefix(got, "0 ")), &res); err != nil {
+	var res control.ReloadResult
+	// JSON lines: the steps, then the result.
+	jl := strings.Split(strings.TrimSpace(strings.TrimPrefix(got, "0 ")), "\n")
+	if err := json.Unmarshal([]byte(jl[len(jl)-1]), &res); err != nil {
 		t.Fatalf("reload --json: %v in %q", err, got)
 	}
-	if !res.OK || res.Generation != 2 || res.OldMasterPID != b.pid || res.NewMasterPID == 0 || res.NewMasterPID == b.pid ||
+	if !res.OK || res.Generation != 2 || res.OldMasterPID != b.firstMaster() || res.NewMasterPID == 0 || res.NewMasterPID == b.firstMaster() ||
 		res.WorkersStartingMS < 1500 || res.TotalMS < res.WorkersStartingMS {
 		t.Fatalf("reload result %+v", res)
 	}
@@ -121,7 +126,7 @@ func TestStatusDuringDrainAndStop(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("status: exit %d:\n%s", code, out)
 	}
-	var st supervisor.Status
+	var st control.Status
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("status --json: %v:\n%s", err, out)
 	}
@@ -134,7 +139,7 @@ func TestStatusDuringDrainAndStop(t *testing.T) {
 		}
 	}
 	p := st.Previous
-	if p == nil || p.Generation != 1 || p.MasterPID != b.pid || p.State != "draining" || len(p.WorkerPIDs) == 0 || p.DrainLeftMS <= 0 {
+	if p == nil || p.Generation != 1 || p.MasterPID != b.firstMaster() || p.State != "draining" || len(p.WorkerPIDs) == 0 || p.DrainLeftMS <= 0 {
 		t.Fatalf("previous generation in status: %+v (status %+v)", p, st)
 	}
 	if st.LastUpgrade != nil {
@@ -273,29 +278,47 @@ func (r *notifyRecorder) waitFor(t *testing.T, from, pid int, parts ...string) i
 	}
 }
 
+// Under systemd the keeper is the main pid: every message the service
+// manager gets comes from it, MAINPID never changes, and the sequence is
+// what Type=notify-reload wants.
 func TestSystemdNotifyAcrossUpgrade(t *testing.T) {
 	t.Parallel()
 	rec := newNotifyRecorder(t)
 	addr := freeAddr(t)
 	b := startBaton(t, []string{"NOTIFY_SOCKET=" + rec.path}, "-l", addr, "-w", "2", "--", bin("hello"))
 	b.waitReady()
-	i := rec.waitFor(t, 0, b.pid, "MAINPID="+strconv.Itoa(b.pid), "READY=1", "STATUS=generation 1, 2 workers")
-	// Type=notify-reload sends SIGHUP and waits for RELOADING=1 … READY=1.
-	b.signal(syscall.SIGHUP)
-	i = rec.waitFor(t, i+1, b.pid, "RELOADING=1", "MONOTONIC_USEC=")
-	ho := b.log.wait(t, "handover complete: new generation serving", nil, 20*time.Second)
-	newMaster := ho.num("master_pid")
-	i = rec.waitFor(t, i+1, newMaster, "MAINPID="+strconv.Itoa(newMaster), "READY=1", "STATUS=generation 2")
-	b.log.wait(t, "previous master exited", nil, 20*time.Second)
-	syscall.Kill(newMaster, syscall.SIGTERM)
-	rec.waitFor(t, i+1, newMaster, "STOPPING=1")
-	// The workers' own READY=1 went to baton, never to the service manager.
+	i := rec.waitFor(t, 0, b.pid, "READY=1", "STATUS=generation 1, 2 workers")
+	for gen := 1; gen <= 3; gen++ {
+		// Type=notify-reload sends SIGHUP and waits for RELOADING=1 … READY=1.
+		b.signal(syscall.SIGHUP)
+		i = rec.waitFor(t, i+1, b.pid, "RELOADING=1", "MONOTONIC_USEC=")
+		i = rec.waitFor(t, i+1, b.pid, "READY=1", fmt.Sprintf("STATUS=generation %d", gen+1))
+		b.log.wait(t, "previous master exited", func(e logEvent) bool { return e.num("generation") == gen+1 }, 20*time.Second)
+	}
+	b.signal(syscall.SIGTERM)
+	rec.waitFor(t, i+1, b.pid, "STOPPING=1")
+	if code := b.waitExit(20 * time.Second); code != 0 {
+		t.Fatalf("exit %d after a graceful stop", code)
+	}
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
+	var seq []string
 	for _, m := range rec.msgs {
-		if m.pid != b.pid && m.pid != newMaster {
-			t.Errorf("message from pid %d (not a master) reached the service manager: %q", m.pid, m.msg)
+		if m.pid != b.pid {
+			t.Errorf("message from pid %d, not the keeper %d, reached the service manager: %q", m.pid, b.pid, m.msg)
 		}
+		if strings.Contains(m.msg, "MAINPID=") {
+			t.Errorf("MAINPID sent: %q (the keeper is the main pid for good)", m.msg)
+		}
+		for _, line := range strings.Split(m.msg, "\n") {
+			if line == "READY=1" || line == "RELOADING=1" || line == "STOPPING=1" {
+				seq = append(seq, line)
+			}
+		}
+	}
+	want := []string{"READY=1", "RELOADING=1", "READY=1", "RELOADING=1", "READY=1", "RELOADING=1", "READY=1", "STOPPING=1"}
+	if !slices.Equal(seq, want) {
+		t.Errorf("sequence %q, want %q", seq, want)
 	}
 }
 

@@ -363,7 +363,7 @@ func TestMasterStaysOutOfTheDataPath(t *testing.T) {
 	addr := freeAddr(t)
 	b := startBaton(t, nil, "-l", addr, "-w", "2", "--", bin("hello"))
 	b.waitReady()
-	master := b.pid
+	master := b.firstMaster()
 	check := func(what string) {
 		t.Helper()
 		before := ctxSwitches(t, master)

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/baton-sh/baton/scripts/zdbench/loadgen"
+	"github.com/baton-sh/baton/cmd/baton/loadgen"
 )
 
 // upgrade sends USR2 to the master pid and waits for the handover to the
@@ -75,8 +75,8 @@ func TestUpgradeUnderLoadLosesNothing(t *testing.T) {
 				t.Fatalf("after upgrade %d a new connection reached generation %s, want %d", i+1, g, gen)
 			}
 		}
-		if got, _ := os.ReadFile(pidFile); string(got) != strconv.Itoa(master) {
-			t.Fatalf("pid file %q after upgrade %d, want new master %d", got, i+1, master)
+		if got, _ := os.ReadFile(pidFile); string(got) != strconv.Itoa(b.pid) {
+			t.Fatalf("pid file %q after upgrade %d, want the keeper %d, the process started", got, i+1, b.pid)
 		}
 	}
 	res := load.finish()
@@ -158,8 +158,8 @@ func TestFailedUpgradesRollBackAndSymlinkDeploy(t *testing.T) {
 		if !strings.Contains(ev.str("reason"), bad.reason) {
 			t.Errorf("%s release: failure reason %q, want it to say %q", bad.release, ev.str("reason"), bad.reason)
 		}
-		if ev.num("master_pid") != b.pid {
-			t.Errorf("failure logged by %d, want the old master %d", ev.num("master_pid"), b.pid)
+		if ev.num("master_pid") != b.firstMaster() {
+			t.Errorf("failure logged by %d, want the old master %d", ev.num("master_pid"), b.firstMaster())
 		}
 		for _, p := range oldWorkers {
 			if !alive(p) {
@@ -167,7 +167,7 @@ func TestFailedUpgradesRollBackAndSymlinkDeploy(t *testing.T) {
 			}
 		}
 		if got, _ := os.ReadFile(pidFile); string(got) != strconv.Itoa(b.pid) {
-			t.Fatalf("%s release: pid file %q, want the old master %d", bad.release, got, b.pid)
+			t.Fatalf("%s release: pid file %q, want the keeper %d, unchanged", bad.release, got, b.pid)
 		}
 		if body := mustGet(t, addr, "/"); field(body, "tag") != "v1" {
 			t.Fatalf("%s release: served %q, want v1", bad.release, body)
@@ -187,8 +187,8 @@ func TestFailedUpgradesRollBackAndSymlinkDeploy(t *testing.T) {
 	if body := mustGet(t, addr, "/"); field(body, "tag") != "v2" || field(body, "generation") != "2" {
 		t.Fatalf("after deploying v2: served %q", body)
 	}
-	if got, _ := os.ReadFile(pidFile); string(got) != strconv.Itoa(newMaster) {
-		t.Fatalf("pid file %q, want new master %d", got, newMaster)
+	if got, _ := os.ReadFile(pidFile); string(got) != strconv.Itoa(b.pid) || newMaster == b.pid {
+		t.Fatalf("pid file %q, want the keeper %d, not the new master %d", got, b.pid, newMaster)
 	}
 	if res := load.finish(); res.Failures() != 0 {
 		t.Fatalf("failed requests during failed and good upgrades: %s", res)
@@ -219,7 +219,10 @@ func TestUpgradeRefusedWhileOneRuns(t *testing.T) {
 	}
 }
 
-func TestUpgradeRefusedWhilePreviousGenerationDrains(t *testing.T) {
+// USR2 while the previous generation drains waits its turn: it is queued,
+// a second one is merged into it, a reload --no-wait is still refused, and
+// the queued upgrade runs once the old master has exited.
+func TestUpgradeQueuedWhilePreviousGenerationDrains(t *testing.T) {
 	t.Parallel()
 	addr := freeAddr(t)
 	b := startBaton(t, nil, "-l", addr, "-w", "1", "--drain-timeout", "20s", "--", bin("hello"))
@@ -233,16 +236,30 @@ func TestUpgradeRefusedWhilePreviousGenerationDrains(t *testing.T) {
 	newMaster := ho.num("master_pid")
 	from := b.log.len()
 	syscall.Kill(newMaster, syscall.SIGUSR2)
-	ev, _ := b.log.waitFrom(t, from, "upgrade refused: previous generation still draining", nil, 10*time.Second)
+	ev, _ := b.log.waitFrom(t, from, "upgrade queued: previous generation still draining", nil, 10*time.Second)
 	if left := ev["drain_left_at_most"].(float64); left <= 0 || left > 21000 {
 		t.Errorf("drain_left_at_most = %vms, want within the 20s drain timeout", left)
+	}
+	syscall.Kill(newMaster, syscall.SIGHUP)
+	b.log.waitFrom(t, from, "upgrade request merged into the queued upgrade", nil, 10*time.Second)
+	if code, out := b.ctl(t, "reload", "--no-wait"); code != 2 || !strings.Contains(out, "still draining") {
+		t.Fatalf("reload --no-wait while draining: exit %d:\n%s", code, out)
+	}
+	if b.log.count("upgrade requested") != 1 {
+		t.Fatal("the queued upgrade started while the previous generation drained")
 	}
 	if body := <-slow; field(body, "generation") != "1" {
 		t.Fatalf("slow request: %q, want an answer from generation 1", body)
 	}
 	b.log.wait(t, "previous master exited", func(e logEvent) bool { return e.num("master_pid") == newMaster }, 30*time.Second)
-	// Once the old master is gone the next upgrade goes through.
-	b.upgrade(t, newMaster, 2)
+	// The two signals made one upgrade, to generation 3.
+	b.log.waitFrom(t, from, "handover complete: new generation serving", func(e logEvent) bool { return e.num("generation") == 3 }, 30*time.Second)
+	if body := mustGet(t, addr, "/"); field(body, "generation") != "3" {
+		t.Fatalf("served %q, want generation 3", body)
+	}
+	if n := b.log.count("upgrade requested"); n != 2 {
+		t.Fatalf("%d upgrades requested, want 2 (the queued one merged the second signal)", n)
+	}
 }
 
 func fdCount(t *testing.T, pid int) int {
@@ -264,7 +281,8 @@ func TestNoFdOrGoroutineLeakAcrossUpgrades(t *testing.T) {
 	// One master across failed upgrades: it stays in place, so anything a
 	// failed attempt leaks stays visible in it.
 	pointCurrent(t, dir, "bad")
-	baseFds := fdCount(t, b.pid)
+	master := b.firstMaster()
+	baseFds, keeperFds := fdCount(t, master), fdCount(t, b.pid)
 	var gors []int
 	for i := 0; i < 6; i++ {
 		from := b.log.len()
@@ -273,7 +291,11 @@ func TestNoFdOrGoroutineLeakAcrossUpgrades(t *testing.T) {
 		// Finalizers close what the failed attempt opened; they run just
 		// after the event.
 		eventually(t, 2*time.Second, fmt.Sprintf("fd count back to %d after failed upgrade %d", baseFds, i+1), func() bool {
-			return fdCount(t, b.pid) == baseFds
+			return fdCount(t, master) == baseFds
+		})
+		// The keeper followed the failed master (a pidfd) and let it go.
+		eventually(t, 2*time.Second, fmt.Sprintf("keeper fd count back to %d after failed upgrade %d", keeperFds, i+1), func() bool {
+			return fdCount(t, b.pid) == keeperFds
 		})
 		gors = append(gors, ev.num("goroutines"))
 	}
@@ -285,7 +307,7 @@ func TestNoFdOrGoroutineLeakAcrossUpgrades(t *testing.T) {
 	// A chain of masters across 20 upgrades: each new master must hold what
 	// the first held.
 	pointCurrent(t, dir, "good")
-	master := b.pid
+	master = b.pid
 	var chainFds, chainGors []int
 	for gen := 1; gen <= 20; gen++ {
 		from := b.log.len()

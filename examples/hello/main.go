@@ -3,7 +3,6 @@
 //
 //	GET /            -> "hello pid=123 worker=0 generation=1\n"
 //	GET /?sleep=2000 -> the same after 2 s (a slow in-flight request)
-//	GET /healthz     -> 200 "ok", or 503 when HELLO_UNHEALTHY is set
 //
 // On SIGTERM or SIGQUIT it drains without failing a request: it stops
 // accepting, answers what it has, and exits (listener.ServeHTTP).
@@ -11,10 +10,10 @@
 // Variables for tests and benchmarks: HELLO_STARTUP_MS delays start-up (an
 // app that boots slowly), HELLO_TAG is added to every answer, and
 // HELLO_LISTEN=HOST:PORT makes it bind the port itself, without baton (the
-// "run directly" baseline), and HELLO_CRASH_WORKER=N makes worker N report
-// ready and exit 300 ms later without serving (a crash after readiness),
-// and HELLO_UNHEALTHY=1 makes /healthz answer 503 while every other path
-// still works (a release that starts but fails its health check).
+// "run directly" baseline), HELLO_CRASH_WORKER=N makes worker N report
+// ready and exit 300 ms later without serving (a crash after readiness), and
+// HELLO_STATUS=CODE answers every request with that status (a broken
+// release, for baton verify). Every answer carries a Hello-Generation header.
 package main
 
 import (
@@ -60,6 +59,11 @@ func main() {
 		body += " tag=" + tag
 	}
 	body += "\n"
+	status := http.StatusOK
+	if code, err := strconv.Atoi(os.Getenv("HELLO_STATUS")); err == nil && code >= 200 && code <= 599 {
+		status = code
+	}
+	generation := strconv.Itoa(listener.Generation())
 
 	// Which named socket a request came in on (LISTEN_FDNAMES), by address.
 	names := map[string]string{}
@@ -68,25 +72,18 @@ func main() {
 			names[ln.Addr().String()] = name
 		}
 	}
-	unhealthy := os.Getenv("HELLO_UNHEALTHY") != ""
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.URL.Path == "/healthz" {
-				if unhealthy {
-					http.Error(w, "unhealthy (HELLO_UNHEALTHY)", http.StatusServiceUnavailable)
-					return
-				}
-				fmt.Fprintln(w, "ok")
-				return
-			}
 			if ms, err := strconv.Atoi(r.URL.Query().Get("sleep")); err == nil && ms > 0 {
 				time.Sleep(time.Duration(ms) * time.Millisecond)
 			}
 			w.Header().Set("Content-Type", "text/plain")
+			w.Header().Set("Hello-Generation", generation)
 			b := body
 			if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok && names[a.String()] != "" {
 				b = strings.TrimSuffix(b, "\n") + " listener=" + names[a.String()] + "\n"
 			}
+			w.WriteHeader(status)
 			fmt.Fprint(w, b)
 		}),
 		ReadHeaderTimeout: 10 * time.Second,

@@ -4,7 +4,7 @@
 // Run it under baton, which owns the socket and starts N copies of it:
 //
 //   baton run -l 127.0.0.1:8080 -w 4 \
-//     --ready 'exec:grep -qF " $NOTIFY_SOCKET/$BATON_WORKER_PID/ready" /proc/net/unix' \
+//     --ready 'exec:grep -qF " @${NOTIFY_SOCKET#@}/$BATON_WORKER_PID/ready" /proc/net/unix' \
 //     -- node examples/node/server.js
 //
 //   curl 127.0.0.1:8080/             -> node pid=123 worker=0 generation=1
@@ -18,9 +18,9 @@
 // Readiness: baton's default rule wants "READY=1" as a datagram on the unix
 // socket NOTIFY_SOCKET, and Node's core has no unix datagram sockets. Instead,
 // once it serves, this server listens on an abstract unix stream socket named
-// "$NOTIFY_SOCKET/<its pid>/ready", and the --ready exec: probe above (run by
-// baton every 100 ms with BATON_WORKER_PID set, through /bin/sh) looks for
-// that name in /proc/net/unix. Why this rule and not another:
+// "$NOTIFY_SOCKET/<its pid>/ready" (shown in /proc/net/unix with a leading
+// '@'), and the --ready exec: probe above (run by baton every 100 ms with
+// BATON_WORKER_PID set, through /bin/sh) looks for that name there. Why this rule and not another:
 //   - it says "this very worker is serving", which probing the shared port
 //     cannot (any worker, old or new, may answer), and which --ready delay:
 //     only guesses;
@@ -134,11 +134,11 @@ for (let fd = SD_LISTEN_FDS_START; fd < SD_LISTEN_FDS_START + nfds; fd++) {
 let readySock = null;
 Promise.all(listening).then(() => {
   const ns = process.env.NOTIFY_SOCKET || '';
-  if (!ns.startsWith('@')) return; // not under baton: nobody to tell
+  if (!ns) return; // not under baton: nobody to tell
   // '\0' puts the name in the abstract namespace (shown as '@' in
   // /proc/net/unix). Nothing ever connects to it.
   readySock = net.createServer((s) => s.destroy());
-  readySock.listen(`\0${ns.slice(1)}/${process.pid}/ready`);
+  readySock.listen(`\0${ns.replace(/^@/, '')}/${process.pid}/ready`);
   readySock.unref();
 }, (err) => {
   log(`listen on inherited socket: ${err.message}`);

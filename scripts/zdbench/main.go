@@ -1,7 +1,9 @@
 // Command zdbench measures baton's zero-downtime claims on this machine
 // (make bench): throughput against hello run directly, failed requests and
 // handover time over many upgrades under load, what a naive restart costs in
-// comparison, and how handover time grows with the worker count.
+// comparison, how handover time grows with the worker count, and baton beside
+// nginx's binary upgrade and Unicorn's USR2 under the same load (when they
+// are installed: make bench-deps).
 //
 // It builds baton and examples/hello into a temporary directory, talks to
 // them on loopback only, prints a table and writes every figure as JSON.
@@ -43,6 +45,9 @@ type options struct {
 	roundDur        time.Duration
 	scalingWorkers  []int
 	scalingUpgrades int
+	skipPeers       bool
+	peerUpgrades    int
+	peerRounds      int
 }
 
 func main() {
@@ -81,7 +86,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.concurrency, "concurrency", 64, "concurrent load clients")
 	fs.IntVar(&o.naiveRestarts, "naive-restarts", 10, "naive restarts (SIGTERM + start) for comparison (0: skip)")
 	fs.StringVar(&o.jsonPath, "json", filepath.Join("bench-results", "zdbench.json"), "write all figures to this JSON file")
-	fs.BoolVar(&o.quick, "quick", false, "short run: 3 upgrades, concurrency 8, 1 naive restart, 1 steady round, scaling with 1 and 4 workers (flags given explicitly win)")
+	fs.BoolVar(&o.quick, "quick", false, "short run: 3 upgrades, concurrency 8, 1 naive restart, 1 steady round, scaling with 1 and 4 workers, 2 upgrades of each peer (flags given explicitly win)")
 	fs.BoolVar(&o.skipSteady, "skip-steady", false, "skip the steady-state comparison with hello run directly")
 	fs.BoolVar(&o.skipNaive, "skip-naive", false, "skip the naive restarts")
 	fs.BoolVar(&o.skipScaling, "skip-scaling", false, "skip handover time against worker count")
@@ -94,6 +99,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.roundDur, "round-duration", 3*time.Second, "load duration of one steady-state run")
 	scaling := fs.String("scaling-workers", "1,4,16,64", "worker counts for the handover scaling phase")
 	fs.IntVar(&o.scalingUpgrades, "scaling-upgrades", 3, "upgrades per worker count in the scaling phase")
+	fs.BoolVar(&o.skipPeers, "skip-peers", false, "skip the comparison with nginx and Unicorn")
+	fs.IntVar(&o.peerUpgrades, "peer-upgrades", 15, "upgrades of each server (baton, nginx, Unicorn) in the peers phase (0: skip it)")
+	fs.IntVar(&o.peerRounds, "peer-rounds", 3, "rounds the peers' upgrades are split into; each round starts every server afresh, in rotating order")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -115,6 +123,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 			"round-duration":   func() { o.roundDur = time.Second },
 			"scaling-workers":  func() { *scaling = "1,4" },
 			"scaling-upgrades": func() { o.scalingUpgrades = 2 },
+			"peer-upgrades":    func() { o.peerUpgrades = 2 },
+			"peer-rounds":      func() { o.peerRounds = 1 },
 		}
 		for name, apply := range quick {
 			if !set[name] {
@@ -153,6 +163,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("-round-duration %s: want 100ms..1h", o.roundDur)
 	case o.scalingUpgrades < 1 || o.scalingUpgrades > 1000:
 		return o, fmt.Errorf("-scaling-upgrades %d: want 1..1000", o.scalingUpgrades)
+	case o.peerUpgrades < 0 || o.peerUpgrades > 1000:
+		return o, fmt.Errorf("-peer-upgrades %d: want 0..1000", o.peerUpgrades)
+	case o.peerRounds < 1 || o.peerRounds > 100:
+		return o, fmt.Errorf("-peer-rounds %d: want 1..100", o.peerRounds)
 	case o.jsonPath == "":
 		return o, errors.New("-json: want a file path")
 	}
@@ -286,6 +300,12 @@ func (b *bench) phases(ctx context.Context, rep *report) error {
 		b.progress("scaling: workers %v, %d upgrades each", o.scalingWorkers, o.scalingUpgrades)
 		if rep.Scaling, err = b.scalingPhase(ctx); err != nil {
 			return err
+		}
+	}
+	if !o.skipPeers && o.peerUpgrades > 0 {
+		b.progress("peers: baton, nginx and Unicorn, %d upgrades each in %d round(s), %d workers, concurrency %d", o.peerUpgrades, min(o.peerRounds, o.peerUpgrades), o.workers, o.concurrency)
+		if rep.Peers, err = b.peersPhase(ctx); err != nil {
+			return fmt.Errorf("peers: %w", err)
 		}
 	}
 	return nil

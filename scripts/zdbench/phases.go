@@ -6,7 +6,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/baton-sh/baton/scripts/zdbench/loadgen"
+	"github.com/baton-sh/baton/cmd/baton/loadgen"
 )
 
 // Bounds given to baton; the benchmark's own waits are a little longer, so
@@ -42,27 +42,27 @@ func allKinds(m map[string]int) map[string]int {
 	return out
 }
 
-var failureKinds = []string{loadgen.Refused, loadgen.Reset, loadgen.EOF, loadgen.Timeout, loadgen.Status5, loadgen.Other}
+var failureKinds = loadgen.Kinds
 
 // ---- 1 and 2: steady state, direct vs. under baton ----
 
 type steadyRun struct {
-	Round       int        `json:"round"`
-	Kind        string     `json:"kind"`
-	Requests    int        `json:"requests"`
-	Failed      int        `json:"failed"`
-	Seconds     float64    `json:"seconds"`
-	RPS         float64    `json:"rps"`
-	Latency     latSummary `json:"latency"`
-	MasterRSSMB float64    `json:"master_rss_mb,omitempty"`
-	MasterCPUMS *float64   `json:"master_cpu_ms,omitempty"`
+	Round       int             `json:"round"`
+	Kind        string          `json:"kind"`
+	Requests    int             `json:"requests"`
+	Failed      int             `json:"failed"`
+	Seconds     float64         `json:"seconds"`
+	RPS         float64         `json:"rps"`
+	Latency     loadgen.Latency `json:"latency"`
+	MasterRSSMB float64         `json:"master_rss_mb,omitempty"`
+	MasterCPUMS *float64        `json:"master_cpu_ms,omitempty"`
 }
 
 type steadySide struct {
-	RPSMedian float64    `json:"rps_median"`
-	Requests  int        `json:"requests"`
-	Failed    int        `json:"failed"`
-	Latency   latSummary `json:"latency"` // every round pooled
+	RPSMedian float64         `json:"rps_median"`
+	Requests  int             `json:"requests"`
+	Failed    int             `json:"failed"`
+	Latency   loadgen.Latency `json:"latency"` // every round pooled
 }
 
 type steadyResult struct {
@@ -123,11 +123,11 @@ func (b *bench) steadyPhase(ctx context.Context) (*steadyResult, error) {
 			side.Failed += got[kind].Failed
 		}
 	}
-	res.Direct.RPSMedian = distOf(rpsD).Median
-	res.Baton.RPSMedian = distOf(rpsB).Median
-	res.Direct.Latency = summarize(lat["direct"])
-	res.Baton.Latency = summarize(lat["baton"])
-	res.RatioMedian = distOf(res.Ratios).Median
+	res.Direct.RPSMedian = loadgen.DistOf(rpsD).Median
+	res.Baton.RPSMedian = loadgen.DistOf(rpsB).Median
+	res.Direct.Latency = loadgen.Summarize(lat["direct"])
+	res.Baton.Latency = loadgen.Summarize(lat["baton"])
+	res.RatioMedian = loadgen.DistOf(res.Ratios).Median
 	if res.LoadSeconds > 0 {
 		res.MasterCPUPct = res.MasterCPUMS / 10 / res.LoadSeconds
 	}
@@ -196,8 +196,8 @@ func (b *bench) steadyOnce(ctx context.Context, kind string, round int) (steadyR
 	if run.Seconds > 0 {
 		run.RPS = float64(res.Requests-run.Failed) / run.Seconds
 	}
-	l := okLatencies(res.Samples)
-	run.Latency = summarize(l)
+	l := loadgen.OKLatencies(res.Samples)
+	run.Latency = loadgen.Summarize(l)
 	if run.Failed > 0 {
 		b.note("steady %s round %d: %d failed requests %v; first: %q", kind, round, run.Failed, res.Failed, res.Examples)
 	}
@@ -258,29 +258,29 @@ type mastersSummary struct {
 }
 
 type upgradesResult struct {
-	Workers        int            `json:"workers"`
-	Concurrency    int            `json:"concurrency"`
-	KeepAlive      float64        `json:"keep_alive_share"`
-	SlowClients    int            `json:"slow_clients"`
-	SlowMS         int            `json:"slow_request_ms"`
-	IntervalMS     float64        `json:"interval_ms"`
-	Requested      int            `json:"upgrades_requested"`
-	HandedOver     int            `json:"upgrades_handed_over"`
-	Total          requestCounts  `json:"all_requests"`
-	Load           requestCounts  `json:"load_requests"`
-	Slow           requestCounts  `json:"slow_requests"`
-	Probe          requestCounts  `json:"probe_requests"`
-	LatencySteady  latSummary     `json:"latency_steady"`
-	LatencyUpgrade latSummary     `json:"latency_around_upgrades"`
-	FirstNew       dist           `json:"first_new_response_ms"`
-	LastOld        dist           `json:"last_old_response_ms"`
-	LogTotal       dist           `json:"log_total_ms"`
-	AppStartup     dist           `json:"app_startup_ms"`
-	BatonPart      dist           `json:"baton_ms"`
-	OldDrain       dist           `json:"old_drain_ms"`
-	Late           int            `json:"upgrades_late"`
-	Masters        mastersSummary `json:"masters"`
-	List           []upgradeRec   `json:"upgrades"`
+	Workers        int             `json:"workers"`
+	Concurrency    int             `json:"concurrency"`
+	KeepAlive      float64         `json:"keep_alive_share"`
+	SlowClients    int             `json:"slow_clients"`
+	SlowMS         int             `json:"slow_request_ms"`
+	IntervalMS     float64         `json:"interval_ms"`
+	Requested      int             `json:"upgrades_requested"`
+	HandedOver     int             `json:"upgrades_handed_over"`
+	Total          requestCounts   `json:"all_requests"`
+	Load           requestCounts   `json:"load_requests"`
+	Slow           requestCounts   `json:"slow_requests"`
+	Probe          requestCounts   `json:"probe_requests"`
+	LatencySteady  loadgen.Latency `json:"latency_steady"`
+	LatencyUpgrade loadgen.Latency `json:"latency_around_upgrades"`
+	FirstNew       loadgen.Dist    `json:"first_new_response_ms"`
+	LastOld        loadgen.Dist    `json:"last_old_response_ms"`
+	LogTotal       loadgen.Dist    `json:"log_total_ms"`
+	AppStartup     loadgen.Dist    `json:"app_startup_ms"`
+	BatonPart      loadgen.Dist    `json:"baton_ms"`
+	OldDrain       loadgen.Dist    `json:"old_drain_ms"`
+	Late           int             `json:"upgrades_late"`
+	Masters        mastersSummary  `json:"masters"`
+	List           []upgradeRec    `json:"upgrades"`
 }
 
 // upgradesPhase upgrades baton every interval while clients of every kind
@@ -349,14 +349,14 @@ func (b *bench) upgradesPhase(ctx context.Context) (*upgradesResult, error) {
 	}
 
 	var failed []loadgen.Sample
-	for _, r := range []*loadgen.Result{out.main, out.slow, out.probe} {
+	for _, r := range []*loadgen.Result{out.Main, out.Slow, out.Probe} {
 		for _, s := range r.Samples {
 			if s.Failed {
 				failed = append(failed, s)
 			}
 		}
 	}
-	var wins []window
+	var wins []loadgen.Window
 	var firstNew, lastOld, total, starting, part, drain []float64
 	for i, h := range hs {
 		rec := upgradeRec{
@@ -376,10 +376,10 @@ func (b *bench) upgradesPhase(ctx context.Context) (*upgradesResult, error) {
 		if end.IsZero() {
 			end = time.Now()
 		}
-		w := window{from: h.sent, to: end.Add(time.Second)}
+		w := loadgen.Window{From: h.sent, To: end.Add(time.Second)}
 		wins = append(wins, w)
 		for _, s := range failed {
-			if !s.Start.After(w.to) && !s.Start.Add(s.Latency).Before(w.from) {
+			if !s.Start.After(w.To) && !s.Start.Add(s.Latency).Before(w.From) {
 				rec.FailedInWindow++
 			}
 		}
@@ -411,13 +411,13 @@ func (b *bench) upgradesPhase(ctx context.Context) (*upgradesResult, error) {
 		}
 		res.List = append(res.List, rec)
 	}
-	res.FirstNew, res.LastOld = distOf(firstNew), distOf(lastOld)
-	res.LogTotal, res.AppStartup, res.BatonPart, res.OldDrain = distOf(total), distOf(starting), distOf(part), distOf(drain)
+	res.FirstNew, res.LastOld = loadgen.DistOf(firstNew), loadgen.DistOf(lastOld)
+	res.LogTotal, res.AppStartup, res.BatonPart, res.OldDrain = loadgen.DistOf(total), loadgen.DistOf(starting), loadgen.DistOf(part), loadgen.DistOf(drain)
 
-	res.Load, res.Slow, res.Probe = countsOf(out.main), countsOf(out.slow), countsOf(out.probe)
-	res.Total = countsOf(merge(out.main, out.slow, out.probe))
-	in, steady := splitByWindows(out.main.Samples, wins)
-	res.LatencyUpgrade, res.LatencySteady = summarize(in), summarize(steady)
+	res.Load, res.Slow, res.Probe = countsOf(out.Main), countsOf(out.Slow), countsOf(out.Probe)
+	res.Total = countsOf(loadgen.Merge(out.Main, out.Slow, out.Probe))
+	in, steady := loadgen.SplitByWindows(out.Main.Samples, wins)
+	res.LatencyUpgrade, res.LatencySteady = loadgen.Summarize(in), loadgen.Summarize(steady)
 	res.Masters = mastersOf(hs)
 	if loopErr != nil {
 		return res, loopErr
@@ -464,9 +464,9 @@ type naiveResult struct {
 	IntervalMS       float64       `json:"interval_ms"`
 	Total            requestCounts `json:"all_requests"`
 	Slow             requestCounts `json:"slow_requests"`
-	FailedPerRestart dist          `json:"failed_per_restart"`
-	Downtime         dist          `json:"downtime_ms"`
-	Stop             dist          `json:"stop_ms"`
+	FailedPerRestart loadgen.Dist  `json:"failed_per_restart"`
+	Downtime         loadgen.Dist  `json:"downtime_ms"`
+	Stop             loadgen.Dist  `json:"stop_ms"`
 	List             []naiveRec    `json:"list"`
 }
 
@@ -527,8 +527,8 @@ func (b *bench) naivePhase(ctx context.Context) (*naiveResult, error) {
 	}()
 	stopLoad()
 	out := wait()
-	all := merge(out.main, out.slow)
-	res.Total, res.Slow = countsOf(all), countsOf(out.slow)
+	all := loadgen.Merge(out.Main, out.Slow)
+	res.Total, res.Slow = countsOf(all), countsOf(out.Slow)
 	// A failure belongs to the restart whose SIGTERM came last before it.
 	for _, s := range all.Samples {
 		if !s.Failed {
@@ -547,25 +547,25 @@ func (b *bench) naivePhase(ctx context.Context) (*naiveResult, error) {
 	for _, r := range res.List {
 		failed, down, stop = append(failed, float64(r.FailedRequests)), append(down, r.DowntimeMS), append(stop, r.StopMS)
 	}
-	res.FailedPerRestart, res.Downtime, res.Stop = distOf(failed), distOf(down), distOf(stop)
+	res.FailedPerRestart, res.Downtime, res.Stop = loadgen.DistOf(failed), loadgen.DistOf(down), loadgen.DistOf(stop)
 	return res, loopErr
 }
 
 // ---- 5: handover time against worker count and app start-up ----
 
 type scalingRow struct {
-	Workers      int      `json:"workers"`
-	AppDelayMS   int      `json:"hello_startup_ms"`
-	Upgrades     int      `json:"upgrades"`
-	HandedOver   int      `json:"handed_over"`
-	Total        dist     `json:"log_total_ms"`
-	AppStartup   dist     `json:"app_startup_ms"`
-	BatonPart    dist     `json:"baton_ms"`
-	FirstNew     dist     `json:"first_new_response_ms"`
-	MasterRSSMB  float64  `json:"master_rss_mb_max"`
-	MasterFDsMax int      `json:"master_fds_max"`
-	ProbeFailed  int      `json:"probe_failed"`
-	Failures     []string `json:"failures,omitempty"`
+	Workers      int          `json:"workers"`
+	AppDelayMS   int          `json:"hello_startup_ms"`
+	Upgrades     int          `json:"upgrades"`
+	HandedOver   int          `json:"handed_over"`
+	Total        loadgen.Dist `json:"log_total_ms"`
+	AppStartup   loadgen.Dist `json:"app_startup_ms"`
+	BatonPart    loadgen.Dist `json:"baton_ms"`
+	FirstNew     loadgen.Dist `json:"first_new_response_ms"`
+	MasterRSSMB  float64      `json:"master_rss_mb_max"`
+	MasterFDsMax int          `json:"master_fds_max"`
+	ProbeFailed  int          `json:"probe_failed"`
+	Failures     []string     `json:"failures,omitempty"`
 }
 
 // scalingPhase measures handovers with only a probe as load: what grows with
@@ -613,7 +613,7 @@ func (b *bench) scalingOnce(ctx context.Context, workers, delayMS int) (scalingR
 	}
 	stopProbe()
 	out := wait()
-	row.ProbeFailed = out.probe.Failures()
+	row.ProbeFailed = out.Probe.Failures()
 	var total, starting, part, first []float64
 	for _, h := range hs {
 		if !h.ok {
@@ -630,6 +630,6 @@ func (b *bench) scalingOnce(ctx context.Context, workers, delayMS int) (scalingR
 		row.MasterRSSMB = max(row.MasterRSSMB, h.rssMB)
 		row.MasterFDsMax = max(row.MasterFDsMax, h.fds)
 	}
-	row.Total, row.AppStartup, row.BatonPart, row.FirstNew = distOf(total), distOf(starting), distOf(part), distOf(first)
+	row.Total, row.AppStartup, row.BatonPart, row.FirstNew = loadgen.DistOf(total), loadgen.DistOf(starting), loadgen.DistOf(part), loadgen.DistOf(first)
 	return row, loopErr
 }

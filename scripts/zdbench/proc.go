@@ -17,7 +17,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/baton-sh/baton/scripts/zdbench/loadgen"
+	"github.com/baton-sh/baton/cmd/baton/loadgen"
 )
 
 // Messages of baton's JSON log that the benchmark waits for.
@@ -191,7 +191,8 @@ type batonProc struct {
 	pidFile string
 	workers int
 	log     *logTail
-	reaped  chan struct{} // the first master (our child) has been waited for
+	reaped  chan struct{} // the keeper (our child) has been waited for
+	keeper  int           // the process started: baton's keeper, in the pid file
 	master  int           // serving master
 	gen     int           // its generation
 	stopped bool
@@ -252,7 +253,7 @@ func (b *bench) startBaton(ctx context.Context, workers int, env []string) (*bat
 		return nil, fmt.Errorf("start baton: %w", err)
 	}
 	w.Close()
-	p.master = cmd.Process.Pid
+	p.master, p.keeper = cmd.Process.Pid, cmd.Process.Pid
 	p.log = newLogTail(r)
 	go func() { cmd.Wait(); close(p.reaped) }()
 	b.track(p)
@@ -307,7 +308,8 @@ func (p *batonProc) upgrade(ctx context.Context) (handover, error) {
 	h.newPID = ev.int("master_pid")
 	h.totalMS, h.startingMS, h.batonMS = ev.num("total"), ev.num("workers_starting"), ev.num("baton")
 	p.master, p.gen = h.newPID, h.newGen
-	h.pidFileOK = waitPIDFile(ctx, p.pidFile, h.newPID, 5*time.Second)
+	// The pid file names the keeper for the service's whole life.
+	h.pidFileOK = waitPIDFile(ctx, p.pidFile, p.keeper, 5*time.Second)
 
 	gone, gidx, err := p.log.waitFor(ctx, idx, drainTimeout+30*time.Second,
 		fmt.Sprintf("master %d (generation %d) to exit after handover", h.oldPID, h.oldGen),

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/baton-sh/baton/cmd/baton/loadgen"
 )
 
 type report struct {
@@ -19,6 +21,7 @@ type report struct {
 	Upgrades *upgradesResult `json:"upgrades,omitempty"`
 	Naive    *naiveResult    `json:"naive,omitempty"`
 	Scaling  []scalingRow    `json:"scaling,omitempty"`
+	Peers    *peersResult    `json:"peers,omitempty"`
 	Targets  []target        `json:"targets"`
 	Notes    []string        `json:"notes,omitempty"`
 	Error    string          `json:"error,omitempty"`
@@ -41,6 +44,9 @@ type config struct {
 	SkipSteady      bool    `json:"skip_steady"`
 	SkipNaive       bool    `json:"skip_naive"`
 	SkipScaling     bool    `json:"skip_scaling"`
+	SkipPeers       bool    `json:"skip_peers"`
+	PeerUpgrades    int     `json:"peer_upgrades"`
+	PeerRounds      int     `json:"peer_rounds"`
 }
 
 func configOf(o options) config {
@@ -50,6 +56,7 @@ func configOf(o options) config {
 		SlowClients: o.slowClients, SlowMS: o.slowMS, Rounds: o.rounds, RoundSeconds: o.roundDur.Seconds(),
 		ScalingWorkers: o.scalingWorkers, ScalingUpgrades: o.scalingUpgrades,
 		SkipSteady: o.skipSteady, SkipNaive: o.skipNaive, SkipScaling: o.skipScaling,
+		SkipPeers: o.skipPeers, PeerUpgrades: o.peerUpgrades, PeerRounds: o.peerRounds,
 	}
 }
 
@@ -218,7 +225,7 @@ func printReport(w io.Writer, r *report) {
 		fmt.Fprintln(tw, "  handover (ms, over upgrades)\tmedian\tp90\tmax\t")
 		for _, row := range []struct {
 			name string
-			d    dist
+			d    loadgen.Dist
 		}{
 			{"USR2 sent -> first response of new generation (fresh conn.)", u.FirstNew},
 			{"USR2 sent -> last response of old generation (fresh conn.)", u.LastOld},
@@ -285,6 +292,10 @@ func printReport(w io.Writer, r *report) {
 		tw.Flush()
 	}
 
+	if p := r.Peers; p != nil {
+		printPeers(w, p)
+	}
+
 	fmt.Fprintf(w, "\nTargets\n")
 	tw := table(w)
 	for _, t := range r.Targets {
@@ -304,6 +315,123 @@ func printReport(w io.Writer, r *report) {
 	if r.Error != "" {
 		fmt.Fprintf(w, "\nSTOPPED EARLY: %s\n", r.Error)
 	}
+	fmt.Fprintf(w, "\nSummary (Markdown; handover: USR2 sent -> first response of the new generation on a fresh connection)\n\n%s", markdownSummary(r))
+}
+
+func printPeers(w io.Writer, p *peersResult) {
+	fmt.Fprintf(w, "\n6. Peers under the same load: %d workers each, %d upgrades each in %d round(s) (order rotating), every %s; concurrency %d (%.0f%% keep-alive) + 1 probe, no slow clients\n",
+		p.Workers, p.Upgrades, p.Rounds, time.Duration(p.IntervalMS*float64(time.Millisecond)), p.Concurrency, p.KeepAlive*100)
+	for _, m := range p.Missing {
+		fmt.Fprintf(w, "  not installed, left out: %s\n", m)
+	}
+	tw := table(w)
+	fmt.Fprintf(tw, "  server\tupgrade\thanded over\trequests\treq/s\tfailed\t%s\tretried\t\n", strings.Join(failureKinds, "\t"))
+	for _, s := range p.Sides {
+		fmt.Fprintf(tw, "  %s\t%s\t%d/%d\t%d\t%.0f\t%d\t", s.Name, s.Upgrade, s.HandedOver, s.Requested, s.Requests.Requests, s.RPS, s.Requests.Failed)
+		for _, k := range failureKinds {
+			fmt.Fprintf(tw, "%d\t", s.Requests.ByKind[k])
+		}
+		fmt.Fprintf(tw, "%d\t\n", s.Requests.Retried)
+	}
+	tw.Flush()
+	tw = table(w)
+	fmt.Fprintln(tw, "  (ms; RSS in MB)\tfirst new response\t\tlast old response\t\told master gone\t\tmaster RSS\t\t")
+	fmt.Fprintln(tw, "  server\tmedian\tp90\tmedian\tp90\tmedian\tp90\tmedian\tmax\t")
+	for _, s := range p.Sides {
+		fmt.Fprintf(tw, "  %s\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t\n", s.Name, s.FirstNew.Median, s.FirstNew.P90,
+			s.LastOld.Median, s.LastOld.P90, s.OldGone.Median, s.OldGone.P90, s.MasterRSS.Median, s.MasterRSS.Max)
+	}
+	tw.Flush()
+	for _, s := range p.Sides {
+		if s.Error != "" {
+			fmt.Fprintf(w, "  %s FAILED: %s\n", s.Name, s.Error)
+		}
+		if len(s.Requests.Examples) > 0 {
+			fmt.Fprintf(w, "  %s first failures: %q\n", s.Name, s.Requests.Examples)
+		}
+	}
+	bt := p.side("baton")
+	if bt == nil || bt.HandedOver == 0 {
+		return
+	}
+	fmt.Fprintln(w, "  baton beside each (ratio baton/peer: below 1, baton is faster or smaller)")
+	tw = table(w)
+	fmt.Fprintln(tw, "  \tfirst new response median\tp90\told master gone median\tp90\tfailed requests\tmaster RSS (median)\t")
+	for _, s := range p.Sides {
+		if s.Name == "baton" || s.HandedOver == 0 {
+			continue
+		}
+		fmt.Fprintf(tw, "  baton/%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", s.Name,
+			ratio(bt.FirstNew.Median, s.FirstNew.Median), ratio(bt.FirstNew.P90, s.FirstNew.P90),
+			ratio(bt.OldGone.Median, s.OldGone.Median), ratio(bt.OldGone.P90, s.OldGone.P90),
+			failedRatio(bt.Requests, s.Requests), ratio(bt.MasterRSS.Median, s.MasterRSS.Median))
+	}
+	tw.Flush()
+}
+
+// ratio is a/b for the report; "-" when b is 0.
+func ratio(a, b float64) string {
+	if b <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", a/b)
+}
+
+// failedRatio compares failure rates (per request); two zeros are equal.
+func failedRatio(a, b requestCounts) string {
+	s := fmt.Sprintf("%d vs %d", a.Failed, b.Failed)
+	switch {
+	case a.Failed == 0 && b.Failed == 0:
+		return s + " (1.00)"
+	case b.Failed == 0 || a.Requests == 0 || b.Requests == 0:
+		return s
+	}
+	ra := float64(a.Failed) / float64(a.Requests)
+	rb := float64(b.Failed) / float64(b.Requests)
+	return fmt.Sprintf("%s (rate ratio %.2f)", s, ra/rb)
+}
+
+// markdownSummary is the README's table: one row per scenario measured.
+func markdownSummary(r *report) string {
+	var b strings.Builder
+	b.WriteString("| scenario | requests | failed | handover median | handover p90 | master RSS |\n")
+	b.WriteString("|---|--:|--:|--:|--:|--:|\n")
+	row := func(name string, c requestCounts, med, p90, rss string) {
+		fmt.Fprintf(&b, "| %s | %d | %d | %s | %s | %s |\n", name, c.Requests, c.Failed, med, p90, rss)
+	}
+	msCell := func(v float64, n int) string {
+		if n == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.1f ms", v)
+	}
+	mb := func(v float64) string {
+		if v <= 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.1f MB", v)
+	}
+	if u := r.Upgrades; u != nil {
+		row(fmt.Sprintf("baton, %d upgrades, %d workers, %d clients + %d slow", u.Requested, u.Workers, u.Concurrency, u.SlowClients),
+			u.Total, msCell(u.FirstNew.Median, u.FirstNew.N), msCell(u.FirstNew.P90, u.FirstNew.N), mb(u.Masters.RSSMaxMB))
+	}
+	if n := r.Naive; n != nil {
+		row(fmt.Sprintf("naive stop/start of hello, %d restarts (handover: downtime)", n.Restarts),
+			n.Total, msCell(n.Downtime.Median, n.Downtime.N), msCell(n.Downtime.P90, n.Downtime.N), "-")
+	}
+	if p := r.Peers; p != nil {
+		for _, s := range p.Sides {
+			name := fmt.Sprintf("%s, %s: %d upgrades, %d workers, %d clients", s.Name, s.Upgrade, s.Requested, p.Workers, p.Concurrency)
+			if s.Error != "" {
+				name += " (FAILED: see below)"
+			}
+			row(name, s.Requests, msCell(s.FirstNew.Median, s.FirstNew.N), msCell(s.FirstNew.P90, s.FirstNew.N), mb(s.MasterRSS.Max))
+		}
+		for _, m := range p.Missing {
+			fmt.Fprintf(&b, "| %s: not installed | - | - | - | - | - |\n", m)
+		}
+	}
+	return b.String()
 }
 
 func table(w io.Writer) *tabwriter.Writer {

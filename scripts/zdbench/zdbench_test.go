@@ -44,7 +44,8 @@ func TestQuickRun(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	var stdout, stderr syncBuffer
-	code := mainCode(ctx, []string{"-quick", "-upgrades", "3", "-concurrency", "4", "-json", path}, &stdout, &stderr)
+	// The peers have their own test, which needs nginx and unicorn.
+	code := mainCode(ctx, []string{"-quick", "-upgrades", "3", "-concurrency", "4", "-skip-peers", "-json", path}, &stdout, &stderr)
 	t.Logf("stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
 	if code != 0 {
 		t.Fatalf("exit code %d", code)
@@ -126,6 +127,91 @@ func TestQuickRun(t *testing.T) {
 	}
 	if len(rep.Targets) == 0 {
 		t.Error("no targets in the report")
+	}
+	if rep.Peers != nil {
+		t.Error("-skip-peers: the report has a peers phase")
+	}
+}
+
+// TestPeers runs only the peers phase, quick: baton, nginx and Unicorn each
+// upgraded twice under load, each without a failed request, and nothing of
+// theirs left running afterwards.
+func TestPeers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs baton, nginx and Unicorn under load (about 20 s)")
+	}
+	for _, p := range []struct{ name, dir, pkg string }{{"nginx", "/usr/sbin", "nginx-light"}, {"unicorn", "/usr/bin", "unicorn"}} {
+		if _, ok := findPeer(p.name, p.dir); !ok {
+			t.Skipf("needs %s (Debian package %s; make bench-deps installs it)", p.name, p.pkg)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "zdbench.json")
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	var stdout, stderr syncBuffer
+	code := mainCode(ctx, []string{"-quick", "-concurrency", "4", "-skip-steady", "-upgrades", "0", "-skip-naive",
+		"-skip-scaling", "-json", path}, &stdout, &stderr)
+	t.Logf("stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+	if code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep report
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		t.Fatalf("JSON file does not decode into the report: %v", err)
+	}
+	// Every stop that had to kill or found a process unreaped leaves a note.
+	if len(rep.Notes) > 0 || rep.Error != "" {
+		t.Errorf("notes %q, error %q; want none", rep.Notes, rep.Error)
+	}
+	p := rep.Peers
+	if p == nil {
+		t.Fatal("no peers phase in the report")
+	}
+	if len(p.Missing) > 0 {
+		t.Errorf("missing %v although installed", p.Missing)
+	}
+	var masters []int
+	for _, name := range []string{"baton", "nginx", "unicorn"} {
+		s := p.side(name)
+		if s == nil {
+			t.Errorf("%s: not in the report", name)
+			continue
+		}
+		if s.Error != "" || s.Requested != 2 || s.HandedOver != 2 || len(s.List) != 2 {
+			t.Errorf("%s: %d/%d upgrades handed over, %d listed, error %q; want 2/2", name, s.HandedOver, s.Requested, len(s.List), s.Error)
+		}
+		if s.Requests.Requests == 0 || s.Requests.Failed != 0 {
+			t.Errorf("%s: %d requests, %d failed %v; want some, none failed", name, s.Requests.Requests, s.Requests.Failed, s.Requests.ByKind)
+		}
+		if s.FirstNew.N != s.HandedOver || s.OldGone.N != s.HandedOver || s.MasterRSS.Min <= 0 {
+			t.Errorf("%s: handover or RSS not measured: first new %+v, old gone %+v, RSS %+v", name, s.FirstNew, s.OldGone, s.MasterRSS)
+		}
+		for _, rec := range s.List {
+			if rec.NewMaster == 0 || rec.NewMaster == rec.OldMaster || rec.FirstNewMS == nil || *rec.FirstNewMS > rec.OldGoneMS {
+				t.Errorf("%s upgrade %d: %+v; want a new master serving before the old one went", name, rec.N, rec)
+			}
+			masters = append(masters, rec.OldMaster, rec.NewMaster)
+		}
+	}
+	for _, want := range []string{"baton/nginx", "baton/unicorn", "| nginx, USR2, WINCH, QUIT", "| unicorn, USR2, QUIT"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	// Masters of nginx and Unicorn are not zdbench's children: check that
+	// none of them runs from the benchmark's directory any more.
+	for _, pid := range masters {
+		if b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline"); err == nil && alive(pid) &&
+			strings.Contains(string(b), lastBinDir) {
+			t.Errorf("master %d still running: %q", pid, b)
+		}
+	}
+	if left := processesUnder(lastBinDir); len(left) > 0 {
+		t.Errorf("processes still running from %s: %v", lastBinDir, left)
 	}
 }
 

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/baton-sh/baton/scripts/zdbench/loadgen"
+	"github.com/baton-sh/baton/cmd/baton/loadgen"
 )
 
 // TestFleet drives scripts/fleet's playbooks with Ansible against two rigs
@@ -59,8 +59,8 @@ func TestFleet(t *testing.T) {
 	}
 	v1 := release("v1", "")
 	v2 := release("v2", "")
-	v3 := release("v3", `# fault injected by TestFleet: unhealthy on h2 only
-[ "$FLEET_HOST" = h2 ] && export HELLO_UNHEALTHY=1`)
+	v3 := release("v3", `# fault injected by TestFleet: broken on h2 only
+[ "$FLEET_HOST" = h2 ] && export HELLO_STATUS=503`)
 	rigs := closeOnSignal(t)
 	up := func(t *testing.T, staged map[string]string) *fleet {
 		t0 := time.Now()

@@ -1,9 +1,10 @@
-package listener
+package sockets
 
 import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -20,49 +21,50 @@ func TestParseSpecGood(t *testing.T) {
 		want  Spec
 	}{
 		// Bare addresses get tcp and the default name.
-		{":8080", 0, Spec{"listen0", "tcp", ":8080"}},
-		{":0", 0, Spec{"listen0", "tcp", ":0"}},
-		{":65535", 0, Spec{"listen0", "tcp", ":65535"}},
-		{"127.0.0.1:8080", 0, Spec{"listen0", "tcp", "127.0.0.1:8080"}},
-		{"[::1]:8080", 0, Spec{"listen0", "tcp", "[::1]:8080"}},
-		{"[::]:80", 0, Spec{"listen0", "tcp", "[::]:80"}},
-		{"localhost:8080", 0, Spec{"listen0", "tcp", "localhost:8080"}},
-		{"my-host.example.com:443", 0, Spec{"listen0", "tcp", "my-host.example.com:443"}},
-		{"  :8080\t\n", 0, Spec{"listen0", "tcp", ":8080"}}, // surrounding space is trimmed
+		{":8080", 0, Spec{Name: "listen0", Network: "tcp", Addr: ":8080"}},
+		{":0", 0, Spec{Name: "listen0", Network: "tcp", Addr: ":0"}},
+		{":65535", 0, Spec{Name: "listen0", Network: "tcp", Addr: ":65535"}},
+		{"127.0.0.1:8080", 0, Spec{Name: "listen0", Network: "tcp", Addr: "127.0.0.1:8080"}},
+		{"[::1]:8080", 0, Spec{Name: "listen0", Network: "tcp", Addr: "[::1]:8080"}},
+		{"[::]:80", 0, Spec{Name: "listen0", Network: "tcp", Addr: "[::]:80"}},
+		{"localhost:8080", 0, Spec{Name: "listen0", Network: "tcp", Addr: "localhost:8080"}},
+		{"my-host.example.com:443", 0, Spec{Name: "listen0", Network: "tcp", Addr: "my-host.example.com:443"}},
+		{"  :8080\t\n", 0, Spec{Name: "listen0", Network: "tcp", Addr: ":8080"}}, // surrounding space is trimmed
 
 		// Schemes.
-		{"tcp://:8080", 0, Spec{"listen0", "tcp", ":8080"}},
-		{"tcp://127.0.0.1:8080", 0, Spec{"listen0", "tcp", "127.0.0.1:8080"}},
-		{"tcp://[::1]:8080", 0, Spec{"listen0", "tcp", "[::1]:8080"}},
-		{"tcp://localhost:8080", 0, Spec{"listen0", "tcp", "localhost:8080"}},
-		{"tcp4://127.0.0.1:1", 0, Spec{"listen0", "tcp4", "127.0.0.1:1"}},
-		{"tcp4://:1", 0, Spec{"listen0", "tcp4", ":1"}},
-		{"tcp4://localhost:1", 0, Spec{"listen0", "tcp4", "localhost:1"}},
-		{"tcp6://[::1]:1", 0, Spec{"listen0", "tcp6", "[::1]:1"}},
-		{"tcp6://:1", 0, Spec{"listen0", "tcp6", ":1"}},
+		{"tcp://:8080", 0, Spec{Name: "listen0", Network: "tcp", Addr: ":8080"}},
+		{"tcp://127.0.0.1:8080", 0, Spec{Name: "listen0", Network: "tcp", Addr: "127.0.0.1:8080"}},
+		{"tcp://[::1]:8080", 0, Spec{Name: "listen0", Network: "tcp", Addr: "[::1]:8080"}},
+		{"tcp://localhost:8080", 0, Spec{Name: "listen0", Network: "tcp", Addr: "localhost:8080"}},
+		{"tcp4://127.0.0.1:1", 0, Spec{Name: "listen0", Network: "tcp4", Addr: "127.0.0.1:1"}},
+		{"tcp4://:1", 0, Spec{Name: "listen0", Network: "tcp4", Addr: ":1"}},
+		{"tcp4://localhost:1", 0, Spec{Name: "listen0", Network: "tcp4", Addr: "localhost:1"}},
+		{"tcp6://[::1]:1", 0, Spec{Name: "listen0", Network: "tcp6", Addr: "[::1]:1"}},
+		{"tcp6://:1", 0, Spec{Name: "listen0", Network: "tcp6", Addr: ":1"}},
 		// An IPv4-mapped IPv6 address written in IPv6 form is an IPv6 address.
-		{"tcp6://[::ffff:127.0.0.1]:1", 0, Spec{"listen0", "tcp6", "[::ffff:127.0.0.1]:1"}},
-		{"unix:///tmp/a.sock", 0, Spec{"listen0", "unix", "/tmp/a.sock"}},
-		{"unix://relative.sock", 0, Spec{"listen0", "unix", "relative.sock"}},
-		{"unix://@abstract", 0, Spec{"listen0", "unix", "@abstract"}},
-		{"unix://" + specTestLongPath(107), 0, Spec{"listen0", "unix", specTestLongPath(107)}},
+		{"tcp6://[::ffff:127.0.0.1]:1", 0, Spec{Name: "listen0", Network: "tcp6", Addr: "[::ffff:127.0.0.1]:1"}},
+		{"unix:///tmp/a.sock", 0, Spec{Name: "listen0", Network: "unix", Addr: "/tmp/a.sock"}},
+		{"unix://relative.sock", 0, Spec{Name: "listen0", Network: "unix", Addr: "relative.sock"}},
+		{"unix://@abstract", 0, Spec{Name: "listen0", Network: "unix", Addr: "@abstract"}},
+		{"mptcp://127.0.0.1:1", 0, Spec{Name: "listen0", Network: "mptcp", Addr: "127.0.0.1:1"}},
+		{"unix://" + specTestLongPath(107), 0, Spec{Name: "listen0", Network: "unix", Addr: specTestLongPath(107)}},
 
 		// Names.
-		{"http=:8080", 0, Spec{"http", "tcp", ":8080"}},
-		{"http=127.0.0.1:8080", 3, Spec{"http", "tcp", "127.0.0.1:8080"}},
-		{"v6=[::1]:8080", 0, Spec{"v6", "tcp", "[::1]:8080"}},
-		{"api=unix:///run/x.sock", 0, Spec{"api", "unix", "/run/x.sock"}},
-		{"api=unix:///run/x=y.sock", 0, Spec{"api", "unix", "/run/x=y.sock"}},
-		{"admin=tcp4://127.0.0.1:9000", 0, Spec{"admin", "tcp4", "127.0.0.1:9000"}},
-		{"a.b-c_d=:1", 0, Spec{"a.b-c_d", "tcp", ":1"}},
-		{strings.Repeat("n", 255) + "=:1", 0, Spec{strings.Repeat("n", 255), "tcp", ":1"}},
+		{"http=:8080", 0, Spec{Name: "http", Network: "tcp", Addr: ":8080"}},
+		{"http=127.0.0.1:8080", 3, Spec{Name: "http", Network: "tcp", Addr: "127.0.0.1:8080"}},
+		{"v6=[::1]:8080", 0, Spec{Name: "v6", Network: "tcp", Addr: "[::1]:8080"}},
+		{"api=unix:///run/x.sock", 0, Spec{Name: "api", Network: "unix", Addr: "/run/x.sock"}},
+		{"api=unix:///run/x=y.sock", 0, Spec{Name: "api", Network: "unix", Addr: "/run/x=y.sock"}},
+		{"admin=tcp4://127.0.0.1:9000", 0, Spec{Name: "admin", Network: "tcp4", Addr: "127.0.0.1:9000"}},
+		{"a.b-c_d=:1", 0, Spec{Name: "a.b-c_d", Network: "tcp", Addr: ":1"}},
+		{strings.Repeat("n", 255) + "=:1", 0, Spec{Name: strings.Repeat("n", 255), Network: "tcp", Addr: ":1"}},
 		// An '=' after the first ':' or '/' is not a name separator.
-		{"unix:///tmp/a=b.sock", 0, Spec{"listen0", "unix", "/tmp/a=b.sock"}},
+		{"unix:///tmp/a=b.sock", 0, Spec{Name: "listen0", Network: "unix", Addr: "/tmp/a=b.sock"}},
 
 		// Default names follow the index.
-		{":8080", 1, Spec{"listen1", "tcp", ":8080"}},
-		{"unix:///tmp/a.sock", 7, Spec{"listen7", "unix", "/tmp/a.sock"}},
-		{"[::1]:1", 12, Spec{"listen12", "tcp", "[::1]:1"}},
+		{":8080", 1, Spec{Name: "listen1", Network: "tcp", Addr: ":8080"}},
+		{"unix:///tmp/a.sock", 7, Spec{Name: "listen7", Network: "unix", Addr: "/tmp/a.sock"}},
+		{"[::1]:1", 12, Spec{Name: "listen12", Network: "tcp", Addr: "[::1]:1"}},
 	}
 	for _, tt := range tests {
 		got, err := ParseSpec(tt.have, tt.index)
@@ -140,6 +142,13 @@ func TestParseSpecBad(t *testing.T) {
 		// which ParseSpec refuses too; 108 more is too long either way.)
 		{"unix://@" + strings.Repeat("x", 108), "longer than 107 bytes"},
 		{"unix:/tmp/a.sock", "port"}, // not the unix scheme: "unix" host, "/tmp/a.sock" port
+		{"unix:///a.sock?mode=0999", "want octal permission bits"},
+		{"unix:///a.sock?mode=01777", "want octal permission bits"},
+		{"unix:///a.sock?owner=root", "unknown option"},
+		{"unix:///a.sock?user=no-such-user-baton", "no such user"},
+		{"unix:///a.sock?group=no-such-group-baton", "no such group"},
+		{"unix://@a?mode=0600", "abstract socket has no file mode"},
+		{"mptcp4://127.0.0.1:1", "unknown scheme"},
 	}
 	for _, tt := range tests {
 		got, err := ParseSpec(tt.have, 0)
@@ -171,22 +180,22 @@ func TestParseSpecsGood(t *testing.T) {
 		{[]string{}, []Spec{}},
 		{
 			[]string{":8080", "unix:///tmp/a.sock", "tcp6://[::1]:9"},
-			[]Spec{{"listen0", "tcp", ":8080"}, {"listen1", "unix", "/tmp/a.sock"}, {"listen2", "tcp6", "[::1]:9"}},
+			[]Spec{{Name: "listen0", Network: "tcp", Addr: ":8080"}, {Name: "listen1", Network: "unix", Addr: "/tmp/a.sock"}, {Name: "listen2", Network: "tcp6", Addr: "[::1]:9"}},
 		},
 		{
 			[]string{"http=:80", ":443", "admin=unix://@adm"},
-			[]Spec{{"http", "tcp", ":80"}, {"listen1", "tcp", ":443"}, {"admin", "unix", "@adm"}},
+			[]Spec{{Name: "http", Network: "tcp", Addr: ":80"}, {Name: "listen1", Network: "tcp", Addr: ":443"}, {Name: "admin", Network: "unix", Addr: "@adm"}},
 		},
 		// The same address under different networks is not a duplicate
 		// by this check (the kernel may still refuse the second bind).
 		{
 			[]string{":80", "tcp4://:81", "tcp4://127.0.0.1:80"},
-			[]Spec{{"listen0", "tcp", ":80"}, {"listen1", "tcp4", ":81"}, {"listen2", "tcp4", "127.0.0.1:80"}},
+			[]Spec{{Name: "listen0", Network: "tcp", Addr: ":80"}, {Name: "listen1", Network: "tcp4", Addr: ":81"}, {Name: "listen2", Network: "tcp4", Addr: "127.0.0.1:80"}},
 		},
 		// A unix path and a tcp address that spell the same are different.
 		{
 			[]string{"unix://:80", ":80"},
-			[]Spec{{"listen0", "unix", ":80"}, {"listen1", "tcp", ":80"}},
+			[]Spec{{Name: "listen0", Network: "unix", Addr: ":80"}, {Name: "listen1", Network: "tcp", Addr: ":80"}},
 		},
 	}
 	for _, tt := range tests {
@@ -273,6 +282,7 @@ var specFuzzSeeds = []string{
 	"unix://", "unix://@", "unix://" + specTestLongPath(107), "unix://" + specTestLongPath(108),
 	"[fe80::1%eth0]:80", "[localhost]:80", "999.1.1.1:80", "tcp://tcp://:80",
 	"caf\u00e9=:80", "\xff=:80", "unix:// x",
+	"mptcp://127.0.0.1:1", "unix:///a.sock?mode=0660&user=0&group=0", "unix:///a.sock?mode=9", "unix://@a?mode=0600",
 }
 
 func FuzzParseSpec(f *testing.F) {
@@ -291,7 +301,7 @@ func FuzzParseSpec(f *testing.F) {
 			return
 		}
 		switch s.Network {
-		case "tcp", "tcp4", "tcp6", "unix":
+		case "tcp", "tcp4", "tcp6", "mptcp", "unix":
 		default:
 			t.Fatalf("ParseSpec(%q): network %q", value, s.Network)
 		}
@@ -311,10 +321,28 @@ func FuzzParseSpec(f *testing.F) {
 		if err != nil {
 			t.Fatalf("ParseSpec(%q) = %+v; reparsing %q: %v", value, s, s.String(), err)
 		}
-		if again != s {
+		if !reflect.DeepEqual(again, s) {
 			t.Fatalf("ParseSpec(%q) = %+v; reparsing %q gives %+v", value, s, s.String(), again)
 		}
 	})
+}
+
+func TestParseSpecUnixPerm(t *testing.T) {
+	s, err := ParseSpec("web=unix:///run/a.sock?mode=0660&user=0&group=root", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Perm{Mode: 0o660, UID: 0, GID: 0}
+	if s.Addr != "/run/a.sock" || s.Perm == nil || *s.Perm != want {
+		t.Fatalf("have %+v perm %+v, want /run/a.sock with %+v", s, s.Perm, want)
+	}
+	specs := []Spec{{Network: "unix", Addr: "/a"}, {Network: "unix", Addr: "/b", Perm: &Perm{Mode: 0o600, UID: 5, GID: -1}},
+		{Network: "unix", Addr: "@c"}, {Network: "tcp", Addr: ":1"}}
+	DefaultPerm(specs, 7, 8)
+	if *specs[0].Perm != (Perm{Mode: 0o666, UID: 7, GID: 8}) || *specs[1].Perm != (Perm{Mode: 0o600, UID: 5, GID: 8}) ||
+		specs[2].Perm != nil || specs[3].Perm != nil {
+		t.Fatalf("DefaultPerm: %+v %+v %+v %+v", specs[0].Perm, specs[1].Perm, specs[2].Perm, specs[3].Perm)
+	}
 }
 
 func TestAbstractUnixNameMayUseAllOfSunPath(t *testing.T) {

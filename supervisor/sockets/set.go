@@ -1,4 +1,4 @@
-package listener
+package sockets
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"os"
 	"strings"
 	"syscall"
+
+	"github.com/baton-sh/baton/supervisor/internal/osutil"
 )
 
 // Registry is the part of *tableflip.Fds that Open needs: it hands back a
@@ -91,13 +93,12 @@ func open(reg Registry, spec Spec) (*os.File, error) {
 		// tableflip flattens bind errors to strings; keep ours to wrap.
 		var bindErr error
 		ln, err = reg.ListenWithCallback(spec.Network, spec.Addr, func(network, addr string) (net.Listener, error) {
-			var lc net.ListenConfig
-			l, err := lc.Listen(context.Background(), network, addr)
+			l, err := listen(spec)
 			bindErr = err
 			return l, err
 		})
 		if bindErr != nil {
-			return nil, fmt.Errorf("listen %s %s: %w", spec.Network, spec.Addr, unwrapOp(bindErr))
+			return nil, fmt.Errorf("listen %s %s: %w", spec.Network, spec.Addr, osutil.Cause(bindErr))
 		}
 		if err != nil {
 			return nil, fmt.Errorf("listen %s %s: %w", spec.Network, spec.Addr, err)
@@ -109,6 +110,44 @@ func open(reg Registry, spec Spec) (*os.File, error) {
 		return nil, fmt.Errorf("dup %s: %w", spec, err)
 	}
 	return f, nil
+}
+
+// listen binds spec: TCP as plain TCP unless it asks for MPTCP (Go 1.24
+// and later make ListenConfig's sockets MPTCP by default on Linux, which
+// servers that check SO_PROTOCOL or attach socket filters refuse), and a
+// unix socket file with its mode and owner set before anyone is told of it.
+func listen(spec Spec) (net.Listener, error) {
+	var lc net.ListenConfig
+	network := spec.Network
+	if network == "mptcp" {
+		network = "tcp"
+	}
+	if network != "unix" {
+		lc.SetMultipathTCP(spec.Network == "mptcp")
+	}
+	l, err := lc.Listen(context.Background(), network, spec.Addr)
+	if err != nil || spec.Perm == nil {
+		return l, err
+	}
+	if err := applyPerm(spec.Addr, spec.Perm); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+func applyPerm(path string, p *Perm) error {
+	if p.UID >= 0 || p.GID >= 0 {
+		if err := os.Lchown(path, p.UID, p.GID); err != nil {
+			return fmt.Errorf("chown socket: %w", osutil.Cause(err))
+		}
+	}
+	if p.Mode != 0 {
+		if err := os.Chmod(path, p.Mode); err != nil {
+			return fmt.Errorf("chmod socket %#o: %w", p.Mode, osutil.Cause(err))
+		}
+	}
+	return nil
 }
 
 // dupFile duplicates a socket without touching its O_NONBLOCK flag. The flag
@@ -161,26 +200,12 @@ func removeStaleSocket(path string) error {
 		return fmt.Errorf("listen unix %s: address already in use (something accepts on it)", path)
 	}
 	if !errors.Is(err, syscall.ECONNREFUSED) {
-		return fmt.Errorf("listen unix %s: probe stale socket: %w", path, unwrapOp(err))
+		return fmt.Errorf("listen unix %s: probe stale socket: %w", path, osutil.Cause(err))
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("listen unix %s: remove stale socket: %w", path, err)
 	}
 	return nil
-}
-
-// unwrapOp drops net.OpError's "listen tcp 1.2.3.4:5:" prefix so the message
-// names the value once.
-func unwrapOp(err error) error {
-	var op *net.OpError
-	if errors.As(err, &op) && op.Err != nil {
-		var sc *os.SyscallError
-		if errors.As(op.Err, &sc) {
-			return sc.Err
-		}
-		return op.Err
-	}
-	return err
 }
 
 // Files returns the sockets in --listen order, for exec.Cmd.ExtraFiles

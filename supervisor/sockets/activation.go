@@ -1,9 +1,11 @@
-package listener
+package sockets
 
 import (
 	"fmt"
 	"os"
 	"syscall"
+
+	"github.com/coreos/go-systemd/v22/activation"
 )
 
 // Activated is one socket systemd passed to this process.
@@ -15,29 +17,22 @@ type Activated struct {
 // TakeActivated returns the sockets a systemd .socket unit passed to this
 // process (LISTEN_PID equal to our pid), in order, and removes the LISTEN_*
 // variables so they reach neither workers nor a re-executed master. It
-// returns nothing when the variables are absent or meant for another pid.
+// returns nothing when the variables are absent or meant for another pid,
+// and an error naming the fd when one is not a listening socket.
 func TakeActivated() ([]Activated, error) {
-	n, names, ok := listenEnv()
-	if !ok {
-		return nil, nil
-	}
-	out := make([]Activated, 0, n)
-	for i := 0; i < n; i++ {
-		fd := firstFd + i
-		syscall.CloseOnExec(fd)
-		name := ""
-		if i < len(names) {
-			name = names[i]
-		}
+	files := activation.Files(true)
+	out := make([]Activated, 0, len(files))
+	for _, f := range files {
+		fd := int(f.Fd())
 		if v, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_ACCEPTCONN); err != nil || v != 1 {
-			return nil, fmt.Errorf("socket activation: fd %d (%q) is not a listening socket", fd, name)
+			return nil, fmt.Errorf("socket activation: fd %d (%q) is not a listening socket", fd, f.Name())
 		}
 		// Workers get non-blocking sockets whoever bound them; systemd
 		// leaves them blocking unless NonBlocking=true.
 		if err := syscall.SetNonblock(fd, true); err != nil {
-			return nil, fmt.Errorf("socket activation: fd %d: %w", fd, err)
+			return nil, fmt.Errorf("socket activation: fd %d: set non-blocking: %w", fd, err)
 		}
-		out = append(out, Activated{Name: name, File: os.NewFile(uintptr(fd), "activated:"+name)})
+		out = append(out, Activated{Name: f.Name(), File: f})
 	}
 	return out, nil
 }

@@ -1,0 +1,56 @@
+package supervisor
+
+import "syscall"
+
+// event is something for the master's loop to handle. The set is sealed
+// (isEvent is unexported): every kind is declared here, and each names the
+// worker, slot or connection it is about, never a pid, which the kernel
+// reuses.
+type event interface{ isEvent() }
+
+type (
+	evSignal struct{ sig syscall.Signal }
+	evExit   struct {
+		w      *worker
+		status exitStatus
+	}
+	evReady          struct{ w *worker }
+	evReadyTimeout   struct{ w *worker }
+	evDrainTimeout   struct{ w *worker }
+	evRestart        struct{ s *slot }
+	evNotify         notifyMsg
+	evControl        struct{ c *ctlConn }
+	evUpgradeDone    struct{ err error }
+	evParentExited   struct{}
+	evWatchdog       struct{}
+	evStopAckTimeout struct{}
+	evKeeperGone     struct{}
+	evAcceptCheck    struct{} // sample the accept queues (hints.go)
+	evHookExit       struct {
+		h      *hookRun
+		status exitStatus
+	}
+	evHookTimeout struct{ h *hookRun }
+	evHookOutput  struct {
+		h            *hookRun
+		stream, line string
+	}
+)
+
+func (evSignal) isEvent()         {}
+func (evExit) isEvent()           {}
+func (evReady) isEvent()          {}
+func (evReadyTimeout) isEvent()   {}
+func (evDrainTimeout) isEvent()   {}
+func (evRestart) isEvent()        {}
+func (evNotify) isEvent()         {}
+func (evControl) isEvent()        {}
+func (evUpgradeDone) isEvent()    {}
+func (evParentExited) isEvent()   {}
+func (evWatchdog) isEvent()       {}
+func (evStopAckTimeout) isEvent() {}
+func (evKeeperGone) isEvent()     {}
+func (evAcceptCheck) isEvent()    {}
+func (evHookExit) isEvent()       {}
+func (evHookTimeout) isEvent()    {}
+func (evHookOutput) isEvent()     {}

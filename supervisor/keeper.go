@@ -1,0 +1,521 @@
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/baton-sh/baton/supervisor/internal/osutil"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// The keeper is the one process `baton run` stays for the service's whole
+// life. Masters come and go at every upgrade (tableflip re-executes them);
+// the keeper starts the first one, adopts every later one as a child
+// subreaper, forwards the user's signals to the master of record, relays
+// the masters' sd_notify messages to the service manager as its own, owns
+// the pid file, and exits with the last master's status. It holds no
+// sockets and no workers: nothing of the data path goes through it.
+
+// envKeeperPID tells a master the keeper's pid; masters pass it on to the
+// next master (stripEnv keeps it from workers).
+const envKeeperPID = "BATON_KEEPER_PID"
+
+// Keeper messages on its notify socket, besides sd_notify's own.
+const (
+	keeperRegister = "BATON_MASTER" // "1": a master announces itself
+	keeperStop     = "BATON_STOP"   // "1": a master was told to stop (baton stop)
+	keeperExit     = "BATON_EXIT"   // the status a master is about to exit with
+)
+
+// stopDebounce: a repeated stop signal within this window is the same stop
+// (timeout(1) signals the process and then its group; a terminal's ^C
+// reaches the whole foreground group). A deliberate second ^C comes later.
+const stopDebounce = 300 * time.Millisecond
+
+// KeeperConfig is what the keeper needs.
+type KeeperConfig struct {
+	// Args is the command line the first master is started with: baton's
+	// own (os.Args), so the master parses the same flags.
+	Args []string
+	// PIDFile, if set (absolute), gets the keeper's pid once the first
+	// generation is ready, and is removed when the keeper exits.
+	PIDFile string
+	// ReopenLogs, if set, is called on SIGUSR1 before it is forwarded.
+	ReopenLogs func() error
+	Log        *zap.Logger
+}
+
+// UnderKeeper reports whether this process was started by a keeper, i.e.
+// is a master; a `baton run` that is not becomes the keeper.
+func UnderKeeper() bool { return os.Getenv(envKeeperPID) != "" }
+
+// keptMaster is a master the keeper knows of. Signals go through its
+// pidfd, so a master that has exited is never confused with a process
+// that got its pid.
+type keptMaster struct {
+	pid   int
+	pidfd int
+}
+
+// watch posts m to exited once the master has exited: the pidfd becomes
+// readable then, whether or not the keeper is its parent (a new master is
+// the old master's child until the old one exits).
+func (m *keptMaster) watch(exited chan<- *keptMaster) {
+	fds := []unix.PollFd{{Fd: int32(m.pidfd), Events: unix.POLLIN}}
+	for {
+		_, err := unix.Poll(fds, -1)
+		if errors.Is(err, syscall.EINTR) {
+			continue
+		}
+		// Believe the pidfd only when the kernel says the process is gone:
+		// anything else (an error, POLLNVAL) is no proof, and a master
+		// taken for dead would end the service.
+		if err == nil && fds[0].Revents&unix.POLLIN != 0 {
+			if serr := unix.PidfdSendSignal(m.pidfd, 0, nil, 0); errors.Is(serr, syscall.ESRCH) {
+				break
+			}
+		}
+		// Fall back to /proc, every 100 ms, for this master.
+		for !osutil.Gone(m.pid) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		break
+	}
+	exited <- m
+}
+
+func (k *keptMaster) signal(sig syscall.Signal) error {
+	if err := unix.PidfdSendSignal(k.pidfd, sig, nil, 0); err != nil {
+		return fmt.Errorf("signal master %d %s: %w", k.pid, sigName(sig), err)
+	}
+	return nil
+}
+
+type keeper struct {
+	kc      KeeperConfig
+	log     *zap.Logger
+	self    int
+	sock    *notifySocket
+	manager string // the service manager's NOTIFY_SOCKET, or ""
+	tty     bool   // started with a controlling terminal
+
+	masters    map[int]*keptMaster // live masters by pid
+	record     *keptMaster         // the master signals go to
+	pending    []syscall.Signal    // for the master of record, while there is none
+	ready      bool                // the first generation came up
+	stopping   bool
+	stopSig    syscall.Signal
+	stopAt     time.Time
+	exited     chan *keptMaster // from the masters' pidfd watchers
+	statuses   map[int]int      // exit statuses of reaped masters, by pid
+	lastExited *keptMaster      // the master that exited last
+	lastRecord *keptMaster      // the last master of record that exited
+}
+
+// Keep runs the keeper: it starts the first master and returns, with the
+// status to exit with, once no master is left. It blocks for the service's
+// whole life, is called once per process, installs signal handlers, makes
+// the process a child subreaper (so it reaps every orphan below it, as PID
+// 1 of a container must) and changes the process environment passed to the
+// master. An error starting the first master is logged and returns 1.
+func Keep(kc KeeperConfig) int {
+	k := &keeper{kc: kc, log: kc.Log, self: os.Getpid(), masters: make(map[int]*keptMaster),
+		exited: make(chan *keptMaster, 16), statuses: make(map[int]int)}
+	if k.log == nil {
+		k.log = zap.NewNop()
+	}
+	k.log = k.log.With(zap.Int("keeper_pid", k.self))
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		k.log.Error("keeper: cannot become a child subreaper", zap.Error(err))
+		return 1
+	}
+	if f, err := os.Open("/dev/tty"); err == nil {
+		k.tty = true
+		f.Close()
+	}
+	sigc := make(chan os.Signal, 32)
+	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGHUP,
+		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGTTIN, syscall.SIGTTOU, syscall.SIGCHLD)
+	defer signal.Stop(sigc)
+
+	sock, err := openNotifySocket(nil)
+	if err != nil {
+		k.log.Error("keeper: notify socket", zap.Error(err))
+		return 1
+	}
+	k.sock = sock
+	defer sock.close()
+	notes := make(chan notifyMsg, 64)
+	go sock.run(func(msg notifyMsg) { notes <- msg })
+
+	// The pid file names the keeper from the start: a second `baton run`
+	// with the same pid file is refused even while this one boots.
+	if err := k.writePIDFile(); err != nil {
+		k.log.Error("keeper: write pid file", zap.Error(err))
+		return 1
+	}
+	first, err := k.startFirst()
+	if err != nil {
+		k.removePIDFile()
+		k.log.Error("keeper: cannot start the master", zap.Error(err))
+		return 1
+	}
+	k.record = first
+	k.log.Info("keeper started", zap.Int("master_pid", first.pid))
+
+	k.watchMaster(first)
+	for {
+		select {
+		case sig := <-sigc:
+			if sig == syscall.SIGCHLD {
+				k.reap()
+				continue
+			}
+			k.onSignal(sig.(syscall.Signal))
+		case msg := <-notes:
+			k.onNote(msg)
+		case m := <-k.exited:
+			k.onExited(m)
+			if len(k.masters) == 0 {
+				// A new master announces itself at its start, long before
+				// the old one exits; the barrier makes sure nothing still
+				// queued on the socket says otherwise.
+				sock.barrier(100 * time.Millisecond)
+				for len(notes) > 0 {
+					k.onNote(<-notes)
+				}
+				if len(k.masters) == 0 {
+					return k.exit()
+				}
+			}
+		}
+	}
+}
+
+func (k *keeper) watchMaster(m *keptMaster) {
+	k.masters[m.pid] = m
+	go m.watch(k.exited)
+}
+
+// startFirst starts the first master: this binary with the keeper's own
+// command line, in a process group of its own (a terminal's ^C reaches the
+// keeper only, which forwards it once), dying with the keeper.
+func (k *keeper) startFirst() (*keptMaster, error) {
+	env := make([]string, 0, len(os.Environ())+4)
+	k.manager = os.Getenv("NOTIFY_SOCKET")
+	activated := os.Getenv("LISTEN_PID") == strconv.Itoa(k.self)
+	for _, kv := range os.Environ() {
+		key, _, _ := strings.Cut(kv, "=")
+		switch {
+		case key == "NOTIFY_SOCKET", key == "WATCHDOG_PID", key == envKeeperPID:
+			continue
+		case strings.HasPrefix(key, "LISTEN_") && !activated:
+			continue
+		}
+		env = append(env, kv)
+	}
+	// Masters speak sd_notify to the keeper, which relays as itself; the
+	// watchdog interval stays, its pid check is for the masters to pass.
+	env = append(env, "NOTIFY_SOCKET="+k.sock.addr, envKeeperPID+"="+strconv.Itoa(k.self))
+	cmd := &exec.Cmd{
+		Path:   "/proc/self/exe",
+		Args:   k.kc.Args,
+		Env:    env,
+		Stdin:  os.Stdin,
+		Stdout: os.Stdout,
+		Stderr: os.Stderr,
+		SysProcAttr: &syscall.SysProcAttr{
+			Setpgid:   true,
+			Pdeathsig: syscall.SIGKILL,
+		},
+	}
+	if activated {
+		// Sockets from a systemd .socket unit: the master takes them at
+		// the same fd numbers (LISTEN_PID names the keeper; the master
+		// accepts that).
+		n, _ := strconv.Atoi(os.Getenv("LISTEN_FDS"))
+		for i := 0; i < n; i++ {
+			cmd.ExtraFiles = append(cmd.ExtraFiles, os.NewFile(uintptr(3+i), "activated"))
+		}
+	}
+	sp := newSpawner() // PDEATHSIG follows the forking thread; keep it for life
+	if err := sp.start(cmd); err != nil {
+		return nil, err
+	}
+	pid := cmd.Process.Pid
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil, fmt.Errorf("pidfd of master %d: %w", pid, err)
+	}
+	cmd.Process.Release() // the keeper reaps it (and every orphan) itself
+	return &keptMaster{pid: pid, pidfd: pidfd}, nil
+}
+
+// reap collects every exited child: masters re-parented to the keeper,
+// and orphans of any process below it (PID 1's duty in a container). It
+// keeps the statuses of masters for the keeper's own exit status.
+func (k *keeper) reap() {
+	for {
+		var ws syscall.WaitStatus
+		pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+		if errors.Is(err, syscall.EINTR) {
+			continue
+		}
+		if err != nil || pid <= 0 {
+			return
+		}
+		status := waitStatus(ws)
+		if k.masters[pid] != nil || (k.lastExited != nil && k.lastExited.pid == pid) {
+			k.statuses[pid] = status
+			k.log.Info("master exited", zap.Int("master_pid", pid), zap.Int("status", status))
+		} else {
+			k.log.Debug("keeper reaped an orphan", zap.Int("pid", pid), zap.Int("status", status))
+		}
+	}
+}
+
+// onExited forgets a master that has exited.
+func (k *keeper) onExited(m *keptMaster) {
+	k.log.Debug("master gone", zap.Int("master_pid", m.pid), zap.Int("masters_left", len(k.masters)-1))
+	unix.Close(m.pidfd)
+	delete(k.masters, m.pid)
+	k.lastExited = m
+	if m == k.record {
+		k.record = nil
+		k.lastRecord = m
+	}
+}
+
+// exit returns the keeper's exit status once no master is left: that of
+// the master that served last (not of a new one a stop cut short), else of
+// the last master; 1 if it cannot be known.
+func (k *keeper) exit() int {
+	// The last masters are the keeper's children by now (their parents
+	// exited first): collect them.
+	k.reap()
+	k.removePIDFile()
+	status, pick := 1, k.lastExited
+	if k.ready && k.lastRecord != nil {
+		pick = k.lastRecord
+	}
+	if _, ok := k.statuses[pick.pid]; !ok {
+		// Its pidfd said it exited; as the keeper's child it is reapable
+		// at once (not ours: its parent reaps it, and the status is lost).
+		var ws syscall.WaitStatus
+		if pid, err := syscall.Wait4(pick.pid, &ws, 0, nil); err == nil && pid == pick.pid {
+			k.statuses[pid] = waitStatus(ws)
+		}
+	}
+	if s, ok := k.statuses[pick.pid]; ok {
+		status = s
+	}
+	k.log.Info("keeper exiting: no master left", zap.Int("status", status))
+	return status
+}
+
+func (k *keeper) onSignal(sig syscall.Signal) {
+	switch sig {
+	case syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT:
+		k.stop(sig)
+	case syscall.SIGHUP:
+		if k.tty && !ttyAlive() {
+			// The terminal hung up: not a deploy. A job whose terminal is
+			// gone stops, gracefully.
+			k.log.Warn("terminal hung up: stopping")
+			k.stop(syscall.SIGTERM)
+			return
+		}
+		k.toRecord(sig)
+	case syscall.SIGUSR2, syscall.SIGTTIN, syscall.SIGTTOU:
+		k.toRecord(sig)
+	case syscall.SIGUSR1:
+		if k.kc.ReopenLogs != nil {
+			if err := k.kc.ReopenLogs(); err != nil {
+				k.log.Error("reopen log file failed", zap.Error(err))
+			}
+		}
+		k.toAll(sig)
+	}
+}
+
+// stop forwards a stop to every master: the serving one stops, one that is
+// starting a new generation gives up (a stop wins over an upgrade), an old
+// one that is draining finishes its drain.
+func (k *keeper) stop(sig syscall.Signal) {
+	now := time.Now()
+	if k.stopping && sig == k.stopSig && now.Sub(k.stopAt) < stopDebounce {
+		k.log.Debug("repeated stop signal ignored", zap.String("signal", sigName(sig)))
+		return
+	}
+	if !k.stopping {
+		k.log.Info("stop requested: forwarding to every master", zap.String("signal", sigName(sig)), zap.Int("masters", len(k.masters)))
+	}
+	k.stopping, k.stopSig, k.stopAt = true, sig, now
+	k.toAll(sig)
+}
+
+func (k *keeper) toAll(sig syscall.Signal) {
+	for _, m := range k.masters {
+		if err := m.signal(sig); err != nil {
+			k.log.Warn("forward signal failed", zap.Error(err))
+		}
+	}
+}
+
+// toRecord forwards sig to the master of record, or keeps it until there
+// is one again.
+func (k *keeper) toRecord(sig syscall.Signal) {
+	if k.record == nil {
+		k.log.Info("signal held until a master is of record", zap.String("signal", sigName(sig)))
+		k.pending = append(k.pending, sig)
+		return
+	}
+	if err := k.record.signal(sig); err != nil {
+		k.log.Warn("forward signal failed", zap.Error(err))
+	}
+}
+
+func (k *keeper) onNote(msg notifyMsg) {
+	m := k.masters[msg.pid]
+	if m == nil && msg.fields[keeperRegister] == "1" {
+		m = k.register(msg.pid)
+	}
+	if m == nil {
+		k.log.Warn("notify message from unknown process ignored", zap.Int("sender_pid", msg.pid))
+		return
+	}
+	if v, ok := msg.fields[keeperExit]; ok {
+		// Its parent may be another master, which reaps it: this is then
+		// the only way to learn its status.
+		if code, err := strconv.Atoi(v); err == nil {
+			if _, known := k.statuses[m.pid]; !known {
+				k.statuses[m.pid] = code
+			}
+		}
+	}
+	if msg.fields[keeperStop] == "1" && !k.stopping {
+		k.log.Info("stop requested through a master: stopping every other master", zap.Int("master_pid", m.pid))
+		k.stopping, k.stopSig, k.stopAt = true, syscall.SIGTERM, time.Now()
+		for _, o := range k.masters {
+			if o != m {
+				o.signal(syscall.SIGTERM)
+			}
+		}
+	}
+	if _, ok := msg.fields["MAINPID"]; ok && msg.fields["READY"] == "1" {
+		// Masters say MAINPID= when their generation serves: it is now the
+		// master of record.
+		k.record = m
+		for _, sig := range k.pending {
+			k.toRecord(sig)
+		}
+		k.pending = nil
+		k.ready = true
+	}
+	k.relay(msg.fields)
+}
+
+// register adopts a master that announced itself: a child of a master we
+// know (tableflip's re-exec) or of ours.
+func (k *keeper) register(pid int) *keptMaster {
+	ppid := osutil.ParentOf(pid)
+	if ppid != k.self && k.masters[ppid] == nil {
+		k.log.Warn("master announcement from a process no master started ignored", zap.Int("sender_pid", pid), zap.Int("parent_pid", ppid))
+		return nil
+	}
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil // gone already
+	}
+	m := &keptMaster{pid: pid, pidfd: pidfd}
+	k.watchMaster(m)
+	k.log.Info("master registered", zap.Int("master_pid", pid))
+	if k.stopping {
+		m.signal(syscall.SIGTERM) // a stop wins over an upgrade in flight
+	}
+	return m
+}
+
+// relay passes a master's sd_notify message to the service manager as the
+// keeper's own: the keeper is the service's main pid, so MAINPID= is left
+// out, and so are baton's own keys.
+func (k *keeper) relay(fields map[string]string) {
+	if k.manager == "" {
+		return
+	}
+	var lines []string
+	for key, v := range fields {
+		if key == "MAINPID" || strings.HasPrefix(key, "BATON_") {
+			continue
+		}
+		lines = append(lines, key+"="+v)
+	}
+	if len(lines) == 0 {
+		return
+	}
+	if err := osutil.SendNotify(k.manager, strings.Join(lines, "\n")); err != nil {
+		k.log.Warn("notify service manager failed", zap.Error(err))
+	}
+}
+
+// writePIDFile writes the keeper's pid atomically.
+func (k *keeper) writePIDFile() error {
+	if k.kc.PIDFile == "" {
+		return nil
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(k.kc.PIDFile), ".baton-pid-*")
+	if err != nil {
+		return fmt.Errorf("--pid-file %q: %w", k.kc.PIDFile, err)
+	}
+	_, err = tmp.WriteString(strconv.Itoa(k.self))
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), k.kc.PIDFile)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("--pid-file %q: %w", k.kc.PIDFile, err)
+	}
+	return nil
+}
+
+// removePIDFile removes the pid file if it still names the keeper.
+func (k *keeper) removePIDFile() {
+	if k.kc.PIDFile == "" {
+		return
+	}
+	if b, err := os.ReadFile(k.kc.PIDFile); err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(k.self) {
+		os.Remove(k.kc.PIDFile)
+	}
+}
+
+// ttyAlive reports whether this process's controlling terminal is still
+// there (after a hangup, opening it fails).
+func ttyAlive() bool {
+	f, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	return true
+}
+
+// waitStatus is a process's status as a shell reports it: the exit code,
+// or 128 + the signal that killed it.
+func waitStatus(ws syscall.WaitStatus) int {
+	if ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ws.ExitStatus()
+}

@@ -1,0 +1,9 @@
+// Package sockets is the master's side of baton's listening sockets.
+//
+// It parses listen specs (ParseSpec, ParseSpecs), opens them through
+// tableflip's fd registry so that a re-executed master inherits them instead
+// of binding again (Open), adopts sockets systemd passed to baton itself
+// (TakeActivated), and lays them out for workers in the systemd
+// socket-activation order: fd 3, 4, … in --listen order (Set.Files).
+// The worker's side is package listener.
+package sockets

@@ -1,0 +1,251 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/baton-sh/baton/supervisor/internal/osutil"
+	"github.com/baton-sh/baton/supervisor/sockets"
+	"github.com/cloudflare/tableflip"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// sys is the master's OS seam, in the style of tableflip's env: every
+// process start, signal, timer and notification the loop causes goes
+// through these funcs, so tests drive the loop in-process with a fake
+// (fake_test.go) and the real ones live here alone.
+type sys struct {
+	// start starts a worker process. exited is called once, from another
+	// goroutine, after the process has been reaped and its output read.
+	start func(p procSpec, exited func(exitStatus)) (process, error)
+	// now is the clock; afterFunc calls f once d has passed, unless the
+	// returned stop is called first.
+	now       func() time.Time
+	afterFunc func(d time.Duration, f func()) (stop func())
+	// notifyManager sends one sd_notify message to the service manager
+	// that started baton ($NOTIFY_SOCKET); nothing when there is none.
+	notifyManager func(msg string) error
+	// notifyTo sends one sd_notify datagram to addr (the old master's
+	// notify socket, for upgrade reports).
+	notifyTo func(addr, msg string) error
+	// setenv changes the environment the next master is executed with.
+	setenv func(key, value string)
+	// parentOf returns a process's parent pid, 0 when unknown (notify
+	// messages from a worker's descendants count as the worker's).
+	parentOf func(pid int) int
+}
+
+// upgrader is what the master uses of *tableflip.Upgrader (tableflip's own
+// testing package fakes the same calls).
+type upgrader interface {
+	Upgrade() error
+	Ready() error
+	Stop()
+	Exit() <-chan struct{}
+	HasParent() bool
+	WaitForParent(ctx context.Context) error
+	// Registry is where listening sockets are inherited or bound.
+	Registry() sockets.Registry
+}
+
+// tableflipUpgrader is *tableflip.Upgrader as an upgrader.
+type tableflipUpgrader struct{ *tableflip.Upgrader }
+
+func (u tableflipUpgrader) Registry() sockets.Registry { return u.Fds }
+
+// procSpec is one worker process to start.
+type procSpec struct {
+	path   string
+	argv   []string
+	env    []string
+	dir    string
+	files  []*os.File // fds 3, 4, …
+	cred   *syscall.Credential
+	output string      // OutputTagged or OutputInherit
+	log    *zap.Logger // for tagged output; the pid is added
+	// outputMsg is the log message of each tagged line ("worker output"
+	// when empty); onLine, if set, is also called with each line, from
+	// the output pumps' goroutines.
+	outputMsg string
+	onLine    func(stream, line string)
+}
+
+// process is a started worker as the loop sees it.
+type process interface {
+	Pid() int
+	// Signal sends sig to the process, and SignalGroup to its process
+	// group. Once the process has been reaped Signal sends nothing (its
+	// pid may belong to another process by then) and returns
+	// os.ErrProcessDone; SignalGroup still reaches the group while it has
+	// live members (helpers left behind), since a pid in use as a process
+	// group id is not handed out again.
+	Signal(sig syscall.Signal) error
+	SignalGroup(sig syscall.Signal) error
+	// StderrTail returns the last lines it wrote to stderr when its
+	// output goes through the master, else nil.
+	StderrTail() []string
+}
+
+// exitStatus is how a process ended: exited with code, or killed by signal.
+type exitStatus struct {
+	code   int            // -1 when killed by a signal
+	signal syscall.Signal // 0 when it exited
+}
+
+func (e exitStatus) String() string {
+	if e.signal != 0 {
+		return "signal " + sigName(e.signal)
+	}
+	return fmt.Sprintf("exit status %d", e.code)
+}
+
+func (e exitStatus) fields() []zap.Field {
+	if e.signal != 0 {
+		return []zap.Field{zap.String("signal", sigName(e.signal))}
+	}
+	return []zap.Field{zap.Int("exit_code", e.code)}
+}
+
+func statusOf(ps *os.ProcessState) exitStatus {
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return exitStatus{code: -1, signal: ws.Signal()}
+	}
+	return exitStatus{code: ps.ExitCode()}
+}
+
+// osSys returns the real seam and a func that releases it (the spawning
+// thread) once the master's loop has ended.
+func osSys() (sys, func()) {
+	sp := newSpawner()
+	return sys{
+		start: func(p procSpec, exited func(exitStatus)) (process, error) {
+			return startOSProcess(sp, p, exited)
+		},
+		now: time.Now,
+		afterFunc: func(d time.Duration, f func()) func() {
+			t := time.AfterFunc(d, f)
+			return func() { t.Stop() }
+		},
+		notifyManager: func(msg string) error {
+			if addr := os.Getenv("NOTIFY_SOCKET"); addr != "" {
+				return osutil.SendNotify(addr, msg)
+			}
+			return nil
+		},
+		notifyTo: osutil.SendNotify,
+		setenv:   func(k, v string) { os.Setenv(k, v) },
+		parentOf: osutil.ParentOf,
+	}, sp.stop
+}
+
+// osProcess is a worker process of this machine.
+type osProcess struct {
+	pid   int
+	pipes *workerPipes
+
+	mu     sync.Mutex
+	reaped bool // set before the kernel may hand the pid to another process
+}
+
+func startOSProcess(sp *spawner, p procSpec, exited func(exitStatus)) (*osProcess, error) {
+	cmd := &exec.Cmd{
+		Path:       p.path,
+		Args:       p.argv,
+		Env:        p.env,
+		Dir:        p.dir,
+		Stdout:     os.Stdout,
+		Stderr:     os.Stderr,
+		ExtraFiles: p.files,
+		SysProcAttr: &syscall.SysProcAttr{
+			Setpgid:    true, // a terminal's ^C reaches the master only
+			Pdeathsig:  syscall.SIGKILL,
+			Credential: p.cred,
+		},
+	}
+	// Tagged: both streams through the master. Inherit: stderr is teed,
+	// so failure reports carry its last lines in both modes.
+	pipes, err := newWorkerPipes(p.output != OutputTagged)
+	if err != nil {
+		return nil, fmt.Errorf("output pipes: %w", err)
+	}
+	if pipes.outW != nil {
+		cmd.Stdout = pipes.outW
+	}
+	cmd.Stderr = pipes.errW
+	if err := sp.start(cmd); err != nil {
+		if pipes != nil {
+			pipes.abandon()
+		}
+		return nil, err
+	}
+	proc := &osProcess{pid: cmd.Process.Pid, pipes: pipes}
+	if pipes != nil {
+		msg := p.outputMsg
+		if msg == "" {
+			msg = "worker output"
+		}
+		pipes.started(p.log.With(zap.Int("pid", proc.pid)), msg, p.onLine)
+	}
+	go func() {
+		// Wait for the exit without reaping, so that signals stop before
+		// the pid can be reused: a timer that fires after this point
+		// finds the process marked reaped instead of killing a stranger.
+		var info unix.Siginfo
+		for {
+			err := unix.Waitid(unix.P_PID, proc.pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+			if !errors.Is(err, syscall.EINTR) {
+				break
+			}
+		}
+		proc.mu.Lock()
+		proc.reaped = true
+		proc.mu.Unlock()
+		cmd.Wait()
+		if pipes != nil {
+			// Let the last words reach the log (and the failure report)
+			// before the exit is handled; a grandchild holding the pipe
+			// must not hold up the exit, hence the bound.
+			select {
+			case <-pipes.done:
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+		exited(statusOf(cmd.ProcessState))
+	}()
+	return proc, nil
+}
+
+func (p *osProcess) Pid() int { return p.pid }
+
+func (p *osProcess) Signal(sig syscall.Signal) error { return p.kill(p.pid, sig) }
+
+func (p *osProcess) SignalGroup(sig syscall.Signal) error { return p.kill(-p.pid, sig) }
+
+func (p *osProcess) kill(target int, sig syscall.Signal) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	// After the reap, the group is still ours only while it has members:
+	// an empty group's id is a free pid. (The loop, the only spawner of
+	// workers, is the caller, so none of ours takes it meanwhile.)
+	if p.reaped && (target > 0 || !osutil.GroupHasMembers(p.pid)) {
+		return os.ErrProcessDone
+	}
+	if err := syscall.Kill(target, sig); err != nil {
+		return fmt.Errorf("kill %d %s: %w", target, sigName(sig), err)
+	}
+	return nil
+}
+
+func (p *osProcess) StderrTail() []string {
+	if p.pipes == nil {
+		return nil
+	}
+	return p.pipes.tail.snapshot()
+}

@@ -1,0 +1,361 @@
+package supervisor
+
+import (
+	"fmt"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/baton-sh/baton/supervisor/control"
+	"go.uber.org/zap"
+)
+
+// This file owns a generation's workers: spawn, readiness, exit, crash
+// restart with backoff, drain, and the timers of each. Every timer belongs
+// to a worker or a slot and is stopped with it; its event names the object,
+// so a late event for an object that is gone is ignored.
+
+type workerState int
+
+const (
+	stateStarting workerState = iota
+	stateReady
+	stateDraining
+)
+
+func (s workerState) String() string {
+	return [...]string{"starting", "ready", "draining"}[s]
+}
+
+// worker is one running server process. Only the master's loop touches it.
+type worker struct {
+	index   int
+	pid     int // for logs, status and notify attribution; never for signals
+	proc    process
+	state   workerState
+	started time.Time
+	drainAt time.Time
+	killed  bool // SIGKILLed at the drain deadline
+	exited  bool // its exit was handled; late events for it are ignored
+	log     *zap.Logger
+	// notified: it sent something on NOTIFY_SOCKET (for the hint when
+	// --ready notify times out)
+	notified bool
+
+	stopReady      func() // ends the readiness watch
+	stopReadyTimer func()
+	stopDrainTimer func()
+}
+
+func (w *worker) String() string {
+	return fmt.Sprintf("worker %d (pid %d)", w.index, w.pid)
+}
+
+// cancelTimers stops everything that would post an event about w.
+func (w *worker) cancelTimers() {
+	for _, stop := range []func(){w.stopReady, w.stopReadyTimer, w.stopDrainTimer} {
+		if stop != nil {
+			stop()
+		}
+	}
+}
+
+// slot is a worker index: the worker holding it now and its crash history.
+type slot struct {
+	index       int
+	cur         *worker
+	backoff     time.Duration
+	restarts    int
+	stopRestart func() // non-nil while a restart is scheduled
+}
+
+func (s *slot) cancelRestart() {
+	if s.stopRestart != nil {
+		s.stopRestart()
+		s.stopRestart = nil
+	}
+}
+
+const (
+	backoffMin    = 100 * time.Millisecond
+	backoffMax    = 10 * time.Second
+	backoffStable = 10 * time.Second // up this long: the next crash restarts at backoffMin again
+)
+
+// addSlot appends a worker index and starts its worker.
+func (m *master) addSlot() {
+	s := &slot{index: len(m.slots), backoff: backoffMin}
+	m.slots = append(m.slots, s)
+	m.startWorker(s)
+}
+
+// liveSlot reports whether s is still one of the master's slots.
+func (m *master) liveSlot(s *slot) bool {
+	return s.index < len(m.slots) && m.slots[s.index] == s
+}
+
+func (m *master) startWorker(s *slot) {
+	env := m.workerEnv(s.index)
+	path, argv := shimCommand(m.shell, m.pinned.command)
+	wlog := m.log.With(zap.Int("worker", s.index))
+	w := &worker{index: s.index, state: stateStarting}
+	proc, err := m.sys.start(procSpec{
+		path: path, argv: argv, env: env, dir: m.pinned.dir,
+		files: m.files, cred: m.cfg.Credential,
+		output: m.cfg.WorkerOutput, log: wlog, onLine: m.outputForwarder(s.index),
+	}, func(st exitStatus) {
+		if m.notify != nil {
+			// Datagrams are read in order: a worker's last READY=1 is
+			// handled before its exit (a server that says READY=1 and dies
+			// at once was ready, not a failed start).
+			m.notify.barrier(100 * time.Millisecond)
+		}
+		m.post(evExit{w, st})
+	})
+	if err != nil {
+		m.log.Error("worker start failed", zap.Int("worker", s.index), zap.Error(err))
+		if m.phase == phaseBooting {
+			// No process, so no exit or timeout would ever end the boot.
+			reason := fmt.Sprintf("worker %d could not start: %v", s.index, err)
+			m.bootFailed(fmt.Errorf("%w: %s", ErrBootFailed, reason), reason)
+			return
+		}
+		m.scheduleRestart(s, "start_error")
+		return
+	}
+	w.proc, w.pid, w.started = proc, proc.Pid(), m.sys.now()
+	w.log = wlog.With(zap.Int("pid", w.pid))
+	s.cur = w
+	m.procs[w.pid] = w
+	w.log.Info("worker started", zap.Int("restarts", s.restarts))
+	m.met.workerStarted()
+	m.step(control.Progress{Event: control.EvWorkerStarted, Worker: intp(w.index), PID: w.pid,
+		Message: fmt.Sprintf("worker %d started (pid %d)", w.index, w.pid)})
+	w.stopReadyTimer = m.sys.afterFunc(m.cfg.ReadyTimeout, func() { m.post(evReadyTimeout{w}) })
+	w.stopReady = m.ready.watch(w, env, func() { m.post(evReady{w}) })
+}
+
+// workerEnv is the environment of worker index of this generation.
+func (m *master) workerEnv(index int) []string {
+	env := append(m.baseEnv[:len(m.baseEnv):len(m.baseEnv)], m.compatEnv()...)
+	return append(env,
+		"LISTEN_FDS="+strconv.Itoa(len(m.files)),
+		"LISTEN_FDNAMES="+m.fdNames,
+		"NOTIFY_SOCKET="+m.notifyAddr(),
+		"BATON_WORKER="+strconv.Itoa(index),
+		"BATON_GENERATION="+strconv.Itoa(m.gen),
+		envShimPPID+"="+strconv.Itoa(m.self),
+	)
+}
+
+func (m *master) markReady(w *worker) {
+	if w.exited || w.state != stateStarting {
+		return
+	}
+	w.state = stateReady
+	w.stopReady()
+	w.stopReadyTimer()
+	startup := m.sys.now().Sub(w.started)
+	w.log.Info("worker ready", zap.Duration("startup", startup))
+	m.step(control.Progress{Event: control.EvWorkerReady, Worker: intp(w.index), PID: w.pid, DurationMS: ms(startup),
+		Message: fmt.Sprintf("worker %d ready (pid %d) after %s", w.index, w.pid, startup.Round(time.Millisecond))})
+	if m.phase == phaseBooting && m.allReady() {
+		m.bootDone()
+	}
+}
+
+func (m *master) allReady() bool {
+	for _, s := range m.slots {
+		if s.cur == nil || s.cur.state != stateReady {
+			return false
+		}
+	}
+	return true
+}
+
+func (m *master) onReadyTimeout(w *worker) {
+	if w.exited || w.state != stateStarting {
+		return
+	}
+	hint := startHint(w.proc.StderrTail(), true, w.notified, m.ready.byNotify())
+	w.log.Error("worker not ready in time", zap.Duration("ready_timeout", m.cfg.ReadyTimeout), zap.String("hint", hint))
+	if m.phase == phaseBooting {
+		m.failedStderr = w.proc.StderrTail()
+		m.bootFailed(fmt.Errorf("%w: %s", ErrBootFailed, withHint(fmt.Sprintf("worker %d (pid %d) not ready after %s", w.index, w.pid, m.cfg.ReadyTimeout), hint)),
+			withHint(fmt.Sprintf("worker %d (pid %d) not ready after %s (--ready-timeout)", w.index, w.pid, m.cfg.ReadyTimeout), hint))
+		return
+	}
+	// A replacement that never comes up: drain it; its exit schedules another.
+	m.drain(w)
+}
+
+func (m *master) onExit(w *worker, st exitStatus) {
+	if w.exited {
+		return
+	}
+	w.exited = true
+	w.cancelTimers()
+	m.oldWorkerStopped(w)
+	if m.procs[w.pid] == w {
+		delete(m.procs, w.pid)
+	}
+	uptime := m.sys.now().Sub(w.started)
+	fields := append(st.fields(), zap.Duration("uptime", uptime))
+	var s *slot
+	if w.index < len(m.slots) && m.slots[w.index].cur == w {
+		s = m.slots[w.index]
+		s.cur = nil
+	}
+	switch {
+	case w.state == stateDraining:
+		m.up.drained++
+		if w.killed {
+			m.up.killed++
+			m.met.workerExited("killed")
+		} else {
+			m.met.workerExited("drained")
+		}
+		w.log.Info("worker drained", append(fields, zap.Duration("drain", m.sys.now().Sub(w.drainAt)), zap.Bool("killed", w.killed))...)
+		if s != nil && m.phase == phaseServing {
+			// Drained but still holding its slot: a replacement that never
+			// became ready. Try again, with backoff.
+			m.scheduleRestart(s, "not_ready")
+		}
+	case m.phase == phaseBooting:
+		// A crash while the generation starts fails the generation, even
+		// from a worker that had said READY=1: it is not healthy.
+		when := "before it was ready"
+		if w.state == stateReady {
+			when = "while the generation was starting (after it was ready)"
+		}
+		w.log.Error("worker exited "+when, fields...)
+		m.met.workerExited("failed_start")
+		m.failedStderr = w.proc.StderrTail()
+		reason := withHint(fmt.Sprintf("worker %d (pid %d) exited with %s %s", w.index, w.pid, st, when),
+			startHint(m.failedStderr, false, w.notified, m.ready.byNotify()))
+		m.bootFailed(fmt.Errorf("%w: %s", ErrBootFailed, reason), reason)
+	case m.phase == phaseServing && s != nil:
+		if hint := startHint(w.proc.StderrTail(), false, w.notified, m.ready.byNotify()); hint != "" {
+			fields = append(fields, zap.String("hint", hint))
+		}
+		w.log.Warn("worker exited unexpectedly", fields...)
+		m.met.workerExited("crashed")
+		if uptime >= backoffStable {
+			s.backoff = backoffMin
+		}
+		m.scheduleRestart(s, "crash")
+	default:
+		w.log.Info("worker exited", fields...)
+		m.met.workerExited("other")
+	}
+}
+
+// scheduleRestart restarts s's worker after its backoff; reason is a
+// baton_worker_restarts_total label.
+func (m *master) scheduleRestart(s *slot, reason string) {
+	if m.phase != phaseServing && m.phase != phaseBooting {
+		return
+	}
+	m.met.workerRestart(reason)
+	d := s.backoff
+	s.backoff = min(s.backoff*2, backoffMax)
+	s.cancelRestart()
+	s.stopRestart = m.sys.afterFunc(d, func() { m.post(evRestart{s}) })
+	m.log.Info("worker restart scheduled", zap.Int("worker", s.index), zap.Duration("backoff", d))
+}
+
+func (m *master) onRestart(s *slot) {
+	if s.stopRestart == nil || !m.liveSlot(s) || s.cur != nil || m.phase != phaseServing {
+		return
+	}
+	s.stopRestart = nil
+	s.restarts++
+	m.startWorker(s)
+}
+
+// drain asks a worker to finish in-flight work and exit, and SIGKILLs its
+// process group at the drain deadline unless it has exited by then.
+func (m *master) drain(w *worker) {
+	if w.exited || w.state == stateDraining {
+		return
+	}
+	w.state = stateDraining
+	w.drainAt = m.sys.now()
+	w.stopReady()
+	w.stopReadyTimer()
+	w.log.Info("draining worker", zap.String("signal", sigName(m.cfg.DrainSignal)))
+	w.proc.Signal(m.cfg.DrainSignal)
+	w.stopDrainTimer = m.sys.afterFunc(m.cfg.DrainTimeout, func() { m.post(evDrainTimeout{w}) })
+}
+
+func (m *master) onDrainTimeout(w *worker) {
+	if w.exited {
+		return
+	}
+	w.log.Warn("drain timeout: killing worker", zap.Duration("drain_timeout", m.cfg.DrainTimeout))
+	w.killed = true
+	w.proc.SignalGroup(syscall.SIGKILL) // its process group: helpers too
+}
+
+func (m *master) drainAll() {
+	for _, s := range m.slots {
+		s.cancelRestart()
+	}
+	for _, w := range m.procs {
+		m.drain(w)
+	}
+}
+
+func (m *master) killAll() {
+	m.stopHook(syscall.SIGKILL)
+	for _, w := range m.procs {
+		w.killed = true
+		w.proc.SignalGroup(syscall.SIGKILL)
+	}
+}
+
+// addWorker is TTIN: one worker more.
+func (m *master) addWorker() {
+	if m.phase != phaseServing && m.phase != phaseBooting {
+		return
+	}
+	m.log.Info("worker count increased", zap.Int("workers", len(m.slots)+1))
+	m.addSlot()
+}
+
+// removeWorker is TTOU: one worker fewer (never below one); the removed one
+// drains.
+func (m *master) removeWorker() {
+	if m.phase != phaseServing && m.phase != phaseBooting {
+		return
+	}
+	if len(m.slots) <= 1 {
+		m.log.Warn("worker count not decreased: at least one worker runs", zap.Int("workers", len(m.slots)))
+		return
+	}
+	s := m.slots[len(m.slots)-1]
+	m.slots = m.slots[:len(m.slots)-1]
+	s.cancelRestart()
+	m.log.Info("worker count decreased", zap.Int("workers", len(m.slots)))
+	if s.cur != nil {
+		m.drain(s.cur)
+	}
+}
+
+// scale sets the worker count to n (baton scale), as TTIN and TTOU would
+// one at a time, and returns the count before. It refuses unless the
+// master serves.
+func (m *master) scale(n int) (int, error) {
+	prev := len(m.slots)
+	if m.phase != phaseServing {
+		return prev, fmt.Errorf("master is not serving (%s)", m.stateName())
+	}
+	for len(m.slots) < n {
+		m.addWorker()
+	}
+	for len(m.slots) > n {
+		m.removeWorker()
+	}
+	m.log.Info("worker count set", zap.Int("previous", prev), zap.Int("workers", n))
+	return prev, nil
+}
