@@ -78,7 +78,9 @@ bench:
 	$(GO) run ./scripts/zdbench $(BENCHFLAGS)
 
 # Debian packages of scripts/fleet and its test (as root): Ansible (with
-# community.general), HAProxy, OpenSSH, iproute2.
+# community.general), HAProxy, OpenSSH, iproute2. Where systemd runs,
+# openssh-server's postinst starts the machine's own sshd on port 22; the
+# rig runs its own sshds inside its namespaces and leaves that one alone.
 fleet-deps:
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y ansible haproxy openssh-server openssh-client iproute2
 
