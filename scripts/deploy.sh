@@ -41,7 +41,11 @@ if [ -n "${BATON:-}" ]; then
 elif command -v baton >/dev/null 2>&1; then
 	baton=baton
 else
-	baton="$(cd "$(dirname "$0")/.." && pwd)/bin/baton"
+	# A checkout's bin/ (scripts/deploy.sh), or an installed tree's
+	# (PREFIX/share/baton/deploy.sh beside PREFIX/bin/baton).
+	here=$(cd "$(dirname "$0")" && pwd)
+	baton="$here/../bin/baton"
+	[ -x "$baton" ] || baton="$here/../../bin/baton"
 fi
 command -v "$baton" >/dev/null 2>&1 ||
 	die "baton not found (tried ${BATON:-baton on \$PATH, then $baton}): run make install, or set BATON=/path/to/baton; nothing changed"
@@ -79,6 +83,12 @@ echo "$out"
 if [ $code -eq 0 ]; then
 	echo "deploy: $release is live"
 	exit 0
+fi
+if [ $code -ne 1 ] && [ $code -ne 2 ]; then
+	# No answer in time (3) or worse: the release may still take over, so
+	# current stays where it points; moving it back would make the next
+	# reload quietly revert to the old release.
+	die "outcome unknown (baton exit $code); current still -> $release; check 'baton status' before deploying again"
 fi
 if [ -n "$previous" ]; then
 	swap "$previous"

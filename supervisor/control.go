@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
@@ -24,6 +25,9 @@ type ctlConn struct {
 	req    control.Request
 	stream *ctlStream // a held reload request's writer (progress.go)
 	since  time.Time  // when it was held
+	// writers counts held writers still flushing, so the master's exit
+	// waits for their last line (nil in tests).
+	writers *sync.WaitGroup
 }
 
 // reply writes one JSON line; a client that stopped reading cannot hold
@@ -60,7 +64,7 @@ func (m *master) readControl(c *net.UnixConn) {
 		return
 	}
 	c.SetReadDeadline(time.Time{})
-	cc := &ctlConn{conn: c}
+	cc := &ctlConn{conn: c, writers: &m.writers}
 	refuse := func(reason string) {
 		cc.reply(control.NewRefusal(reason))
 		cc.close()

@@ -106,7 +106,9 @@ type keeper struct {
 	self    int
 	sock    *notifySocket
 	manager string // the service manager's NOTIFY_SOCKET, or ""
-	tty     bool   // started with a controlling terminal
+	tty     bool   // started with a controlling terminal, hangups not ignored
+	// ttyHungAt is when the terminal hung up, as its poll said.
+	ttyHungAt time.Time
 
 	masters    map[int]*keptMaster // live masters by pid
 	record     *keptMaster         // the master signals go to
@@ -138,9 +140,14 @@ func Keep(kc KeeperConfig) int {
 		k.log.Error("keeper: cannot become a child subreaper", zap.Error(err))
 		return 1
 	}
-	if f, err := os.Open("/dev/tty"); err == nil {
-		k.tty = true
-		f.Close()
+	// A terminal's hangup stops the service, unless it was started to
+	// survive one (nohup: SIGHUP ignored; Notify below would undo that).
+	ttyHung := make(chan time.Time, 1)
+	if !signal.Ignored(syscall.SIGHUP) {
+		if f, err := os.OpenFile("/dev/tty", os.O_RDWR, 0); err == nil {
+			k.tty = true
+			go watchTTY(f, ttyHung)
+		}
 	}
 	sigc := make(chan os.Signal, 32)
 	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGHUP,
@@ -170,7 +177,9 @@ func Keep(kc KeeperConfig) int {
 		return 1
 	}
 	k.record = first
-	k.log.Info("keeper started", zap.Int("master_pid", first.pid))
+	// Debug: a start that fails should print the master's one line, not
+	// the keeper's chatter around it.
+	k.log.Debug("keeper started", zap.Int("master_pid", first.pid))
 
 	k.watchMaster(first)
 	for {
@@ -181,6 +190,8 @@ func Keep(kc KeeperConfig) int {
 				continue
 			}
 			k.onSignal(sig.(syscall.Signal))
+		case at := <-ttyHung:
+			k.ttyHungAt = at
 		case msg := <-notes:
 			k.onNote(msg)
 		case m := <-k.exited:
@@ -276,7 +287,7 @@ func (k *keeper) reap() {
 		status := waitStatus(ws)
 		if k.masters[pid] != nil || (k.lastExited != nil && k.lastExited.pid == pid) {
 			k.statuses[pid] = status
-			k.log.Info("master exited", zap.Int("master_pid", pid), zap.Int("status", status))
+			k.logOutcome("master exited", zap.Int("master_pid", pid), zap.Int("status", status))
 		} else {
 			k.log.Debug("keeper reaped an orphan", zap.Int("pid", pid), zap.Int("status", status))
 		}
@@ -318,7 +329,7 @@ func (k *keeper) exit() int {
 	if s, ok := k.statuses[pick.pid]; ok {
 		status = s
 	}
-	k.log.Info("keeper exiting: no master left", zap.Int("status", status))
+	k.logOutcome("keeper exiting: no master left", zap.Int("status", status))
 	return status
 }
 
@@ -327,7 +338,7 @@ func (k *keeper) onSignal(sig syscall.Signal) {
 	case syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT:
 		k.stop(sig)
 	case syscall.SIGHUP:
-		if k.tty && !ttyAlive() {
+		if k.tty && k.hangup() {
 			// The terminal hung up: not a deploy. A job whose terminal is
 			// gone stops, gracefully.
 			k.log.Warn("terminal hung up: stopping")
@@ -428,6 +439,10 @@ func (k *keeper) onNote(msg notifyMsg) {
 // know (tableflip's re-exec) or of ours.
 func (k *keeper) register(pid int) *keptMaster {
 	ppid := osutil.ParentOf(pid)
+	if !sameProgram(pid) {
+		k.log.Warn("master announcement from a process that does not run baton ignored", zap.Int("sender_pid", pid))
+		return nil
+	}
 	if ppid != k.self && k.masters[ppid] == nil {
 		k.log.Warn("master announcement from a process no master started ignored", zap.Int("sender_pid", pid), zap.Int("parent_pid", ppid))
 		return nil
@@ -500,6 +515,34 @@ func (k *keeper) removePIDFile() {
 	}
 }
 
+// hangup reports whether a SIGHUP now comes from the terminal hanging up:
+// it hung up just now (the kernel sends SIGHUP as it does). A HUP long
+// after the terminal went (a job that survived it, then a deploy) is an
+// upgrade.
+func (k *keeper) hangup() bool {
+	if k.ttyHungAt.IsZero() && !ttyAlive() {
+		k.ttyHungAt = time.Now() // the signal beat the poll
+	}
+	return !k.ttyHungAt.IsZero() && time.Since(k.ttyHungAt) < 2*time.Second
+}
+
+// watchTTY reports when the terminal f hangs up.
+func watchTTY(f *os.File, hung chan<- time.Time) {
+	defer f.Close()
+	fds := []unix.PollFd{{Fd: int32(f.Fd()), Events: 0}} // POLLHUP is always reported
+	for {
+		if _, err := unix.Poll(fds, -1); errors.Is(err, syscall.EINTR) {
+			continue
+		} else if err != nil {
+			return
+		}
+		if fds[0].Revents&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0 {
+			hung <- time.Now()
+			return
+		}
+	}
+}
+
 // ttyAlive reports whether this process's controlling terminal is still
 // there (after a hangup, opening it fails).
 func ttyAlive() bool {
@@ -518,4 +561,24 @@ func waitStatus(ws syscall.WaitStatus) int {
 		return 128 + int(ws.Signal())
 	}
 	return ws.ExitStatus()
+}
+
+// sameProgram reports whether pid runs baton, as the keeper does (a
+// deploy that replaced the binary leaves the old path " (deleted)"): a
+// worker, also a child of a master, cannot announce itself as one.
+func sameProgram(pid int) bool {
+	self, err1 := os.Readlink("/proc/self/exe")
+	other, err2 := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
+	return err1 == nil && err2 == nil &&
+		strings.TrimSuffix(self, " (deleted)") == strings.TrimSuffix(other, " (deleted)")
+}
+
+// logOutcome logs at info once the service has served, at debug for a
+// start that failed (its master already said why, in one line).
+func (k *keeper) logOutcome(msg string, fields ...zap.Field) {
+	if k.ready {
+		k.log.Info(msg, fields...)
+	} else {
+		k.log.Debug(msg, fields...)
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -64,8 +65,9 @@ type master struct {
 	failedStderr []string // the failing worker's last stderr lines
 	pinned       release  // resolved at boot; every worker of the generation runs it
 	up           upgradeState
-	stopWaiters  []*ctlConn // held open until exit
-	stopAsked    bool       // a stop signal came after the handover
+	stopWaiters  []*ctlConn     // held open until exit
+	writers      sync.WaitGroup // held reload writers still flushing
+	stopAsked    bool           // a stop signal came after the handover
 	accepts      *acceptWatch
 	hook         *hookRun      // the --before-upgrade command while it runs (hook.go)
 	prog         progressState // progress.go
@@ -366,6 +368,15 @@ func (m *master) startGeneration() {
 // exit releases what the master holds once its loop has ended, and returns
 // Run's result.
 func (m *master) exit() error {
+	// A reload answered just now must reach its client before this
+	// process (and the connection) goes; bounded by the writers' own
+	// write deadlines.
+	flushed := make(chan struct{})
+	go func() { m.writers.Wait(); close(flushed) }()
+	select {
+	case <-flushed:
+	case <-time.After(3 * time.Second):
+	}
 	switch {
 	case m.phase == phaseHandedOver:
 		m.release(false)

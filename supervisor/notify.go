@@ -51,19 +51,41 @@ const maxNotifyBase = 107 - len("/"+notifyDirPrefix+"0123456789/notify")
 // notifyBase is where notify socket directories are made: systemd's
 // RuntimeDirectory=, the user's runtime directory, /run for root, else the
 // temporary directory.
-func notifyBase() string {
+func notifyBase(cred *syscall.Credential) string {
+	// Workers of another user (--user) must get through every directory
+	// above the socket's own: root's $XDG_RUNTIME_DIR (/run/user/0, 0700)
+	// does not let them.
+	other := cred != nil && cred.Uid != uint32(os.Geteuid())
+	ok := func(d string) bool {
+		return d != "" && len(d) <= maxNotifyBase && syscall.Access(d, 2|1 /* W_OK|X_OK */) == nil &&
+			(!other || traversable(d))
+	}
 	for _, d := range []string{os.Getenv("RUNTIME_DIRECTORY"), os.Getenv("XDG_RUNTIME_DIR")} {
-		if d != "" && len(d) <= maxNotifyBase && syscall.Access(d, 2|1 /* W_OK|X_OK */) == nil {
+		if ok(d) {
 			return d
 		}
 	}
-	if os.Geteuid() == 0 && syscall.Access("/run", 2|1) == nil {
+	if os.Geteuid() == 0 && ok("/run") {
 		return "/run"
 	}
-	if d := os.TempDir(); len(d) <= maxNotifyBase {
+	if d := os.TempDir(); ok(d) {
 		return d
 	}
 	return "/tmp"
+}
+
+// traversable reports whether every directory from / down to d lets
+// anyone through (the x bit for others).
+func traversable(d string) bool {
+	for p := filepath.Clean(d); ; p = filepath.Dir(p) {
+		fi, err := os.Stat(p)
+		if err != nil || fi.Mode().Perm()&0o001 == 0 {
+			return false
+		}
+		if p == "/" {
+			return true
+		}
+	}
 }
 
 // sweepNotifyDirs removes notify directories in base that this user owns
@@ -89,7 +111,7 @@ func sweepNotifyDirs(base string) {
 // openNotifySocket binds a new notify socket. cred, when workers run as
 // another user, names the group that may enter the directory and send.
 func openNotifySocket(cred *syscall.Credential) (*notifySocket, error) {
-	base := notifyBase()
+	base := notifyBase(cred)
 	sweepNotifyDirs(base)
 	dir, err := os.MkdirTemp(base, notifyDirPrefix) // mode 0700
 	if err != nil {

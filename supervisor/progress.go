@@ -49,7 +49,13 @@ type ctlStream struct {
 func (c *ctlConn) hold(now time.Time) {
 	s := &ctlStream{lines: make(chan []byte, streamBuffer)}
 	c.stream, c.since = s, now
+	if c.writers != nil {
+		c.writers.Add(1)
+	}
 	go func() {
+		if c.writers != nil {
+			defer c.writers.Done()
+		}
 		defer c.conn.Close()
 		ok := true
 		for b := range s.lines {

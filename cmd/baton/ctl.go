@@ -47,6 +47,19 @@ func controlFlags(timeout time.Duration, timeoutUsage string) []cli.Flag {
 // else the only one in the default directory. More than one there is an
 // error: a deploy must not reload whichever service it finds first.
 func controlPath(c *cli.Context) (string, error) {
+	// A stray word before the flags makes cli stop reading flags there,
+	// silently: --pid-file after it would be ignored and the command would
+	// reach another master. Refuse instead.
+	want := 0
+	if c.Command != nil && c.Command.Name == "scale" {
+		want = 1
+	}
+	if c.NArg() > want {
+		return "", &usageError{fmt.Errorf("unexpected argument %q (flags go before it; see baton %s --help)", c.Args().Get(want), c.Command.Name)}
+	}
+	if d := c.Duration("timeout"); d <= 0 {
+		return "", &usageError{fmt.Errorf("--timeout %s: want a positive duration", d)}
+	}
 	if p := c.String("control"); p != "" {
 		return p, nil
 	}

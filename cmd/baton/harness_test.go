@@ -315,10 +315,10 @@ func (b *baton) waitExit(timeout time.Duration) int {
 }
 
 // firstMaster returns the pid of the first master, which the keeper (the
-// process the test started, b.pid) starts and logs.
+// process the test started, b.pid) starts.
 func (b *baton) firstMaster() int {
 	b.t.Helper()
-	return b.log.wait(b.t, "keeper started", nil, 20*time.Second).num("master_pid")
+	return b.log.wait(b.t, "master starting", func(e logEvent) bool { return e["upgrade"] == false }, 20*time.Second).num("master_pid")
 }
 
 // waitReady waits until the generation of this master is serving.

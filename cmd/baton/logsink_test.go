@@ -58,7 +58,9 @@ func TestLogReaderGoneDoesNotKillTheMaster(t *testing.T) {
 	b.signal(syscall.SIGTTIN) // more log lines
 	code, out := b.ctl(t, "reload", "--json")
 	var res control.ReloadResult
-	json.Unmarshal([]byte(out), &res)
+	// JSON lines: the steps, then the result.
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	json.Unmarshal([]byte(lines[len(lines)-1]), &res)
 	*pids = append(*pids, res.NewMasterPID)
 	if code != 0 || res.NewMasterPID == 0 {
 		t.Fatalf("reload with a broken log pipe: exit %d\n%s", code, out)

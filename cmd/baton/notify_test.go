@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -84,5 +85,31 @@ func TestStartAfterSIGKILLedMasterSweepsItsNotifySocket(t *testing.T) {
 	b2.waitReady()
 	if dirs := notifyDirs(t, base); len(dirs) != 2 || slices.Contains(dirs, stale[0]) {
 		t.Fatalf("notify directories %v; want the new keeper's and master's, not %s", dirs, stale[0])
+	}
+}
+
+// Root with a private runtime directory (ssh root@, su -: /run/user/0 is
+// 0700) and workers as another user: the workers must still reach the
+// notify socket, so it is made where they can get through.
+func TestNotifySocketReachableByUserWorkersUnderPrivateRuntimeDir(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("SKIP: needs root for --user nobody")
+	}
+	t.Parallel()
+	// Short, as runtime directories are (a long one is passed over anyway).
+	private, err := os.MkdirTemp("/tmp", "rt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(private) })
+	if err := os.Chmod(private, 0o700); err != nil { // root's, private
+		t.Fatal(err)
+	}
+	// hello must be reachable by nobody: the test binaries' directory is.
+	addr := freeAddr(t)
+	b := startBaton(t, []string{"XDG_RUNTIME_DIR=" + private}, "-l", addr, "--user", "nobody", "-w", "2", "--", bin("hello"))
+	b.waitReady()
+	if body := mustGet(t, addr, "/"); !strings.HasPrefix(body, "hello ") {
+		t.Fatalf("served %q", body)
 	}
 }

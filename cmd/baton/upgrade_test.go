@@ -253,7 +253,9 @@ func TestUpgradeQueuedWhilePreviousGenerationDrains(t *testing.T) {
 	}
 	b.log.wait(t, "previous master exited", func(e logEvent) bool { return e.num("master_pid") == newMaster }, 30*time.Second)
 	// The two signals made one upgrade, to generation 3.
-	b.log.waitFrom(t, from, "handover complete: new generation serving", func(e logEvent) bool { return e.num("generation") == 3 }, 30*time.Second)
+	ho, _ = b.log.waitFrom(t, from, "handover complete: new generation serving", func(e logEvent) bool { return e.num("generation") == 3 }, 30*time.Second)
+	// Once generation 2's master is gone, every new connection reaches 3.
+	b.log.waitFrom(t, from, "previous master exited", func(e logEvent) bool { return e.num("master_pid") == ho.num("master_pid") }, 30*time.Second)
 	if body := mustGet(t, addr, "/"); field(body, "generation") != "3" {
 		t.Fatalf("served %q, want generation 3", body)
 	}

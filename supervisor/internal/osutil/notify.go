@@ -3,10 +3,12 @@ package osutil
 import (
 	"fmt"
 	"net"
+	"time"
 )
 
 // SendNotify sends one sd_notify(3) datagram to addr: a path, or an
-// abstract name written "@name". It does not block beyond the send.
+// abstract name written "@name". It blocks for 100 ms at most (a full queue: the message is dropped
+// with an error).
 // (go-systemd's daemon.SdNotify sends only to $NOTIFY_SOCKET; baton also
 // reports to the old master's socket.)
 func SendNotify(addr, msg string) error {
@@ -15,6 +17,9 @@ func SendNotify(addr, msg string) error {
 		return fmt.Errorf("notify %s: %w", addr, err)
 	}
 	defer c.Close()
+	// A reader that stopped reading (a stalled service manager) fills the
+	// queue; the sender must not hang on it.
+	c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 	if _, err := c.Write([]byte(msg)); err != nil {
 		return fmt.Errorf("notify %s: %w", addr, err)
 	}
