@@ -71,6 +71,8 @@ type Config struct {
 	// Metrics, if set, is the TCP address (HOST:PORT) of the Prometheus
 	// endpoint /metrics, served by the master of record (metrics.go).
 	Metrics string
+	// Rollout is --strategy and the checks of blue-green and canary.
+	Rollout Rollout
 }
 
 var signalNames = map[syscall.Signal]string{
@@ -233,6 +235,9 @@ func (c *Config) Check() error {
 		if err := checkMetricsAddr(c.Metrics); err != nil {
 			return err
 		}
+	}
+	if err := c.Rollout.check(c.Listen); err != nil {
+		return err
 	}
 	for _, m := range c.Compat {
 		if m != "einhorn" && m != "server-starter" {

@@ -124,6 +124,8 @@ func (m *master) onControl(c *ctlConn) {
 			c.reply(control.ScaleResult{OK: true, Previous: prev, Workers: len(m.slots)})
 		}
 		c.close()
+	case control.CmdPromote, control.CmdRollback:
+		m.onRolloutCmd(c)
 	case control.CmdStop:
 		c.reply(control.StopAck{OK: true, MasterPID: m.self, KeeperPID: m.keeperPID()})
 		// Held open: the client sees EOF when this process exits.

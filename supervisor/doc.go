@@ -22,6 +22,12 @@
 //	progress.go   a reload's progress lines, and a new master's steps sent
 //	              to the old master that streams them
 //	metrics.go    --metrics: Prometheus exposition, carried across masters
+//	strategy.go   --strategy and the rollout flags, their checks
+//	bluegreen.go  blue-green and canary, both ends: candidate, checks in
+//	              order, switch, bake, promote, rollback; orders to the
+//	              new master on its notify socket
+//	checks.go     the health check, the smoke test and its relay, which
+//	              reach only the candidate; emptying an accept queue
 //	control.go    the master's side of the control protocol (package
 //	              control has the wire types and the client)
 //	systemd.go    sd_notify to the service manager, watchdog
@@ -39,7 +45,8 @@
 //	config.go     Config, its checks, and ConfigError
 //
 // Sub-packages: control (protocol and client), sockets (the master's side
-// of the listening sockets), internal/osutil (/proc, own fds, sd_notify
+// of the listening sockets; reuseport.go: per-generation sockets and the
+// BPF program that steers between them), internal/osutil (/proc, own fds, sd_notify
 // sending).
 //
 // Signals and what the loop does with them:

@@ -1,6 +1,9 @@
 package supervisor
 
-import "syscall"
+import (
+	"syscall"
+	"time"
+)
 
 // event is something for the master's loop to handle. The set is sealed
 // (isEvent is unexported): every kind is declared here, and each names the
@@ -35,6 +38,20 @@ type (
 		h            *hookRun
 		stream, line string
 	}
+	// Blue-green and canary (bluegreen.go).
+	evCheckDone struct {
+		c      *candidate
+		stage  stage
+		err    error
+		output []string // a smoke test's last output lines
+	}
+	evBakeDone       struct{ c *candidate }
+	evBakeHealth     struct{ c *candidate }
+	evSwitchBackWait struct{}
+	evQueueIdle      struct {
+		left   int // connections still queued at the bound
+		waited time.Duration
+	}
 )
 
 func (evSignal) isEvent()         {}
@@ -54,3 +71,8 @@ func (evAcceptCheck) isEvent()    {}
 func (evHookExit) isEvent()       {}
 func (evHookTimeout) isEvent()    {}
 func (evHookOutput) isEvent()     {}
+func (evCheckDone) isEvent()      {}
+func (evBakeDone) isEvent()       {}
+func (evBakeHealth) isEvent()     {}
+func (evSwitchBackWait) isEvent() {}
+func (evQueueIdle) isEvent()      {}

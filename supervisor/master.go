@@ -72,6 +72,7 @@ type master struct {
 	hook         *hookRun      // the --before-upgrade command while it runs (hook.go)
 	prog         progressState // progress.go
 	met          *metrics      // metrics.go
+	rollout      rolloutState  // blue-green and canary (bluegreen.go)
 }
 
 // newMaster returns a master that has started nothing. gen is its
@@ -132,7 +133,8 @@ func Run(cfg Config) error {
 		// The new master rolls itself back after the ready timeout and a
 		// drain of what it started (PEERS P17); tableflip must not SIGKILL
 		// it first.
-		UpgradeTimeout: cfg.ReadyTimeout + cfg.DrainTimeout + 10*time.Second,
+		UpgradeTimeout: cfg.ReadyTimeout + cfg.DrainTimeout + 10*time.Second +
+			cfg.Rollout.upgradeTimeout(cfg.ReadyTimeout, cfg.DrainTimeout),
 	})
 	if err != nil {
 		return fmt.Errorf("init upgrader: %w", err)
@@ -203,7 +205,13 @@ func (m *master) setup() error {
 		}
 	}
 	reg := m.upg.Registry()
-	lns, err := sockets.Open(reg, m.cfg.Listen, act)
+	var lns *sockets.Set
+	var err error
+	if st := m.cfg.Rollout.Strategy; st.steered() {
+		lns, err = m.openGroup(act)
+	} else {
+		lns, err = sockets.Open(reg, m.cfg.Listen, act)
+	}
 	if err != nil {
 		return err
 	}
@@ -433,6 +441,16 @@ func (m *master) handle(ev event) {
 		m.onHookTimeout(ev.h)
 	case evHookOutput:
 		m.onHookOutput(ev.h, ev.stream, ev.line)
+	case evCheckDone:
+		m.onCheckDone(ev)
+	case evBakeDone:
+		m.onBakeDone(ev.c)
+	case evBakeHealth:
+		m.onBakeHealth(ev.c)
+	case evSwitchBackWait:
+		m.onSwitchBackWait()
+	case evQueueIdle:
+		m.onQueueIdle(ev)
 	}
 	m.syncMetrics()
 }
@@ -487,9 +505,11 @@ func (m *master) stop(trigger string) {
 			m.bootErr = nil // a plain start interrupted by the operator is a clean stop
 		}
 		m.reportFailure("new master received " + trigger + " before its workers were ready")
-	} else {
-		m.sdNotify("STOPPING=1")
+		m.phase = phaseStopping
+		m.drainCandidate()
+		return
 	}
+	m.sdNotify("STOPPING=1")
 	m.phase = phaseStopping
 	m.stopHook(m.cfg.DrainSignal)
 	m.dropQueued("master stopping (" + trigger + ")")
@@ -509,7 +529,9 @@ func (m *master) bootDone() {
 	m.reportReady(res)
 	m.step(control.Progress{Event: control.EvGenerationReady, Count: len(m.slots), DurationMS: ms(workers),
 		Message: fmt.Sprintf("all %d workers ready after %s; handing over", len(m.slots), workers.Round(time.Millisecond))})
-	m.prog.forwarding.Store(false)
+	// Output the workers wrote before they were ready may still be in
+	// their pipes' readers: forward a moment longer.
+	time.AfterFunc(250*time.Millisecond, func() { m.prog.forwarding.Store(false) })
 	if err := m.upg.Ready(); err != nil {
 		m.bootFailed(fmt.Errorf("%w: %w", ErrBootFailed, err), "could not signal readiness: "+err.Error())
 		return
@@ -544,7 +566,7 @@ func (m *master) bootFailed(err error, reason string) {
 	m.bootErr = err
 	m.reportFailure(reason)
 	m.phase = phaseStopping
-	m.drainAll()
+	m.drainCandidate()
 }
 
 // onNotify handles one sd_notify datagram, attributed by the kernel to the
@@ -558,6 +580,9 @@ func (m *master) onNotify(msg notifyMsg) {
 		// The new master may be gone (and reaped) by the time its report is
 		// read, so it is known by the token it was given, not by its pid.
 		if t := msg.fields[reportToken]; t != "" && t == m.up.token && m.onChildReport(msg.pid, msg.fields) {
+			return
+		}
+		if t := msg.fields[reportToken]; t != "" && t == m.up.parentToken && m.onParentOrder(msg.fields) {
 			return
 		}
 		m.log.Warn("notify message from unknown process ignored", zap.Int("sender_pid", msg.pid))

@@ -138,6 +138,8 @@ func (m *master) requestUpgrade(trigger string, wait bool) string {
 	default:
 		if err := m.preflight(); err != nil {
 			why = "pre-flight check failed (" + err.Error() + ")"
+		} else if err := m.prepareRollout(); err != nil {
+			why = "cannot steer connections (" + err.Error() + ")"
 		}
 	}
 	if why != "" {
@@ -234,8 +236,15 @@ func (m *master) onUpgradeDone(err error) {
 		runtime.GC()
 		res := control.ReloadResult{Code: control.ReloadRollback, OldMasterPID: m.self, Generation: m.gen + 1,
 			Reason: u.reason, Stderr: u.stderr, TotalMS: ms(took), HookMS: ms(u.hookTook), WaitedMS: ms(u.waited)}
+		m.rolloutDone(err, &res)
+		if res.Reason == "" {
+			res.Reason = m.up.reason
+		}
 		if res.Reason == "" {
 			res.Reason = "new master failed: " + err.Error()
+		}
+		if len(res.Stderr) == 0 {
+			res.Stderr = u.stderr
 		}
 		if m.phase != phaseServing {
 			m.log.Info("upgrade abandoned", zap.String("reason", res.Reason))
@@ -256,6 +265,7 @@ func (m *master) onUpgradeDone(err error) {
 	}
 	res.OK, res.Code, res.OldMasterPID = true, control.ReloadOK, m.self
 	res.HookMS, res.WaitedMS = ms(u.hookTook), ms(u.waited)
+	m.rolloutDone(nil, &res)
 	m.log.Info("handed over to new master: draining old generation",
 		zap.Int("new_master_pid", res.NewMasterPID), zap.Duration("handover", took),
 		zap.Float64("workers_starting_ms", res.WorkersStartingMS), zap.Int("workers", len(m.procs)))
@@ -279,7 +289,7 @@ func (m *master) onUpgradeDone(err error) {
 			u.accepting[w] = true
 		}
 	}
-	m.drainAll()
+	m.drainWhenIdle() // blue-green: once the old socket's queue is empty
 	m.progress(control.Progress{Event: control.EvHandover, PID: res.NewMasterPID, Count: len(m.procs),
 		Message: fmt.Sprintf("new master %d serving generation %d; draining %d old workers", res.NewMasterPID, res.Generation, len(m.procs))})
 	if len(u.accepting) == 0 {
@@ -342,6 +352,11 @@ func (m *master) onChildReport(pid int, fields map[string]string) bool {
 		if s, ok := fields[reportStderr]; ok {
 			json.Unmarshal([]byte(s), &u.stderr)
 		}
+		m.onChildFailed(reason)
+		return true
+	}
+	if _, ok := fields[reportCandidate]; ok {
+		m.onCandidate(pid, fields)
 		return true
 	}
 	if js, ok := fields[reportProgress]; ok {

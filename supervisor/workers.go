@@ -160,7 +160,7 @@ func (m *master) markReady(w *worker) {
 	m.step(control.Progress{Event: control.EvWorkerReady, Worker: intp(w.index), PID: w.pid, DurationMS: ms(startup),
 		Message: fmt.Sprintf("worker %d ready (pid %d) after %s", w.index, w.pid, startup.Round(time.Millisecond))})
 	if m.phase == phaseBooting && m.allReady() {
-		m.bootDone()
+		m.generationReady()
 	}
 }
 

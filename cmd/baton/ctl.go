@@ -171,7 +171,32 @@ func reloadCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 	}
 }
 
+// rolloutCommand is baton promote and baton rollback.
+func rolloutCommand(cmd control.Cmd, onUsage cli.OnUsageErrorFunc) *cli.Command {
+	usage := "end the bake of a blue-green or canary upgrade now: every new connection to the new generation"
+	if cmd == control.CmdRollback {
+		usage = "during a blue-green or canary upgrade: every new connection back to the old generation at once; the new one drains"
+	}
+	return &cli.Command{
+		Name:         string(cmd),
+		Usage:        usage,
+		Flags:        controlFlags(10*time.Second, "how long to wait for the master's answer"),
+		OnUsageError: onUsage,
+		Action: func(c *cli.Context) error {
+			var ack control.RolloutAck
+			conn, err := call(c, cmd, &ack)
+			if err != nil {
+				return err
+			}
+			conn.Close()
+			fmt.Printf("%s: generation %d (was in %s); baton reload reports the outcome\n", cmd, ack.Generation, ack.Stage)
+			return nil
+		},
+	}
+}
+
 func printReload(w io.Writer, res control.ReloadResult) {
+	defer printSteps(w, res)
 	switch res.Code {
 	case control.ReloadOK:
 		fmt.Fprintf(w, "reload ok: generation %d serving, master %d -> %d, handover %.1f ms (workers starting %.1f ms, baton %.1f ms)\n",
@@ -187,6 +212,17 @@ func printReload(w io.Writer, res control.ReloadResult) {
 		}
 	default:
 		fmt.Fprintf(w, "reload not started: %s\n", res.Reason)
+	}
+}
+
+// printSteps lists a blue-green or canary upgrade's steps.
+func printSteps(w io.Writer, res control.ReloadResult) {
+	if len(res.Steps) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "%s steps:\n", res.Strategy)
+	for _, s := range res.Steps {
+		fmt.Fprintf(w, "  %8.1f ms  %-12s %s\n", s.AtMS, s.Name, s.Detail)
 	}
 }
 

@@ -157,9 +157,15 @@ func TestMakeInstallThenTheReadmeExamples(t *testing.T) {
 	}
 
 	// Without a baton to run, deploy.sh stops before touching current.
+	// (A copy with no baton installed beside it: the installed one finds
+	// PREFIX/bin/baton.)
+	lone := filepath.Join(t.TempDir(), "deploy.sh")
+	if b, err := os.ReadFile(deploy); err != nil || os.WriteFile(lone, b, 0o755) != nil {
+		t.Fatal(err)
+	}
 	before, _ := os.Readlink(filepath.Join(app, "current"))
 	code, out = runIn(t, []string{"PATH=/usr/bin:/bin", "APP_ROOT=" + app, "BATON=", "BATON_PID_FILE=" + pidFile},
-		deploy, filepath.Join(app, "releases", "1"))
+		lone, filepath.Join(app, "releases", "1"))
 	after, _ := os.Readlink(filepath.Join(app, "current"))
 	if code == 0 || !strings.Contains(out, "baton not found") || !strings.Contains(out, "nothing changed") || after != before {
 		t.Errorf("deploy.sh without baton: exit %d, current %s -> %s:\n%s", code, before, after, out)

@@ -105,6 +105,7 @@ func newApp() *cli.App {
 			return &usageError{errors.New("no command given (see baton --help)")}
 		},
 		Commands: []*cli.Command{runCommand(onUsage), reloadCommand(onUsage), statusCommand(onUsage), scaleCommand(onUsage), stopCommand(onUsage),
+			rolloutCommand(control.CmdPromote, onUsage), rolloutCommand(control.CmdRollback, onUsage),
 			verifyCommand(onUsage), completionCommand(), manCommand()},
 	}
 }
@@ -156,6 +157,20 @@ func runFlags() []cli.Flag {
 			Usage: "run --before-upgrade before the first generation starts too (failing it, baton exits 1)"},
 		&cli.StringFlag{Name: "metrics", EnvVars: env("metrics"),
 			Usage: "serve Prometheus metrics at http://ADDRESS/metrics (HOST:PORT, e.g. 127.0.0.1:9101), from whichever master serves"},
+		&cli.StringFlag{Name: "strategy", Value: "shared", EnvVars: env("strategy"),
+			Usage: "how a new generation takes over: shared (same sockets, works everywhere), blue-green (own sockets, checked while no user reaches it, then switched at once) or canary (as blue-green, a share of users during the bake)"},
+		&cli.StringFlag{Name: "health-check", EnvVars: env("health-check"),
+			Usage: "blue-green/canary: probe the new generation before the switch and during the bake: http:/PATH (2xx passes) or tcp"},
+		&cli.DurationFlag{Name: "health-interval", Value: time.Second, EnvVars: env("health-interval"),
+			Usage: "blue-green/canary: time between health checks during the bake"},
+		&cli.StringFlag{Name: "smoke-test", EnvVars: env("smoke-test"),
+			Usage: "blue-green/canary: command run by /bin/sh -c before the switch, with BATON_CANDIDATE=HOST:PORT reaching only the new generation; non-zero exit rolls back"},
+		&cli.DurationFlag{Name: "smoke-timeout", Value: time.Minute, EnvVars: env("smoke-timeout"),
+			Usage: "blue-green/canary: how long the smoke test may run"},
+		&cli.DurationFlag{Name: "bake", EnvVars: env("bake"),
+			Usage: "blue-green/canary: keep the old generation warm this long after the switch (baton promote ends it, baton rollback goes back)"},
+		&cli.IntFlag{Name: "canary-weight", Value: 10, EnvVars: env("canary-weight"),
+			Usage: "canary: percent of new connections the new generation gets during the bake"},
 	}
 }
 
@@ -217,7 +232,20 @@ func configFrom(c *cli.Context) (supervisor.Config, error) {
 			return cfg, &supervisor.ConfigError{Flag: "--" + d, Value: c.Duration(d).String(), Msg: "want a positive duration"}
 		}
 	}
+	strategy, err := supervisor.ParseStrategy(c.String("strategy"))
+	if err != nil {
+		return cfg, err
+	}
+	hc, err := supervisor.ParseHealthCheck(c.String("health-check"))
+	if err != nil {
+		return cfg, err
+	}
 	cfg = supervisor.Config{
+		Rollout: supervisor.Rollout{
+			Strategy: strategy, HealthCheck: hc, HealthInterval: c.Duration("health-interval"),
+			SmokeTest: c.String("smoke-test"), SmokeTimeout: c.Duration("smoke-timeout"),
+			Bake: c.Duration("bake"), CanaryWeight: c.Int("canary-weight"),
+		},
 		Listen:       specs,
 		Workers:      c.Int("workers"),
 		Ready:        ready,

@@ -286,8 +286,12 @@ func (b *bench) phases(ctx context.Context, rep *report) error {
 	}
 	if o.upgrades > 0 {
 		b.progress("upgrades: %d every %s, %d workers, concurrency %d + %d slow clients", o.upgrades, o.interval, o.workers, o.concurrency, o.slowClients)
-		if rep.Upgrades, err = b.upgradesPhase(ctx); err != nil {
+		if rep.Upgrades, err = b.upgradesPhase(ctx, "shared"); err != nil {
 			return fmt.Errorf("upgrades: %w", err)
+		}
+		b.progress("upgrades with --strategy blue-green: the same, each generation on its own socket, switched by BPF")
+		if rep.UpgradesBlueGreen, err = b.upgradesPhase(ctx, "blue-green"); err != nil {
+			return fmt.Errorf("blue-green upgrades: %w", err)
 		}
 	}
 	if !o.skipNaive && o.naiveRestarts > 0 {

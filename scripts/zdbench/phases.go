@@ -281,15 +281,19 @@ type upgradesResult struct {
 	Late           int             `json:"upgrades_late"`
 	Masters        mastersSummary  `json:"masters"`
 	List           []upgradeRec    `json:"upgrades"`
+	Strategy       string          `json:"strategy"`
+	Switch         loadgen.Dist    `json:"switch_ms"` // blue-green: USR2 received -> users switched
 }
 
 // upgradesPhase upgrades baton every interval while clients of every kind
 // keep it busy, and checks that nobody notices.
-func (b *bench) upgradesPhase(ctx context.Context) (*upgradesResult, error) {
+// strategy is baton's --strategy: shared or blue-green.
+func (b *bench) upgradesPhase(ctx context.Context, strategy string) (*upgradesResult, error) {
 	o := b.opts
 	res := &upgradesResult{Workers: o.workers, Concurrency: o.concurrency, KeepAlive: o.keepAlive,
-		SlowClients: o.slowClients, SlowMS: o.slowMS, IntervalMS: msOf(o.interval), Requested: o.upgrades}
-	p, err := b.startBaton(ctx, o.workers, nil)
+		SlowClients: o.slowClients, SlowMS: o.slowMS, IntervalMS: msOf(o.interval), Requested: o.upgrades,
+		Strategy: strategy}
+	p, err := b.startBaton(ctx, o.workers, nil, "--strategy", strategy)
 	if p != nil {
 		defer func() { b.noteErr(p.stop()) }()
 	}
@@ -357,7 +361,7 @@ func (b *bench) upgradesPhase(ctx context.Context) (*upgradesResult, error) {
 		}
 	}
 	var wins []loadgen.Window
-	var firstNew, lastOld, total, starting, part, drain []float64
+	var firstNew, lastOld, total, starting, part, drain, switched []float64
 	for i, h := range hs {
 		rec := upgradeRec{
 			N: i + 1, OldGeneration: h.oldGen, NewGeneration: h.newGen, OldMaster: h.oldPID,
@@ -388,6 +392,9 @@ func (b *bench) upgradesPhase(ctx context.Context) (*upgradesResult, error) {
 			rec.LoggedMS = msOf(h.logged.Sub(h.sent))
 			rec.TotalMS, rec.AppStartupMS, rec.BatonMS = h.totalMS, h.startingMS, h.batonMS
 			total, starting, part = append(total, h.totalMS), append(starting, h.startingMS), append(part, h.batonMS)
+			if h.switchMS > 0 {
+				switched = append(switched, h.switchMS)
+			}
 			if !h.parentGone.IsZero() {
 				rec.OldDrainMS = msOf(h.parentGone.Sub(h.logged))
 				drain = append(drain, rec.OldDrainMS)
@@ -412,6 +419,7 @@ func (b *bench) upgradesPhase(ctx context.Context) (*upgradesResult, error) {
 		res.List = append(res.List, rec)
 	}
 	res.FirstNew, res.LastOld = loadgen.DistOf(firstNew), loadgen.DistOf(lastOld)
+	res.Switch = loadgen.DistOf(switched)
 	res.LogTotal, res.AppStartup, res.BatonPart, res.OldDrain = loadgen.DistOf(total), loadgen.DistOf(starting), loadgen.DistOf(part), loadgen.DistOf(drain)
 
 	res.Load, res.Slow, res.Probe = countsOf(out.Main), countsOf(out.Slow), countsOf(out.Probe)

@@ -29,6 +29,7 @@ const (
 	msgUpgradeFail  = "upgrade failed: old generation keeps serving"
 	msgRefused      = "upgrade refused"
 	msgParentExited = "previous master exited"
+	msgSwitched     = "users switched to the new generation" // blue-green
 	msgDrained      = "worker drained"
 )
 
@@ -208,6 +209,7 @@ type handover struct {
 	ok             bool
 	failure        string
 	totalMS        float64 // from the log: USR2 received -> new generation serving
+	switchMS       float64 // blue-green, from the log: USR2 received -> users switched
 	startingMS     float64 // from the log: first worker spawned -> all ready
 	batonMS        float64 // from the log: total - starting
 	killedWorkers  int     // old workers killed at the drain timeout
@@ -221,7 +223,7 @@ var pidFileSeq int
 
 // startBaton starts "baton run" with workers workers of hello on a fresh
 // loopback port and waits until its first generation serves.
-func (b *bench) startBaton(ctx context.Context, workers int, env []string) (*batonProc, error) {
+func (b *bench) startBaton(ctx context.Context, workers int, env []string, args ...string) (*batonProc, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -240,8 +242,8 @@ func (b *bench) startBaton(ctx context.Context, workers int, env []string) (*bat
 	}
 	cmd := exec.Command(b.bin.baton, "run", "-l", addr, "-w", strconv.Itoa(workers),
 		"--pid-file", p.pidFile, "--log-format", "json",
-		"--ready-timeout", readyTimeout.String(), "--drain-timeout", drainTimeout.String(),
-		"--", b.bin.hello)
+		"--ready-timeout", readyTimeout.String(), "--drain-timeout", drainTimeout.String())
+	cmd.Args = append(append(cmd.Args, args...), "--", b.bin.hello)
 	cmd.Env = append(childEnv(), env...)
 	cmd.Stdout, cmd.Stderr = w, w
 	// Its own process group: a Ctrl-C on the terminal reaches only zdbench,
@@ -307,6 +309,11 @@ func (p *batonProc) upgrade(ctx context.Context) (handover, error) {
 	h.logged = ev.at
 	h.newPID = ev.int("master_pid")
 	h.totalMS, h.startingMS, h.batonMS = ev.num("total"), ev.num("workers_starting"), ev.num("baton")
+	for _, e := range p.log.slice(from, idx) {
+		if e.msg() == msgSwitched && e.int("master_pid") == h.oldPID {
+			h.switchMS = e.num("since_upgrade")
+		}
+	}
 	p.master, p.gen = h.newPID, h.newGen
 	// The pid file names the keeper for the service's whole life.
 	h.pidFileOK = waitPIDFile(ctx, p.pidFile, p.keeper, 5*time.Second)

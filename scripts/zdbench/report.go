@@ -19,12 +19,14 @@ type report struct {
 	Direct   *steadySide     `json:"direct,omitempty"`
 	Steady   *steadyResult   `json:"steady,omitempty"`
 	Upgrades *upgradesResult `json:"upgrades,omitempty"`
-	Naive    *naiveResult    `json:"naive,omitempty"`
-	Scaling  []scalingRow    `json:"scaling,omitempty"`
-	Peers    *peersResult    `json:"peers,omitempty"`
-	Targets  []target        `json:"targets"`
-	Notes    []string        `json:"notes,omitempty"`
-	Error    string          `json:"error,omitempty"`
+	// The same upgrades with --strategy blue-green, beside shared.
+	UpgradesBlueGreen *upgradesResult `json:"upgrades_blue_green,omitempty"`
+	Naive             *naiveResult    `json:"naive,omitempty"`
+	Scaling           []scalingRow    `json:"scaling,omitempty"`
+	Peers             *peersResult    `json:"peers,omitempty"`
+	Targets           []target        `json:"targets"`
+	Notes             []string        `json:"notes,omitempty"`
+	Error             string          `json:"error,omitempty"`
 }
 
 type config struct {
@@ -193,72 +195,10 @@ func printReport(w io.Writer, r *report) {
 	}
 
 	if u := r.Upgrades; u != nil {
-		fmt.Fprintf(w, "\n3. Upgrades under load: %d workers, %d upgrades every %s; concurrency %d (%.0f%% keep-alive) + %d slow clients (/?sleep=%d) + 1 probe\n",
-			u.Workers, u.Requested, time.Duration(u.IntervalMS*float64(time.Millisecond)), u.Concurrency, u.KeepAlive*100, u.SlowClients, u.SlowMS)
-		fmt.Fprintf(w, "  handed over: %d/%d", u.HandedOver, u.Requested)
-		if u.Late > 0 {
-			fmt.Fprintf(w, " (%d sent more than 50 ms after their due time: the previous old generation was still draining)", u.Late)
-		}
-		fmt.Fprintln(w)
-		tw := table(w)
-		fmt.Fprintf(tw, "  requests\ttotal\tfailed\t%s\tretried\t\n", strings.Join(failureKinds, "\t"))
-		for _, row := range []struct {
-			name string
-			c    requestCounts
-		}{{"all", u.Total}, {"load", u.Load}, {"slow", u.Slow}, {"probe", u.Probe}} {
-			fmt.Fprintf(tw, "  %s\t%d\t%d\t", row.name, row.c.Requests, row.c.Failed)
-			for _, k := range failureKinds {
-				fmt.Fprintf(tw, "%d\t", row.c.ByKind[k])
-			}
-			fmt.Fprintf(tw, "%d\t\n", row.c.Retried)
-		}
-		tw.Flush()
-		if len(u.Total.Examples) > 0 {
-			fmt.Fprintf(w, "  first failures: %q\n", u.Total.Examples)
-		}
-		tw = table(w)
-		fmt.Fprintln(tw, "  latency (load clients)\trequests\tp50\tp99\tmax\t")
-		fmt.Fprintf(tw, "  steady state\t%d\t%s\t%s\t%s\t\n", u.LatencySteady.N, ms(u.LatencySteady.P50), ms(u.LatencySteady.P99), ms(u.LatencySteady.Max))
-		fmt.Fprintf(tw, "  USR2 .. handover+1s\t%d\t%s\t%s\t%s\t\n", u.LatencyUpgrade.N, ms(u.LatencyUpgrade.P50), ms(u.LatencyUpgrade.P99), ms(u.LatencyUpgrade.Max))
-		tw.Flush()
-		tw = table(w)
-		fmt.Fprintln(tw, "  handover (ms, over upgrades)\tmedian\tp90\tmax\t")
-		for _, row := range []struct {
-			name string
-			d    loadgen.Dist
-		}{
-			{"USR2 sent -> first response of new generation (fresh conn.)", u.FirstNew},
-			{"USR2 sent -> last response of old generation (fresh conn.)", u.LastOld},
-			{"total (log: USR2 received -> new generation serving)", u.LogTotal},
-			{"  app start-up (log: workers_starting)", u.AppStartup},
-			{"  baton's part (total - app start-up)", u.BatonPart},
-			{"old generation drain (handover -> old master exited)", u.OldDrain},
-		} {
-			fmt.Fprintf(tw, "  %s\t%.1f\t%.1f\t%.1f\t\n", row.name, row.d.Median, row.d.P90, row.d.Max)
-		}
-		tw.Flush()
-		mm := u.Masters
-		fmt.Fprintf(w, "  new masters once alone: fds first %d, last %d (min %d, max %d); RSS first %.1f MB, last %.1f MB, max %.1f MB\n",
-			mm.FDsFirst, mm.FDsLast, mm.FDsMin, mm.FDsMax, mm.RSSFirstMB, mm.RSSLastMB, mm.RSSMaxMB)
-		if mm.FDGrowth {
-			fmt.Fprintf(w, "  fd kinds first: %v; last: %v\n", mm.FDKindsFirst, mm.FDKindsLast)
-		}
-		var bad []string
-		for _, rec := range u.List {
-			if !rec.HandedOver || rec.FailedInWindow > 0 {
-				s := fmt.Sprintf("#%d", rec.N)
-				if rec.Failure != "" {
-					s += " (" + rec.Failure + ")"
-				}
-				if rec.FailedInWindow > 0 {
-					s += fmt.Sprintf(" %d failed requests", rec.FailedInWindow)
-				}
-				bad = append(bad, s)
-			}
-		}
-		if len(bad) > 0 {
-			fmt.Fprintf(w, "  upgrades with problems: %s\n", strings.Join(bad, ", "))
-		}
+		printUpgrades(w, "3", u)
+	}
+	if u := r.UpgradesBlueGreen; u != nil {
+		printUpgrades(w, "3b", u)
 	}
 
 	if n := r.Naive; n != nil {
@@ -466,4 +406,82 @@ func writeJSON(path string, r *report) error {
 		return fmt.Errorf("write results: %w", err)
 	}
 	return nil
+}
+
+func strategyOf(u *upgradesResult) string {
+	if u.Strategy == "" {
+		return "shared"
+	}
+	return u.Strategy
+}
+
+// printUpgrades prints one upgrades phase; num is its section number.
+func printUpgrades(w io.Writer, num string, u *upgradesResult) {
+	fmt.Fprintf(w, "\n%s. Upgrades under load (--strategy %s): %d workers, %d upgrades every %s; concurrency %d (%.0f%% keep-alive) + %d slow clients (/?sleep=%d) + 1 probe\n",
+		num, strategyOf(u), u.Workers, u.Requested, time.Duration(u.IntervalMS*float64(time.Millisecond)), u.Concurrency, u.KeepAlive*100, u.SlowClients, u.SlowMS)
+	fmt.Fprintf(w, "  handed over: %d/%d", u.HandedOver, u.Requested)
+	if u.Late > 0 {
+		fmt.Fprintf(w, " (%d sent more than 50 ms after their due time: the previous old generation was still draining)", u.Late)
+	}
+	fmt.Fprintln(w)
+	tw := table(w)
+	fmt.Fprintf(tw, "  requests\ttotal\tfailed\t%s\tretried\t\n", strings.Join(failureKinds, "\t"))
+	for _, row := range []struct {
+		name string
+		c    requestCounts
+	}{{"all", u.Total}, {"load", u.Load}, {"slow", u.Slow}, {"probe", u.Probe}} {
+		fmt.Fprintf(tw, "  %s\t%d\t%d\t", row.name, row.c.Requests, row.c.Failed)
+		for _, k := range failureKinds {
+			fmt.Fprintf(tw, "%d\t", row.c.ByKind[k])
+		}
+		fmt.Fprintf(tw, "%d\t\n", row.c.Retried)
+	}
+	tw.Flush()
+	if len(u.Total.Examples) > 0 {
+		fmt.Fprintf(w, "  first failures: %q\n", u.Total.Examples)
+	}
+	tw = table(w)
+	fmt.Fprintln(tw, "  latency (load clients)\trequests\tp50\tp99\tmax\t")
+	fmt.Fprintf(tw, "  steady state\t%d\t%s\t%s\t%s\t\n", u.LatencySteady.N, ms(u.LatencySteady.P50), ms(u.LatencySteady.P99), ms(u.LatencySteady.Max))
+	fmt.Fprintf(tw, "  USR2 .. handover+1s\t%d\t%s\t%s\t%s\t\n", u.LatencyUpgrade.N, ms(u.LatencyUpgrade.P50), ms(u.LatencyUpgrade.P99), ms(u.LatencyUpgrade.Max))
+	tw.Flush()
+	tw = table(w)
+	fmt.Fprintln(tw, "  handover (ms, over upgrades)\tmedian\tp90\tmax\t")
+	for _, row := range []struct {
+		name string
+		d    loadgen.Dist
+	}{
+		{"USR2 sent -> first response of new generation (fresh conn.)", u.FirstNew},
+		{"USR2 sent -> last response of old generation (fresh conn.)", u.LastOld},
+		{"total (log: USR2 received -> new generation serving)", u.LogTotal},
+		{"  app start-up (log: workers_starting)", u.AppStartup},
+		{"  baton's part (total - app start-up)", u.BatonPart},
+		{"old generation drain (handover -> old master exited)", u.OldDrain},
+		{"blue-green: users switched (log: USR2 received -> switch)", u.Switch},
+	} {
+		fmt.Fprintf(tw, "  %s\t%.1f\t%.1f\t%.1f\t\n", row.name, row.d.Median, row.d.P90, row.d.Max)
+	}
+	tw.Flush()
+	mm := u.Masters
+	fmt.Fprintf(w, "  new masters once alone: fds first %d, last %d (min %d, max %d); RSS first %.1f MB, last %.1f MB, max %.1f MB\n",
+		mm.FDsFirst, mm.FDsLast, mm.FDsMin, mm.FDsMax, mm.RSSFirstMB, mm.RSSLastMB, mm.RSSMaxMB)
+	if mm.FDGrowth {
+		fmt.Fprintf(w, "  fd kinds first: %v; last: %v\n", mm.FDKindsFirst, mm.FDKindsLast)
+	}
+	var bad []string
+	for _, rec := range u.List {
+		if !rec.HandedOver || rec.FailedInWindow > 0 {
+			s := fmt.Sprintf("#%d", rec.N)
+			if rec.Failure != "" {
+				s += " (" + rec.Failure + ")"
+			}
+			if rec.FailedInWindow > 0 {
+				s += fmt.Sprintf(" %d failed requests", rec.FailedInWindow)
+			}
+			bad = append(bad, s)
+		}
+	}
+	if len(bad) > 0 {
+		fmt.Fprintf(w, "  upgrades with problems: %s\n", strings.Join(bad, ", "))
+	}
 }

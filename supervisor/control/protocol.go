@@ -17,6 +17,9 @@
 // key) and one final ReloadResult line (it has none). A master older than
 // the Progress lines sends the final line alone, which clients accept.
 //
+//	{"cmd":"promote"}            -> RolloutAck: end the bake of a blue-green or canary upgrade now
+//	{"cmd":"rollback"}           -> RolloutAck: send users back to the old generation, drop the new one
+//
 // Any request may instead be answered by a Refusal (ok false, code 2), for
 // example from a peer of another user or for a malformed line.
 package control
@@ -37,10 +40,30 @@ const (
 	CmdReload Cmd = "reload"
 	CmdScale  Cmd = "scale"
 	CmdStop   Cmd = "stop"
+	// CmdPromote and CmdRollback act on a blue-green or canary upgrade
+	// under way (its checks or its bake).
+	CmdPromote  Cmd = "promote"
+	CmdRollback Cmd = "rollback"
 )
 
 // Commands lists every command the master answers.
-var Commands = []Cmd{CmdStatus, CmdReload, CmdScale, CmdStop}
+var Commands = []Cmd{CmdStatus, CmdReload, CmdScale, CmdStop, CmdPromote, CmdRollback}
+
+// RolloutAck answers promote and rollback: the order is given; the reload
+// request, if any, reports the outcome.
+type RolloutAck struct {
+	OK         bool   `json:"ok"`
+	Generation int    `json:"generation"` // the new generation
+	Stage      string `json:"stage"`      // where the upgrade was: checking, smoke-test, bake
+}
+
+// Step is one stage of an upgrade as baton reload reports it. AtMS is
+// milliseconds since the upgrade began.
+type Step struct {
+	Name   string  `json:"name"` // ready, health-check, smoke-test, switch, bake, promote, rollback
+	AtMS   float64 `json:"at_ms"`
+	Detail string  `json:"detail,omitempty"`
+}
 
 // Request is a client's request line.
 type Request struct {
@@ -75,8 +98,14 @@ type ReloadResult struct {
 	TotalMS           float64  `json:"total_ms,omitempty"`
 	WorkersStartingMS float64  `json:"workers_starting_ms,omitempty"`
 	BatonMS           float64  `json:"baton_ms,omitempty"`
-	HookMS            float64  `json:"hook_ms,omitempty"`   // the --before-upgrade command, before TotalMS began
-	WaitedMS          float64  `json:"waited_ms,omitempty"` // waiting for the previous generation's drain, before the hook
+	// Blue-green and canary only: the strategy, each step taken, and when
+	// users were switched to the new generation (ms since the upgrade
+	// began; 0 if never).
+	Strategy string  `json:"strategy,omitempty"`
+	Steps    []Step  `json:"steps,omitempty"`
+	SwitchMS float64 `json:"switch_ms,omitempty"`
+	HookMS   float64 `json:"hook_ms,omitempty"`   // the --before-upgrade command, before TotalMS began
+	WaitedMS float64 `json:"waited_ms,omitempty"` // waiting for the previous generation's drain, before the hook
 }
 
 // Progress events, in the order an upgrade emits them. Worker events come

@@ -5,5 +5,7 @@
 // of binding again (Open), adopts sockets systemd passed to baton itself
 // (TakeActivated), and lays them out for workers in the systemd
 // socket-activation order: fd 3, 4, … in --listen order (Set.Files).
-// The worker's side is package listener.
+// For blue-green and canary, OpenGroup binds a generation's own sockets in a
+// SO_REUSEPORT group instead, and Steer builds the program that picks one
+// (reuseport.go). The worker's side is package listener.
 package sockets

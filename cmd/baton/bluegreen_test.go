@@ -1,0 +1,349 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/baton-sh/baton/cmd/baton/loadgen"
+)
+
+// Blue-green and canary (issue 12), with real masters, workers and load on
+// loopback. Each generation reads --env-file anew, which is how a test
+// makes the next release slow, broken or different.
+
+// bgSetup starts baton with a blue-green or canary strategy and an env file
+// the test rewrites before each reload.
+func bgSetup(t *testing.T, env string, args ...string) (*baton, string, string) {
+	t.Helper()
+	dir := t.TempDir()
+	envFile := filepath.Join(dir, "app.env")
+	if err := os.WriteFile(envFile, []byte(env), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	all := append([]string{"-l", addr, "-w", "2", "--env-file", envFile, "--ready-timeout", "5s", "--drain-timeout", "10s"}, args...)
+	b := startBaton(t, nil, append(all, "--", bin("hello"))...)
+	b.waitReady()
+	return b, addr, envFile
+}
+
+func writeEnv(t *testing.T, path, env string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(env), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// batonCtl runs a control command against b and returns its output and
+// exit code.
+func batonCtl(b *baton, args ...string) (string, int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin("baton"), append(args, "--control", b.control)...).CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		code = -1
+	}
+	return string(out), code
+}
+
+// reloadAsync runs baton reload in the background.
+func reloadAsync(b *baton) <-chan [2]any {
+	ch := make(chan [2]any, 1)
+	go func() {
+		out, code := batonCtl(b, "reload")
+		ch <- [2]any{out, code}
+	}()
+	return ch
+}
+
+func unixNS(ev logEvent) time.Time {
+	f, _ := ev["at_unix_ns"].(float64)
+	if f == 0 {
+		f, _ = ev["switched_at_unix_ns"].(float64)
+	}
+	return time.Unix(0, int64(f))
+}
+
+func newLoad(t *testing.T, addr string, clients int) *runningLoad {
+	return startLoad(t, loadgen.Config{
+		Network: "tcp", Addr: addr, Clients: clients, KeepAlive: 0, ReleaseHeader: "Hello-Generation",
+		Duration: 60 * time.Second, MaxRequests: 2_000_000, Timeout: 10 * time.Second,
+	})
+}
+
+// TestBlueGreenSwitch: a release that takes 1 s to start, checked by a
+// health check and a 300 ms smoke test: no user gets an answer from it
+// before the switch, every new connection from 50 ms after the switch on
+// does, and nothing fails.
+func TestBlueGreenSwitch(t *testing.T) {
+	t.Parallel()
+	b, addr, envFile := bgSetup(t, "HELLO_TAG=v1\n", "--strategy", "blue-green", "--health-check", "http:/",
+		"--smoke-test", `sleep 0.3; curl -fsS "http://$BATON_CANDIDATE/" | grep -q "generation=$BATON_GENERATION"`)
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("needs curl (Debian package curl) for the smoke test")
+	}
+	load := newLoad(t, addr, 16)
+	eventually(t, 10*time.Second, "load to start", func() bool { return b.log.len() > 0 })
+	writeEnv(t, envFile, "HELLO_TAG=v2\nHELLO_STARTUP_MS=1000\n")
+	from := b.log.len()
+	res := reloadAsync(b)
+	r := <-res
+	out, code := r[0].(string), r[1].(int)
+	if code != 0 {
+		t.Fatalf("baton reload exit %d:\n%s\nlog:\n%s", code, out, b.log.dump())
+	}
+	sw, _ := b.log.waitFrom(t, from, "users switched to the new generation", nil, 5*time.Second)
+	switchAt := unixNS(sw)
+	// The reload answered after the promotion; a short second load makes
+	// sure the first one runs on for a while after the switch.
+	after := loadgen.Run(context.Background(), loadgen.Config{Network: "tcp", Addr: addr, Clients: 4,
+		ReleaseHeader: "Hello-Generation", Duration: 300 * time.Millisecond, MaxRequests: 50_000, Timeout: 10 * time.Second})
+	b.log.waitFrom(t, from, "previous master exited", nil, 20*time.Second)
+	lr := load.finish()
+	for _, s := range after.Samples {
+		if s.Release != "2" {
+			t.Fatalf("after the reload answered, a new connection reached release %q", s.Release)
+		}
+	}
+	early, late, lateOld := 0, 0, 0
+	for _, s := range lr.Samples {
+		if s.Release == "2" && s.End().Before(switchAt) {
+			early++
+		}
+		if s.Start.After(switchAt.Add(50 * time.Millisecond)) {
+			late++
+			if s.Release != "2" {
+				lateOld++
+			}
+		}
+	}
+	if early != 0 {
+		t.Errorf("%d responses from the new release before the switch", early)
+	}
+	if late == 0 || lateOld != 0 {
+		t.Errorf("%d of %d new connections started 50 ms after the switch reached the old release", lateOld, late)
+	}
+	if lr.Failures() != 0 {
+		t.Errorf("failed requests: %s", lr)
+	}
+	for _, want := range []string{"health-check", "smoke-test", "switch", "promote"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("baton reload output lacks step %q:\n%s", want, out)
+		}
+	}
+	t.Logf("blue-green: switch %.1f ms after the reload began; %d new-release responses before it; %d of %d later connections on the old release; %s",
+		sw["since_upgrade"], early, lateOld, late, lr)
+}
+
+// TestBlueGreenChecksRollBack: a release whose health check answers 500,
+// then one whose smoke test exits 1: both rolled back, users never see
+// them, nothing fails, baton reload exits 1 with the reason.
+func TestBlueGreenChecksRollBack(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	failFlag := filepath.Join(dir, "smoke-fails")
+	b, addr, envFile := bgSetup(t, "HELLO_TAG=v1\n", "--strategy", "blue-green", "--health-check", "http:/healthz",
+		"--ready-timeout", "2s", "--smoke-test", "if [ -e "+failFlag+" ]; then echo 'smoke: checkout page broken' >&2; exit 1; fi")
+	load := newLoad(t, addr, 8)
+	for _, c := range []struct{ name, env, reason string }{
+		{"health check 500", "HELLO_STATUS=500\n", "health check failed"},
+		{"smoke test exit 1", "HELLO_TAG=v3\n", "smoke test failed"},
+	} {
+		writeEnv(t, envFile, c.env)
+		if c.name == "smoke test exit 1" {
+			writeEnv(t, failFlag, "")
+		}
+		from := b.log.len()
+		out, code := batonCtl(b, "reload")
+		if code != 1 || !strings.Contains(out, c.reason) {
+			t.Fatalf("%s: baton reload exit %d, want 1 saying %q:\n%s", c.name, code, c.reason, out)
+		}
+		if c.name == "smoke test exit 1" && !strings.Contains(out, "checkout page broken") {
+			t.Errorf("%s: the smoke test's output is not in the report:\n%s", c.name, out)
+		}
+		b.log.waitFrom(t, from, "upgrade failed: old generation keeps serving", nil, 20*time.Second)
+		if body := mustGet(t, addr, "/"); field(body, "generation") != "1" {
+			t.Fatalf("%s: after the rollback served %q", c.name, body)
+		}
+	}
+	lr := load.finish()
+	fromNew := 0
+	for _, s := range lr.Samples {
+		if s.Release != "1" {
+			fromNew++
+		}
+	}
+	if fromNew != 0 || lr.Failures() != 0 {
+		t.Fatalf("%d responses from the rolled-back releases; %s", fromNew, lr)
+	}
+	t.Logf("two failed releases rolled back: %s", lr)
+}
+
+// TestBlueGreenRollbackDuringBake: baton rollback during a 10 s bake sends
+// new connections back to the old release within 50 ms; nothing fails; the
+// rolled-back generation drains.
+func TestBlueGreenRollbackDuringBake(t *testing.T) {
+	t.Parallel()
+	b, addr, envFile := bgSetup(t, "HELLO_TAG=v1\n", "--strategy", "blue-green", "--bake", "10s")
+	load := newLoad(t, addr, 16)
+	writeEnv(t, envFile, "HELLO_TAG=v2\n")
+	from := b.log.len()
+	res := reloadAsync(b)
+	sw, _ := b.log.waitFrom(t, from, "users switched to the new generation", nil, 20*time.Second)
+	eventually(t, 5*time.Second, "the new release to answer", func() bool { return field(mustGet(t, addr, "/"), "generation") == "2" })
+	if out, code := batonCtl(b, "rollback"); code != 0 {
+		t.Fatalf("baton rollback exit %d: %s", code, out)
+	}
+	rb, _ := b.log.waitFrom(t, from, "rolling back: users on the old generation, draining the new one", nil, 5*time.Second)
+	r := <-res
+	if code := r[1].(int); code != 1 || !strings.Contains(r[0].(string), "baton rollback") {
+		t.Errorf("baton reload exit %d, want 1 naming baton rollback:\n%s", code, r[0])
+	}
+	newMaster := 0
+	for _, e := range b.log.all()[from:] {
+		if e.str("msg") == "generation ready as a candidate: waiting for the old master's checks" {
+			newMaster = e.num("master_pid")
+		}
+	}
+	eventually(t, 15*time.Second, "the rolled-back generation to drain", func() bool {
+		for _, p := range append(b.workerPids(2), newMaster) {
+			if alive(p) {
+				return false
+			}
+		}
+		return true
+	})
+	rollbackAt := unixNS(rb)
+	lr := load.finish()
+	onNew, late, lateNew := 0, 0, 0
+	for _, s := range lr.Samples {
+		if s.Release == "2" {
+			onNew++
+		}
+		if s.Start.After(rollbackAt.Add(50 * time.Millisecond)) {
+			late++
+			if s.Release != "1" {
+				lateNew++
+			}
+		}
+	}
+	if onNew == 0 {
+		t.Errorf("no user reached the new release during the bake: the test did not switch")
+	}
+	if late == 0 || lateNew != 0 {
+		t.Errorf("%d of %d new connections started 50 ms after the rollback reached the new release", lateNew, late)
+	}
+	if lr.Failures() != 0 {
+		t.Errorf("failed requests: %s", lr)
+	}
+	t.Logf("rollback %s after the switch (at %.1f ms): %d responses from the new release during the bake; %s",
+		rollbackAt.Sub(unixNS(sw)).Round(time.Millisecond), sw["since_upgrade"], onNew, lr)
+}
+
+// TestCanaryShare: canary 20 % over a 5 s bake: the new release serves
+// 20 ± 5 % of the new connections made during the bake.
+func TestCanaryShare(t *testing.T) {
+	t.Parallel()
+	b, addr, envFile := bgSetup(t, "HELLO_TAG=v1\n", "--strategy", "canary", "--canary-weight", "20", "--bake", "5s")
+	load := newLoad(t, addr, 8)
+	writeEnv(t, envFile, "HELLO_TAG=v2\n")
+	from := b.log.len()
+	out, code := batonCtl(b, "reload")
+	if code != 0 {
+		t.Fatalf("baton reload exit %d:\n%s", code, out)
+	}
+	sw, _ := b.log.waitFrom(t, from, "users switched to the new generation", nil, 5*time.Second)
+	pr, _ := b.log.waitFrom(t, from, "promoting the new generation", nil, 5*time.Second)
+	lr := load.finish()
+	start, end := unixNS(sw).Add(50*time.Millisecond), unixNS(pr).Add(-50*time.Millisecond)
+	total, onNew := 0, 0
+	for _, s := range lr.Samples {
+		if s.Start.After(start) && s.End().Before(end) {
+			total++
+			if s.Release == "2" {
+				onNew++
+			}
+		}
+	}
+	if total < 200 {
+		t.Fatalf("only %d requests during the bake", total)
+	}
+	share := 100 * float64(onNew) / float64(total)
+	if share < 15 || share > 25 {
+		t.Errorf("canary share %.1f%% (%d of %d), want 20 ± 5", share, onNew, total)
+	}
+	if lr.Failures() != 0 {
+		t.Errorf("failed requests: %s", lr)
+	}
+	t.Logf("canary 20%%: %.1f%% of %d new connections during the bake reached the new release; %s", share, total, lr)
+}
+
+// TestRolloutBadInput: what blue-green and canary cannot do is refused at
+// start with one line naming the value, exit 2.
+func TestRolloutBadInput(t *testing.T) {
+	t.Parallel()
+	sock := filepath.Join(t.TempDir(), "app.sock")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-l", "unix://" + sock, "--strategy", "blue-green"}, "unix socket cannot join a SO_REUSEPORT group"},
+		{[]string{"-l", "127.0.0.1:0", "--strategy", "canary"}, "port 0"},
+		{[]string{"-l", "127.0.0.1:1", "--strategy", "purple"}, `--strategy "purple": want shared, blue-green or canary`},
+		{[]string{"-l", "127.0.0.1:1", "--strategy", "canary", "--canary-weight", "0"}, "--canary-weight 0"},
+		{[]string{"-l", "127.0.0.1:1", "--health-check", "http:/"}, "--health-check: needs --strategy blue-green or canary"},
+		{[]string{"-l", "127.0.0.1:1", "--strategy", "blue-green", "--health-check", "http:healthz"}, `--health-check "http:healthz"`},
+	} {
+		code, lines, out := runBaton(t, nil, append(append([]string{"run"}, c.args...), "--", bin("hello"))...)
+		if code != 2 || len(lines) != 1 || !strings.Contains(lines[0], c.want) {
+			t.Errorf("%v: exit %d, lines %q; want exit 2 and one line saying %q\n%s", c.args, code, lines, c.want, out)
+		}
+	}
+	if _, err := os.Stat(sock); err == nil {
+		t.Errorf("refused start left %s behind", sock)
+	}
+}
+
+// TestBlueGreenTwentyUpgrades: 20 blue-green upgrades one after another
+// under load at concurrency 64, with a slow request in flight on the old
+// generation at each switch: nothing fails, every slow request completes.
+func TestBlueGreenTwentyUpgrades(t *testing.T) {
+	t.Parallel()
+	b, addr, _ := bgSetup(t, "", "--strategy", "blue-green", "--health-check", "tcp")
+	load := startLoad(t, loadgen.Config{
+		Network: "tcp", Addr: addr, Clients: 64, KeepAlive: 0.5, ReleaseHeader: "Hello-Generation",
+		Duration: 120 * time.Second, MaxRequests: 3_000_000, Timeout: 10 * time.Second,
+	})
+	var slow []<-chan string
+	var switches []float64
+	for gen := 1; gen <= 20; gen++ {
+		slow = append(slow, inFlight(addr, 300))
+		b.waitAccepted(t, gen)
+		from := b.log.len()
+		out, code := batonCtl(b, "reload")
+		if code != 0 {
+			t.Fatalf("upgrade %d: baton reload exit %d:\n%s", gen, code, out)
+		}
+		sw, _ := b.log.waitFrom(t, from, "users switched to the new generation", nil, 5*time.Second)
+		switches = append(switches, sw["since_upgrade"].(float64))
+		b.log.waitFrom(t, from, "previous master exited", nil, 20*time.Second)
+	}
+	lr := load.finish()
+	for i, c := range slow {
+		if body := <-c; !strings.HasPrefix(body, "hello ") {
+			t.Errorf("slow request %d: %s", i, body)
+		}
+	}
+	if lr.Failures() != 0 {
+		t.Fatalf("failed requests across 20 blue-green upgrades: %s", lr)
+	}
+	t.Logf("20 blue-green upgrades at concurrency 64: %s; switch after %v ms", lr, switches)
+}

@@ -1,0 +1,447 @@
+package supervisor
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/sockets"
+	"go.uber.org/zap"
+)
+
+// This file owns the blue-green and canary rollout, both ends of it.
+//
+// Each generation has its own sockets in one SO_REUSEPORT group per
+// address (sockets/reuseport.go); the old master's steering program keeps
+// users on its own socket (index 0) and sends only baton's probes to the
+// candidate's (index 1). The sequence runs inside the old master's
+// tableflip Upgrade call:
+//
+//	new master: workers ready -> reports "candidate" (not Ready) -> waits
+//	old master: health check -> smoke test -> switch (one setsockopt)
+//	            -> bake (health checks every --health-interval)
+//	            -> promote: tells the new master, which calls Ready
+//	            -> Upgrade returns; the old generation's accept queue is
+//	               emptied by its workers, then they drain
+//	rollback:   the old master swaps the program back (its workers never
+//	            stopped), then tells the new master, which lets its
+//	            workers empty their queue and drains them; for tableflip
+//	            this is a failed upgrade, and the old master stays a full
+//	            master that can upgrade again.
+//
+// Orders from the old master reach the new one as datagrams on the new
+// master's notify socket, carrying the upgrade's token.
+
+// Report and order keys on the notify sockets, besides upgrade.go's.
+const (
+	reportCandidate = "BATON_UPGRADE_CANDIDATE" // JSON ReloadResult: workers ready, awaiting promotion
+	reportNotify    = "BATON_CANDIDATE_NOTIFY"  // the new master's notify socket, for orders
+	orderPromote    = "BATON_PROMOTE"           // "1": call Ready now
+	orderRollback   = "BATON_ROLLBACK"          // reason; users are back on the old generation
+)
+
+// switchBackWait bounds how long a failing candidate waits for the old
+// master to confirm that users are back on the old generation before it
+// drains anyway.
+const switchBackWait = time.Second
+
+// Stages of a candidate, as seen by the old master.
+type stage int
+
+const (
+	stageHealth stage = iota
+	stageSmoke
+	stageBake
+	stagePromoted
+	stageRolledBack
+)
+
+func (s stage) String() string {
+	return [...]string{"health-check", "smoke-test", "bake", "promoted", "rolled-back"}[s]
+}
+
+// candidate is the new generation of the upgrade under way, for the old
+// master's loop.
+type candidate struct {
+	pid      int
+	notify   string // its master's notify socket
+	gen      int
+	stage    stage
+	switched bool
+	steps    []control.Step
+	switchAt time.Time
+	stops    []func() // timers and running checks
+}
+
+func (c *candidate) stopAll() {
+	for _, f := range c.stops {
+		f()
+	}
+	c.stops = nil
+}
+
+// rolloutState is a master's part in a blue-green or canary upgrade. Owned
+// by the loop.
+type rolloutState struct {
+	// As the old master.
+	cand *candidate
+	// As the new master.
+	offered      bool   // told the old master our workers are ready
+	switchedBack bool   // the old master confirmed users are back on its socket
+	afterIdle    func() // runs once our accept queue is empty
+	stopWait     func()
+}
+
+// step records a stage for baton reload.
+func (m *master) rolloutStep(c *candidate, name, detail string) {
+	c.steps = append(c.steps, control.Step{Name: name, AtMS: ms(m.sys.now().Sub(m.up.at)), Detail: detail})
+	// And as it happens, to a reload that follows the upgrade.
+	msg := name
+	if detail != "" {
+		msg += ": " + detail
+	}
+	m.progress(control.Progress{Event: "rollout_" + name, Message: msg})
+}
+
+// steer attaches the steering program to this master's own sockets.
+func (m *master) steer(live, candidate, canary int) error {
+	if m.lns == nil {
+		return nil
+	}
+	return m.lns.Attach(sockets.Steer(live, candidate, canary))
+}
+
+// prepareRollout runs before an upgrade starts: users stay on this
+// master's socket, the only one in the group now (index 0), and whatever
+// joins next (index 1) gets only probes.
+func (m *master) prepareRollout() error {
+	if !m.cfg.Rollout.Strategy.steered() {
+		return nil
+	}
+	m.rollout.cand = nil
+	return m.steer(0, 1, 0)
+}
+
+// --- the old master's side ---
+
+// onCandidate handles the new master's report that its workers are ready.
+func (m *master) onCandidate(pid int, fields map[string]string) {
+	if !m.up.running || m.rollout.cand != nil {
+		return
+	}
+	c := &candidate{pid: pid, notify: fields[reportNotify], gen: m.gen + 1}
+	m.rollout.cand = c
+	m.rolloutStep(c, "ready", "new generation's workers ready; no user connection can reach them")
+	m.log.Info("candidate generation ready: checking it before the switch",
+		zap.Int("new_master_pid", pid), zap.Int("new_generation", c.gen))
+	m.startHealth(c)
+}
+
+func (m *master) startHealth(c *candidate) {
+	if m.cfg.Rollout.HealthCheck.Kind == "" {
+		m.startSmoke(c)
+		return
+	}
+	c.stage = stageHealth
+	stop := m.probeUntilHealthy(m.cfg.ReadyTimeout, func(err error) { m.post(evCheckDone{c, stageHealth, err, nil}) })
+	c.stops = append(c.stops, stop)
+}
+
+func (m *master) startSmoke(c *candidate) {
+	if m.cfg.Rollout.SmokeTest == "" {
+		m.switchUsers(c)
+		return
+	}
+	c.stage = stageSmoke
+	stop := m.runSmokeTest(c.gen, func(err error, out []string) { m.post(evCheckDone{c, stageSmoke, err, out}) })
+	c.stops = append(c.stops, stop)
+}
+
+// onCheckDone takes the outcome of a health check or smoke test.
+func (m *master) onCheckDone(ev evCheckDone) {
+	c := ev.c
+	if m.rollout.cand != c || c.stage >= stagePromoted {
+		return
+	}
+	if ev.err != nil {
+		what := map[stage]string{stageHealth: "health check", stageSmoke: "smoke test", stageBake: "health check during the bake"}[ev.stage]
+		m.up.stderr = ev.output
+		m.rollback(c, what+" failed: "+ev.err.Error())
+		return
+	}
+	switch ev.stage {
+	case stageBake:
+		m.scheduleBakeHealth(c)
+	case stageHealth:
+		m.rolloutStep(c, "health-check", m.cfg.Rollout.HealthCheck.String()+" passed")
+		m.startSmoke(c)
+	case stageSmoke:
+		m.rolloutStep(c, "smoke-test", "passed")
+		m.switchUsers(c)
+	}
+}
+
+// switchUsers sends new connections to the candidate (all of them, or the
+// canary share) with one program swap, and starts the bake.
+func (m *master) switchUsers(c *candidate) {
+	r := m.cfg.Rollout
+	weight := 100
+	if r.Strategy == StrategyCanary {
+		weight = r.CanaryWeight
+	}
+	if err := m.steer(0, 1, weight); err != nil {
+		m.rollback(c, "switch failed: "+err.Error())
+		return
+	}
+	now := m.sys.now()
+	c.switched, c.switchAt, c.stage = true, now, stageBake
+	detail := "every new connection to generation " + strconv.Itoa(c.gen)
+	if weight < 100 {
+		detail = strconv.Itoa(weight) + "% of new connections to generation " + strconv.Itoa(c.gen)
+	}
+	m.rolloutStep(c, "switch", detail)
+	m.log.Info("users switched to the new generation", zap.Int("new_generation", c.gen), zap.Int("weight_percent", weight),
+		zap.Int64("switched_at_unix_ns", now.UnixNano()), zap.Duration("since_upgrade", now.Sub(m.up.at)))
+	if r.Bake <= 0 {
+		m.promote(c, "no bake")
+		return
+	}
+	m.rolloutStep(c, "bake", "old generation kept warm for "+r.Bake.String())
+	c.stops = append(c.stops, m.sys.afterFunc(r.Bake, func() { m.post(evBakeDone{c}) }))
+	if r.HealthCheck.Kind != "" {
+		m.scheduleBakeHealth(c)
+	}
+}
+
+func (m *master) scheduleBakeHealth(c *candidate) {
+	c.stops = append(c.stops, m.sys.afterFunc(m.cfg.Rollout.HealthInterval, func() { m.post(evBakeHealth{c}) }))
+}
+
+// onBakeHealth runs one health check of the candidate during the bake.
+func (m *master) onBakeHealth(c *candidate) {
+	if m.rollout.cand != c || c.stage != stageBake {
+		return
+	}
+	c.stops = append(c.stops, m.probeOnce(func(err error) { m.post(evCheckDone{c, stageBake, err, nil}) }))
+}
+
+func (m *master) onBakeDone(c *candidate) {
+	if m.rollout.cand == c && c.stage == stageBake {
+		m.promote(c, "bake over")
+	}
+}
+
+// promote makes the candidate the generation of record: all users to it,
+// and an order to its master to call Ready, which ends our Upgrade call.
+func (m *master) promote(c *candidate, trigger string) {
+	if m.cfg.Rollout.Strategy == StrategyCanary {
+		if err := m.steer(0, 1, 100); err != nil {
+			m.rollback(c, "switch of all users failed: "+err.Error())
+			return
+		}
+	}
+	c.stopAll()
+	c.stage = stagePromoted
+	m.rolloutStep(c, "promote", trigger)
+	m.log.Info("promoting the new generation", zap.String("trigger", trigger), zap.Int("new_generation", c.gen),
+		zap.Int64("at_unix_ns", m.sys.now().UnixNano()))
+	if err := m.sys.notifyTo(c.notify, reportToken+"="+m.up.token+"\n"+orderPromote+"=1"); err != nil {
+		m.rollback(c, "could not reach the new master to promote it: "+err.Error())
+	}
+}
+
+// rollback sends users back to this master's workers, which never stopped
+// serving, then tells the new master to drain.
+func (m *master) rollback(c *candidate, reason string) {
+	if c.stage == stageRolledBack {
+		return
+	}
+	if err := m.steer(0, 1, 0); err != nil {
+		m.log.Error("could not switch users back to the old generation", zap.Error(err))
+	}
+	c.stopAll()
+	c.stage = stageRolledBack
+	m.rolloutStep(c, "rollback", reason)
+	if m.up.reason == "" {
+		m.up.reason = "rolled back: " + reason
+	}
+	m.log.Warn("rolling back: users on the old generation, draining the new one",
+		zap.String("reason", reason), zap.Bool("was_switched", c.switched), zap.Int("new_generation", c.gen),
+		zap.Int64("at_unix_ns", m.sys.now().UnixNano()))
+	if c.notify != "" {
+		m.sys.notifyTo(c.notify, reportToken+"="+m.up.token+"\n"+orderRollback+"="+strings.ReplaceAll(reason, "\n", " "))
+	}
+}
+
+// onChildFailed: the new master gave up on its own (a worker crashed, a
+// stop signal); users go back before its workers drain.
+func (m *master) onChildFailed(reason string) {
+	if c := m.rollout.cand; c != nil {
+		m.rollback(c, reason)
+	}
+}
+
+// rolloutDone ends the rollout when tableflip's Upgrade call returns; it
+// returns what baton reload reports of it.
+func (m *master) rolloutDone(err error, res *control.ReloadResult) {
+	if !m.cfg.Rollout.Strategy.steered() {
+		return
+	}
+	res.Strategy = string(m.cfg.Rollout.Strategy)
+	c := m.rollout.cand
+	m.rollout.cand = nil
+	if c == nil {
+		if err != nil {
+			m.steer(0, 1, 0)
+		}
+		return
+	}
+	if err != nil && c.stage != stageRolledBack {
+		// The new master died without a word: its socket leaves the group
+		// with it; make sure users are back on ours.
+		m.rollback(c, "new master failed: "+err.Error())
+	}
+	c.stopAll()
+	res.Steps = c.steps
+	if c.switched {
+		res.SwitchMS = ms(c.switchAt.Sub(m.up.at))
+	}
+}
+
+// onRolloutCmd handles baton promote and baton rollback.
+func (m *master) onRolloutCmd(cc *ctlConn) {
+	c := m.rollout.cand
+	if !m.cfg.Rollout.Strategy.steered() {
+		cc.reply(control.NewRefusal("not a blue-green or canary master (--strategy " + string(m.cfg.Rollout.Strategy) + ")"))
+		cc.close()
+		return
+	}
+	if c == nil || c.stage >= stagePromoted {
+		cc.reply(control.NewRefusal("no new generation is being checked or baked"))
+		cc.close()
+		return
+	}
+	ack := control.RolloutAck{OK: true, Generation: c.gen, Stage: c.stage.String()}
+	switch cc.req.Cmd {
+	case control.CmdPromote:
+		if !c.switched {
+			cc.reply(control.NewRefusal("generation " + strconv.Itoa(c.gen) + " is still being checked (" + c.stage.String() + "); promote ends a bake"))
+			cc.close()
+			return
+		}
+		m.promote(c, "baton promote")
+	case control.CmdRollback:
+		m.rollback(c, "baton rollback")
+	}
+	cc.reply(ack)
+	cc.close()
+}
+
+// --- the new master's side ---
+
+// generationReady is called when every worker of this generation is ready.
+// Under blue-green or canary, a new master waits for the old one to check
+// and promote it; otherwise it takes over now.
+func (m *master) generationReady() {
+	if !m.cfg.Rollout.Strategy.steered() || !m.up.parentAlive || m.up.parentNotify == "" {
+		m.bootDone()
+		return
+	}
+	if m.rollout.offered {
+		return
+	}
+	m.rollout.offered = true
+	now := m.sys.now()
+	res := control.ReloadResult{Generation: m.gen, WorkersStartingMS: ms(now.Sub(m.bootAt))}
+	b, _ := json.Marshal(res)
+	m.log.Info("generation ready as a candidate: waiting for the old master's checks", zap.Duration("workers_starting", now.Sub(m.bootAt)))
+	m.sys.notifyTo(m.up.parentNotify, reportToken+"="+m.up.parentToken+"\n"+reportCandidate+"="+string(b)+"\n"+reportNotify+"="+m.notifyAddr())
+}
+
+// onParentOrder takes an order from the old master; false when fields hold
+// none.
+func (m *master) onParentOrder(fields map[string]string) bool {
+	if fields[orderPromote] == "1" {
+		if m.phase == phaseBooting && m.rollout.offered {
+			m.log.Info("promoted by the old master")
+			m.bootDone()
+		}
+		return true
+	}
+	if reason, ok := fields[orderRollback]; ok {
+		m.rollout.switchedBack = true
+		if m.phase == phaseBooting {
+			m.bootFailed(fmt.Errorf("%w: %s", ErrBootFailed, "rolled back: "+reason), "rolled back: "+reason)
+		} else if m.rollout.stopWait != nil {
+			m.rollout.stopWait()
+			m.rollout.stopWait = nil
+			m.drainWhenIdle()
+		}
+		return true
+	}
+	return false
+}
+
+// drainCandidate drains a new generation that will not take over. Users
+// may have been switched to it (a bake): first the old master must have
+// sent them back, then the connections already queued on our sockets are
+// accepted by our workers, and only then do they drain; closing a socket
+// with a queue resets it.
+func (m *master) drainCandidate() {
+	if !m.cfg.Rollout.Strategy.steered() || !m.rollout.offered || m.rollout.switchedBack {
+		m.drainWhenIdle()
+		return
+	}
+	for _, s := range m.slots {
+		s.cancelRestart()
+	}
+	m.rollout.stopWait = m.sys.afterFunc(switchBackWait, func() { m.post(evSwitchBackWait{}) })
+}
+
+func (m *master) onSwitchBackWait() {
+	if m.rollout.stopWait == nil {
+		return
+	}
+	m.rollout.stopWait = nil
+	m.log.Warn("old master did not confirm users are back on it; draining anyway", zap.Duration("waited", switchBackWait))
+	m.drainWhenIdle()
+}
+
+// drainWhenIdle drains every worker once this master's accept queues are
+// empty, for at most the drain timeout; under the shared strategy at once
+// (another generation accepts from the same queue).
+func (m *master) drainWhenIdle() {
+	if !m.cfg.Rollout.Strategy.steered() || m.lns == nil {
+		m.drainAll()
+		return
+	}
+	for _, s := range m.slots {
+		s.cancelRestart()
+	}
+	m.rollout.afterIdle = m.drainAll
+	files := append([]*os.File(nil), m.lns.Files()...)
+	bound := m.cfg.DrainTimeout
+	start := time.Now()
+	go func() {
+		n := waitQueueEmpty(files, bound)
+		m.post(evQueueIdle{left: n, waited: time.Since(start)})
+	}()
+}
+
+func (m *master) onQueueIdle(ev evQueueIdle) {
+	f := m.rollout.afterIdle
+	m.rollout.afterIdle = nil
+	if f == nil {
+		return
+	}
+	lvl := m.log.Info
+	if ev.left > 0 {
+		lvl = m.log.Warn
+	}
+	lvl("accept queue emptied before the drain", zap.Int("left", ev.left), zap.Duration("waited", ev.waited))
+	f()
+}

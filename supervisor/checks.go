@@ -1,0 +1,378 @@
+package supervisor
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/baton-sh/baton/supervisor/sockets"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// This file holds the checks of a candidate generation (--health-check,
+// --smoke-test) and the sockets of blue-green and canary. Every check
+// reaches the candidate only: it connects from sockets.ProbeSource (IPv4)
+// or with sockets.ProbeMark (IPv6), which the steering program sends to
+// the candidate's socket while users go to the serving one.
+
+// openGroup binds this generation's own sockets (bluegreen.go). A master
+// with no previous one attaches the steering program at once: a kernel that
+// cannot steer is refused at start.
+func (m *master) openGroup(act []sockets.Activated) (*sockets.Set, error) {
+	st := m.cfg.Rollout.Strategy
+	if len(act) > 0 {
+		for _, a := range act {
+			a.File.Close()
+		}
+		return nil, fmt.Errorf("--strategy %s: sockets from systemd socket activation are shared by every generation; blue-green and canary need baton to bind each generation's own (drop the .socket unit)", st)
+	}
+	lns, err := sockets.OpenGroup(m.cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("--strategy %s: %w", st, err)
+	}
+	if !m.up.parentAlive {
+		if err := lns.Attach(sockets.Steer(0, 1, 0)); err != nil {
+			lns.Close()
+			return nil, fmt.Errorf("--strategy %s needs a kernel that steers SO_REUSEPORT groups with classic BPF (Linux >= 4.6, plain TCP): %w", st, osutilCause(err))
+		}
+		mig, err := sockets.MigrateReq()
+		m.log.Info("blue-green sockets ready", zap.String("strategy", string(st)), zap.Bool("tcp_migrate_req", mig),
+			zap.String("probe_source", sockets.ProbeSource.String()), zap.Bool("migrate_req_known", err == nil))
+	}
+	return lns, nil
+}
+
+func osutilCause(err error) error {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return fmt.Errorf("%w (%s)", err, errnoHint(errno))
+	}
+	return err
+}
+
+func errnoHint(e syscall.Errno) string {
+	switch e {
+	case syscall.ENOPROTOOPT:
+		return "this kernel has no SO_ATTACH_REUSEPORT_CBPF"
+	case syscall.EOPNOTSUPP:
+		return "the socket is not plain TCP (MPTCP refuses it)"
+	}
+	return e.Error()
+}
+
+// probeTarget is the address baton's probes dial: the first --listen
+// address, with a wildcard host made loopback.
+func (m *master) probeTarget() string {
+	spec := m.cfg.Listen[0]
+	host, port, _ := net.SplitHostPort(spec.Addr)
+	switch host {
+	case "", "0.0.0.0":
+		host = "127.0.0.1"
+	case "::":
+		if spec.Network == "tcp6" {
+			host = "::1"
+		} else {
+			host = "127.0.0.1"
+		}
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// probeDialer connects from the probe source (IPv4) or with the probe mark
+// (IPv6).
+func probeDialer(timeout time.Duration) *net.Dialer {
+	d := &net.Dialer{Timeout: timeout}
+	d.SetMultipathTCP(false)
+	d.Control = func(network, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			if network == "tcp6" {
+				// No reserved loopback source in IPv6: mark the probe
+				// (SO_MARK needs CAP_NET_ADMIN).
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, sockets.ProbeMark)
+				return
+			}
+			serr = unix.Bind(int(fd), &unix.SockaddrInet4{Addr: sockets.ProbeSource.As4()})
+		})
+		if err != nil {
+			return err
+		}
+		if serr != nil {
+			return fmt.Errorf("probe socket: %w", serr)
+		}
+		return nil
+	}
+	return d
+}
+
+const probeTimeout = 2 * time.Second
+
+// probe runs one health check against the candidate.
+func (m *master) probe(ctx context.Context) error {
+	hc := m.cfg.Rollout.HealthCheck
+	target := m.probeTarget()
+	d := probeDialer(probeTimeout)
+	if hc.Kind == "tcp" {
+		c, err := d.DialContext(ctx, "tcp", target)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	}
+	tr := &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: probeTimeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+target+hc.Path, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("User-Agent", "baton-health-check")
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return fmt.Errorf("GET %s answered %d", hc.Path, resp.StatusCode)
+	}
+	return nil
+}
+
+// probeUntilHealthy probes every 100 ms until one probe passes or bound
+// has passed, then calls done once (from another goroutine) with nil or
+// the last failure. stop abandons it; done is then not called.
+func (m *master) probeUntilHealthy(bound time.Duration, done func(error)) (stop func()) {
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	go func() {
+		defer cancel()
+		var err error
+		for {
+			if err = m.probe(ctx); err == nil || ctx.Err() != nil {
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+		if errors.Is(context.Cause(ctx), context.Canceled) {
+			return
+		}
+		if err != nil {
+			err = fmt.Errorf("%w (still failing after %s, --ready-timeout)", err, bound)
+		}
+		done(err)
+	}()
+	return cancel
+}
+
+// probeOnce runs one probe and calls done with its outcome, unless stopped.
+func (m *master) probeOnce(done func(error)) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		err := m.probe(ctx)
+		if ctx.Err() == nil {
+			done(err)
+		}
+		cancel()
+	}()
+	return cancel
+}
+
+// runSmokeTest runs --smoke-test once by /bin/sh -c in the workers'
+// directory, with BATON_CANDIDATE=127.0.0.1:PORT, a proxy that reaches
+// only the candidate, and calls done with its outcome and last output
+// lines. Running past --smoke-timeout kills its process group.
+func (m *master) runSmokeTest(gen int, done func(error, []string)) (stop func()) {
+	r := m.cfg.Rollout
+	ctx, cancel := context.WithTimeout(context.Background(), r.SmokeTimeout)
+	stopped := make(chan struct{})
+	var once sync.Once
+	stop = func() { once.Do(func() { close(stopped); cancel() }) }
+	go func() {
+		defer cancel()
+		px, err := startCandidateProxy(m.probeTarget())
+		if err != nil {
+			done(err, nil)
+			return
+		}
+		defer px.close()
+		cmd := exec.Command("/bin/sh", "-c", r.SmokeTest)
+		cmd.Dir = m.cfg.Chdir
+		cmd.Env = append(m.baseEnv[:len(m.baseEnv):len(m.baseEnv)],
+			"BATON_CANDIDATE="+px.addr,
+			"BATON_CANDIDATE_TARGET="+m.probeTarget(),
+			"BATON_CANDIDATE_SOURCE="+sockets.ProbeSource.String(),
+			"BATON_GENERATION="+strconv.Itoa(gen))
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			done(err, nil)
+			return
+		}
+		cmd.Stdout, cmd.Stderr = pw, pw
+		if err := cmd.Start(); err != nil {
+			pw.Close()
+			pr.Close()
+			done(fmt.Errorf("start: %w", err), nil)
+			return
+		}
+		pw.Close()
+		var tail stderrTail
+		read := make(chan struct{})
+		go func() {
+			sc := bufio.NewScanner(pr)
+			for sc.Scan() {
+				tail.add(sc.Text())
+				m.log.Info("smoke test output", zap.String("line", sc.Text()))
+			}
+			pr.Close()
+			close(read)
+		}()
+		waited := make(chan error, 1)
+		go func() { waited <- cmd.Wait() }()
+		var werr error
+		select {
+		case werr = <-waited:
+		case <-ctx.Done():
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			werr = <-waited
+			if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				<-read
+				return // stopped
+			}
+			werr = fmt.Errorf("still running after %s (--smoke-timeout)", r.SmokeTimeout)
+		}
+		// Its own children may hold the pipe: their output is not waited for.
+		select {
+		case <-read:
+		case <-time.After(100 * time.Millisecond):
+		}
+		select {
+		case <-stopped:
+			return
+		default:
+		}
+		if werr != nil {
+			done(fmt.Errorf("%q: %w", r.SmokeTest, werr), tail.snapshot())
+			return
+		}
+		done(nil, nil)
+	}()
+	return stop
+}
+
+// candidateProxy accepts on 127.0.0.1:PORT and relays every connection to
+// the candidate generation, connecting from the probe source: an address a
+// smoke test can use with any client.
+type candidateProxy struct {
+	ln    net.Listener
+	addr  string
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	conns map[net.Conn]bool
+}
+
+func startCandidateProxy(target string) (*candidateProxy, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("candidate proxy: %w", err)
+	}
+	p := &candidateProxy{ln: ln, addr: ln.Addr().String(), conns: make(map[net.Conn]bool)}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.wg.Add(1)
+			go func() { defer p.wg.Done(); p.relay(c, target) }()
+		}
+	}()
+	return p, nil
+}
+
+func (p *candidateProxy) track(c net.Conn, on bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if on {
+		p.conns[c] = true
+	} else {
+		delete(p.conns, c)
+	}
+}
+
+func (p *candidateProxy) relay(c net.Conn, target string) {
+	defer c.Close()
+	up, err := probeDialer(probeTimeout).Dial("tcp", target)
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	p.track(c, true)
+	p.track(up, true)
+	defer p.track(c, false)
+	defer p.track(up, false)
+	done := make(chan struct{}, 2)
+	cp := func(dst, src net.Conn) {
+		io.Copy(dst, src)
+		if tc, ok := dst.(*net.TCPConn); ok {
+			tc.CloseWrite()
+		}
+		done <- struct{}{}
+	}
+	go cp(up, c)
+	go cp(c, up)
+	<-done
+	<-done
+}
+
+func (p *candidateProxy) close() {
+	p.ln.Close()
+	p.mu.Lock()
+	for c := range p.conns {
+		c.Close()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+}
+
+// waitQueueEmpty polls the accept queues of files every 2 ms until they
+// have been empty three times in a row (a connection in the handshake on
+// loopback completes well within that), or bound has passed. It returns
+// how many connections were still queued at the end. Blocks.
+func waitQueueEmpty(files []*os.File, bound time.Duration) int {
+	deadline := time.Now().Add(bound)
+	zeros, n := 0, 0
+	for zeros < 3 {
+		var err error
+		if n, err = sockets.QueueLen(files); err != nil {
+			return 0
+		}
+		if n == 0 {
+			zeros++
+		} else {
+			zeros = 0
+		}
+		if time.Now().After(deadline) {
+			return n
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return 0
+}

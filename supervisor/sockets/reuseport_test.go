@@ -1,0 +1,122 @@
+package sockets
+
+import (
+	"net"
+	"testing"
+	"time"
+)
+
+// queued is the length of s's accept queue.
+func queued(t *testing.T, s *Set) int {
+	t.Helper()
+	n, err := s.QueueLen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// drainQueue accepts whatever waits on s, without blocking.
+func drainQueue(t *testing.T, s *Set) {
+	t.Helper()
+	ln, err := net.FileListener(s.files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	for queued(t, s) > 0 {
+		ln.(*net.TCPListener).SetDeadline(time.Now().Add(time.Second))
+		c, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+}
+
+// TestSteer: two generations' sockets in one group on loopback; the program
+// sends users to the live one, probes to the candidate, and a canary share.
+func TestSteer(t *testing.T) {
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := free.Addr().String()
+	free.Close()
+	spec := Spec{Name: "web", Network: "tcp", Addr: addr}
+	old, err := OpenGroup([]Spec{spec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := old.Attach(Steer(0, 1, 0)); err != nil {
+		t.Skipf("kernel refuses SO_ATTACH_REUSEPORT_CBPF here: %v", err)
+	}
+	cand, err := OpenGroup([]Spec{spec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cand.Close()
+
+	dial := func(probe bool) {
+		t.Helper()
+		d := net.Dialer{Timeout: 2 * time.Second}
+		if probe {
+			d.LocalAddr = &net.TCPAddr{IP: net.IP(ProbeSource.AsSlice())}
+		}
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	count := func(probe bool, n int) (onOld, onCand int) {
+		t.Helper()
+		for i := 0; i < n; i++ {
+			dial(probe)
+		}
+		// The handshake completes in the kernel before Dial returns.
+		onOld, onCand = queued(t, old), queued(t, cand)
+		drainQueue(t, old)
+		drainQueue(t, cand)
+		return
+	}
+	if o, c := count(false, 20); o != 20 || c != 0 {
+		t.Fatalf("before the switch: users on old %d, candidate %d; want 20, 0", o, c)
+	}
+	if o, c := count(true, 5); o != 0 || c != 5 {
+		t.Fatalf("probes: old %d, candidate %d; want 0, 5", o, c)
+	}
+	if err := old.Attach(Steer(1, 1, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if o, c := count(false, 20); o != 0 || c != 20 {
+		t.Fatalf("after the switch: users on old %d, candidate %d; want 0, 20", o, c)
+	}
+	if err := cand.Attach(Steer(0, 1, 50)); err != nil {
+		t.Fatal(err)
+	}
+	o, c := count(false, 100)
+	if c < 25 || c > 75 {
+		t.Fatalf("canary 50%%: %d of %d on the candidate", c, o+c)
+	}
+	// The candidate leaves: the old socket is alone at index 0 again.
+	cand.Close()
+	if err := old.Attach(Steer(0, 1, 0)); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		dial(true)
+	}
+	if o := queued(t, old); o != 3 {
+		t.Fatalf("alone in the group: %d of 3 probes on the old socket", o)
+	}
+}
+
+func TestGroupRefusesUnixAndPortZero(t *testing.T) {
+	for _, s := range []Spec{{Name: "u", Network: "unix", Addr: "/tmp/x.sock"}, {Name: "z", Network: "tcp", Addr: "127.0.0.1:0"}} {
+		if _, err := OpenGroup([]Spec{s}); err == nil {
+			t.Errorf("%s: no error", s)
+		}
+	}
+}
