@@ -14,7 +14,7 @@ DATADIR   ?= $(PREFIX)/share
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null)
 LDFLAGS   := $(if $(VERSION),-X main.version=$(VERSION))
 
-.PHONY: all build docs demo test check bench bench-deps clean install uninstall
+.PHONY: all build docs demo test check bench bench-deps clean install uninstall fleet-deps fleet-rig
 
 all: build
 
@@ -76,6 +76,18 @@ bench-deps:
 
 bench:
 	$(GO) run ./scripts/zdbench $(BENCHFLAGS)
+
+# Debian packages of scripts/fleet and its test (as root): Ansible (with
+# community.general), HAProxy, OpenSSH, iproute2. Where systemd runs,
+# openssh-server's postinst starts the machine's own sshd on port 22; the
+# rig runs its own sshds inside its namespaces and leaves that one alone.
+fleet-deps:
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y ansible haproxy openssh-server openssh-client iproute2
+
+# A fleet of 3 hosts behind HAProxy on this machine, to try scripts/fleet
+# on (as root; Ctrl-C tears it down). See README, Fleet deploys.
+fleet-rig:
+	$(GO) run ./scripts/fleet/rig up $(RIGFLAGS)
 
 clean:
 	rm -rf $(BIN)

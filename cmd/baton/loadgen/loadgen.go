@@ -52,6 +52,10 @@ type Config struct {
 	MaxRequests int           // 0: no cap besides Duration; ignored if Budget is set
 	Budget      *Budget       // a request cap shared with other runs
 	Timeout     time.Duration // per request, connect included; default 5s
+	// Pause is how long each client waits between its requests; 0 sends
+	// the next at once. Tests that share the CPU with what they drive
+	// (Ansible, sshd) use it to keep concurrency without saturating it.
+	Pause time.Duration
 	// ReleaseHeader names a response header whose value each Sample
 	// records (which release answered), on failed responses too.
 	ReleaseHeader string
@@ -197,6 +201,12 @@ func Run(ctx context.Context, cfg Config) *Result {
 					}
 				}
 				mu.Unlock()
+				if cfg.Pause > 0 {
+					select {
+					case <-ctx.Done():
+					case <-time.After(cfg.Pause):
+					}
+				}
 			}
 			mu.Lock()
 			res.Samples = append(res.Samples, local...)
