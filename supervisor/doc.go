@@ -43,6 +43,10 @@
 //	spawn.go      the one OS thread workers are forked from (PDEATHSIG)
 //	quiet.go      keeping the listening sockets out of the master's epoll
 //	config.go     Config, its checks, and ConfigError
+//	keeper.go     the keeper: the one process `baton run` stays for the
+//	              service's life; starts the first master, adopts later
+//	              ones (child subreaper), forwards signals, relays
+//	              sd_notify, owns the pid file (Keep)
 //
 // Sub-packages: control (protocol and client), sockets (the master's side
 // of the listening sockets; reuseport.go: per-generation sockets and the
