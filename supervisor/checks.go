@@ -37,7 +37,7 @@ func (m *master) openGroup(act []sockets.Activated) (*sockets.Set, error) {
 		}
 		return nil, fmt.Errorf("--strategy %s: sockets from systemd socket activation are shared by every generation; blue-green and canary need baton to bind each generation's own (drop the .socket unit)", st)
 	}
-	lns, err := sockets.OpenGroup(m.cfg.Listen)
+	lns, err := sockets.OpenGroup(m.cfg.Listen, !m.up.parentAlive)
 	if err != nil {
 		return nil, fmt.Errorf("--strategy %s: %w", st, err)
 	}
@@ -160,7 +160,17 @@ func (m *master) probeUntilHealthy(bound time.Duration, done func(error)) (stop 
 		defer cancel()
 		var err error
 		for {
-			if err = m.probe(ctx); err == nil || ctx.Err() != nil {
+			perr := m.probe(ctx)
+			if perr == nil {
+				err = nil
+				break
+			}
+			// The probe cut short by the deadline says only that; keep the
+			// last real answer ("answered 500") for the report.
+			if ctx.Err() == nil || err == nil {
+				err = perr
+			}
+			if ctx.Err() != nil {
 				break
 			}
 			select {

@@ -222,6 +222,12 @@ func TestBlueGreenRollbackDuringBake(t *testing.T) {
 		return true
 	})
 	rollbackAt := unixNS(rb)
+	// The load runs on for a window past the rollback, so that the check
+	// below has new connections to look at (the drain can be over in
+	// 30 ms).
+	for until := rollbackAt.Add(400 * time.Millisecond); time.Now().Before(until) && !load.ended(); {
+		time.Sleep(20 * time.Millisecond)
+	}
 	lr := load.finish()
 	onNew, late, lateNew := 0, 0, 0
 	for _, s := range lr.Samples {

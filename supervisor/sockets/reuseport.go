@@ -113,12 +113,27 @@ func Steer(live, candidate, canaryPct int) []unix.SockFilter {
 // P18). Unix sockets and port 0 cannot form a group: errors wrap ErrBadSpec.
 // Nothing passes through tableflip's registry: a new master must not
 // inherit the old generation's socket, or the group would keep it.
-func OpenGroup(specs []Spec) (*Set, error) {
+//
+// first says this is the service's first generation: then the address must
+// be free. SO_REUSEPORT would otherwise let it join another service's
+// group (or a socket a stray process still holds), and the steering
+// program's socket indices would name processes that are not ours.
+func OpenGroup(specs []Spec, first bool) (*Set, error) {
 	s := &Set{specs: specs}
 	for _, spec := range specs {
 		if err := GroupSpecOK(spec); err != nil {
 			s.Close()
 			return nil, err
+		}
+		if first {
+			var plain net.ListenConfig
+			plain.SetMultipathTCP(false)
+			ln, err := plain.Listen(context.Background(), spec.Network, spec.Addr)
+			if err != nil {
+				s.Close()
+				return nil, fmt.Errorf("listen %s %s: %w (blue-green and canary need the address to themselves)", spec.Network, spec.Addr, osutil.Cause(err))
+			}
+			ln.Close()
 		}
 		lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 			var serr error

@@ -2,6 +2,7 @@ package sockets
 
 import (
 	"net"
+	"strings"
 	"testing"
 	"time"
 )
@@ -44,7 +45,7 @@ func TestSteer(t *testing.T) {
 	addr := free.Addr().String()
 	free.Close()
 	spec := Spec{Name: "web", Network: "tcp", Addr: addr}
-	old, err := OpenGroup([]Spec{spec})
+	old, err := OpenGroup([]Spec{spec}, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +53,7 @@ func TestSteer(t *testing.T) {
 	if err := old.Attach(Steer(0, 1, 0)); err != nil {
 		t.Skipf("kernel refuses SO_ATTACH_REUSEPORT_CBPF here: %v", err)
 	}
-	cand, err := OpenGroup([]Spec{spec})
+	cand, err := OpenGroup([]Spec{spec}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,8 +116,29 @@ func TestSteer(t *testing.T) {
 
 func TestGroupRefusesUnixAndPortZero(t *testing.T) {
 	for _, s := range []Spec{{Name: "u", Network: "unix", Addr: "/tmp/x.sock"}, {Name: "z", Network: "tcp", Addr: "127.0.0.1:0"}} {
-		if _, err := OpenGroup([]Spec{s}); err == nil {
+		if _, err := OpenGroup([]Spec{s}, true); err == nil {
 			t.Errorf("%s: no error", s)
 		}
+	}
+}
+
+// A first generation does not join a group someone else already holds.
+func TestOpenGroupFirstNeedsAFreeAddress(t *testing.T) {
+	other, err := OpenGroup([]Spec{{Name: "a", Network: "tcp", Addr: "127.0.0.1:0"}}, true)
+	if err == nil {
+		other.Close()
+		t.Fatal("port 0 accepted")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	spec := Spec{Name: "a", Network: "tcp", Addr: ln.Addr().String()}
+	if s, err := OpenGroup([]Spec{spec}, true); err == nil {
+		s.Close()
+		t.Fatalf("joined %s, which another socket holds", spec.Addr)
+	} else if !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("error %v, want address already in use", err)
 	}
 }
