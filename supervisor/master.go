@@ -376,6 +376,11 @@ func (m *master) startGeneration() {
 // exit releases what the master holds once its loop has ended, and returns
 // Run's result.
 func (m *master) exit() error {
+	// A reload still waiting gets its answer now: the master is going.
+	if len(m.up.waiters) > 0 {
+		m.finishReload(control.ReloadResult{Code: control.ReloadRollback, OldMasterPID: m.self, Generation: m.gen + 1,
+			Reason: "the master stopped before the upgrade finished"})
+	}
 	// A reload answered just now must reach its client before this
 	// process (and the connection) goes; bounded by the writers' own
 	// write deadlines.
