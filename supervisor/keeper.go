@@ -303,6 +303,18 @@ func (k *keeper) onExited(m *keptMaster) {
 	if m == k.record {
 		k.record = nil
 		k.lastRecord = m
+		// The one master left is the service now (a new master whose old
+		// one died mid-handover takes over): signals go to it.
+		if len(k.masters) == 1 {
+			for _, o := range k.masters {
+				k.record = o
+			}
+			pending := k.pending
+			k.pending = nil
+			for _, sig := range pending {
+				k.toRecord(sig)
+			}
+		}
 	}
 }
 

@@ -424,3 +424,22 @@ func TestReloadAnswerDoesNotWaitForeverForStopping(t *testing.T) {
 		t.Fatalf("not answered after %s: %+v", stopAckWait, l.m.up.last)
 	}
 }
+
+// The worker count cannot change under an upgrade: the new master took its
+// count when it started, and a change would be lost with this generation.
+func TestScaleRefusedDuringAnUpgrade(t *testing.T) {
+	l := serving(t, testConfig(2))
+	if why := l.m.requestUpgrade("test", false); why != "" {
+		t.Fatal(why)
+	}
+	l.signal(syscall.SIGTTIN)
+	l.signal(syscall.SIGTTOU)
+	if _, err := l.m.scale(4); err == nil || len(l.m.slots) != 2 || l.started() != 2 {
+		t.Fatalf("during an upgrade: scale error %v, %d slots, %d started", err, len(l.m.slots), l.started())
+	}
+	l.upg.results <- errUpgrade
+	l.awaitEvent()
+	if _, err := l.m.scale(3); err != nil || len(l.m.slots) != 3 {
+		t.Fatalf("after the upgrade: scale error %v, %d slots", err, len(l.m.slots))
+	}
+}

@@ -538,12 +538,19 @@ func (m *master) bootDone() {
 	// their pipes' readers: forward a moment longer.
 	time.AfterFunc(250*time.Millisecond, func() { m.prog.forwarding.Store(false) })
 	if err := m.upg.Ready(); err != nil {
-		m.bootFailed(fmt.Errorf("%w: %w", ErrBootFailed, err), "could not signal readiness: "+err.Error())
-		return
+		if !m.parentGone() {
+			m.bootFailed(fmt.Errorf("%w: %w", ErrBootFailed, err), "could not signal readiness: "+err.Error())
+			return
+		}
+		// tableflip tells the old master over a pipe; with the old master
+		// gone that fails, and this generation is the only one serving.
+		m.log.Warn("old master gone before the handover: serving as the master", zap.Error(err))
 	}
 	m.phase = phaseServing
 	fields := []zap.Field{zap.Int("workers", len(m.slots)), zap.Duration("workers_starting", workers)}
-	if m.up.parentAlive {
+	if m.up.parentPID != 0 {
+		// Started by an old master (alive, or gone mid-handover): this one
+		// answers the control socket and /metrics from now on.
 		if total > 0 {
 			fields = append(fields, zap.Duration("total", total), zap.Duration("baton", total-workers))
 		}
@@ -553,8 +560,10 @@ func (m *master) bootDone() {
 		m.serveMetrics()
 		m.met.tookOver(now, workers, total-workers)
 		m.up.servingAt = now
-		// The old master drains for at most its drain timeout after this.
-		m.up.parentDeadline = now.Add(m.cfg.DrainTimeout + time.Second)
+		if m.up.parentAlive {
+			// The old master drains for at most its drain timeout after this.
+			m.up.parentDeadline = now.Add(m.cfg.DrainTimeout + time.Second)
+		}
 		m.log.Info("handover complete: new generation serving", fields...)
 	} else {
 		m.log.Info("generation ready", fields...)
@@ -684,4 +693,10 @@ func (m *master) onKeeperGone() {
 func (m *master) keeperPID() int {
 	pid, _ := strconv.Atoi(os.Getenv(envKeeperPID))
 	return pid
+}
+
+// parentGone reports whether the old master that started this one has
+// exited (this master was re-parented, to the keeper).
+func (m *master) parentGone() bool {
+	return !m.up.parentAlive || (m.up.parentPID != 0 && m.sys.parentOf(m.self) != m.up.parentPID)
 }

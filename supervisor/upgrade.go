@@ -47,6 +47,7 @@ const (
 type upgradeState struct {
 	// As a child (started by an old master).
 	parentAlive    bool      // the old master has not exited yet
+	parentPID      int       // the old master (this master's parent at start)
 	parentNotify   string    // where to report
 	parentToken    string    // include in reports
 	start          time.Time // when the old master got the USR2
@@ -92,6 +93,7 @@ func (u *upgradeState) readUpgradeEnv(hasParent bool) int {
 	gen := 1
 	u.parentAlive = hasParent
 	if hasParent {
+		u.parentPID = os.Getppid()
 		if g, err := strconv.Atoi(os.Getenv(envNextGeneration)); err == nil && g > 0 {
 			gen = g
 		}
@@ -417,6 +419,14 @@ func (m *master) waitForParent() {
 func (m *master) onParentExited() {
 	m.up.parentDeadline = time.Time{}
 	m.up.parentAlive = false
+	if m.phase == phaseBooting && m.rollout.offered {
+		// The old master died (OOM, SIGKILL) while checking this
+		// generation: its socket is gone from the group, so users reach
+		// this one already. A parent that is gone means this master is
+		// now the master.
+		m.log.Warn("old master gone during the rollout: this generation takes over")
+		m.bootDone()
+	}
 	if !m.up.servingAt.IsZero() {
 		// The old master drained from about when this one took over.
 		m.met.drained(m.sys.now().Sub(m.up.servingAt))

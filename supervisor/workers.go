@@ -319,6 +319,10 @@ func (m *master) addWorker() {
 	if m.phase != phaseServing && m.phase != phaseBooting {
 		return
 	}
+	if m.up.running {
+		m.log.Warn("worker count not changed: an upgrade is under way (the new generation has its count)")
+		return
+	}
 	m.log.Info("worker count increased", zap.Int("workers", len(m.slots)+1))
 	m.addSlot()
 }
@@ -327,6 +331,10 @@ func (m *master) addWorker() {
 // drains.
 func (m *master) removeWorker() {
 	if m.phase != phaseServing && m.phase != phaseBooting {
+		return
+	}
+	if m.up.running {
+		m.log.Warn("worker count not changed: an upgrade is under way (the new generation has its count)")
 		return
 	}
 	if len(m.slots) <= 1 {
@@ -349,6 +357,11 @@ func (m *master) scale(n int) (int, error) {
 	prev := len(m.slots)
 	if m.phase != phaseServing {
 		return prev, fmt.Errorf("master is not serving (%s)", m.stateName())
+	}
+	if m.up.running {
+		// The new master took its count when it started: a change now
+		// would be lost with this generation.
+		return prev, fmt.Errorf("an upgrade is under way; scale once it is over")
 	}
 	for len(m.slots) < n {
 		m.addWorker()

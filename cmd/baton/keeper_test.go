@@ -219,3 +219,34 @@ func parentPid(pid int) int {
 	_, ppid, _ := procStat(pid)
 	return ppid
 }
+
+// The old master killed (OOM) while the new generation starts: the new one
+// takes over instead of giving up, and the service stays manageable.
+func TestOldMasterKilledDuringTheHandover(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	b := startBaton(t, []string{"HELLO_STARTUP_MS=1500"}, "-l", addr, "-w", "2", "--", bin("hello"))
+	b.waitReady()
+	old := b.firstMaster()
+	from := b.log.len()
+	b.signal(syscall.SIGUSR2)
+	b.log.waitFrom(t, from, "worker started", func(e logEvent) bool { return e.num("generation") == 2 }, 20*time.Second)
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	ev, _ := b.log.waitFrom(t, from, "handover complete: new generation serving", func(e logEvent) bool { return e.num("generation") == 2 }, 20*time.Second)
+	eventually(t, 5*time.Second, "generation 2 to answer", func() bool {
+		body, err := get("tcp", addr, "/")
+		return err == nil && field(body, "generation") == "2"
+	})
+	if code, out := b.ctl(t, "status"); code != 0 || !strings.Contains(out, "generation 2") {
+		t.Fatalf("status after the old master died: exit %d:\n%s", code, out)
+	}
+	// And it upgrades again, through the keeper.
+	if got := b.upgrade(t, b.pid, 2); got == ev.num("master_pid") {
+		t.Fatal("no new master after the next upgrade")
+	}
+	if body := mustGet(t, addr, "/"); field(body, "generation") != "3" {
+		t.Fatalf("after the next upgrade served %q", body)
+	}
+}
