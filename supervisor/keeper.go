@@ -307,12 +307,7 @@ func (k *keeper) onExited(m *keptMaster) {
 		// one died mid-handover takes over): signals go to it.
 		if len(k.masters) == 1 {
 			for _, o := range k.masters {
-				k.record = o
-			}
-			pending := k.pending
-			k.pending = nil
-			for _, sig := range pending {
-				k.toRecord(sig)
+				k.setRecord(o)
 			}
 		}
 	}
@@ -366,7 +361,7 @@ func (k *keeper) onSignal(sig syscall.Signal) {
 				k.log.Error("reopen log file failed", zap.Error(err))
 			}
 		}
-		k.toAll(sig)
+		k.toAll(sig, nil)
 	}
 }
 
@@ -383,14 +378,29 @@ func (k *keeper) stop(sig syscall.Signal) {
 		k.log.Info("stop requested: forwarding to every master", zap.String("signal", sigName(sig)), zap.Int("masters", len(k.masters)))
 	}
 	k.stopping, k.stopSig, k.stopAt = true, sig, now
-	k.toAll(sig)
+	k.toAll(sig, nil)
 }
 
-func (k *keeper) toAll(sig syscall.Signal) {
+// toAll sends sig to every master but skip (nil: none).
+func (k *keeper) toAll(sig syscall.Signal, skip *keptMaster) {
 	for _, m := range k.masters {
+		if m == skip {
+			continue
+		}
 		if err := m.signal(sig); err != nil {
 			k.log.Warn("forward signal failed", zap.Error(err))
 		}
+	}
+}
+
+// setRecord makes m the master of record and delivers the signals held
+// while there was none.
+func (k *keeper) setRecord(m *keptMaster) {
+	k.record = m
+	pending := k.pending
+	k.pending = nil
+	for _, sig := range pending {
+		k.toRecord(sig)
 	}
 }
 
@@ -428,20 +438,13 @@ func (k *keeper) onNote(msg notifyMsg) {
 	if msg.fields[keeperStop] == "1" && !k.stopping {
 		k.log.Info("stop requested through a master: stopping every other master", zap.Int("master_pid", m.pid))
 		k.stopping, k.stopSig, k.stopAt = true, syscall.SIGTERM, time.Now()
-		for _, o := range k.masters {
-			if o != m {
-				o.signal(syscall.SIGTERM)
-			}
-		}
+		k.toAll(syscall.SIGTERM, m) // m stops already; a second TERM would kill
+
 	}
 	if _, ok := msg.fields["MAINPID"]; ok && msg.fields["READY"] == "1" {
 		// Masters say MAINPID= when their generation serves: it is now the
 		// master of record.
-		k.record = m
-		for _, sig := range k.pending {
-			k.toRecord(sig)
-		}
-		k.pending = nil
+		k.setRecord(m)
 		k.ready = true
 	}
 	k.relay(msg.fields)

@@ -45,12 +45,7 @@ func batonCtl(b *baton, args ...string) (string, int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, bin("baton"), append(args, "--control", b.control)...).CombinedOutput()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		code = -1
-	}
+	code, _ := exitStatus(err) // -1 when it did not run
 	return string(out), code
 }
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,14 +18,11 @@ func client(t *testing.T, env []string, args ...string) (int, string) {
 	cmd.Env = append(os.Environ(), append([]string{"BATON_CONTROL="}, env...)...)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode(), out.String()
-	}
-	if err != nil {
+	code, ok := exitStatus(err)
+	if !ok {
 		t.Fatal(err)
 	}
-	return 0, out.String()
+	return code, out.String()
 }
 
 // A pid file so deep that the control socket beside it would be over the

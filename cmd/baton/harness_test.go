@@ -304,15 +304,11 @@ func (b *baton) waitExit(timeout time.Duration) int {
 	case <-time.After(timeout):
 		b.t.Fatalf("master %d still running after %s; log:\n%s", b.pid, timeout, b.log.dump())
 	}
-	if b.err == nil {
-		return 0
+	code, ok := exitStatus(b.err)
+	if !ok {
+		b.t.Fatalf("wait master: %v", b.err)
 	}
-	var ee *exec.ExitError
-	if errors.As(b.err, &ee) {
-		return ee.ExitCode()
-	}
-	b.t.Fatalf("wait master: %v", b.err)
-	return -1
+	return code
 }
 
 // firstMaster returns the pid of the first master, which the keeper (the
@@ -378,14 +374,9 @@ func field(body, key string) string {
 }
 
 func alive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
 	// A zombie is dead for our purposes: it serves nothing.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i < 0 || !strings.HasPrefix(s[i+1:], " Z")
+	state, _, err := procStat(pid)
+	return err == nil && state != 'Z'
 }
 
 // eventually polls cond every 10ms until it holds or timeout passes.
@@ -474,13 +465,11 @@ func runBounded(t *testing.T, cmd *exec.Cmd, out func() string) int {
 		<-done
 		t.Fatalf("%v did not exit within 20s:\n%s", cmd.Args, out())
 	}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode()
-	} else if err != nil {
+	code, ok := exitStatus(err)
+	if !ok {
 		t.Fatal(err)
 	}
-	return 0
+	return code
 }
 
 // runDeploy runs scripts/deploy.sh ARGS with env added and returns its exit
@@ -503,4 +492,35 @@ func releaseOf(t *testing.T, dir string) string {
 		t.Fatal(err)
 	}
 	return filepath.Base(p)
+}
+
+// exitStatus maps a finished command's Run or Wait error to its exit code:
+// 0 for nil, the code of an *exec.ExitError; ok is false for any other
+// error (the command did not run or was not waited for).
+func exitStatus(err error) (code int, ok bool) {
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0, true
+	case errors.As(err, &ee):
+		return ee.ExitCode(), true
+	}
+	return -1, false
+}
+
+// procStat reads a process's state and parent pid from /proc.
+func procStat(pid int) (state byte, ppid int, err error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	// The command name may hold spaces and parentheses; fields follow the
+	// last ')'.
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 2 || len(f[0]) != 1 {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: %q", pid, s)
+	}
+	ppid, err = strconv.Atoi(f[1])
+	return f[0][0], ppid, err
 }

@@ -203,18 +203,6 @@ func TestKeeperAsPID1OfAPidNamespace(t *testing.T) {
 	}
 }
 
-// procStat reads a process's state and parent pid from /proc.
-func procStat(pid int) (state byte, ppid int, err error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, 0, err
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	ppid, err = strconv.Atoi(f[1])
-	return f[0][0], ppid, err
-}
-
 func parentPid(pid int) int {
 	_, ppid, _ := procStat(pid)
 	return ppid

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -29,14 +28,11 @@ func (b *baton) ctl(t *testing.T, args ...string) (int, string) {
 	cmd := exec.Command(bin("baton"), append([]string{args[0], "--control", b.control}, args[1:]...)...)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode(), out.String()
-	}
-	if err != nil {
+	code, ok := exitStatus(err)
+	if !ok {
 		t.Fatal(err)
 	}
-	return 0, out.String()
+	return code, out.String()
 }
 
 func TestReloadExitCodes(t *testing.T) {
