@@ -128,7 +128,7 @@ func runFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "drain-timeout", Value: 30 * time.Second, EnvVars: env("drain-timeout"),
 			Usage: "how long a draining worker may take before it is killed"},
 		&cli.StringFlag{Name: "pid-file", EnvVars: env("pid-file"),
-			Usage: "write the serving master's pid here"},
+			Usage: "write baton's pid here (the keeper's: it stays the same across upgrades)"},
 		&cli.StringFlag{Name: "control", EnvVars: env("control"),
 			Usage: "control socket for baton reload/status/stop (default: beside --pid-file as NAME.sock, else one per set of --listen values in $XDG_RUNTIME_DIR/baton, /run/baton for root)"},
 		&cli.StringFlag{Name: "chdir", EnvVars: env("chdir"),
