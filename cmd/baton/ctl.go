@@ -322,7 +322,9 @@ func scaleCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 		OnUsageError: onUsage,
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
-				return &usageError{errors.New("scale: want one argument, the worker count N")}
+				// cli stops reading flags at the first argument, so flags
+				// after N arrive here as more arguments.
+				return &usageError{fmt.Errorf("scale: want one argument, the worker count N, after the flags (baton scale [--pid-file P] N); got %q", c.Args().Slice())}
 			}
 			n, err := strconv.Atoi(c.Args().First())
 			if err != nil || n < 1 || n > control.MaxWorkers {
