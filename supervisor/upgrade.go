@@ -234,8 +234,11 @@ func (m *master) onUpgradeDone(err error) {
 		// tableflip v1.2.3 does not close its ends of the child's pipes
 		// (ready writer, names reader) in the parent; only their finalizers
 		// do. Collect now so a failed upgrade leaves no fds behind until
-		// some later GC.
+		// some later GC. Once more a second later: what tableflip's own
+		// goroutines still held at the first collection is unreachable by
+		// then (a loaded machine once kept an fd past the first).
 		runtime.GC()
+		m.sys.afterFunc(time.Second, runtime.GC)
 		res := control.ReloadResult{Code: control.ReloadRollback, OldMasterPID: m.self, Generation: m.gen + 1,
 			Reason: u.reason, Stderr: u.stderr, TotalMS: ms(took), HookMS: ms(u.hookTook), WaitedMS: ms(u.waited)}
 		m.rolloutDone(err, &res)

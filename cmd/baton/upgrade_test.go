@@ -285,6 +285,7 @@ func TestNoFdOrGoroutineLeakAcrossUpgrades(t *testing.T) {
 	pointCurrent(t, dir, "bad")
 	master := b.firstMaster()
 	baseFds, keeperFds := fdCount(t, master), fdCount(t, b.pid)
+	baseLinks := fdLinks(t, master)
 	var gors []int
 	for i := 0; i < 6; i++ {
 		from := b.log.len()
@@ -292,7 +293,8 @@ func TestNoFdOrGoroutineLeakAcrossUpgrades(t *testing.T) {
 		ev, _ := b.log.waitFrom(t, from, "upgrade failed: old generation keeps serving", nil, 30*time.Second)
 		// Finalizers close what the failed attempt opened; they run just
 		// after the event, later on a loaded machine (CI saw > 2 s once).
-		eventually(t, 5*time.Second, fmt.Sprintf("fd count back to %d after failed upgrade %d", baseFds, i+1), func() bool {
+		eventually(t, 5*time.Second, fmt.Sprintf("fd count back to %d after failed upgrade %d (at start: %v; now: %v)",
+			baseFds, i+1, baseLinks, fdLinks(t, master)), func() bool {
 			return fdCount(t, master) == baseFds
 		})
 		// The keeper followed the failed master (a pidfd) and let it go.
@@ -328,4 +330,15 @@ func TestNoFdOrGoroutineLeakAcrossUpgrades(t *testing.T) {
 		return fdCount(t, master) <= base
 	})
 	t.Logf("master fds across 20 upgrades: %v; goroutines: %v", chainFds, chainGors)
+}
+
+// fdLinks lists pid's fds with what each points to, for failure reports.
+func fdLinks(t *testing.T, pid int) []string {
+	t.Helper()
+	var out []string
+	for _, fd := range openFds(t, pid) {
+		link, _ := os.Readlink("/proc/" + strconv.Itoa(pid) + "/fd/" + fd)
+		out = append(out, fd+"="+link)
+	}
+	return out
 }
