@@ -272,9 +272,11 @@ func TestWorkerCountCarriedIntoNextGeneration(t *testing.T) {
 	if code, out := b.ctl(t, "reload"); code != 0 {
 		t.Fatalf("reload: exit %d:\n%s", code, out)
 	}
-	if n := len(b.workerPids(2)); n != 3 {
-		t.Fatalf("generation 2 has %d ready workers, want the 3 TTIN left", n)
-	}
+	// baton's log is written asynchronously: the reload's answer can come
+	// before the new workers' lines reach the test.
+	eventually(t, 5*time.Second, "generation 2 to log 3 ready workers, the 3 TTIN left", func() bool {
+		return len(b.workerPids(2)) == 3
+	})
 	if code, out := b.ctl(t, "scale", "2"); code != 0 || !strings.Contains(out, "workers: 3 -> 2") {
 		t.Fatalf("scale 2: exit %d:\n%s", code, out)
 	}
@@ -290,9 +292,9 @@ func TestWorkerCountCarriedIntoNextGeneration(t *testing.T) {
 	if code, out := b.ctl(t, "reload"); code != 0 {
 		t.Fatalf("second reload: exit %d:\n%s", code, out)
 	}
-	if n := len(b.workerPids(3)); n != 2 {
-		t.Fatalf("generation 3 has %d ready workers, want the 2 scale set", n)
-	}
+	eventually(t, 5*time.Second, "generation 3 to log 2 ready workers, the 2 scale set", func() bool {
+		return len(b.workerPids(3)) == 2
+	})
 	code, out = b.ctl(t, "status")
 	if code != 0 || !strings.Contains(out, "workers: 2 configured, 2 ready") {
 		t.Fatalf("status: exit %d:\n%s", code, out)
