@@ -1,3 +1,5 @@
+//go:build linux
+
 package supervisor
 
 import (
@@ -131,7 +133,9 @@ func Run(cfg Config) error {
 	upg, err := tableflip.New(tableflip.Options{
 		PIDFile: pidFile,
 		// The new master rolls itself back after the ready timeout and a
-		// drain of what it started (PEERS P17); tableflip must not SIGKILL
+		// drain of what it started: workers that never said ready may already
+		// be serving from the shared socket, so they drain like any
+		// others rather than being killed; tableflip must not SIGKILL
 		// it first.
 		UpgradeTimeout: cfg.ReadyTimeout + cfg.DrainTimeout + 10*time.Second +
 			cfg.Rollout.upgradeTimeout(cfg.ReadyTimeout, cfg.DrainTimeout),
@@ -141,7 +145,8 @@ func Run(cfg Config) error {
 	}
 	// Nothing reaches a worker unless it is passed on purpose: not what
 	// baton's launcher leaked to it, nor tableflip's ready and names pipes,
-	// which arrive without O_CLOEXEC (PEERS P16). Passing an fd (ExtraFiles,
+	// which tableflip v1.2.3 leaves inheritable (fds 3 and 4 of a
+	// re-executed master have no O_CLOEXEC). Passing an fd (ExtraFiles,
 	// tableflip's files) dup2s it, which clears the flag on the copy.
 	osutil.MarkCloexecFrom(3)
 	var up upgradeState

@@ -1,3 +1,5 @@
+//go:build linux
+
 package supervisor
 
 import (
@@ -59,6 +61,28 @@ type upgrader interface {
 type tableflipUpgrader struct{ *tableflip.Upgrader }
 
 func (u tableflipUpgrader) Registry() sockets.Registry { return u.Fds }
+
+// tableflipParentNotExited is tableflip v1.2.3's refusal of an Upgrade
+// while its own loop has not yet taken in the old master's exit. It is
+// made by errors.New inside that loop (upgrader.go, run), with no exported
+// value or type to match, so its text is the only handle; this is the one
+// place that reads it.
+const tableflipParentNotExited = "parent hasn't exited"
+
+// Upgrade is tableflip's, with its stale refusal retried. The master asks
+// for an upgrade only after WaitForParent said the old master exited, but
+// WaitForParent learns it from a channel that tableflip's loop reads
+// separately and may not have read yet (its select picks at random among
+// ready cases). The parent is gone, so the refusal is stale within
+// microseconds: up to 50 retries 2 ms apart, then the refusal stands.
+func (u tableflipUpgrader) Upgrade() error {
+	err := u.Upgrader.Upgrade()
+	for i := 0; i < 50 && err != nil && err.Error() == tableflipParentNotExited; i++ {
+		time.Sleep(2 * time.Millisecond)
+		err = u.Upgrader.Upgrade()
+	}
+	return err
+}
 
 // procSpec is one worker process to start.
 type procSpec struct {

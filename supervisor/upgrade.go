@@ -1,3 +1,5 @@
+//go:build linux
+
 package supervisor
 
 import (
@@ -187,14 +189,6 @@ func (m *master) launchUpgrade() {
 	m.sys.setenv(envMetrics, m.met.carry())
 	go func() {
 		err := m.upg.Upgrade()
-		// tableflip learns that the old master exited in its own loop,
-		// which may still hold that news when our (earlier) WaitForParent
-		// already told us: its select then refuses at random. The parent
-		// is gone, so the refusal is stale within microseconds.
-		for i := 0; i < 50 && err != nil && err.Error() == "parent hasn't exited"; i++ {
-			time.Sleep(2 * time.Millisecond)
-			err = m.upg.Upgrade()
-		}
 		if m.notify != nil {
 			// The new master reports how it went before it signals ready
 			// or exits; let that report reach the loop first.

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command baton is a graceful-restart supervisor: it owns listening sockets,
 // runs N workers of any server binary on them, and upgrades them on SIGUSR2
 // without refusing or dropping a connection.
