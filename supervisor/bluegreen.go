@@ -76,7 +76,10 @@ type candidate struct {
 	switched bool
 	steps    []control.Step
 	switchAt time.Time
-	stops    []func() // timers and running checks
+	stops    []func() // timers and checks of the stages before the bake, and the bake's timer
+	// bakeCheck stops the bake's one pending health check, or the timer
+	// that starts it: one at a time, so a long bake holds one, not a list.
+	bakeCheck func()
 }
 
 func (c *candidate) stopAll() {
@@ -84,6 +87,16 @@ func (c *candidate) stopAll() {
 		f()
 	}
 	c.stops = nil
+	c.setBakeCheck(nil)
+}
+
+// setBakeCheck stops the bake's pending check or timer, if any, and keeps
+// stop as the next one's.
+func (c *candidate) setBakeCheck(stop func()) {
+	if c.bakeCheck != nil {
+		c.bakeCheck()
+	}
+	c.bakeCheck = stop
 }
 
 // rolloutState is a master's part in a blue-green or canary upgrade. Owned
@@ -220,7 +233,7 @@ func (m *master) switchUsers(c *candidate) {
 }
 
 func (m *master) scheduleBakeHealth(c *candidate) {
-	c.stops = append(c.stops, m.sys.afterFunc(m.cfg.Rollout.HealthInterval, func() { m.post(evBakeHealth{c}) }))
+	c.setBakeCheck(m.sys.afterFunc(m.cfg.Rollout.HealthInterval, func() { m.post(evBakeHealth{c}) }))
 }
 
 // onBakeHealth runs one health check of the candidate during the bake.
@@ -228,7 +241,7 @@ func (m *master) onBakeHealth(c *candidate) {
 	if m.rollout.cand != c || c.stage != stageBake {
 		return
 	}
-	c.stops = append(c.stops, m.probeOnce(func(err error) { m.post(evCheckDone{c, stageBake, err, nil}) }))
+	c.setBakeCheck(m.probeOnce(func(err error) { m.post(evCheckDone{c, stageBake, err, nil}) }))
 }
 
 func (m *master) onBakeDone(c *candidate) {

@@ -4,7 +4,6 @@ package supervisor
 
 import (
 	"fmt"
-	"os"
 	"strconv"
 	"syscall"
 	"time"
@@ -39,11 +38,8 @@ type hookRun struct {
 // evHookExit.
 func (m *master) startHook(gen int, upgrade bool) {
 	env := m.baseEnv
-	if upgrade && m.cfg.EnvFile != "" {
-		// The new release's environment, as its master will read it.
-		if extra, err := ReadEnvFile(m.cfg.EnvFile); err == nil {
-			env = mergeEnv(workerBaseEnv(os.Environ(), m.cfg.WorkerOutput == OutputTagged), extra)
-		}
+	if upgrade {
+		env = m.nextEnv()
 	}
 	env = append(env[:len(env):len(env)], "BATON_GENERATION="+strconv.Itoa(gen))
 	h := &hookRun{gen: gen, upgrade: upgrade, log: m.log.Named("hook").With(zap.Int("new_generation", gen))}

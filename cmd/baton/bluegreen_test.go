@@ -302,7 +302,10 @@ func TestRolloutBadInput(t *testing.T) {
 		{[]string{"-l", "127.0.0.1:0", "--strategy", "canary"}, "port 0"},
 		{[]string{"-l", "127.0.0.1:1", "--strategy", "purple"}, `--strategy "purple": want shared, blue-green or canary`},
 		{[]string{"-l", "127.0.0.1:1", "--strategy", "canary", "--canary-weight", "0"}, "--canary-weight 0"},
-		{[]string{"-l", "127.0.0.1:1", "--health-check", "http:/"}, "--health-check: needs --strategy blue-green or canary"},
+		{[]string{"-l", "127.0.0.1:1", "--health-check", "http:/"}, `--health-check "http:/": needs --strategy blue-green or canary`},
+		{[]string{"-l", "127.0.0.1:1", "--smoke-timeout", "5s"}, "--smoke-timeout 5s: needs --strategy blue-green or canary (--strategy is shared)"},
+		{[]string{"-l", "127.0.0.1:1", "--health-interval", "2s"}, "--health-interval 2s: needs --strategy blue-green or canary"},
+		{[]string{"-l", "127.0.0.1:1", "--strategy", "blue-green", "--canary-weight", "20"}, "--canary-weight 20: needs --strategy canary (--strategy is blue-green)"},
 		{[]string{"-l", "127.0.0.1:1", "--strategy", "blue-green", "--health-check", "http:healthz"}, `--health-check "http:healthz"`},
 	} {
 		code, lines, out := runBaton(t, nil, append(append([]string{"run"}, c.args...), "--", bin("hello"))...)
@@ -349,4 +352,35 @@ func TestBlueGreenTwentyUpgrades(t *testing.T) {
 		t.Fatalf("failed requests across 20 blue-green upgrades: %s", lr)
 	}
 	t.Logf("20 blue-green upgrades at concurrency 64: %s; switch after %v ms", lr, switches)
+}
+
+// TestSmokeTestRunsAsTheNewGeneration: the smoke test runs as the workers'
+// --user, with the --env-file the new generation reads (changed by the
+// deploy), not as the old master with the old environment.
+func TestSmokeTestRunsAsTheNewGeneration(t *testing.T) {
+	t.Parallel()
+	if os.Getuid() != 0 {
+		t.Skip("needs root for --user")
+	}
+	// Where the smoke test, running as nobody, may write.
+	out, err := os.MkdirTemp("", "baton-smoke-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(out) })
+	os.Chmod(out, 0o777)
+	report := filepath.Join(out, "smoke.txt")
+	b, _, envFile := bgSetup(t, "SMOKE_MARK=old\n", "--strategy", "blue-green", "--user", "nobody",
+		"--smoke-test", `echo "uid=$(id -u) mark=$SMOKE_MARK" > `+report)
+	writeEnv(t, envFile, "SMOKE_MARK=new\n")
+	if out, code := batonCtl(b, "reload"); code != 0 {
+		t.Fatalf("baton reload exit %d:\n%s", code, out)
+	}
+	got, err := os.ReadFile(report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "uid=65534 mark=new\n"; string(got) != want {
+		t.Fatalf("smoke test ran with %q, want %q", got, want)
+	}
 }
