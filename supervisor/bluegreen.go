@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"github.com/baton-sh/baton/supervisor/sockets"
 	"go.uber.org/zap"
 )
@@ -219,7 +220,7 @@ func (m *master) switchUsers(c *candidate) {
 		detail = strconv.Itoa(weight) + "% of new connections to generation " + strconv.Itoa(c.gen)
 	}
 	m.rolloutStep(c, "switch", detail)
-	m.log.Info("users switched to the new generation", zap.Int("new_generation", c.gen), zap.Int("weight_percent", weight),
+	m.log.Info("users switched to the new generation", logevent.RolloutSwitched, zap.Int("new_generation", c.gen), zap.Int("weight_percent", weight),
 		zap.Int64("switched_at_unix_ns", now.UnixNano()), zap.Duration("since_upgrade", now.Sub(m.up.at)))
 	if r.Bake <= 0 {
 		m.promote(c, "no bake")
@@ -262,7 +263,7 @@ func (m *master) promote(c *candidate, trigger string) {
 	c.stopAll()
 	c.stage = stagePromoted
 	m.rolloutStep(c, "promote", trigger)
-	m.log.Info("promoting the new generation", zap.String("trigger", trigger), zap.Int("new_generation", c.gen),
+	m.log.Info("promoting the new generation", logevent.RolloutPromoted, zap.String("trigger", trigger), zap.Int("new_generation", c.gen),
 		zap.Int64("at_unix_ns", m.sys.now().UnixNano()))
 	if err := m.sys.notifyTo(c.notify, reportToken+"="+m.up.token+"\n"+orderPromote+"=1"); err != nil {
 		m.rollback(c, "could not reach the new master to promote it: "+err.Error())
@@ -284,7 +285,7 @@ func (m *master) rollback(c *candidate, reason string) {
 	if m.up.reason == "" {
 		m.up.reason = "rolled back: " + reason
 	}
-	m.log.Warn("rolling back: users on the old generation, draining the new one",
+	m.log.Warn("rolling back: users on the old generation, draining the new one", logevent.RolloutRollback,
 		zap.String("reason", reason), zap.Bool("was_switched", c.switched), zap.Int("new_generation", c.gen),
 		zap.Int64("at_unix_ns", m.sys.now().UnixNano()))
 	if c.notify != "" {
@@ -373,7 +374,7 @@ func (m *master) generationReady() {
 	now := m.sys.now()
 	res := control.ReloadResult{Generation: m.gen, WorkersStartingMS: ms(now.Sub(m.bootAt))}
 	b, _ := json.Marshal(res)
-	m.log.Info("generation ready as a candidate: waiting for the old master's checks", zap.Duration("workers_starting", now.Sub(m.bootAt)))
+	m.log.Info("generation ready as a candidate: waiting for the old master's checks", logevent.RolloutCandidate, zap.Duration("workers_starting", now.Sub(m.bootAt)))
 	m.sys.notifyTo(m.up.parentNotify, reportToken+"="+m.up.parentToken+"\n"+reportCandidate+"="+string(b)+"\n"+reportNotify+"="+m.notifyAddr())
 }
 

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"github.com/baton-sh/baton/supervisor/sockets"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -276,7 +277,7 @@ func (m *master) runSmokeTest(gen int, done func(error, []string)) (stop func())
 			sc := bufio.NewScanner(pr)
 			for sc.Scan() {
 				tail.add(sc.Text())
-				m.log.Info("smoke test output", zap.String("line", sc.Text()))
+				m.log.Info("smoke test output", logevent.SmokeTestOutput, zap.String("line", sc.Text()))
 			}
 			pr.Close()
 			close(read)

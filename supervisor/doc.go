@@ -56,7 +56,8 @@
 // Sub-packages: control (protocol and client), sockets (the master's side
 // of the listening sockets; reuseport.go: per-generation sockets and the
 // BPF program that steers between them), internal/osutil (/proc, own fds, sd_notify
-// sending).
+// sending), internal/logevent (the stable "event" names of the log entries
+// tests, tools and journald act on; every such entry carries one).
 //
 // Signals and what the loop does with them:
 //

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"go.uber.org/zap"
 )
 
@@ -46,7 +47,7 @@ func (m *master) startHook(gen int, upgrade bool) {
 	proc, err := m.sys.start(procSpec{
 		path: "/bin/sh", argv: []string{"/bin/sh", "-c", m.cfg.BeforeUpgrade},
 		env: env, dir: m.cfg.Chdir, cred: m.cfg.Credential,
-		output: OutputTagged, outputMsg: "hook output", log: h.log,
+		output: OutputTagged, outputMsg: "hook output", outputEvent: logevent.HookOutput, log: h.log,
 		onLine: func(stream, line string) {
 			h.tail.add(line)
 			m.post(evHookOutput{h, stream, line})
@@ -135,7 +136,7 @@ func (m *master) hookDone(h *hookRun, failed string) {
 	res := control.ReloadResult{Code: control.ReloadRollback, Reason: failed, Stderr: h.tail.snapshot(),
 		OldMasterPID: m.self, Generation: h.gen, HookMS: ms(u.hookTook), WaitedMS: ms(u.waited)}
 	if m.phase == phaseServing {
-		m.log.Error("upgrade failed: old generation keeps serving", zap.String("reason", failed))
+		m.log.Error("upgrade failed: old generation keeps serving", logevent.UpgradeFailed, zap.String("reason", failed))
 		m.sdNotify("READY=1\nSTATUS=upgrade failed, generation " + strconv.Itoa(m.gen) + " serving: " + failed)
 	}
 	m.met.upgradeFailed(m.sys.now())

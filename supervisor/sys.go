@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"github.com/baton-sh/baton/supervisor/sockets"
 	"github.com/cloudflare/tableflip"
@@ -94,10 +95,12 @@ type procSpec struct {
 	cred   *syscall.Credential
 	output string      // OutputTagged or OutputInherit
 	log    *zap.Logger // for tagged output; the pid is added
-	// outputMsg is the log message of each tagged line ("worker output"
-	// when empty); onLine, if set, is also called with each line, from
+	// outputMsg is the log message of each tagged line (OutputMessage
+	// when empty), outputEvent its event (logevent.WorkerOutput when
+	// unset); onLine, if set, is also called with each line, from
 	// the output pumps' goroutines.
-	outputMsg string
+	outputMsg   string
+	outputEvent zap.Field
 	onLine    func(stream, line string)
 }
 
@@ -211,11 +214,14 @@ func startOSProcess(sp *spawner, p procSpec, exited func(exitStatus)) (*osProces
 	}
 	proc := &osProcess{pid: cmd.Process.Pid, pipes: pipes}
 	if pipes != nil {
-		msg := p.outputMsg
+		msg, ev := p.outputMsg, p.outputEvent
 		if msg == "" {
-			msg = "worker output"
+			msg = OutputMessage
 		}
-		pipes.started(p.log.With(zap.Int("pid", proc.pid)), msg, p.onLine)
+		if ev.Key == "" {
+			ev = logevent.WorkerOutput
+		}
+		pipes.started(p.log.With(zap.Int("pid", proc.pid)), msg, ev, p.onLine)
 	}
 	go func() {
 		// Wait for the exit without reaping, so that signals stop before

@@ -97,13 +97,13 @@ func TestBlueGreenSwitch(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("baton reload exit %d:\n%s\nlog:\n%s", code, out, b.log.dump())
 	}
-	sw, _ := b.log.waitFrom(t, from, "users switched to the new generation", nil, 5*time.Second)
+	sw, _ := b.log.waitFrom(t, from, "rollout_switched", nil, 5*time.Second)
 	switchAt := unixNS(sw)
 	// The reload answered after the promotion; a short second load makes
 	// sure the first one runs on for a while after the switch.
 	after := loadgen.Run(context.Background(), loadgen.Config{Network: "tcp", Addr: addr, Clients: 4,
 		ReleaseHeader: "Hello-Generation", Duration: 300 * time.Millisecond, MaxRequests: 50_000, Timeout: 10 * time.Second})
-	b.log.waitFrom(t, from, "previous master exited", nil, 20*time.Second)
+	b.log.waitFrom(t, from, "previous_master_exited", nil, 20*time.Second)
 	lr := load.finish()
 	for _, s := range after.Samples {
 		if s.Release != "2" {
@@ -166,7 +166,7 @@ func TestBlueGreenChecksRollBack(t *testing.T) {
 		if c.name == "smoke test exit 1" && !strings.Contains(out, "checkout page broken") {
 			t.Errorf("%s: the smoke test's output is not in the report:\n%s", c.name, out)
 		}
-		b.log.waitFrom(t, from, "upgrade failed: old generation keeps serving", nil, 20*time.Second)
+		b.log.waitFrom(t, from, "upgrade_failed", nil, 20*time.Second)
 		if body := mustGet(t, addr, "/"); field(body, "generation") != "1" {
 			t.Fatalf("%s: after the rollback served %q", c.name, body)
 		}
@@ -194,19 +194,19 @@ func TestBlueGreenRollbackDuringBake(t *testing.T) {
 	writeEnv(t, envFile, "HELLO_TAG=v2\n")
 	from := b.log.len()
 	res := reloadAsync(b)
-	sw, _ := b.log.waitFrom(t, from, "users switched to the new generation", nil, 20*time.Second)
+	sw, _ := b.log.waitFrom(t, from, "rollout_switched", nil, 20*time.Second)
 	eventually(t, 5*time.Second, "the new release to answer", func() bool { return field(mustGet(t, addr, "/"), "generation") == "2" })
 	if out, code := batonCtl(b, "rollback"); code != 0 {
 		t.Fatalf("baton rollback exit %d: %s", code, out)
 	}
-	rb, _ := b.log.waitFrom(t, from, "rolling back: users on the old generation, draining the new one", nil, 5*time.Second)
+	rb, _ := b.log.waitFrom(t, from, "rollout_rollback", nil, 5*time.Second)
 	r := <-res
 	if code := r[1].(int); code != 1 || !strings.Contains(r[0].(string), "baton rollback") {
 		t.Errorf("baton reload exit %d, want 1 naming baton rollback:\n%s", code, r[0])
 	}
 	newMaster := 0
 	for _, e := range b.log.all()[from:] {
-		if e.str("msg") == "generation ready as a candidate: waiting for the old master's checks" {
+		if e.str("event") == "rollout_candidate" {
 			newMaster = e.num("master_pid")
 		}
 	}
@@ -263,8 +263,8 @@ func TestCanaryShare(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("baton reload exit %d:\n%s", code, out)
 	}
-	sw, _ := b.log.waitFrom(t, from, "users switched to the new generation", nil, 5*time.Second)
-	pr, _ := b.log.waitFrom(t, from, "promoting the new generation", nil, 5*time.Second)
+	sw, _ := b.log.waitFrom(t, from, "rollout_switched", nil, 5*time.Second)
+	pr, _ := b.log.waitFrom(t, from, "rollout_promoted", nil, 5*time.Second)
 	lr := load.finish()
 	start, end := unixNS(sw).Add(50*time.Millisecond), unixNS(pr).Add(-50*time.Millisecond)
 	total, onNew := 0, 0
@@ -338,9 +338,9 @@ func TestBlueGreenTwentyUpgrades(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("upgrade %d: baton reload exit %d:\n%s", gen, code, out)
 		}
-		sw, _ := b.log.waitFrom(t, from, "users switched to the new generation", nil, 5*time.Second)
+		sw, _ := b.log.waitFrom(t, from, "rollout_switched", nil, 5*time.Second)
 		switches = append(switches, sw["since_upgrade"].(float64))
-		b.log.waitFrom(t, from, "previous master exited", nil, 20*time.Second)
+		b.log.waitFrom(t, from, "previous_master_exited", nil, 20*time.Second)
 	}
 	lr := load.finish()
 	for i, c := range slow {

@@ -367,7 +367,7 @@ func TestHintAcceptQueueNobodyDrains(t *testing.T) {
 			c.Close()
 		}
 	}()
-	ev := b.log.wait(t, "connections wait on a listening socket and no worker accepts them", nil, 15*time.Second)
+	ev := b.log.wait(t, "accept_stalled", nil, 15*time.Second)
 	if !strings.Contains(ev.str("hint"), supervisor.HintInheritedSocket) || ev.num("queued") != 2 || !strings.Contains(ev.str("listener"), addr) {
 		t.Errorf("warning: %v", ev)
 	}

@@ -25,10 +25,10 @@ func (b *baton) upgrade(t *testing.T, master, gen int) int {
 	if err := syscall.Kill(master, syscall.SIGUSR2); err != nil {
 		t.Fatalf("USR2 to %d: %v", master, err)
 	}
-	ev, _ := b.log.waitFrom(t, from, "handover complete: new generation serving",
+	ev, _ := b.log.waitFrom(t, from, "handover_complete",
 		func(e logEvent) bool { return e.num("generation") == gen+1 }, 30*time.Second)
 	newMaster := ev.num("master_pid")
-	b.log.waitFrom(t, from, "previous master exited",
+	b.log.waitFrom(t, from, "previous_master_exited",
 		func(e logEvent) bool { return e.num("master_pid") == newMaster }, 30*time.Second)
 	return newMaster
 }
@@ -156,7 +156,7 @@ func TestFailedUpgradesRollBackAndSymlinkDeploy(t *testing.T) {
 		pointCurrent(t, dir, bad.release)
 		from := b.log.len()
 		b.signal(syscall.SIGUSR2)
-		ev, _ := b.log.waitFrom(t, from, "upgrade failed: old generation keeps serving", nil, 30*time.Second)
+		ev, _ := b.log.waitFrom(t, from, "upgrade_failed", nil, 30*time.Second)
 		if !strings.Contains(ev.str("reason"), bad.reason) {
 			t.Errorf("%s release: failure reason %q, want it to say %q", bad.release, ev.str("reason"), bad.reason)
 		}
@@ -176,7 +176,7 @@ func TestFailedUpgradesRollBackAndSymlinkDeploy(t *testing.T) {
 		}
 		// Nothing of the failed generation is left running.
 		for _, e := range b.log.all()[from:] {
-			if e.str("msg") == "worker started" && e.num("generation") == 2 {
+			if e.str("event") == "worker_started" && e.num("generation") == 2 {
 				if p := e.num("pid"); alive(p) {
 					t.Errorf("%s release: new-generation worker %d still runs", bad.release, p)
 				}
@@ -204,18 +204,18 @@ func TestUpgradeRefusedWhileOneRuns(t *testing.T) {
 	b := startBaton(t, []string{"HELLO_STARTUP_MS=1500"}, "-l", addr, "-w", "2", "--", bin("hello"))
 	b.waitReady()
 	b.signal(syscall.SIGUSR2)
-	b.log.wait(t, "upgrade requested", nil, 10*time.Second)
+	b.log.wait(t, "upgrade_requested", nil, 10*time.Second)
 	b.signal(syscall.SIGUSR2)
-	b.log.wait(t, "upgrade refused: an upgrade is already under way", nil, 10*time.Second)
-	ho := b.log.wait(t, "handover complete: new generation serving", nil, 30*time.Second)
-	if n := b.log.count("upgrade requested"); n != 1 {
+	b.log.wait(t, "upgrade_refused", nil, 10*time.Second)
+	ho := b.log.wait(t, "handover_complete", nil, 30*time.Second)
+	if n := b.log.count("upgrade_requested"); n != 1 {
 		t.Fatalf("%d upgrades started, want 1", n)
 	}
 	if ho.num("generation") != 2 {
 		t.Fatalf("handover to generation %d, want 2", ho.num("generation"))
 	}
 	newMaster := ho.num("master_pid")
-	b.log.wait(t, "previous master exited", func(e logEvent) bool { return e.num("master_pid") == newMaster }, 30*time.Second)
+	b.log.wait(t, "previous_master_exited", func(e logEvent) bool { return e.num("master_pid") == newMaster }, 30*time.Second)
 	if body := mustGet(t, addr, "/"); field(body, "generation") != "2" {
 		t.Fatalf("served %q, want generation 2", body)
 	}
@@ -234,34 +234,34 @@ func TestUpgradeQueuedWhilePreviousGenerationDrains(t *testing.T) {
 		return countSockets(b.workerPids(1)[0]) > 1
 	})
 	b.signal(syscall.SIGUSR2)
-	ho := b.log.wait(t, "handover complete: new generation serving", nil, 30*time.Second)
+	ho := b.log.wait(t, "handover_complete", nil, 30*time.Second)
 	newMaster := ho.num("master_pid")
 	from := b.log.len()
 	syscall.Kill(newMaster, syscall.SIGUSR2)
-	ev, _ := b.log.waitFrom(t, from, "upgrade queued: previous generation still draining", nil, 10*time.Second)
+	ev, _ := b.log.waitFrom(t, from, "upgrade_queued", nil, 10*time.Second)
 	if left := ev["drain_left_at_most"].(float64); left <= 0 || left > 21000 {
 		t.Errorf("drain_left_at_most = %vms, want within the 20s drain timeout", left)
 	}
 	syscall.Kill(newMaster, syscall.SIGHUP)
-	b.log.waitFrom(t, from, "upgrade request merged into the queued upgrade", nil, 10*time.Second)
+	b.log.waitFrom(t, from, "upgrade_merged", nil, 10*time.Second)
 	if code, out := b.ctl(t, "reload", "--no-wait"); code != 2 || !strings.Contains(out, "still draining") {
 		t.Fatalf("reload --no-wait while draining: exit %d:\n%s", code, out)
 	}
-	if b.log.count("upgrade requested") != 1 {
+	if b.log.count("upgrade_requested") != 1 {
 		t.Fatal("the queued upgrade started while the previous generation drained")
 	}
 	if body := <-slow; field(body, "generation") != "1" {
 		t.Fatalf("slow request: %q, want an answer from generation 1", body)
 	}
-	b.log.wait(t, "previous master exited", func(e logEvent) bool { return e.num("master_pid") == newMaster }, 30*time.Second)
+	b.log.wait(t, "previous_master_exited", func(e logEvent) bool { return e.num("master_pid") == newMaster }, 30*time.Second)
 	// The two signals made one upgrade, to generation 3.
-	ho, _ = b.log.waitFrom(t, from, "handover complete: new generation serving", func(e logEvent) bool { return e.num("generation") == 3 }, 30*time.Second)
+	ho, _ = b.log.waitFrom(t, from, "handover_complete", func(e logEvent) bool { return e.num("generation") == 3 }, 30*time.Second)
 	// Once generation 2's master is gone, every new connection reaches 3.
-	b.log.waitFrom(t, from, "previous master exited", func(e logEvent) bool { return e.num("master_pid") == ho.num("master_pid") }, 30*time.Second)
+	b.log.waitFrom(t, from, "previous_master_exited", func(e logEvent) bool { return e.num("master_pid") == ho.num("master_pid") }, 30*time.Second)
 	if body := mustGet(t, addr, "/"); field(body, "generation") != "3" {
 		t.Fatalf("served %q, want generation 3", body)
 	}
-	if n := b.log.count("upgrade requested"); n != 2 {
+	if n := b.log.count("upgrade_requested"); n != 2 {
 		t.Fatalf("%d upgrades requested, want 2 (the queued one merged the second signal)", n)
 	}
 }
@@ -294,7 +294,7 @@ func TestNoFdOrGoroutineLeakAcrossUpgrades(t *testing.T) {
 	for i := 0; i < 6; i++ {
 		from := b.log.len()
 		b.signal(syscall.SIGUSR2)
-		ev, _ := b.log.waitFrom(t, from, "upgrade failed: old generation keeps serving", nil, 30*time.Second)
+		ev, _ := b.log.waitFrom(t, from, "upgrade_failed", nil, 30*time.Second)
 		// Finalizers close what the failed attempt opened; they run just
 		// after the event, later on a loaded machine (CI saw > 2 s once).
 		waitNoFdAdded(t, master, baseFds, fmt.Sprintf("master, failed upgrade %d", i+1))
@@ -315,7 +315,7 @@ func TestNoFdOrGoroutineLeakAcrossUpgrades(t *testing.T) {
 	for gen := 1; gen <= 20; gen++ {
 		from := b.log.len()
 		master = b.upgrade(t, master, gen)
-		ev, _ := b.log.waitFrom(t, from, "previous master exited", func(e logEvent) bool { return e.num("master_pid") == master }, 10*time.Second)
+		ev, _ := b.log.waitFrom(t, from, "previous_master_exited", func(e logEvent) bool { return e.num("master_pid") == master }, 10*time.Second)
 		chainFds = append(chainFds, fdCount(t, master))
 		chainGors = append(chainGors, ev.num("goroutines"))
 	}
