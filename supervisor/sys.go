@@ -101,7 +101,7 @@ type procSpec struct {
 	// the output pumps' goroutines.
 	outputMsg   string
 	outputEvent zap.Field
-	onLine    func(stream, line string)
+	onLine      func(stream, line string)
 }
 
 // process is a started worker as the loop sees it.
