@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/baton-sh/baton/cmd/baton/loadgen"
+	"github.com/baton-sh/baton/internal/loadgen"
 	"github.com/urfave/cli/v2"
 )
 

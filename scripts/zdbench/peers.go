@@ -6,7 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/baton-sh/baton/internal/logtail"
+	"github.com/baton-sh/baton/internal/harness"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,7 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/baton-sh/baton/cmd/baton/loadgen"
+	"github.com/baton-sh/baton/internal/loadgen"
 )
 
 // ---- 6: baton beside nginx and Unicorn under the same load ----
@@ -286,7 +286,7 @@ func (s batonPeer) stop() error    { return s.p.stop() }
 
 func (s batonPeer) upgrade(ctx context.Context, _ *genTracker) (peerUpgrade, error) {
 	u := peerUpgrade{oldPID: s.p.master, oldGen: s.p.gen, newGen: s.p.gen + 1}
-	if !ours(s.p.dir, u.oldPID) {
+	if !harness.Ours(s.p.dir, u.oldPID) {
 		return u, fmt.Errorf("baton master %d is gone%s", u.oldPID, s.p.log.Problem())
 	}
 	w, err := watchExit(u.oldPID)
@@ -324,7 +324,7 @@ type signalPeer struct {
 	masters   []int // every master known, for stop
 	winch     bool  // nginx: WINCH the old master and wait for its workers before QUIT
 	writeGen  func(gen int) error
-	log       *logtail.Tail // the stderr every process of it shares; EOF when all are gone
+	log       *harness.Tail // the stderr every process of it shares; EOF when all are gone
 	reaped    chan struct{} // zdbench's own child has been waited for
 	stopped   bool
 	exitLimit time.Duration // how long a master may take to answer or to go
@@ -423,7 +423,7 @@ func (b *bench) newSignalPeer(kind string, seq int, pidName string) (*signalPeer
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("%s directory: %w", kind, err)
 	}
-	addr, err := freeAddr()
+	addr, err := harness.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
@@ -433,21 +433,13 @@ func (b *bench) newSignalPeer(kind string, seq int, pidName string) (*signalPeer
 
 // start starts cmd with its output on the shared log pipe.
 func (s *signalPeer) start(ctx context.Context, b *bench, cmd *exec.Cmd) error {
-	r, w, err := os.Pipe()
-	if err != nil {
-		return err
-	}
 	cmd.Env = childEnv()
-	cmd.Stdout, cmd.Stderr = w, w
 	// Its own process group: a Ctrl-C on the terminal reaches only zdbench.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		r.Close()
-		w.Close()
-		return fmt.Errorf("start %s: %w", s.kind, err)
+	log, err := harness.Start(cmd)
+	if err != nil {
+		return fmt.Errorf("%s: %w", s.kind, err)
 	}
-	w.Close()
-	s.log = logtail.New(r)
+	s.log = log
 	go func() { cmd.Wait(); close(s.reaped) }()
 	b.track(s)
 	return nil
@@ -487,7 +479,7 @@ func (s *signalPeer) readPIDFile(ctx context.Context, not int) (int, error) {
 // server's directory (masters of both, Unicorn's workers).
 func (s *signalPeer) ours(pid int) bool {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-	return err == nil && strings.Contains(string(b), s.dir) && alive(pid)
+	return err == nil && strings.Contains(string(b), s.dir) && harness.Alive(pid)
 }
 
 // upgrade: USR2, wait for the new generation's first answer, [WINCH, wait
@@ -586,7 +578,7 @@ func (s *signalPeer) ownPIDs() []int {
 			mine = append(mine, pid)
 			continue
 		}
-		if f, err := procStat(pid); err == nil && f[0] != "Z" {
+		if f, err := harness.Stat(pid); err == nil && f[0] != "Z" {
 			if ppid, err := strconv.Atoi(f[1]); err == nil {
 				byParent[ppid] = append(byParent[ppid], pid)
 			}
@@ -642,7 +634,7 @@ func childrenOf(pid int) []int {
 			continue
 		}
 		for _, f := range strings.Fields(string(b)) {
-			if c, err := strconv.Atoi(f); err == nil && alive(c) {
+			if c, err := strconv.Atoi(f); err == nil && harness.Alive(c) {
 				out = append(out, c)
 			}
 		}

@@ -5,10 +5,11 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/baton-sh/baton/internal/harness"
 	"strconv"
 	"time"
 
-	"github.com/baton-sh/baton/cmd/baton/loadgen"
+	"github.com/baton-sh/baton/internal/loadgen"
 )
 
 // Bounds given to baton; the benchmark's own waits are a little longer, so
@@ -145,7 +146,7 @@ func (b *bench) steadyOnce(ctx context.Context, kind string, round int) (steadyR
 		stop   func() error
 	)
 	if kind == "direct" {
-		a, err := freeAddr()
+		a, err := harness.FreeAddr()
 		if err != nil {
 			return run, nil, err
 		}
@@ -486,7 +487,7 @@ func (b *bench) naivePhase(ctx context.Context) (*naiveResult, error) {
 	o := b.opts
 	res := &naiveResult{Restarts: o.naiveRestarts, Concurrency: o.concurrency, SlowClients: o.slowClients,
 		IntervalMS: msOf(o.interval)}
-	addr, err := freeAddr()
+	addr, err := harness.FreeAddr()
 	if err != nil {
 		return res, err
 	}

@@ -1,10 +1,10 @@
-// Package logtail reads the JSON log that baton's processes share (every
+// Package harness reads the JSON log that baton's processes share (every
 // master a `baton run` starts inherits its stderr, and so do workers) and
 // lets a caller wait for an entry by its event name. It is the one log
 // harness of the end-to-end tests (cmd/baton) and the benchmark
 // (scripts/zdbench): they wait on the stable `event` field, never on a
 // message's wording.
-package logtail
+package harness
 
 import (
 	"bufio"
