@@ -62,35 +62,90 @@ type Tail struct {
 // goroutine, and closes it then.
 func New(r io.ReadCloser) *Tail {
 	t := &Tail{changed: make(chan struct{})}
+	q := &lineQueue{}
+	q.cond = sync.NewCond(&q.mu)
+	// Two stages: one goroutine only drains the pipe, so that the writers
+	// (baton's log sink, which drops entries rather than block a master)
+	// never wait on the parsing; the other parses what has arrived, a
+	// batch at a time, and wakes the waiters once per batch.
 	go func() {
 		defer r.Close()
 		sc := bufio.NewScanner(r)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
-			line := sc.Bytes()
-			var ev Event
-			isEvent := json.Unmarshal(line, &ev) == nil && ev["msg"] != nil
+			q.put(append([]byte(nil), sc.Bytes()...))
+		}
+		q.end()
+	}()
+	go func() {
+		for {
+			lines, done := q.take()
 			now := time.Now()
+			evs := make([]Event, len(lines))
+			for i, line := range lines {
+				if json.Unmarshal(line, &evs[i]) != nil || evs[i]["msg"] == nil {
+					evs[i] = nil
+				}
+			}
 			t.mu.Lock()
-			if isEvent {
-				t.events = append(t.events, ev)
-				t.at = append(t.at, now)
-			} else {
-				t.other = append(t.other, string(line))
+			for i, ev := range evs {
+				if ev != nil {
+					t.events = append(t.events, ev)
+					t.at = append(t.at, now)
+					continue
+				}
+				t.other = append(t.other, string(lines[i]))
 				if len(t.other) > maxOther {
 					t.other = t.other[len(t.other)-maxOther/2:]
 				}
 			}
+			if done {
+				t.closed = true
+			}
 			close(t.changed)
 			t.changed = make(chan struct{})
 			t.mu.Unlock()
+			if done {
+				return
+			}
 		}
-		t.mu.Lock()
-		t.closed = true
-		close(t.changed)
-		t.mu.Unlock()
 	}()
 	return t
+}
+
+// lineQueue hands lines from the pipe's reader to the parser.
+type lineQueue struct {
+	mu    sync.Mutex
+	cond  *sync.Cond
+	lines [][]byte
+	ended bool
+}
+
+func (q *lineQueue) put(line []byte) {
+	q.mu.Lock()
+	q.lines = append(q.lines, line)
+	q.mu.Unlock()
+	q.cond.Signal()
+}
+
+func (q *lineQueue) end() {
+	q.mu.Lock()
+	q.ended = true
+	q.mu.Unlock()
+	q.cond.Signal()
+}
+
+// take blocks until there are lines or the end, and returns every line
+// queued, and whether the reader has ended (then no line follows).
+func (q *lineQueue) take() ([][]byte, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for len(q.lines) == 0 && !q.ended {
+		q.cond.Wait()
+	}
+	lines := q.lines
+	q.lines = nil
+	return lines, q.ended
 }
 
 // Len is the number of entries read so far: a mark to wait from.
