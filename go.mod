@@ -1,14 +1,15 @@
 module github.com/baton-sh/baton
 
-go 1.24
+go 1.25.0
 
 require (
+	github.com/cilium/ebpf v0.22.0
 	github.com/cloudflare/tableflip v1.2.3
 	github.com/coreos/go-systemd/v22 v22.7.0
 	github.com/prometheus/client_golang v1.22.0
 	github.com/urfave/cli/v2 v2.27.7
 	go.uber.org/zap v1.28.0
-	golang.org/x/sys v0.30.0
+	golang.org/x/sys v0.43.0
 )
 
 require (

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/control"
-	"github.com/baton-sh/baton/supervisor/sockets"
 	"go.uber.org/zap"
 )
 
@@ -107,12 +106,14 @@ func (m *master) rolloutStep(c *candidate, name, detail string) {
 	m.progress(control.Progress{Event: "rollout_" + name, Message: msg})
 }
 
-// steer attaches the steering program to this master's own sockets.
-func (m *master) steer(live, candidate, canary int) error {
+// steer attaches the steering program to this master's own sockets:
+// canary percent of users' new connections to the other generation, the
+// rest to ours.
+func (m *master) steer(canary int) error {
 	if m.lns == nil {
 		return nil
 	}
-	return m.lns.Attach(sockets.Steer(live, candidate, canary))
+	return m.lns.Steer(canary)
 }
 
 // prepareRollout runs before an upgrade starts: users stay on this
@@ -123,7 +124,14 @@ func (m *master) prepareRollout() error {
 		return nil
 	}
 	m.rollout.cand = nil
-	return m.steer(0, 1, 0)
+	if m.lns != nil {
+		// The map holds our socket and nothing else: a failed candidate's
+		// or a leftover's socket under the other key is dropped.
+		if err := m.lns.Claim(false); err != nil {
+			return err
+		}
+	}
+	return m.steer(0)
 }
 
 // --- the old master's side ---
@@ -193,7 +201,7 @@ func (m *master) switchUsers(c *candidate) {
 	if r.Strategy == StrategyCanary {
 		weight = r.CanaryWeight
 	}
-	if err := m.steer(0, 1, weight); err != nil {
+	if err := m.steer(weight); err != nil {
 		m.rollback(c, "switch failed: "+err.Error())
 		return
 	}
@@ -239,7 +247,7 @@ func (m *master) onBakeDone(c *candidate) {
 // and an order to its master to call Ready, which ends our Upgrade call.
 func (m *master) promote(c *candidate, trigger string) {
 	if m.cfg.Rollout.Strategy == StrategyCanary {
-		if err := m.steer(0, 1, 100); err != nil {
+		if err := m.steer(100); err != nil {
 			m.rollback(c, "switch of all users failed: "+err.Error())
 			return
 		}
@@ -260,7 +268,7 @@ func (m *master) rollback(c *candidate, reason string) {
 	if c.stage == stageRolledBack {
 		return
 	}
-	if err := m.steer(0, 1, 0); err != nil {
+	if err := m.steer(0); err != nil {
 		m.log.Error("could not switch users back to the old generation", zap.Error(err))
 	}
 	c.stopAll()
@@ -296,7 +304,7 @@ func (m *master) rolloutDone(err error, res *control.ReloadResult) {
 	m.rollout.cand = nil
 	if c == nil {
 		if err != nil {
-			m.steer(0, 1, 0)
+			m.steer(0)
 		}
 		return
 	}
@@ -368,6 +376,14 @@ func (m *master) onParentOrder(fields map[string]string) bool {
 	if fields[orderPromote] == "1" {
 		if m.phase == phaseBooting && m.rollout.offered {
 			m.log.Info("promoted by the old master")
+			if m.lns != nil {
+				// Users are all ours; the previous generation's key goes,
+				// so that a socket of it a leftover keeps open is never
+				// chosen (its accept queue is still served).
+				if err := m.lns.Claim(false); err != nil {
+					m.log.Warn("could not clear the previous generation from the steering map", zap.Error(err))
+				}
+			}
 			m.bootDone()
 		}
 		return true

@@ -208,7 +208,7 @@ func (m *master) setup() error {
 	var lns *sockets.Set
 	var err error
 	if st := m.cfg.Rollout.Strategy; st.steered() {
-		lns, err = m.openGroup(act)
+		lns, err = m.openGroup(reg, act)
 	} else {
 		lns, err = sockets.Open(reg, m.cfg.Listen, act)
 	}
