@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -124,6 +125,10 @@ func (m *master) prepareRollout() error {
 		return nil
 	}
 	m.rollout.cand = nil
+	m.group.soleSteer = false
+	if why := m.checkBeforeSwitch(); why != "" {
+		return errors.New(why)
+	}
 	if m.lns != nil {
 		// The map holds our socket and nothing else: a failed candidate's
 		// or a leftover's socket under the other key is dropped.
@@ -201,6 +206,10 @@ func (m *master) switchUsers(c *candidate) {
 	if r.Strategy == StrategyCanary {
 		weight = r.CanaryWeight
 	}
+	if why := m.checkBeforeSwitch(); why != "" {
+		m.rollback(c, "switch refused: "+why)
+		return
+	}
 	if err := m.steer(weight); err != nil {
 		m.rollback(c, "switch failed: "+err.Error())
 		return
@@ -247,6 +256,10 @@ func (m *master) onBakeDone(c *candidate) {
 // and an order to its master to call Ready, which ends our Upgrade call.
 func (m *master) promote(c *candidate, trigger string) {
 	if m.cfg.Rollout.Strategy == StrategyCanary {
+		if why := m.checkBeforeSwitch(); why != "" {
+			m.rollback(c, "switch of all users refused: "+why)
+			return
+		}
 		if err := m.steer(100); err != nil {
 			m.rollback(c, "switch of all users failed: "+err.Error())
 			return
@@ -355,6 +368,10 @@ func (m *master) onRolloutCmd(cc *ctlConn) {
 // Under blue-green or canary, a new master waits for the old one to check
 // and promote it; otherwise it takes over now.
 func (m *master) generationReady() {
+	if why := m.checkWorkerSockets(); why != "" {
+		m.bootFailed(fmt.Errorf("%w: %s", ErrBootFailed, why), why)
+		return
+	}
 	if !m.cfg.Rollout.Strategy.steered() || !m.up.parentAlive || m.up.parentNotify == "" {
 		m.bootDone()
 		return

@@ -59,6 +59,7 @@ type master struct {
 	phase        phase
 	slots        []*slot
 	procs        map[int]*worker // live workers by pid, current or draining
+	group        groupState      // membership of blue-green's reuseport groups
 	bootErr      error
 	startAt      time.Time
 	bootAt       time.Time
@@ -456,6 +457,10 @@ func (m *master) handle(ev event) {
 		m.onSwitchBackWait()
 	case evQueueIdle:
 		m.onQueueIdle(ev)
+	case evMemberCheck:
+		m.onMemberCheck()
+	case evMembers:
+		m.onMembers(ev)
 	}
 	m.syncMetrics()
 }
@@ -547,6 +552,10 @@ func (m *master) bootDone() {
 		m.log.Warn("old master gone before the handover: serving as the master", zap.Error(err))
 	}
 	m.phase = phaseServing
+	if m.lns != nil && m.cfg.Rollout.Strategy.steered() && m.up.parentAlive {
+		m.allowed() // records the previous generation's sockets, to name a leftover later
+	}
+	m.scheduleMemberCheck()
 	fields := []zap.Field{zap.Int("workers", len(m.slots)), zap.Duration("workers_starting", workers)}
 	if m.up.parentPID != 0 {
 		// Started by an old master (alive, or gone mid-handover): this one
