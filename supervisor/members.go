@@ -1,3 +1,5 @@
+//go:build linux
+
 package supervisor
 
 import (
@@ -8,6 +10,7 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"github.com/baton-sh/baton/supervisor/sockets"
 	"go.uber.org/zap"
@@ -202,7 +205,7 @@ func (m *master) onMembers(ev evMembers) {
 	upgrading := m.rollout.cand != nil || m.up.running || m.up.parentAlive
 	if len(now) == 0 {
 		if changed {
-			m.log.Info("reuseport group holds only baton's sockets again")
+			m.log.Info("reuseport group holds only baton's sockets again", logevent.ForeignSocketsGone)
 		}
 		// Alone in the group, our socket is index 0 of the kernel's
 		// order: a classic program attached now sends users to it, and
@@ -227,7 +230,7 @@ func (m *master) onMembers(ev evMembers) {
 		}
 	}
 	for _, f := range now {
-		m.log.Warn("foreign socket in the reuseport group", zap.String("kind", f.Kind), zap.String("address", f.Address),
+		m.log.Warn("foreign socket in the reuseport group", logevent.ForeignSocket, zap.String("kind", f.Kind), zap.String("address", f.Address),
 			zap.Uint64("inode", f.Inode), zap.Int("holder_pid", f.PID), zap.String("holder_command", f.Command),
 			zap.String("detail", f.Detail), zap.String("action", action))
 	}

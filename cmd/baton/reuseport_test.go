@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -51,7 +53,7 @@ func bgStartAs(t *testing.T, steering, env string, args ...string) (*baton, stri
 		cmd = exec.Command(sp, append([]string{"--bounding-set=-bpf,-sys_admin,-perfmon", "--", bin("baton")}, all...)...)
 	}
 	b := startBatonCmd(t, cmd, nil)
-	ev := b.log.wait(t, "blue-green sockets ready", nil, 10*time.Second)
+	ev := b.log.wait(t, "rollout_sockets_ready", nil, 10*time.Second)
 	if got := ev.str("steering"); got != steering {
 		t.Fatalf("steering %q, want %q", got, steering)
 	}
@@ -133,7 +135,7 @@ func TestReuseportStray(t *testing.T) {
 				t.Fatalf("first reload exit %d: %s", code, out)
 			}
 			stray := startStray(t, addr)
-			w, _ := b.log.waitFrom(t, 0, "foreign socket in the reuseport group", nil, 10*time.Second)
+			w, _ := b.log.waitFrom(t, 0, "foreign_socket", nil, 10*time.Second)
 			if w.num("holder_pid") != os.Getpid() {
 				t.Errorf("warning names pid %d, want this test's %d: %v", w.num("holder_pid"), os.Getpid(), w)
 			}
@@ -187,8 +189,8 @@ func TestReuseportLeftover(t *testing.T) {
 			if out, code := batonCtl(b, "reload"); code != 0 {
 				t.Fatalf("first reload exit %d: %s", code, out)
 			}
-			b.log.waitFrom(t, 0, "previous master exited", nil, 20*time.Second)
-			w, _ := b.log.waitFrom(t, 0, "foreign socket in the reuseport group", nil, 10*time.Second)
+			b.log.waitFrom(t, 0, "previous_master_exited", nil, 20*time.Second)
+			w, _ := b.log.waitFrom(t, 0, "foreign_socket", nil, 10*time.Second)
 			if w.str("kind") != "leftover" {
 				t.Errorf("warning kind %q, want leftover: %v", w.str("kind"), w)
 			}

@@ -9,5 +9,7 @@
 // SO_REUSEPORT group instead, and Set.Steer attaches the program that
 // picks one: eBPF over a map of baton's sockets where UseEBPF succeeded
 // (ebpf.go), classic BPF elsewhere (reuseport.go). Members and Foreign list
-// who else listens on the addresses (members.go). The worker's side is package listener.
+// who else listens on the addresses (members.go). The worker's side is
+// package listener. Linux only: every file but this one builds only on
+// Linux.
 package sockets
