@@ -171,10 +171,17 @@ func (m *master) scheduleMemberCheck() {
 }
 
 func (m *master) onMemberCheck() {
-	if m.phase != phaseServing || m.group.running {
-		if m.phase == phaseServing || m.phase == phaseBooting {
-			m.scheduleMemberCheck()
-		}
+	switch {
+	case m.phase == phaseBooting:
+		m.scheduleMemberCheck()
+		return
+	case m.phase != phaseServing:
+		return
+	case m.group.running || m.up.running:
+		// During an upgrade the new master's socket listens before it
+		// reports (and is known); the checks before each switch cover
+		// that time.
+		m.scheduleMemberCheck()
 		return
 	}
 	m.group.running = true
@@ -190,7 +197,7 @@ func (m *master) onMemberCheck() {
 func (m *master) onMembers(ev evMembers) {
 	m.group.running = false
 	defer m.scheduleMemberCheck()
-	if ev.err != nil || m.phase != phaseServing {
+	if ev.err != nil || m.phase != phaseServing || m.up.running {
 		return
 	}
 	var now []control.ForeignSocket
