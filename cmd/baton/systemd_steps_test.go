@@ -237,8 +237,13 @@ func stepsAppService(l *stepLog) {
 	}
 	l.check(s+": journalctl -u "+appUnit+" GENERATION=2", gen2 > 0 && withWorker > 0,
 		"%d entries, %d with WORKER, WORKER_PID and MASTER_PID", gen2, withWorker)
-	j3, _ := ctrRun(10*time.Second, "journalctl", "-u", appUnit, "--no-pager", "-o", "cat", "GENERATION=3")
-	l.check(s+": the failed release's stderr in the journal", strings.Contains(j3, "broken release: /srv/app/releases/broken/config.yml missing"),
+	// baton's log is asynchronous: the line may reach journald just after
+	// the reload's answer.
+	var j3 string
+	l.check(s+": the failed release's stderr in the journal", waitUntil(5*time.Second, func() bool {
+		j3, _ = ctrRun(10*time.Second, "journalctl", "-u", appUnit, "--no-pager", "-o", "cat", "GENERATION=3")
+		return strings.Contains(j3, "broken release: /srv/app/releases/broken/config.yml missing")
+	}),
 		"journalctl GENERATION=3 -o cat:\n%s", tail(j3, 8))
 	failed, _ := ctrRun(10*time.Second, "journalctl", "-u", appUnit, "--no-pager", "-o", "cat", "PRIORITY=3")
 	l.note(s+": journal, PRIORITY=3 (err)", "%s", tail(failed, 6))
@@ -308,7 +313,9 @@ func stepsSocket(l *stepLog) {
 	}
 	t0 := time.Now()
 	body, err := appGet("/", 30*time.Second)
-	l.check(s+": the first connection starts the service", err == nil && strings.Contains(body, "tag=r1") && prop(activatedUnit, "ActiveState") == "active",
+	// A worker may answer a moment before systemd has taken READY=1.
+	active := waitUntil(5*time.Second, func() bool { return prop(activatedUnit, "ActiveState") == "active" })
+	l.check(s+": the first connection starts the service", err == nil && strings.Contains(body, "tag=r1") && active,
 		"answer %q (%v) after %s; service %s", body, err, time.Since(t0).Round(time.Millisecond), prop(activatedUnit, "ActiveState"))
 	main1 := prop(activatedUnit, "MainPID")
 	adopted, _ := ctrRun(10*time.Second, "journalctl", "-u", activatedUnit, "--no-pager", "-o", "cat", "--grep", "adopt")
