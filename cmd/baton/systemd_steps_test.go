@@ -175,7 +175,6 @@ func comm(pid int) string {
 	return strings.TrimSpace(string(b))
 }
 
-
 // stepsAppService: baton-app.service from start to stop.
 func stepsAppService(l *stepLog) {
 	const s = "baton-app.service"
