@@ -220,7 +220,7 @@ func stepsAppService(l *stepLog) {
 
 	// The journal: baton's fields are journal fields.
 	j, _ := ctrRun(10*time.Second, "journalctl", "-u", appUnit, "--no-pager", "-o", "json", "GENERATION=2")
-	var gen2, withWorker, relayed int
+	var gen2, withWorker, relayed, jsonBlobs int
 	for _, line := range strings.Split(j, "\n") {
 		var e map[string]any
 		if json.Unmarshal([]byte(line), &e) != nil {
@@ -233,9 +233,12 @@ func stepsAppService(l *stepLog) {
 		if e["STREAM"] != nil {
 			relayed++
 		}
+		if m, _ := e["MESSAGE"].(string); strings.HasPrefix(m, "{") {
+			jsonBlobs++
+		}
 	}
-	l.check(s+": journalctl -u "+appUnit+" GENERATION=2", gen2 > 0 && withWorker > 0,
-		"%d entries, %d with WORKER, WORKER_PID and MASTER_PID", gen2, withWorker)
+	l.check(s+": journalctl -u "+appUnit+" GENERATION=2", gen2 > 0 && withWorker > 0 && relayed > 0 && jsonBlobs == 0,
+		"%d entries, %d with WORKER, WORKER_PID and MASTER_PID, %d relayed worker lines (STREAM=), %d JSON blobs as MESSAGE", gen2, withWorker, relayed, jsonBlobs)
 	// baton's log is asynchronous: the line may reach journald just after
 	// the reload's answer.
 	var j3 string

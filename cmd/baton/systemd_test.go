@@ -231,8 +231,8 @@ func tail(s string, n int) string {
 func releaseScripts() map[string]string {
 	hello := ctrBin + "/hello"
 	return map[string]string{
-		"releases/r1/bin/server":     "#!/bin/sh\nHELLO_TAG=r1 exec " + hello + "\n",
-		"releases/r2/bin/server":     "#!/bin/sh\nsetsid sleep 600 </dev/null >/dev/null 2>&1 &\nHELLO_TAG=r2 exec " + hello + "\n",
+		"releases/r1/bin/server":     "#!/bin/sh\necho release r1 starting\nHELLO_TAG=r1 exec " + hello + "\n",
+		"releases/r2/bin/server":     "#!/bin/sh\necho release r2 starting\nsetsid sleep 600 </dev/null >/dev/null 2>&1 &\nHELLO_TAG=r2 exec " + hello + "\n",
 		"releases/broken/bin/server": "#!/bin/sh\necho 'broken release: /srv/app/releases/broken/config.yml missing' >&2\nexit 3\n",
 	}
 }
