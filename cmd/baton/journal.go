@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -55,9 +57,10 @@ func (w *journalWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// contextFields are the fields every entry of a master or worker carries
-// (from the logger's With): journal fields, but not repeated in MESSAGE.
-var contextFields = map[string]bool{"generation": true, "master_pid": true, "keeper_pid": true, "worker": true, "pid": true}
+// contextFields are journal fields not repeated in MESSAGE: those every
+// entry of a master or worker carries (from the logger's With), and the
+// event name, which the message already says in words.
+var contextFields = map[string]bool{"generation": true, "master_pid": true, "keeper_pid": true, "worker": true, "pid": true, "event": true}
 
 // journalEntry maps one JSON entry (see newLogger) to MESSAGE, PRIORITY and
 // the other journal fields.

@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -58,7 +60,7 @@ func TestJournalEntryFields(t *testing.T) {
 		t.Fatalf("sent %d entries, want 3 (fallback got %q)", len(got), fallback.String())
 	}
 	e := got[0]
-	if e.msg != `upgrade failed event=upgrade_failed reason="worker 1 exited with code 3"` || e.pri != journal.PriWarning {
+	if e.msg != `upgrade failed reason="worker 1 exited with code 3"` || e.pri != journal.PriWarning {
 		t.Errorf("own entry: MESSAGE %q PRIORITY %d", e.msg, e.pri)
 	}
 	for k, v := range map[string]string{"GENERATION": "2", "MASTER_PID": "4242", "EVENT": "upgrade_failed", "REASON": "worker 1 exited with code 3", "LOGGER": "master", "SYSLOG_IDENTIFIER": "baton"} {

@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -247,6 +249,11 @@ func stepsAppService(l *stepLog) {
 		return strings.Contains(j3, "broken release: /srv/app/releases/broken/config.yml missing")
 	}),
 		"journalctl GENERATION=3 -o cat:\n%s", tail(j3, 8))
+	ev, _ := ctrRun(10*time.Second, "journalctl", "-u", appUnit, "--no-pager", "-o", "json", "EVENT=upgrade_failed")
+	var e map[string]any
+	json.Unmarshal([]byte(strings.SplitN(ev, "\n", 2)[0]), &e)
+	l.check(s+": journalctl -u "+appUnit+" EVENT=upgrade_failed", e["REASON"] != nil && e["GENERATION"] == "2" && e["PRIORITY"] != "6",
+		"first entry: MESSAGE=%q REASON=%q GENERATION=%v PRIORITY=%v", e["MESSAGE"], e["REASON"], e["GENERATION"], e["PRIORITY"])
 	failed, _ := ctrRun(10*time.Second, "journalctl", "-u", appUnit, "--no-pager", "-o", "cat", "PRIORITY=3")
 	l.note(s+": journal, PRIORITY=3 (err)", "%s", tail(failed, 6))
 
