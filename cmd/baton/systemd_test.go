@@ -107,6 +107,7 @@ func writeFiles(t *testing.T, root string, files map[string]string) {
 // notify-reload unit on this systemd.
 func TestSystemdUnits(t *testing.T) {
 	nspawn := nspawnOrSkip(t)
+	t.Parallel() // its own network, /etc and /srv/app: nothing shared
 	began := time.Now()
 	stage := stageInstall(t)
 
