@@ -14,7 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/baton-sh/baton/cmd/baton/loadgen"
+	"github.com/baton-sh/baton/internal/loadgen"
 )
 
 // This file runs inside the container TestSystemdUnits boots, as a oneshot
