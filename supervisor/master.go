@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/earlysig"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"github.com/baton-sh/baton/supervisor/sockets"
 	"github.com/cloudflare/tableflip"
@@ -117,11 +117,14 @@ func Run(cfg Config) error {
 	if keeper != "" {
 		// The keeper owns the pid file: its pid, for the service's life.
 		pidFile = ""
-		// Announce this master first thing: the keeper must know it
-		// before the old master can exit.
-		if err := osutil.SendNotify(os.Getenv("NOTIFY_SOCKET"), keeperRegister+"=1"); err != nil {
+		// Announce this master first thing, and wait for the keeper to
+		// accept it (handshake.go): the keeper must know it before the
+		// old master can exit.
+		kpid, _ := strconv.Atoi(keeper)
+		if err := announce(os.Getenv("NOTIFY_SOCKET"), kpid); err != nil {
 			return fmt.Errorf("announce to keeper %s: %w", keeper, err)
 		}
+		restoreOOMScore() // oom.go: the keeper's lowered score is its own
 		if os.Getenv("LISTEN_PID") == keeper {
 			// Sockets of a systemd .socket unit, passed on by the keeper
 			// at the same fd numbers.
@@ -305,10 +308,9 @@ func (m *master) post(ev event) {
 }
 
 func (m *master) run() error {
-	sigc := make(chan os.Signal, 16)
-	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGHUP,
-		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGTTIN, syscall.SIGTTOU)
-	defer signal.Stop(sigc)
+	// Caught since the process's first package init (earlysig), and
+	// kept caught until it exits: none takes its default action, ever.
+	sigc := earlysig.Chan()
 
 	go m.notify.run(func(msg notifyMsg) { m.post(evNotify(msg)) })
 	if m.control != nil && !m.up.parentAlive {
@@ -490,10 +492,7 @@ func (m *master) onSignal(sig syscall.Signal) {
 				m.log.Error("reopen log file failed", zap.Error(err))
 			}
 		}
-		for _, w := range m.procs {
-			w.proc.Signal(syscall.SIGUSR1)
-		}
-		m.log.Info("SIGUSR1 forwarded to workers", zap.Int("workers", len(m.procs)))
+		m.forwardUSR1() // signals.go
 	}
 }
 
@@ -510,6 +509,7 @@ func (m *master) stop(trigger string) {
 			m.bootErr = nil // a plain start interrupted by the operator is a clean stop
 		}
 		m.reportFailure("new master received " + trigger + " before its workers were ready")
+		m.dropQueued("master stopping (" + trigger + ")")
 		m.phase = phaseStopping
 		m.drainCandidate()
 		return
@@ -569,6 +569,9 @@ func (m *master) bootDone() {
 		m.log.Info("generation ready", fields...)
 	}
 	m.sdNotify(fmt.Sprintf("MAINPID=%d\nREADY=1\nSTATUS=generation %d, %d workers", m.self, m.gen, len(m.slots)))
+	if m.up.parentPID == 0 {
+		m.startQueued() // an upgrade held while the first generation booted
+	}
 }
 
 func (m *master) bootFailed(err error, reason string) {

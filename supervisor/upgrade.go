@@ -125,6 +125,9 @@ func (m *master) requestUpgrade(trigger string, wait bool) string {
 	var why string
 	var fields []zap.Field
 	switch {
+	case m.phase == phaseBooting && u.parentPID == 0 && wait:
+		m.holdUpgrade(trigger) // signals.go
+		return ""
 	case m.phase != phaseServing:
 		why = "master is not serving (" + m.stateName() + ")"
 	case u.running:

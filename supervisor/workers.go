@@ -41,6 +41,8 @@ type worker struct {
 	// notified: it sent something on NOTIFY_SOCKET (for the hint when
 	// --ready notify times out)
 	notified bool
+	wasReady bool // it was ready once (a draining worker has its handlers)
+	usr1Held bool // a USR1 came while it started: sent once it is ready
 
 	stopReady      func() // ends the readiness watch
 	stopReadyTimer func()
@@ -152,7 +154,8 @@ func (m *master) markReady(w *worker) {
 	if w.exited || w.state != stateStarting {
 		return
 	}
-	w.state = stateReady
+	w.state, w.wasReady = stateReady, true
+	m.readyUSR1(w)
 	w.stopReady()
 	w.stopReadyTimer()
 	startup := m.sys.now().Sub(w.started)
