@@ -80,6 +80,16 @@ func announce(addr string, keeper int) error {
 	}
 }
 
+// openAckSocket opens the keeper's socket for answers (-1 if it cannot:
+// then answers fail, and masters that asked give up after announceWait).
+func openAckSocket() int {
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1
+	}
+	return fd
+}
+
 // answer replies to a master's announcement that asked for an answer.
 func (k *keeper) answer(msg notifyMsg, m *keptMaster, why string) {
 	to := msg.fields[keeperAckTo]
@@ -93,7 +103,9 @@ func (k *keeper) answer(msg notifyMsg, m *keptMaster, why string) {
 		}
 		reply = keeperRefused + "=" + strings.ReplaceAll(why, "\n", " ")
 	}
-	err := k.fds.Do(func() error { return osutil.SendNotify(to, reply) })
+	// Through a socket opened at start: a keeper out of descriptors can
+	// still say why it refuses.
+	err := syscall.Sendto(k.ackFD, []byte(reply), 0, &syscall.SockaddrUnix{Name: to})
 	if err != nil {
 		k.log.Error("could not answer a master's announcement", zap.Int("master_pid", msg.pid), zap.Error(err))
 	}

@@ -126,6 +126,7 @@ type keeper struct {
 	lastRecord *keptMaster      // the last master of record that exited
 	fds        *osutil.Reserve  // descriptors held back for registering masters
 	oomOrig    string           // oom_score_adj before the keeper lowered it
+	ackFD      int              // unbound datagram socket for handshake answers
 }
 
 // Keep runs the keeper: it starts the first master and returns, with the
@@ -145,6 +146,7 @@ func Keep(kc KeeperConfig) int {
 	// few descriptors it needs to adopt one (a pidfd, a /proc read, an
 	// answer): those are retried with one of these released.
 	k.fds = osutil.NewReserve(keeperReserveFDs)
+	k.ackFD = openAckSocket() // handshake.go
 	k.lowerOOMScore() // oom.go
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		k.log.Error("keeper: cannot become a child subreaper", zap.Error(err))

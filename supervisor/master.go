@@ -69,10 +69,11 @@ type master struct {
 	writers      sync.WaitGroup // held reload writers still flushing
 	stopAsked    bool           // a stop signal came after the handover
 	accepts      *acceptWatch
-	hook         *hookRun      // the --before-upgrade command while it runs (hook.go)
-	prog         progressState // progress.go
-	met          *metrics      // metrics.go
-	rollout      rolloutState  // blue-green and canary (bluegreen.go)
+	hook         *hookRun       // the --before-upgrade command while it runs (hook.go)
+	hookLeft     []hookLeftover // groups of past hooks still being ended (hookleft.go)
+	prog         progressState  // progress.go
+	met          *metrics       // metrics.go
+	rollout      rolloutState   // blue-green and canary (bluegreen.go)
 }
 
 // newMaster returns a master that has started nothing. gen is its
@@ -159,6 +160,11 @@ func Run(cfg Config) error {
 	if err := m.met.restore(up.metrics); err != nil {
 		m.log.Warn("previous master's metrics not carried over", zap.Error(err))
 	}
+	if err := m.startTasks(cfg.Workers); err != nil {
+		upg.Stop()
+		return err
+	}
+	reserveThreads(spareThreads) // tasks.go: kept idle for an upgrade
 	m.shell = findShell()
 	m.baseEnv = workerBaseEnv(os.Environ(), cfg.WorkerOutput == OutputTagged)
 	if cfg.EnvFile != "" {
@@ -394,6 +400,7 @@ func (m *master) exit() error {
 	}
 	switch {
 	case m.phase == phaseHandedOver:
+		m.killHookLeftovers() // hookleft.go
 		m.release(false)
 		m.log.Info("master exiting after handover: old generation drained",
 			zap.Duration("drain", m.sys.now().Sub(m.up.handedOverAt)), zap.Int("workers", m.up.drained), zap.Int("killed", m.up.killed))
@@ -402,6 +409,7 @@ func (m *master) exit() error {
 		m.release(false)
 		return m.bootErr
 	}
+	m.killHookLeftovers()
 	m.release(true)
 	m.log.Info("master stopped")
 	return nil

@@ -1,8 +1,11 @@
 package supervisor
 
 import (
+	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/baton-sh/baton/supervisor/tasks"
 )
 
 // An upgrade asked for while the first generation boots is held, not
@@ -61,5 +64,36 @@ func TestUSR1OnlyToReadyWorkers(t *testing.T) {
 	l.ready(repl)
 	if !repl.got(syscall.SIGUSR1) {
 		t.Fatal("USR1 held for a starting worker not sent once it was ready")
+	}
+}
+
+// Under a tight task limit TTIN and scale are refused, an upgrade is
+// refused at pre-flight naming the numbers, and a new master that died
+// while the cgroup's limit was hit says so in the reload's reason.
+func TestTaskLimits(t *testing.T) {
+	l := serving(t, testConfig(2))
+	l.os.tree = 5 // every worker's tree, and this master's
+	l.os.headroom = tasks.Headroom{Left: 3, Max: 40, Current: 37, Source: "pids.max of cgroup /x"}
+	l.signal(syscall.SIGTTIN)
+	if len(l.m.slots) != 2 || l.started() != 2 {
+		t.Fatal("TTIN added a worker that does not fit")
+	}
+	if _, err := l.m.scale(4); err == nil || !strings.Contains(err.Error(), "pids.max of cgroup /x is 40 with 37 in use, 3 left") {
+		t.Fatalf("scale refusal %v", err)
+	}
+	if why := l.m.requestUpgrade("test", false); !strings.Contains(why, "needs about 5 tasks") || !strings.Contains(why, "3 left") {
+		t.Fatalf("upgrade refusal %q", why)
+	}
+	l.os.headroom = tasks.Headroom{Left: 30, Max: 40, Current: 10, Source: "pids.max of cgroup /x"}
+	if why := l.m.requestUpgrade("test", false); why != "" {
+		t.Fatalf("upgrade refused with room: %s", why)
+	}
+	l.os.mu.Lock()
+	l.os.hits = 2 // the new master hit the limit
+	l.os.mu.Unlock()
+	l.upg.results <- errUpgrade
+	l.awaitEvent()
+	if r := l.m.up.last; r == nil || !strings.Contains(r.Reason, "ran out of tasks: pids.max was hit 2 times") {
+		t.Fatalf("reason %+v", l.m.up.last)
 	}
 }

@@ -326,6 +326,10 @@ func (m *master) addWorker() {
 		m.log.Warn("worker count not changed: an upgrade is under way (the new generation has its count)")
 		return
 	}
+	if err := m.addTasks(1); err != nil {
+		m.log.Warn("worker count not increased: "+err.Error(), zap.Int("workers", len(m.slots)))
+		return
+	}
 	m.log.Info("worker count increased", zap.Int("workers", len(m.slots)+1))
 	m.addSlot()
 }
@@ -365,6 +369,11 @@ func (m *master) scale(n int) (int, error) {
 		// The new master took its count when it started: a change now
 		// would be lost with this generation.
 		return prev, fmt.Errorf("an upgrade is under way; scale once it is over")
+	}
+	if n > prev {
+		if err := m.addTasks(n - prev); err != nil {
+			return prev, err
+		}
 	}
 	for len(m.slots) < n {
 		m.addWorker()
