@@ -1,3 +1,5 @@
+//go:build linux
+
 package supervisor
 
 import (
@@ -13,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/baton-sh/baton/supervisor/tasks"
 	"github.com/baton-sh/baton/supervisor/sockets"
+	"github.com/baton-sh/baton/supervisor/tasks"
 )
 
 // fakeOS is the in-process seam for loop tests: processes are records,

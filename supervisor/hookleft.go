@@ -4,6 +4,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"go.uber.org/zap"
 )
 
@@ -24,7 +25,7 @@ func (m *master) endHookLeftovers(h *hookRun) {
 	if err := h.proc.SignalGroup(syscall.SIGTERM); err != nil {
 		return // the group is empty: nothing was left
 	}
-	h.log.Info("before-upgrade hook left processes behind: ending them (SIGTERM to its process group)",
+	h.log.Info("before-upgrade hook left processes behind: ending them (SIGTERM to its process group)", logevent.HookLeftovers,
 		zap.Duration("kill_after", hookLeftoverGrace))
 	stop := m.sys.afterFunc(hookLeftoverGrace, func() { h.proc.SignalGroup(syscall.SIGKILL) })
 	m.hookLeft = append(m.hookLeft, hookLeftover{h, stop})

@@ -3,6 +3,7 @@ package supervisor
 import (
 	"syscall"
 
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
@@ -56,7 +57,7 @@ func (m *master) holdUpgrade(trigger string) {
 		return
 	}
 	u.queuedAt, u.queuedBy = m.sys.now(), trigger
-	m.log.Info("upgrade held until the first generation is ready", zap.String("trigger", trigger))
+	m.log.Info("upgrade held until the first generation is ready", logevent.UpgradeHeld, zap.String("trigger", trigger))
 }
 
 // forwardUSR1 sends SIGUSR1 to every ready worker (and to draining ones
@@ -73,7 +74,7 @@ func (m *master) forwardUSR1() {
 			sent++
 		}
 	}
-	m.log.Info("SIGUSR1 forwarded to ready workers", zap.Int("workers", sent), zap.Int("held_for_starting", held))
+	m.log.Info("SIGUSR1 forwarded to ready workers", logevent.USR1Forwarded, zap.Int("workers", sent), zap.Int("held_for_starting", held))
 }
 
 // readyUSR1 delivers a USR1 held for w while it started.

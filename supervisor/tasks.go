@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"sync"
 
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"github.com/baton-sh/baton/supervisor/tasks"
 	"go.uber.org/zap"
 )
@@ -103,7 +104,7 @@ func (m *master) tasksReason(hits int64, reason string) string {
 	if now <= hits {
 		return reason
 	}
-	m.log.Warn("the cgroup's task limit was hit during the upgrade", zap.Int64("times", now-hits), zap.Stringer("headroom", m.sys.headroom()))
+	m.log.Warn("the cgroup's task limit was hit during the upgrade", logevent.TaskLimitHit, zap.Int64("times", now-hits), zap.Stringer("headroom", m.sys.headroom()))
 	return fmt.Sprintf("new master ran out of tasks: pids.max was hit %d times during the upgrade (fork or thread creation failed with EAGAIN; %s): %s",
 		now-hits, m.sys.headroom(), reason)
 }

@@ -85,7 +85,7 @@ func TestKeeperShortOfDescriptors(t *testing.T) {
 // checks generation gen still serves then (and the keeper still runs).
 func checkServesAfterOldExits(t *testing.T, b *baton, addr string, gen int) {
 	t.Helper()
-	b.log.wait(t, "previous master exited", func(e logEvent) bool { return e.num("generation") == gen }, 20*time.Second)
+	b.log.wait(t, "previous_master_exited", func(e logEvent) bool { return e.num("generation") == gen }, 20*time.Second)
 	time.Sleep(300 * time.Millisecond) // the keeper's exit, if it were to follow, comes within 100 ms
 	if !alive(b.pid) {
 		t.Fatalf("keeper gone after generation %d took over; log:\n%s", gen, b.log.dump())

@@ -108,11 +108,11 @@ func TestTightPidsMax(t *testing.T) {
 	for i := 0; i < 10; i++ {
 		syscall.Kill(b.pid, syscall.SIGTTIN)
 	}
-	b.log.waitFrom(t, from, "", func(e logEvent) bool { return strings.HasPrefix(e.str("msg"), "worker count not increased: ") }, 10*time.Second)
+	b.log.waitFrom(t, from, "worker_count_unchanged", func(e logEvent) bool { return strings.Contains(e.str("msg"), "pids.max") }, 10*time.Second)
 	if res := load.finish(); res.Failures() != 0 {
 		t.Fatalf("failed requests: %s", res)
 	}
-	if n := b.log.count("master exited"); n != 0 || b.log.count("keeper exiting: no master left") != 0 {
+	if n := b.log.count("master_exited"); n != 0 || b.log.count("keeper_exiting") != 0 {
 		t.Fatalf("a master exited under the tight limit; log:\n%s", b.log.dump())
 	}
 	b.signal(syscall.SIGTERM)

@@ -79,9 +79,9 @@ func signalAtStart(t *testing.T, sig syscall.Signal, delay time.Duration) {
 		return
 	case syscall.SIGHUP, syscall.SIGUSR2:
 		// The upgrade asked for early is carried out once generation 1 serves.
-		b.log.wait(t, "handover complete: new generation serving", nil, 30*time.Second)
+		b.log.wait(t, "handover_complete", nil, 30*time.Second)
 	default:
-		if _, i := b.log.tryWaitFrom(0, "generation ready", nil, 20*time.Second); i < 0 {
+		if _, i := b.log.tryWaitFrom(0, "generation_ready", nil, 20*time.Second); i < 0 {
 			t.Fatalf("%s: not ready in 20 s; processes: %s; log:\n%s", what, procStates(b.pid), b.log.dump())
 		}
 	}
@@ -190,17 +190,17 @@ func TestUSR1DuringUpgradeAndRestart(t *testing.T) {
 		t.Fatalf("no generation 2 workers; log:\n%s", b.log.dump())
 	}
 	syscall.Kill(gen2[0], syscall.SIGTERM) // it exits after its requests: a crash that fails none
-	b.log.waitFrom(t, from, "worker started", func(e logEvent) bool { return e.num("generation") == 2 }, 10*time.Second)
+	b.log.waitFrom(t, from, "worker_started", func(e logEvent) bool { return e.num("generation") == 2 }, 10*time.Second)
 	replaced := false
 	logrotate(func() bool {
-		_, i := b.log.tryWaitFrom(from, "worker ready", func(e logEvent) bool { return e.num("generation") == 2 }, time.Millisecond)
+		_, i := b.log.tryWaitFrom(from, "worker_ready", func(e logEvent) bool { return e.num("generation") == 2 }, time.Millisecond)
 		replaced = i >= 0
 		return replaced
 	})
 	if !replaced {
-		b.log.waitFrom(t, from, "worker ready", func(e logEvent) bool { return e.num("generation") == 2 }, 10*time.Second)
+		b.log.waitFrom(t, from, "worker_ready", func(e logEvent) bool { return e.num("generation") == 2 }, 10*time.Second)
 	}
-	if n := b.log.count("worker exited unexpectedly"); n != 1 {
+	if n := b.log.count("worker_crashed"); n != 1 {
 		t.Fatalf("%d unexpected worker exits, want only the one this test killed; log:\n%s", n, b.log.dump())
 	}
 	if lr := load.finish(); lr.Failures() != 0 {
