@@ -1,6 +1,10 @@
+//go:build linux
+
 package supervisor
 
 import (
+	"os/exec"
+	"runtime"
 	"syscall"
 
 	"github.com/baton-sh/baton/supervisor/internal/logevent"
@@ -101,16 +105,35 @@ var blockedAcrossExec = []syscall.Signal{syscall.SIGUSR1, syscall.SIGUSR2, sysca
 // with, which tableflip's fork passes to the next master: the same
 // protection for every generation.)
 func spawnerMask() {
-	var set unix.Sigset_t
-	how := unix.SIG_UNBLOCK
-	sigs := blockedAcrossExec
-	if !UnderKeeper() {
-		how = unix.SIG_BLOCK
-	} else {
-		sigs = append(sigs[:len(sigs):len(sigs)], syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT)
+	if UnderKeeper() {
+		unblockCaught()
+		return
 	}
+	setMask(unix.SIG_BLOCK, blockedAcrossExec)
+}
+
+// unblockCaught unblocks every signal baton catches on this thread; they
+// are caught, so any thread may take them.
+func unblockCaught() {
+	setMask(unix.SIG_UNBLOCK, append(blockedAcrossExec[:len(blockedAcrossExec):len(blockedAcrossExec)],
+		syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT))
+}
+
+func setMask(how int, sigs []syscall.Signal) {
+	var set unix.Sigset_t
 	for _, s := range sigs {
 		set.Val[(s-1)/64] |= 1 << ((uint(s) - 1) % 64)
 	}
 	unix.PthreadSigmask(how, &set, nil)
+}
+
+// startUnblocked starts cmd from a thread with nothing of blockedAcrossExec
+// blocked, so that what a master runs outside its spawner (the smoke test,
+// exec: readiness probes) starts with no signal blocked. (The master's
+// other threads keep them blocked for tableflip's next master.)
+func startUnblocked(cmd *exec.Cmd) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	unblockCaught()
+	return cmd.Start()
 }

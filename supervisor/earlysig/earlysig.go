@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package earlysig catches the signals baton gives a meaning to from the
 // first moment Go code of a `baton run` process runs, so that none takes
 // its default action (HUP, INT, TERM kill; TTIN, TTOU stop the process;

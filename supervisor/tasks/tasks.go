@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package tasks reads the limits on how many tasks (processes and
 // threads) this process and its children may have: the pids cgroup
 // controller's pids.max (cgroup v1 or v2, this cgroup and each ancestor,
