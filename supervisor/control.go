@@ -127,7 +127,7 @@ func (m *master) onControl(c *ctlConn) {
 	case control.CmdPromote, control.CmdRollback:
 		m.onRolloutCmd(c)
 	case control.CmdStop:
-		c.reply(control.StopAck{OK: true, MasterPID: m.self, KeeperPID: m.keeperPID()})
+		c.reply(control.StopAck{OK: true, MasterPID: m.self, KeeperPID: m.keeperPID(), PIDNamespace: osutil.PIDNamespace()})
 		// Held open: the client sees EOF when this process exits.
 		m.stopWaiters = append(m.stopWaiters, c)
 		m.stop("control")

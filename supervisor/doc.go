@@ -47,6 +47,8 @@
 //	              service's life; starts the first master, adopts later
 //	              ones (child subreaper), forwards signals, relays
 //	              sd_notify, owns the pid file (Keep)
+//	pidfile.go    the pid file, locked (F_OFD_SETLK) for the keeper's
+//	              life: held means running, unheld means stale
 //
 // Sub-packages: control (protocol and client), sockets (the master's side
 // of the listening sockets; reuseport.go: per-generation sockets and the

@@ -299,12 +299,15 @@ func stopCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 				return err
 			}
 			defer conn.Close()
-			// The master holds this connection until it exits.
-			if err := conn.WaitClosed(); err != nil || !control.WaitExited(ack.MasterPID, 5*time.Second) {
+			// The master holds this connection until it exits. Its pids
+			// are numbers in its own pid namespace: waited on only as this
+			// client sees them, never a number that is another process here.
+			master, keeper := ack.LocalPIDs()
+			if err := conn.WaitClosed(); err != nil || (master != 0 && !control.WaitExited(master, 5*time.Second)) {
 				return &exitCode{exitUnknown, fmt.Sprintf("master %d still stopping after %s (--timeout)", ack.MasterPID, c.Duration("timeout"))}
 			}
 			// The keeper exits once no master is left: then nothing runs.
-			if ack.KeeperPID != 0 && !control.WaitExited(ack.KeeperPID, c.Duration("timeout")) {
+			if keeper != 0 && !control.WaitExited(keeper, c.Duration("timeout")) {
 				return &exitCode{exitUnknown, fmt.Sprintf("keeper %d still running after %s (--timeout)", ack.KeeperPID, c.Duration("timeout"))}
 			}
 			fmt.Printf("master %d stopped\n", ack.MasterPID)

@@ -215,6 +215,10 @@ type StopAck struct {
 	OK        bool `json:"ok"`
 	MasterPID int  `json:"master_pid"`
 	KeeperPID int  `json:"keeper_pid,omitempty"` // exits last, once no master is left
+	// PIDNamespace is the master's pid namespace ("pid:[N]"): both pids
+	// are numbers there, which a client in another namespace (the host of
+	// a container) must translate, or cannot see at all.
+	PIDNamespace string `json:"pid_namespace,omitempty"`
 }
 
 // Refusal answers any request the master will not carry out.
