@@ -42,6 +42,8 @@
 //	shim.go       the trampoline that sets LISTEN_PID
 //	spawn.go      the one OS thread workers are forked from (PDEATHSIG)
 //	quiet.go      keeping the listening sockets out of the master's epoll
+//	refuse.go     a stop's refusal of new connections once the workers
+//	              have let go of the sockets (sockets/refuse.go)
 //	config.go     Config, its checks, and ConfigError
 //	keeper.go     the keeper: the one process `baton run` stays for the
 //	              service's life; starts the first master, adopts later

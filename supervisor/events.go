@@ -29,6 +29,7 @@ type (
 	evStopAckTimeout struct{}
 	evKeeperGone     struct{}
 	evAcceptCheck    struct{} // sample the accept queues (hints.go)
+	evRefuseCheck    struct{} // have the workers let go of the sockets? (refuse.go)
 	evHookExit       struct {
 		h      *hookRun
 		status exitStatus
@@ -68,6 +69,7 @@ func (evWatchdog) isEvent()       {}
 func (evStopAckTimeout) isEvent() {}
 func (evKeeperGone) isEvent()     {}
 func (evAcceptCheck) isEvent()    {}
+func (evRefuseCheck) isEvent()    {}
 func (evHookExit) isEvent()       {}
 func (evHookTimeout) isEvent()    {}
 func (evHookOutput) isEvent()     {}

@@ -73,6 +73,7 @@ type master struct {
 	prog         progressState // progress.go
 	met          *metrics      // metrics.go
 	rollout      rolloutState  // blue-green and canary (bluegreen.go)
+	refusal      refusal       // a stop's refusal of new connections (refuse.go)
 }
 
 // newMaster returns a master that has started nothing. gen is its
@@ -440,6 +441,8 @@ func (m *master) handle(ev event) {
 		m.onKeeperGone()
 	case evAcceptCheck:
 		m.onAcceptCheck()
+	case evRefuseCheck:
+		m.onRefuseCheck()
 	case evHookExit:
 		m.onHookExit(ev.h, ev.status)
 	case evHookTimeout:
@@ -512,6 +515,7 @@ func (m *master) stop(trigger string) {
 		m.reportFailure("new master received " + trigger + " before its workers were ready")
 		m.phase = phaseStopping
 		m.drainCandidate()
+		m.refuseNew()
 		return
 	}
 	m.sdNotify("STOPPING=1")
@@ -519,6 +523,7 @@ func (m *master) stop(trigger string) {
 	m.stopHook(m.cfg.DrainSignal)
 	m.dropQueued("master stopping (" + trigger + ")")
 	m.drainAll()
+	m.refuseNew()
 }
 
 func (m *master) bootDone() {
@@ -581,6 +586,7 @@ func (m *master) bootFailed(err error, reason string) {
 	m.reportFailure(reason)
 	m.phase = phaseStopping
 	m.drainCandidate()
+	m.refuseNew()
 }
 
 // onNotify handles one sd_notify datagram, attributed by the kernel to the
