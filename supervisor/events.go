@@ -30,6 +30,7 @@ type (
 	evKeeperGone     struct{}
 	evAcceptCheck    struct{} // sample the accept queues (hints.go)
 	evRefuseCheck    struct{} // have the workers let go of the sockets? (refuse.go)
+	evTreeCheck      struct{} // are exited workers' trees empty? (tree.go)
 	evHookExit       struct {
 		h      *hookRun
 		status exitStatus
@@ -70,6 +71,7 @@ func (evStopAckTimeout) isEvent() {}
 func (evKeeperGone) isEvent()     {}
 func (evAcceptCheck) isEvent()    {}
 func (evRefuseCheck) isEvent()    {}
+func (evTreeCheck) isEvent()      {}
 func (evHookExit) isEvent()       {}
 func (evHookTimeout) isEvent()    {}
 func (evHookOutput) isEvent()     {}

@@ -122,6 +122,7 @@ type keeper struct {
 	lastExited *keptMaster      // the master that exited last
 	lastRecord *keptMaster      // the last master of record that exited
 	pidLock    *pidLock         // the pid file, held for the keeper's life
+	trees      keeperTrees      // the service's cgroup subtree (keeper_tree.go)
 }
 
 // Keep runs the keeper: it starts the first master and returns, with the
@@ -173,6 +174,7 @@ func Keep(kc KeeperConfig) int {
 	}
 	first, err := k.startFirst()
 	if err != nil {
+		k.endTrees()
 		k.removePIDFile()
 		k.log.Error("keeper: cannot start the master", zap.Error(err))
 		return 1
@@ -228,7 +230,7 @@ func (k *keeper) startFirst() (*keptMaster, error) {
 	for _, kv := range os.Environ() {
 		key, _, _ := strings.Cut(kv, "=")
 		switch {
-		case key == "NOTIFY_SOCKET", key == "WATCHDOG_PID", key == envKeeperPID:
+		case key == "NOTIFY_SOCKET", key == "WATCHDOG_PID", key == envKeeperPID, key == envCgroup:
 			continue
 		case strings.HasPrefix(key, "LISTEN_") && !activated:
 			continue
@@ -238,6 +240,7 @@ func (k *keeper) startFirst() (*keptMaster, error) {
 	// Masters speak sd_notify to the keeper, which relays as itself; the
 	// watchdog interval stays, its pid check is for the masters to pass.
 	env = append(env, "NOTIFY_SOCKET="+k.sock.addr, envKeeperPID+"="+strconv.Itoa(k.self))
+	env = append(env, k.setupTrees()...)
 	cmd := &exec.Cmd{
 		Path:   "/proc/self/exe",
 		Args:   k.kc.Args,
@@ -321,6 +324,7 @@ func (k *keeper) exit() int {
 	// The last masters are the keeper's children by now (their parents
 	// exited first): collect them.
 	k.reap()
+	k.endTrees()
 	k.removePIDFile()
 	status, pick := 1, k.lastExited
 	if k.ready && k.lastRecord != nil {

@@ -74,6 +74,7 @@ type master struct {
 	met          *metrics      // metrics.go
 	rollout      rolloutState  // blue-green and canary (bluegreen.go)
 	refusal      refusal       // a stop's refusal of new connections (refuse.go)
+	trees        trees         // the generation's process trees (tree.go)
 }
 
 // newMaster returns a master that has started nothing. gen is its
@@ -171,6 +172,8 @@ func Run(cfg Config) error {
 		m.release(false)
 		return err
 	}
+	m.setupTrees()
+	defer m.closeTrees()
 	if keeper != "" {
 		pid, _ := strconv.Atoi(keeper)
 		if err := m.watchKeeper(pid); err != nil {
@@ -407,7 +410,7 @@ func (m *master) exit() error {
 }
 
 func (m *master) finished() bool {
-	return (m.phase == phaseStopping || m.phase == phaseHandedOver) && len(m.procs) == 0 && m.hook == nil
+	return (m.phase == phaseStopping || m.phase == phaseHandedOver) && len(m.procs) == 0 && m.hook == nil && m.treesEmpty()
 }
 
 // handle is the loop's one dispatch: every state change starts here.
@@ -443,6 +446,8 @@ func (m *master) handle(ev event) {
 		m.onAcceptCheck()
 	case evRefuseCheck:
 		m.onRefuseCheck()
+	case evTreeCheck:
+		m.onTreeCheck()
 	case evHookExit:
 		m.onHookExit(ev.h, ev.status)
 	case evHookTimeout:

@@ -256,6 +256,12 @@ func printStatus(w io.Writer, st control.Status) {
 		fmt.Fprintf(w, "keeper %d (the service's pid)\n", st.KeeperPID)
 	}
 	fmt.Fprintf(w, "listening on %s\n", strings.Join(st.Listeners, ", "))
+	switch st.ProcessTrees {
+	case "cgroup":
+		fmt.Fprintf(w, "process trees: cgroup %s\n", st.TreeCgroup)
+	case "subreaper":
+		fmt.Fprintln(w, "process trees: subreaper (no cgroup v2 here)")
+	}
 	if st.LogDropped > 0 {
 		fmt.Fprintf(w, "log entries dropped: %d (baton's log output did not keep up)\n", st.LogDropped)
 	}
@@ -274,7 +280,10 @@ func printStatus(w io.Writer, st control.Status) {
 	tw.Flush()
 	if p := st.Previous; p != nil {
 		fmt.Fprintf(w, "previous generation %d (master %d) draining: %d processes, at most %s left\n",
-			p.Generation, p.MasterPID, len(p.WorkerPIDs), msDur(p.DrainLeftMS))
+			p.Generation, p.MasterPID, max(len(p.WorkerPIDs), len(p.Processes)), msDur(p.DrainLeftMS))
+		if len(p.Processes) > 0 {
+			fmt.Fprintf(w, "  its processes: %s\n", strings.Trim(fmt.Sprint(p.Processes), "[]"))
+		}
 	}
 	if u := st.LastUpgrade; u != nil {
 		fmt.Fprint(w, "last upgrade: ")

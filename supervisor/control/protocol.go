@@ -179,9 +179,15 @@ type Status struct {
 	WorkersCurrent    int            `json:"workers_current"`
 	Workers           []WorkerStatus `json:"workers"`
 	// UpgradeQueued: an upgrade waits for the previous generation's drain.
-	UpgradeQueued bool          `json:"upgrade_queued,omitempty"`
-	Previous      *PrevStatus   `json:"previous,omitempty"` // the draining previous generation
-	LastUpgrade   *ReloadResult `json:"last_upgrade,omitempty"`
+	UpgradeQueued bool `json:"upgrade_queued,omitempty"`
+	// ProcessTrees is how a generation's whole process tree is found:
+	// "cgroup" (TreeCgroup names the service's cgroup v2 directory) or
+	// "subreaper" (the keeper adopts orphans, attributed by a marker in
+	// their environment).
+	ProcessTrees string        `json:"process_trees,omitempty"`
+	TreeCgroup   string        `json:"tree_cgroup,omitempty"`
+	Previous     *PrevStatus   `json:"previous,omitempty"` // the draining previous generation
+	LastUpgrade  *ReloadResult `json:"last_upgrade,omitempty"`
 }
 
 // Release is what a generation runs, resolved once when it booted: every
@@ -207,6 +213,9 @@ type PrevStatus struct {
 	State       string  `json:"state"`
 	WorkerPIDs  []int   `json:"worker_pids"`
 	DrainLeftMS float64 `json:"drain_left_ms"`
+	// Processes is every process left of that generation's tree (its
+	// workers and whatever they started), found by Status.ProcessTrees.
+	Processes []int `json:"processes,omitempty"`
 }
 
 // StopAck answers a stop at once; the master then holds the connection
