@@ -54,6 +54,10 @@
 //	              service's life; starts the first master, adopts later
 //	              ones (child subreaper), forwards signals, relays
 //	              sd_notify, owns the pid file (Keep)
+//	keeper_tree.go the service's cgroup subtree; what is left at the end
+//	tree.go       a generation's whole process tree: a cgroup per
+//	              generation and worker, or the subreaper's orphans by an
+//	              environment marker; leftovers drained, killed, logged
 //	pidfile.go    the pid file, locked (F_OFD_SETLK) for the keeper's
 //	              life: held means running, unheld means stale
 //
@@ -61,7 +65,8 @@
 // of the listening sockets; reuseport.go: per-generation sockets and the
 // BPF program that steers between them), internal/osutil (/proc, own fds, sd_notify
 // sending), internal/logevent (the stable "event" names of the log entries
-// tests, tools and journald act on; every such entry carries one).
+// tests, tools and journald act on; every such entry carries one),
+// internal/cgroup (cgroup v2: make, clone into, list, kill).
 //
 // Signals and what the loop does with them:
 //

@@ -517,7 +517,7 @@ func (k *keeper) writePIDFile() error {
 	}
 	k.pidLock = l
 	if stale != 0 && stale != k.self {
-		k.log.Warn("stale pid file replaced", zap.String("reason", "no keeper holds it"),
+		k.log.Warn("stale pid file replaced", logevent.PIDFileStale, zap.String("reason", "no keeper holds it"),
 			zap.String("pid_file", k.kc.PIDFile), zap.Int("stale_pid", stale))
 	}
 	return nil

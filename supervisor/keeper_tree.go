@@ -1,3 +1,5 @@
+//go:build linux
+
 package supervisor
 
 import (
@@ -10,6 +12,7 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/internal/cgroup"
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"go.uber.org/zap"
 )
@@ -39,11 +42,11 @@ func (k *keeper) setupTrees() (env []string) {
 	base, err := k.makeBase()
 	if err != nil {
 		k.trees.why = err.Error()
-		k.log.Info("process trees tracked by the subreaper", zap.String("mechanism", treeSubreaper), zap.String("reason", k.trees.why))
+		k.log.Info("process trees tracked by the subreaper", logevent.ProcessTrees, zap.String("mechanism", treeSubreaper), zap.String("reason", k.trees.why))
 		return nil
 	}
 	k.trees.base = base
-	k.log.Info("process trees tracked by cgroup", zap.String("mechanism", treeCgroup), zap.String("cgroup", base.Path()))
+	k.log.Info("process trees tracked by cgroup", logevent.ProcessTrees, zap.String("mechanism", treeCgroup), zap.String("cgroup", base.Path()))
 	return []string{envCgroup + "=" + base.Path()}
 }
 
@@ -111,7 +114,7 @@ func (k *keeper) endTrees() {
 			continue
 		}
 		gen, _ := osutil.Environ(p, "BATON_GENERATION")
-		k.log.Warn("survivor killed", zap.Int("pid", p), zap.String("command", osutil.Command(p)),
+		k.log.Warn("survivor killed", logevent.SurvivorKilled, zap.Int("pid", p), zap.String("command", osutil.Command(p)),
 			zap.String("generation", gen), zap.String("reason", "left when the last master exited"))
 		if k.trees.base == "" {
 			syscall.Kill(p, syscall.SIGKILL)

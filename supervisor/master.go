@@ -403,7 +403,7 @@ func (m *master) exit() error {
 	switch {
 	case m.phase == phaseHandedOver:
 		m.release(false)
-		m.log.Info("master exiting after handover: old generation drained",
+		m.log.Info("master exiting after handover: old generation drained", logevent.OldGenerationDrained,
 			zap.Duration("drain", m.sys.now().Sub(m.up.handedOverAt)), zap.Int("workers", m.up.drained), zap.Int("killed", m.up.killed))
 		return nil
 	case m.bootErr != nil:

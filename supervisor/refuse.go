@@ -1,8 +1,11 @@
+//go:build linux
+
 package supervisor
 
 import (
 	"time"
 
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"go.uber.org/zap"
 )
@@ -56,7 +59,7 @@ func (m *master) onRefuseCheck() {
 	}
 	r.done = true
 	refused, kept := m.lns.Refuse()
-	m.log.Info("listening sockets refuse new connections", zap.Strings("refused", refused),
+	m.log.Info("listening sockets refuse new connections", logevent.ListenersRefused, zap.Strings("refused", refused),
 		zap.Strings("kept_for_systemd", kept), zap.Duration("waited", waited))
 }
 

@@ -1,3 +1,5 @@
+//go:build linux
+
 package supervisor
 
 import (
@@ -10,6 +12,7 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/internal/cgroup"
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"go.uber.org/zap"
 )
@@ -163,7 +166,7 @@ func (m *master) killTree(t *procTree, reason string) {
 	t.killed = true
 	left := m.members(t)
 	for _, p := range left {
-		m.log.Warn("survivor killed", zap.Int("pid", p), zap.String("command", osutil.Command(p)),
+		m.log.Warn("survivor killed", logevent.SurvivorKilled, zap.Int("pid", p), zap.String("command", osutil.Command(p)),
 			zap.Int("worker", t.w.index), zap.Int("worker_pid", t.w.pid), zap.String("reason", reason),
 			zap.String("mechanism", m.trees.mode))
 	}
@@ -193,7 +196,7 @@ func (m *master) treeAfterExit(w *worker) {
 	m.trees.left[t] = true
 	if w.state == stateDraining && !w.killed {
 		t.deadline = w.drainAt.Add(m.cfg.DrainTimeout)
-		m.log.Info("worker exited; its leftovers drain until the deadline", zap.Int("worker", w.index),
+		m.log.Info("worker exited; its leftovers drain until the deadline", logevent.WorkerLeftovers, zap.Int("worker", w.index),
 			zap.Int("worker_pid", w.pid), zap.Ints("pids", m.members(t)), zap.Time("deadline", t.deadline))
 	} else {
 		m.killTree(t, "worker exited")

@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -32,7 +34,7 @@ func TestStalePIDFileNamingALiveProcess(t *testing.T) {
 			addr := freeAddr(t)
 			b := startBaton(t, nil, "-l", addr, "--pid-file", pidFile, "--", bin("hello"))
 			b.waitReady()
-			ev := b.log.wait(t, "stale pid file replaced", nil, 5*time.Second)
+			ev := b.log.wait(t, "pid_file_stale", nil, 5*time.Second)
 			if ev.num("stale_pid") != stale || ev.num("keeper_pid") != b.pid {
 				t.Fatalf("stale pid file event %v, want stale_pid %d from keeper %d", ev, stale, b.pid)
 			}

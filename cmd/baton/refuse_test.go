@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -51,7 +53,7 @@ func TestStopRefusesNewConnectionsAtOnce(t *testing.T) {
 			} else {
 				go func() { code, _ := b.ctl(t, "stop", "--timeout", "20s"); stopped <- code }()
 			}
-			b.log.waitFrom(t, from, "stop requested: draining workers", nil, 5*time.Second)
+			b.log.waitFrom(t, from, "master_stopping", nil, 5*time.Second)
 			probeStopping(t, addr, 5)
 			if got := <-slow; !strings.HasPrefix(got, "hello") {
 				t.Fatalf("in-flight request during the stop: %q", got)
@@ -81,13 +83,13 @@ func TestFailedFirstStartRefusesNewConnections(t *testing.T) {
 	}
 	addr := freeAddr(t)
 	b := startBaton(t, nil, "-l", addr, "-w", "2", "--", script)
-	b.log.wait(t, "worker ready", func(e logEvent) bool { return e.num("worker") == 0 }, 10*time.Second)
+	b.log.wait(t, "worker_ready", func(e logEvent) bool { return e.num("worker") == 0 }, 10*time.Second)
 	slow := inFlight(addr, 3000)
 	eventually(t, 5*time.Second, "the slow request to be accepted", func() bool {
-		ev := b.log.wait(t, "worker ready", func(e logEvent) bool { return e.num("worker") == 0 }, time.Second)
+		ev := b.log.wait(t, "worker_ready", func(e logEvent) bool { return e.num("worker") == 0 }, time.Second)
 		return countSockets(ev.num("pid")) > 1
 	})
-	b.log.wait(t, "generation failed to start; stopping its workers", nil, 10*time.Second)
+	b.log.wait(t, "generation_failed", nil, 10*time.Second)
 	probeStopping(t, addr, 5)
 	if got := <-slow; !strings.HasPrefix(got, "hello") {
 		t.Fatalf("in-flight request during the failed start: %q", got)

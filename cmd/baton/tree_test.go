@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -29,9 +31,7 @@ var treeMechanisms = []struct {
 func startTreeBaton(t *testing.T, mech string, env []string, args ...string) *baton {
 	t.Helper()
 	b := startBaton(t, env, args...)
-	ev := b.log.wait(t, "", func(e logEvent) bool {
-		return e.str("msg") == "process trees tracked by cgroup" || e.str("msg") == "process trees tracked by the subreaper"
-	}, 10*time.Second)
+	ev := b.log.wait(t, "process_trees", nil, 10*time.Second)
 	if got := ev.str("mechanism"); got != mech {
 		if mech == "cgroup" {
 			t.Skipf("SKIP: no cgroup v2 baton can write here (%s): %s", got, ev.str("reason"))
@@ -122,7 +122,7 @@ func TestGenerationIsItsWholeProcessTree(t *testing.T) {
 				}
 				from := b.log.len()
 				b.upgrade(t, b.pid, 1)
-				b.log.waitFrom(t, from, "master exiting after handover: old generation drained", func(e logEvent) bool { return e.num("generation") == 1 }, 20*time.Second)
+				b.log.waitFrom(t, from, "old_generation_drained", func(e logEvent) bool { return e.num("generation") == 1 }, 20*time.Second)
 				for _, p := range old {
 					if alive(p) {
 						t.Fatalf("helper %d of generation 1 still runs after its master reported the generation drained (%s)", p, osCommand(p))
@@ -185,28 +185,28 @@ func TestWorkerLeftoversAreEnded(t *testing.T) {
 				return h
 			}
 			// A crash: worker 0 is SIGKILLed; its helper goes at once.
-			w0 := b.log.wait(t, "worker ready", func(e logEvent) bool { return e.num("worker") == 0 }, 5*time.Second).num("pid")
+			w0 := b.log.wait(t, "worker_ready", func(e logEvent) bool { return e.num("worker") == 0 }, 5*time.Second).num("pid")
 			h0 := helperOf(0, w0)
 			from := b.log.len()
 			if err := syscall.Kill(w0, syscall.SIGKILL); err != nil {
 				t.Fatal(err)
 			}
-			ev, _ := b.log.waitFrom(t, from, "survivor killed", func(e logEvent) bool { return e.num("pid") == h0 }, 5*time.Second)
+			ev, _ := b.log.waitFrom(t, from, "survivor_killed", func(e logEvent) bool { return e.num("pid") == h0 }, 5*time.Second)
 			if !strings.Contains(ev.str("command"), "sleep") || ev.num("generation") != 1 || ev.num("worker") != 0 {
 				t.Fatalf("survivor event %v: want the helper's command, generation 1, worker 0", ev)
 			}
-			if _, i := b.log.waitFrom(t, from, "worker started", func(e logEvent) bool { return e.num("worker") == 0 }, 5*time.Second); i < 0 {
+			if _, i := b.log.waitFrom(t, from, "worker_started", func(e logEvent) bool { return e.num("worker") == 0 }, 5*time.Second); i < 0 {
 				t.Fatal("no replacement")
 			}
 			eventually(t, time.Second, "the crashed worker's helper to be gone", func() bool { return !alive(h0) })
 
 			// A stop: worker 1's helper ignores TERM, is killed at the
 			// drain deadline and logged; the stop ends only then.
-			w1 := b.log.wait(t, "worker ready", func(e logEvent) bool { return e.num("worker") == 1 }, 5*time.Second).num("pid")
+			w1 := b.log.wait(t, "worker_ready", func(e logEvent) bool { return e.num("worker") == 1 }, 5*time.Second).num("pid")
 			h1 := helperOf(1, w1)
 			from = b.log.len()
 			b.signal(syscall.SIGTERM)
-			ev, _ = b.log.waitFrom(t, from, "survivor killed", func(e logEvent) bool { return e.num("pid") == h1 }, 10*time.Second)
+			ev, _ = b.log.waitFrom(t, from, "survivor_killed", func(e logEvent) bool { return e.num("pid") == h1 }, 10*time.Second)
 			if ev.str("reason") != "drain timeout" || ev.num("generation") != 1 {
 				t.Fatalf("survivor event %v: want reason drain timeout, generation 1", ev)
 			}
@@ -251,7 +251,7 @@ func TestUpgradesWithHelpersUnderLoad(t *testing.T) {
 			for gen := 1; gen <= upgrades; gen++ {
 				from := b.log.len()
 				b.upgrade(t, b.pid, gen)
-				ev, _ := b.log.waitFrom(t, from, "master exiting after handover: old generation drained", func(e logEvent) bool { return e.num("generation") == gen }, 30*time.Second)
+				ev, _ := b.log.waitFrom(t, from, "old_generation_drained", func(e logEvent) bool { return e.num("generation") == gen }, 30*time.Second)
 				at, err := time.Parse(time.RFC3339Nano, ev.str("ts"))
 				if err != nil {
 					t.Fatalf("event time %q: %v", ev.str("ts"), err)

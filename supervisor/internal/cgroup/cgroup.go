@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package cgroup is the small part of cgroup v2 baton uses to know and end
 // a generation's whole process tree: make a cgroup, start a process in it
 // (CLONE_INTO_CGROUP: no instant outside it), list and signal its
