@@ -107,22 +107,21 @@ func (m *master) newTree(index int) (*procTree, []string, *os.File) {
 	}
 	m.trees.seq++
 	t := &procTree{marker: fmt.Sprintf("%d.%d.%d", m.gen, m.self, m.trees.seq)}
-	env := []string{envTree + "=" + t.marker}
 	if m.trees.mode != treeCgroup {
-		return t, env, nil
+		return t, []string{envTree + "=" + t.marker}, nil
 	}
 	g, err := cgroup.Make(filepath.Join(m.trees.gen.Path(), fmt.Sprintf("worker-%d.%d", index, m.trees.seq)))
 	if err == nil {
 		var f *os.File
 		if f, err = g.Open(); err == nil {
 			t.cg = g
-			return t, env, f
+			return t, nil, f
 		}
 	}
 	// Its generation's cgroup still holds it: the worker's leftovers are
 	// then ended with the generation.
 	m.log.Warn("worker cgroup not made; the worker starts in its generation's", zap.Int("worker", index), zap.Error(err))
-	return t, env, nil
+	return t, nil, nil
 }
 
 // members lists t's live processes other than the worker itself.
