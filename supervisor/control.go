@@ -185,5 +185,12 @@ func (m *master) status() control.Status {
 	}
 	st.LastUpgrade = m.up.last
 	st.ProcessTrees, st.TreeCgroup = m.trees.mode, m.trees.base.Path()
+	if m.lns != nil && m.cfg.Rollout.Strategy.steered() {
+		st.Steering = "classic"
+		if m.lns.EBPF() {
+			st.Steering = "ebpf"
+		}
+		st.ForeignSockets = m.group.foreign
+	}
 	return st
 }

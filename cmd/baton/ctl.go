@@ -287,6 +287,9 @@ func printStatus(w io.Writer, st control.Status) {
 			fmt.Fprintf(w, "  its processes: %s\n", strings.Trim(fmt.Sprint(p.Processes), "[]"))
 		}
 	}
+	for _, f := range st.ForeignSockets {
+		fmt.Fprintf(w, "WARNING: %s (steering: %s)\n", f.Detail, st.Steering)
+	}
 	if u := st.LastUpgrade; u != nil {
 		fmt.Fprint(w, "last upgrade: ")
 		printReload(w, *u)

@@ -44,16 +44,3 @@ func (s *Set) Refuse() (refused, kept []string) {
 	}
 	return refused, kept
 }
-
-// Inodes returns the socket inode of each of the Set's files: a process
-// holds one of the sockets while /proc/PID/fd has "socket:[inode]".
-func (s *Set) Inodes() []uint64 {
-	out := make([]uint64, 0, len(s.files))
-	for _, f := range s.files {
-		var st unix.Stat_t
-		if unix.Fstat(int(f.Fd()), &st) == nil {
-			out = append(out, st.Ino)
-		}
-	}
-	return out
-}

@@ -33,6 +33,10 @@ type Set struct {
 	// systemd marks the sockets a systemd .socket unit passed in (to this
 	// master or an earlier one): systemd keeps listening on them.
 	systemd map[int]bool
+	// eBPF steering (ebpf.go): per spec, nil where the group is steered
+	// by classic BPF; key is this generation's key in the maps.
+	progs []*steerProg
+	key   uint32
 }
 
 // Open returns the sockets for specs, inherited where the registry has them
@@ -243,4 +247,10 @@ func (s *Set) Close() {
 		f.Close()
 	}
 	s.files = nil
+	for _, p := range s.progs {
+		if p != nil {
+			p.m.Close()
+		}
+	}
+	s.progs = nil
 }
