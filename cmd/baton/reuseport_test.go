@@ -143,6 +143,9 @@ func TestReuseportStray(t *testing.T) {
 			if len(st.ForeignSockets) != 1 || st.ForeignSockets[0].PID != os.Getpid() || st.Steering != steering {
 				t.Errorf("status: steering %q, foreign %+v", st.Steering, st.ForeignSockets)
 			}
+			if out, _ := batonCtl(b, "status"); !strings.Contains(out, "WARNING: a socket inode") || !strings.Contains(out, "pid "+strconv.Itoa(os.Getpid())) {
+				t.Errorf("baton status does not warn of the stray:\n%s", out)
+			}
 			out, code := batonCtl(b, "reload")
 			if code == 0 || !strings.Contains(out, "does not own") || !strings.Contains(out, "pid "+strconv.Itoa(os.Getpid())) {
 				t.Errorf("reload with a stray in the group: exit %d, want a refusal naming pid %d:\n%s", code, os.Getpid(), out)
