@@ -49,11 +49,19 @@
 //	shim.go       the trampoline that sets LISTEN_PID
 //	spawn.go      the one OS thread workers are forked from (PDEATHSIG)
 //	quiet.go      keeping the listening sockets out of the master's epoll
+//	refuse.go     a stop's refusal of new connections once the workers
+//	              have let go of the sockets (sockets/refuse.go)
 //	config.go     Config, its checks, and ConfigError
 //	keeper.go     the keeper: the one process `baton run` stays for the
 //	              service's life; starts the first master, adopts later
 //	              ones (child subreaper), forwards signals, relays
 //	              sd_notify, owns the pid file (Keep)
+//	keeper_tree.go the service's cgroup subtree; what is left at the end
+//	tree.go       a generation's whole process tree: a cgroup per
+//	              generation and worker, or the subreaper's orphans by an
+//	              environment marker; leftovers drained, killed, logged
+//	pidfile.go    the pid file, locked (F_OFD_SETLK) for the keeper's
+//	              life: held means running, unheld means stale
 //
 // Sub-packages: control (protocol and client), sockets (the master's side
 // of the listening sockets; reuseport.go: per-generation sockets and the
@@ -61,7 +69,8 @@
 // over a map of baton's sockets; members.go: the sock_diag membership
 // check), internal/osutil (/proc, own fds, sd_notify sending),
 // internal/logevent (the stable "event" names of the log entries tests,
-// tools and journald act on; every such entry carries one).
+// tools and journald act on; every such entry carries one), internal/cgroup
+// (cgroup v2: make, clone into, list, kill).
 //
 // Signals and what the loop does with them:
 //
@@ -69,7 +78,17 @@
 //	                   while the previous generation drains
 //	TERM, INT, QUIT    drain every worker, then exit; a second TERM/INT kills them
 //	TTIN, TTOU         one worker more / less (the count survives upgrades)
-//	USR1               reopen the log file, and forwarded to every worker
+//	USR1               reopen the log file, and forwarded to every ready
+//	                   worker (starting ones get it once ready)
+//
+// Signals are caught from the first package init (package earlysig) and
+// never given back to their default actions; before the first generation
+// is ready an upgrade is held, not refused (signals.go). Task limits
+// (pids.max, RLIMIT_NPROC) are checked before a start, an upgrade, TTIN and
+// scale, and a master keeps spare threads (tasks.go, package tasks).
+// The keeper answers a master's announcement (handshake.go), keeps fds in
+// reserve (osutil.Reserve) and a lower OOM score (oom.go); a hook's
+// leftovers end with it (hookleft.go).
 //
 // Phases of a master: booting (its workers are starting; a failure here
 // ends the master, and for an upgrade means rollback), serving (crashed
