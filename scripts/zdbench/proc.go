@@ -52,6 +52,7 @@ func (e event) flag(k string) bool   { v, _ := e.f[k].(bool); return v }
 type logTail struct {
 	mu      sync.Mutex
 	events  []event
+	base    int      // index of events[0]: forget drops the older ones
 	other   []string // the last few non-JSON lines (workers' own output)
 	closed  bool
 	changed chan struct{} // closed and replaced on every new line and at EOF
@@ -89,19 +90,35 @@ func newLogTail(r io.ReadCloser) *logTail {
 	return lt
 }
 
+// len is the index the next event will get.
 func (lt *logTail) len() int {
 	lt.mu.Lock()
 	defer lt.mu.Unlock()
-	return len(lt.events)
+	return lt.base + len(lt.events)
 }
 
-// slice returns the events with index in [from, to); to < 0 means all.
+// forget drops the events with index < upTo (indices stay as they were): a
+// soak of thousands of upgrades must not keep every line in memory.
+func (lt *logTail) forget(upTo int) {
+	lt.mu.Lock()
+	defer lt.mu.Unlock()
+	n := min(max(upTo-lt.base, 0), len(lt.events))
+	lt.events = append([]event(nil), lt.events[n:]...)
+	lt.base += n
+}
+
+// slice returns the events with index in [from, to) that are still kept;
+// to < 0 means all.
 func (lt *logTail) slice(from, to int) []event {
 	lt.mu.Lock()
 	defer lt.mu.Unlock()
-	if to < 0 || to > len(lt.events) {
+	from -= lt.base
+	if to < 0 || to-lt.base > len(lt.events) {
 		to = len(lt.events)
+	} else {
+		to -= lt.base
 	}
+	from = max(from, 0)
 	if from > to {
 		return nil
 	}
@@ -114,14 +131,14 @@ func (lt *logTail) waitFor(ctx context.Context, from int, timeout time.Duration,
 	defer timer.Stop()
 	for {
 		lt.mu.Lock()
-		for i := from; i < len(lt.events); i++ {
+		for i := max(from-lt.base, 0); i < len(lt.events); i++ {
 			if match(lt.events[i]) {
 				ev := lt.events[i]
 				lt.mu.Unlock()
-				return ev, i, nil
+				return ev, lt.base + i, nil
 			}
 		}
-		from = len(lt.events)
+		from = lt.base + len(lt.events)
 		closed, changed := lt.closed, lt.changed
 		lt.mu.Unlock()
 		if closed {
@@ -639,6 +656,54 @@ func procRSS(pid int) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
+}
+
+// memInfo is a process's memory from /proc/PID/smaps_rollup, in bytes. PSS
+// charges each shared page to its sharers in equal parts, so the PSS of
+// processes adds up to what they take from the machine together; RSS counts
+// a page of the baton binary once in every baton process that maps it.
+type memInfo struct {
+	RSS     int64 `json:"rss"`
+	PSS     int64 `json:"pss"`
+	PSSAnon int64 `json:"pss_anon"` // heap, stacks: the process's own
+	PSSFile int64 `json:"pss_file"` // pages of the binary and libraries
+}
+
+func (m memInfo) pssMB() float64 { return float64(m.PSS) / (1 << 20) }
+func (m memInfo) rssMB() float64 { return float64(m.RSS) / (1 << 20) }
+
+// procMem reads pid's smaps_rollup.
+func procMem(pid int) (memInfo, error) {
+	var m memInfo
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/smaps_rollup")
+	if err != nil {
+		return m, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		f := strings.Fields(v)
+		if !ok || len(f) < 1 {
+			continue
+		}
+		kb, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			continue
+		}
+		switch k {
+		case "Rss":
+			m.RSS = kb << 10
+		case "Pss":
+			m.PSS = kb << 10
+		case "Pss_Anon":
+			m.PSSAnon = kb << 10
+		case "Pss_File":
+			m.PSSFile = kb << 10
+		}
+	}
+	if m.RSS == 0 {
+		return m, fmt.Errorf("/proc/%d/smaps_rollup: no Rss", pid)
+	}
+	return m, nil
 }
 
 // procFDs counts pid's open file descriptors.

@@ -24,6 +24,7 @@ type report struct {
 	Naive             *naiveResult    `json:"naive,omitempty"`
 	Scaling           []scalingRow    `json:"scaling,omitempty"`
 	Peers             *peersResult    `json:"peers,omitempty"`
+	Soak              *soakResult     `json:"soak,omitempty"`
 	Targets           []target        `json:"targets"`
 	Notes             []string        `json:"notes,omitempty"`
 	Error             string          `json:"error,omitempty"`
@@ -171,6 +172,11 @@ func printReport(w io.Writer, r *report) {
 	fmt.Fprintf(w, "\nzdbench: baton zero-downtime benchmark\n")
 	fmt.Fprintf(w, "machine: %d CPUs (%s), Linux %s, %s, %d MB RAM, %s\n", m.NProc, m.CPUModel, m.Kernel, m.GoVersion, m.MemTotalMB, m.Date)
 	fmt.Fprintf(w, "load average: %s at start, %s at end (the load generator runs on this machine too)\n", m.LoadAvgStart, m.LoadAvgEnd)
+	if r.Soak != nil {
+		printSoak(w, r)
+		printNotes(w, r)
+		return
+	}
 
 	if s := r.Steady; s != nil {
 		fmt.Fprintf(w, "\n1-2. Steady state: hello with 1 worker process, concurrency %d (%.0f%% keep-alive); rounds: %d x %s, direct and baton alternating\n",
@@ -246,6 +252,11 @@ func printReport(w io.Writer, r *report) {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s%s\t\n", t.Name, t.Want, t.Status, t.Measured, note)
 	}
 	tw.Flush()
+	printNotes(w, r)
+	fmt.Fprintf(w, "\nSummary (Markdown; handover: USR2 sent -> first response of the new generation on a fresh connection)\n\n%s", markdownSummary(r))
+}
+
+func printNotes(w io.Writer, r *report) {
 	if len(r.Notes) > 0 {
 		fmt.Fprintf(w, "\nNotes\n")
 		for _, n := range r.Notes {
@@ -255,7 +266,6 @@ func printReport(w io.Writer, r *report) {
 	if r.Error != "" {
 		fmt.Fprintf(w, "\nSTOPPED EARLY: %s\n", r.Error)
 	}
-	fmt.Fprintf(w, "\nSummary (Markdown; handover: USR2 sent -> first response of the new generation on a fresh connection)\n\n%s", markdownSummary(r))
 }
 
 func printPeers(w io.Writer, p *peersResult) {
