@@ -41,6 +41,8 @@
 //	              its own port, one that never sends READY=1
 //	shim.go       the trampoline that sets LISTEN_PID
 //	spawn.go      the one OS thread workers are forked from (PDEATHSIG)
+//	trim.go       giving back start-up's memory once a keeper or master
+//	              is at rest (internal/osutil's Trim)
 //	quiet.go      keeping the listening sockets out of the master's epoll
 //	config.go     Config, its checks, and ConfigError
 //	keeper.go     the keeper: the one process `baton run` stays for the
@@ -51,7 +53,7 @@
 // Sub-packages: control (protocol and client), sockets (the master's side
 // of the listening sockets; reuseport.go: per-generation sockets and the
 // BPF program that steers between them), internal/osutil (/proc, own fds, sd_notify
-// sending).
+// sending, Trim).
 //
 // Signals and what the loop does with them:
 //

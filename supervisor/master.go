@@ -567,6 +567,7 @@ func (m *master) bootDone() {
 		m.log.Info("handover complete: new generation serving", fields...)
 	} else {
 		m.log.Info("generation ready", fields...)
+		m.trim()
 	}
 	m.sdNotify(fmt.Sprintf("MAINPID=%d\nREADY=1\nSTATUS=generation %d, %d workers", m.self, m.gen, len(m.slots)))
 }
