@@ -233,6 +233,8 @@ type handover struct {
 	fds            int     // new master's open fds once alone
 	fdKinds        map[string]int
 	rssMB          float64 // and its RSS
+	mem            memInfo // and its smaps_rollup
+	keeperMem      memInfo // the keeper's, at the same moment
 	pidFileOK      bool
 }
 
@@ -352,6 +354,8 @@ func (p *batonProc) upgrade(ctx context.Context) (handover, error) {
 	if rss, err := procRSS(h.newPID); err == nil {
 		h.rssMB = float64(rss) / (1 << 20)
 	}
+	h.mem, _ = procMem(h.newPID)
+	h.keeperMem, _ = procMem(p.keeper)
 	return h, nil
 }
 
