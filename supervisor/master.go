@@ -62,8 +62,9 @@ type master struct {
 	bootErr      error
 	startAt      time.Time
 	bootAt       time.Time
-	failedStderr []string // the failing worker's last stderr lines
-	pinned       release  // resolved at boot; every worker of the generation runs it
+	runAt        time.Time // Run was called (zero in tests that build a master directly)
+	failedStderr []string  // the failing worker's last stderr lines
+	pinned       release   // resolved at boot; every worker of the generation runs it
 	up           upgradeState
 	stopWaiters  []*ctlConn     // held open until exit
 	writers      sync.WaitGroup // held reload writers still flushing
@@ -112,6 +113,7 @@ func newMaster(cfg Config, s sys, upg upgrader, gen int) *master {
 // on a setup failure (sockets, control socket, --env-file); only in the last
 // two cases is nothing of this master left running.
 func Run(cfg Config) error {
+	runAt := time.Now()
 	keeper := os.Getenv(envKeeperPID)
 	pidFile := cfg.PIDFile
 	if keeper != "" {
@@ -119,7 +121,9 @@ func Run(cfg Config) error {
 		pidFile = ""
 		// Announce this master first thing: the keeper must know it
 		// before the old master can exit.
-		if err := osutil.SendNotify(os.Getenv("NOTIFY_SOCKET"), keeperRegister+"=1"); err != nil {
+		// It must arrive: on a loaded machine the keeper's queue may be
+		// full for longer than an ordinary notification waits.
+		if err := osutil.SendNotifyWait(os.Getenv("NOTIFY_SOCKET"), keeperRegister+"=1", 5*time.Second); err != nil {
 			return fmt.Errorf("announce to keeper %s: %w", keeper, err)
 		}
 		if os.Getenv("LISTEN_PID") == keeper {
@@ -153,6 +157,7 @@ func Run(cfg Config) error {
 	defer release()
 	m := newMaster(cfg, s, tableflipUpgrader{upg}, gen)
 	m.up = up
+	m.runAt = runAt
 	if err := m.met.restore(up.metrics); err != nil {
 		m.log.Warn("previous master's metrics not carried over", zap.Error(err))
 	}
@@ -341,13 +346,18 @@ func (m *master) run() error {
 
 // boot starts this master's generation.
 func (m *master) boot() {
-	m.log.Info("master starting",
+	m.bootAt = m.sys.now()
+	fields := []zap.Field{
 		zap.String("version", m.cfg.Version),
 		zap.Int("workers", m.cfg.Workers),
 		zap.Strings("listen", specStrings(m.cfg.Listen)),
 		zap.Strings("command", m.cfg.Command),
-		zap.Bool("upgrade", m.up.parentAlive))
-	m.bootAt = m.sys.now()
+		zap.Bool("upgrade", m.up.parentAlive),
+	}
+	if !m.runAt.IsZero() {
+		fields = append(fields, startupFields(m.up.start, m.runAt, m.bootAt)...)
+	}
+	m.log.Info("master starting", fields...)
 	m.step(control.Progress{Event: control.EvMasterStarted, Count: m.cfg.Workers,
 		Message: fmt.Sprintf("new master %d started: %d workers", m.self, m.cfg.Workers)})
 	if m.cfg.BeforeStart && !m.up.parentAlive {
@@ -566,8 +576,8 @@ func (m *master) bootDone() {
 		}
 		m.log.Info("handover complete: new generation serving", fields...)
 	} else {
+		m.trim() // before the line: whoever waits for it sees a master at rest
 		m.log.Info("generation ready", fields...)
-		m.trim()
 	}
 	m.sdNotify(fmt.Sprintf("MAINPID=%d\nREADY=1\nSTATUS=generation %d, %d workers", m.self, m.gen, len(m.slots)))
 }

@@ -1,9 +1,33 @@
 package supervisor
 
 import (
+	"time"
+
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"go.uber.org/zap"
 )
+
+// initDone is when this package was initialised: after the packages it
+// imports (zap, tableflip, the metrics library), so a new master's log can
+// say how its start-up time splits between exec and package
+// initialisation, the command line, and Run's own set-up.
+var initDone = time.Now()
+
+// startupFields are the steps of a new master's start, for its "master
+// starting" line: USR2 received by the old master -> this package
+// initialised (fork, exec, Go runtime and package initialisation) -> Run
+// called (the command line, the logger) -> boot (sockets, notify and
+// control sockets). Nothing for a first master, which has no USR2.
+func startupFields(usr2, runAt, bootAt time.Time) []zap.Field {
+	if usr2.IsZero() {
+		return nil
+	}
+	return []zap.Field{
+		zap.Duration("exec_and_init", initDone.Sub(usr2)),
+		zap.Duration("command_line", runAt.Sub(initDone)),
+		zap.Duration("setup", bootAt.Sub(runAt)),
+	}
+}
 
 // trim gives back what the master's start-up or last upgrade used and will
 // not use again (osutil.Trim), and from then on keeps the heap small
