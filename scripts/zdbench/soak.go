@@ -43,6 +43,7 @@ type soakResult struct {
 	Kill        bool          `json:"kill"`
 	Kills       int           `json:"workers_killed"`
 	Requested   int           `json:"upgrades_requested"`
+	Done        int           `json:"upgrades_done"` // handed over or failed; fewer if the soak stopped early
 	HandedOver  int           `json:"upgrades_handed_over"`
 	Failures    []string      `json:"upgrade_failures,omitempty"` // the first few
 	Seconds     float64       `json:"seconds"`
@@ -117,6 +118,7 @@ func (b *bench) soak(ctx context.Context) (*soakResult, error) {
 			if err != nil {
 				return fmt.Errorf("upgrade %d/%d: %w", k, o.soak, err)
 			}
+			res.Done = k
 			if h.ok {
 				res.HandedOver++
 				total, part, app = append(total, h.totalMS), append(part, h.batonMS), append(app, h.startingMS)
@@ -142,7 +144,7 @@ func (b *bench) soak(ctx context.Context) (*soakResult, error) {
 		}
 		return nil
 	}()
-	res.End = point(o.soak)
+	res.End = point(res.Done)
 	res.Seconds = time.Since(t0).Seconds()
 	stopLoad()
 	out := wait()
@@ -182,8 +184,8 @@ func printSoak(w io.Writer, r *report) {
 	}
 	fmt.Fprintln(w)
 	per := 0.0
-	if s.Requested > 0 {
-		per = s.Seconds * 1000 / float64(s.Requested)
+	if s.Done > 0 {
+		per = s.Seconds * 1000 / float64(s.Done)
 	}
 	fmt.Fprintf(w, "took %.0f s (%.0f ms per upgrade); load average %s at start, %s at end\n",
 		s.Seconds, per, r.Machine.LoadAvgStart, r.Machine.LoadAvgEnd)
@@ -193,7 +195,7 @@ func printSoak(w io.Writer, r *report) {
 	}
 	fmt.Fprintf(w, "requests: %d, failed %d (%s), retried %d\n", s.Requests.Requests, s.Requests.Failed,
 		strings.Join(kinds, ", "), s.Requests.Retried)
-	fmt.Fprintf(w, "upgrades handed over: %d of %d\n", s.HandedOver, s.Requested)
+	fmt.Fprintf(w, "upgrades handed over: %d of %d done (%d asked for)\n", s.HandedOver, s.Done, s.Requested)
 	for _, f := range s.Failures {
 		fmt.Fprintf(w, "  %s\n", f)
 	}
