@@ -12,7 +12,11 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/cmd/baton/loadgen"
+	"github.com/baton-sh/baton/internal/logtail"
 )
+
+// evWorkerReady is the log event of a worker that became ready.
+const evWorkerReady = "worker_ready"
 
 // The soak (make soak): N upgrades back to back of an instant app under
 // load, with the same harness and load as the upgrades phase, and a summary
@@ -113,7 +117,7 @@ func (b *bench) soak(ctx context.Context) (*soakResult, error) {
 	var total, part, app []float64
 	loopErr := func() error {
 		for k := 1; k <= o.soak; k++ {
-			from := p.log.len()
+			from := p.log.Len()
 			h, err := p.upgrade(ctx)
 			if err != nil {
 				return fmt.Errorf("upgrade %d/%d: %w", k, o.soak, err)
@@ -131,7 +135,7 @@ func (b *bench) soak(ctx context.Context) (*soakResult, error) {
 				}
 				res.Kills++
 			}
-			p.log.forget(from)
+			p.log.Forget(from)
 			if k == soakWarmup(o.soak) {
 				res.Warm = point(k)
 			}
@@ -160,7 +164,7 @@ func (b *bench) soakKill(ctx context.Context, p *batonProc) error {
 	if len(kids) == 0 {
 		return fmt.Errorf("master %d has no workers to kill", p.master)
 	}
-	from := p.log.len()
+	from := p.log.Len()
 	victim := kids[rand.IntN(len(kids))]
 	if !ours(p.dir, victim) {
 		return nil // not a worker of this run (it exited meanwhile)
@@ -168,9 +172,9 @@ func (b *bench) soakKill(ctx context.Context, p *batonProc) error {
 	if err := syscall.Kill(victim, syscall.SIGKILL); err != nil {
 		return fmt.Errorf("SIGKILL worker %d: %w", victim, err)
 	}
-	_, _, err := p.log.waitFor(ctx, from, readyTimeout+10*time.Second,
-		fmt.Sprintf("a replacement for worker pid %d", victim), func(e event) bool {
-			return e.msg() == "worker ready" && e.int("master_pid") == p.master
+	_, _, err := p.log.Wait(ctx, from, readyTimeout+10*time.Second,
+		fmt.Sprintf("a replacement for worker pid %d", victim), func(e logtail.Event) bool {
+			return e.Name() == evWorkerReady && e.Int("master_pid") == p.master
 		})
 	return err
 }
