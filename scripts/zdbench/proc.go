@@ -46,6 +46,9 @@ type batonProc struct {
 	master  int           // serving master
 	gen     int           // its generation
 	stopped bool
+	// noKeeperMem: upgrade does not sample the keeper (the soak samples it
+	// at its own points, not after every upgrade).
+	noKeeperMem bool
 }
 
 // handover is what one SIGUSR2 produced.
@@ -187,8 +190,20 @@ func (p *batonProc) upgrade(ctx context.Context) (handover, error) {
 		h.rssMB = float64(rss) / (1 << 20)
 	}
 	h.mem, _ = procMem(h.newPID)
-	h.keeperMem, _ = procMem(p.keeper)
+	if !p.noKeeperMem {
+		h.keeperMem = p.keeperAtRest(ctx)
+	}
 	return h, nil
+}
+
+// keeperAtRest is the keeper's memory a moment after an upgrade: it gives
+// back what the upgrade used once the old master has exited, at the same
+// time as the new master says so, and a sample taken during that would
+// count pages about to go.
+func (p *batonProc) keeperAtRest(ctx context.Context) memInfo {
+	pause(ctx, 300*time.Millisecond)
+	m, _ := procMem(p.keeper)
+	return m
 }
 
 // pids lists every master and worker pid the log has named.
