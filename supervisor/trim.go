@@ -32,11 +32,11 @@ func startupFields(usr2, runAt, bootAt time.Time) []zap.Field {
 }
 
 // trim gives back what the master's start-up or last upgrade used and will
-// not use again (osutil.Trim), and from then on keeps the heap small
-// (osutil.LowGC): called once it serves alone. A new master starts with
-// the runtime's default GC target, so that its start is not slowed.
+// not use again (osutil.Trim): called once it serves alone. A master keeps
+// the runtime's default GC target: it lives one generation, and a lower
+// target would wake it for collections while it should sleep through the
+// traffic (TestMasterStaysOutOfTheDataPath).
 func (m *master) trim() {
-	osutil.LowGC()
 	t0 := m.sys.now()
 	dropped := osutil.Trim()
 	m.log.Debug("memory trimmed", zap.Int64("binary_bytes_unmapped", dropped), zap.Duration("took", m.sys.now().Sub(t0)))
