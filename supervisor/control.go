@@ -183,5 +183,12 @@ func (m *master) status() control.Status {
 			WorkerPIDs: osutil.ChildrenOf(ppid, m.self), DrainLeftMS: max(0, ms(m.up.parentDeadline.Sub(now)))}
 	}
 	st.LastUpgrade = m.up.last
+	if m.lns != nil && m.cfg.Rollout.Strategy.steered() {
+		st.Steering = "classic"
+		if m.lns.EBPF() {
+			st.Steering = "ebpf"
+		}
+		st.ForeignSockets = m.group.foreign
+	}
 	return st
 }

@@ -33,6 +33,8 @@
 //	              new master on its notify socket
 //	checks.go     the health check, the smoke test and its relay, which
 //	              reach only the candidate; emptying an accept queue
+//	members.go    who is in blue-green's reuseport groups: checked before
+//	              every switch, when workers are ready, and every second
 //	control.go    the master's side of the control protocol (package
 //	              control has the wire types and the client)
 //	systemd.go    sd_notify to the service manager, watchdog
@@ -57,9 +59,11 @@
 //
 // Sub-packages: control (protocol and client), sockets (the master's side
 // of the listening sockets; reuseport.go: per-generation sockets and the
-// BPF program that steers between them), internal/osutil (/proc, own fds, sd_notify
-// sending, Trim), internal/logevent (the stable "event" names of the log
-// entries tests, tools and journald act on; every such entry carries one).
+// classic BPF program that steers between them; ebpf.go: the eBPF program
+// over a map of baton's sockets; members.go: the sock_diag membership
+// check), internal/osutil (/proc, own fds, sd_notify sending, Trim),
+// internal/logevent (the stable "event" names of the log entries tests,
+// tools and journald act on; every such entry carries one).
 //
 // Signals and what the loop does with them:
 //

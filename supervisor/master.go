@@ -62,6 +62,7 @@ type master struct {
 	phase        phase
 	slots        []*slot
 	procs        map[int]*worker // live workers by pid, current or draining
+	group        groupState      // membership of blue-green's reuseport groups
 	bootErr      error
 	startAt      time.Time
 	bootAt       time.Time
@@ -219,7 +220,7 @@ func (m *master) setup() error {
 	var lns *sockets.Set
 	var err error
 	if st := m.cfg.Rollout.Strategy; st.steered() {
-		lns, err = m.openGroup(act)
+		lns, err = m.openGroup(reg, act)
 	} else {
 		lns, err = sockets.Open(reg, m.cfg.Listen, act)
 	}
@@ -471,6 +472,10 @@ func (m *master) handle(ev event) {
 		m.onSwitchBackWait()
 	case evQueueIdle:
 		m.onQueueIdle(ev)
+	case evMemberCheck:
+		m.onMemberCheck()
+	case evMembers:
+		m.onMembers(ev)
 	}
 	m.syncMetrics()
 }
@@ -562,6 +567,10 @@ func (m *master) bootDone() {
 		m.log.Warn("old master gone before the handover: serving as the master", zap.Error(err))
 	}
 	m.phase = phaseServing
+	if m.lns != nil && m.cfg.Rollout.Strategy.steered() && m.up.parentAlive {
+		m.allowed() // records the previous generation's sockets, to name a leftover later
+	}
+	m.scheduleMemberCheck()
 	fields := []zap.Field{zap.Int("workers", len(m.slots)), zap.Duration("workers_starting", workers)}
 	if m.up.parentPID != 0 {
 		// Started by an old master (alive, or gone mid-handover): this one

@@ -278,6 +278,9 @@ func printStatus(w io.Writer, st control.Status) {
 		fmt.Fprintf(w, "previous generation %d (master %d) draining: %d processes, at most %s left\n",
 			p.Generation, p.MasterPID, len(p.WorkerPIDs), msDur(p.DrainLeftMS))
 	}
+	for _, f := range st.ForeignSockets {
+		fmt.Fprintf(w, "WARNING: %s (steering: %s)\n", f.Detail, st.Steering)
+	}
 	if u := st.LastUpgrade; u != nil {
 		fmt.Fprint(w, "last upgrade: ")
 		printReload(w, *u)

@@ -185,6 +185,24 @@ type Status struct {
 	UpgradeQueued bool          `json:"upgrade_queued,omitempty"`
 	Previous      *PrevStatus   `json:"previous,omitempty"` // the draining previous generation
 	LastUpgrade   *ReloadResult `json:"last_upgrade,omitempty"`
+	// Steering is how blue-green and canary pick a generation's socket:
+	// "ebpf" (a map of baton's sockets) or "classic" (the kernel's order).
+	Steering string `json:"steering,omitempty"`
+	// ForeignSockets are sockets in a reuseport group that baton did not
+	// open, as the last membership check saw them.
+	ForeignSockets []ForeignSocket `json:"foreign_sockets,omitempty"`
+}
+
+// ForeignSocket is a listening socket on a --listen address that baton did
+// not open for a generation it runs.
+type ForeignSocket struct {
+	Address string `json:"address"`
+	Inode   uint64 `json:"inode"`
+	UID     uint32 `json:"uid"`
+	PID     int    `json:"pid,omitempty"` // a holder, where /proc shows one
+	Command string `json:"command,omitempty"`
+	Kind    string `json:"kind"` // foreign, leftover (a previous generation's), worker (bound by our worker)
+	Detail  string `json:"detail"`
 }
 
 // Release is what a generation runs, resolved once when it booted: every

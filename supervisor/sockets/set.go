@@ -30,6 +30,10 @@ type Registry interface {
 type Set struct {
 	specs []Spec
 	files []*os.File
+	// eBPF steering (ebpf.go): per spec, nil where the group is steered
+	// by classic BPF; key is this generation's key in the maps.
+	progs []*steerProg
+	key   uint32
 }
 
 // Open returns the sockets for specs, inherited where the registry has them
@@ -230,4 +234,10 @@ func (s *Set) Close() {
 		f.Close()
 	}
 	s.files = nil
+	for _, p := range s.progs {
+		if p != nil {
+			p.m.Close()
+		}
+	}
+	s.progs = nil
 }

@@ -64,6 +64,15 @@ var (
 	RolloutSwitched  = named("rollout_switched")  // weight_percent, switched_at_unix_ns, since_upgrade
 	RolloutPromoted  = named("rollout_promoted")  // trigger, at_unix_ns
 	RolloutRollback  = named("rollout_rollback")  // reason, was_switched, at_unix_ns
+	// The first master's sockets are bound and steered: strategy,
+	// steering ("ebpf" or "classic"), tcp_migrate_req.
+	RolloutSocketsReady = named("rollout_sockets_ready")
+	// A socket baton did not open listens on a --listen address: kind
+	// (foreign, leftover, worker), address, inode, holder_pid,
+	// holder_command, detail, action.
+	ForeignSocket = named("foreign_socket")
+	// The last foreign socket is gone.
+	ForeignSocketsGone = named("foreign_sockets_gone")
 )
 
 // The keeper (field: keeper_pid).
