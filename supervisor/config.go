@@ -305,8 +305,8 @@ func ResolveCommand(dir, name string) (string, error) {
 	return p, nil
 }
 
-// checkPIDFile refuses a pid file naming a live process and a directory we
-// cannot write, before anything is bound or started.
+// checkPIDFile refuses a pid file a running keeper holds (pidfile.go) and a
+// directory we cannot write, before anything is bound or started.
 func checkPIDFile(path string) error {
 	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
 		what := "not a regular file"
@@ -315,13 +315,10 @@ func checkPIDFile(path string) error {
 		}
 		return badConfig("--pid-file", strconv.Quote(path), what, nil)
 	}
-	if b, err := os.ReadFile(path); err == nil {
-		var pid int
-		if _, err := fmt.Sscan(strings.TrimSpace(string(b)), &pid); err == nil && pid > 0 && pid != os.Getpid() && pid != os.Getppid() && strconv.Itoa(pid) != os.Getenv(envKeeperPID) {
-			// Our parent is the old master during an upgrade: the file is its.
-			if err := syscall.Kill(pid, 0); err == nil || errors.Is(err, syscall.EPERM) {
-				return badConfig("--pid-file", strconv.Quote(path), fmt.Sprintf("names running process %d", pid), nil)
-			}
+	// A masters' keeper holds the file (the masters run this check too).
+	if os.Getenv(envKeeperPID) == "" {
+		if pid, held := pidFileHolder(path); held {
+			return badConfig("--pid-file", strconv.Quote(path), fmt.Sprintf("%v (pid %d)", errPIDFileHeld, pid), nil)
 		}
 	}
 	f, err := os.CreateTemp(filepath.Dir(path), ".baton-check-*")

@@ -51,11 +51,19 @@
 //	trim.go       giving back start-up's memory once a keeper or master
 //	              is at rest (internal/osutil's Trim)
 //	quiet.go      keeping the listening sockets out of the master's epoll
+//	refuse.go     a stop's refusal of new connections once the workers
+//	              have let go of the sockets (sockets/refuse.go)
 //	config.go     Config, its checks, and ConfigError
 //	keeper.go     the keeper: the one process `baton run` stays for the
 //	              service's life; starts the first master, adopts later
 //	              ones (child subreaper), forwards signals, relays
 //	              sd_notify, owns the pid file (Keep)
+//	keeper_tree.go the service's cgroup subtree; what is left at the end
+//	tree.go       a generation's whole process tree: a cgroup per
+//	              generation and worker, or the subreaper's orphans by an
+//	              environment marker; leftovers drained, killed, logged
+//	pidfile.go    the pid file, locked (F_OFD_SETLK) for the keeper's
+//	              life: held means running, unheld means stale
 //
 // Sub-packages: control (protocol and client), sockets (the master's side
 // of the listening sockets; reuseport.go: per-generation sockets and the
@@ -63,7 +71,8 @@
 // over a map of baton's sockets; members.go: the sock_diag membership
 // check), internal/osutil (/proc, own fds, sd_notify sending, Trim),
 // internal/logevent (the stable "event" names of the log entries tests,
-// tools and journald act on; every such entry carries one).
+// tools and journald act on; every such entry carries one), internal/cgroup
+// (cgroup v2: make, clone into, list, kill).
 //
 // Signals and what the loop does with them:
 //

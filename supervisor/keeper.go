@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -49,8 +48,9 @@ type KeeperConfig struct {
 	// Args is the command line the first master is started with: baton's
 	// own (os.Args), so the master parses the same flags.
 	Args []string
-	// PIDFile, if set (absolute), gets the keeper's pid once the first
-	// generation is ready, and is removed when the keeper exits.
+	// PIDFile, if set (absolute), gets the keeper's pid at its start and
+	// stays locked by the keeper for its life (pidfile.go); it is removed
+	// when the keeper exits.
 	PIDFile string
 	// ReopenLogs, if set, is called on SIGUSR1 before it is forwarded.
 	ReopenLogs func() error
@@ -124,6 +124,8 @@ type keeper struct {
 	statuses   map[int]int      // exit statuses of reaped masters, by pid
 	lastExited *keptMaster      // the master that exited last
 	lastRecord *keptMaster      // the last master of record that exited
+	pidLock    *pidLock         // the pid file, held for the keeper's life
+	trees      keeperTrees      // the service's cgroup subtree (keeper_tree.go)
 }
 
 // Keep runs the keeper: it starts the first master and returns, with the
@@ -176,6 +178,7 @@ func Keep(kc KeeperConfig) int {
 	}
 	first, err := k.startFirst()
 	if err != nil {
+		k.endTrees()
 		k.removePIDFile()
 		k.log.Error("keeper: cannot start the master", zap.Error(err))
 		return 1
@@ -231,7 +234,7 @@ func (k *keeper) startFirst() (*keptMaster, error) {
 	for _, kv := range os.Environ() {
 		key, _, _ := strings.Cut(kv, "=")
 		switch {
-		case key == "NOTIFY_SOCKET", key == "WATCHDOG_PID", key == envKeeperPID:
+		case key == "NOTIFY_SOCKET", key == "WATCHDOG_PID", key == envKeeperPID, key == envCgroup:
 			continue
 		case strings.HasPrefix(key, "LISTEN_") && !activated:
 			continue
@@ -241,6 +244,7 @@ func (k *keeper) startFirst() (*keptMaster, error) {
 	// Masters speak sd_notify to the keeper, which relays as itself; the
 	// watchdog interval stays, its pid check is for the masters to pass.
 	env = append(env, "NOTIFY_SOCKET="+k.sock.addr, envKeeperPID+"="+strconv.Itoa(k.self))
+	env = append(env, k.setupTrees()...)
 	cmd := &exec.Cmd{
 		Path:   "/proc/self/exe",
 		Args:   k.kc.Args,
@@ -325,6 +329,7 @@ func (k *keeper) exit() int {
 	// The last masters are the keeper's children by now (their parents
 	// exited first): collect them.
 	k.reap()
+	k.endTrees()
 	k.removePIDFile()
 	status, pick := 1, k.lastExited
 	if k.ready && k.lastRecord != nil {
@@ -505,37 +510,28 @@ func (k *keeper) relay(fields map[string]string) {
 	}
 }
 
-// writePIDFile writes the keeper's pid atomically.
+// writePIDFile takes the pid file for the keeper's life (pidfile.go): a
+// file nobody holds is stale and replaced, with a log line.
 func (k *keeper) writePIDFile() error {
 	if k.kc.PIDFile == "" {
 		return nil
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(k.kc.PIDFile), ".baton-pid-*")
+	l, stale, err := lockPIDFile(k.kc.PIDFile, k.self)
 	if err != nil {
-		return fmt.Errorf("--pid-file %q: %w", k.kc.PIDFile, err)
+		return err
 	}
-	_, err = tmp.WriteString(strconv.Itoa(k.self))
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), k.kc.PIDFile)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("--pid-file %q: %w", k.kc.PIDFile, err)
+	k.pidLock = l
+	if stale != 0 && stale != k.self {
+		k.log.Warn("stale pid file replaced", logevent.PIDFileStale, zap.String("reason", "no keeper holds it"),
+			zap.String("pid_file", k.kc.PIDFile), zap.Int("stale_pid", stale))
 	}
 	return nil
 }
 
-// removePIDFile removes the pid file if it still names the keeper.
+// removePIDFile removes the pid file the keeper holds, and lets it go.
 func (k *keeper) removePIDFile() {
-	if k.kc.PIDFile == "" {
-		return
-	}
-	if b, err := os.ReadFile(k.kc.PIDFile); err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(k.self) {
-		os.Remove(k.kc.PIDFile)
-	}
+	k.pidLock.release()
+	k.pidLock = nil
 }
 
 // hangup reports whether a SIGHUP now comes from the terminal hanging up:

@@ -78,6 +78,8 @@ type master struct {
 	prog         progressState // progress.go
 	met          *metrics      // metrics.go
 	rollout      rolloutState  // blue-green and canary (bluegreen.go)
+	refusal      refusal       // a stop's refusal of new connections (refuse.go)
+	trees        trees         // the generation's process trees (tree.go)
 }
 
 // newMaster returns a master that has started nothing. gen is its
@@ -182,6 +184,8 @@ func Run(cfg Config) error {
 		m.release(false)
 		return err
 	}
+	m.setupTrees()
+	defer m.closeTrees()
 	if keeper != "" {
 		pid, _ := strconv.Atoi(keeper)
 		if err := m.watchKeeper(pid); err != nil {
@@ -409,7 +413,7 @@ func (m *master) exit() error {
 	switch {
 	case m.phase == phaseHandedOver:
 		m.release(false)
-		m.log.Info("master exiting after handover: old generation drained",
+		m.log.Info("master exiting after handover: old generation drained", logevent.OldGenerationDrained,
 			zap.Duration("drain", m.sys.now().Sub(m.up.handedOverAt)), zap.Int("workers", m.up.drained), zap.Int("killed", m.up.killed))
 		return nil
 	case m.bootErr != nil:
@@ -422,7 +426,7 @@ func (m *master) exit() error {
 }
 
 func (m *master) finished() bool {
-	return (m.phase == phaseStopping || m.phase == phaseHandedOver) && len(m.procs) == 0 && m.hook == nil
+	return (m.phase == phaseStopping || m.phase == phaseHandedOver) && len(m.procs) == 0 && m.hook == nil && m.treesEmpty()
 }
 
 // handle is the loop's one dispatch: every state change starts here.
@@ -456,6 +460,10 @@ func (m *master) handle(ev event) {
 		m.onKeeperGone()
 	case evAcceptCheck:
 		m.onAcceptCheck()
+	case evRefuseCheck:
+		m.onRefuseCheck()
+	case evTreeCheck:
+		m.onTreeCheck()
 	case evHookExit:
 		m.onHookExit(ev.h, ev.status)
 	case evHookTimeout:
@@ -532,6 +540,7 @@ func (m *master) stop(trigger string) {
 		m.reportFailure("new master received " + trigger + " before its workers were ready")
 		m.phase = phaseStopping
 		m.drainCandidate()
+		m.refuseNew()
 		return
 	}
 	m.sdNotify("STOPPING=1")
@@ -539,6 +548,7 @@ func (m *master) stop(trigger string) {
 	m.stopHook(m.cfg.DrainSignal)
 	m.dropQueued("master stopping (" + trigger + ")")
 	m.drainAll()
+	m.refuseNew()
 }
 
 func (m *master) bootDone() {
@@ -606,6 +616,7 @@ func (m *master) bootFailed(err error, reason string) {
 	m.reportFailure(reason)
 	m.phase = phaseStopping
 	m.drainCandidate()
+	m.refuseNew()
 }
 
 // onNotify handles one sd_notify datagram, attributed by the kernel to the

@@ -87,12 +87,15 @@ func (u tableflipUpgrader) Upgrade() error {
 
 // procSpec is one worker process to start.
 type procSpec struct {
-	path   string
-	argv   []string
-	env    []string
-	dir    string
-	files  []*os.File // fds 3, 4, …
-	cred   *syscall.Credential
+	path  string
+	argv  []string
+	env   []string
+	dir   string
+	files []*os.File // fds 3, 4, …
+	cred  *syscall.Credential
+	// cgroup, if set, is the cgroup v2 directory the process is cloned
+	// into (CLONE_INTO_CGROUP): it is never outside it, even for an instant.
+	cgroup *os.File
 	output string      // OutputTagged or OutputInherit
 	log    *zap.Logger // for tagged output; the pid is added
 	// outputMsg is the log message of each tagged line (OutputMessage
@@ -195,6 +198,10 @@ func startOSProcess(sp *spawner, p procSpec, exited func(exitStatus)) (*osProces
 			Pdeathsig:  syscall.SIGKILL,
 			Credential: p.cred,
 		},
+	}
+	if p.cgroup != nil {
+		cmd.SysProcAttr.UseCgroupFD = true
+		cmd.SysProcAttr.CgroupFD = int(p.cgroup.Fd())
 	}
 	// Tagged: both streams through the master. Inherit: stderr is teed,
 	// so failure reports carry its last lines in both modes.

@@ -45,6 +45,8 @@ type worker struct {
 	// --ready notify times out)
 	notified bool
 
+	tree *procTree // its process tree (tree.go); nil in in-process tests
+
 	stopReady      func() // ends the readiness watch
 	stopReadyTimer func()
 	stopDrainTimer func()
@@ -102,8 +104,9 @@ func (m *master) startWorker(s *slot) {
 	path, argv := shimCommand(m.shell, m.pinned.command)
 	wlog := m.log.With(zap.Int("worker", s.index))
 	w := &worker{index: s.index, state: stateStarting}
+	tree, treeEnv, cgDir := m.newTree(s.index)
 	proc, err := m.sys.start(procSpec{
-		path: path, argv: argv, env: env, dir: m.pinned.dir,
+		path: path, argv: argv, env: append(env, treeEnv...), dir: m.pinned.dir, cgroup: cgDir,
 		files: m.files, cred: m.cfg.Credential,
 		output: m.cfg.WorkerOutput, log: wlog, onLine: m.outputForwarder(s.index),
 	}, func(st exitStatus) {
@@ -115,7 +118,11 @@ func (m *master) startWorker(s *slot) {
 		}
 		m.post(evExit{w, st})
 	})
+	if cgDir != nil {
+		cgDir.Close()
+	}
 	if err != nil {
+		m.removeTree(tree)
 		m.log.Error("worker start failed", zap.Int("worker", s.index), zap.Error(err))
 		if m.phase == phaseBooting {
 			// No process, so no exit or timeout would ever end the boot.
@@ -127,6 +134,9 @@ func (m *master) startWorker(s *slot) {
 		return
 	}
 	w.proc, w.pid, w.started = proc, proc.Pid(), m.sys.now()
+	if tree != nil {
+		tree.w, w.tree = w, tree
+	}
 	w.log = wlog.With(zap.Int("pid", w.pid))
 	s.cur = w
 	m.procs[w.pid] = w
@@ -198,6 +208,7 @@ func (m *master) onExit(w *worker, st exitStatus) {
 	}
 	w.exited = true
 	w.cancelTimers()
+	m.treeAfterExit(w)
 	m.oldWorkerStopped(w)
 	if m.procs[w.pid] == w {
 		delete(m.procs, w.pid)
@@ -288,6 +299,7 @@ func (m *master) drain(w *worker) {
 	w.stopReadyTimer()
 	w.log.Info("draining worker", logevent.WorkerDraining, zap.String("signal", sigName(m.cfg.DrainSignal)))
 	w.proc.Signal(m.cfg.DrainSignal)
+	m.signalTree(w, m.cfg.DrainSignal) // its helpers drain with it
 	w.stopDrainTimer = m.sys.afterFunc(m.cfg.DrainTimeout, func() { m.post(evDrainTimeout{w}) })
 }
 
@@ -298,6 +310,7 @@ func (m *master) onDrainTimeout(w *worker) {
 	w.log.Warn("drain timeout: killing worker", logevent.WorkerDrainTimeout, zap.Duration("drain_timeout", m.cfg.DrainTimeout))
 	w.killed = true
 	w.proc.SignalGroup(syscall.SIGKILL) // its process group: helpers too
+	m.killTree(w.tree, "drain timeout")
 }
 
 func (m *master) drainAll() {
@@ -315,6 +328,7 @@ func (m *master) killAll() {
 		w.killed = true
 		w.proc.SignalGroup(syscall.SIGKILL)
 	}
+	m.killTrees()
 }
 
 // addWorker is TTIN: one worker more.

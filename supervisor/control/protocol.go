@@ -185,6 +185,12 @@ type Status struct {
 	UpgradeQueued bool          `json:"upgrade_queued,omitempty"`
 	Previous      *PrevStatus   `json:"previous,omitempty"` // the draining previous generation
 	LastUpgrade   *ReloadResult `json:"last_upgrade,omitempty"`
+	// ProcessTrees is how a generation's whole process tree is found:
+	// "cgroup" (TreeCgroup names the service's cgroup v2 directory) or
+	// "subreaper" (the keeper adopts orphans, attributed by a marker in
+	// their environment).
+	ProcessTrees string `json:"process_trees,omitempty"`
+	TreeCgroup   string `json:"tree_cgroup,omitempty"`
 	// Steering is how blue-green and canary pick a generation's socket:
 	// "ebpf" (a map of baton's sockets) or "classic" (the kernel's order).
 	Steering string `json:"steering,omitempty"`
@@ -228,6 +234,9 @@ type PrevStatus struct {
 	State       string  `json:"state"`
 	WorkerPIDs  []int   `json:"worker_pids"`
 	DrainLeftMS float64 `json:"drain_left_ms"`
+	// Processes is every process left of that generation's tree (its
+	// workers and whatever they started), found by Status.ProcessTrees.
+	Processes []int `json:"processes,omitempty"`
 }
 
 // StopAck answers a stop at once; the master then holds the connection
@@ -236,6 +245,10 @@ type StopAck struct {
 	OK        bool `json:"ok"`
 	MasterPID int  `json:"master_pid"`
 	KeeperPID int  `json:"keeper_pid,omitempty"` // exits last, once no master is left
+	// PIDNamespace is the master's pid namespace ("pid:[N]"): both pids
+	// are numbers there, which a client in another namespace (the host of
+	// a container) must translate, or cannot see at all.
+	PIDNamespace string `json:"pid_namespace,omitempty"`
 }
 
 // Refusal answers any request the master will not carry out.

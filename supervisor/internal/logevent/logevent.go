@@ -84,3 +84,13 @@ var (
 	SignalHeld       = named("signal_held")       // signal: no master of record yet
 	TerminalHungUp   = named("terminal_hung_up")  // the terminal went: stopping
 )
+
+// A generation's whole process tree, a stop's sockets, the pid file.
+var (
+	ProcessTrees         = named("process_trees")          // keeper: mechanism (cgroup, subreaper), cgroup or reason
+	WorkerLeftovers      = named("worker_leftovers")       // a drained worker exited; pids of its tree drain until deadline
+	SurvivorKilled       = named("survivor_killed")        // pid, command, generation, worker, reason: SIGKILLed leftover
+	OldGenerationDrained = named("old_generation_drained") // old master: its whole tree is gone; it exits
+	ListenersRefused     = named("listeners_refused")      // a stop: refused, kept_for_systemd, waited
+	PIDFileStale         = named("pid_file_stale")         // keeper: stale_pid, pid_file: replaced
+)

@@ -96,3 +96,24 @@ func GroupHasMembers(pgid int) bool {
 	}
 	return false
 }
+
+// HoldsSocket reports whether pid has one of the sockets with these inodes
+// open (a /proc/PID/fd entry "socket:[inode]"). A process that is gone
+// holds nothing.
+func HoldsSocket(pid int, inodes []uint64) bool {
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd/"
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	want := make(map[string]bool, len(inodes))
+	for _, ino := range inodes {
+		want["socket:["+strconv.FormatUint(ino, 10)+"]"] = true
+	}
+	for _, e := range ents {
+		if l, err := os.Readlink(dir + e.Name()); err == nil && want[l] {
+			return true
+		}
+	}
+	return false
+}
