@@ -271,7 +271,7 @@ func (m *master) runSmokeTest(gen int, done func(error, []string)) (stop func())
 			return
 		}
 		cmd.Stdout, cmd.Stderr = pw, pw
-		if err := cmd.Start(); err != nil {
+		if err := startUnblocked(cmd); err != nil { // signals.go
 			pw.Close()
 			pr.Close()
 			done(fmt.Errorf("start: %w", err), nil)

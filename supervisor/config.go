@@ -214,7 +214,9 @@ func (c *Config) Check() error {
 	if _, err := ResolveCommand(c.Chdir, c.Command[0]); err != nil {
 		return err
 	}
-	if c.PIDFile != "" {
+	if c.PIDFile != "" && !UnderKeeper() {
+		// Only the keeper writes it: a master, and so an upgrade, checks
+		// only what it writes (a removed /run/app must not refuse deploys).
 		if err := checkPIDFile(c.PIDFile); err != nil {
 			return err
 		}

@@ -80,7 +80,17 @@
 //	                   while the previous generation drains
 //	TERM, INT, QUIT    drain every worker, then exit; a second TERM/INT kills them
 //	TTIN, TTOU         one worker more / less (the count survives upgrades)
-//	USR1               reopen the log file, and forwarded to every worker
+//	USR1               reopen the log file, and forwarded to every ready
+//	                   worker (starting ones get it once ready)
+//
+// Signals are caught from the first package init (package earlysig) and
+// never given back to their default actions; before the first generation
+// is ready an upgrade is held, not refused (signals.go). Task limits
+// (pids.max, RLIMIT_NPROC) are checked before a start, an upgrade, TTIN and
+// scale, and a master keeps spare threads (tasks.go, package tasks).
+// The keeper answers a master's announcement (handshake.go), keeps fds in
+// reserve (osutil.Reserve) and a lower OOM score (oom.go); a hook's
+// leftovers end with it (hookleft.go).
 //
 // Phases of a master: booting (its workers are starting; a failure here
 // ends the master, and for an upgrade means rollback), serving (crashed

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/earlysig"
 	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"github.com/baton-sh/baton/supervisor/sockets"
@@ -74,12 +74,13 @@ type master struct {
 	writers      sync.WaitGroup // held reload writers still flushing
 	stopAsked    bool           // a stop signal came after the handover
 	accepts      *acceptWatch
-	hook         *hookRun      // the --before-upgrade command while it runs (hook.go)
-	prog         progressState // progress.go
-	met          *metrics      // metrics.go
-	rollout      rolloutState  // blue-green and canary (bluegreen.go)
-	refusal      refusal       // a stop's refusal of new connections (refuse.go)
-	trees        trees         // the generation's process trees (tree.go)
+	hook         *hookRun       // the --before-upgrade command while it runs (hook.go)
+	hookLeft     []hookLeftover // groups of past hooks still being ended (hookleft.go)
+	prog         progressState  // progress.go
+	met          *metrics       // metrics.go
+	rollout      rolloutState   // blue-green and canary (bluegreen.go)
+	refusal      refusal        // a stop's refusal of new connections (refuse.go)
+	trees        trees          // the generation's process trees (tree.go)
 }
 
 // newMaster returns a master that has started nothing. gen is its
@@ -125,13 +126,14 @@ func Run(cfg Config) error {
 	if keeper != "" {
 		// The keeper owns the pid file: its pid, for the service's life.
 		pidFile = ""
-		// Announce this master first thing: the keeper must know it
-		// before the old master can exit.
-		// It must arrive: on a loaded machine the keeper's queue may be
-		// full for longer than an ordinary notification waits.
-		if err := osutil.SendNotifyWait(os.Getenv("NOTIFY_SOCKET"), keeperRegister+"=1", 5*time.Second); err != nil {
+		// Announce this master first thing, and wait for the keeper to
+		// accept it (handshake.go): the keeper must know it before the
+		// old master can exit.
+		kpid, _ := strconv.Atoi(keeper)
+		if err := announce(os.Getenv("NOTIFY_SOCKET"), kpid); err != nil {
 			return fmt.Errorf("announce to keeper %s: %w", keeper, err)
 		}
+		restoreOOMScore() // oom.go: the keeper's lowered score is its own
 		if os.Getenv("LISTEN_PID") == keeper {
 			// Sockets of a systemd .socket unit, passed on by the keeper
 			// at the same fd numbers.
@@ -170,6 +172,11 @@ func Run(cfg Config) error {
 	if err := m.met.restore(up.metrics); err != nil {
 		m.log.Warn("previous master's metrics not carried over", zap.Error(err))
 	}
+	if err := m.startTasks(cfg.Workers); err != nil {
+		upg.Stop()
+		return err
+	}
+	reserveThreads(spareThreads) // tasks.go: kept idle for an upgrade
 	m.shell = findShell()
 	m.baseEnv = workerBaseEnv(os.Environ(), cfg.WorkerOutput == OutputTagged)
 	if cfg.EnvFile != "" {
@@ -321,10 +328,9 @@ func (m *master) post(ev event) {
 }
 
 func (m *master) run() error {
-	sigc := make(chan os.Signal, 16)
-	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGHUP,
-		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGTTIN, syscall.SIGTTOU)
-	defer signal.Stop(sigc)
+	// Caught since the process's first package init (earlysig), and
+	// kept caught until it exits: none takes its default action, ever.
+	sigc := earlysig.Chan()
 
 	go m.notify.run(func(msg notifyMsg) { m.post(evNotify(msg)) })
 	if m.control != nil && !m.up.parentAlive {
@@ -412,6 +418,7 @@ func (m *master) exit() error {
 	}
 	switch {
 	case m.phase == phaseHandedOver:
+		m.killHookLeftovers() // hookleft.go
 		m.release(false)
 		m.log.Info("master exiting after handover: old generation drained", logevent.OldGenerationDrained,
 			zap.Duration("drain", m.sys.now().Sub(m.up.handedOverAt)), zap.Int("workers", m.up.drained), zap.Int("killed", m.up.killed))
@@ -420,6 +427,7 @@ func (m *master) exit() error {
 		m.release(false)
 		return m.bootErr
 	}
+	m.killHookLeftovers()
 	m.release(true)
 	m.log.Info("master stopped", logevent.MasterStopped)
 	return nil
@@ -518,10 +526,7 @@ func (m *master) onSignal(sig syscall.Signal) {
 				m.log.Error("reopen log file failed", zap.Error(err))
 			}
 		}
-		for _, w := range m.procs {
-			w.proc.Signal(syscall.SIGUSR1)
-		}
-		m.log.Info("SIGUSR1 forwarded to workers", zap.Int("workers", len(m.procs)))
+		m.forwardUSR1() // signals.go
 	}
 }
 
@@ -538,6 +543,7 @@ func (m *master) stop(trigger string) {
 			m.bootErr = nil // a plain start interrupted by the operator is a clean stop
 		}
 		m.reportFailure("new master received " + trigger + " before its workers were ready")
+		m.dropQueued("master stopping (" + trigger + ")")
 		m.phase = phaseStopping
 		m.drainCandidate()
 		m.refuseNew()
@@ -604,6 +610,9 @@ func (m *master) bootDone() {
 		m.log.Info("generation ready", append(fields, logevent.GenerationReady)...)
 	}
 	m.sdNotify(fmt.Sprintf("MAINPID=%d\nREADY=1\nSTATUS=generation %d, %d workers", m.self, m.gen, len(m.slots)))
+	if m.up.parentPID == 0 {
+		m.startQueued() // an upgrade held while the first generation booted
+	}
 }
 
 func (m *master) bootFailed(err error, reason string) {

@@ -15,6 +15,7 @@ import (
 	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"github.com/baton-sh/baton/supervisor/sockets"
+	"github.com/baton-sh/baton/supervisor/tasks"
 	"github.com/cloudflare/tableflip"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -43,6 +44,10 @@ type sys struct {
 	// parentOf returns a process's parent pid, 0 when unknown (notify
 	// messages from a worker's descendants count as the worker's).
 	parentOf func(pid int) int
+	// headroom, treeTasks and limitHits read the task limits (tasks.go).
+	headroom  func() tasks.Headroom
+	treeTasks func(pid int) int64
+	limitHits func() int64
 }
 
 // upgrader is what the master uses of *tableflip.Upgrader (tableflip's own
@@ -172,6 +177,7 @@ func osSys() (sys, func()) {
 		notifyTo: osutil.SendNotify,
 		setenv:   func(k, v string) { os.Setenv(k, v) },
 		parentOf: osutil.ParentOf,
+		headroom: osTasks.headroom, treeTasks: osTasks.treeTasks, limitHits: osTasks.limitHits,
 	}, sp.stop
 }
 

@@ -60,18 +60,19 @@ type upgradeState struct {
 	servingAt      time.Time // when this generation took over
 
 	// As a parent (the upgrade this master started).
-	running  bool
-	at       time.Time
-	token    string                // expect in reports from the new master
-	reason   string                // from the new master, when it failed
-	stderr   []string              // its failing worker's last stderr lines
-	ready    *control.ReloadResult // from the new master, when it took over
-	last     *control.ReloadResult
-	waiters  []*ctlConn    // reload requests answered at the outcome
-	hookTook time.Duration // the --before-upgrade command's run
-	waited   time.Duration // the wait for the previous generation's drain
-	queuedAt time.Time     // non-zero while an upgrade waits (queue.go)
-	queuedBy string        // what asked for it first
+	running   bool
+	at        time.Time
+	token     string                // expect in reports from the new master
+	reason    string                // from the new master, when it failed
+	stderr    []string              // its failing worker's last stderr lines
+	ready     *control.ReloadResult // from the new master, when it took over
+	last      *control.ReloadResult
+	waiters   []*ctlConn    // reload requests answered at the outcome
+	hookTook  time.Duration // the --before-upgrade command's run
+	waited    time.Duration // the wait for the previous generation's drain
+	queuedAt  time.Time     // non-zero while an upgrade waits (queue.go)
+	queuedBy  string        // what asked for it first
+	limitHits int64         // the cgroup's pids.events max when it launched
 
 	// After a handover, reload requests are answered once every old
 	// worker has stopped accepting (said STOPPING=1, or exited), or after
@@ -128,6 +129,9 @@ func (m *master) requestUpgrade(trigger string, wait bool) string {
 	var why string
 	var fields []zap.Field
 	switch {
+	case m.phase == phaseBooting && u.parentPID == 0 && wait:
+		m.holdUpgrade(trigger) // signals.go
+		return ""
 	case m.phase != phaseServing:
 		why = "master is not serving (" + m.stateName() + ")"
 	case u.running:
@@ -177,6 +181,7 @@ func (m *master) launchUpgrade() {
 	u := &m.up
 	start := m.sys.now()
 	u.token = strconv.FormatUint(rand.Uint64(), 36)
+	u.limitHits = m.sys.limitHits()
 	// tableflip re-executes us with os.Environ(); this is how the next
 	// master learns its generation, when the deploy began (after the
 	// hook: the handover's time is the new generation's), where to
@@ -211,7 +216,10 @@ func (m *master) preflight() error {
 	if _, err := exec.LookPath(os.Args[0]); err != nil {
 		return fmt.Errorf("baton binary %q: %w", os.Args[0], osutil.Cause(err))
 	}
-	return m.cfg.Check()
+	if err := m.cfg.Check(); err != nil {
+		return err
+	}
+	return m.upgradeTasks() // tasks.go
 }
 
 func trimParen(s string) string {
@@ -243,6 +251,7 @@ func (m *master) onUpgradeDone(err error) {
 		if res.Reason == "" {
 			res.Reason = "new master failed: " + err.Error()
 		}
+		res.Reason = m.tasksReason(u.limitHits, res.Reason) // tasks.go
 		if len(res.Stderr) == 0 {
 			res.Stderr = u.stderr
 		}

@@ -44,6 +44,8 @@ type worker struct {
 	// notified: it sent something on NOTIFY_SOCKET (for the hint when
 	// --ready notify times out)
 	notified bool
+	wasReady bool // it was ready once (a draining worker has its handlers)
+	usr1Held bool // a USR1 came while it started: sent once it is ready
 
 	tree *procTree // its process tree (tree.go); nil in in-process tests
 
@@ -165,7 +167,8 @@ func (m *master) markReady(w *worker) {
 	if w.exited || w.state != stateStarting {
 		return
 	}
-	w.state = stateReady
+	w.state, w.wasReady = stateReady, true
+	m.readyUSR1(w)
 	w.stopReady()
 	w.stopReadyTimer()
 	startup := m.sys.now().Sub(w.started)
@@ -340,6 +343,10 @@ func (m *master) addWorker() {
 		m.log.Warn("worker count not changed: an upgrade is under way (the new generation has its count)")
 		return
 	}
+	if err := m.addTasks(1); err != nil {
+		m.log.Warn("worker count not increased: "+err.Error(), logevent.WorkerCountUnchanged, zap.Int("workers", len(m.slots)))
+		return
+	}
 	m.log.Info("worker count increased", logevent.WorkerCountIncreased, zap.Int("workers", len(m.slots)+1))
 	m.addSlot()
 }
@@ -379,6 +386,11 @@ func (m *master) scale(n int) (int, error) {
 		// The new master took its count when it started: a change now
 		// would be lost with this generation.
 		return prev, fmt.Errorf("an upgrade is under way; scale once it is over")
+	}
+	if n > prev {
+		if err := m.addTasks(n - prev); err != nil {
+			return prev, err
+		}
 	}
 	for len(m.slots) < n {
 		m.addWorker()

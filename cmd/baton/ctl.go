@@ -321,8 +321,14 @@ func stopCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 				return &exitCode{exitUnknown, fmt.Sprintf("master %d still stopping after %s (--timeout)", ack.MasterPID, c.Duration("timeout"))}
 			}
 			// The keeper exits once no master is left: then nothing runs.
-			if keeper != 0 && !control.WaitExited(keeper, c.Duration("timeout")) {
-				return &exitCode{exitUnknown, fmt.Sprintf("keeper %d still running after %s (--timeout)", ack.KeeperPID, c.Duration("timeout"))}
+			if keeper != 0 {
+				if exited, stopped := waitKeeper(keeper, c.Duration("timeout")); !exited {
+					state := "still running"
+					if stopped {
+						state = "still stopped (state T), so it cannot exit,"
+					}
+					return &exitCode{exitUnknown, fmt.Sprintf("keeper %d %s after %s (--timeout)", ack.KeeperPID, state, c.Duration("timeout"))}
+				}
 			}
 			fmt.Printf("master %d stopped\n", ack.MasterPID)
 			return nil

@@ -38,7 +38,8 @@ var (
 	WorkerDrained          = named("worker_drained")           // drain, killed
 	WorkerOutput           = named("worker_output")            // stream, line (tagged output)
 	WorkerCountIncreased   = named("worker_count_increased")   // workers: the new count
-	WorkerCountUnchanged   = named("worker_count_unchanged")   // TTOU with one worker left
+	WorkerCountUnchanged   = named("worker_count_unchanged")   // TTOU with one worker left, TTIN past the task limit
+	USR1Forwarded          = named("usr1_forwarded")           // workers, held_for_starting
 	AcceptStalled          = named("accept_stalled")           // connections queue and no worker accepts
 	NotifyUnknownSender    = named("notify_unknown_sender")    // sender_pid: not a worker, not a master
 	ControlRefused         = named("control_refused")          // peer_uid: a foreign user's connection
@@ -50,6 +51,9 @@ var (
 	UpgradeQueued        = named("upgrade_queued")         // waits for the previous generation's drain
 	UpgradeMerged        = named("upgrade_merged")         // joined the upgrade already queued
 	UpgradeRefused       = named("upgrade_refused")        // reason
+	UpgradeHeld          = named("upgrade_held")           // trigger: asked for while the first generation boots
+	TaskLimitHit         = named("task_limit_hit")         // times, headroom: pids.max was hit during an upgrade
+	HookLeftovers        = named("hook_leftovers")         // the hook's group outlived it: SIGTERM sent, kill_after
 	UpgradeFailed        = named("upgrade_failed")         // reason; the old generation keeps serving
 	HookOutput           = named("hook_output")            // stream, line of --before-upgrade
 	HandedOver           = named("handed_over")            // old master: new_master_pid, handover
@@ -82,6 +86,7 @@ var (
 	MasterExited     = named("master_exited")     // master_pid, status
 	KeeperExiting    = named("keeper_exiting")    // status: no master left
 	SignalHeld       = named("signal_held")       // signal: no master of record yet
+	MasterRefused    = named("master_refused")    // sender_pid, error: an announcement not accepted
 	TerminalHungUp   = named("terminal_hung_up")  // the terminal went: stopping
 )
 
