@@ -48,6 +48,8 @@
 //	              its own port, one that never sends READY=1
 //	shim.go       the trampoline that sets LISTEN_PID
 //	spawn.go      the one OS thread workers are forked from (PDEATHSIG)
+//	trim.go       giving back start-up's memory once a keeper or master
+//	              is at rest (internal/osutil's Trim)
 //	quiet.go      keeping the listening sockets out of the master's epoll
 //	refuse.go     a stop's refusal of new connections once the workers
 //	              have let go of the sockets (sockets/refuse.go)
@@ -67,7 +69,7 @@
 // of the listening sockets; reuseport.go: per-generation sockets and the
 // classic BPF program that steers between them; ebpf.go: the eBPF program
 // over a map of baton's sockets; members.go: the sock_diag membership
-// check), internal/osutil (/proc, own fds, sd_notify sending),
+// check), internal/osutil (/proc, own fds, sd_notify sending, Trim),
 // internal/logevent (the stable "event" names of the log entries tests,
 // tools and journald act on; every such entry carries one), internal/cgroup
 // (cgroup v2: make, clone into, list, kill).

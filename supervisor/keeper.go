@@ -141,6 +141,7 @@ type keeper struct {
 // 1 of a container must) and changes the process environment passed to the
 // master. An error starting the first master is logged and returns 1.
 func Keep(kc KeeperConfig) int {
+	osutil.LowGC()
 	k := &keeper{kc: kc, log: kc.Log, self: os.Getpid(), masters: make(map[int]*keptMaster),
 		exited: make(chan *keptMaster, 16), statuses: make(map[int]int)}
 	if k.log == nil {
@@ -319,6 +320,7 @@ func (k *keeper) onExited(m *keptMaster) {
 	unix.Close(m.pidfd)
 	delete(k.masters, m.pid)
 	k.lastExited = m
+	k.trim() // an upgrade is over: what it used is garbage now
 	if m == k.record {
 		k.record = nil
 		k.lastRecord = m
@@ -471,6 +473,9 @@ func (k *keeper) onNote(msg notifyMsg) {
 		// Masters say MAINPID= when their generation serves: it is now the
 		// master of record.
 		k.setRecord(m)
+		if !k.ready {
+			k.trim()
+		}
 		k.ready = true
 	}
 	k.relay(msg.fields)

@@ -66,8 +66,9 @@ type master struct {
 	bootErr      error
 	startAt      time.Time
 	bootAt       time.Time
-	failedStderr []string // the failing worker's last stderr lines
-	pinned       release  // resolved at boot; every worker of the generation runs it
+	runAt        time.Time // Run was called (zero in tests that build a master directly)
+	failedStderr []string  // the failing worker's last stderr lines
+	pinned       release   // resolved at boot; every worker of the generation runs it
 	up           upgradeState
 	stopWaiters  []*ctlConn     // held open until exit
 	writers      sync.WaitGroup // held reload writers still flushing
@@ -119,6 +120,7 @@ func newMaster(cfg Config, s sys, upg upgrader, gen int) *master {
 // on a setup failure (sockets, control socket, --env-file); only in the last
 // two cases is nothing of this master left running.
 func Run(cfg Config) error {
+	runAt := time.Now()
 	keeper := os.Getenv(envKeeperPID)
 	pidFile := cfg.PIDFile
 	if keeper != "" {
@@ -166,6 +168,7 @@ func Run(cfg Config) error {
 	defer release()
 	m := newMaster(cfg, s, tableflipUpgrader{upg}, gen)
 	m.up = up
+	m.runAt = runAt
 	if err := m.met.restore(up.metrics); err != nil {
 		m.log.Warn("previous master's metrics not carried over", zap.Error(err))
 	}
@@ -360,13 +363,18 @@ func (m *master) run() error {
 
 // boot starts this master's generation.
 func (m *master) boot() {
-	m.log.Info("master starting", logevent.MasterStarting,
+	m.bootAt = m.sys.now()
+	fields := []zap.Field{logevent.MasterStarting,
 		zap.String("version", m.cfg.Version),
 		zap.Int("workers", m.cfg.Workers),
 		zap.Strings("listen", specStrings(m.cfg.Listen)),
 		zap.Strings("command", m.cfg.Command),
-		zap.Bool("upgrade", m.up.parentAlive))
-	m.bootAt = m.sys.now()
+		zap.Bool("upgrade", m.up.parentAlive),
+	}
+	if !m.runAt.IsZero() {
+		fields = append(fields, startupFields(m.up.start, m.runAt, m.bootAt)...)
+	}
+	m.log.Info("master starting", fields...)
 	m.step(control.Progress{Event: control.EvMasterStarted, Count: m.cfg.Workers,
 		Message: fmt.Sprintf("new master %d started: %d workers", m.self, m.cfg.Workers)})
 	if m.cfg.BeforeStart && !m.up.parentAlive {
@@ -378,7 +386,6 @@ func (m *master) boot() {
 
 // startGeneration starts this master's workers.
 func (m *master) startGeneration() {
-	m.bootAt = m.sys.now()
 	m.prog.forwarding.Store(m.up.parentNotify != "")
 	rel, err := resolveRelease(m.cfg)
 	if err != nil {
@@ -599,6 +606,7 @@ func (m *master) bootDone() {
 		}
 		m.log.Info("handover complete: new generation serving", append(fields, logevent.HandoverComplete)...)
 	} else {
+		m.trim() // before the line: whoever waits for it sees a master at rest
 		m.log.Info("generation ready", append(fields, logevent.GenerationReady)...)
 	}
 	m.sdNotify(fmt.Sprintf("MAINPID=%d\nREADY=1\nSTATUS=generation %d, %d workers", m.self, m.gen, len(m.slots)))

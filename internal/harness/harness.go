@@ -53,6 +53,7 @@ type Tail struct {
 	mu      sync.Mutex
 	events  []Event
 	at      []time.Time // when each entry was read
+	base    int         // index of events[0]: Forget drops older entries
 	other   []string
 	closed  bool
 	changed chan struct{} // closed and replaced on every line and at EOF
@@ -152,27 +153,41 @@ func (q *lineQueue) take() ([][]byte, bool) {
 func (t *Tail) Len() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return len(t.events)
+	return t.base + len(t.events)
 }
 
-// Slice returns the entries with index in [from, to); to < 0 means all.
+// Forget drops the entries with index < upTo; indices stay as they were,
+// and Slice, Count, Problem and Dump see only what is kept. A soak of
+// thousands of upgrades must not keep every line in memory.
+func (t *Tail) Forget(upTo int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := min(max(upTo-t.base, 0), len(t.events))
+	t.events = append([]Event(nil), t.events[n:]...)
+	t.at = append([]time.Time(nil), t.at[n:]...)
+	t.base += n
+}
+
+// Slice returns the entries kept with index in [from, to); to < 0 means
+// all.
 func (t *Tail) Slice(from, to int) []Event {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if to < 0 || to > len(t.events) {
-		to = len(t.events)
+	if to < 0 || to-t.base > len(t.events) {
+		to = t.base + len(t.events)
 	}
+	from, to = max(from-t.base, 0), to-t.base
 	if from > to {
 		return nil
 	}
 	return append([]Event(nil), t.events[from:to]...)
 }
 
-// ReadAt is when entry i was read.
+// ReadAt is when entry i was read; i must not have been forgotten.
 func (t *Tail) ReadAt(i int) time.Time {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.at[i]
+	return t.at[i-t.base]
 }
 
 // Count is how many entries so far have event name.
@@ -199,9 +214,10 @@ func (t *Tail) Wait(ctx context.Context, from int, timeout time.Duration, what s
 		t.mu.Lock()
 		// Only entries that arrived since the last look: a flood of lines
 		// must not make every wait quadratic.
-		for ; from < len(t.events); from++ {
-			if match(t.events[from]) {
-				ev := t.events[from]
+		from = max(from, t.base)
+		for ; from < t.base+len(t.events); from++ {
+			if match(t.events[from-t.base]) {
+				ev := t.events[from-t.base]
 				t.mu.Unlock()
 				return ev, from, nil
 			}

@@ -45,6 +45,9 @@ type batonProc struct {
 	master  int           // serving master
 	gen     int           // its generation
 	stopped bool
+	// noKeeperMem: upgrade does not sample the keeper (the soak samples it
+	// at its own points, not after every upgrade).
+	noKeeperMem bool
 }
 
 // handover is what one SIGUSR2 produced.
@@ -64,6 +67,8 @@ type handover struct {
 	fds            int     // new master's open fds once alone
 	fdKinds        map[string]int
 	rssMB          float64 // and its RSS
+	mem            memInfo // and its smaps_rollup
+	keeperMem      memInfo // the keeper's, at the same moment
 	pidFileOK      bool
 }
 
@@ -174,7 +179,21 @@ func (p *batonProc) upgrade(ctx context.Context) (handover, error) {
 	if rss, err := procRSS(h.newPID); err == nil {
 		h.rssMB = float64(rss) / (1 << 20)
 	}
+	h.mem, _ = procMem(h.newPID)
+	if !p.noKeeperMem {
+		h.keeperMem = p.keeperAtRest(ctx)
+	}
 	return h, nil
+}
+
+// keeperAtRest is the keeper's memory a moment after an upgrade: it gives
+// back what the upgrade used once the old master has exited, at the same
+// time as the new master says so, and a sample taken during that would
+// count pages about to go.
+func (p *batonProc) keeperAtRest(ctx context.Context) memInfo {
+	pause(ctx, 300*time.Millisecond)
+	m, _ := procMem(p.keeper)
+	return m
 }
 
 // pids lists every master and worker pid the log has named.
@@ -423,6 +442,54 @@ func procRSS(pid int) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
+}
+
+// memInfo is a process's memory from /proc/PID/smaps_rollup, in bytes. PSS
+// charges each shared page to its sharers in equal parts, so the PSS of
+// processes adds up to what they take from the machine together; RSS counts
+// a page of the baton binary once in every baton process that maps it.
+type memInfo struct {
+	RSS     int64 `json:"rss"`
+	PSS     int64 `json:"pss"`
+	PSSAnon int64 `json:"pss_anon"` // heap, stacks: the process's own
+	PSSFile int64 `json:"pss_file"` // pages of the binary and libraries
+}
+
+func (m memInfo) pssMB() float64 { return float64(m.PSS) / (1 << 20) }
+func (m memInfo) rssMB() float64 { return float64(m.RSS) / (1 << 20) }
+
+// procMem reads pid's smaps_rollup.
+func procMem(pid int) (memInfo, error) {
+	var m memInfo
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/smaps_rollup")
+	if err != nil {
+		return m, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		f := strings.Fields(v)
+		if !ok || len(f) < 1 {
+			continue
+		}
+		kb, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			continue
+		}
+		switch k {
+		case "Rss":
+			m.RSS = kb << 10
+		case "Pss":
+			m.PSS = kb << 10
+		case "Pss_Anon":
+			m.PSSAnon = kb << 10
+		case "Pss_File":
+			m.PSSFile = kb << 10
+		}
+	}
+	if m.RSS == 0 {
+		return m, fmt.Errorf("/proc/%d/smaps_rollup: no Rss", pid)
+	}
+	return m, nil
 }
 
 // procFDs counts pid's open file descriptors.

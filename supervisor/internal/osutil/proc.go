@@ -1,6 +1,6 @@
 // Package osutil holds the master's small Linux helpers: reading /proc,
-// walking its own fds, and sending sd_notify datagrams. Each is written
-// once here; none keeps state.
+// walking its own fds, sending sd_notify datagrams, and giving memory back
+// at rest (memory.go). Each is written once here; none keeps state.
 package osutil
 
 import (
