@@ -184,7 +184,7 @@ func (m *master) status() control.Status {
 			Processes: m.generationProcs(m.gen - 1)}
 	}
 	st.LastUpgrade = m.up.last
-	st.ProcessTrees, st.TreeCgroup = m.trees.mode, m.trees.base.Path()
+	st.ProcessTrees, st.TreeCgroup, st.TreeReason = m.trees.mode, m.trees.base.Path(), m.trees.why
 	if m.lns != nil && m.cfg.Rollout.Strategy.steered() {
 		st.Steering = "classic"
 		if m.lns.EBPF() {

@@ -43,7 +43,7 @@ func (k *keeper) setupTrees() (env []string) {
 	if err != nil {
 		k.trees.why = err.Error()
 		k.log.Info("process trees tracked by the subreaper", logevent.ProcessTrees, zap.String("mechanism", treeSubreaper), zap.String("reason", k.trees.why))
-		return nil
+		return []string{envTreesWhy + "=" + k.trees.why}
 	}
 	k.trees.base = base
 	k.log.Info("process trees tracked by cgroup", logevent.ProcessTrees, zap.String("mechanism", treeCgroup), zap.String("cgroup", base.Path()))

@@ -43,6 +43,10 @@ import (
 // generations' cgroups are made in; absent: the subreaper mechanism.
 const envCgroup = "BATON_CGROUP"
 
+// envTreesWhy, set by the keeper where it made no cgroup, says why, for
+// `baton status`.
+const envTreesWhy = "BATON_TREES_WHY"
+
 // envTree marks a worker's processes in the subreaper mechanism:
 // GENERATION.MASTER_PID.SEQ, one value per worker process started.
 const envTree = "BATON_TREE"
@@ -70,6 +74,7 @@ type procTree struct {
 // trees is the master's side of its generation's trees.
 type trees struct {
 	mode     string       // treeCgroup, treeSubreaper, or "" (in-process tests: none)
+	why      string       // why not a cgroup (subreaper)
 	base     cgroup.Group // the service's cgroup subtree (cgroup mode)
 	gen      cgroup.Group // this generation's cgroup (cgroup mode)
 	seq      int
@@ -84,13 +89,13 @@ func (m *master) setupTrees() {
 	m.trees.left = make(map[*procTree]bool)
 	base := os.Getenv(envCgroup)
 	if base == "" {
-		m.trees.mode = treeSubreaper
+		m.trees.mode, m.trees.why = treeSubreaper, os.Getenv(envTreesWhy)
 		return
 	}
 	g, err := cgroup.Make(filepath.Join(base, fmt.Sprintf("gen-%d.%d", m.gen, m.self)))
 	if err != nil {
 		m.log.Warn("generation cgroup not made: process trees tracked by the subreaper", zap.Error(err))
-		m.trees.mode = treeSubreaper
+		m.trees.mode, m.trees.why = treeSubreaper, err.Error()
 		return
 	}
 	m.trees.mode, m.trees.base, m.trees.gen = treeCgroup, cgroup.Group(base), g

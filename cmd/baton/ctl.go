@@ -262,7 +262,11 @@ func printStatus(w io.Writer, st control.Status) {
 	case "cgroup":
 		fmt.Fprintf(w, "process trees: cgroup %s\n", st.TreeCgroup)
 	case "subreaper":
-		fmt.Fprintln(w, "process trees: subreaper (no cgroup v2 here)")
+		if st.TreeReason != "" {
+			fmt.Fprintf(w, "process trees: subreaper (no cgroup: %s)\n", st.TreeReason)
+		} else {
+			fmt.Fprintln(w, "process trees: subreaper")
+		}
 	}
 	if st.LogDropped > 0 {
 		fmt.Fprintf(w, "log entries dropped: %d (baton's log output did not keep up)\n", st.LogDropped)

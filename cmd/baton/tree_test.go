@@ -117,8 +117,12 @@ func TestGenerationIsItsWholeProcessTree(t *testing.T) {
 				b.waitReady()
 				eventually(t, 5*time.Second, "generation 1's helpers to start", func() bool { return len(helpersOf(tag, 1)) == 2 })
 				old := helpersOf(tag, 1)
-				if code, out := b.ctl(t, "status"); code != 0 || !strings.Contains(out, "process trees: "+mech.name) {
+				code, out := b.ctl(t, "status")
+				if code != 0 || !strings.Contains(out, "process trees: "+mech.name) {
 					t.Fatalf("status: exit %d, want the mechanism %s named:\n%s", code, mech.name, out)
+				}
+				if mech.name == "subreaper" && !strings.Contains(out, "BATON_NO_CGROUP=1") {
+					t.Fatalf("status does not say why there is no cgroup (BATON_NO_CGROUP=1):\n%s", out)
 				}
 				from := b.log.len()
 				b.upgrade(t, b.pid, 1)
@@ -133,7 +137,7 @@ func TestGenerationIsItsWholeProcessTree(t *testing.T) {
 						t.Fatalf("request %d after generation 1 drained answered by %q", i, body)
 					}
 				}
-				code, out := b.ctl(t, "stop", "--timeout", "20s")
+				code, out = b.ctl(t, "stop", "--timeout", "20s")
 				if code != 0 {
 					t.Fatalf("baton stop: exit %d:\n%s", code, out)
 				}

@@ -191,6 +191,8 @@ type Status struct {
 	// their environment).
 	ProcessTrees string `json:"process_trees,omitempty"`
 	TreeCgroup   string `json:"tree_cgroup,omitempty"`
+	// TreeReason says why there is no cgroup (subreaper only).
+	TreeReason string `json:"tree_reason,omitempty"`
 	// Steering is how blue-green and canary pick a generation's socket:
 	// "ebpf" (a map of baton's sockets) or "classic" (the kernel's order).
 	Steering string `json:"steering,omitempty"`
