@@ -132,6 +132,7 @@ type keeper struct {
 	ackFD      int              // unbound datagram socket for handshake answers
 	pidLock    *pidLock         // the pid file, held for the keeper's life
 	trees      keeperTrees      // the service's cgroup subtree (keeper_tree.go)
+	stalePID   int              // the keeper a stale pid file named (its subtree is ended at start)
 }
 
 // Keep runs the keeper: it starts the first master and returns, with the
@@ -550,6 +551,7 @@ func (k *keeper) writePIDFile() error {
 		return err
 	}
 	k.pidLock = l
+	k.stalePID = stale
 	if stale != 0 && stale != k.self {
 		k.log.Warn("stale pid file replaced", logevent.PIDFileStale, zap.String("reason", "no keeper holds it"),
 			zap.String("pid_file", k.kc.PIDFile), zap.Int("stale_pid", stale))

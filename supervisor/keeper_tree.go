@@ -80,8 +80,36 @@ func (k *keeper) makeBase() (cgroup.Group, error) {
 		}
 		return g, err
 	}
+	k.endStaleBase(own)
 	removeStaleBases(own)
 	return cgroup.Make(filepath.Join(own, "baton-"+strconv.Itoa(k.self)))
+}
+
+// endStaleBase ends what a SIGKILLed keeper left in its subtree: the
+// stale pid file names that keeper, so baton-STALEPID beside ours is this
+// service's, and whatever still runs there (a helper that left its group,
+// holding the listening socket) would make this start fail on the port.
+// A subtree of another service, not named by our pid file, is left alone.
+func (k *keeper) endStaleBase(own string) {
+	if k.stalePID <= 0 || k.stalePID == k.self || !osutil.Gone(k.stalePID) && sameProgram(k.stalePID) {
+		return
+	}
+	g := cgroup.Group(filepath.Join(own, "baton-"+strconv.Itoa(k.stalePID)))
+	if _, err := os.Stat(g.Path()); err != nil {
+		return
+	}
+	left := g.Procs()
+	for _, pid := range left {
+		k.log.Warn("survivor killed", logevent.SurvivorKilled, zap.Int("pid", pid), zap.String("command", osutil.Command(pid)),
+			zap.String("reason", "left by a keeper that was killed"), zap.Int("stale_pid", k.stalePID))
+	}
+	if err := g.Kill(); err != nil {
+		k.log.Warn("stale process tree not ended", zap.String("cgroup", g.Path()), zap.Error(err))
+		return
+	}
+	if err := g.Remove(2 * time.Second); err != nil {
+		k.log.Warn("stale process tree not removed", zap.String("cgroup", g.Path()), zap.Error(err))
+	}
 }
 
 // removeStaleBases removes the empty subtrees of keepers that are gone

@@ -287,3 +287,35 @@ func TestUpgradesWithHelpersUnderLoad(t *testing.T) {
 		})
 	}
 }
+
+// A keeper SIGKILLed leaves its subtree behind with a helper that left its
+// group still holding the port. The next start with the same pid file
+// (stale, naming that keeper) ends that subtree and serves; before, it
+// refused on "address already in use" and the helper served on.
+func TestStartAfterKilledKeeperEndsItsTree(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	tag := "helper-" + strings.ReplaceAll(addr, ":", "-")
+	pidFile := filepath.Join(t.TempDir(), "app.pid")
+	args := []string{"-l", addr, "-w", "1", "--pid-file", pidFile, "--", helperServer(t, "setsid", tag)}
+	b := startTreeBaton(t, "cgroup", nil, args...)
+	b.waitReady()
+	eventually(t, 5*time.Second, "the helper to start", func() bool { return len(helpersOf(tag, 1)) == 1 })
+	left := helpersOf(tag, 1)
+	t.Cleanup(func() {
+		for _, p := range left {
+			killOurs(p)
+		}
+	})
+	if err := syscall.Kill(b.pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	b.waitExit(10 * time.Second)
+	b2 := startTreeBaton(t, "cgroup", nil, args...)
+	b2.log.wait(t, "survivor_killed", func(e logEvent) bool { return e.num("pid") == left[0] }, 10*time.Second)
+	b2.waitReady()
+	eventually(t, 5*time.Second, "the old helper to be gone", func() bool { return !alive(left[0]) })
+	if code, out := b2.ctl(t, "stop", "--timeout", "20s"); code != 0 {
+		t.Fatalf("baton stop: exit %d:\n%s", code, out)
+	}
+}
