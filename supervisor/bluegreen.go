@@ -126,12 +126,7 @@ func (m *master) rolloutStep(c *candidate, name, detail string) {
 // steer attaches the steering program to this master's own sockets:
 // canary percent of users' new connections to the other generation, the
 // rest to ours.
-func (m *master) steer(canary int) error {
-	if m.lns == nil {
-		return nil
-	}
-	return m.lns.Steer(canary)
-}
+func (m *master) steer(canary int) error { return m.sys.steer(m.lns, canary) }
 
 // prepareRollout runs before an upgrade starts: users stay on this
 // master's socket, the only one in the group now (index 0), and whatever
@@ -388,7 +383,7 @@ func (m *master) generationReady() {
 		m.bootFailed(fmt.Errorf("%w: %s", ErrBootFailed, why), why)
 		return
 	}
-	if !m.cfg.Rollout.Strategy.steered() || !m.up.parentAlive || m.up.parentNotify == "" {
+	if !m.cfg.Rollout.Strategy.steered() || !m.origin.parentAlive || m.origin.parentNotify == "" {
 		m.bootDone()
 		return
 	}
@@ -400,7 +395,7 @@ func (m *master) generationReady() {
 	res := control.ReloadResult{Generation: m.gen, WorkersStartingMS: ms(now.Sub(m.bootAt))}
 	b, _ := json.Marshal(res)
 	m.log.Info("generation ready as a candidate: waiting for the old master's checks", logevent.RolloutCandidate, zap.Duration("workers_starting", now.Sub(m.bootAt)))
-	m.sys.notifyTo(m.up.parentNotify, reportToken+"="+m.up.parentToken+"\n"+reportCandidate+"="+string(b)+"\n"+reportNotify+"="+m.notifyAddr())
+	m.sys.notifyTo(m.origin.parentNotify, reportToken+"="+m.origin.parentToken+"\n"+reportCandidate+"="+string(b)+"\n"+reportNotify+"="+m.notifyAddr())
 }
 
 // onParentOrder takes an order from the old master; false when fields hold
@@ -464,7 +459,7 @@ func (m *master) onSwitchBackWait() {
 // empty, for at most the drain timeout; under the shared strategy at once
 // (another generation accepts from the same queue).
 func (m *master) drainWhenIdle() {
-	if !m.cfg.Rollout.Strategy.steered() || m.lns == nil {
+	if !m.cfg.Rollout.Strategy.steered() {
 		m.drainAll()
 		return
 	}
@@ -472,12 +467,12 @@ func (m *master) drainWhenIdle() {
 		s.cancelRestart()
 	}
 	m.rollout.afterIdle = m.drainAll
-	files := append([]*os.File(nil), m.lns.Files()...)
+	files := append([]*os.File(nil), m.files...)
 	bound := m.cfg.DrainTimeout
-	start := time.Now()
+	start := m.sys.now()
 	go func() {
-		n := waitQueueEmpty(files, bound)
-		m.post(evQueueIdle{left: n, waited: time.Since(start)})
+		n := m.sys.waitQueueEmpty(files, bound)
+		m.post(evQueueIdle{left: n, waited: m.sys.now().Sub(start)})
 	}()
 }
 
