@@ -21,10 +21,7 @@
 //	workers.go    a generation's workers: spawn, exit, crash restart with
 //	              backoff, drain, TTIN/TTOU, and the timers of each
 //	readiness.go  when a worker counts as ready (notify, delay:, exec:)
-//	upgrade.go    the handover protocol, both ends: originState (a new
-//	              master's part: what its old master passed, the takeover)
-//	              and upgradeState (an old master's: the upgrade it runs,
-//	              the reloads waiting on it)
+//	upgrade.go    the handover protocol, both ends, its state in one struct
 //	hook.go       --before-upgrade: run by the old master before an upgrade
 //	queue.go      the one upgrade waiting for the previous generation's drain
 //	progress.go   a reload's progress lines, and a new master's steps sent

@@ -66,11 +66,10 @@ type master struct {
 	bootErr      error
 	startAt      time.Time
 	bootAt       time.Time
-	runAt        time.Time      // Run was called (zero in tests that build a master directly)
-	failedStderr []string       // the failing worker's last stderr lines
-	pinned       release        // resolved at boot; every worker of the generation runs it
-	origin       originState    // as a new master: the upgrade that started it
-	up           upgradeState   // as an old master: the upgrade it started
+	runAt        time.Time // Run was called (zero in tests that build a master directly)
+	failedStderr []string  // the failing worker's last stderr lines
+	pinned       release   // resolved at boot; every worker of the generation runs it
+	up           upgradeState
 	stopWaiters  []*ctlConn     // held open until exit
 	writers      sync.WaitGroup // held reload writers still flushing
 	stopAsked    bool           // a stop signal came after the handover
@@ -160,17 +159,17 @@ func Run(cfg Config) error {
 	// re-executed master have no O_CLOEXEC). Passing an fd (ExtraFiles,
 	// tableflip's files) dup2s it, which clears the flag on the copy.
 	osutil.MarkCloexecFrom(3)
-	var origin originState
-	gen := origin.readUpgradeEnv(upg.HasParent())
-	if origin.workers > 0 {
-		cfg.Workers = origin.workers // as TTIN, TTOU or scale left it
+	var up upgradeState
+	gen := up.readUpgradeEnv(upg.HasParent())
+	if up.workers > 0 {
+		cfg.Workers = up.workers // as TTIN, TTOU or scale left it
 	}
 	s, release := osSys()
 	defer release()
 	m := newMaster(cfg, s, tableflipUpgrader{upg}, gen)
-	m.origin = origin
+	m.up = up
 	m.runAt = runAt
-	if err := m.met.restore(origin.metrics); err != nil {
+	if err := m.met.restore(up.metrics); err != nil {
 		m.log.Warn("previous master's metrics not carried over", zap.Error(err))
 	}
 	if err := m.startTasks(cfg.Workers); err != nil {
@@ -217,7 +216,7 @@ func Run(cfg Config) error {
 // sockets. The caller has run Config.Check.
 func (m *master) setup() error {
 	var act []sockets.Activated
-	if !m.origin.parentAlive {
+	if !m.up.parentAlive {
 		// Started by a systemd .socket unit: its sockets, not new ones.
 		// (A re-executed master gets everything from tableflip instead.)
 		var err error
@@ -309,7 +308,7 @@ func (m *master) release(owner bool) {
 	// succeeded: then tableflip's loop has already ended and Stop only
 	// closes. So an old master that handed over may call it safely, and a
 	// new master whose old one still serves must not.
-	if owner || !m.origin.parentAlive {
+	if owner || !m.up.parentAlive {
 		m.upg.Stop()
 		<-m.upg.Exit()
 		if owner && m.cfg.PIDFile != "" && os.Getenv(envKeeperPID) == "" {
@@ -334,15 +333,15 @@ func (m *master) run() error {
 	sigc := earlysig.Chan()
 
 	go m.notify.run(func(msg notifyMsg) { m.post(evNotify(msg)) })
-	if m.control != nil && !m.origin.parentAlive {
+	if m.control != nil && !m.up.parentAlive {
 		// A new master answers only once it serves; until then the old
 		// one does.
 		go m.serveControl(m.control)
 	}
-	if !m.origin.parentAlive {
+	if !m.up.parentAlive {
 		m.serveMetrics()
 	}
-	if m.origin.parentAlive {
+	if m.up.parentAlive {
 		go m.waitForParent()
 	}
 	m.startWatchdog()
@@ -370,15 +369,15 @@ func (m *master) boot() {
 		zap.Int("workers", m.cfg.Workers),
 		zap.Strings("listen", specStrings(m.cfg.Listen)),
 		zap.Strings("command", m.cfg.Command),
-		zap.Bool("upgrade", m.origin.parentAlive),
+		zap.Bool("upgrade", m.up.parentAlive),
 	}
 	if !m.runAt.IsZero() {
-		fields = append(fields, startupFields(m.origin.start, m.runAt, m.bootAt)...)
+		fields = append(fields, startupFields(m.up.start, m.runAt, m.bootAt)...)
 	}
 	m.log.Info("master starting", fields...)
 	m.step(control.Progress{Event: control.EvMasterStarted, Count: m.cfg.Workers,
 		Message: fmt.Sprintf("new master %d started: %d workers", m.self, m.cfg.Workers)})
-	if m.cfg.BeforeStart && !m.origin.parentAlive {
+	if m.cfg.BeforeStart && !m.up.parentAlive {
 		m.startHook(m.gen, false)
 		return
 	}
@@ -387,7 +386,7 @@ func (m *master) boot() {
 
 // startGeneration starts this master's workers.
 func (m *master) startGeneration() {
-	m.prog.forwarding.Store(m.origin.parentNotify != "")
+	m.prog.forwarding.Store(m.up.parentNotify != "")
 	rel, err := resolveRelease(m.cfg)
 	if err != nil {
 		m.bootFailed(fmt.Errorf("%w: %w", ErrBootFailed, err), err.Error())
@@ -540,7 +539,7 @@ func (m *master) stop(trigger string) {
 		zap.Duration("drain_timeout", m.cfg.DrainTimeout))
 	if m.phase == phaseBooting {
 		m.bootErr = fmt.Errorf("%w: stopped by %s while starting", ErrBootFailed, trigger)
-		if !m.origin.parentAlive {
+		if !m.up.parentAlive {
 			m.bootErr = nil // a plain start interrupted by the operator is a clean stop
 		}
 		m.reportFailure("new master received " + trigger + " before its workers were ready")
@@ -562,8 +561,8 @@ func (m *master) bootDone() {
 	now := m.sys.now()
 	workers := now.Sub(m.bootAt)
 	var total time.Duration
-	if !m.origin.start.IsZero() {
-		total = now.Sub(m.origin.start)
+	if !m.up.start.IsZero() {
+		total = now.Sub(m.up.start)
 	}
 	// Before Ready: the old master must have this when its Upgrade returns.
 	res := control.ReloadResult{Generation: m.gen, TotalMS: ms(total),
@@ -584,12 +583,12 @@ func (m *master) bootDone() {
 		m.log.Warn("old master gone before the handover: serving as the master", zap.Error(err))
 	}
 	m.phase = phaseServing
-	if m.lns != nil && m.cfg.Rollout.Strategy.steered() && m.origin.parentAlive {
+	if m.lns != nil && m.cfg.Rollout.Strategy.steered() && m.up.parentAlive {
 		m.allowed() // records the previous generation's sockets, to name a leftover later
 	}
 	m.scheduleMemberCheck()
 	fields := []zap.Field{zap.Int("workers", len(m.slots)), zap.Duration("workers_starting", workers)}
-	if m.origin.parentPID != 0 {
+	if m.up.parentPID != 0 {
 		// Started by an old master (alive, or gone mid-handover): this one
 		// answers the control socket and /metrics from now on.
 		if total > 0 {
@@ -600,10 +599,10 @@ func (m *master) bootDone() {
 		}
 		m.serveMetrics()
 		m.met.tookOver(now, workers, total-workers)
-		m.origin.servingAt = now
-		if m.origin.parentAlive {
+		m.up.servingAt = now
+		if m.up.parentAlive {
 			// The old master drains for at most its drain timeout after this.
-			m.origin.parentDeadline = now.Add(m.cfg.DrainTimeout + time.Second)
+			m.up.parentDeadline = now.Add(m.cfg.DrainTimeout + time.Second)
 		}
 		m.log.Info("handover complete: new generation serving", append(fields, logevent.HandoverComplete)...)
 	} else {
@@ -611,7 +610,7 @@ func (m *master) bootDone() {
 		m.log.Info("generation ready", append(fields, logevent.GenerationReady)...)
 	}
 	m.sdNotify(fmt.Sprintf("MAINPID=%d\nREADY=1\nSTATUS=generation %d, %d workers", m.self, m.gen, len(m.slots)))
-	if m.origin.parentPID == 0 {
+	if m.up.parentPID == 0 {
 		m.startQueued() // an upgrade held while the first generation booted
 	}
 }
@@ -642,7 +641,7 @@ func (m *master) onNotify(msg notifyMsg) {
 		if t := msg.fields[reportToken]; t != "" && t == m.up.token && m.onChildReport(msg.pid, msg.fields) {
 			return
 		}
-		if t := msg.fields[reportToken]; t != "" && t == m.origin.parentToken && m.onParentOrder(msg.fields) {
+		if t := msg.fields[reportToken]; t != "" && t == m.up.parentToken && m.onParentOrder(msg.fields) {
 			return
 		}
 		m.log.Warn("notify message from unknown process ignored", logevent.NotifyUnknownSender, zap.Int("sender_pid", msg.pid))
@@ -744,5 +743,5 @@ func (m *master) keeperPID() int {
 // parentGone reports whether the old master that started this one has
 // exited (this master was re-parented, to the keeper).
 func (m *master) parentGone() bool {
-	return !m.origin.parentAlive || (m.origin.parentPID != 0 && m.sys.parentOf(m.self) != m.origin.parentPID)
+	return !m.up.parentAlive || (m.up.parentPID != 0 && m.sys.parentOf(m.self) != m.up.parentPID)
 }

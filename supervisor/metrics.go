@@ -198,8 +198,8 @@ func (m *master) syncMetrics() {
 			}
 		}
 	}
-	if m.origin.parentAlive && m.origin.parentDeadline.After(until) {
-		until = m.origin.parentDeadline
+	if m.up.parentAlive && m.up.parentDeadline.After(until) {
+		until = m.up.parentDeadline
 	}
 	mt.mu.Lock()
 	mt.byState, mt.drainUntil, mt.configured = by, until, len(m.slots)

@@ -45,11 +45,10 @@ const (
 	reportStderr = "BATON_STDERR"         // JSON list: its failing worker's last stderr lines
 )
 
-// originState is a new master's part in the upgrade that started it: what
-// the old master passed, and how far the handover from it has come. It is
-// written at start (readUpgradeEnv), at the takeover (bootDone) and when
-// the old master exits (onParentExited); the rest of the master reads it.
-type originState struct {
+// upgradeState is a master's part in upgrades: as the child of an old
+// master, and as the parent of the upgrade it started. Owned by the loop.
+type upgradeState struct {
+	// As a child (started by an old master).
 	parentAlive    bool      // the old master has not exited yet
 	parentPID      int       // the old master (this master's parent at start)
 	parentNotify   string    // where to report
@@ -59,12 +58,8 @@ type originState struct {
 	workers        int       // the worker count the old master ran, or 0
 	metrics        string    // its counters, for metrics.restore
 	servingAt      time.Time // when this generation took over
-}
 
-// upgradeState is a master's part in the upgrade it started, as the old
-// master (parent). Owned by the loop; upgrade.go and queue.go change it,
-// control.go and progress.go read it and hold reload requests in it.
-type upgradeState struct {
+	// As a parent (the upgrade this master started).
 	running   bool
 	at        time.Time
 	token     string                // expect in reports from the new master
@@ -98,7 +93,7 @@ const stopAckWait = 250 * time.Millisecond
 // readUpgradeEnv takes what the old master passed, if this master was
 // started by one, and removes it from the environment. It returns the
 // generation number to use.
-func (u *originState) readUpgradeEnv(hasParent bool) int {
+func (u *upgradeState) readUpgradeEnv(hasParent bool) int {
 	gen := 1
 	u.parentAlive = hasParent
 	if hasParent {
@@ -134,7 +129,7 @@ func (m *master) requestUpgrade(trigger string, wait bool) string {
 	var why string
 	var fields []zap.Field
 	switch {
-	case m.phase == phaseBooting && m.origin.parentPID == 0 && wait:
+	case m.phase == phaseBooting && u.parentPID == 0 && wait:
 		m.holdUpgrade(trigger) // signals.go
 		return ""
 	case m.phase != phaseServing:
@@ -142,11 +137,11 @@ func (m *master) requestUpgrade(trigger string, wait bool) string {
 	case u.running:
 		why = "an upgrade is already under way"
 		fields = append(fields, zap.Duration("running_for", m.sys.now().Sub(u.at)))
-	case m.origin.parentAlive && wait:
+	case u.parentAlive && wait:
 		m.queueUpgrade(trigger)
 		return ""
-	case m.origin.parentAlive:
-		left := max(m.origin.parentDeadline.Sub(m.sys.now()), 0).Round(time.Millisecond)
+	case u.parentAlive:
+		left := max(u.parentDeadline.Sub(m.sys.now()), 0).Round(time.Millisecond)
 		why = "previous generation still draining (up to " + left.String() + " more)"
 		fields = append(fields, zap.Duration("drain_left_at_most", left))
 	default:
@@ -398,24 +393,24 @@ func (m *master) onChildReport(pid int, fields map[string]string) bool {
 // with how long it took. It must reach the old master before tableflip's
 // Ready does.
 func (m *master) reportReady(res control.ReloadResult) {
-	if m.origin.parentNotify == "" {
+	if m.up.parentNotify == "" {
 		return
 	}
 	b, _ := json.Marshal(res)
-	m.sys.notifyTo(m.origin.parentNotify, reportToken+"="+m.origin.parentToken+"\n"+reportReady+"="+string(b))
+	m.sys.notifyTo(m.up.parentNotify, reportToken+"="+m.up.parentToken+"\n"+reportReady+"="+string(b))
 }
 
 // reportFailure tells the old master, if any, why this generation failed.
 func (m *master) reportFailure(reason string) {
-	if m.origin.parentNotify == "" {
+	if m.up.parentNotify == "" {
 		return
 	}
-	msg := reportToken + "=" + m.origin.parentToken + "\n" + reportFailed + "=" + strings.ReplaceAll(reason, "\n", " ")
+	msg := reportToken + "=" + m.up.parentToken + "\n" + reportFailed + "=" + strings.ReplaceAll(reason, "\n", " ")
 	if len(m.failedStderr) > 0 {
 		b, _ := json.Marshal(m.failedStderr)
 		msg += "\n" + reportStderr + "=" + string(b)
 	}
-	if err := m.sys.notifyTo(m.origin.parentNotify, msg); err != nil {
+	if err := m.sys.notifyTo(m.up.parentNotify, msg); err != nil {
 		m.log.Warn("could not tell the old master why this upgrade failed", zap.Error(err))
 		return
 	}
@@ -429,8 +424,8 @@ func (m *master) waitForParent() {
 }
 
 func (m *master) onParentExited() {
-	m.origin.parentDeadline = time.Time{}
-	m.origin.parentAlive = false
+	m.up.parentDeadline = time.Time{}
+	m.up.parentAlive = false
 	if m.phase == phaseBooting && m.rollout.offered {
 		// The old master died (OOM, SIGKILL) while checking this
 		// generation: its socket is gone from the group, so users reach
@@ -439,9 +434,9 @@ func (m *master) onParentExited() {
 		m.log.Warn("old master gone during the rollout: this generation takes over")
 		m.bootDone()
 	}
-	if !m.origin.servingAt.IsZero() {
+	if !m.up.servingAt.IsZero() {
 		// The old master drained from about when this one took over.
-		m.met.drained(m.sys.now().Sub(m.origin.servingAt))
+		m.met.drained(m.sys.now().Sub(m.up.servingAt))
 	}
 	m.startQueued()
 	// The goroutine count is here to make leaks visible in tests.
