@@ -126,7 +126,12 @@ func (m *master) rolloutStep(c *candidate, name, detail string) {
 // steer attaches the steering program to this master's own sockets:
 // canary percent of users' new connections to the other generation, the
 // rest to ours.
-func (m *master) steer(canary int) error { return m.sys.steer(m.lns, canary) }
+func (m *master) steer(canary int) error {
+	if m.lns == nil {
+		return nil
+	}
+	return m.lns.Steer(canary)
+}
 
 // prepareRollout runs before an upgrade starts: users stay on this
 // master's socket, the only one in the group now (index 0), and whatever
@@ -459,7 +464,7 @@ func (m *master) onSwitchBackWait() {
 // empty, for at most the drain timeout; under the shared strategy at once
 // (another generation accepts from the same queue).
 func (m *master) drainWhenIdle() {
-	if !m.cfg.Rollout.Strategy.steered() {
+	if !m.cfg.Rollout.Strategy.steered() || m.lns == nil {
 		m.drainAll()
 		return
 	}
@@ -467,12 +472,12 @@ func (m *master) drainWhenIdle() {
 		s.cancelRestart()
 	}
 	m.rollout.afterIdle = m.drainAll
-	files := append([]*os.File(nil), m.files...)
+	files := append([]*os.File(nil), m.lns.Files()...)
 	bound := m.cfg.DrainTimeout
-	start := m.sys.now()
+	start := time.Now()
 	go func() {
-		n := m.sys.waitQueueEmpty(files, bound)
-		m.post(evQueueIdle{left: n, waited: m.sys.now().Sub(start)})
+		n := waitQueueEmpty(files, bound)
+		m.post(evQueueIdle{left: n, waited: time.Since(start)})
 	}()
 }
 

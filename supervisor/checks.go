@@ -152,15 +152,10 @@ func probeDialer(timeout time.Duration) *net.Dialer {
 
 const probeTimeout = 2 * time.Second
 
-// probe runs one health check against the candidate, through the seam.
+// probe runs one health check against the candidate.
 func (m *master) probe(ctx context.Context) error {
-	return m.sys.healthProbe(ctx, m.probeTarget(), m.cfg.Rollout.HealthCheck)
-}
-
-// healthProbe runs one health check hc against target from the probe
-// source (or with the probe mark): a connection for tcp, a GET answered
-// 2xx for http. It blocks for at most probeTimeout, or until ctx ends.
-func healthProbe(ctx context.Context, target string, hc HealthCheck) error {
+	hc := m.cfg.Rollout.HealthCheck
+	target := m.probeTarget()
 	d := probeDialer(probeTimeout)
 	if hc.Kind == "tcp" {
 		c, err := d.DialContext(ctx, "tcp", target)
@@ -241,110 +236,90 @@ func (m *master) probeOnce(done func(error)) (stop func()) {
 	return cancel
 }
 
-// smokeRun is one run of --smoke-test, as the seam gets it.
-type smokeRun struct {
-	command string
-	dir     string
-	env     []string // the new generation's environment, with BATON_GENERATION
-	cred    *syscall.Credential
-	target  string // the candidate's address: the proxy relays to it
-	timeout time.Duration
-	log     *zap.Logger // for its output lines
-}
-
-// runSmokeTest runs --smoke-test once through the seam, as the new
-// generation's workers will run (its user and group, its --env-file), and
-// calls done with its outcome and last output lines (from another
-// goroutine). stop abandons it; done is then not called.
+// runSmokeTest runs --smoke-test once by /bin/sh -c in the workers'
+// directory, with BATON_CANDIDATE=127.0.0.1:PORT, a proxy that reaches
+// only the candidate, and calls done with its outcome and last output
+// lines. Running past --smoke-timeout kills its process group.
 func (m *master) runSmokeTest(gen int, done func(error, []string)) (stop func()) {
 	r := m.cfg.Rollout
-	env := m.nextEnv()
-	run := smokeRun{
-		command: r.SmokeTest, dir: m.cfg.Chdir, cred: m.cfg.Credential,
-		env:    append(env[:len(env):len(env)], "BATON_GENERATION="+strconv.Itoa(gen)),
-		target: m.probeTarget(), timeout: r.SmokeTimeout, log: m.log,
-	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), r.SmokeTimeout)
+	stopped := make(chan struct{})
+	var once sync.Once
+	stop = func() { once.Do(func() { close(stopped); cancel() }) }
 	go func() {
-		tail, err := m.sys.smokeTest(ctx, run)
-		if ctx.Err() != nil {
-			return // stopped
-		}
-		cancel()
+		defer cancel()
+		px, err := startCandidateProxy(m.probeTarget())
 		if err != nil {
-			done(fmt.Errorf("%q: %w", r.SmokeTest, err), tail)
+			done(err, nil)
+			return
+		}
+		defer px.close()
+		cmd := exec.Command("/bin/sh", "-c", r.SmokeTest)
+		cmd.Dir = m.cfg.Chdir
+		// As the new generation's workers will run: its user and group,
+		// its --env-file.
+		env := m.nextEnv()
+		cmd.Env = append(env[:len(env):len(env)],
+			"BATON_CANDIDATE="+px.addr,
+			"BATON_CANDIDATE_TARGET="+m.probeTarget(),
+			"BATON_CANDIDATE_SOURCE="+sockets.ProbeSource.String(),
+			"BATON_GENERATION="+strconv.Itoa(gen))
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: m.cfg.Credential}
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			done(err, nil)
+			return
+		}
+		cmd.Stdout, cmd.Stderr = pw, pw
+		if err := startUnblocked(cmd); err != nil { // signals.go
+			pw.Close()
+			pr.Close()
+			done(fmt.Errorf("start: %w", err), nil)
+			return
+		}
+		pw.Close()
+		var tail stderrTail
+		read := make(chan struct{})
+		go func() {
+			sc := bufio.NewScanner(pr)
+			for sc.Scan() {
+				tail.add(sc.Text())
+				m.log.Info("smoke test output", logevent.SmokeTestOutput, zap.String("line", sc.Text()))
+			}
+			pr.Close()
+			close(read)
+		}()
+		waited := make(chan error, 1)
+		go func() { waited <- cmd.Wait() }()
+		var werr error
+		select {
+		case werr = <-waited:
+		case <-ctx.Done():
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			werr = <-waited
+			if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				<-read
+				return // stopped
+			}
+			werr = fmt.Errorf("still running after %s (--smoke-timeout)", r.SmokeTimeout)
+		}
+		// Its own children may hold the pipe: their output is not waited for.
+		select {
+		case <-read:
+		case <-time.After(100 * time.Millisecond):
+		}
+		select {
+		case <-stopped:
+			return
+		default:
+		}
+		if werr != nil {
+			done(fmt.Errorf("%q: %w", r.SmokeTest, werr), tail.snapshot())
 			return
 		}
 		done(nil, nil)
 	}()
-	return cancel
-}
-
-// smokeTest runs s by /bin/sh -c in its directory, with
-// BATON_CANDIDATE=127.0.0.1:PORT, a proxy that reaches only the candidate,
-// and returns its last output lines and why it failed (nil: exit 0).
-// Running past s.timeout, or ctx ending, kills its process group. It
-// blocks until then.
-func smokeTest(ctx context.Context, s smokeRun) ([]string, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	px, err := startCandidateProxy(s.target)
-	if err != nil {
-		return nil, err
-	}
-	defer px.close()
-	cmd := exec.Command("/bin/sh", "-c", s.command)
-	cmd.Dir = s.dir
-	cmd.Env = append(s.env[:len(s.env):len(s.env)],
-		"BATON_CANDIDATE="+px.addr,
-		"BATON_CANDIDATE_TARGET="+s.target,
-		"BATON_CANDIDATE_SOURCE="+sockets.ProbeSource.String())
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: s.cred}
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return nil, err
-	}
-	cmd.Stdout, cmd.Stderr = pw, pw
-	if err := startUnblocked(cmd); err != nil { // signals.go
-		pw.Close()
-		pr.Close()
-		return nil, fmt.Errorf("start: %w", err)
-	}
-	pw.Close()
-	var tail stderrTail
-	read := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			tail.add(sc.Text())
-			s.log.Info("smoke test output", logevent.SmokeTestOutput, zap.String("line", sc.Text()))
-		}
-		pr.Close()
-		close(read)
-	}()
-	waited := make(chan error, 1)
-	go func() { waited <- cmd.Wait() }()
-	var werr error
-	select {
-	case werr = <-waited:
-	case <-ctx.Done():
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		werr = <-waited
-		if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			<-read
-			return nil, ctx.Err() // stopped
-		}
-		werr = fmt.Errorf("still running after %s (--smoke-timeout)", s.timeout)
-	}
-	// Its own children may hold the pipe: their output is not waited for.
-	select {
-	case <-read:
-	case <-time.After(100 * time.Millisecond):
-	}
-	if werr != nil {
-		return tail.snapshot(), werr
-	}
-	return nil, nil
+	return stop
 }
 
 // candidateProxy accepts on 127.0.0.1:PORT and relays every connection to

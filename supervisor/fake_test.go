@@ -35,13 +35,6 @@ type fakeOS struct {
 	headroom tasks.Headroom // zero: unlimited
 	tree     int64          // tasks of any process's tree
 	hits     int64          // pids.events max
-	// The rollout's checks: what the next health probes and smoke tests
-	// answer (nil: pass), the runs seen, and the canary shares set.
-	probeErrs []error
-	probes    int
-	smokeErr  error
-	smokes    []smokeRun
-	steers    []int
 }
 
 type fakeTimer struct {
@@ -114,33 +107,6 @@ func (f *fakeOS) sys() sys {
 		},
 		treeTasks: func(int) int64 { return f.tree },
 		limitHits: func() int64 { f.mu.Lock(); defer f.mu.Unlock(); return f.hits },
-		healthProbe: func(context.Context, string, HealthCheck) error {
-			f.mu.Lock()
-			defer f.mu.Unlock()
-			f.probes++
-			if len(f.probeErrs) == 0 {
-				return nil
-			}
-			err := f.probeErrs[0]
-			f.probeErrs = f.probeErrs[1:]
-			return err
-		},
-		smokeTest: func(_ context.Context, s smokeRun) ([]string, error) {
-			f.mu.Lock()
-			defer f.mu.Unlock()
-			f.smokes = append(f.smokes, s)
-			if f.smokeErr != nil {
-				return []string{"smoke: checkout broken"}, f.smokeErr
-			}
-			return nil, nil
-		},
-		waitQueueEmpty: func([]*os.File, time.Duration) int { return 0 },
-		steer: func(_ *sockets.Set, canary int) error {
-			f.mu.Lock()
-			defer f.mu.Unlock()
-			f.steers = append(f.steers, canary)
-			return nil
-		},
 	}
 }
 
