@@ -180,5 +180,6 @@ func (m *master) status() control.Status {
 			WorkerPIDs: osutil.ChildrenOf(ppid, m.self), DrainLeftMS: max(0, ms(m.up.parentDeadline.Sub(now)))}
 	}
 	st.LastUpgrade = m.up.last
+	st.Rollout = m.rolloutStatus(now)
 	return st
 }

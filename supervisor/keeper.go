@@ -506,7 +506,8 @@ func (k *keeper) writePIDFile() error {
 	if err != nil {
 		return fmt.Errorf("--pid-file %q: %w", k.kc.PIDFile, err)
 	}
-	_, err = tmp.WriteString(strconv.Itoa(k.self))
+	// One line, newline-terminated, as pid files are (cat, read, shells).
+	_, err = tmp.WriteString(strconv.Itoa(k.self) + "\n")
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}

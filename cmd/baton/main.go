@@ -161,6 +161,8 @@ func runFlags() []cli.Flag {
 			Usage: "how a new generation takes over: shared (same sockets, works everywhere), blue-green (own sockets, checked while no user reaches it, then switched at once) or canary (as blue-green, a share of users during the bake)"},
 		&cli.StringFlag{Name: "health-check", EnvVars: env("health-check"),
 			Usage: "blue-green/canary: probe the new generation before the switch and during the bake: http:/PATH (2xx passes) or tcp"},
+		&cli.DurationFlag{Name: "health-timeout", Value: 10 * time.Second, EnvVars: env("health-timeout"),
+			Usage: "blue-green/canary: how long the health check before the switch retries (every 100 ms, a progress line per failed probe) before the upgrade rolls back"},
 		&cli.DurationFlag{Name: "health-interval", Value: time.Second, EnvVars: env("health-interval"),
 			Usage: "blue-green/canary: time between health checks during the bake"},
 		&cli.StringFlag{Name: "smoke-test", EnvVars: env("smoke-test"),
@@ -243,7 +245,8 @@ func configFrom(c *cli.Context) (supervisor.Config, error) {
 	cfg = supervisor.Config{
 		Rollout: supervisor.Rollout{
 			Strategy: strategy, HealthCheck: hc, HealthInterval: c.Duration("health-interval"),
-			SmokeTest: c.String("smoke-test"), SmokeTimeout: c.Duration("smoke-timeout"),
+			HealthTimeout: c.Duration("health-timeout"),
+			SmokeTest:     c.String("smoke-test"), SmokeTimeout: c.Duration("smoke-timeout"),
 			Bake: c.Duration("bake"), CanaryWeight: c.Int("canary-weight"),
 		},
 		Listen:       specs,
