@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -16,6 +17,10 @@ import (
 	"github.com/baton-sh/baton/cmd/baton/loadgen"
 	"github.com/urfave/cli/v2"
 )
+
+// exitUnreachable: the service did not answer before any upgrade, so
+// nothing was verified (exit 1 means the deploy dropped requests).
+const exitUnreachable = 4
 
 // verifyPlan is a checked `baton verify` command line.
 type verifyPlan struct {
@@ -32,6 +37,7 @@ type verifyPlan struct {
 	maxRequests    int
 	versionHeader  string
 	upgradeTimeout time.Duration
+	report         string // --report FILE (.html or .svg), or ""
 }
 
 // Clients split: a quarter of --concurrency (at least one) sends --slow;
@@ -46,7 +52,7 @@ func (p verifyPlan) slowClients() int {
 func verifyCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 	return &cli.Command{
 		Name:  "verify",
-		Usage: "prove that a running service upgrades with zero downtime: load it, trigger upgrades, report every failed request (exit 0 verified, 1 not, 2 bad usage)",
+		Usage: "prove that a running service upgrades with zero downtime: load it, trigger upgrades, report every failed request (exit 0 verified, 1 not, 2 bad usage, 4 the service did not answer before any upgrade)",
 		Description: "Runs bounded HTTP/1.1 load against --url (keep-alive and fresh connections, optional slow\n" +
 			"requests), triggers --reloads upgrades one after another through the master's control socket,\n" +
 			"keeps loading for --interval after the last, and reports failed requests by kind and by the\n" +
@@ -64,6 +70,7 @@ func verifyCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 			&cli.StringFlag{Name: "version-header", Usage: "response header naming the release that answered (e.g. X-Release), to show which release served when"},
 			&cli.BoolFlag{Name: "allow-remote", Usage: "allow a --url that is not a loopback address (this is a load generator: only against hosts you own)"},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},
+			&cli.StringFlag{Name: "report", Usage: "also write a picture of the run to FILE.html (with the figures) or FILE.svg: requests per second by release, failures by kind, latency, upgrade marks; self-contained"},
 		),
 		OnUsageError: onUsage,
 		Action: func(c *cli.Context) error {
@@ -81,6 +88,11 @@ func verifyCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 				rep.writeJSON(os.Stdout)
 			} else {
 				rep.writeText(os.Stdout)
+			}
+			if p.report != "" {
+				if err := rep.writeReportFile(p.report); err != nil {
+					return &exitCode{exitFailure, err.Error()}
+				}
 			}
 			if !rep.Verified {
 				return &exitCode{exitFailure, "not verified: " + strings.Join(rep.Problems, "; ")}
@@ -125,6 +137,14 @@ func verifyPlanFrom(c *cli.Context) (verifyPlan, error) {
 	p.target = u.RequestURI()
 	if p.slow != "" && !strings.HasPrefix(p.slow, "/") {
 		return bad("--slow %q: want a path on the same host, starting with /", p.slow)
+	}
+	if p.report = c.String("report"); p.report != "" {
+		if _, err := reportFormat(p.report); err != nil {
+			return verifyPlan{}, &usageError{err}
+		}
+		if fi, err := os.Stat(filepath.Dir(p.report)); err != nil || !fi.IsDir() {
+			return bad("--report %q: directory %q does not exist", p.report, filepath.Dir(p.report))
+		}
 	}
 	if p.reloads < 1 {
 		return bad("--reloads %d: want at least 1", p.reloads)
@@ -250,7 +270,7 @@ func runVerify(parent context.Context, c *cli.Context, p verifyPlan) (*verifyRep
 	_, err := probe.Do(p.target)
 	probe.Close()
 	if err != nil {
-		return nil, &exitCode{exitFailure, fmt.Sprintf("GET %s before any upgrade: %v; nothing was upgraded", p.url, err)}
+		return nil, &exitCode{exitUnreachable, fmt.Sprintf("GET %s before any upgrade: %v; nothing was upgraded", p.url, err)}
 	}
 
 	ctx, cancel := context.WithTimeoutCause(parent, p.duration, fmt.Errorf("--duration %s reached", p.duration))

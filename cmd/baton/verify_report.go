@@ -45,6 +45,8 @@ type verifyReport struct {
 	VersionHeader string          `json:"version_header,omitempty"`
 	Releases      []releaseSeen   `json:"releases,omitempty"`
 	FirstFailures []failureReport `json:"first_failures,omitempty"`
+
+	timeline *timeline // for --report (verify_html.go)
 }
 
 type upgradeReport struct {
@@ -229,6 +231,7 @@ func buildReport(p verifyPlan, start time.Time, res loadgen.MixResult, ups []upg
 	// Slow requests are slow by design; their latency would hide the rest.
 	in, steady := loadgen.SplitByWindows(res.Main.Samples, wins)
 	rep.LatencyUpgrades, rep.LatencySteady = loadgen.Summarize(in), loadgen.Summarize(steady)
+	rep.timeline = newTimeline(start, rep.Seconds, samples, res.Main.Samples, rep)
 	return rep
 }
 
