@@ -44,7 +44,11 @@ const stopDebounce = 300 * time.Millisecond
 // KeeperConfig is what the keeper needs.
 type KeeperConfig struct {
 	// Args is the command line the first master is started with: baton's
-	// own (os.Args), so the master parses the same flags.
+	// own, so the master parses the same flags. Args[0] is the absolute
+	// path of the binary, which is executed by that path (not
+	// /proc/self/exe): the kernel names a process (comm, what ps -C, pgrep
+	// -x and top show) after the file it executes, so masters are named
+	// "baton" as the keeper is.
 	Args []string
 	// PIDFile, if set (absolute), gets the keeper's pid once the first
 	// generation is ready, and is removed when the keeper exits.
@@ -238,7 +242,7 @@ func (k *keeper) startFirst() (*keptMaster, error) {
 	// watchdog interval stays, its pid check is for the masters to pass.
 	env = append(env, "NOTIFY_SOCKET="+k.sock.addr, envKeeperPID+"="+strconv.Itoa(k.self))
 	cmd := &exec.Cmd{
-		Path:   "/proc/self/exe",
+		Path:   k.kc.Args[0],
 		Args:   k.kc.Args,
 		Env:    env,
 		Stdin:  os.Stdin,

@@ -104,7 +104,7 @@ func newApp() *cli.App {
 			}
 			return &usageError{errors.New("no command given (see baton --help)")}
 		},
-		Commands: []*cli.Command{runCommand(onUsage), reloadCommand(onUsage), statusCommand(onUsage), scaleCommand(onUsage), stopCommand(onUsage),
+		Commands: []*cli.Command{runCommand(onUsage), masterCommand(onUsage), reloadCommand(onUsage), statusCommand(onUsage), scaleCommand(onUsage), stopCommand(onUsage),
 			rolloutCommand(control.CmdPromote, onUsage), rolloutCommand(control.CmdRollback, onUsage),
 			verifyCommand(onUsage), completionCommand(), manCommand()},
 	}
@@ -198,7 +198,7 @@ func runCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 				// This process stays for the service's whole life; the
 				// masters below it come and go at every upgrade.
 				code := supervisor.Keep(supervisor.KeeperConfig{
-					Args: os.Args, PIDFile: cfg.PIDFile, ReopenLogs: reopen, Log: log.Named("keeper"),
+					Args: masterArgs(os.Args), PIDFile: cfg.PIDFile, ReopenLogs: reopen, Log: log.Named("keeper"),
 				})
 				if code != 0 {
 					return &exitCode{code, ""} // the master said why
@@ -212,6 +212,33 @@ func runCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 			return supervisor.Run(cfg)
 		},
 	}
+}
+
+// masterArgs is the keeper's command line for its masters: the same, with
+// "master" for "run", so that ps tells the keeper (baton run …) from the
+// masters (baton master …); tableflip re-executes each master with its own
+// command line, so every later master says "master" too.
+func masterArgs(args []string) []string {
+	out := append([]string(nil), args...)
+	if len(out) > 1 && out[1] == "run" {
+		out[1] = "master"
+	}
+	return out
+}
+
+// masterCommand is baton run as the keeper starts it for a master: hidden,
+// and refused anywhere else.
+func masterCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
+	c := runCommand(onUsage)
+	run := c.Action
+	c.Name, c.Usage, c.Hidden = "master", "a master, as baton run starts it (ps shows the keeper as baton run, masters as baton master)", true
+	c.Action = func(ctx *cli.Context) error {
+		if !supervisor.UnderKeeper() {
+			return &usageError{errors.New("baton master is started by baton run, for each generation; use baton run")}
+		}
+		return run(ctx)
+	}
+	return c
 }
 
 func configFrom(c *cli.Context) (supervisor.Config, error) {
