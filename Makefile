@@ -61,6 +61,7 @@ demo: build
 check:
 	@test -z "$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go'))" || { gofmt -l $$(git ls-files -co --exclude-standard '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet ./...
+	@GOOS=darwin $(GO) vet ./... || { echo "GOOS=darwin go vet: a Linux-only file above needs //go:build linux (baton runs on Linux only; see README)"; exit 1; }
 
 # TESTFLAGS=-v lists skipped tests with their reasons (.ci/run does).
 test: check

@@ -17,7 +17,8 @@ import (
 //
 // http.Server.Shutdown alone closes idle keep-alive connections at once; a
 // client that sent its next request at that moment sees EOF or a reset
-// (golang/go#65802, PEERS P15). While draining, HTTPDrainer instead answers
+// (golang/go#65802: a connection accepted just before Shutdown whose
+// request is read after it began is closed unanswered). While draining, HTTPDrainer instead answers
 // every request with "Connection: close", so busy keep-alive clients leave
 // after their next response, and only then shuts down what is still idle.
 type HTTPDrainer struct {
@@ -119,7 +120,8 @@ func (d *HTTPDrainer) Drain(ctx context.Context, lns []net.Listener, grace time.
 	d.draining = true
 	d.mu.Unlock()
 	// Until every Serve has returned, a connection may be accepted but not
-	// yet counted; Shutdown would then cut its first request (PEERS P15).
+	// yet counted; Shutdown would then close it before its first request
+	// is answered.
 	served := make(chan struct{})
 	go func() { d.serving.Wait(); close(served) }()
 	select {

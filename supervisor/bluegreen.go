@@ -1,3 +1,5 @@
+//go:build linux
+
 package supervisor
 
 import (
@@ -9,6 +11,7 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"github.com/baton-sh/baton/supervisor/sockets"
 	"go.uber.org/zap"
 )
@@ -81,7 +84,10 @@ type candidate struct {
 	switchAt time.Time
 	weight   int                   // percent of new connections it gets once switched
 	checks   []control.CheckStatus // for baton status (rolloutview.go)
-	stops    []func()              // timers and running checks
+	stops    []func()              // timers and checks of the stages before the bake, and the bake's timer
+	// bakeCheck stops the bake's one pending health check, or the timer
+	// that starts it: one at a time, so a long bake holds one, not a list.
+	bakeCheck func()
 }
 
 func (c *candidate) stopAll() {
@@ -89,6 +95,16 @@ func (c *candidate) stopAll() {
 		f()
 	}
 	c.stops = nil
+	c.setBakeCheck(nil)
+}
+
+// setBakeCheck stops the bake's pending check or timer, if any, and keeps
+// stop as the next one's.
+func (c *candidate) setBakeCheck(stop func()) {
+	if c.bakeCheck != nil {
+		c.bakeCheck()
+	}
+	c.bakeCheck = stop
 }
 
 // rolloutState is a master's part in a blue-green or canary upgrade. Owned
@@ -227,7 +243,7 @@ func (m *master) switchUsers(c *candidate) {
 		detail = strconv.Itoa(weight) + "% of new connections to generation " + strconv.Itoa(c.gen)
 	}
 	m.rolloutStep(c, "switch", detail)
-	m.log.Info("users switched to the new generation", zap.Int("new_generation", c.gen), zap.Int("weight_percent", weight),
+	m.log.Info("users switched to the new generation", logevent.RolloutSwitched, zap.Int("new_generation", c.gen), zap.Int("weight_percent", weight),
 		zap.Int64("switched_at_unix_ns", now.UnixNano()), zap.Duration("since_upgrade", now.Sub(m.up.at)))
 	if r.Bake <= 0 {
 		m.promote(c, "no bake")
@@ -241,7 +257,7 @@ func (m *master) switchUsers(c *candidate) {
 }
 
 func (m *master) scheduleBakeHealth(c *candidate) {
-	c.stops = append(c.stops, m.sys.afterFunc(m.cfg.Rollout.HealthInterval, func() { m.post(evBakeHealth{c}) }))
+	c.setBakeCheck(m.sys.afterFunc(m.cfg.Rollout.HealthInterval, func() { m.post(evBakeHealth{c}) }))
 }
 
 // onBakeHealth runs one health check of the candidate during the bake.
@@ -250,7 +266,7 @@ func (m *master) onBakeHealth(c *candidate) {
 		return
 	}
 	m.checkStarted(c, "bake-health")
-	c.stops = append(c.stops, m.probeOnce(func(answer string, err error) {
+	c.setBakeCheck(m.probeOnce(func(answer string, err error) {
 		m.post(evProbe{c, stageBake, answer, err})
 		m.post(evCheckDone{c, stageBake, err, nil})
 	}))
@@ -276,7 +292,7 @@ func (m *master) promote(c *candidate, trigger string) {
 	c.stopAll()
 	c.stage = stagePromoted
 	m.rolloutStep(c, "promote", trigger)
-	m.log.Info("promoting the new generation", zap.String("trigger", trigger), zap.Int("new_generation", c.gen),
+	m.log.Info("promoting the new generation", logevent.RolloutPromoted, zap.String("trigger", trigger), zap.Int("new_generation", c.gen),
 		zap.Int64("at_unix_ns", m.sys.now().UnixNano()))
 	if err := m.sys.notifyTo(c.notify, reportToken+"="+m.up.token+"\n"+orderPromote+"=1\n"+m.promoteTimings(c)); err != nil {
 		m.up.failedStep = "promote"
@@ -302,7 +318,7 @@ func (m *master) rollback(c *candidate, reason string) {
 	if m.up.reason == "" {
 		m.up.reason = "rolled back: " + reason
 	}
-	m.log.Warn("rolling back: users on the old generation, draining the new one",
+	m.log.Warn("rolling back: users on the old generation, draining the new one", logevent.RolloutRollback,
 		zap.String("reason", reason), zap.Bool("was_switched", c.switched), zap.Int("new_generation", c.gen),
 		zap.Int64("at_unix_ns", m.sys.now().UnixNano()))
 	if c.notify != "" {
@@ -392,7 +408,7 @@ func (m *master) generationReady() {
 	m.rollout.readyAt = now
 	res := control.ReloadResult{Generation: m.gen, WorkersStartingMS: ms(now.Sub(m.bootAt))}
 	b, _ := json.Marshal(res)
-	m.log.Info("generation ready as a candidate: waiting for the old master's checks", zap.Duration("workers_starting", now.Sub(m.bootAt)))
+	m.log.Info("generation ready as a candidate: waiting for the old master's checks", logevent.RolloutCandidate, zap.Duration("workers_starting", now.Sub(m.bootAt)))
 	m.step(control.Progress{Event: control.EvGenerationReady, Count: len(m.slots), DurationMS: ms(now.Sub(m.bootAt)),
 		Message: fmt.Sprintf("all %d workers ready after %s; the old master checks them before the switch", len(m.slots), now.Sub(m.bootAt).Round(time.Millisecond))})
 	m.sys.notifyTo(m.up.parentNotify, reportToken+"="+m.up.parentToken+"\n"+reportCandidate+"="+string(b)+"\n"+reportNotify+"="+m.notifyAddr())

@@ -1,3 +1,5 @@
+//go:build linux
+
 package supervisor
 
 import (
@@ -15,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"github.com/baton-sh/baton/supervisor/sockets"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -73,8 +76,9 @@ func errnoHint(e syscall.Errno) string {
 
 // probeTarget is the address baton's probes dial: the first --listen
 // address, with a wildcard host made loopback.
-func (m *master) probeTarget() string {
-	spec := m.cfg.Listen[0]
+func (m *master) probeTarget() string { return probeTargetOf(m.cfg.Listen[0]) }
+
+func probeTargetOf(spec sockets.Spec) string {
 	host, port, _ := net.SplitHostPort(spec.Addr)
 	switch host {
 	case "", "0.0.0.0":
@@ -87,6 +91,29 @@ func (m *master) probeTarget() string {
 		}
 	}
 	return net.JoinHostPort(host, port)
+}
+
+// probesNeedMark reports whether probes of spec's address go over IPv6,
+// where they are told from users by SO_MARK alone (there is no reserved
+// loopback source address to bind them to, as there is in IPv4).
+func probesNeedMark(spec sockets.Spec) bool {
+	host, _, err := net.SplitHostPort(probeTargetOf(spec))
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.To4() == nil
+}
+
+// canMark reports whether this process may set SO_MARK: it needs
+// CAP_NET_ADMIN in its effective set.
+func canMark() bool {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return false
+	}
+	return data[unix.CAP_NET_ADMIN/32].Effective&(1<<(unix.CAP_NET_ADMIN%32)) != 0
 }
 
 // probeDialer connects from the probe source (IPv4) or with the probe mark
@@ -229,12 +256,15 @@ func (m *master) runSmokeTest(gen int, done func(error, []string)) (stop func())
 		defer px.close()
 		cmd := exec.Command("/bin/sh", "-c", r.SmokeTest)
 		cmd.Dir = m.cfg.Chdir
-		cmd.Env = append(m.baseEnv[:len(m.baseEnv):len(m.baseEnv)],
+		// As the new generation's workers will run: its user and group,
+		// its --env-file.
+		env := m.nextEnv()
+		cmd.Env = append(env[:len(env):len(env)],
 			"BATON_CANDIDATE="+px.addr,
 			"BATON_CANDIDATE_TARGET="+m.probeTarget(),
 			"BATON_CANDIDATE_SOURCE="+sockets.ProbeSource.String(),
 			"BATON_GENERATION="+strconv.Itoa(gen))
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: m.cfg.Credential}
 		pr, pw, err := os.Pipe()
 		if err != nil {
 			done(err, nil)
@@ -254,7 +284,7 @@ func (m *master) runSmokeTest(gen int, done func(error, []string)) (stop func())
 			sc := bufio.NewScanner(pr)
 			for sc.Scan() {
 				tail.add(sc.Text())
-				m.log.Info("smoke test output", zap.String("line", sc.Text()))
+				m.log.Info("smoke test output", logevent.SmokeTestOutput, zap.String("line", sc.Text()))
 			}
 			pr.Close()
 			close(read)

@@ -1,3 +1,5 @@
+//go:build linux
+
 package supervisor
 
 import (
@@ -358,11 +360,9 @@ func (c *Config) checkControl() error {
 	return nil
 }
 
-// MaxWorkers is the most workers one master runs. Each worker's exit is
-// waited for by a goroutine blocked in waitid(2), which holds an OS thread,
-// and a Go program dies (with a dump of every goroutine) past 10000
-// threads; this leaves room for the rest.
-const MaxWorkers = 4096
+// MaxWorkers is the most workers one master runs (control.MaxWorkers: a
+// scale request has the same bound as --workers).
+const MaxWorkers = control.MaxWorkers
 
 // checkWorkers refuses a worker count the master or the machine's limits
 // cannot hold, before anything starts: past them, fork or pipe fails half

@@ -1,3 +1,5 @@
+//go:build linux
+
 package supervisor
 
 import (
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"go.uber.org/zap"
 )
@@ -72,7 +75,7 @@ func (m *master) readControl(c *net.UnixConn) {
 	// Checked after reading, so the client reads our answer rather than
 	// an EPIPE on its request.
 	if uid, err := peerUID(c); err != nil || (uid != 0 && uid != os.Getuid()) {
-		m.log.Warn("control connection refused: foreign user", zap.Int("peer_uid", uid))
+		m.log.Warn("control connection refused: foreign user", logevent.ControlRefused, zap.Int("peer_uid", uid))
 		refuse("permission denied: the control socket accepts only the master's user and root")
 		return
 	}

@@ -2,6 +2,11 @@
 // running on sockets it owns, and hands them over to a new generation on
 // upgrade. Run is the entry point, once per process.
 //
+// Linux only: every file but this one builds only on Linux (pidfds,
+// PR_SET_CHILD_SUBREAPER, PDEATHSIG, SO_REUSEPORT groups steered by classic
+// BPF, /proc), so that vet on another system skips the package instead of
+// failing on the first Linux call.
+//
 // One goroutine, the loop in master.run, owns all mutable state: workers,
 // worker slots, the phase, upgrade bookkeeping. Everything else (signal
 // delivery, process waits, the notify socket reader, readiness probes,
@@ -51,7 +56,8 @@
 // Sub-packages: control (protocol and client), sockets (the master's side
 // of the listening sockets; reuseport.go: per-generation sockets and the
 // BPF program that steers between them), internal/osutil (/proc, own fds, sd_notify
-// sending).
+// sending), internal/logevent (the stable "event" names of the log entries
+// tests, tools and journald act on; every such entry carries one).
 //
 // Signals and what the loop does with them:
 //

@@ -1,6 +1,9 @@
+//go:build linux
+
 package supervisor
 
 import (
+	"os"
 	"strconv"
 	"strings"
 )
@@ -72,6 +75,22 @@ func workerBaseEnv(environ []string, tagged bool) []string {
 		}
 	}
 	return out
+}
+
+// nextEnv is the environment the next generation's workers will get: its
+// master reads --env-file anew at its start, so this does too (a deploy
+// may have changed the file); the rest is this master's. Commands run for
+// the next generation (the --before-upgrade hook, the smoke test) get it.
+func (m *master) nextEnv() []string {
+	if m.cfg.EnvFile == "" {
+		return m.baseEnv
+	}
+	extra, err := ReadEnvFile(m.cfg.EnvFile)
+	if err != nil {
+		// The new master will refuse to start on it and say why.
+		return m.baseEnv
+	}
+	return mergeEnv(workerBaseEnv(os.Environ(), m.cfg.WorkerOutput == OutputTagged), extra)
 }
 
 // mergeEnv returns base with extra's assignments, extra winning.

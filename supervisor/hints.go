@@ -1,3 +1,5 @@
+//go:build linux
+
 package supervisor
 
 import (
@@ -6,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
@@ -105,7 +108,7 @@ func (a *acceptWatch) check(now time.Time, log *zap.Logger) {
 			s.since = now
 		case !s.warned && now.Sub(s.since) >= acceptStall:
 			s.warned = true
-			log.Warn("connections wait on a listening socket and no worker accepts them",
+			log.Warn("connections wait on a listening socket and no worker accepts them", logevent.AcceptStalled,
 				zap.String("listener", s.name), zap.Uint32("queued", q), zap.Duration("for", now.Sub(s.since)),
 				zap.String("hint", "are the workers accepting? "+HintInheritedSocket))
 		}

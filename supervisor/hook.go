@@ -1,13 +1,15 @@
+//go:build linux
+
 package supervisor
 
 import (
 	"fmt"
-	"os"
 	"strconv"
 	"syscall"
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"go.uber.org/zap"
 )
 
@@ -37,18 +39,15 @@ type hookRun struct {
 // evHookExit.
 func (m *master) startHook(gen int, upgrade bool) {
 	env := m.baseEnv
-	if upgrade && m.cfg.EnvFile != "" {
-		// The new release's environment, as its master will read it.
-		if extra, err := ReadEnvFile(m.cfg.EnvFile); err == nil {
-			env = mergeEnv(workerBaseEnv(os.Environ(), m.cfg.WorkerOutput == OutputTagged), extra)
-		}
+	if upgrade {
+		env = m.nextEnv()
 	}
 	env = append(env[:len(env):len(env)], "BATON_GENERATION="+strconv.Itoa(gen))
 	h := &hookRun{gen: gen, upgrade: upgrade, log: m.log.Named("hook").With(zap.Int("new_generation", gen))}
 	proc, err := m.sys.start(procSpec{
 		path: "/bin/sh", argv: []string{"/bin/sh", "-c", m.cfg.BeforeUpgrade},
 		env: env, dir: m.cfg.Chdir, cred: m.cfg.Credential,
-		output: OutputTagged, outputMsg: "hook output", log: h.log,
+		output: OutputTagged, outputMsg: "hook output", outputEvent: logevent.HookOutput, log: h.log,
 		onLine: func(stream, line string) {
 			h.tail.add(line)
 			m.post(evHookOutput{h, stream, line})
@@ -138,7 +137,7 @@ func (m *master) hookDone(h *hookRun, failed string) {
 		OutputOf: "the hook's output", FailedStep: "before-upgrade",
 		OldMasterPID: m.self, Generation: h.gen, HookMS: ms(u.hookTook), WaitedMS: ms(u.waited)}
 	if m.phase == phaseServing {
-		m.log.Error("upgrade failed: old generation keeps serving", zap.String("reason", failed))
+		m.log.Error("upgrade failed: old generation keeps serving", logevent.UpgradeFailed, zap.String("reason", failed))
 		m.sdNotify("READY=1\nSTATUS=upgrade failed, generation " + strconv.Itoa(m.gen) + " serving: " + failed)
 	}
 	m.met.upgradeFailed(m.sys.now())

@@ -1,3 +1,5 @@
+//go:build linux
+
 package supervisor
 
 import (
@@ -12,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -291,7 +294,7 @@ func (k *keeper) reap() {
 		status := waitStatus(ws)
 		if k.masters[pid] != nil || (k.lastExited != nil && k.lastExited.pid == pid) {
 			k.statuses[pid] = status
-			k.logOutcome("master exited", zap.Int("master_pid", pid), zap.Int("status", status))
+			k.logOutcome("master exited", logevent.MasterExited, zap.Int("master_pid", pid), zap.Int("status", status))
 		} else {
 			k.log.Debug("keeper reaped an orphan", zap.Int("pid", pid), zap.Int("status", status))
 		}
@@ -340,7 +343,7 @@ func (k *keeper) exit() int {
 	if s, ok := k.statuses[pick.pid]; ok {
 		status = s
 	}
-	k.logOutcome("keeper exiting: no master left", zap.Int("status", status))
+	k.logOutcome("keeper exiting: no master left", logevent.KeeperExiting, zap.Int("status", status))
 	return status
 }
 
@@ -352,7 +355,7 @@ func (k *keeper) onSignal(sig syscall.Signal) {
 		if k.tty && k.hangup() {
 			// The terminal hung up: not a deploy. A job whose terminal is
 			// gone stops, gracefully.
-			k.log.Warn("terminal hung up: stopping")
+			k.log.Warn("terminal hung up: stopping", logevent.TerminalHungUp)
 			k.stop(syscall.SIGTERM)
 			return
 		}
@@ -379,7 +382,7 @@ func (k *keeper) stop(sig syscall.Signal) {
 		return
 	}
 	if !k.stopping {
-		k.log.Info("stop requested: forwarding to every master", zap.String("signal", sigName(sig)), zap.Int("masters", len(k.masters)))
+		k.log.Info("stop requested: forwarding to every master", logevent.KeeperStopping, zap.String("signal", sigName(sig)), zap.Int("masters", len(k.masters)))
 	}
 	k.stopping, k.stopSig, k.stopAt = true, sig, now
 	k.toAll(sig, nil)
@@ -412,7 +415,7 @@ func (k *keeper) setRecord(m *keptMaster) {
 // is one again.
 func (k *keeper) toRecord(sig syscall.Signal) {
 	if k.record == nil {
-		k.log.Info("signal held until a master is of record", zap.String("signal", sigName(sig)))
+		k.log.Info("signal held until a master is of record", logevent.SignalHeld, zap.String("signal", sigName(sig)))
 		k.pending = append(k.pending, sig)
 		return
 	}
@@ -427,7 +430,7 @@ func (k *keeper) onNote(msg notifyMsg) {
 		m = k.register(msg.pid)
 	}
 	if m == nil {
-		k.log.Warn("notify message from unknown process ignored", zap.Int("sender_pid", msg.pid))
+		k.log.Warn("notify message from unknown process ignored", logevent.NotifyUnknownSender, zap.Int("sender_pid", msg.pid))
 		return
 	}
 	if v, ok := msg.fields[keeperExit]; ok {
@@ -440,7 +443,7 @@ func (k *keeper) onNote(msg notifyMsg) {
 		}
 	}
 	if msg.fields[keeperStop] == "1" && !k.stopping {
-		k.log.Info("stop requested through a master: stopping every other master", zap.Int("master_pid", m.pid))
+		k.log.Info("stop requested through a master: stopping every other master", logevent.KeeperStopping, zap.Int("master_pid", m.pid))
 		k.stopping, k.stopSig, k.stopAt = true, syscall.SIGTERM, time.Now()
 		k.toAll(syscall.SIGTERM, m) // m stops already; a second TERM would kill
 
@@ -472,7 +475,7 @@ func (k *keeper) register(pid int) *keptMaster {
 	}
 	m := &keptMaster{pid: pid, pidfd: pidfd}
 	k.watchMaster(m)
-	k.log.Info("master registered", zap.Int("master_pid", pid))
+	k.log.Info("master registered", logevent.MasterRegistered, zap.Int("master_pid", pid))
 	if k.stopping {
 		m.signal(syscall.SIGTERM) // a stop wins over an upgrade in flight
 	}

@@ -1,3 +1,5 @@
+//go:build linux
+
 package supervisor
 
 import (
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"github.com/baton-sh/baton/supervisor/sockets"
 	"github.com/cloudflare/tableflip"
@@ -132,7 +135,9 @@ func Run(cfg Config) error {
 	upg, err := tableflip.New(tableflip.Options{
 		PIDFile: pidFile,
 		// The new master rolls itself back after the ready timeout and a
-		// drain of what it started (PEERS P17); tableflip must not SIGKILL
+		// drain of what it started: workers that never said ready may already
+		// be serving from the shared socket, so they drain like any
+		// others rather than being killed; tableflip must not SIGKILL
 		// it first.
 		UpgradeTimeout: cfg.ReadyTimeout + cfg.DrainTimeout + 10*time.Second +
 			cfg.Rollout.upgradeTimeout(cfg.ReadyTimeout, cfg.DrainTimeout),
@@ -142,7 +147,8 @@ func Run(cfg Config) error {
 	}
 	// Nothing reaches a worker unless it is passed on purpose: not what
 	// baton's launcher leaked to it, nor tableflip's ready and names pipes,
-	// which arrive without O_CLOEXEC (PEERS P16). Passing an fd (ExtraFiles,
+	// which tableflip v1.2.3 leaves inheritable (fds 3 and 4 of a
+	// re-executed master have no O_CLOEXEC). Passing an fd (ExtraFiles,
 	// tableflip's files) dup2s it, which clears the flag on the copy.
 	osutil.MarkCloexecFrom(3)
 	var up upgradeState
@@ -202,7 +208,7 @@ func (m *master) setup() error {
 			return err
 		}
 		if len(act) > 0 {
-			m.log.Info("adopting sockets from socket activation", zap.Int("count", len(act)))
+			m.log.Info("adopting sockets from socket activation", logevent.SocketsActivated, zap.Int("count", len(act)))
 		}
 	}
 	reg := m.upg.Registry()
@@ -342,7 +348,7 @@ func (m *master) run() error {
 
 // boot starts this master's generation.
 func (m *master) boot() {
-	m.log.Info("master starting",
+	m.log.Info("master starting", logevent.MasterStarting,
 		zap.String("version", m.cfg.Version),
 		zap.Int("workers", m.cfg.Workers),
 		zap.Strings("listen", specStrings(m.cfg.Listen)),
@@ -402,7 +408,7 @@ func (m *master) exit() error {
 		return m.bootErr
 	}
 	m.release(true)
-	m.log.Info("master stopped")
+	m.log.Info("master stopped", logevent.MasterStopped)
 	return nil
 }
 
@@ -505,7 +511,7 @@ func (m *master) stop(trigger string) {
 	if m.phase == phaseStopping || m.phase == phaseHandedOver {
 		return
 	}
-	m.log.Info("stop requested: draining workers", zap.String("trigger", trigger),
+	m.log.Info("stop requested: draining workers", logevent.MasterStopping, zap.String("trigger", trigger),
 		zap.Duration("drain_timeout", m.cfg.DrainTimeout))
 	if m.phase == phaseBooting {
 		m.bootErr = fmt.Errorf("%w: stopped by %s while starting", ErrBootFailed, trigger)
@@ -579,9 +585,9 @@ func (m *master) bootDone() {
 			// The old master drains for at most its drain timeout after this.
 			m.up.parentDeadline = now.Add(m.cfg.DrainTimeout + time.Second)
 		}
-		m.log.Info("handover complete: new generation serving", fields...)
+		m.log.Info("handover complete: new generation serving", append(fields, logevent.HandoverComplete)...)
 	} else {
-		m.log.Info("generation ready", fields...)
+		m.log.Info("generation ready", append(fields, logevent.GenerationReady)...)
 	}
 	m.sdNotify(fmt.Sprintf("MAINPID=%d\nREADY=1\nSTATUS=generation %d, %d workers", m.self, m.gen, len(m.slots)))
 }
@@ -590,7 +596,7 @@ func (m *master) bootFailed(err error, reason string) {
 	if m.phase != phaseBooting {
 		return
 	}
-	m.log.Error("generation failed to start; stopping its workers", zap.String("reason", reason))
+	m.log.Error("generation failed to start; stopping its workers", logevent.GenerationFailed, zap.String("reason", reason))
 	m.prog.forwarding.Store(false)
 	m.bootErr = err
 	m.reportFailure(reason)
@@ -614,7 +620,7 @@ func (m *master) onNotify(msg notifyMsg) {
 		if t := msg.fields[reportToken]; t != "" && t == m.up.parentToken && m.onParentOrder(msg.fields) {
 			return
 		}
-		m.log.Warn("notify message from unknown process ignored", zap.Int("sender_pid", msg.pid))
+		m.log.Warn("notify message from unknown process ignored", logevent.NotifyUnknownSender, zap.Int("sender_pid", msg.pid))
 		return
 	}
 	w.notified = true
@@ -696,7 +702,7 @@ func (m *master) watchKeeper(pid int) error {
 
 // onKeeperGone kills every worker now; the loop ends once they are reaped.
 func (m *master) onKeeperGone() {
-	m.log.Error("keeper is gone: killing workers and exiting")
+	m.log.Error("keeper is gone: killing workers and exiting", logevent.KeeperGone)
 	if m.phase != phaseHandedOver {
 		m.phase = phaseStopping
 	}

@@ -1,3 +1,5 @@
+//go:build linux
+
 package supervisor
 
 import (
@@ -91,8 +93,8 @@ func newWorkerPipes(tee bool) (*workerPipes, error) {
 // pumps' goroutines time, never the loop's, and memory stays bounded by
 // maxLine per stream.
 //
-// Each line is logged with message msg, and handed to onLine if it is set.
-func (p *workerPipes) started(log *zap.Logger, msg string, onLine func(stream, line string)) {
+// Each line is logged with message msg and event ev, and handed to onLine if it is set.
+func (p *workerPipes) started(log *zap.Logger, msg string, ev zap.Field, onLine func(stream, line string)) {
 	p.errW.Close()
 	if p.tee {
 		go func() { teePump(p.errR, os.Stderr, &p.tail); close(p.done) }()
@@ -101,8 +103,8 @@ func (p *workerPipes) started(log *zap.Logger, msg string, onLine func(stream, l
 	p.outW.Close()
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); pump(p.outR, log, msg, "stdout", nil, onLine) }()
-	go func() { defer wg.Done(); pump(p.errR, log, msg, "stderr", &p.tail, onLine) }()
+	go func() { defer wg.Done(); pump(p.outR, log, msg, ev, "stdout", nil, onLine) }()
+	go func() { defer wg.Done(); pump(p.errR, log, msg, ev, "stderr", &p.tail, onLine) }()
 	go func() { wg.Wait(); close(p.done) }()
 }
 
@@ -143,7 +145,7 @@ func teePump(r *os.File, w io.Writer, tail *stderrTail) {
 	}
 }
 
-func pump(r *os.File, log *zap.Logger, msg, stream string, tail *stderrTail, onLine func(stream, line string)) {
+func pump(r *os.File, log *zap.Logger, msg string, ev zap.Field, stream string, tail *stderrTail, onLine func(stream, line string)) {
 	defer r.Close()
 	br := bufio.NewReaderSize(r, maxLine)
 	for {
@@ -151,7 +153,7 @@ func pump(r *os.File, log *zap.Logger, msg, stream string, tail *stderrTail, onL
 		if len(line) > 0 {
 			partial := errors.Is(err, bufio.ErrBufferFull)
 			s := string(trimNewline(line))
-			fields := []zap.Field{zap.String("stream", stream), zap.String("line", s)}
+			fields := []zap.Field{ev, zap.String("stream", stream), zap.String("line", s)}
 			if partial {
 				fields = append(fields, zap.Bool("partial", true))
 			}

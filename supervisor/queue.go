@@ -1,3 +1,5 @@
+//go:build linux
+
 package supervisor
 
 import (
@@ -5,6 +7,7 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"go.uber.org/zap"
 )
 
@@ -19,11 +22,11 @@ func (m *master) queueUpgrade(trigger string) {
 	u := &m.up
 	left := max(u.parentDeadline.Sub(m.sys.now()), 0).Round(time.Millisecond)
 	if !u.queuedAt.IsZero() {
-		m.log.Info("upgrade request merged into the queued upgrade",
+		m.log.Info("upgrade request merged into the queued upgrade", logevent.UpgradeMerged,
 			zap.String("trigger", trigger), zap.String("queued_by", u.queuedBy), zap.Duration("drain_left_at_most", left))
 	} else {
 		u.queuedAt, u.queuedBy = m.sys.now(), trigger
-		m.log.Info("upgrade queued: previous generation still draining",
+		m.log.Info("upgrade queued: previous generation still draining", logevent.UpgradeQueued,
 			zap.String("trigger", trigger), zap.Duration("drain_left_at_most", left))
 	}
 	m.progress(control.Progress{Event: control.EvWaiting, Generation: m.gen + 1, DurationMS: ms(left),

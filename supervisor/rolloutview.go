@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"go.uber.org/zap"
 )
 
@@ -133,7 +134,7 @@ func (m *master) onProbe(ev evProbe) {
 		left := m.cfg.Rollout.HealthTimeout - m.sys.now().Sub(c.readyAt)
 		msg += fmt.Sprintf("; retrying for up to %s (--health-timeout)", max(left, 0).Round(100*time.Millisecond))
 	}
-	m.log.Warn("health probe failed", zap.Int("new_generation", c.gen), zap.Int("probe", ck.Probes),
+	m.log.Warn("health probe failed", logevent.RolloutProbeFailed, zap.Int("new_generation", c.gen), zap.Int("probe", ck.Probes),
 		zap.String("stage", ev.stage.String()), zap.String("answer", ev.err.Error()))
 	m.progress(control.Progress{Event: control.EvHealthProbe, Generation: c.gen, Count: ck.Probes, Message: msg})
 }

@@ -1,3 +1,5 @@
+//go:build linux
+
 package supervisor
 
 import (
@@ -118,6 +120,15 @@ func (r Rollout) check(specs []sockets.Spec) error {
 	}
 	if r.Bake < 0 {
 		return badConfig("--bake", r.Bake.String(), "want zero or a positive duration", nil)
+	}
+	if len(specs) > 0 && probesNeedMark(specs[0]) && !canMark() {
+		// Checked here, not at the first probe: a check that cannot run
+		// would otherwise fail every upgrade, long after the start.
+		for _, f := range [][2]string{{"--health-check", r.HealthCheck.String()}, {"--smoke-test", r.SmokeTest}} {
+			if f[1] != "" {
+				return badConfig(f[0], strconv.Quote(f[1]), "probes of the IPv6 address "+specs[0].Addr+" are marked with SO_MARK, which needs CAP_NET_ADMIN (run baton as root, or grant it: AmbientCapabilities=CAP_NET_ADMIN under systemd)", nil)
+			}
+		}
 	}
 	return nil
 }

@@ -1,3 +1,5 @@
+//go:build linux
+
 package supervisor
 
 import (
@@ -10,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"github.com/baton-sh/baton/supervisor/sockets"
 	"github.com/cloudflare/tableflip"
@@ -60,6 +63,28 @@ type tableflipUpgrader struct{ *tableflip.Upgrader }
 
 func (u tableflipUpgrader) Registry() sockets.Registry { return u.Fds }
 
+// tableflipParentNotExited is tableflip v1.2.3's refusal of an Upgrade
+// while its own loop has not yet taken in the old master's exit. It is
+// made by errors.New inside that loop (upgrader.go, run), with no exported
+// value or type to match, so its text is the only handle; this is the one
+// place that reads it.
+const tableflipParentNotExited = "parent hasn't exited"
+
+// Upgrade is tableflip's, with its stale refusal retried. The master asks
+// for an upgrade only after WaitForParent said the old master exited, but
+// WaitForParent learns it from a channel that tableflip's loop reads
+// separately and may not have read yet (its select picks at random among
+// ready cases). The parent is gone, so the refusal is stale within
+// microseconds: up to 50 retries 2 ms apart, then the refusal stands.
+func (u tableflipUpgrader) Upgrade() error {
+	err := u.Upgrader.Upgrade()
+	for i := 0; i < 50 && err != nil && err.Error() == tableflipParentNotExited; i++ {
+		time.Sleep(2 * time.Millisecond)
+		err = u.Upgrader.Upgrade()
+	}
+	return err
+}
+
 // procSpec is one worker process to start.
 type procSpec struct {
 	path   string
@@ -70,11 +95,13 @@ type procSpec struct {
 	cred   *syscall.Credential
 	output string      // OutputTagged or OutputInherit
 	log    *zap.Logger // for tagged output; the pid is added
-	// outputMsg is the log message of each tagged line ("worker output"
-	// when empty); onLine, if set, is also called with each line, from
+	// outputMsg is the log message of each tagged line (OutputMessage
+	// when empty), outputEvent its event (logevent.WorkerOutput when
+	// unset); onLine, if set, is also called with each line, from
 	// the output pumps' goroutines.
-	outputMsg string
-	onLine    func(stream, line string)
+	outputMsg   string
+	outputEvent zap.Field
+	onLine      func(stream, line string)
 }
 
 // process is a started worker as the loop sees it.
@@ -187,11 +214,14 @@ func startOSProcess(sp *spawner, p procSpec, exited func(exitStatus)) (*osProces
 	}
 	proc := &osProcess{pid: cmd.Process.Pid, pipes: pipes}
 	if pipes != nil {
-		msg := p.outputMsg
+		msg, ev := p.outputMsg, p.outputEvent
 		if msg == "" {
-			msg = "worker output"
+			msg = OutputMessage
 		}
-		pipes.started(p.log.With(zap.Int("pid", proc.pid)), msg, p.onLine)
+		if ev.Key == "" {
+			ev = logevent.WorkerOutput
+		}
+		pipes.started(p.log.With(zap.Int("pid", proc.pid)), msg, ev, p.onLine)
 	}
 	go func() {
 		// Wait for the exit without reaping, so that signals stop before

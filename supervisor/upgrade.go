@@ -1,3 +1,5 @@
+//go:build linux
+
 package supervisor
 
 import (
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"go.uber.org/zap"
 )
@@ -153,7 +156,7 @@ func (m *master) requestUpgrade(trigger string, wait bool) string {
 		}
 	}
 	if why != "" {
-		m.log.Warn("upgrade refused: "+trimParen(why), append(fields, zap.String("trigger", trigger), zap.String("reason", why))...)
+		m.log.Warn("upgrade refused: "+trimParen(why), append(fields, logevent.UpgradeRefused, zap.String("trigger", trigger), zap.String("reason", why))...)
 		m.met.upgrade(outcomeRefused)
 		return why
 	}
@@ -166,7 +169,7 @@ func (m *master) requestUpgrade(trigger string, wait bool) string {
 		u.waited = u.at.Sub(u.queuedAt)
 		u.queuedAt = time.Time{}
 	}
-	m.log.Info("upgrade requested", zap.String("trigger", trigger), zap.Int("new_generation", m.gen+1))
+	m.log.Info("upgrade requested", logevent.UpgradeRequested, zap.String("trigger", trigger), zap.Int("new_generation", m.gen+1))
 	m.progress(control.Progress{Event: control.EvPreflight, Message: "pre-flight checks passed"})
 	m.sdNotify("RELOADING=1\n" + monotonicUsec() + "STATUS=upgrading to generation " + strconv.Itoa(m.gen+1))
 	if m.cfg.BeforeUpgrade != "" {
@@ -197,14 +200,6 @@ func (m *master) launchUpgrade() {
 	u.passed, u.childNotify = m.met.counts(), ""
 	go func() {
 		err := m.upg.Upgrade()
-		// tableflip learns that the old master exited in its own loop,
-		// which may still hold that news when our (earlier) WaitForParent
-		// already told us: its select then refuses at random. The parent
-		// is gone, so the refusal is stale within microseconds.
-		for i := 0; i < 50 && err != nil && err.Error() == "parent hasn't exited"; i++ {
-			time.Sleep(2 * time.Millisecond)
-			err = m.upg.Upgrade()
-		}
 		if m.notify != nil {
 			// The new master reports how it went before it signals ready
 			// or exits; let that report reach the loop first.
@@ -268,7 +263,7 @@ func (m *master) onUpgradeDone(err error) {
 		if m.phase != phaseServing {
 			m.log.Info("upgrade abandoned", zap.String("reason", res.Reason))
 		} else {
-			m.log.Error("upgrade failed: old generation keeps serving",
+			m.log.Error("upgrade failed: old generation keeps serving", logevent.UpgradeFailed,
 				zap.String("reason", res.Reason), zap.Duration("took", took),
 				zap.Int("goroutines", runtime.NumGoroutine()))
 			m.sdNotify("READY=1\nSTATUS=upgrade failed, generation " + strconv.Itoa(m.gen) + " serving: " + res.Reason)
@@ -285,7 +280,7 @@ func (m *master) onUpgradeDone(err error) {
 	res.OK, res.Code, res.OldMasterPID = true, control.ReloadOK, m.self
 	res.HookMS, res.WaitedMS = ms(u.hookTook), ms(u.waited)
 	m.rolloutDone(nil, &res)
-	m.log.Info("handed over to new master: draining old generation",
+	m.log.Info("handed over to new master: draining old generation", logevent.HandedOver,
 		zap.Int("new_master_pid", res.NewMasterPID), zap.Duration("handover", took),
 		zap.Float64("workers_starting_ms", res.WorkersStartingMS), zap.Int("workers", len(m.procs)))
 	m.phase = phaseHandedOver
@@ -453,5 +448,5 @@ func (m *master) onParentExited() {
 	}
 	m.startQueued()
 	// The goroutine count is here to make leaks visible in tests.
-	m.log.Info("previous master exited", zap.Int("goroutines", runtime.NumGoroutine()))
+	m.log.Info("previous master exited", logevent.PreviousMasterExited, zap.Int("goroutines", runtime.NumGoroutine()))
 }

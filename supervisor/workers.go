@@ -1,3 +1,5 @@
+//go:build linux
+
 package supervisor
 
 import (
@@ -7,6 +9,7 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"go.uber.org/zap"
 )
 
@@ -127,7 +130,7 @@ func (m *master) startWorker(s *slot) {
 	w.log = wlog.With(zap.Int("pid", w.pid))
 	s.cur = w
 	m.procs[w.pid] = w
-	w.log.Info("worker started", zap.Int("restarts", s.restarts))
+	w.log.Info("worker started", logevent.WorkerStarted, zap.Int("restarts", s.restarts))
 	m.met.workerStarted()
 	m.step(control.Progress{Event: control.EvWorkerStarted, Worker: intp(w.index), PID: w.pid,
 		Message: fmt.Sprintf("worker %d started (pid %d)", w.index, w.pid)})
@@ -156,7 +159,7 @@ func (m *master) markReady(w *worker) {
 	w.stopReady()
 	w.stopReadyTimer()
 	startup := m.sys.now().Sub(w.started)
-	w.log.Info("worker ready", zap.Duration("startup", startup))
+	w.log.Info("worker ready", logevent.WorkerReady, zap.Duration("startup", startup))
 	m.step(control.Progress{Event: control.EvWorkerReady, Worker: intp(w.index), PID: w.pid, DurationMS: ms(startup),
 		Message: fmt.Sprintf("worker %d ready (pid %d) after %s", w.index, w.pid, startup.Round(time.Millisecond))})
 	if m.phase == phaseBooting && m.allReady() {
@@ -178,7 +181,7 @@ func (m *master) onReadyTimeout(w *worker) {
 		return
 	}
 	hint := startHint(w.proc.StderrTail(), true, w.notified, m.ready.byNotify())
-	w.log.Error("worker not ready in time", zap.Duration("ready_timeout", m.cfg.ReadyTimeout), zap.String("hint", hint))
+	w.log.Error("worker not ready in time", logevent.WorkerReadyTimeout, zap.Duration("ready_timeout", m.cfg.ReadyTimeout), zap.String("hint", hint))
 	if m.phase == phaseBooting {
 		m.failedStderr, m.failedOf = w.proc.StderrTail(), fmt.Sprintf("worker %d's stderr", w.index)
 		m.bootFailed(fmt.Errorf("%w: %s", ErrBootFailed, withHint(fmt.Sprintf("worker %d (pid %d) not ready after %s", w.index, w.pid, m.cfg.ReadyTimeout), hint)),
@@ -215,7 +218,7 @@ func (m *master) onExit(w *worker, st exitStatus) {
 		} else {
 			m.met.workerExited("drained")
 		}
-		w.log.Info("worker drained", append(fields, zap.Duration("drain", m.sys.now().Sub(w.drainAt)), zap.Bool("killed", w.killed))...)
+		w.log.Info("worker drained", append(fields, logevent.WorkerDrained, zap.Duration("drain", m.sys.now().Sub(w.drainAt)), zap.Bool("killed", w.killed))...)
 		if s != nil && m.phase == phaseServing {
 			// Drained but still holding its slot: a replacement that never
 			// became ready. Try again, with backoff.
@@ -238,7 +241,7 @@ func (m *master) onExit(w *worker, st exitStatus) {
 		if hint := startHint(w.proc.StderrTail(), false, w.notified, m.ready.byNotify()); hint != "" {
 			fields = append(fields, zap.String("hint", hint))
 		}
-		w.log.Warn("worker exited unexpectedly", fields...)
+		w.log.Warn("worker exited unexpectedly", append(fields, logevent.WorkerCrashed)...)
 		m.met.workerExited("crashed")
 		if uptime >= backoffStable {
 			s.backoff = backoffMin
@@ -261,7 +264,7 @@ func (m *master) scheduleRestart(s *slot, reason string) {
 	s.backoff = min(s.backoff*2, backoffMax)
 	s.cancelRestart()
 	s.stopRestart = m.sys.afterFunc(d, func() { m.post(evRestart{s}) })
-	m.log.Info("worker restart scheduled", zap.Int("worker", s.index), zap.Duration("backoff", d))
+	m.log.Info("worker restart scheduled", logevent.WorkerRestartScheduled, zap.Int("worker", s.index), zap.Duration("backoff", d))
 }
 
 func (m *master) onRestart(s *slot) {
@@ -283,7 +286,7 @@ func (m *master) drain(w *worker) {
 	w.drainAt = m.sys.now()
 	w.stopReady()
 	w.stopReadyTimer()
-	w.log.Info("draining worker", zap.String("signal", sigName(m.cfg.DrainSignal)))
+	w.log.Info("draining worker", logevent.WorkerDraining, zap.String("signal", sigName(m.cfg.DrainSignal)))
 	w.proc.Signal(m.cfg.DrainSignal)
 	w.stopDrainTimer = m.sys.afterFunc(m.cfg.DrainTimeout, func() { m.post(evDrainTimeout{w}) })
 }
@@ -292,7 +295,7 @@ func (m *master) onDrainTimeout(w *worker) {
 	if w.exited {
 		return
 	}
-	w.log.Warn("drain timeout: killing worker", zap.Duration("drain_timeout", m.cfg.DrainTimeout))
+	w.log.Warn("drain timeout: killing worker", logevent.WorkerDrainTimeout, zap.Duration("drain_timeout", m.cfg.DrainTimeout))
 	w.killed = true
 	w.proc.SignalGroup(syscall.SIGKILL) // its process group: helpers too
 }
@@ -323,7 +326,7 @@ func (m *master) addWorker() {
 		m.log.Warn("worker count not changed: an upgrade is under way (the new generation has its count)")
 		return
 	}
-	m.log.Info("worker count increased", zap.Int("workers", len(m.slots)+1))
+	m.log.Info("worker count increased", logevent.WorkerCountIncreased, zap.Int("workers", len(m.slots)+1))
 	m.addSlot()
 }
 
@@ -338,7 +341,7 @@ func (m *master) removeWorker() {
 		return
 	}
 	if len(m.slots) <= 1 {
-		m.log.Warn("worker count not decreased: at least one worker runs", zap.Int("workers", len(m.slots)))
+		m.log.Warn("worker count not decreased: at least one worker runs", logevent.WorkerCountUnchanged, zap.Int("workers", len(m.slots)))
 		return
 	}
 	s := m.slots[len(m.slots)-1]

@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -88,6 +90,9 @@ func TestBadInput(t *testing.T) {
 			os.Mkdir(private, 0o700)
 			return []string{"run", "-l", "unix://" + filepath.Join(dir, "c.sock"), "--user", "nobody", "--chdir", private, "--", bin("hello")}
 		}, 1, "worker 0 could not start", false},
+		{"IPv6 check without CAP_NET_ADMIN", func(dir string) []string {
+			return []string{"run", "-l", "[::1]:1", "--strategy", "blue-green", "--health-check", "tcp", "--", bin("hello")}
+		}, 2, "needs CAP_NET_ADMIN", true},
 		{"permission denied", func(dir string) []string {
 			return []string{"run", "-l", "unix://" + filepath.Join(dir, "p.sock"), "--", bin("hello")}
 		}, 1, "permission denied", true},

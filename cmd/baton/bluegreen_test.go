@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -95,13 +97,13 @@ func TestBlueGreenSwitch(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("baton reload exit %d:\n%s\nlog:\n%s", code, out, b.log.dump())
 	}
-	sw, _ := b.log.waitFrom(t, from, "users switched to the new generation", nil, 5*time.Second)
+	sw, _ := b.log.waitFrom(t, from, "rollout_switched", nil, 5*time.Second)
 	switchAt := unixNS(sw)
 	// The reload answered after the promotion; a short second load makes
 	// sure the first one runs on for a while after the switch.
 	after := loadgen.Run(context.Background(), loadgen.Config{Network: "tcp", Addr: addr, Clients: 4,
 		ReleaseHeader: "Hello-Generation", Duration: 300 * time.Millisecond, MaxRequests: 50_000, Timeout: 10 * time.Second})
-	b.log.waitFrom(t, from, "previous master exited", nil, 20*time.Second)
+	b.log.waitFrom(t, from, "previous_master_exited", nil, 20*time.Second)
 	lr := load.finish()
 	for _, s := range after.Samples {
 		if s.Release != "2" {
@@ -164,7 +166,7 @@ func TestBlueGreenChecksRollBack(t *testing.T) {
 		if c.name == "smoke test exit 1" && !strings.Contains(out, "checkout page broken") {
 			t.Errorf("%s: the smoke test's output is not in the report:\n%s", c.name, out)
 		}
-		b.log.waitFrom(t, from, "upgrade failed: old generation keeps serving", nil, 20*time.Second)
+		b.log.waitFrom(t, from, "upgrade_failed", nil, 20*time.Second)
 		if body := mustGet(t, addr, "/"); field(body, "generation") != "1" {
 			t.Fatalf("%s: after the rollback served %q", c.name, body)
 		}
@@ -192,19 +194,19 @@ func TestBlueGreenRollbackDuringBake(t *testing.T) {
 	writeEnv(t, envFile, "HELLO_TAG=v2\n")
 	from := b.log.len()
 	res := reloadAsync(b)
-	sw, _ := b.log.waitFrom(t, from, "users switched to the new generation", nil, 20*time.Second)
+	sw, _ := b.log.waitFrom(t, from, "rollout_switched", nil, 20*time.Second)
 	eventually(t, 5*time.Second, "the new release to answer", func() bool { return field(mustGet(t, addr, "/"), "generation") == "2" })
 	if out, code := batonCtl(b, "rollback"); code != 0 {
 		t.Fatalf("baton rollback exit %d: %s", code, out)
 	}
-	rb, _ := b.log.waitFrom(t, from, "rolling back: users on the old generation, draining the new one", nil, 5*time.Second)
+	rb, _ := b.log.waitFrom(t, from, "rollout_rollback", nil, 5*time.Second)
 	r := <-res
 	if code := r[1].(int); code != 1 || !strings.Contains(r[0].(string), "baton rollback") {
 		t.Errorf("baton reload exit %d, want 1 naming baton rollback:\n%s", code, r[0])
 	}
 	newMaster := 0
 	for _, e := range b.log.all()[from:] {
-		if e.str("msg") == "generation ready as a candidate: waiting for the old master's checks" {
+		if e.str("event") == "rollout_candidate" {
 			newMaster = e.num("master_pid")
 		}
 	}
@@ -261,8 +263,8 @@ func TestCanaryShare(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("baton reload exit %d:\n%s", code, out)
 	}
-	sw, _ := b.log.waitFrom(t, from, "users switched to the new generation", nil, 5*time.Second)
-	pr, _ := b.log.waitFrom(t, from, "promoting the new generation", nil, 5*time.Second)
+	sw, _ := b.log.waitFrom(t, from, "rollout_switched", nil, 5*time.Second)
+	pr, _ := b.log.waitFrom(t, from, "rollout_promoted", nil, 5*time.Second)
 	lr := load.finish()
 	start, end := unixNS(sw).Add(50*time.Millisecond), unixNS(pr).Add(-50*time.Millisecond)
 	total, onNew := 0, 0
@@ -300,7 +302,10 @@ func TestRolloutBadInput(t *testing.T) {
 		{[]string{"-l", "127.0.0.1:0", "--strategy", "canary"}, "port 0"},
 		{[]string{"-l", "127.0.0.1:1", "--strategy", "purple"}, `--strategy "purple": want shared, blue-green or canary`},
 		{[]string{"-l", "127.0.0.1:1", "--strategy", "canary", "--canary-weight", "0"}, "--canary-weight 0"},
-		{[]string{"-l", "127.0.0.1:1", "--health-check", "http:/"}, "--health-check: needs --strategy blue-green or canary"},
+		{[]string{"-l", "127.0.0.1:1", "--health-check", "http:/"}, `--health-check "http:/": needs --strategy blue-green or canary`},
+		{[]string{"-l", "127.0.0.1:1", "--smoke-timeout", "5s"}, "--smoke-timeout 5s: needs --strategy blue-green or canary (--strategy is shared)"},
+		{[]string{"-l", "127.0.0.1:1", "--health-interval", "2s"}, "--health-interval 2s: needs --strategy blue-green or canary"},
+		{[]string{"-l", "127.0.0.1:1", "--strategy", "blue-green", "--canary-weight", "20"}, "--canary-weight 20: needs --strategy canary (--strategy is blue-green)"},
 		{[]string{"-l", "127.0.0.1:1", "--strategy", "blue-green", "--health-check", "http:healthz"}, `--health-check "http:healthz"`},
 	} {
 		code, lines, out := runBaton(t, nil, append(append([]string{"run"}, c.args...), "--", bin("hello"))...)
@@ -333,9 +338,9 @@ func TestBlueGreenTwentyUpgrades(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("upgrade %d: baton reload exit %d:\n%s", gen, code, out)
 		}
-		sw, _ := b.log.waitFrom(t, from, "users switched to the new generation", nil, 5*time.Second)
+		sw, _ := b.log.waitFrom(t, from, "rollout_switched", nil, 5*time.Second)
 		switches = append(switches, sw["since_upgrade"].(float64))
-		b.log.waitFrom(t, from, "previous master exited", nil, 20*time.Second)
+		b.log.waitFrom(t, from, "previous_master_exited", nil, 20*time.Second)
 	}
 	lr := load.finish()
 	for i, c := range slow {
@@ -347,4 +352,35 @@ func TestBlueGreenTwentyUpgrades(t *testing.T) {
 		t.Fatalf("failed requests across 20 blue-green upgrades: %s", lr)
 	}
 	t.Logf("20 blue-green upgrades at concurrency 64: %s; switch after %v ms", lr, switches)
+}
+
+// TestSmokeTestRunsAsTheNewGeneration: the smoke test runs as the workers'
+// --user, with the --env-file the new generation reads (changed by the
+// deploy), not as the old master with the old environment.
+func TestSmokeTestRunsAsTheNewGeneration(t *testing.T) {
+	t.Parallel()
+	if os.Getuid() != 0 {
+		t.Skip("needs root for --user")
+	}
+	// Where the smoke test, running as nobody, may write.
+	out, err := os.MkdirTemp("", "baton-smoke-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(out) })
+	os.Chmod(out, 0o777)
+	report := filepath.Join(out, "smoke.txt")
+	b, _, envFile := bgSetup(t, "SMOKE_MARK=old\n", "--strategy", "blue-green", "--user", "nobody",
+		"--smoke-test", `echo "uid=$(id -u) mark=$SMOKE_MARK" > `+report)
+	writeEnv(t, envFile, "SMOKE_MARK=new\n")
+	if out, code := batonCtl(b, "reload"); code != 0 {
+		t.Fatalf("baton reload exit %d:\n%s", code, out)
+	}
+	got, err := os.ReadFile(report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "uid=65534 mark=new\n"; string(got) != want {
+		t.Fatalf("smoke test ran with %q, want %q", got, want)
+	}
 }

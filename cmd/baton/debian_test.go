@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -147,7 +149,7 @@ func TestPumaUpgradesUnderLoad(t *testing.T) {
 	for _, ev := range b.log.all() {
 		line := ev.str("line")
 		switch {
-		case ev.str("msg") != "worker output":
+		case ev.str("event") != "worker_output":
 		case strings.Contains(line, "* Activated tcp://"):
 			activated++
 		case strings.Contains(line, "Closing unused activated socket"):
@@ -346,7 +348,7 @@ func releaseUpgradesUnderLoad(t *testing.T, c serverCase) *baton {
 		if unread != nil {
 			// Once the worker holding it has begun its drain, the request
 			// is sent: a drain that finishes what it accepted answers it.
-			b.log.waitFrom(t, from, "worker output", func(e logEvent) bool {
+			b.log.waitFrom(t, from, "worker_output", func(e logEvent) bool {
 				return e.num("pid") == unread.worker && strings.Contains(e.str("line"), c.drainLine)
 			}, 60*time.Second)
 			body, err := unread.request()
@@ -359,10 +361,10 @@ func releaseUpgradesUnderLoad(t *testing.T, c serverCase) *baton {
 				t.Fatalf("a connection accepted before the drain began, request sent after: answer %q, %v", body, err)
 			}
 		}
-		ev, _ := b.log.waitFrom(t, from, "handover complete: new generation serving",
+		ev, _ := b.log.waitFrom(t, from, "handover_complete",
 			func(e logEvent) bool { return e.num("generation") == gen+1 }, 60*time.Second)
 		newMaster := ev.num("master_pid")
-		exited, _ := b.log.waitFrom(t, from, "previous master exited",
+		exited, _ := b.log.waitFrom(t, from, "previous_master_exited",
 			func(e logEvent) bool { return e.num("master_pid") == newMaster }, 60*time.Second)
 		if load.ended() {
 			t.Fatalf("load ended before upgrade %d was done: %s", i, load.finish())
@@ -398,9 +400,9 @@ func releaseUpgradesUnderLoad(t *testing.T, c serverCase) *baton {
 	if err := syscall.Kill(master, syscall.SIGTERM); err != nil {
 		t.Fatalf("TERM to %d: %v", master, err)
 	}
-	b.log.waitFrom(t, from, "master stopped", func(e logEvent) bool { return e.num("master_pid") == master }, 40*time.Second)
+	b.log.waitFrom(t, from, "master_stopped", func(e logEvent) bool { return e.num("master_pid") == master }, 40*time.Second)
 	for _, ev := range b.log.all() {
-		if ev.str("msg") == "worker drained" && ev["killed"] == true {
+		if ev.str("event") == "worker_drained" && ev["killed"] == true {
 			if c.mayOutstayDrain {
 				t.Logf("%s: a worker outstayed --drain-timeout and was killed (a known flaw of its drain): %v", c.name, ev)
 				continue

@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -29,11 +31,11 @@ func lightLoad(addr string) loadgen.Config {
 		Duration: 60 * time.Second, MaxRequests: 500_000, Timeout: 10 * time.Second}
 }
 
-// startedIn counts the "worker started" events of generation gen.
+// startedIn counts the "worker_started" events of generation gen.
 func (b *baton) startedIn(gen int) int {
 	n := 0
 	for _, ev := range b.log.all() {
-		if ev.str("msg") == "worker started" && ev.num("generation") == gen {
+		if ev.str("event") == "worker_started" && ev.num("generation") == gen {
 			n++
 		}
 	}
@@ -57,7 +59,7 @@ func TestBeforeUpgradeFailureStartsNothing(t *testing.T) {
 	if n := b.startedIn(2); n != 0 {
 		t.Fatalf("%d workers of generation 2 started although the hook failed", n)
 	}
-	if b.log.count("master starting") != 1 {
+	if b.log.count("master_starting") != 1 {
 		t.Fatal("a new master was executed although the hook failed")
 	}
 	if res.Failures() != 0 || res.Requests == 0 {
@@ -187,7 +189,7 @@ func TestReloadStreamsProgress(t *testing.T) {
 	}
 	// --json: every line is JSON; progress lines carry "event", the last is
 	// the result.
-	b.log.wait(t, "previous master exited", nil, 30*time.Second)
+	b.log.wait(t, "previous_master_exited", nil, 30*time.Second)
 	code, out := b.ctl(t, "reload", "--json")
 	jl := strings.Split(strings.TrimSpace(out), "\n")
 	var res control.ReloadResult
@@ -201,7 +203,7 @@ func TestReloadStreamsProgress(t *testing.T) {
 		}
 	}
 	// --quiet: the outcome only.
-	b.log.wait(t, "previous master exited", func(e logEvent) bool { return e.num("generation") == 3 }, 30*time.Second)
+	b.log.wait(t, "previous_master_exited", func(e logEvent) bool { return e.num("generation") == 3 }, 30*time.Second)
 	code, out = b.ctl(t, "reload", "--quiet")
 	if code != 0 || strings.Count(strings.TrimSpace(out), "\n") != 0 || !strings.HasPrefix(out, "reload ok") {
 		t.Fatalf("reload --quiet: exit %d:\n%s", code, out)
@@ -221,7 +223,7 @@ func TestReloadFollowLogs(t *testing.T) {
 		!strings.Contains(out, "worker 0 stdout | booting generation 2") {
 		t.Fatalf("reload --follow-logs: exit %d:\n%s", code, out)
 	}
-	b.log.wait(t, "previous master exited", nil, 30*time.Second)
+	b.log.wait(t, "previous_master_exited", nil, 30*time.Second)
 	code, out = b.ctl(t, "reload")
 	if code != 0 || strings.Contains(out, "stdout |") {
 		t.Fatalf("reload without --follow-logs shows output: exit %d:\n%s", code, out)
@@ -288,7 +290,7 @@ func TestWorkerCountCarriedIntoNextGeneration(t *testing.T) {
 	if code, out := b.ctl(t, "scale", "0"); code != 2 || !strings.Contains(out, `scale "0"`) {
 		t.Fatalf("scale 0: exit %d:\n%s", code, out)
 	}
-	b.log.wait(t, "previous master exited", nil, 30*time.Second)
+	b.log.wait(t, "previous_master_exited", nil, 30*time.Second)
 	if code, out := b.ctl(t, "reload"); code != 0 {
 		t.Fatalf("second reload: exit %d:\n%s", code, out)
 	}

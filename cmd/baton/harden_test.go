@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -127,7 +129,7 @@ func TestUSR1ReachesWorkersAndReopensLogFile(t *testing.T) {
 	// The log goes to the file, so follow it there.
 	eventually(t, 20*time.Second, "generation ready in the log file", func() bool {
 		data, _ := os.ReadFile(logFile)
-		return strings.Contains(string(data), `"generation ready"`)
+		return strings.Contains(string(data), `"generation_ready"`)
 	})
 	os.Rename(logFile, logFile+".1")
 	b.signal(syscall.SIGUSR1)
@@ -151,7 +153,7 @@ func TestWatchdogPingsThroughAnUpgrade(t *testing.T) {
 	b.waitReady()
 	b.signal(syscall.SIGUSR2)
 	start := rec.waitFor(t, 0, b.pid, "RELOADING=1")
-	b.log.wait(t, "handover complete: new generation serving", nil, 30*time.Second)
+	b.log.wait(t, "handover_complete", nil, 30*time.Second)
 	// The keeper relays every master's messages as its own.
 	end := rec.waitFor(t, start, b.pid, "READY=1")
 	rec.waitFor(t, start, b.pid, "EXTEND_TIMEOUT_USEC=")
@@ -168,7 +170,7 @@ func TestWatchdogPingsThroughAnUpgrade(t *testing.T) {
 		t.Fatalf("%d watchdog pings during a >1 s upgrade, want one per 100 ms", pings)
 	}
 	// And the new master keeps them coming after the old one is gone.
-	b.log.wait(t, "previous master exited", nil, 20*time.Second)
+	b.log.wait(t, "previous_master_exited", nil, 20*time.Second)
 	i := rec.waitFor(t, end, b.pid, "WATCHDOG=1")
 	rec.waitFor(t, i+1, b.pid, "WATCHDOG=1")
 }
@@ -199,7 +201,7 @@ func TestSocketActivationOfBaton(t *testing.T) {
 	wf.Close()
 	af.Close()
 	b.waitReady()
-	b.log.wait(t, "adopting sockets from socket activation", func(e logEvent) bool { return e.num("count") == 2 }, time.Second)
+	b.log.wait(t, "sockets_activated", func(e logEvent) bool { return e.num("count") == 2 }, time.Second)
 	// Matched by name, not by order: LISTEN_FDNAMES says web:admin while
 	// --listen says admin then web. Had baton matched by position, the
 	// socket workers call "admin" would be the web port.
@@ -238,7 +240,7 @@ func TestUnixSocketSurvivesUpgradesAndGoesAtStop(t *testing.T) {
 		}
 	}
 	syscall.Kill(master, syscall.SIGTERM)
-	b.log.wait(t, "master stopped", nil, 20*time.Second)
+	b.log.wait(t, "master_stopped", nil, 20*time.Second)
 	eventually(t, 5*time.Second, "the socket file to be removed", func() bool {
 		_, err := os.Lstat(sock)
 		return os.IsNotExist(err)
@@ -258,17 +260,17 @@ func TestSIGKILLOfNewMasterBeforeReady(t *testing.T) {
 		Duration: 60 * time.Second, MaxRequests: 1_000_000})
 	pointCurrent(t, dir, "slow")
 	b.signal(syscall.SIGUSR2)
-	ms := b.log.wait(t, "master starting", func(e logEvent) bool { return e["upgrade"] == true }, 10*time.Second)
+	ms := b.log.wait(t, "master_starting", func(e logEvent) bool { return e["upgrade"] == true }, 10*time.Second)
 	newMaster := ms.num("master_pid")
 	var newWorkers []int
 	for len(newWorkers) < 2 {
-		ev, _ := b.log.waitFrom(t, 0, "worker started", func(e logEvent) bool {
+		ev, _ := b.log.waitFrom(t, 0, "worker_started", func(e logEvent) bool {
 			return e.num("master_pid") == newMaster && !slices.Contains(newWorkers, e.num("pid"))
 		}, 10*time.Second)
 		newWorkers = append(newWorkers, ev.num("pid"))
 	}
 	syscall.Kill(newMaster, syscall.SIGKILL)
-	ev := b.log.wait(t, "upgrade failed: old generation keeps serving", nil, 10*time.Second)
+	ev := b.log.wait(t, "upgrade_failed", nil, 10*time.Second)
 	if !strings.Contains(ev.str("reason"), "killed") {
 		t.Errorf("reason %q does not say the new master was killed", ev.str("reason"))
 	}
@@ -291,14 +293,14 @@ func TestSIGKILLOfOldMasterWhileDraining(t *testing.T) {
 	slow := inFlight(addr, 5000)
 	b.waitAccepted(t, 1)
 	b.signal(syscall.SIGUSR2)
-	ho := b.log.wait(t, "handover complete: new generation serving", nil, 20*time.Second)
+	ho := b.log.wait(t, "handover_complete", nil, 20*time.Second)
 	newMaster := ho.num("master_pid")
 	old := b.firstMaster()
-	b.log.wait(t, "draining worker", func(e logEvent) bool { return e.num("master_pid") == old }, 10*time.Second)
+	b.log.wait(t, "worker_draining", func(e logEvent) bool { return e.num("master_pid") == old }, 10*time.Second)
 	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	b.log.wait(t, "previous master exited", func(e logEvent) bool { return e.num("master_pid") == newMaster }, 10*time.Second)
+	b.log.wait(t, "previous_master_exited", func(e logEvent) bool { return e.num("master_pid") == newMaster }, 10*time.Second)
 	<-slow // lost with the old generation: SIGKILL is not a drain
 	for i := 0; i < 20; i++ {
 		if body := mustGet(t, addr, "/"); field(body, "generation") != "2" {
@@ -364,10 +366,10 @@ func TestFaultSoak(t *testing.T) {
 			// then replaced like any); on a starved machine it dies while
 			// they start, which rolls the generation back. Either is right.
 			ev, _ := b.log.waitFrom(t, from, "", func(e logEvent) bool {
-				return e.str("msg") == "upgrade failed: old generation keeps serving" ||
-					(e.str("msg") == "handover complete: new generation serving" && e.num("generation") == gen+1)
+				return e.str("event") == "upgrade_failed" ||
+					(e.str("event") == "handover_complete" && e.num("generation") == gen+1)
 			}, 30*time.Second)
-			if ev.str("msg") != "handover complete: new generation serving" {
+			if ev.str("event") != "handover_complete" {
 				if !strings.Contains(ev.str("reason"), "exit status 1 while the generation was starting") {
 					t.Fatalf("upgrade %d (crashready): rolled back for %q", i, ev.str("reason"))
 				}
@@ -378,16 +380,16 @@ func TestFaultSoak(t *testing.T) {
 		}
 		switch rel {
 		case "crash", "hang":
-			ev, _ := b.log.waitFrom(t, from, "upgrade failed: old generation keeps serving", nil, 30*time.Second)
+			ev, _ := b.log.waitFrom(t, from, "upgrade_failed", nil, 30*time.Second)
 			want := map[string]string{"crash": "exit status 3", "hang": "not ready after 4s"}[rel]
 			if !strings.Contains(ev.str("reason"), want) || ev.num("master_pid") != master {
 				t.Fatalf("upgrade %d (%s): failure %v, want reason with %q from master %d", i, rel, ev, want, master)
 			}
 		default:
-			ev, _ := b.log.waitFrom(t, from, "handover complete: new generation serving",
+			ev, _ := b.log.waitFrom(t, from, "handover_complete",
 				func(e logEvent) bool { return e.num("generation") == gen+1 }, 30*time.Second)
 			master, gen = ev.num("master_pid"), gen+1
-			b.log.waitFrom(t, from, "previous master exited", func(e logEvent) bool { return e.num("master_pid") == master }, 30*time.Second)
+			b.log.waitFrom(t, from, "previous_master_exited", func(e logEvent) bool { return e.num("master_pid") == master }, 30*time.Second)
 			if rel == "good" {
 				fds = append(fds, fdCount(t, master))
 				rss = append(rss, rssKB(t, master))
@@ -462,12 +464,12 @@ func TestWorkerOutputFloodAndLongLines(t *testing.T) {
 	// A 300 KB line on stdout and 20 000 lines on stderr before serving.
 	script := `head -c 300000 /dev/zero | tr '\0' x; echo; yes flood | head -n 20000 >&2; echo 'last words' >&2; exec "$0"`
 	b := startBaton(t, nil, "-l", addr, "--worker-output", "tagged", "--", "sh", "-c", script, bin("hello"))
-	b.log.wait(t, "generation ready", nil, 60*time.Second)
+	b.log.wait(t, "generation_ready", nil, 60*time.Second)
 	// The pump logs at its own pace, behind the worker: wait for the end.
-	b.log.wait(t, "worker output", func(e logEvent) bool { return e.str("line") == "last words" && e.str("stream") == "stderr" }, 30*time.Second)
+	b.log.wait(t, "worker_output", func(e logEvent) bool { return e.str("line") == "last words" && e.str("stream") == "stderr" }, 30*time.Second)
 	var partial, flood, longest int
 	for _, ev := range b.log.all() {
-		if ev.str("msg") != "worker output" {
+		if ev.str("event") != "worker_output" {
 			continue
 		}
 		l := ev.str("line")
@@ -561,12 +563,12 @@ func TestPreflightRefusesAMissingBatonBinary(t *testing.T) {
 	})
 	b.waitReady()
 	os.Remove(self) // a deploy that removed baton instead of replacing it
-	starts := b.log.count("master starting")
+	starts := b.log.count("master_starting")
 	code, out := b.ctl(t, "reload")
 	if code != 2 || !strings.Contains(out, "pre-flight") || !strings.Contains(out, self) {
 		t.Fatalf("reload without a baton binary: exit %d:\n%s", code, out)
 	}
-	if b.log.count("master starting") != starts {
+	if b.log.count("master_starting") != starts {
 		t.Fatal("a new master was forked anyway")
 	}
 	if body := mustGet(t, addr, "/"); field(body, "generation") != "1" {
@@ -599,21 +601,21 @@ func TestUpgradeReplacesBatonItself(t *testing.T) {
 	// The harness kills only binaries from binDir; these masters run copies.
 	t.Cleanup(func() {
 		for _, ev := range b.log.all() {
-			if ev.str("msg") == "master starting" && alive(ev.num("master_pid")) {
+			if ev.str("event") == "master_starting" && alive(ev.num("master_pid")) {
 				if exe, _ := os.Readlink("/proc/" + strconv.Itoa(ev.num("master_pid")) + "/exe"); strings.HasPrefix(exe, dir) {
 					syscall.Kill(ev.num("master_pid"), syscall.SIGKILL)
 				}
 			}
 		}
 	})
-	first := b.log.wait(t, "master starting", nil, 10*time.Second)
+	first := b.log.wait(t, "master_starting", nil, 10*time.Second)
 	if first.str("version") != "dev" {
 		t.Fatalf("first master runs version %q", first.str("version"))
 	}
 	b.waitReady()
 	install(bin("baton-v2"))
 	master := b.upgrade(t, b.pid, 1)
-	ev := b.log.wait(t, "master starting", func(e logEvent) bool { return e.num("master_pid") == master }, time.Second)
+	ev := b.log.wait(t, "master_starting", func(e logEvent) bool { return e.num("master_pid") == master }, time.Second)
 	if ev.str("version") != "test-v2" {
 		t.Fatalf("new master runs version %q, want the replaced binary's test-v2", ev.str("version"))
 	}

@@ -1,10 +1,10 @@
+//go:build linux
+
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -14,12 +14,12 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/baton-sh/baton/cmd/baton/loadgen"
+	"github.com/baton-sh/baton/internal/logtail"
 )
 
 // binDir holds baton and the example servers, built once for all tests.
@@ -75,135 +75,78 @@ func goTool() string {
 	return "go"
 }
 
-// logEvent is one JSON log line of a master.
+// logEvent is one JSON log entry of baton (a logtail.Event with the
+// tests' short accessors).
 type logEvent map[string]any
 
-func (e logEvent) str(k string) string { s, _ := e[k].(string); return s }
-func (e logEvent) num(k string) int    { f, _ := e[k].(float64); return int(f) }
+func (e logEvent) str(k string) string { return logtail.Event(e).Str(k) }
+func (e logEvent) num(k string) int    { return logtail.Event(e).Int(k) }
 
-// logTail collects a master's JSON log lines (and those of the masters that
-// succeed it: they inherit the same stderr) and lets tests wait for one.
-type logTail struct {
-	mu     sync.Mutex
-	events []logEvent
-	lines  []string // non-JSON lines: workers' own output, baton's error line
-	cond   *sync.Cond
-	closed bool
-}
+// logTail is the log every process of one baton run shares (masters that
+// succeed the first inherit its stderr), waited on by event name.
+type logTail struct{ *logtail.Tail }
 
-func newLogTail(r *os.File) *logTail {
-	lt := &logTail{}
-	lt.cond = sync.NewCond(&lt.mu)
-	go func() {
-		sc := bufio.NewScanner(r)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			var ev logEvent
-			lt.mu.Lock()
-			if json.Unmarshal([]byte(line), &ev) == nil && ev["msg"] != nil {
-				lt.events = append(lt.events, ev)
-			} else {
-				lt.lines = append(lt.lines, line)
-			}
-			lt.cond.Broadcast()
-			lt.mu.Unlock()
-		}
-		r.Close()
-		lt.mu.Lock()
-		lt.closed = true
-		lt.cond.Broadcast()
-		lt.mu.Unlock()
-	}()
-	return lt
-}
+func newLogTail(r *os.File) *logTail { return &logTail{logtail.New(r)} }
 
-// waitFrom returns the first event at index >= from with message msg that
-// satisfies match, and its index; it fails the test after timeout.
-func (lt *logTail) waitFrom(t testing.TB, from int, msg string, match func(logEvent) bool, timeout time.Duration) (logEvent, int) {
+// waitFrom returns the first entry at index >= from with event name that
+// satisfies match (nil: any), and its index; it fails the test after
+// timeout. name "" matches every entry.
+func (lt *logTail) waitFrom(t testing.TB, from int, name string, match func(logEvent) bool, timeout time.Duration) (logEvent, int) {
 	t.Helper()
-	ev, i := lt.tryWaitFrom(from, msg, match, timeout)
-	if ev == nil {
-		lt.mu.Lock()
-		defer lt.mu.Unlock()
-		t.Fatalf("no log event %q within %s; log:\n%s", msg, timeout, lt.dumpLocked())
+	checkEventName(t, name)
+	ev, i, err := lt.Wait(context.Background(), from, timeout, "event "+strconv.Quote(name), eventMatch(name, match))
+	if err != nil {
+		t.Fatalf("%v; log:\n%s", err, lt.Dump())
 	}
-	return ev, i
+	return logEvent(ev), i
 }
 
 // tryWaitFrom is waitFrom returning nil, -1 instead of failing: for events
 // that must not come.
-func (lt *logTail) tryWaitFrom(from int, msg string, match func(logEvent) bool, timeout time.Duration) (logEvent, int) {
-	deadline := time.Now().Add(timeout)
-	timer := time.AfterFunc(timeout, func() { lt.mu.Lock(); lt.cond.Broadcast(); lt.mu.Unlock() })
-	defer timer.Stop()
-	lt.mu.Lock()
-	defer lt.mu.Unlock()
-	for i := from; ; {
-		// Only events that arrived since the last look: a flood of log
-		// lines must not make every wait quadratic.
-		for ; i < len(lt.events); i++ {
-			ev := lt.events[i]
-			if (msg == "" || ev.str("msg") == msg) && (match == nil || match(ev)) {
-				return ev, i
-			}
-		}
-		if time.Now().After(deadline) || lt.closed {
-			return nil, -1
-		}
-		lt.cond.Wait()
+func (lt *logTail) tryWaitFrom(from int, name string, match func(logEvent) bool, timeout time.Duration) (logEvent, int) {
+	ev, i, err := lt.Wait(context.Background(), from, timeout, "event "+strconv.Quote(name), eventMatch(name, match))
+	if err != nil {
+		return nil, -1
+	}
+	return logEvent(ev), i
+}
+
+func eventMatch(name string, match func(logEvent) bool) func(logtail.Event) bool {
+	return func(e logtail.Event) bool {
+		return (name == "" || e.Name() == name) && (match == nil || match(logEvent(e)))
 	}
 }
 
-func (lt *logTail) wait(t testing.TB, msg string, match func(logEvent) bool, timeout time.Duration) logEvent {
+// checkEventName fails a wait on a log message's wording: tests wait on
+// the stable event names (supervisor/internal/logevent).
+func checkEventName(t testing.TB, name string) {
 	t.Helper()
-	ev, _ := lt.waitFrom(t, 0, msg, match, timeout)
+	if strings.ContainsAny(name, " :") {
+		t.Fatalf("waiting on %q: wait on an event name (snake_case, listed in supervisor/internal/logevent), not on a message", name)
+	}
+}
+
+func (lt *logTail) wait(t testing.TB, name string, match func(logEvent) bool, timeout time.Duration) logEvent {
+	t.Helper()
+	ev, _ := lt.waitFrom(t, 0, name, match, timeout)
 	return ev
 }
 
-// count returns how many events so far have message msg.
-func (lt *logTail) count(msg string) int {
-	lt.mu.Lock()
-	defer lt.mu.Unlock()
-	n := 0
-	for _, ev := range lt.events {
-		if ev.str("msg") == msg {
-			n++
-		}
-	}
-	return n
-}
+// count returns how many entries so far have event name.
+func (lt *logTail) count(name string) int { return lt.Count(name) }
 
-func (lt *logTail) len() int {
-	lt.mu.Lock()
-	defer lt.mu.Unlock()
-	return len(lt.events)
-}
+func (lt *logTail) len() int { return lt.Len() }
 
 func (lt *logTail) all() []logEvent {
-	lt.mu.Lock()
-	defer lt.mu.Unlock()
-	return append([]logEvent(nil), lt.events...)
+	evs := lt.Slice(0, -1)
+	out := make([]logEvent, len(evs))
+	for i, e := range evs {
+		out[i] = logEvent(e)
+	}
+	return out
 }
 
-func (lt *logTail) dumpLocked() string {
-	var b strings.Builder
-	for _, ev := range lt.events {
-		j, _ := json.Marshal(ev)
-		b.Write(j)
-		b.WriteByte('\n')
-	}
-	for _, l := range lt.lines {
-		b.WriteString("| " + l + "\n")
-	}
-	return b.String()
-}
-
-func (lt *logTail) dump() string {
-	lt.mu.Lock()
-	defer lt.mu.Unlock()
-	return lt.dumpLocked()
-}
+func (lt *logTail) dump() string { return lt.Dump() }
 
 // baton is a master started by a test.
 type baton struct {
@@ -315,20 +258,20 @@ func (b *baton) waitExit(timeout time.Duration) int {
 // process the test started, b.pid) starts.
 func (b *baton) firstMaster() int {
 	b.t.Helper()
-	return b.log.wait(b.t, "master starting", func(e logEvent) bool { return e["upgrade"] == false }, 20*time.Second).num("master_pid")
+	return b.log.wait(b.t, "master_starting", func(e logEvent) bool { return e["upgrade"] == false }, 20*time.Second).num("master_pid")
 }
 
 // waitReady waits until the generation of this master is serving.
 func (b *baton) waitReady() logEvent {
 	b.t.Helper()
-	return b.log.wait(b.t, "generation ready", nil, 20*time.Second)
+	return b.log.wait(b.t, "generation_ready", nil, 20*time.Second)
 }
 
-// workerPids returns the pids of the "worker ready" events of generation gen.
+// workerPids returns the pids of the "worker_ready" events of generation gen.
 func (b *baton) workerPids(gen int) []int {
 	var out []int
 	for _, ev := range b.log.all() {
-		if ev.str("msg") == "worker ready" && ev.num("generation") == gen {
+		if ev.str("event") == "worker_ready" && ev.num("generation") == gen {
 			out = append(out, ev.num("pid"))
 		}
 	}

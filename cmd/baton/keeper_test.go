@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -175,7 +177,7 @@ func TestKeeperAsPID1OfAPidNamespace(t *testing.T) {
 		if err := syscall.Kill(keeper, syscall.SIGUSR2); err != nil {
 			t.Fatal(err)
 		}
-		b.log.waitFrom(t, from, "previous master exited", func(e logEvent) bool { return e.num("generation") == gen+1 }, 30*time.Second)
+		b.log.waitFrom(t, from, "previous_master_exited", func(e logEvent) bool { return e.num("generation") == gen+1 }, 30*time.Second)
 		noZombies("after upgrade " + strconv.Itoa(gen))
 	}
 	if res := load.finish(); res.Failures() != 0 || res.Requests == 0 {
@@ -218,11 +220,11 @@ func TestOldMasterKilledDuringTheHandover(t *testing.T) {
 	old := b.firstMaster()
 	from := b.log.len()
 	b.signal(syscall.SIGUSR2)
-	b.log.waitFrom(t, from, "worker started", func(e logEvent) bool { return e.num("generation") == 2 }, 20*time.Second)
+	b.log.waitFrom(t, from, "worker_started", func(e logEvent) bool { return e.num("generation") == 2 }, 20*time.Second)
 	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	ev, _ := b.log.waitFrom(t, from, "handover complete: new generation serving", func(e logEvent) bool { return e.num("generation") == 2 }, 20*time.Second)
+	ev, _ := b.log.waitFrom(t, from, "handover_complete", func(e logEvent) bool { return e.num("generation") == 2 }, 20*time.Second)
 	eventually(t, 5*time.Second, "generation 2 to answer", func() bool {
 		body, err := get("tcp", addr, "/")
 		return err == nil && field(body, "generation") == "2"

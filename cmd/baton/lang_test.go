@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -125,14 +127,14 @@ func upgradesUnderLoad(t *testing.T, c langCase) {
 		if err := syscall.Kill(master, syscall.SIGUSR2); err != nil {
 			t.Fatalf("USR2 to %d: %v", master, err)
 		}
-		ev, _ := b.log.waitFrom(t, from, "handover complete: new generation serving",
+		ev, _ := b.log.waitFrom(t, from, "handover_complete",
 			func(e logEvent) bool { return e.num("generation") == gen+1 }, 60*time.Second)
 		newMaster := ev.num("master_pid")
 		var slowRes []<-chan slowResult
 		if c.slow {
 			slowRes = slow.stop()
 		}
-		b.log.waitFrom(t, from, "previous master exited",
+		b.log.waitFrom(t, from, "previous_master_exited",
 			func(e logEvent) bool { return e.num("master_pid") == newMaster }, 60*time.Second)
 		if load.ended() {
 			t.Fatalf("load ended before upgrade %d was done: %s", i, load.finish())
@@ -141,7 +143,7 @@ func upgradesUnderLoad(t *testing.T, c langCase) {
 			// When each worker of the old generation was told to drain.
 			drainAt := map[string]time.Time{}
 			for _, ev := range b.log.all()[from:] {
-				if ev.str("msg") == "draining worker" && ev.num("generation") == gen {
+				if ev.str("event") == "worker_draining" && ev.num("generation") == gen {
 					if at, err := time.Parse(time.RFC3339Nano, ev.str("ts")); err == nil {
 						drainAt[strconv.Itoa(ev.num("pid"))] = at
 					}
@@ -196,9 +198,9 @@ func upgradesUnderLoad(t *testing.T, c langCase) {
 	if err := syscall.Kill(master, syscall.SIGTERM); err != nil {
 		t.Fatalf("TERM to %d: %v", master, err)
 	}
-	b.log.waitFrom(t, from, "master stopped", func(e logEvent) bool { return e.num("master_pid") == master }, 30*time.Second)
+	b.log.waitFrom(t, from, "master_stopped", func(e logEvent) bool { return e.num("master_pid") == master }, 30*time.Second)
 	for _, ev := range b.log.all() {
-		if ev.str("msg") == "worker drained" && (ev.num("exit_code") != 0 || ev["killed"] == true || ev.str("signal") != "") {
+		if ev.str("event") == "worker_drained" && (ev.num("exit_code") != 0 || ev["killed"] == true || ev.str("signal") != "") {
 			t.Errorf("a worker did not drain cleanly: %v", ev)
 		}
 	}

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command baton is a graceful-restart supervisor: it owns listening sockets,
 // runs N workers of any server binary on them, and upgrades them on SIGUSR2
 // without refusing or dropping a connection.
@@ -9,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -241,6 +244,43 @@ func masterCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 	return c
 }
 
+// rolloutOnly are the flags that only a rollout (blue-green, canary) reads,
+// with the strategies that read them.
+var rolloutOnly = []struct {
+	flag       string
+	strategies []supervisor.Strategy
+}{
+	{"health-check", []supervisor.Strategy{supervisor.StrategyBlueGreen, supervisor.StrategyCanary}},
+	{"health-interval", []supervisor.Strategy{supervisor.StrategyBlueGreen, supervisor.StrategyCanary}},
+	{"health-timeout", []supervisor.Strategy{supervisor.StrategyBlueGreen, supervisor.StrategyCanary}},
+	{"smoke-test", []supervisor.Strategy{supervisor.StrategyBlueGreen, supervisor.StrategyCanary}},
+	{"smoke-timeout", []supervisor.Strategy{supervisor.StrategyBlueGreen, supervisor.StrategyCanary}},
+	{"bake", []supervisor.Strategy{supervisor.StrategyBlueGreen, supervisor.StrategyCanary}},
+	{"canary-weight", []supervisor.Strategy{supervisor.StrategyCanary}},
+}
+
+// rolloutFlagsFit refuses a rollout flag given (on the command line or in
+// the environment) with a strategy that would ignore it: a flag accepted
+// and then silently not acted on reads as a check that runs.
+func rolloutFlagsFit(c *cli.Context, st supervisor.Strategy) error {
+	for _, f := range rolloutOnly {
+		if !c.IsSet(f.flag) || slices.Contains(f.strategies, st) {
+			continue
+		}
+		names := make([]string, len(f.strategies))
+		for i, s := range f.strategies {
+			names[i] = string(s)
+		}
+		v := fmt.Sprint(c.Value(f.flag))
+		if _, ok := c.Value(f.flag).(string); ok {
+			v = strconv.Quote(v)
+		}
+		return &supervisor.ConfigError{Flag: "--" + f.flag, Value: v,
+			Msg: "needs --strategy " + strings.Join(names, " or ") + " (--strategy is " + string(st) + ")"}
+	}
+	return nil
+}
+
 func configFrom(c *cli.Context) (supervisor.Config, error) {
 	var cfg supervisor.Config
 	specs, err := sockets.ParseSpecs(c.StringSlice("listen"))
@@ -267,6 +307,9 @@ func configFrom(c *cli.Context) (supervisor.Config, error) {
 	}
 	hc, err := supervisor.ParseHealthCheck(c.String("health-check"))
 	if err != nil {
+		return cfg, err
+	}
+	if err := rolloutFlagsFit(c, strategy); err != nil {
 		return cfg, err
 	}
 	cfg = supervisor.Config{

@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -47,7 +49,7 @@ func TestNotifySocketIsAPrivatePathRemovedAtStop(t *testing.T) {
 	if after := notifyDirs(t, base); len(after) != 2 || !slices.Contains(dirs, after[0]) && !slices.Contains(dirs, after[1]) {
 		t.Fatalf("after an upgrade: notify directories %v, want the keeper's and the new master's", after)
 	}
-	b.log.wait(t, "previous master exited", nil, 30*time.Second)
+	b.log.wait(t, "previous_master_exited", nil, 30*time.Second)
 	if code, out := b.ctl(t, "stop"); code != 0 {
 		t.Fatalf("baton stop: exit %d: %s", code, out)
 	}

@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -58,12 +60,12 @@ func TestReloadExitCodes(t *testing.T) {
 
 	// 2: pre-flight: the release is gone, so nothing is forked.
 	pointCurrent(t, dir, "deleted")
-	starts := b.log.count("master starting")
+	starts := b.log.count("master_starting")
 	code, out = b.ctl(t, "reload")
 	if code != 2 || !strings.Contains(out, "pre-flight") || !strings.Contains(out, "current") {
 		t.Fatalf("reload of a missing release: exit %d, output:\n%s", code, out)
 	}
-	if n := b.log.count("master starting"); n != starts {
+	if n := b.log.count("master_starting"); n != starts {
 		t.Fatalf("a new master was started for a release that does not exist")
 	}
 
@@ -75,7 +77,7 @@ func TestReloadExitCodes(t *testing.T) {
 		code, out := b.ctl(t, "reload", "--json")
 		first <- strconv.Itoa(code) + " " + out
 	}()
-	b.log.waitFrom(t, from, "upgrade requested", nil, 10*time.Second)
+	b.log.waitFrom(t, from, "upgrade_requested", nil, 10*time.Second)
 	code, out = b.ctl(t, "reload")
 	if code != 2 || !strings.Contains(out, "already under way") {
 		t.Fatalf("reload during an upgrade: exit %d, output:\n%s", code, out)
@@ -190,7 +192,7 @@ func TestControlSocketRefusesForeignUser(t *testing.T) {
 	if err == nil || !strings.Contains(out.String(), "permission denied") {
 		t.Fatalf("status as nobody: %v:\n%s", err, out.String())
 	}
-	b.log.wait(t, "control connection refused: foreign user", func(e logEvent) bool { return e.num("peer_uid") == 65534 }, 5*time.Second)
+	b.log.wait(t, "control_refused", func(e logEvent) bool { return e.num("peer_uid") == 65534 }, 5*time.Second)
 }
 
 // notifyRecorder is a stand-in for systemd's NOTIFY_SOCKET.
@@ -289,7 +291,7 @@ func TestSystemdNotifyAcrossUpgrade(t *testing.T) {
 		b.signal(syscall.SIGHUP)
 		i = rec.waitFor(t, i+1, b.pid, "RELOADING=1", "MONOTONIC_USEC=")
 		i = rec.waitFor(t, i+1, b.pid, "READY=1", fmt.Sprintf("STATUS=generation %d", gen+1))
-		b.log.wait(t, "previous master exited", func(e logEvent) bool { return e.num("generation") == gen+1 }, 20*time.Second)
+		b.log.wait(t, "previous_master_exited", func(e logEvent) bool { return e.num("generation") == gen+1 }, 20*time.Second)
 	}
 	b.signal(syscall.SIGTERM)
 	rec.waitFor(t, i+1, b.pid, "STOPPING=1")
@@ -367,7 +369,7 @@ func TestDeployScriptRollsBack(t *testing.T) {
 	if body := mustGet(t, addr, "/"); field(body, "tag") != "v2" {
 		t.Fatalf("after deploying v2 served %q", body)
 	}
-	b.log.wait(t, "previous master exited", nil, 30*time.Second)
+	b.log.wait(t, "previous_master_exited", nil, 30*time.Second)
 
 	code, out = deploy("v3")
 	if code == 0 || !strings.Contains(out, "exit status 3") || !strings.Contains(out, "rolled back") {

@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -26,18 +28,18 @@ func TestDrainTimeoutSparesANewWorkerWithTheSamePid(t *testing.T) {
 	b := startBaton(t, nil, "-l", addr, "-w", "2", "--ready", "delay:0s", "--drain-timeout", "2s", "--", "sleep", "600")
 	b.waitReady()
 	// Worker 1 of the first generation, then each try's new worker 1.
-	victim := b.log.wait(t, "worker ready", func(e logEvent) bool { return e.num("worker") == 1 }, 10*time.Second).num("pid")
+	victim := b.log.wait(t, "worker_ready", func(e logEvent) bool { return e.num("worker") == 1 }, 10*time.Second).num("pid")
 	for try := 0; try < 5; try++ {
 		from := b.log.len()
 		b.signal(syscall.SIGTTOU) // drains worker 1; its kill timer runs 2 s
 		drainAt := time.Now()
-		b.log.waitFrom(t, from, "worker drained", func(e logEvent) bool { return e.num("pid") == victim }, 10*time.Second)
+		b.log.waitFrom(t, from, "worker_drained", func(e logEvent) bool { return e.num("pid") == victim }, 10*time.Second)
 		from = b.log.len()
 		if err := os.WriteFile(nsLastPid, []byte(strconv.Itoa(victim-1)), 0); err != nil {
 			t.Fatalf("write %s: %v", nsLastPid, err)
 		}
 		b.signal(syscall.SIGTTIN)
-		ev, _ := b.log.waitFrom(t, from, "worker ready", func(e logEvent) bool { return e.num("worker") == 1 }, 10*time.Second)
+		ev, _ := b.log.waitFrom(t, from, "worker_ready", func(e logEvent) bool { return e.num("worker") == 1 }, 10*time.Second)
 		if ev.num("pid") != victim {
 			t.Logf("try %d: another process took pid %d (the new worker is %d); again", try, victim, ev.num("pid"))
 			victim = ev.num("pid")
@@ -50,7 +52,7 @@ func TestDrainTimeoutSparesANewWorkerWithTheSamePid(t *testing.T) {
 		// Past the drained worker's deadline, with a margin: the kill must
 		// not come.
 		left := time.Until(drainAt.Add(2*time.Second + 500*time.Millisecond))
-		if kill, _ := b.log.tryWaitFrom(from, "drain timeout: killing worker", nil, left); kill != nil {
+		if kill, _ := b.log.tryWaitFrom(from, "worker_drain_timeout", nil, left); kill != nil {
 			t.Fatalf("the drain timeout of the old worker %d fired at the new one: %v", victim, kill)
 		}
 		if !alive(victim) {

@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -34,14 +36,14 @@ func TestGenerationRunsOneRelease(t *testing.T) {
 			// Worker 0 crashes and is replaced.
 			from := b.log.len()
 			syscall.Kill(b.workerPids(1)[0], syscall.SIGKILL)
-			b.log.waitFrom(t, from, "worker ready", func(e logEvent) bool { return e.num("worker") == 0 }, 20*time.Second)
+			b.log.waitFrom(t, from, "worker_ready", func(e logEvent) bool { return e.num("worker") == 0 }, 20*time.Second)
 			if tag := field(mustGet(t, addr, "/"), "tag"); tag != "v1" {
 				t.Fatalf("replacement after a crash serves %s, want v1 (the generation's release)", tag)
 			}
 			// TTIN adds worker 1.
 			from = b.log.len()
 			b.signal(syscall.SIGTTIN)
-			b.log.waitFrom(t, from, "worker ready", func(e logEvent) bool { return e.num("worker") == 1 }, 20*time.Second)
+			b.log.waitFrom(t, from, "worker_ready", func(e logEvent) bool { return e.num("worker") == 1 }, 20*time.Second)
 			seen := false
 			for i := 0; i < 200 && !seen; i++ {
 				body := mustGet(t, addr, "/")

@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -43,12 +45,12 @@ func TestKilledWorkerIsReplaced(t *testing.T) {
 	b.waitReady()
 	victim := b.workerPids(1)[0]
 	syscall.Kill(victim, syscall.SIGKILL)
-	ev := b.log.wait(t, "worker exited unexpectedly", func(e logEvent) bool { return e.num("pid") == victim }, 10*time.Second)
+	ev := b.log.wait(t, "worker_crashed", func(e logEvent) bool { return e.num("pid") == victim }, 10*time.Second)
 	if ev.str("signal") != "SIGKILL" {
 		t.Errorf("exit logged with signal %q, want SIGKILL", ev.str("signal"))
 	}
 	idx := ev.num("worker")
-	repl := b.log.wait(t, "worker ready", func(e logEvent) bool { return e.num("worker") == idx && e.num("pid") != victim }, 10*time.Second)
+	repl := b.log.wait(t, "worker_ready", func(e logEvent) bool { return e.num("worker") == idx && e.num("pid") != victim }, 10*time.Second)
 	newPid := strconv.Itoa(repl.num("pid"))
 	for i := 0; i < 4000; i++ {
 		body := mustGet(t, addr, "/")
@@ -71,16 +73,16 @@ func TestTTINAndTTOUChangeWorkerCount(t *testing.T) {
 	b := startBaton(t, nil, "-l", addr, "-w", "1", "--", bin("hello"))
 	b.waitReady()
 	b.signal(syscall.SIGTTIN)
-	ev := b.log.wait(t, "worker ready", func(e logEvent) bool { return e.num("worker") == 1 }, 10*time.Second)
+	ev := b.log.wait(t, "worker_ready", func(e logEvent) bool { return e.num("worker") == 1 }, 10*time.Second)
 	added := ev.num("pid")
 	b.signal(syscall.SIGTTOU)
-	b.log.wait(t, "worker drained", func(e logEvent) bool { return e.num("pid") == added }, 10*time.Second)
+	b.log.wait(t, "worker_drained", func(e logEvent) bool { return e.num("pid") == added }, 10*time.Second)
 	if alive(added) {
 		t.Fatalf("worker %d removed by TTOU still runs", added)
 	}
 	// The last worker is never removed.
 	b.signal(syscall.SIGTTOU)
-	b.log.wait(t, "worker count not decreased: at least one worker runs", nil, 10*time.Second)
+	b.log.wait(t, "worker_count_unchanged", nil, 10*time.Second)
 	if !alive(b.workerPids(1)[0]) {
 		t.Fatal("worker 0 was stopped")
 	}
@@ -157,7 +159,7 @@ func TestNotifyFromForeignProcessIsIgnored(t *testing.T) {
 	addr := freeAddr(t)
 	// sleep never notifies, so only the foreign message could make it ready.
 	b := startBaton(t, nil, "-l", addr, "--ready-timeout", "30s", "--", "sleep", "60")
-	ev := b.log.wait(t, "worker started", nil, 10*time.Second)
+	ev := b.log.wait(t, "worker_started", nil, 10*time.Second)
 	// Until the exec, /proc shows the master's environment.
 	waitExec(t, ev.num("pid"), "/sleep")
 	env, err := os.ReadFile("/proc/" + strconv.Itoa(ev.num("pid")) + "/environ")
@@ -181,13 +183,13 @@ func TestNotifyFromForeignProcessIsIgnored(t *testing.T) {
 	if _, err := c.Write([]byte("READY=1")); err != nil {
 		t.Fatal(err)
 	}
-	_, at := b.log.waitFrom(t, 0, "notify message from unknown process ignored",
+	_, at := b.log.waitFrom(t, 0, "notify_unknown_sender",
 		func(e logEvent) bool { return e.num("sender_pid") == os.Getpid() }, 10*time.Second)
 	// Prove the message did not count: a later event in the same loop must
 	// come first. TTIN makes one.
 	b.signal(syscall.SIGTTIN)
-	b.log.waitFrom(t, at, "worker count increased", nil, 10*time.Second)
-	if n := b.log.count("worker ready"); n != 0 {
+	b.log.waitFrom(t, at, "worker_count_increased", nil, 10*time.Second)
+	if n := b.log.count("worker_ready"); n != 0 {
 		t.Fatalf("a foreign READY=1 made %d workers ready", n)
 	}
 }
@@ -272,16 +274,16 @@ func TestSecondStopSignalKillsAtOnce(t *testing.T) {
 	// sleep ignores nothing but never drains on QUIT fast: use QUIT as the
 	// drain signal for a process that ignores it.
 	b := startBaton(t, nil, "-l", addr, "--ready", "delay:0s", "--drain-signal", "WINCH", "--drain-timeout", "60s", "--", "sleep", "60")
-	b.log.wait(t, "generation ready", nil, 10*time.Second)
+	b.log.wait(t, "generation_ready", nil, 10*time.Second)
 	b.signal(syscall.SIGTERM)
-	b.log.wait(t, "draining worker", nil, 10*time.Second)
+	b.log.wait(t, "worker_draining", nil, 10*time.Second)
 	start := time.Now()
 	b.signal(syscall.SIGINT)
 	b.waitExit(10 * time.Second)
 	if took := time.Since(start); took > 5*time.Second {
 		t.Fatalf("second stop signal took %s to end the master", took)
 	}
-	b.log.wait(t, "worker drained", func(e logEvent) bool { return e["killed"] == true }, time.Second)
+	b.log.wait(t, "worker_drained", func(e logEvent) bool { return e["killed"] == true }, time.Second)
 }
 
 func TestListenerStaysNonBlockingAndWorkerFdsAreExact(t *testing.T) {
@@ -438,11 +440,11 @@ func TestReplacementThatNeverGetsReadyIsRetried(t *testing.T) {
 	first := b.workerPids(1)[0]
 	os.WriteFile(hang, nil, 0o644) // replacements now hang
 	syscall.Kill(first, syscall.SIGKILL)
-	_, at := b.log.waitFrom(t, 0, "worker not ready in time", nil, 10*time.Second)
-	b.log.waitFrom(t, at, "worker drained", nil, 10*time.Second)
-	_, at = b.log.waitFrom(t, at, "worker restart scheduled", nil, 10*time.Second)
+	_, at := b.log.waitFrom(t, 0, "worker_ready_timeout", nil, 10*time.Second)
+	b.log.waitFrom(t, at, "worker_drained", nil, 10*time.Second)
+	_, at = b.log.waitFrom(t, at, "worker_restart_scheduled", nil, 10*time.Second)
 	os.Remove(hang) // the next one comes up
-	ev, _ := b.log.waitFrom(t, at, "worker ready", nil, 30*time.Second)
+	ev, _ := b.log.waitFrom(t, at, "worker_ready", nil, 30*time.Second)
 	if body := mustGet(t, addr, "/"); field(body, "pid") != strconv.Itoa(ev.num("pid")) {
 		t.Fatalf("served %q, want the latest replacement %d", body, ev.num("pid"))
 	}

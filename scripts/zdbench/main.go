@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command zdbench measures baton's zero-downtime claims on this machine
 // (make bench): throughput against hello run directly, failed requests and
 // handover time over many upgrades under load, what a naive restart costs in

@@ -1,9 +1,12 @@
+//go:build linux
+
 package main
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/baton-sh/baton/internal/logtail"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -284,7 +287,7 @@ func (s batonPeer) stop() error    { return s.p.stop() }
 func (s batonPeer) upgrade(ctx context.Context, _ *genTracker) (peerUpgrade, error) {
 	u := peerUpgrade{oldPID: s.p.master, oldGen: s.p.gen, newGen: s.p.gen + 1}
 	if !ours(s.p.dir, u.oldPID) {
-		return u, fmt.Errorf("baton master %d is gone%s", u.oldPID, s.p.log.problem())
+		return u, fmt.Errorf("baton master %d is gone%s", u.oldPID, s.p.log.Problem())
 	}
 	w, err := watchExit(u.oldPID)
 	if err != nil {
@@ -321,7 +324,7 @@ type signalPeer struct {
 	masters   []int // every master known, for stop
 	winch     bool  // nginx: WINCH the old master and wait for its workers before QUIT
 	writeGen  func(gen int) error
-	log       *logTail      // the stderr every process of it shares; EOF when all are gone
+	log       *logtail.Tail // the stderr every process of it shares; EOF when all are gone
 	reaped    chan struct{} // zdbench's own child has been waited for
 	stopped   bool
 	exitLimit time.Duration // how long a master may take to answer or to go
@@ -358,8 +361,8 @@ func (b *bench) startNginx(ctx context.Context, exe string) (*signalPeer, error)
 	select {
 	case <-s.reaped:
 		if !cmd.ProcessState.Success() {
-			s.log.waitClosed(5 * time.Second)
-			return s, fmt.Errorf("nginx: %s%s", cmd.ProcessState, s.log.problem())
+			s.log.WaitClosed(5 * time.Second)
+			return s, fmt.Errorf("nginx: %s%s", cmd.ProcessState, s.log.Problem())
 		}
 	case <-time.After(s.exitLimit):
 		return s, fmt.Errorf("nginx did not daemonize within %s", s.exitLimit)
@@ -444,7 +447,7 @@ func (s *signalPeer) start(ctx context.Context, b *bench, cmd *exec.Cmd) error {
 		return fmt.Errorf("start %s: %w", s.kind, err)
 	}
 	w.Close()
-	s.log = newLogTail(r)
+	s.log = logtail.New(r)
 	go func() { cmd.Wait(); close(s.reaped) }()
 	b.track(s)
 	return nil
@@ -453,7 +456,7 @@ func (s *signalPeer) start(ctx context.Context, b *bench, cmd *exec.Cmd) error {
 // ready waits for the first answer and learns the master's pid.
 func (s *signalPeer) ready(ctx context.Context) error {
 	if _, err := waitAnswer(ctx, s.listen, s.exitLimit, nil); err != nil {
-		return fmt.Errorf("%s on %s: %w%s", s.kind, s.listen, err, s.log.problem())
+		return fmt.Errorf("%s on %s: %w%s", s.kind, s.listen, err, s.log.Problem())
 	}
 	pid, err := s.readPIDFile(ctx, 0)
 	if err != nil {
@@ -472,7 +475,7 @@ func (s *signalPeer) readPIDFile(ctx context.Context, not int) (int, error) {
 			return pid, nil
 		}
 		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("%s: pid file %s did not name a new master within 10s%s", s.kind, s.pidFile, s.log.problem())
+			return 0, fmt.Errorf("%s: pid file %s did not name a new master within 10s%s", s.kind, s.pidFile, s.log.Problem())
 		}
 		if err := pause(ctx, 5*time.Millisecond); err != nil {
 			return 0, err
@@ -492,7 +495,7 @@ func (s *signalPeer) ours(pid int) bool {
 func (s *signalPeer) upgrade(ctx context.Context, tr *genTracker) (peerUpgrade, error) {
 	u := peerUpgrade{oldPID: s.master, oldGen: s.gen, newGen: s.gen + 1}
 	if !s.ours(u.oldPID) {
-		return u, fmt.Errorf("%s master %d is gone%s", s.kind, u.oldPID, s.log.problem())
+		return u, fmt.Errorf("%s master %d is gone%s", s.kind, u.oldPID, s.log.Problem())
 	}
 	if err := s.writeGen(u.newGen); err != nil {
 		return u, err
@@ -507,7 +510,7 @@ func (s *signalPeer) upgrade(ctx context.Context, tr *genTracker) (peerUpgrade, 
 	}
 	u.sent = time.Now()
 	if _, err := tr.waitSeen(ctx, u.newGen, s.exitLimit); err != nil {
-		return u, fmt.Errorf("%s: %w%s", s.kind, err, s.log.problem())
+		return u, fmt.Errorf("%s: %w%s", s.kind, err, s.log.Problem())
 	}
 	if u.newPID, err = s.readPIDFile(ctx, u.oldPID); err != nil {
 		return u, err
@@ -550,7 +553,7 @@ func (s *signalPeer) stop() error {
 				syscall.Kill(pid, syscall.SIGQUIT)
 			}
 		}
-		if !s.log.waitClosed(drainTimeout + 10*time.Second) {
+		if !s.log.WaitClosed(drainTimeout + 10*time.Second) {
 			left := s.ownPIDs()
 			for _, pid := range left {
 				syscall.Kill(pid, syscall.SIGKILL)

@@ -1,12 +1,11 @@
+//go:build linux
+
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -18,172 +17,22 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/cmd/baton/loadgen"
+	"github.com/baton-sh/baton/internal/logtail"
 )
 
-// Messages of baton's JSON log that the benchmark waits for.
+// Events of baton's JSON log that the benchmark waits for: the stable
+// names of the "event" field (README, Log events), not the messages.
 const (
-	msgReady        = "generation ready"
-	msgBootFailed   = "generation failed to start; stopping its workers"
-	msgHandover     = "handover complete: new generation serving"
-	msgHandedOver   = "handed over to new master: draining old generation"
-	msgUpgradeFail  = "upgrade failed: old generation keeps serving"
-	msgRefused      = "upgrade refused"
-	msgParentExited = "previous master exited"
-	msgSwitched     = "users switched to the new generation" // blue-green
-	msgDrained      = "worker drained"
+	evReady        = "generation_ready"
+	evBootFailed   = "generation_failed"
+	evHandover     = "handover_complete"
+	evHandedOver   = "handed_over"
+	evUpgradeFail  = "upgrade_failed"
+	evRefused      = "upgrade_refused"
+	evParentExited = "previous_master_exited"
+	evSwitched     = "rollout_switched" // blue-green
+	evDrained      = "worker_drained"
 )
-
-// event is one JSON line of a master's log, stamped when zdbench read it.
-type event struct {
-	at time.Time
-	f  map[string]any
-}
-
-func (e event) msg() string          { return e.str("msg") }
-func (e event) str(k string) string  { s, _ := e.f[k].(string); return s }
-func (e event) num(k string) float64 { v, _ := e.f[k].(float64); return v }
-func (e event) int(k string) int     { return int(e.num(k)) }
-func (e event) flag(k string) bool   { v, _ := e.f[k].(bool); return v }
-
-// logTail reads the stderr that every master of one baton run shares (each
-// new master inherits it, and so do the workers). The pipe reaches EOF only
-// when every one of those processes has exited, which makes it the surest
-// sign that a run left nothing behind.
-type logTail struct {
-	mu      sync.Mutex
-	events  []event
-	other   []string // the last few non-JSON lines (workers' own output)
-	closed  bool
-	changed chan struct{} // closed and replaced on every new line and at EOF
-}
-
-func newLogTail(r io.ReadCloser) *logTail {
-	lt := &logTail{changed: make(chan struct{})}
-	go func() {
-		defer r.Close()
-		sc := bufio.NewScanner(r)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			line := sc.Bytes()
-			var f map[string]any
-			isEvent := json.Unmarshal(line, &f) == nil && f["msg"] != nil
-			lt.mu.Lock()
-			if isEvent {
-				lt.events = append(lt.events, event{at: time.Now(), f: f})
-			} else {
-				lt.other = append(lt.other, string(line))
-				if len(lt.other) > 20 {
-					lt.other = lt.other[len(lt.other)-20:]
-				}
-			}
-			close(lt.changed)
-			lt.changed = make(chan struct{})
-			lt.mu.Unlock()
-		}
-		// A read error ends the tail as EOF would: no more events will come.
-		lt.mu.Lock()
-		lt.closed = true
-		close(lt.changed)
-		lt.mu.Unlock()
-	}()
-	return lt
-}
-
-func (lt *logTail) len() int {
-	lt.mu.Lock()
-	defer lt.mu.Unlock()
-	return len(lt.events)
-}
-
-// slice returns the events with index in [from, to); to < 0 means all.
-func (lt *logTail) slice(from, to int) []event {
-	lt.mu.Lock()
-	defer lt.mu.Unlock()
-	if to < 0 || to > len(lt.events) {
-		to = len(lt.events)
-	}
-	if from > to {
-		return nil
-	}
-	return append([]event(nil), lt.events[from:to]...)
-}
-
-// waitFor returns the first event at index >= from that match accepts.
-func (lt *logTail) waitFor(ctx context.Context, from int, timeout time.Duration, what string, match func(event) bool) (event, int, error) {
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	for {
-		lt.mu.Lock()
-		for i := from; i < len(lt.events); i++ {
-			if match(lt.events[i]) {
-				ev := lt.events[i]
-				lt.mu.Unlock()
-				return ev, i, nil
-			}
-		}
-		from = len(lt.events)
-		closed, changed := lt.closed, lt.changed
-		lt.mu.Unlock()
-		if closed {
-			return event{}, -1, fmt.Errorf("waiting for %s: every baton process exited%s", what, lt.problem())
-		}
-		select {
-		case <-changed:
-		case <-timer.C:
-			return event{}, -1, fmt.Errorf("waiting for %s: nothing within %s%s", what, timeout, lt.problem())
-		case <-ctx.Done():
-			return event{}, -1, fmt.Errorf("waiting for %s: %w", what, ctx.Err())
-		}
-	}
-}
-
-// waitClosed reports whether every process writing to the log has exited
-// within timeout.
-func (lt *logTail) waitClosed(timeout time.Duration) bool {
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	for {
-		lt.mu.Lock()
-		closed, changed := lt.closed, lt.changed
-		lt.mu.Unlock()
-		if closed {
-			return true
-		}
-		select {
-		case <-changed:
-		case <-timer.C:
-			return false
-		}
-	}
-}
-
-// problem names the last warning or error baton logged and the last line a
-// worker printed, for error messages that must fit on one line.
-func (lt *logTail) problem() string {
-	lt.mu.Lock()
-	defer lt.mu.Unlock()
-	var parts []string
-	for i := len(lt.events) - 1; i >= 0; i-- {
-		ev := lt.events[i]
-		if l := ev.str("level"); l == "warn" || l == "error" {
-			s := ev.msg()
-			if r := ev.str("reason"); r != "" {
-				s += ": " + r
-			} else if e := ev.str("error"); e != "" {
-				s += ": " + e
-			}
-			parts = append(parts, "last baton warning: "+strconv.Quote(s))
-			break
-		}
-	}
-	if n := len(lt.other); n > 0 {
-		parts = append(parts, "last worker output: "+strconv.Quote(lt.other[n-1]))
-	}
-	if len(parts) == 0 {
-		return ""
-	}
-	return " (" + strings.Join(parts, "; ") + ")"
-}
 
 // batonProc is one "baton run" and every master that succeeds it.
 type batonProc struct {
@@ -191,7 +40,7 @@ type batonProc struct {
 	addr    string
 	pidFile string
 	workers int
-	log     *logTail
+	log     *logtail.Tail
 	reaped  chan struct{} // the keeper (our child) has been waited for
 	keeper  int           // the process started: baton's keeper, in the pid file
 	master  int           // serving master
@@ -256,20 +105,20 @@ func (b *bench) startBaton(ctx context.Context, workers int, env []string, args 
 	}
 	w.Close()
 	p.master, p.keeper = cmd.Process.Pid, cmd.Process.Pid
-	p.log = newLogTail(r)
+	p.log = logtail.New(r)
 	go func() { cmd.Wait(); close(p.reaped) }()
 	b.track(p)
 
-	ev, _, err := p.log.waitFor(ctx, 0, readyTimeout+30*time.Second,
+	ev, _, err := p.log.Wait(ctx, 0, readyTimeout+30*time.Second,
 		fmt.Sprintf("baton with %d workers to serve", workers),
-		func(e event) bool { return e.msg() == msgReady || e.msg() == msgBootFailed })
+		func(e logtail.Event) bool { return e.Name() == evReady || e.Name() == evBootFailed })
 	if err != nil {
 		return p, err
 	}
-	if ev.msg() == msgBootFailed {
-		return p, fmt.Errorf("baton with %d workers failed to start: %s", workers, ev.str("reason"))
+	if ev.Name() == evBootFailed {
+		return p, fmt.Errorf("baton with %d workers failed to start: %s", workers, ev.Str("reason"))
 	}
-	p.master, p.gen = ev.int("master_pid"), ev.int("generation")
+	p.master, p.gen = ev.Int("master_pid"), ev.Int("generation")
 	return p, nil
 }
 
@@ -280,53 +129,53 @@ func (b *bench) startBaton(ctx context.Context, workers int, env []string, args 
 func (p *batonProc) upgrade(ctx context.Context) (handover, error) {
 	h := handover{oldPID: p.master, oldGen: p.gen, newGen: p.gen + 1}
 	if !ours(p.dir, p.master) {
-		return h, fmt.Errorf("serving master %d is gone%s", p.master, p.log.problem())
+		return h, fmt.Errorf("serving master %d is gone%s", p.master, p.log.Problem())
 	}
-	from := p.log.len()
+	from := p.log.Len()
 	if err := syscall.Kill(p.master, syscall.SIGUSR2); err != nil {
 		return h, fmt.Errorf("SIGUSR2 to master %d: %w", p.master, err)
 	}
 	h.sent = time.Now()
-	ev, idx, err := p.log.waitFor(ctx, from, readyTimeout+30*time.Second,
-		fmt.Sprintf("handover to generation %d", h.newGen), func(e event) bool {
-			m := e.msg()
-			if m == msgHandover {
-				return e.int("generation") == h.newGen
+	ev, idx, err := p.log.Wait(ctx, from, readyTimeout+30*time.Second,
+		fmt.Sprintf("handover to generation %d", h.newGen), func(e logtail.Event) bool {
+			n := e.Name()
+			if n == evHandover {
+				return e.Int("generation") == h.newGen
 			}
-			return e.int("master_pid") == h.oldPID && (m == msgUpgradeFail || strings.HasPrefix(m, msgRefused))
+			return e.Int("master_pid") == h.oldPID && (n == evUpgradeFail || n == evRefused)
 		})
 	if err != nil {
 		return h, err
 	}
-	if ev.msg() != msgHandover {
-		h.failure = ev.msg()
-		if r := ev.str("reason"); r != "" {
+	if ev.Name() != evHandover {
+		h.failure = ev.Str("msg")
+		if r := ev.Str("reason"); r != "" {
 			h.failure += ": " + r
 		}
 		return h, nil
 	}
 	h.ok = true
-	h.logged = ev.at
-	h.newPID = ev.int("master_pid")
-	h.totalMS, h.startingMS, h.batonMS = ev.num("total"), ev.num("workers_starting"), ev.num("baton")
-	for _, e := range p.log.slice(from, idx) {
-		if e.msg() == msgSwitched && e.int("master_pid") == h.oldPID {
-			h.switchMS = e.num("since_upgrade")
+	h.logged = p.log.ReadAt(idx)
+	h.newPID = ev.Int("master_pid")
+	h.totalMS, h.startingMS, h.batonMS = ev.Float("total"), ev.Float("workers_starting"), ev.Float("baton")
+	for _, e := range p.log.Slice(from, idx) {
+		if e.Name() == evSwitched && e.Int("master_pid") == h.oldPID {
+			h.switchMS = e.Float("since_upgrade")
 		}
 	}
 	p.master, p.gen = h.newPID, h.newGen
 	// The pid file names the keeper for the service's whole life.
 	h.pidFileOK = waitPIDFile(ctx, p.pidFile, p.keeper, 5*time.Second)
 
-	gone, gidx, err := p.log.waitFor(ctx, idx, drainTimeout+30*time.Second,
+	_, gidx, err := p.log.Wait(ctx, idx, drainTimeout+30*time.Second,
 		fmt.Sprintf("master %d (generation %d) to exit after handover", h.oldPID, h.oldGen),
-		func(e event) bool { return e.msg() == msgParentExited && e.int("master_pid") == h.newPID })
+		func(e logtail.Event) bool { return e.Name() == evParentExited && e.Int("master_pid") == h.newPID })
 	if err != nil {
 		return h, err
 	}
-	h.parentGone = gone.at
-	for _, e := range p.log.slice(from, gidx) {
-		if e.msg() == msgDrained && e.int("master_pid") == h.oldPID && e.flag("killed") {
+	h.parentGone = p.log.ReadAt(gidx)
+	for _, e := range p.log.Slice(from, gidx) {
+		if e.Name() == evDrained && e.Int("master_pid") == h.oldPID && e.Bool("killed") {
 			h.killedWorkers++
 		}
 	}
@@ -341,12 +190,12 @@ func (p *batonProc) upgrade(ctx context.Context) (handover, error) {
 // pids lists every master and worker pid the log has named.
 func (p *batonProc) pids() (masters, workers []int) {
 	seenM, seenW := map[int]bool{}, map[int]bool{}
-	for _, e := range p.log.slice(0, -1) {
-		if pid := e.int("master_pid"); pid > 0 && !seenM[pid] {
+	for _, e := range p.log.Slice(0, -1) {
+		if pid := e.Int("master_pid"); pid > 0 && !seenM[pid] {
 			seenM[pid] = true
 			masters = append(masters, pid)
 		}
-		if pid := e.int("pid"); pid > 0 && !seenW[pid] {
+		if pid := e.Int("pid"); pid > 0 && !seenW[pid] {
 			seenW[pid] = true
 			workers = append(workers, pid)
 		}
@@ -368,9 +217,9 @@ func (p *batonProc) stop() error {
 	closed := false
 	for !closed && time.Now().Before(deadline) {
 		handedOver := map[int]bool{}
-		for _, e := range p.log.slice(0, -1) {
-			if e.msg() == msgHandedOver {
-				handedOver[e.int("master_pid")] = true
+		for _, e := range p.log.Slice(0, -1) {
+			if e.Name() == evHandedOver {
+				handedOver[e.Int("master_pid")] = true
 			}
 		}
 		masters, _ := p.pids()
@@ -383,7 +232,7 @@ func (p *batonProc) stop() error {
 		}
 		// Short waits, so that a master that appears meanwhile (an upgrade
 		// under way when the stop began) is stopped too.
-		closed = p.log.waitClosed(250 * time.Millisecond)
+		closed = p.log.WaitClosed(250 * time.Millisecond)
 	}
 	var err error
 	if !closed {
@@ -396,7 +245,7 @@ func (p *batonProc) stop() error {
 			}
 		}
 		err = fmt.Errorf("baton on %s did not stop within %s of SIGTERM; killed pids %v", p.addr, drainTimeout+10*time.Second, killed)
-		if !p.log.waitClosed(5 * time.Second) {
+		if !p.log.WaitClosed(5 * time.Second) {
 			err = fmt.Errorf("baton on %s: processes still hold its log after SIGKILL", p.addr)
 		}
 	}

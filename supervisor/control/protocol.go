@@ -75,9 +75,12 @@ type Request struct {
 	Workers int `json:"workers,omitempty"`
 }
 
-// MaxWorkers bounds a scale request: a typo must not fork ten thousand
-// processes.
-const MaxWorkers = 1024
+// MaxWorkers is the most workers one master runs, from --workers or a
+// scale request alike. Each worker's exit is waited for by a goroutine
+// blocked in waitid(2), which holds an OS thread, and a Go program dies
+// (with a dump of every goroutine) past 10000 threads; this leaves room
+// for the rest, and a typo of a zero too many is refused.
+const MaxWorkers = 4096
 
 // Reload outcome codes; cmd/baton uses them as exit codes.
 const (

@@ -7,5 +7,6 @@
 // socket-activation order: fd 3, 4, … in --listen order (Set.Files).
 // For blue-green and canary, OpenGroup binds a generation's own sockets in a
 // SO_REUSEPORT group instead, and Steer builds the program that picks one
-// (reuseport.go). The worker's side is package listener.
+// (reuseport.go). The worker's side is package listener. Linux only: every
+// file but this one builds only on Linux.
 package sockets

@@ -1,3 +1,5 @@
+//go:build linux
+
 package sockets
 
 import (
@@ -109,8 +111,9 @@ func Steer(live, candidate, canaryPct int) []unix.SockFilter {
 // OpenGroup binds a fresh socket of this process's own for every spec, with
 // SO_REUSEPORT, joining the reuseport group of any socket already bound to
 // the same address by the same user (a previous generation). Sockets are
-// plain TCP, never MPTCP (which refuses SO_ATTACH_REUSEPORT_CBPF; PEERS
-// P18). Unix sockets and port 0 cannot form a group: errors wrap ErrBadSpec.
+// plain TCP, never MPTCP: Go >= 1.24 makes listening sockets MPTCP where
+// the kernel has it, and MPTCP sockets refuse SO_ATTACH_REUSEPORT_CBPF with
+// EOPNOTSUPP. Unix sockets and port 0 cannot form a group: errors wrap ErrBadSpec.
 // Nothing passes through tableflip's registry: a new master must not
 // inherit the old generation's socket, or the group would keep it.
 //

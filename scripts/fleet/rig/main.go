@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command rig builds a fleet on one machine to try scripts/fleet on, and is
 // the harness of its test (fleet_test.go). As root:
 //

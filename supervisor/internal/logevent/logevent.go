@@ -1,0 +1,78 @@
+// Package logevent names baton's log entries that tests, tools and log
+// pipelines act on. Each such entry carries one field, Key ("event"), whose
+// value is a stable snake_case name; the message beside it is prose for
+// people and may be reworded. Under systemd the journald core writes the
+// same name as EVENT=.
+//
+// A name, once released, keeps its meaning: add names, do not rename them.
+// The README's "Log events" table lists them for users.
+package logevent
+
+import "go.uber.org/zap"
+
+// Key is the field every named entry carries.
+const Key = "event"
+
+func named(name string) zap.Field { return zap.String(Key, name) }
+
+// A master's life (fields: generation, master_pid).
+var (
+	MasterStarting   = named("master_starting")   // upgrade: true when an old master started it
+	SocketsActivated = named("sockets_activated") // count: sockets taken from systemd socket activation
+	GenerationReady  = named("generation_ready")  // a first generation serves; workers, workers_starting
+	GenerationFailed = named("generation_failed") // its workers did not come up; reason
+	MasterStopping   = named("master_stopping")   // trigger: the signal or command
+	MasterStopped    = named("master_stopped")    // a stopped master exits
+	KeeperGone       = named("keeper_gone")       // the keeper died: workers killed, master exits
+)
+
+// Workers (fields: worker, pid).
+var (
+	WorkerStarted          = named("worker_started")           // restarts
+	WorkerReady            = named("worker_ready")             // startup
+	WorkerReadyTimeout     = named("worker_ready_timeout")     // not ready within --ready-timeout
+	WorkerCrashed          = named("worker_crashed")           // exited while serving; exit_code or signal
+	WorkerRestartScheduled = named("worker_restart_scheduled") // backoff
+	WorkerDraining         = named("worker_draining")          // signal: the drain signal sent
+	WorkerDrainTimeout     = named("worker_drain_timeout")     // SIGKILLed at --drain-timeout
+	WorkerDrained          = named("worker_drained")           // drain, killed
+	WorkerOutput           = named("worker_output")            // stream, line (tagged output)
+	WorkerCountIncreased   = named("worker_count_increased")   // workers: the new count
+	WorkerCountUnchanged   = named("worker_count_unchanged")   // TTOU with one worker left
+	AcceptStalled          = named("accept_stalled")           // connections queue and no worker accepts
+	NotifyUnknownSender    = named("notify_unknown_sender")    // sender_pid: not a worker, not a master
+	ControlRefused         = named("control_refused")          // peer_uid: a foreign user's connection
+)
+
+// Upgrades, on the old master (fields: new_generation) and the new one.
+var (
+	UpgradeRequested     = named("upgrade_requested")      // trigger
+	UpgradeQueued        = named("upgrade_queued")         // waits for the previous generation's drain
+	UpgradeMerged        = named("upgrade_merged")         // joined the upgrade already queued
+	UpgradeRefused       = named("upgrade_refused")        // reason
+	UpgradeFailed        = named("upgrade_failed")         // reason; the old generation keeps serving
+	HookOutput           = named("hook_output")            // stream, line of --before-upgrade
+	HandedOver           = named("handed_over")            // old master: new_master_pid, handover
+	HandoverComplete     = named("handover_complete")      // new master: workers, total, baton
+	PreviousMasterExited = named("previous_master_exited") // new master: goroutines
+)
+
+// Blue-green and canary (fields: new_generation).
+var (
+	RolloutCandidate   = named("rollout_candidate")    // new master: ready, waiting for the checks
+	SmokeTestOutput    = named("smoke_test_output")    // line
+	RolloutSwitched    = named("rollout_switched")     // weight_percent, switched_at_unix_ns, since_upgrade
+	RolloutProbeFailed = named("rollout_probe_failed") // probe, stage, answer: one failed health probe
+	RolloutPromoted    = named("rollout_promoted")     // trigger, at_unix_ns
+	RolloutRollback    = named("rollout_rollback")     // reason, was_switched, at_unix_ns
+)
+
+// The keeper (field: keeper_pid).
+var (
+	KeeperStopping   = named("keeper_stopping")   // signal, masters: a stop forwarded to every master
+	MasterRegistered = named("master_registered") // master_pid: a new master announced itself
+	MasterExited     = named("master_exited")     // master_pid, status
+	KeeperExiting    = named("keeper_exiting")    // status: no master left
+	SignalHeld       = named("signal_held")       // signal: no master of record yet
+	TerminalHungUp   = named("terminal_hung_up")  // the terminal went: stopping
+)
