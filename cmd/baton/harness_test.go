@@ -30,6 +30,9 @@ func TestMain(m *testing.M) {
 		// never: workers run the real baton binary, not the test binary
 		os.Exit(127)
 	}
+	if dir := os.Getenv(systemdStepsEnv); dir != "" {
+		os.Exit(runSystemdSteps(dir)) // inside TestSystemdUnits' container
+	}
 	dir, err := os.MkdirTemp("", "baton-test-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

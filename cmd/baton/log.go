@@ -17,16 +17,25 @@ import (
 )
 
 // newLogger builds the one logger baton uses: console lines for a person at
-// a terminal, JSON for journald and log shippers. No sampling (every
+// a terminal, journald's native protocol when stderr is the journal
+// (journal.go), JSON for log shippers and files. No sampling (every
 // lifecycle event matters) and no stack traces (errors here are user-facing).
 //
 // With a log file, the second result reopens it (for logrotate's SIGUSR1).
 // Entries go out through an asyncSink: logging never blocks the caller.
 func newLogger(format, level, file string) (*zap.Logger, func() error, func() uint64, error) {
+	return buildLogger(format, level, file, nil)
+}
+
+// buildLogger is newLogger with the journal's writer given (tests), or nil
+// for the real one.
+func buildLogger(format, level, file string, journalOut io.Writer) (*zap.Logger, func() error, func() uint64, error) {
 	if format == "" {
 		format = "json"
 		if fi, err := os.Stderr.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 && file == "" {
 			format = "console"
+		} else if file == "" && stderrIsJournal() {
+			format = "journal"
 		}
 	}
 	cfg := zap.NewProductionConfig()
@@ -34,7 +43,7 @@ func newLogger(format, level, file string) (*zap.Logger, func() error, func() ui
 	cfg.DisableStacktrace = true
 	cfg.DisableCaller = true
 	switch format {
-	case "json":
+	case "json", "journal": // the journal's entries are made from the JSON ones
 		cfg.EncoderConfig.TimeKey = "ts"
 		cfg.EncoderConfig.EncodeTime = zapcore.RFC3339NanoTimeEncoder
 		cfg.EncoderConfig.EncodeDuration = func(d time.Duration, enc zapcore.PrimitiveArrayEncoder) { enc.AppendFloat64(float64(d) / 1e6) } // milliseconds, fractional
@@ -43,7 +52,10 @@ func newLogger(format, level, file string) (*zap.Logger, func() error, func() ui
 		cfg.EncoderConfig = zap.NewDevelopmentEncoderConfig()
 		cfg.EncoderConfig.EncodeTime = zapcore.TimeEncoderOfLayout("15:04:05.000")
 	default:
-		return nil, nil, nil, fmt.Errorf("--log-format %q: want console or json", format)
+		return nil, nil, nil, fmt.Errorf("--log-format %q: want console, json or journal", format)
+	}
+	if format == "journal" && file != "" {
+		return nil, nil, nil, fmt.Errorf("--log-format journal with --log-file %q: the journal is the output; drop one", file)
 	}
 	lvl, err := zapcore.ParseLevel(level)
 	if err != nil {
@@ -72,6 +84,11 @@ func newLogger(format, level, file string) (*zap.Logger, func() error, func() ui
 			return nil, nil, nil, err
 		}
 		out, syncOut, reopen = rf, rf.Sync, rf.reopen
+	} else if format == "journal" {
+		out = journalOut
+		if out == nil {
+			out = newJournalWriter(os.Stderr)
+		}
 	}
 	sink := newAsyncSink(out, syncOut, notice)
 	core := splitCore{

@@ -147,7 +147,7 @@ func runFlags() []cli.Flag {
 		&cli.StringFlag{Name: "worker-output", EnvVars: env("worker-output"),
 			Usage: "tagged (baton logs each line of workers' stdout/stderr with generation, worker and pid) or inherit (default: inherit on a terminal, tagged otherwise)"},
 		&cli.StringFlag{Name: "log-format", EnvVars: env("log-format"),
-			Usage: "console or json (default: console on a terminal, json otherwise)"},
+			Usage: "console, json or journal (journald's native protocol, with baton's fields as journal fields; default: console on a terminal, journal when stderr is systemd's journal, json otherwise)"},
 		&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: env("log-level"),
 			Usage: "debug, info, warn or error"},
 		&cli.StringFlag{Name: "log-file", EnvVars: env("log-file"),
