@@ -186,7 +186,7 @@ func TestVerifyBoundsFailTheCheck(t *testing.T) {
 	}
 	// Nothing answers there: nothing may be upgraded.
 	code, out, errOut := verifyRun(t, "--url", "http://"+freeAddr(t)+"/", "--control", b.control)
-	if code != 1 || out != "" || !strings.Contains(errOut, "connection refused; nothing was upgraded") || b.log.count("upgrade_requested") != 0 {
+	if code != exitUnreachable || out != "" || !strings.Contains(errOut, "connection refused; nothing was upgraded") || b.log.count("upgrade_requested") != 0 {
 		t.Errorf("no service: exit %d, stdout %q, stderr %q, %d upgrades requested", code, out, errOut, b.log.count("upgrade_requested"))
 	}
 }
