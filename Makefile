@@ -14,7 +14,7 @@ DATADIR   ?= $(PREFIX)/share
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null)
 LDFLAGS   := $(if $(VERSION),-X main.version=$(VERSION))
 
-.PHONY: all build docs demo test check bench bench-deps clean install uninstall fleet-deps fleet-rig
+.PHONY: all build docs demo test check bench bench-deps soak clean install uninstall fleet-deps fleet-rig
 
 all: build
 
@@ -77,6 +77,20 @@ bench-deps:
 
 bench:
 	$(GO) run ./scripts/zdbench $(BENCHFLAGS)
+
+# SOAK_UPGRADES upgrades back to back of an instant app (examples/hello, 4
+# workers) under SOAK_CLIENTS clients of load, then one summary: requests,
+# failed by kind, handover percentiles, the keeper's and master's PSS, RSS
+# and fds at the start, after a warm-up and at the end. SOAK_STRATEGY is
+# baton's --strategy; SOAK_KILL=1 SIGKILLs a random worker after about one
+# upgrade in four. Every figure also goes to bench-results/soak-STRATEGY.json.
+SOAK_UPGRADES ?= 1000
+SOAK_STRATEGY ?= shared
+SOAK_CLIENTS  ?= 16
+soak:
+	$(GO) run ./scripts/zdbench -soak $(SOAK_UPGRADES) -soak-strategy $(SOAK_STRATEGY) \
+		-concurrency $(SOAK_CLIENTS) $(if $(filter 1,$(SOAK_KILL)),-soak-kill) \
+		-json bench-results/soak-$(SOAK_STRATEGY).json
 
 # Debian packages of scripts/fleet and its test (as root): Ansible (with
 # community.general), HAProxy, OpenSSH, iproute2. Where systemd runs,

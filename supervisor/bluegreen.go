@@ -4,6 +4,7 @@ package supervisor
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -12,7 +13,6 @@ import (
 
 	"github.com/baton-sh/baton/supervisor/control"
 	"github.com/baton-sh/baton/supervisor/internal/logevent"
-	"github.com/baton-sh/baton/supervisor/sockets"
 	"go.uber.org/zap"
 )
 
@@ -136,12 +136,14 @@ func (m *master) rolloutStep(c *candidate, name, detail string) {
 	m.progress(control.Progress{Event: "rollout_" + name, Message: msg})
 }
 
-// steer attaches the steering program to this master's own sockets.
-func (m *master) steer(live, candidate, canary int) error {
+// steer attaches the steering program to this master's own sockets:
+// canary percent of users' new connections to the other generation, the
+// rest to ours.
+func (m *master) steer(canary int) error {
 	if m.lns == nil {
 		return nil
 	}
-	return m.lns.Attach(sockets.Steer(live, candidate, canary))
+	return m.lns.Steer(canary)
 }
 
 // prepareRollout runs before an upgrade starts: users stay on this
@@ -152,7 +154,18 @@ func (m *master) prepareRollout() error {
 		return nil
 	}
 	m.rollout.cand = nil
-	return m.steer(0, 1, 0)
+	m.group.soleSteer = false
+	if why := m.checkBeforeSwitch(); why != "" {
+		return errors.New(why)
+	}
+	if m.lns != nil {
+		// The map holds our socket and nothing else: a failed candidate's
+		// or a leftover's socket under the other key is dropped.
+		if err := m.lns.Claim(false); err != nil {
+			return err
+		}
+	}
+	return m.steer(0)
 }
 
 // --- the old master's side ---
@@ -231,7 +244,12 @@ func (m *master) switchUsers(c *candidate) {
 	if r.Strategy == StrategyCanary {
 		weight = r.CanaryWeight
 	}
-	if err := m.steer(0, 1, weight); err != nil {
+	if why := m.checkBeforeSwitch(); why != "" {
+		m.up.failedStep = "switch"
+		m.rollback(c, "switch refused: "+why)
+		return
+	}
+	if err := m.steer(weight); err != nil {
 		m.up.failedStep = "switch"
 		m.rollback(c, "switch failed: "+err.Error())
 		return
@@ -282,7 +300,12 @@ func (m *master) onBakeDone(c *candidate) {
 // and an order to its master to call Ready, which ends our Upgrade call.
 func (m *master) promote(c *candidate, trigger string) {
 	if m.cfg.Rollout.Strategy == StrategyCanary {
-		if err := m.steer(0, 1, 100); err != nil {
+		if why := m.checkBeforeSwitch(); why != "" {
+			m.up.failedStep = "promote"
+			m.rollback(c, "switch of all users refused: "+why)
+			return
+		}
+		if err := m.steer(100); err != nil {
 			m.up.failedStep = "promote"
 			m.rollback(c, "switch of all users failed: "+err.Error())
 			return
@@ -306,7 +329,7 @@ func (m *master) rollback(c *candidate, reason string) {
 	if c.stage == stageRolledBack {
 		return
 	}
-	if err := m.steer(0, 1, 0); err != nil {
+	if err := m.steer(0); err != nil {
 		m.log.Error("could not switch users back to the old generation", zap.Error(err))
 	}
 	if m.up.failedStep == "" {
@@ -345,7 +368,7 @@ func (m *master) rolloutDone(err error, res *control.ReloadResult) {
 	m.rollout.cand = nil
 	if c == nil {
 		if err != nil {
-			m.steer(0, 1, 0)
+			m.steer(0)
 		}
 		return
 	}
@@ -396,6 +419,10 @@ func (m *master) onRolloutCmd(cc *ctlConn) {
 // Under blue-green or canary, a new master waits for the old one to check
 // and promote it; otherwise it takes over now.
 func (m *master) generationReady() {
+	if why := m.checkWorkerSockets(); why != "" {
+		m.bootFailed(fmt.Errorf("%w: %s", ErrBootFailed, why), why)
+		return
+	}
 	if !m.cfg.Rollout.Strategy.steered() || !m.up.parentAlive || m.up.parentNotify == "" {
 		m.bootDone()
 		return
@@ -425,6 +452,14 @@ func (m *master) onParentOrder(fields map[string]string) bool {
 		m.rollout.bake = msField(fields[orderBakeMS])
 		if m.phase == phaseBooting && m.rollout.offered {
 			m.log.Info("promoted by the old master")
+			if m.lns != nil {
+				// Users are all ours; the previous generation's key goes,
+				// so that a socket of it a leftover keeps open is never
+				// chosen (its accept queue is still served).
+				if err := m.lns.Claim(false); err != nil {
+					m.log.Warn("could not clear the previous generation from the steering map", zap.Error(err))
+				}
+			}
 			m.bootDone()
 		}
 		return true

@@ -29,10 +29,11 @@ import (
 // or with sockets.ProbeMark (IPv6), which the steering program sends to
 // the candidate's socket while users go to the serving one.
 
-// openGroup binds this generation's own sockets (bluegreen.go). A master
-// with no previous one attaches the steering program at once: a kernel that
-// cannot steer is refused at start.
-func (m *master) openGroup(act []sockets.Activated) (*sockets.Set, error) {
+// openGroup binds this generation's own sockets (bluegreen.go) and steers
+// them with the eBPF program where baton may load one (sockets/ebpf.go),
+// else with classic BPF. A master with no previous one attaches the
+// steering program at once: a kernel that cannot steer is refused at start.
+func (m *master) openGroup(reg sockets.Registry, act []sockets.Activated) (*sockets.Set, error) {
 	st := m.cfg.Rollout.Strategy
 	if len(act) > 0 {
 		for _, a := range act {
@@ -44,13 +45,19 @@ func (m *master) openGroup(act []sockets.Activated) (*sockets.Set, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--strategy %s: %w", st, err)
 	}
+	steering := "ebpf"
+	if err := lns.UseEBPF(reg, m.gen); err != nil {
+		steering = "classic"
+		m.log.Info("steering with classic BPF: any socket of the same user that joins the group can receive connections; the membership check reports it",
+			zap.String("ebpf_unavailable", err.Error()))
+	}
 	if !m.up.parentAlive {
-		if err := lns.Attach(sockets.Steer(0, 1, 0)); err != nil {
+		if err := lns.Steer(0); err != nil {
 			lns.Close()
-			return nil, fmt.Errorf("--strategy %s needs a kernel that steers SO_REUSEPORT groups with classic BPF (Linux >= 4.6, plain TCP): %w", st, osutilCause(err))
+			return nil, fmt.Errorf("--strategy %s needs a kernel that steers SO_REUSEPORT groups with BPF (Linux >= 4.6, plain TCP): %w", st, osutilCause(err))
 		}
 		mig, err := sockets.MigrateReq()
-		m.log.Info("blue-green sockets ready", zap.String("strategy", string(st)), zap.Bool("tcp_migrate_req", mig),
+		m.log.Info("blue-green sockets ready", logevent.RolloutSocketsReady, zap.String("strategy", string(st)), zap.String("steering", steering), zap.Bool("tcp_migrate_req", mig),
 			zap.String("probe_source", sockets.ProbeSource.String()), zap.Bool("migrate_req_known", err == nil))
 	}
 	return lns, nil
@@ -271,7 +278,7 @@ func (m *master) runSmokeTest(gen int, done func(error, []string)) (stop func())
 			return
 		}
 		cmd.Stdout, cmd.Stderr = pw, pw
-		if err := cmd.Start(); err != nil {
+		if err := startUnblocked(cmd); err != nil { // signals.go
 			pw.Close()
 			pr.Close()
 			done(fmt.Errorf("start: %w", err), nil)

@@ -214,7 +214,9 @@ func (c *Config) Check() error {
 	if _, err := ResolveCommand(c.Chdir, c.Command[0]); err != nil {
 		return err
 	}
-	if c.PIDFile != "" {
+	if c.PIDFile != "" && !UnderKeeper() {
+		// Only the keeper writes it: a master, and so an upgrade, checks
+		// only what it writes (a removed /run/app must not refuse deploys).
 		if err := checkPIDFile(c.PIDFile); err != nil {
 			return err
 		}
@@ -305,8 +307,8 @@ func ResolveCommand(dir, name string) (string, error) {
 	return p, nil
 }
 
-// checkPIDFile refuses a pid file naming a live process and a directory we
-// cannot write, before anything is bound or started.
+// checkPIDFile refuses a pid file a running keeper holds (pidfile.go) and a
+// directory we cannot write, before anything is bound or started.
 func checkPIDFile(path string) error {
 	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
 		what := "not a regular file"
@@ -315,13 +317,10 @@ func checkPIDFile(path string) error {
 		}
 		return badConfig("--pid-file", strconv.Quote(path), what, nil)
 	}
-	if b, err := os.ReadFile(path); err == nil {
-		var pid int
-		if _, err := fmt.Sscan(strings.TrimSpace(string(b)), &pid); err == nil && pid > 0 && pid != os.Getpid() && pid != os.Getppid() && strconv.Itoa(pid) != os.Getenv(envKeeperPID) {
-			// Our parent is the old master during an upgrade: the file is its.
-			if err := syscall.Kill(pid, 0); err == nil || errors.Is(err, syscall.EPERM) {
-				return badConfig("--pid-file", strconv.Quote(path), fmt.Sprintf("names running process %d", pid), nil)
-			}
+	// A masters' keeper holds the file (the masters run this check too).
+	if os.Getenv(envKeeperPID) == "" {
+		if pid, held := pidFileHolder(path); held {
+			return badConfig("--pid-file", strconv.Quote(path), fmt.Sprintf("%v (pid %d)", errPIDFileHeld, pid), nil)
 		}
 	}
 	f, err := os.CreateTemp(filepath.Dir(path), ".baton-check-*")

@@ -130,7 +130,7 @@ func (m *master) onControl(c *ctlConn) {
 	case control.CmdPromote, control.CmdRollback:
 		m.onRolloutCmd(c)
 	case control.CmdStop:
-		c.reply(control.StopAck{OK: true, MasterPID: m.self, KeeperPID: m.keeperPID()})
+		c.reply(control.StopAck{OK: true, MasterPID: m.self, KeeperPID: m.keeperPID(), PIDNamespace: osutil.PIDNamespace()})
 		// Held open: the client sees EOF when this process exits.
 		m.stopWaiters = append(m.stopWaiters, c)
 		m.stop("control")
@@ -180,9 +180,18 @@ func (m *master) status() control.Status {
 	if m.up.parentAlive && m.phase != phaseBooting {
 		ppid := os.Getppid()
 		st.Previous = &control.PrevStatus{MasterPID: ppid, Generation: m.gen - 1, State: "draining",
-			WorkerPIDs: osutil.ChildrenOf(ppid, m.self), DrainLeftMS: max(0, ms(m.up.parentDeadline.Sub(now)))}
+			WorkerPIDs: osutil.ChildrenOf(ppid, m.self), DrainLeftMS: max(0, ms(m.up.parentDeadline.Sub(now))),
+			Processes: m.generationProcs(m.gen - 1)}
 	}
 	st.LastUpgrade = m.up.last
 	st.Rollout = m.rolloutStatus(now)
+	st.ProcessTrees, st.TreeCgroup = m.trees.mode, m.trees.base.Path()
+	if m.lns != nil && m.cfg.Rollout.Strategy.steered() {
+		st.Steering = "classic"
+		if m.lns.EBPF() {
+			st.Steering = "ebpf"
+		}
+		st.ForeignSockets = m.group.foreign
+	}
 	return st
 }

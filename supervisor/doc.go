@@ -33,6 +33,8 @@
 //	              new master on its notify socket
 //	checks.go     the health check, the smoke test and its relay, which
 //	              reach only the candidate; emptying an accept queue
+//	members.go    who is in blue-green's reuseport groups: checked before
+//	              every switch, when workers are ready, and every second
 //	control.go    the master's side of the control protocol (package
 //	              control has the wire types and the client)
 //	systemd.go    sd_notify to the service manager, watchdog
@@ -46,18 +48,31 @@
 //	              its own port, one that never sends READY=1
 //	shim.go       the trampoline that sets LISTEN_PID
 //	spawn.go      the one OS thread workers are forked from (PDEATHSIG)
+//	trim.go       giving back start-up's memory once a keeper or master
+//	              is at rest (internal/osutil's Trim)
 //	quiet.go      keeping the listening sockets out of the master's epoll
+//	refuse.go     a stop's refusal of new connections once the workers
+//	              have let go of the sockets (sockets/refuse.go)
 //	config.go     Config, its checks, and ConfigError
 //	keeper.go     the keeper: the one process `baton run` stays for the
 //	              service's life; starts the first master, adopts later
 //	              ones (child subreaper), forwards signals, relays
 //	              sd_notify, owns the pid file (Keep)
+//	keeper_tree.go the service's cgroup subtree; what is left at the end
+//	tree.go       a generation's whole process tree: a cgroup per
+//	              generation and worker, or the subreaper's orphans by an
+//	              environment marker; leftovers drained, killed, logged
+//	pidfile.go    the pid file, locked (F_OFD_SETLK) for the keeper's
+//	              life: held means running, unheld means stale
 //
 // Sub-packages: control (protocol and client), sockets (the master's side
 // of the listening sockets; reuseport.go: per-generation sockets and the
-// BPF program that steers between them), internal/osutil (/proc, own fds, sd_notify
-// sending), internal/logevent (the stable "event" names of the log entries
-// tests, tools and journald act on; every such entry carries one).
+// classic BPF program that steers between them; ebpf.go: the eBPF program
+// over a map of baton's sockets; members.go: the sock_diag membership
+// check), internal/osutil (/proc, own fds, sd_notify sending, Trim),
+// internal/logevent (the stable "event" names of the log entries tests,
+// tools and journald act on; every such entry carries one), internal/cgroup
+// (cgroup v2: make, clone into, list, kill).
 //
 // Signals and what the loop does with them:
 //
@@ -65,7 +80,17 @@
 //	                   while the previous generation drains
 //	TERM, INT, QUIT    drain every worker, then exit; a second TERM/INT kills them
 //	TTIN, TTOU         one worker more / less (the count survives upgrades)
-//	USR1               reopen the log file, and forwarded to every worker
+//	USR1               reopen the log file, and forwarded to every ready
+//	                   worker (starting ones get it once ready)
+//
+// Signals are caught from the first package init (package earlysig) and
+// never given back to their default actions; before the first generation
+// is ready an upgrade is held, not refused (signals.go). Task limits
+// (pids.max, RLIMIT_NPROC) are checked before a start, an upgrade, TTIN and
+// scale, and a master keeps spare threads (tasks.go, package tasks).
+// The keeper answers a master's announcement (handshake.go), keeps fds in
+// reserve (osutil.Reserve) and a lower OOM score (oom.go); a hook's
+// leftovers end with it (hookleft.go).
 //
 // Phases of a master: booting (its workers are starting; a failure here
 // ends the master, and for an upgrade means rollback), serving (crashed

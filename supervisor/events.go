@@ -31,6 +31,8 @@ type (
 	evStopAckTimeout struct{}
 	evKeeperGone     struct{}
 	evAcceptCheck    struct{} // sample the accept queues (hints.go)
+	evRefuseCheck    struct{} // have the workers let go of the sockets? (refuse.go)
+	evTreeCheck      struct{} // are exited workers' trees empty? (tree.go)
 	evHookExit       struct {
 		h      *hookRun
 		status exitStatus
@@ -77,6 +79,8 @@ func (evWatchdog) isEvent()       {}
 func (evStopAckTimeout) isEvent() {}
 func (evKeeperGone) isEvent()     {}
 func (evAcceptCheck) isEvent()    {}
+func (evRefuseCheck) isEvent()    {}
+func (evTreeCheck) isEvent()      {}
 func (evHookExit) isEvent()       {}
 func (evHookTimeout) isEvent()    {}
 func (evHookOutput) isEvent()     {}

@@ -5,6 +5,7 @@ package supervisor
 import (
 	"context"
 	"errors"
+	"math"
 	"net"
 	"os"
 	"slices"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/sockets"
+	"github.com/baton-sh/baton/supervisor/tasks"
 )
 
 // fakeOS is the in-process seam for loop tests: processes are records,
@@ -30,6 +32,9 @@ type fakeOS struct {
 	manager  []string // messages to the service manager
 	reports  []string // messages to the old master's notify socket
 	env      map[string]string
+	headroom tasks.Headroom // zero: unlimited
+	tree     int64          // tasks of any process's tree
+	hits     int64          // pids.events max
 }
 
 type fakeTimer struct {
@@ -92,6 +97,16 @@ func (f *fakeOS) sys() sys {
 		},
 		setenv:   func(k, v string) { f.mu.Lock(); f.env[k] = v; f.mu.Unlock() },
 		parentOf: func(int) int { return 0 }, // no process has a parent here
+		headroom: func() tasks.Headroom {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			if f.headroom.Max == 0 {
+				return tasks.Headroom{Left: math.MaxInt64}
+			}
+			return f.headroom
+		},
+		treeTasks: func(int) int64 { return f.tree },
+		limitHits: func() int64 { f.mu.Lock(); defer f.mu.Unlock(); return f.hits },
 	}
 }
 

@@ -90,6 +90,7 @@ func (m *master) onHookExit(h *hookRun, st exitStatus) {
 	}
 	m.hook = nil
 	h.stopTimer()
+	m.endHookLeftovers(h) // hookleft.go
 	took := m.sys.now().Sub(h.started)
 	if h.upgrade {
 		m.up.hookTook = took

@@ -7,13 +7,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/baton-sh/baton/supervisor/earlysig"
 	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"go.uber.org/zap"
@@ -53,8 +52,9 @@ type KeeperConfig struct {
 	// -x and top show) after the file it executes, so masters are named
 	// "baton" as the keeper is.
 	Args []string
-	// PIDFile, if set (absolute), gets the keeper's pid once the first
-	// generation is ready, and is removed when the keeper exits.
+	// PIDFile, if set (absolute), gets the keeper's pid at its start and
+	// stays locked by the keeper for its life (pidfile.go); it is removed
+	// when the keeper exits.
 	PIDFile string
 	// ReopenLogs, if set, is called on SIGUSR1 before it is forwarded.
 	ReopenLogs func() error
@@ -71,6 +71,9 @@ func UnderKeeper() bool { return os.Getenv(envKeeperPID) != "" }
 type keptMaster struct {
 	pid   int
 	pidfd int
+	// announced: it said BATON_MASTER=1, which it does once its signal
+	// handlers are in place; nothing is forwarded to it before (signals.go).
+	announced bool
 }
 
 // watch posts m to exited once the master has exited: the pidfd becomes
@@ -128,6 +131,11 @@ type keeper struct {
 	statuses   map[int]int      // exit statuses of reaped masters, by pid
 	lastExited *keptMaster      // the master that exited last
 	lastRecord *keptMaster      // the last master of record that exited
+	fds        *osutil.Reserve  // descriptors held back for registering masters
+	oomOrig    string           // oom_score_adj before the keeper lowered it
+	ackFD      int              // unbound datagram socket for handshake answers
+	pidLock    *pidLock         // the pid file, held for the keeper's life
+	trees      keeperTrees      // the service's cgroup subtree (keeper_tree.go)
 }
 
 // Keep runs the keeper: it starts the first master and returns, with the
@@ -137,12 +145,19 @@ type keeper struct {
 // 1 of a container must) and changes the process environment passed to the
 // master. An error starting the first master is logged and returns 1.
 func Keep(kc KeeperConfig) int {
+	osutil.LowGC()
 	k := &keeper{kc: kc, log: kc.Log, self: os.Getpid(), masters: make(map[int]*keptMaster),
 		exited: make(chan *keptMaster, 16), statuses: make(map[int]int)}
 	if k.log == nil {
 		k.log = zap.NewNop()
 	}
 	k.log = k.log.With(zap.Int("keeper_pid", k.self))
+	// A limit the masters still fit in must not starve the keeper of the
+	// few descriptors it needs to adopt one (a pidfd, a /proc read, an
+	// answer): those are retried with one of these released.
+	k.fds = osutil.NewReserve(keeperReserveFDs)
+	k.ackFD = openAckSocket() // handshake.go
+	k.lowerOOMScore()         // oom.go
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		k.log.Error("keeper: cannot become a child subreaper", zap.Error(err))
 		return 1
@@ -150,16 +165,14 @@ func Keep(kc KeeperConfig) int {
 	// A terminal's hangup stops the service, unless it was started to
 	// survive one (nohup: SIGHUP ignored; Notify below would undo that).
 	ttyHung := make(chan time.Time, 1)
-	if !signal.Ignored(syscall.SIGHUP) {
+	if !earlysig.HUPIgnored() {
 		if f, err := os.OpenFile("/dev/tty", os.O_RDWR, 0); err == nil {
 			k.tty = true
 			go watchTTY(f, ttyHung)
 		}
 	}
-	sigc := make(chan os.Signal, 32)
-	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGHUP,
-		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGTTIN, syscall.SIGTTOU, syscall.SIGCHLD)
-	defer signal.Stop(sigc)
+	// Caught since the first package init (earlysig) and for good.
+	sigc := earlysig.Chan(syscall.SIGCHLD)
 
 	sock, err := openNotifySocket(nil)
 	if err != nil {
@@ -179,11 +192,13 @@ func Keep(kc KeeperConfig) int {
 	}
 	first, err := k.startFirst()
 	if err != nil {
+		k.endTrees()
 		k.removePIDFile()
 		k.log.Error("keeper: cannot start the master", zap.Error(err))
 		return 1
 	}
-	k.record = first
+	// The first master becomes the master of record once it announces
+	// itself; signals wait for it until then (announced).
 	// Debug: a start that fails should print the master's one line, not
 	// the keeper's chatter around it.
 	k.log.Debug("keeper started", zap.Int("master_pid", first.pid))
@@ -234,7 +249,7 @@ func (k *keeper) startFirst() (*keptMaster, error) {
 	for _, kv := range os.Environ() {
 		key, _, _ := strings.Cut(kv, "=")
 		switch {
-		case key == "NOTIFY_SOCKET", key == "WATCHDOG_PID", key == envKeeperPID:
+		case key == "NOTIFY_SOCKET", key == "WATCHDOG_PID", key == envKeeperPID, key == envCgroup:
 			continue
 		case strings.HasPrefix(key, "LISTEN_") && !activated:
 			continue
@@ -243,7 +258,9 @@ func (k *keeper) startFirst() (*keptMaster, error) {
 	}
 	// Masters speak sd_notify to the keeper, which relays as itself; the
 	// watchdog interval stays, its pid check is for the masters to pass.
-	env = append(env, "NOTIFY_SOCKET="+k.sock.addr, envKeeperPID+"="+strconv.Itoa(k.self))
+	env = append(env, "NOTIFY_SOCKET="+k.sock.addr, envKeeperPID+"="+strconv.Itoa(k.self), envKeeperAcks+"=1")
+	env = append(env, k.oomEnv()...)
+	env = append(env, k.setupTrees()...)
 	cmd := &exec.Cmd{
 		Path:   k.kc.Args[0],
 		Args:   k.kc.Args,
@@ -307,6 +324,7 @@ func (k *keeper) onExited(m *keptMaster) {
 	unix.Close(m.pidfd)
 	delete(k.masters, m.pid)
 	k.lastExited = m
+	k.trim() // an upgrade is over: what it used is garbage now
 	if m == k.record {
 		k.record = nil
 		k.lastRecord = m
@@ -327,6 +345,7 @@ func (k *keeper) exit() int {
 	// The last masters are the keeper's children by now (their parents
 	// exited first): collect them.
 	k.reap()
+	k.endTrees()
 	k.removePIDFile()
 	status, pick := 1, k.lastExited
 	if k.ready && k.lastRecord != nil {
@@ -391,8 +410,8 @@ func (k *keeper) stop(sig syscall.Signal) {
 // toAll sends sig to every master but skip (nil: none).
 func (k *keeper) toAll(sig syscall.Signal, skip *keptMaster) {
 	for _, m := range k.masters {
-		if m == skip {
-			continue
+		if m == skip || !m.announced {
+			continue // one that has not announced itself gets the stop then
 		}
 		if err := m.signal(sig); err != nil {
 			k.log.Warn("forward signal failed", zap.Error(err))
@@ -426,8 +445,14 @@ func (k *keeper) toRecord(sig syscall.Signal) {
 
 func (k *keeper) onNote(msg notifyMsg) {
 	m := k.masters[msg.pid]
-	if m == nil && msg.fields[keeperRegister] == "1" {
-		m = k.register(msg.pid)
+	if msg.fields[keeperRegister] == "1" {
+		var why string
+		if m == nil {
+			m, why = k.register(msg.pid)
+		} else {
+			k.announced(m) // the first master
+		}
+		k.answer(msg, m, why) // handshake.go
 	}
 	if m == nil {
 		k.log.Warn("notify message from unknown process ignored", logevent.NotifyUnknownSender, zap.Int("sender_pid", msg.pid))
@@ -452,34 +477,48 @@ func (k *keeper) onNote(msg notifyMsg) {
 		// Masters say MAINPID= when their generation serves: it is now the
 		// master of record.
 		k.setRecord(m)
+		if !k.ready {
+			k.trim()
+		}
 		k.ready = true
 	}
 	k.relay(msg.fields)
 }
 
 // register adopts a master that announced itself: a child of a master we
-// know (tableflip's re-exec) or of ours.
-func (k *keeper) register(pid int) *keptMaster {
-	ppid := osutil.ParentOf(pid)
+// know (tableflip's re-exec) or of ours. It returns nil and why when it
+// does not; a failure of the keeper's own (out of descriptors) is said as
+// such, never taken for a fact about the process.
+func (k *keeper) register(pid int) (*keptMaster, string) {
+	var ppid int
+	err := k.fds.Do(func() (err error) { ppid, err = osutil.Parent(pid); return err })
+	if err != nil && !osutil.NoProcess(err) {
+		k.log.Error("master announcement not accepted: keeper cannot read the process", logevent.MasterRefused, zap.Int("sender_pid", pid), zap.Error(err))
+		return nil, "keeper cannot read the process: " + err.Error()
+	}
 	if !sameProgram(pid) {
 		k.log.Warn("master announcement from a process that does not run baton ignored", zap.Int("sender_pid", pid))
-		return nil
+		return nil, "not running baton"
 	}
 	if ppid != k.self && k.masters[ppid] == nil {
 		k.log.Warn("master announcement from a process no master started ignored", zap.Int("sender_pid", pid), zap.Int("parent_pid", ppid))
-		return nil
+		return nil, fmt.Sprintf("parent %d is no master the keeper knows", ppid)
 	}
-	pidfd, err := unix.PidfdOpen(pid, 0)
+	var pidfd int
+	err = k.fds.Do(func() (err error) { pidfd, err = unix.PidfdOpen(pid, 0); return err })
 	if err != nil {
-		return nil // gone already
+		if !osutil.NoProcess(err) {
+			k.log.Error("master announcement not accepted: keeper cannot watch the process", logevent.MasterRefused, zap.Int("sender_pid", pid), zap.Error(err))
+		}
+		return nil, "keeper cannot watch it: pidfd_open: " + err.Error()
 	}
-	m := &keptMaster{pid: pid, pidfd: pidfd}
+	m := &keptMaster{pid: pid, pidfd: pidfd, announced: true}
 	k.watchMaster(m)
 	k.log.Info("master registered", logevent.MasterRegistered, zap.Int("master_pid", pid))
 	if k.stopping {
 		m.signal(syscall.SIGTERM) // a stop wins over an upgrade in flight
 	}
-	return m
+	return m, ""
 }
 
 // relay passes a master's sd_notify message to the service manager as the
@@ -504,38 +543,28 @@ func (k *keeper) relay(fields map[string]string) {
 	}
 }
 
-// writePIDFile writes the keeper's pid atomically.
+// writePIDFile takes the pid file for the keeper's life (pidfile.go): a
+// file nobody holds is stale and replaced, with a log line.
 func (k *keeper) writePIDFile() error {
 	if k.kc.PIDFile == "" {
 		return nil
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(k.kc.PIDFile), ".baton-pid-*")
+	l, stale, err := lockPIDFile(k.kc.PIDFile, k.self)
 	if err != nil {
-		return fmt.Errorf("--pid-file %q: %w", k.kc.PIDFile, err)
+		return err
 	}
-	// One line, newline-terminated, as pid files are (cat, read, shells).
-	_, err = tmp.WriteString(strconv.Itoa(k.self) + "\n")
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), k.kc.PIDFile)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("--pid-file %q: %w", k.kc.PIDFile, err)
+	k.pidLock = l
+	if stale != 0 && stale != k.self {
+		k.log.Warn("stale pid file replaced", logevent.PIDFileStale, zap.String("reason", "no keeper holds it"),
+			zap.String("pid_file", k.kc.PIDFile), zap.Int("stale_pid", stale))
 	}
 	return nil
 }
 
-// removePIDFile removes the pid file if it still names the keeper.
+// removePIDFile removes the pid file the keeper holds, and lets it go.
 func (k *keeper) removePIDFile() {
-	if k.kc.PIDFile == "" {
-		return
-	}
-	if b, err := os.ReadFile(k.kc.PIDFile); err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(k.self) {
-		os.Remove(k.kc.PIDFile)
-	}
+	k.pidLock.release()
+	k.pidLock = nil
 }
 
 // hangup reports whether a SIGHUP now comes from the terminal hanging up:

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/earlysig"
 	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"github.com/baton-sh/baton/supervisor/sockets"
@@ -62,21 +62,26 @@ type master struct {
 	phase        phase
 	slots        []*slot
 	procs        map[int]*worker // live workers by pid, current or draining
+	group        groupState      // membership of blue-green's reuseport groups
 	bootErr      error
 	startAt      time.Time
 	bootAt       time.Time
-	failedStderr []string // the failing worker's last stderr lines
-	failedOf     string   // whose lines they are: "worker 1's stderr", "the hook's output"
-	pinned       release  // resolved at boot; every worker of the generation runs it
+	runAt        time.Time // Run was called (zero in tests that build a master directly)
+	failedStderr []string  // the failing worker's last stderr lines
+	failedOf     string    // whose lines they are: "worker 1's stderr", "the hook's output"
+	pinned       release   // resolved at boot; every worker of the generation runs it
 	up           upgradeState
 	stopWaiters  []*ctlConn     // held open until exit
 	writers      sync.WaitGroup // held reload writers still flushing
 	stopAsked    bool           // a stop signal came after the handover
 	accepts      *acceptWatch
-	hook         *hookRun      // the --before-upgrade command while it runs (hook.go)
-	prog         progressState // progress.go
-	met          *metrics      // metrics.go
-	rollout      rolloutState  // blue-green and canary (bluegreen.go)
+	hook         *hookRun       // the --before-upgrade command while it runs (hook.go)
+	hookLeft     []hookLeftover // groups of past hooks still being ended (hookleft.go)
+	prog         progressState  // progress.go
+	met          *metrics       // metrics.go
+	rollout      rolloutState   // blue-green and canary (bluegreen.go)
+	refusal      refusal        // a stop's refusal of new connections (refuse.go)
+	trees        trees          // the generation's process trees (tree.go)
 }
 
 // newMaster returns a master that has started nothing. gen is its
@@ -116,16 +121,20 @@ func newMaster(cfg Config, s sys, upg upgrader, gen int) *master {
 // on a setup failure (sockets, control socket, --env-file); only in the last
 // two cases is nothing of this master left running.
 func Run(cfg Config) error {
+	runAt := time.Now()
 	keeper := os.Getenv(envKeeperPID)
 	pidFile := cfg.PIDFile
 	if keeper != "" {
 		// The keeper owns the pid file: its pid, for the service's life.
 		pidFile = ""
-		// Announce this master first thing: the keeper must know it
-		// before the old master can exit.
-		if err := osutil.SendNotify(os.Getenv("NOTIFY_SOCKET"), keeperRegister+"=1"); err != nil {
+		// Announce this master first thing, and wait for the keeper to
+		// accept it (handshake.go): the keeper must know it before the
+		// old master can exit.
+		kpid, _ := strconv.Atoi(keeper)
+		if err := announce(os.Getenv("NOTIFY_SOCKET"), kpid); err != nil {
 			return fmt.Errorf("announce to keeper %s: %w", keeper, err)
 		}
+		restoreOOMScore() // oom.go: the keeper's lowered score is its own
 		if os.Getenv("LISTEN_PID") == keeper {
 			// Sockets of a systemd .socket unit, passed on by the keeper
 			// at the same fd numbers.
@@ -160,9 +169,15 @@ func Run(cfg Config) error {
 	defer release()
 	m := newMaster(cfg, s, tableflipUpgrader{upg}, gen)
 	m.up = up
+	m.runAt = runAt
 	if err := m.met.restore(up.metrics); err != nil {
 		m.log.Warn("previous master's metrics not carried over", zap.Error(err))
 	}
+	if err := m.startTasks(cfg.Workers); err != nil {
+		upg.Stop()
+		return err
+	}
+	reserveThreads(spareThreads) // tasks.go: kept idle for an upgrade
 	m.shell = findShell()
 	m.baseEnv = workerBaseEnv(os.Environ(), cfg.WorkerOutput == OutputTagged)
 	if cfg.EnvFile != "" {
@@ -177,6 +192,8 @@ func Run(cfg Config) error {
 		m.release(false)
 		return err
 	}
+	m.setupTrees()
+	defer m.closeTrees()
 	if keeper != "" {
 		pid, _ := strconv.Atoi(keeper)
 		if err := m.watchKeeper(pid); err != nil {
@@ -215,7 +232,7 @@ func (m *master) setup() error {
 	var lns *sockets.Set
 	var err error
 	if st := m.cfg.Rollout.Strategy; st.steered() {
-		lns, err = m.openGroup(act)
+		lns, err = m.openGroup(reg, act)
 	} else {
 		lns, err = sockets.Open(reg, m.cfg.Listen, act)
 	}
@@ -312,10 +329,9 @@ func (m *master) post(ev event) {
 }
 
 func (m *master) run() error {
-	sigc := make(chan os.Signal, 16)
-	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGHUP,
-		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGTTIN, syscall.SIGTTOU)
-	defer signal.Stop(sigc)
+	// Caught since the process's first package init (earlysig), and
+	// kept caught until it exits: none takes its default action, ever.
+	sigc := earlysig.Chan()
 
 	go m.notify.run(func(msg notifyMsg) { m.post(evNotify(msg)) })
 	if m.control != nil && !m.up.parentAlive {
@@ -348,13 +364,18 @@ func (m *master) run() error {
 
 // boot starts this master's generation.
 func (m *master) boot() {
-	m.log.Info("master starting", logevent.MasterStarting,
+	m.bootAt = m.sys.now()
+	fields := []zap.Field{logevent.MasterStarting,
 		zap.String("version", m.cfg.Version),
 		zap.Int("workers", m.cfg.Workers),
 		zap.Strings("listen", specStrings(m.cfg.Listen)),
 		zap.Strings("command", m.cfg.Command),
-		zap.Bool("upgrade", m.up.parentAlive))
-	m.bootAt = m.sys.now()
+		zap.Bool("upgrade", m.up.parentAlive),
+	}
+	if !m.runAt.IsZero() {
+		fields = append(fields, startupFields(m.up.start, m.runAt, m.bootAt)...)
+	}
+	m.log.Info("master starting", fields...)
 	m.step(control.Progress{Event: control.EvMasterStarted, Count: m.cfg.Workers,
 		Message: fmt.Sprintf("new master %d started: %d workers", m.self, m.cfg.Workers)})
 	if m.cfg.BeforeStart && !m.up.parentAlive {
@@ -366,7 +387,6 @@ func (m *master) boot() {
 
 // startGeneration starts this master's workers.
 func (m *master) startGeneration() {
-	m.bootAt = m.sys.now()
 	m.prog.forwarding.Store(m.up.parentNotify != "")
 	rel, err := resolveRelease(m.cfg)
 	if err != nil {
@@ -399,21 +419,23 @@ func (m *master) exit() error {
 	}
 	switch {
 	case m.phase == phaseHandedOver:
+		m.killHookLeftovers() // hookleft.go
 		m.release(false)
-		m.log.Info("master exiting after handover: old generation drained",
+		m.log.Info("master exiting after handover: old generation drained", logevent.OldGenerationDrained,
 			zap.Duration("drain", m.sys.now().Sub(m.up.handedOverAt)), zap.Int("workers", m.up.drained), zap.Int("killed", m.up.killed))
 		return nil
 	case m.bootErr != nil:
 		m.release(false)
 		return m.bootErr
 	}
+	m.killHookLeftovers()
 	m.release(true)
 	m.log.Info("master stopped", logevent.MasterStopped)
 	return nil
 }
 
 func (m *master) finished() bool {
-	return (m.phase == phaseStopping || m.phase == phaseHandedOver) && len(m.procs) == 0 && m.hook == nil
+	return (m.phase == phaseStopping || m.phase == phaseHandedOver) && len(m.procs) == 0 && m.hook == nil && m.treesEmpty()
 }
 
 // handle is the loop's one dispatch: every state change starts here.
@@ -447,6 +469,10 @@ func (m *master) handle(ev event) {
 		m.onKeeperGone()
 	case evAcceptCheck:
 		m.onAcceptCheck()
+	case evRefuseCheck:
+		m.onRefuseCheck()
+	case evTreeCheck:
+		m.onTreeCheck()
 	case evHookExit:
 		m.onHookExit(ev.h, ev.status)
 	case evHookTimeout:
@@ -465,6 +491,10 @@ func (m *master) handle(ev event) {
 		m.onSwitchBackWait()
 	case evQueueIdle:
 		m.onQueueIdle(ev)
+	case evMemberCheck:
+		m.onMemberCheck()
+	case evMembers:
+		m.onMembers(ev)
 	}
 	m.syncMetrics()
 }
@@ -499,10 +529,7 @@ func (m *master) onSignal(sig syscall.Signal) {
 				m.log.Error("reopen log file failed", zap.Error(err))
 			}
 		}
-		for _, w := range m.procs {
-			w.proc.Signal(syscall.SIGUSR1)
-		}
-		m.log.Info("SIGUSR1 forwarded to workers", zap.Int("workers", len(m.procs)))
+		m.forwardUSR1() // signals.go
 	}
 }
 
@@ -519,8 +546,10 @@ func (m *master) stop(trigger string) {
 			m.bootErr = nil // a plain start interrupted by the operator is a clean stop
 		}
 		m.reportFailure("new master received " + trigger + " before its workers were ready")
+		m.dropQueued("master stopping (" + trigger + ")")
 		m.phase = phaseStopping
 		m.drainCandidate()
+		m.refuseNew()
 		return
 	}
 	m.sdNotify("STOPPING=1")
@@ -528,6 +557,7 @@ func (m *master) stop(trigger string) {
 	m.stopHook(m.cfg.DrainSignal)
 	m.dropQueued("master stopping (" + trigger + ")")
 	m.drainAll()
+	m.refuseNew()
 }
 
 func (m *master) bootDone() {
@@ -565,6 +595,10 @@ func (m *master) bootDone() {
 		m.log.Warn("old master gone before the handover: serving as the master", zap.Error(err))
 	}
 	m.phase = phaseServing
+	if m.lns != nil && m.cfg.Rollout.Strategy.steered() && m.up.parentAlive {
+		m.allowed() // records the previous generation's sockets, to name a leftover later
+	}
+	m.scheduleMemberCheck()
 	fields := []zap.Field{zap.Int("workers", len(m.slots)), zap.Duration("workers_starting", workers)}
 	if m.up.parentPID != 0 {
 		// Started by an old master (alive, or gone mid-handover): this one
@@ -587,9 +621,13 @@ func (m *master) bootDone() {
 		}
 		m.log.Info("handover complete: new generation serving", append(fields, logevent.HandoverComplete)...)
 	} else {
+		m.trim() // before the line: whoever waits for it sees a master at rest
 		m.log.Info("generation ready", append(fields, logevent.GenerationReady)...)
 	}
 	m.sdNotify(fmt.Sprintf("MAINPID=%d\nREADY=1\nSTATUS=generation %d, %d workers", m.self, m.gen, len(m.slots)))
+	if m.up.parentPID == 0 {
+		m.startQueued() // an upgrade held while the first generation booted
+	}
 }
 
 func (m *master) bootFailed(err error, reason string) {
@@ -602,6 +640,7 @@ func (m *master) bootFailed(err error, reason string) {
 	m.reportFailure(reason)
 	m.phase = phaseStopping
 	m.drainCandidate()
+	m.refuseNew()
 }
 
 // onNotify handles one sd_notify datagram, attributed by the kernel to the

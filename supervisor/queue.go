@@ -41,7 +41,7 @@ func (m *master) startQueued() {
 	if u.queuedAt.IsZero() {
 		return
 	}
-	m.log.Info("previous generation drained: starting the queued upgrade",
+	m.log.Info("starting the queued upgrade",
 		zap.String("trigger", u.queuedBy), zap.Duration("waited", m.sys.now().Sub(u.queuedAt)))
 	if why := m.requestUpgrade(u.queuedBy, true); why != "" {
 		u.queuedAt = time.Time{}

@@ -66,7 +66,11 @@ func (e execReadiness) watch(w *worker, env []string, ready func()) func() {
 			cmd := exec.CommandContext(ctx, "/bin/sh", "-c", e.probe)
 			cmd.Dir = e.dir
 			cmd.Env = penv
-			if err := cmd.Run(); err == nil && ctx.Err() == nil {
+			err := startUnblocked(cmd) // signals.go
+			if err == nil {
+				err = cmd.Wait()
+			}
+			if err == nil && ctx.Err() == nil {
 				ready()
 				return
 			}

@@ -31,6 +31,7 @@ func (s *spawner) loop() {
 	// Never unlocked: when the loop ends the thread exits with it, which
 	// SIGKILLs any worker still alive, as a dead master would.
 	runtime.LockOSThread()
+	spawnerMask() // signals.go: what children inherit blocked
 	for {
 		select {
 		case r := <-s.reqs:

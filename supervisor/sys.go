@@ -15,6 +15,7 @@ import (
 	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"github.com/baton-sh/baton/supervisor/sockets"
+	"github.com/baton-sh/baton/supervisor/tasks"
 	"github.com/cloudflare/tableflip"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -43,6 +44,10 @@ type sys struct {
 	// parentOf returns a process's parent pid, 0 when unknown (notify
 	// messages from a worker's descendants count as the worker's).
 	parentOf func(pid int) int
+	// headroom, treeTasks and limitHits read the task limits (tasks.go).
+	headroom  func() tasks.Headroom
+	treeTasks func(pid int) int64
+	limitHits func() int64
 }
 
 // upgrader is what the master uses of *tableflip.Upgrader (tableflip's own
@@ -87,12 +92,15 @@ func (u tableflipUpgrader) Upgrade() error {
 
 // procSpec is one worker process to start.
 type procSpec struct {
-	path   string
-	argv   []string
-	env    []string
-	dir    string
-	files  []*os.File // fds 3, 4, …
-	cred   *syscall.Credential
+	path  string
+	argv  []string
+	env   []string
+	dir   string
+	files []*os.File // fds 3, 4, …
+	cred  *syscall.Credential
+	// cgroup, if set, is the cgroup v2 directory the process is cloned
+	// into (CLONE_INTO_CGROUP): it is never outside it, even for an instant.
+	cgroup *os.File
 	output string      // OutputTagged or OutputInherit
 	log    *zap.Logger // for tagged output; the pid is added
 	// outputMsg is the log message of each tagged line (OutputMessage
@@ -169,6 +177,7 @@ func osSys() (sys, func()) {
 		notifyTo: osutil.SendNotify,
 		setenv:   func(k, v string) { os.Setenv(k, v) },
 		parentOf: osutil.ParentOf,
+		headroom: osTasks.headroom, treeTasks: osTasks.treeTasks, limitHits: osTasks.limitHits,
 	}, sp.stop
 }
 
@@ -195,6 +204,10 @@ func startOSProcess(sp *spawner, p procSpec, exited func(exitStatus)) (*osProces
 			Pdeathsig:  syscall.SIGKILL,
 			Credential: p.cred,
 		},
+	}
+	if p.cgroup != nil {
+		cmd.SysProcAttr.UseCgroupFD = true
+		cmd.SysProcAttr.CgroupFD = int(p.cgroup.Fd())
 	}
 	// Tagged: both streams through the master. Inherit: stderr is teed,
 	// so failure reports carry its last lines in both modes.

@@ -80,6 +80,7 @@ type upgradeState struct {
 	waited      time.Duration // the wait for the previous generation's drain
 	queuedAt    time.Time     // non-zero while an upgrade waits (queue.go)
 	queuedBy    string        // what asked for it first
+	limitHits   int64         // the cgroup's pids.events max when it launched
 
 	// After a handover, reload requests are answered once every old
 	// worker has stopped accepting (said STOPPING=1, or exited), or after
@@ -136,6 +137,9 @@ func (m *master) requestUpgrade(trigger string, wait bool) string {
 	var why string
 	var fields []zap.Field
 	switch {
+	case m.phase == phaseBooting && u.parentPID == 0 && wait:
+		m.holdUpgrade(trigger) // signals.go
+		return ""
 	case m.phase != phaseServing:
 		why = "master is not serving (" + m.stateName() + ")"
 	case u.running:
@@ -186,6 +190,7 @@ func (m *master) launchUpgrade() {
 	u := &m.up
 	start := m.sys.now()
 	u.token = strconv.FormatUint(rand.Uint64(), 36)
+	u.limitHits = m.sys.limitHits()
 	// tableflip re-executes us with os.Environ(); this is how the next
 	// master learns its generation, when the deploy began (after the
 	// hook: the handover's time is the new generation's), where to
@@ -221,7 +226,10 @@ func (m *master) preflight() error {
 	if _, err := exec.LookPath(os.Args[0]); err != nil {
 		return fmt.Errorf("baton binary %q: %w", os.Args[0], osutil.Cause(err))
 	}
-	return m.cfg.Check()
+	if err := m.cfg.Check(); err != nil {
+		return err
+	}
+	return m.upgradeTasks() // tasks.go
 }
 
 func trimParen(s string) string {
@@ -257,6 +265,7 @@ func (m *master) onUpgradeDone(err error) {
 		if res.Reason == "" {
 			res.Reason = "new master failed: " + err.Error()
 		}
+		res.Reason = m.tasksReason(u.limitHits, res.Reason) // tasks.go
 		if len(res.Stderr) == 0 {
 			res.Stderr = u.stderr
 		}
@@ -448,5 +457,6 @@ func (m *master) onParentExited() {
 	}
 	m.startQueued()
 	// The goroutine count is here to make leaks visible in tests.
+	m.trim() // before the line: whoever waits for it measures a trimmed master
 	m.log.Info("previous master exited", logevent.PreviousMasterExited, zap.Int("goroutines", runtime.NumGoroutine()))
 }

@@ -44,6 +44,10 @@ type worker struct {
 	// notified: it sent something on NOTIFY_SOCKET (for the hint when
 	// --ready notify times out)
 	notified bool
+	wasReady bool // it was ready once (a draining worker has its handlers)
+	usr1Held bool // a USR1 came while it started: sent once it is ready
+
+	tree *procTree // its process tree (tree.go); nil in in-process tests
 
 	stopReady      func() // ends the readiness watch
 	stopReadyTimer func()
@@ -102,8 +106,9 @@ func (m *master) startWorker(s *slot) {
 	path, argv := shimCommand(m.shell, m.pinned.command)
 	wlog := m.log.With(zap.Int("worker", s.index))
 	w := &worker{index: s.index, state: stateStarting}
+	tree, treeEnv, cgDir := m.newTree(s.index)
 	proc, err := m.sys.start(procSpec{
-		path: path, argv: argv, env: env, dir: m.pinned.dir,
+		path: path, argv: argv, env: append(env, treeEnv...), dir: m.pinned.dir, cgroup: cgDir,
 		files: m.files, cred: m.cfg.Credential,
 		output: m.cfg.WorkerOutput, log: wlog, onLine: m.outputForwarder(s.index),
 	}, func(st exitStatus) {
@@ -115,7 +120,11 @@ func (m *master) startWorker(s *slot) {
 		}
 		m.post(evExit{w, st})
 	})
+	if cgDir != nil {
+		cgDir.Close()
+	}
 	if err != nil {
+		m.removeTree(tree)
 		m.log.Error("worker start failed", zap.Int("worker", s.index), zap.Error(err))
 		if m.phase == phaseBooting {
 			// No process, so no exit or timeout would ever end the boot.
@@ -127,6 +136,9 @@ func (m *master) startWorker(s *slot) {
 		return
 	}
 	w.proc, w.pid, w.started = proc, proc.Pid(), m.sys.now()
+	if tree != nil {
+		tree.w, w.tree = w, tree
+	}
 	w.log = wlog.With(zap.Int("pid", w.pid))
 	s.cur = w
 	m.procs[w.pid] = w
@@ -155,7 +167,8 @@ func (m *master) markReady(w *worker) {
 	if w.exited || w.state != stateStarting {
 		return
 	}
-	w.state = stateReady
+	w.state, w.wasReady = stateReady, true
+	m.readyUSR1(w)
 	w.stopReady()
 	w.stopReadyTimer()
 	startup := m.sys.now().Sub(w.started)
@@ -198,6 +211,7 @@ func (m *master) onExit(w *worker, st exitStatus) {
 	}
 	w.exited = true
 	w.cancelTimers()
+	m.treeAfterExit(w)
 	m.oldWorkerStopped(w)
 	if m.procs[w.pid] == w {
 		delete(m.procs, w.pid)
@@ -288,6 +302,7 @@ func (m *master) drain(w *worker) {
 	w.stopReadyTimer()
 	w.log.Info("draining worker", logevent.WorkerDraining, zap.String("signal", sigName(m.cfg.DrainSignal)))
 	w.proc.Signal(m.cfg.DrainSignal)
+	m.signalTree(w, m.cfg.DrainSignal) // its helpers drain with it
 	w.stopDrainTimer = m.sys.afterFunc(m.cfg.DrainTimeout, func() { m.post(evDrainTimeout{w}) })
 }
 
@@ -298,6 +313,7 @@ func (m *master) onDrainTimeout(w *worker) {
 	w.log.Warn("drain timeout: killing worker", logevent.WorkerDrainTimeout, zap.Duration("drain_timeout", m.cfg.DrainTimeout))
 	w.killed = true
 	w.proc.SignalGroup(syscall.SIGKILL) // its process group: helpers too
+	m.killTree(w.tree, "drain timeout")
 }
 
 func (m *master) drainAll() {
@@ -315,6 +331,7 @@ func (m *master) killAll() {
 		w.killed = true
 		w.proc.SignalGroup(syscall.SIGKILL)
 	}
+	m.killTrees()
 }
 
 // addWorker is TTIN: one worker more.
@@ -324,6 +341,10 @@ func (m *master) addWorker() {
 	}
 	if m.up.running {
 		m.log.Warn("worker count not changed: an upgrade is under way (the new generation has its count)")
+		return
+	}
+	if err := m.addTasks(1); err != nil {
+		m.log.Warn("worker count not increased: "+err.Error(), logevent.WorkerCountUnchanged, zap.Int("workers", len(m.slots)), zap.String("reason", err.Error()))
 		return
 	}
 	m.log.Info("worker count increased", logevent.WorkerCountIncreased, zap.Int("workers", len(m.slots)+1))
@@ -365,6 +386,11 @@ func (m *master) scale(n int) (int, error) {
 		// The new master took its count when it started: a change now
 		// would be lost with this generation.
 		return prev, fmt.Errorf("an upgrade is under way; scale once it is over")
+	}
+	if n > prev {
+		if err := m.addTasks(n - prev); err != nil {
+			return prev, err
+		}
 	}
 	for len(m.slots) < n {
 		m.addWorker()

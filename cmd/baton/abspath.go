@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/baton-sh/baton/supervisor/earlysig"
 )
 
 // A master re-executes itself (tableflip runs os.Args in the master's
@@ -38,6 +40,9 @@ func reexecFromRoot(cwd string) error {
 	if err := os.Chdir("/"); err != nil {
 		return err
 	}
+	// Signals caught so far (package earlysig) are handled by the new
+	// image, not lost with this one.
+	earlysig.Carry()
 	return syscall.Exec(os.Args[0], os.Args, os.Environ())
 }
 

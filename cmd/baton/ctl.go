@@ -255,6 +255,12 @@ func printStatus(w io.Writer, st control.Status) {
 		fmt.Fprintf(w, "keeper %d (the service's pid)\n", st.KeeperPID)
 	}
 	fmt.Fprintf(w, "listening on %s\n", strings.Join(st.Listeners, ", "))
+	switch st.ProcessTrees {
+	case "cgroup":
+		fmt.Fprintf(w, "process trees: cgroup %s\n", st.TreeCgroup)
+	case "subreaper":
+		fmt.Fprintln(w, "process trees: subreaper (no cgroup v2 here)")
+	}
 	if st.LogDropped > 0 {
 		fmt.Fprintf(w, "log entries dropped: %d (baton's log output did not keep up)\n", st.LogDropped)
 	}
@@ -276,7 +282,13 @@ func printStatus(w io.Writer, st control.Status) {
 	tw.Flush()
 	if p := st.Previous; p != nil {
 		fmt.Fprintf(w, "previous generation %d (master %d) draining: %d processes, at most %s left\n",
-			p.Generation, p.MasterPID, len(p.WorkerPIDs), msDur(p.DrainLeftMS))
+			p.Generation, p.MasterPID, max(len(p.WorkerPIDs), len(p.Processes)), msDur(p.DrainLeftMS))
+		if len(p.Processes) > 0 {
+			fmt.Fprintf(w, "  its processes: %s\n", strings.Trim(fmt.Sprint(p.Processes), "[]"))
+		}
+	}
+	for _, f := range st.ForeignSockets {
+		fmt.Fprintf(w, "WARNING: %s (steering: %s)\n", f.Detail, st.Steering)
 	}
 	if u := st.LastUpgrade; u != nil {
 		fmt.Fprint(w, "last upgrade: ")
@@ -301,13 +313,22 @@ func stopCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 				return err
 			}
 			defer conn.Close()
-			// The master holds this connection until it exits.
-			if err := conn.WaitClosed(); err != nil || !control.WaitExited(ack.MasterPID, 5*time.Second) {
+			// The master holds this connection until it exits. Its pids
+			// are numbers in its own pid namespace: waited on only as this
+			// client sees them, never a number that is another process here.
+			master, keeper := ack.LocalPIDs()
+			if err := conn.WaitClosed(); err != nil || (master != 0 && !control.WaitExited(master, 5*time.Second)) {
 				return &exitCode{exitUnknown, fmt.Sprintf("master %d still stopping after %s (--timeout)", ack.MasterPID, c.Duration("timeout"))}
 			}
 			// The keeper exits once no master is left: then nothing runs.
-			if ack.KeeperPID != 0 && !control.WaitExited(ack.KeeperPID, c.Duration("timeout")) {
-				return &exitCode{exitUnknown, fmt.Sprintf("keeper %d still running after %s (--timeout)", ack.KeeperPID, c.Duration("timeout"))}
+			if keeper != 0 {
+				if exited, stopped := waitKeeper(keeper, c.Duration("timeout")); !exited {
+					state := "still running"
+					if stopped {
+						state = "still stopped (state T), so it cannot exit,"
+					}
+					return &exitCode{exitUnknown, fmt.Sprintf("keeper %d %s after %s (--timeout)", ack.KeeperPID, state, c.Duration("timeout"))}
+				}
 			}
 			fmt.Printf("master %d stopped\n", ack.MasterPID)
 			return nil

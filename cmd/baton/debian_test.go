@@ -20,7 +20,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/baton-sh/baton/cmd/baton/loadgen"
+	"github.com/baton-sh/baton/internal/loadgen"
 )
 
 // Unmodified servers from Debian 12's packages (gunicorn, puma with the

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/baton-sh/baton/cmd/baton/loadgen"
+	"github.com/baton-sh/baton/internal/loadgen"
 	"github.com/baton-sh/baton/supervisor/control"
 )
 

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/baton-sh/baton/cmd/baton/loadgen"
+	"github.com/baton-sh/baton/internal/loadgen"
 )
 
 func environOf(t *testing.T, pid int) map[string]string {
@@ -69,7 +69,7 @@ func TestWorkerEnvironmentAndFdsAreExactlyTheContract(t *testing.T) {
 			for k := range env {
 				bad := strings.HasPrefix(k, "TABLEFLIP_") || strings.HasPrefix(k, "WATCHDOG_") ||
 					(strings.HasPrefix(k, "LISTEN_") && k != "LISTEN_FDS" && k != "LISTEN_PID" && k != "LISTEN_FDNAMES") ||
-					(strings.HasPrefix(k, "BATON_") && k != "BATON_WORKER" && k != "BATON_GENERATION")
+					(strings.HasPrefix(k, "BATON_") && k != "BATON_WORKER" && k != "BATON_GENERATION" && k != "BATON_TREE")
 				if bad {
 					t.Errorf("generation %d worker %d has %s=%s", gen, pid, k, env[k])
 				}

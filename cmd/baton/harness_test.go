@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,8 +17,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/baton-sh/baton/cmd/baton/loadgen"
-	"github.com/baton-sh/baton/internal/logtail"
+	"github.com/baton-sh/baton/internal/harness"
+	"github.com/baton-sh/baton/internal/loadgen"
 )
 
 // binDir holds baton and the example servers, built once for all tests.
@@ -78,18 +77,18 @@ func goTool() string {
 	return "go"
 }
 
-// logEvent is one JSON log entry of baton (a logtail.Event with the
+// logEvent is one JSON log entry of baton (a harness.Event with the
 // tests' short accessors).
 type logEvent map[string]any
 
-func (e logEvent) str(k string) string { return logtail.Event(e).Str(k) }
-func (e logEvent) num(k string) int    { return logtail.Event(e).Int(k) }
+func (e logEvent) str(k string) string { return harness.Event(e).Str(k) }
+func (e logEvent) num(k string) int    { return harness.Event(e).Int(k) }
 
 // logTail is the log every process of one baton run shares (masters that
 // succeed the first inherit its stderr), waited on by event name.
-type logTail struct{ *logtail.Tail }
+type logTail struct{ *harness.Tail }
 
-func newLogTail(r *os.File) *logTail { return &logTail{logtail.New(r)} }
+func newLogTail(r *os.File) *logTail { return &logTail{harness.New(r)} }
 
 // waitFrom returns the first entry at index >= from with event name that
 // satisfies match (nil: any), and its index; it fails the test after
@@ -114,8 +113,8 @@ func (lt *logTail) tryWaitFrom(from int, name string, match func(logEvent) bool,
 	return logEvent(ev), i
 }
 
-func eventMatch(name string, match func(logEvent) bool) func(logtail.Event) bool {
-	return func(e logtail.Event) bool {
+func eventMatch(name string, match func(logEvent) bool) func(harness.Event) bool {
+	return func(e harness.Event) bool {
 		return (name == "" || e.Name() == name) && (match == nil || match(logEvent(e)))
 	}
 }
@@ -190,47 +189,28 @@ func startBatonCmd(t *testing.T, cmd *exec.Cmd, env []string) *baton {
 // launch starts cmd with JSON logs on a pipe; the caller arranges cleanup.
 func launch(t *testing.T, cmd *exec.Cmd, env []string) *baton {
 	t.Helper()
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Every master gets its own control socket unless the test picks one.
 	ctl := filepath.Join(t.TempDir(), "ctl.sock")
 	cmd.Env = append(append(os.Environ(), "BATON_CONTROL="+ctl), env...)
-	cmd.Stdout = w
-	cmd.Stderr = w
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	tail, err := harness.Start(cmd)
+	if err != nil {
 		t.Fatal(err)
 	}
-	w.Close()
-	b := &baton{t: t, cmd: cmd, pid: cmd.Process.Pid, log: newLogTail(r), done: make(chan struct{}), control: ctl}
+	b := &baton{t: t, cmd: cmd, pid: cmd.Process.Pid, log: &logTail{tail}, done: make(chan struct{}), control: ctl}
 	go func() { b.err = cmd.Wait(); close(b.done) }()
 	return b
 }
 
 // pids lists every master and worker pid the log has named.
 func (b *baton) pids() []int {
-	seen := map[int]bool{b.pid: true}
-	for _, ev := range b.log.all() {
-		for _, k := range []string{"master_pid", "pid"} {
-			if p := ev.num(k); p > 0 {
-				seen[p] = true
-			}
-		}
-	}
-	out := make([]int, 0, len(seen))
-	for p := range seen {
-		out = append(out, p)
-	}
-	return out
+	masters, others := harness.Pids(b.log.Slice(0, -1))
+	return append(append([]int{b.pid}, masters...), others...)
 }
 
 // killOurs SIGKILLs pid only if it still runs one of the binaries this test
 // built, so a recycled pid is never hit.
 func killOurs(pid int) {
-	exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
-	if err == nil && strings.HasPrefix(exe, binDir+"/") {
+	if harness.Ours(binDir, pid) {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
@@ -284,12 +264,11 @@ func (b *baton) workerPids(gen int) []int {
 // freeAddr returns a loopback TCP address nobody listens on right now.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := harness.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }
 
 // get does one request on a fresh connection.
@@ -319,11 +298,8 @@ func field(body, key string) string {
 	return ""
 }
 
-func alive(pid int) bool {
-	// A zombie is dead for our purposes: it serves nothing.
-	state, _, err := procStat(pid)
-	return err == nil && state != 'Z'
-}
+// alive is false for a zombie: it serves nothing.
+func alive(pid int) bool { return harness.Alive(pid) }
 
 // eventually polls cond every 10ms until it holds or timeout passes.
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
@@ -456,16 +432,9 @@ func exitStatus(err error) (code int, ok bool) {
 
 // procStat reads a process's state and parent pid from /proc.
 func procStat(pid int) (state byte, ppid int, err error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	f, err := harness.Stat(pid)
 	if err != nil {
 		return 0, 0, err
-	}
-	// The command name may hold spaces and parentheses; fields follow the
-	// last ')'.
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(f) < 2 || len(f[0]) != 1 {
-		return 0, 0, fmt.Errorf("/proc/%d/stat: %q", pid, s)
 	}
 	ppid, err = strconv.Atoi(f[1])
 	return f[0][0], ppid, err

@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/baton-sh/baton/cmd/baton/loadgen"
+	"github.com/baton-sh/baton/internal/loadgen"
 )
 
 // Servers in other languages under baton: examples/python, examples/node

@@ -19,6 +19,7 @@ import (
 
 	"github.com/baton-sh/baton/supervisor"
 	"github.com/baton-sh/baton/supervisor/control"
+	_ "github.com/baton-sh/baton/supervisor/earlysig" // its init catches run's signals before any other package's
 	"github.com/baton-sh/baton/supervisor/sockets"
 	"github.com/urfave/cli/v2"
 )

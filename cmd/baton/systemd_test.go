@@ -66,7 +66,7 @@ func nspawnOrSkip(t *testing.T) string {
 }
 
 // stageInstall runs make install into a staging directory, as a packager
-// would, and returns its root: the units under share/baton/systemd are
+// would (with the baton this test run built), and returns its root: the units under share/baton/systemd are
 // exactly what make install ships (ExecStart= rewritten to PREFIX's baton).
 func stageInstall(t *testing.T) string {
 	t.Helper()
@@ -74,8 +74,18 @@ func stageInstall(t *testing.T) string {
 		t.Skip("make not installed: the units are staged with make install")
 	}
 	stage := t.TempDir()
-	cmd := exec.Command("make", "-C", "../..", "--no-print-directory", "install",
-		"GO="+goTool(), "BIN="+filepath.Join(t.TempDir(), "bin"), "DESTDIR="+stage, "PREFIX=/usr/local")
+	// The baton TestMain built, not a second build (-o build: make takes
+	// that target as done); docs makes the man page and completions from it.
+	built := t.TempDir()
+	b, err := os.ReadFile(bin("baton"))
+	if err == nil {
+		err = os.WriteFile(filepath.Join(built, "baton"), b, 0o755)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("make", "-C", "../..", "--no-print-directory", "-o", "build", "docs", "install",
+		"BIN="+built, "DESTDIR="+stage, "PREFIX=/usr/local")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("make install DESTDIR=%s: %v\n%s", stage, err, out)
 	}

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/baton-sh/baton/cmd/baton/loadgen"
+	"github.com/baton-sh/baton/internal/loadgen"
 )
 
 // upgrade sends USR2 to the master pid and waits for the handover to the

@@ -11,45 +11,13 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/baton-sh/baton/cmd/baton/loadgen"
+	"github.com/baton-sh/baton/internal/verify"
 	"github.com/urfave/cli/v2"
 )
-
-// exitUnreachable: the service did not answer before any upgrade, so
-// nothing was verified (exit 1 means the deploy dropped requests).
-const exitUnreachable = 4
-
-// verifyPlan is a checked `baton verify` command line.
-type verifyPlan struct {
-	url            string // as given, for reports
-	network, addr  string // where to connect: "tcp" and a resolved IP:port, or "unix" and a path
-	host           string // Host header
-	target         string // request target (path and query)
-	slow           string // slow request target, or ""
-	reloads        int
-	interval       time.Duration
-	concurrency    int
-	requestTimeout time.Duration
-	duration       time.Duration
-	maxRequests    int
-	versionHeader  string
-	upgradeTimeout time.Duration
-	report         string // --report FILE (.html or .svg), or ""
-}
-
-// Clients split: a quarter of --concurrency (at least one) sends --slow;
-// the rest is half keep-alive, half fresh connections.
-func (p verifyPlan) slowClients() int {
-	if p.slow == "" {
-		return 0
-	}
-	return max(1, p.concurrency/4)
-}
 
 func verifyCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 	return &cli.Command{
@@ -82,17 +50,19 @@ func verifyCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			rep, err := runVerify(ctx, c, p)
+			rep, err := verify.Run(ctx, p, func(ctx context.Context) (verify.Outcome, error) { return triggerUpgrade(ctx, c) })
 			if err != nil {
-				return err
+				// The service did not answer before any upgrade: nothing
+				// was verified, which is not "the deploy dropped requests".
+				return &exitCode{exitUnreachable, err.Error()}
 			}
 			if c.Bool("json") {
-				rep.writeJSON(os.Stdout)
+				rep.WriteJSON(os.Stdout)
 			} else {
-				rep.writeText(os.Stdout)
+				rep.WriteText(os.Stdout)
 			}
-			if p.report != "" {
-				if err := rep.writeReportFile(p.report); err != nil {
+			if p.Report != "" {
+				if err := rep.WriteReportFile(p.Report); err != nil {
 					return &exitCode{exitFailure, err.Error()}
 				}
 			}
@@ -104,72 +74,76 @@ func verifyCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 	}
 }
 
+// exitUnreachable: the service did not answer before any upgrade, so
+// nothing was verified (exit 1 means the deploy dropped requests).
+const exitUnreachable = 4
+
 // verifyPlanFrom checks the command line; every error is a usage error
 // naming the bad value.
-func verifyPlanFrom(c *cli.Context) (verifyPlan, error) {
-	bad := func(format string, a ...any) (verifyPlan, error) {
-		return verifyPlan{}, &usageError{fmt.Errorf(format, a...)}
+func verifyPlanFrom(c *cli.Context) (verify.Plan, error) {
+	bad := func(format string, a ...any) (verify.Plan, error) {
+		return verify.Plan{}, &usageError{fmt.Errorf(format, a...)}
 	}
 	if c.NArg() > 0 {
 		return bad("unexpected argument %q (verify takes flags only)", c.Args().First())
 	}
-	p := verifyPlan{
-		url: c.String("url"), reloads: c.Int("reloads"), interval: c.Duration("interval"),
-		concurrency: c.Int("concurrency"), requestTimeout: c.Duration("request-timeout"),
-		duration: c.Duration("duration"), maxRequests: c.Int("max-requests"),
-		versionHeader: c.String("version-header"), upgradeTimeout: c.Duration("timeout"), slow: c.String("slow"),
+	p := verify.Plan{
+		URL: c.String("url"), Reloads: c.Int("reloads"), Interval: c.Duration("interval"),
+		Concurrency: c.Int("concurrency"), RequestTimeout: c.Duration("request-timeout"),
+		Duration: c.Duration("duration"), MaxRequests: c.Int("max-requests"),
+		VersionHeader: c.String("version-header"), UpgradeTimeout: c.Duration("timeout"), Slow: c.String("slow"),
 	}
-	if p.url == "" {
+	if p.URL == "" {
 		return bad("--url is required (e.g. --url http://127.0.0.1:8080/)")
 	}
-	u, err := url.Parse(p.url)
+	u, err := url.Parse(p.URL)
 	switch {
 	case err != nil:
-		return bad("--url %q: %v", p.url, unwrapURLError(err))
+		return bad("--url %q: %v", p.URL, unwrapURLError(err))
 	case u.Scheme == "https":
-		return bad("--url %q: https is not supported; point it at the plain HTTP socket baton owns", p.url)
+		return bad("--url %q: https is not supported; point it at the plain HTTP socket baton owns", p.URL)
 	case u.Scheme != "http":
-		return bad("--url %q: want http://HOST:PORT/PATH", p.url)
+		return bad("--url %q: want http://HOST:PORT/PATH", p.URL)
 	case u.Hostname() == "":
-		return bad("--url %q: no host", p.url)
+		return bad("--url %q: no host", p.URL)
 	case u.User != nil:
-		return bad("--url %q: credentials in the URL are not supported", p.url)
+		return bad("--url %q: credentials in the URL are not supported", p.URL)
 	}
-	p.host = u.Host
-	p.target = u.RequestURI()
-	if p.slow != "" && !strings.HasPrefix(p.slow, "/") {
-		return bad("--slow %q: want a path on the same host, starting with /", p.slow)
+	p.Host = u.Host
+	p.Target = u.RequestURI()
+	if p.Slow != "" && !strings.HasPrefix(p.Slow, "/") {
+		return bad("--slow %q: want a path on the same host, starting with /", p.Slow)
 	}
-	if p.report = c.String("report"); p.report != "" {
-		if _, err := reportFormat(p.report); err != nil {
-			return verifyPlan{}, &usageError{err}
+	if p.Report = c.String("report"); p.Report != "" {
+		if _, err := verify.ReportFormat(p.Report); err != nil {
+			return verify.Plan{}, &usageError{err}
 		}
-		if fi, err := os.Stat(filepath.Dir(p.report)); err != nil || !fi.IsDir() {
-			return bad("--report %q: directory %q does not exist", p.report, filepath.Dir(p.report))
+		if fi, err := os.Stat(filepath.Dir(p.Report)); err != nil || !fi.IsDir() {
+			return bad("--report %q: directory %q does not exist", p.Report, filepath.Dir(p.Report))
 		}
 	}
-	if p.reloads < 1 {
-		return bad("--reloads %d: want at least 1", p.reloads)
+	if p.Reloads < 1 {
+		return bad("--reloads %d: want at least 1", p.Reloads)
 	}
-	if p.concurrency < 1 || p.concurrency > 1024 {
-		return bad("--concurrency %d: want 1 to 1024", p.concurrency)
+	if p.Concurrency < 1 || p.Concurrency > 1024 {
+		return bad("--concurrency %d: want 1 to 1024", p.Concurrency)
 	}
-	if p.slow != "" && p.concurrency < 2 {
-		return bad("--concurrency %d: --slow needs at least 2 (one slow client, one other)", p.concurrency)
+	if p.Slow != "" && p.Concurrency < 2 {
+		return bad("--concurrency %d: --slow needs at least 2 (one slow client, one other)", p.Concurrency)
 	}
-	if p.maxRequests < 1 {
-		return bad("--max-requests %d: want at least 1", p.maxRequests)
+	if p.MaxRequests < 1 {
+		return bad("--max-requests %d: want at least 1", p.MaxRequests)
 	}
 	for _, d := range []string{"interval", "request-timeout", "duration", "timeout"} {
 		if c.Duration(d) <= 0 {
 			return bad("--%s %s: want a positive duration", d, c.Duration(d))
 		}
 	}
-	if h := p.versionHeader; h != "" && !validHeaderName(h) {
+	if h := p.VersionHeader; h != "" && !validHeaderName(h) {
 		return bad("--version-header %q: not a header name", h)
 	}
 	if sock := c.String("unix-socket"); sock != "" {
-		p.network, p.addr = "unix", sock
+		p.Network, p.Addr = "unix", sock
 	} else {
 		port := u.Port()
 		if port == "" {
@@ -177,19 +151,19 @@ func verifyPlanFrom(c *cli.Context) (verifyPlan, error) {
 		}
 		ip, err := loopbackOnly(u.Hostname(), c.Bool("allow-remote"))
 		if err != nil {
-			return bad("--url %q: %v", p.url, err)
+			return bad("--url %q: %v", p.URL, err)
 		}
-		p.network, p.addr = "tcp", net.JoinHostPort(ip.String(), port)
+		p.Network, p.Addr = "tcp", net.JoinHostPort(ip.String(), port)
 	}
 	// A control socket that is not there is a wrong flag, not a failed
 	// upgrade: say so before loading anything.
 	path, err := controlPath(c)
 	if err != nil {
-		return verifyPlan{}, &exitCode{exitUsage, err.(*exitCode).msg}
+		return verify.Plan{}, &exitCode{exitUsage, err.(*exitCode).msg}
 	}
 	if !strings.HasPrefix(path, "@") {
 		if fi, err := os.Stat(path); err != nil || fi.Mode()&os.ModeSocket == 0 {
-			return verifyPlan{}, &exitCode{exitUsage, fmt.Sprintf("no master at %s (give --control or --pid-file)", path)}
+			return verify.Plan{}, &exitCode{exitUsage, fmt.Sprintf("no master at %s (give --control or --pid-file)", path)}
 		}
 	}
 	return p, nil
@@ -251,104 +225,4 @@ func unwrapDNS(err error) error {
 		return errors.New(de.Err)
 	}
 	return err
-}
-
-// upgradeRun is one triggered upgrade as verify saw it.
-type upgradeRun struct {
-	n        int
-	sent     time.Time // request sent to the master
-	answered time.Time // outcome received (zero if none)
-	gone     time.Time // old master exited (zero if not seen)
-	out      upgradeOutcome
-	err      error // no outcome
-}
-
-// runVerify runs the load and the upgrades and returns the report. It
-// blocks for at most about --duration (plus the last bounded waits).
-func runVerify(parent context.Context, c *cli.Context, p verifyPlan) (*verifyReport, error) {
-	// The service must answer before anything is upgraded, or every later
-	// failure would be blamed on an upgrade.
-	probe := &loadgen.Client{Network: p.network, Addr: p.addr, Host: p.host, Timeout: p.requestTimeout}
-	_, err := probe.Do(p.target)
-	probe.Close()
-	if err != nil {
-		return nil, &exitCode{exitUnreachable, fmt.Sprintf("GET %s before any upgrade: %v; nothing was upgraded", p.url, err)}
-	}
-
-	ctx, cancel := context.WithTimeoutCause(parent, p.duration, fmt.Errorf("--duration %s reached", p.duration))
-	defer cancel()
-	loadCtx, stopLoad := context.WithCancel(ctx)
-	defer stopLoad()
-	budget := loadgen.NewBudget(p.maxRequests)
-	slow := p.slowClients()
-	start := time.Now()
-	wait := loadgen.StartMix(loadCtx, loadgen.Mix{
-		Network: p.network, Addr: p.addr, Host: p.host, Path: p.target,
-		Clients: p.concurrency - slow, KeepAlive: 0.5,
-		SlowClients: slow, SlowPath: p.slow,
-		Timeout: p.requestTimeout, Duration: p.duration, Budget: budget, ReleaseHeader: p.versionHeader,
-	})
-	loadDone := make(chan loadgen.MixResult, 1)
-	go func() { loadDone <- wait() }()
-	var (
-		res       loadgen.MixResult
-		loadEnded bool // the load stopped by itself (--max-requests)
-	)
-	// pause waits d with the load running; false if the load or ctx ended.
-	pause := func(d time.Duration) bool {
-		t := time.NewTimer(d)
-		defer t.Stop()
-		select {
-		case <-t.C:
-			return true
-		case <-ctx.Done():
-		case res = <-loadDone:
-			loadEnded = true
-		}
-		return false
-	}
-
-	var ups []upgradeRun
-	func() {
-		if !pause(p.interval) {
-			return
-		}
-		for k := 1; k <= p.reloads; k++ {
-			u := upgradeRun{n: k, sent: time.Now()}
-			u.out, u.err = triggerUpgrade(ctx, c)
-			u.answered = time.Now()
-			if u.err == nil && u.out.OK {
-				left := min(p.upgradeTimeout, time.Until(start.Add(p.duration)))
-				if waitMasterGone(ctx, u.out.OldMasterPID, max(left, 0)) {
-					u.gone = time.Now()
-				}
-			}
-			ups = append(ups, u)
-			if u.err != nil || !u.out.OK {
-				// The release in place failed once; trying again says little more.
-				pause(p.interval)
-				return
-			}
-			if !pause(p.interval) {
-				return
-			}
-		}
-	}()
-	cause := context.Cause(ctx)
-	stopLoad()
-	if !loadEnded {
-		res = <-loadDone
-	}
-	rep := buildReport(p, start, res, ups)
-	switch {
-	case parent.Err() != nil:
-		rep.problem("interrupted")
-	case ctx.Err() != nil:
-		rep.problem(cause.Error() + " before the check ended")
-	}
-	if budget.Exhausted() {
-		rep.problem("--max-requests " + strconv.Itoa(p.maxRequests) + " reached before the check ended")
-	}
-	rep.Verified = len(rep.Problems) == 0
-	return rep, nil
 }

@@ -5,6 +5,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"github.com/baton-sh/baton/internal/verify"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,10 +26,10 @@ func verifyRun(t *testing.T, args ...string) (int, string, string) {
 }
 
 // verifyJSON runs verify with --json and decodes its report.
-func verifyJSON(t *testing.T, args ...string) (int, verifyReport, string) {
+func verifyJSON(t *testing.T, args ...string) (int, verify.Report, string) {
 	t.Helper()
 	code, out, errOut := verifyRun(t, append(args, "--json")...)
-	var rep verifyReport
+	var rep verify.Report
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("verify exit %d, report not JSON (%v):\n%s\nstderr: %s", code, err, out, errOut)
 	}

@@ -51,20 +51,6 @@ func reloadJSON(t *testing.T, b *baton) ([]control.Progress, control.ReloadResul
 	return steps, res, code
 }
 
-// statusJSON runs baton status --json.
-func statusJSON(t *testing.T, b *baton) control.Status {
-	t.Helper()
-	code, out := b.ctl(t, "status", "--json")
-	if code != 0 {
-		t.Fatalf("status --json: exit %d: %s", code, out)
-	}
-	var st control.Status
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		t.Fatalf("status --json: %v\n%s", err, out)
-	}
-	return st
-}
-
 // TestStatusDuringBake: a canary upgrade baking for 60 s shows, in status
 // text and JSON and in /metrics, the candidate and its master, the stage,
 // the health check passed with its answer, the share, the bake time left

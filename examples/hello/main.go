@@ -13,16 +13,22 @@
 // "run directly" baseline), HELLO_CRASH_WORKER=N makes worker N report
 // ready and exit 300 ms later without serving (a crash after readiness), and
 // HELLO_STATUS=CODE answers every request with that status (a broken
-// release, for baton verify). Every answer carries a Hello-Generation header.
+// release, for baton verify). With HELLO_LISTEN, HELLO_REUSE_PORT=1 binds
+// with SO_REUSEPORT (gunicorn --reuse-port); HELLO_LEFTOVER=DIR leaves a
+// helper holding the inherited socket behind (pid in DIR/leftover.PID).
+// Every answer carries a Hello-Generation header.
 package main
 
 import (
+	"context"
 	"fmt"
 	"log"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -35,6 +41,16 @@ func main() {
 	log.SetFlags(0)
 	log.SetPrefix(fmt.Sprintf("hello[%d]: ", os.Getpid()))
 
+	if os.Getenv("HELLO_HOLD") != "" {
+		// A helper that inherited the worker's socket (fd 3) and outlives
+		// it without accepting: what a leftover child does to a reuseport
+		// group. Bounded, for tests.
+		time.Sleep(2 * time.Minute)
+		return
+	}
+	if dir := os.Getenv("HELLO_LEFTOVER"); dir != "" {
+		leaveHelper(dir)
+	}
 	if ms, _ := strconv.Atoi(os.Getenv("HELLO_STARTUP_MS")); ms > 0 {
 		time.Sleep(time.Duration(ms) * time.Millisecond)
 	}
@@ -92,7 +108,17 @@ func main() {
 	var err error
 	if addr := os.Getenv("HELLO_LISTEN"); addr != "" {
 		var ln net.Listener
-		if ln, err = net.Listen("tcp", addr); err == nil {
+		lc := net.ListenConfig{}
+		if os.Getenv("HELLO_REUSE_PORT") != "" {
+			// Its own socket in the address's reuseport group, as
+			// gunicorn --reuse-port binds one.
+			lc.Control = func(_, _ string, c syscall.RawConn) error {
+				var serr error
+				c.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, 0xf /* SO_REUSEPORT */, 1) })
+				return serr
+			}
+		}
+		if ln, err = lc.Listen(context.Background(), "tcp", addr); err == nil {
 			err = listener.ServeHTTPOn(srv, []net.Listener{ln}, 25*time.Second)
 		}
 	} else {
@@ -101,4 +127,23 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
+}
+
+// leaveHelper starts a copy of this program that holds the inherited
+// listening socket (fd 3) in a session of its own and writes its pid to
+// dir/leftover.PID.
+func leaveHelper(dir string) {
+	exe, err := os.Executable()
+	if err != nil {
+		log.Fatal(err)
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), "HELLO_HOLD=1")
+	cmd.ExtraFiles = []*os.File{os.NewFile(3, "listener")}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		log.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "leftover."+strconv.Itoa(cmd.Process.Pid)), nil, 0o644)
+	cmd.Process.Release()
 }

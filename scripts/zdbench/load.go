@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/baton-sh/baton/cmd/baton/loadgen"
+	"github.com/baton-sh/baton/internal/loadgen"
 )
 
 // loadPlan is the traffic of one phase. Fresh-connection clients and the

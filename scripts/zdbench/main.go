@@ -50,6 +50,9 @@ type options struct {
 	skipPeers       bool
 	peerUpgrades    int
 	peerRounds      int
+	soak            int // > 0: run only the soak (make soak), this many upgrades
+	soakStrategy    string
+	soakKill        bool
 }
 
 func main() {
@@ -104,6 +107,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.skipPeers, "skip-peers", false, "skip the comparison with nginx and Unicorn")
 	fs.IntVar(&o.peerUpgrades, "peer-upgrades", 15, "upgrades of each server (baton, nginx, Unicorn) in the peers phase (0: skip it)")
 	fs.IntVar(&o.peerRounds, "peer-rounds", 3, "rounds the peers' upgrades are split into; each round starts every server afresh, in rotating order")
+	fs.IntVar(&o.soak, "soak", 0, "run only the soak: this many upgrades back to back under load (make soak), then a summary of failures, handover percentiles, and the keeper's and master's memory and fds")
+	fs.StringVar(&o.soakStrategy, "soak-strategy", "shared", "the soak's --strategy: shared, blue-green or canary")
+	fs.BoolVar(&o.soakKill, "soak-kill", false, "soak: SIGKILL a random worker after about one upgrade in four, and wait for its replacement")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -169,6 +175,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("-peer-upgrades %d: want 0..1000", o.peerUpgrades)
 	case o.peerRounds < 1 || o.peerRounds > 100:
 		return o, fmt.Errorf("-peer-rounds %d: want 1..100", o.peerRounds)
+	case o.soak < 0 || o.soak > 1000000:
+		return o, fmt.Errorf("-soak %d: want 0..1000000", o.soak)
+	case o.soakStrategy != "shared" && o.soakStrategy != "blue-green" && o.soakStrategy != "canary":
+		return o, fmt.Errorf("-soak-strategy %q: want shared, blue-green or canary", o.soakStrategy)
 	case o.jsonPath == "":
 		return o, errors.New("-json: want a file path")
 	}
@@ -256,7 +266,13 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (err error) {
 	if b.bin, err = build(ctx, dir); err != nil {
 		return err
 	}
-	phaseErr := b.phases(ctx, rep)
+	var phaseErr error
+	if o.soak > 0 {
+		b.progress("soak: %d upgrades, --strategy %s, %d workers, concurrency %d", o.soak, o.soakStrategy, o.workers, o.concurrency)
+		rep.Soak, phaseErr = b.soak(ctx)
+	} else {
+		phaseErr = b.phases(ctx, rep)
+	}
 	rep.Machine.LoadAvgEnd = loadAvg()
 	rep.Notes = b.notes
 	if phaseErr != nil {

@@ -6,7 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/baton-sh/baton/internal/logtail"
+	"github.com/baton-sh/baton/internal/harness"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,7 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/baton-sh/baton/cmd/baton/loadgen"
+	"github.com/baton-sh/baton/internal/loadgen"
 )
 
 // ---- 6: baton beside nginx and Unicorn under the same load ----
@@ -54,6 +54,9 @@ type peerUpgrade struct {
 	oldGone        time.Time // old master exited
 	ok             bool
 	rssMB          float64 // new master's RSS once alone
+	mem            memInfo // its smaps_rollup then
+	keeper         memInfo // baton's keeper then; zero for the others
+	batonMS        float64 // baton: its part of the handover (from its log)
 }
 
 // peerServer is one server with a master, started by zdbench, serving on
@@ -84,6 +87,10 @@ type peerRec struct {
 	LastOldMS  *float64 `json:"last_old_response_ms"`
 	OldGoneMS  float64  `json:"old_master_gone_ms"`
 	RSSMB      float64  `json:"master_rss_mb"`
+	PSSMB      float64  `json:"master_pss_mb"`
+	KeeperPSS  float64  `json:"keeper_pss_mb,omitempty"`
+	KeeperRSS  float64  `json:"keeper_rss_mb,omitempty"`
+	BatonMS    float64  `json:"baton_ms,omitempty"` // baton's part of the handover
 }
 
 type peerSide struct {
@@ -98,11 +105,16 @@ type peerSide struct {
 	LastOld     loadgen.Dist  `json:"last_old_response_ms"`
 	OldGone     loadgen.Dist  `json:"old_master_gone_ms"`
 	MasterRSS   loadgen.Dist  `json:"master_rss_mb"`
+	MasterPSS   loadgen.Dist  `json:"master_pss_mb"`
+	KeeperRSS   loadgen.Dist  `json:"keeper_rss_mb"` // baton only
+	KeeperPSS   loadgen.Dist  `json:"keeper_pss_mb"`
+	BatonPart   loadgen.Dist  `json:"baton_ms"` // baton only: handover - app start-up
 	Error       string        `json:"error,omitempty"`
 	List        []peerRec     `json:"upgrades"`
 
-	firstNew, lastOld, oldGone, rss []float64
-	results                         []*loadgen.Result
+	firstNew, lastOld, oldGone, rss      []float64
+	pss, keeperRSS, keeperPSS, batonPart []float64
+	results                              []*loadgen.Result
 }
 
 type peersResult struct {
@@ -199,6 +211,8 @@ func (b *bench) peersPhase(ctx context.Context) (*peersResult, error) {
 	for i := range res.Sides {
 		s := &res.Sides[i]
 		s.FirstNew, s.LastOld, s.OldGone, s.MasterRSS = loadgen.DistOf(s.firstNew), loadgen.DistOf(s.lastOld), loadgen.DistOf(s.oldGone), loadgen.DistOf(s.rss)
+		s.MasterPSS, s.KeeperRSS, s.KeeperPSS = loadgen.DistOf(s.pss), loadgen.DistOf(s.keeperRSS), loadgen.DistOf(s.keeperPSS)
+		s.BatonPart = loadgen.DistOf(s.batonPart)
 		s.Requests = countsOf(loadgen.Merge(s.results...))
 		if s.LoadSeconds > 0 {
 			s.RPS = float64(s.Requests.Requests-s.Requests.Failed) / s.LoadSeconds
@@ -219,8 +233,13 @@ func (b *bench) peerRound(ctx context.Context, k peerKind, round, n int, side *p
 	if err != nil {
 		return err
 	}
-	if rss, err := procRSS(srv.masterPID()); err == nil {
-		side.rss = append(side.rss, float64(rss)/(1<<20))
+	if m, err := procMem(srv.masterPID()); err == nil {
+		side.rss, side.pss = append(side.rss, m.rssMB()), append(side.pss, m.pssMB())
+	}
+	if bp, ok := srv.(batonPeer); ok {
+		if m, err := procMem(bp.p.keeper); err == nil {
+			side.keeperRSS, side.keeperPSS = append(side.keeperRSS, m.rssMB()), append(side.keeperPSS, m.pssMB())
+		}
 	}
 	tr := newGenTracker()
 	loadCtx, stopLoad := context.WithCancel(ctx)
@@ -259,8 +278,19 @@ func (b *bench) peerRound(ctx context.Context, k peerKind, round, n int, side *p
 		rec := peerRec{Round: round, N: i + 1, OldMaster: u.oldPID, NewMaster: u.newPID, HandedOver: u.ok}
 		if u.ok {
 			side.HandedOver++
-			rec.OldGoneMS, rec.RSSMB = msOf(u.oldGone.Sub(u.sent)), u.rssMB
+			rec.OldGoneMS, rec.RSSMB, rec.PSSMB = msOf(u.oldGone.Sub(u.sent)), u.rssMB, u.mem.pssMB()
 			side.oldGone, side.rss = append(side.oldGone, rec.OldGoneMS), append(side.rss, u.rssMB)
+			if u.mem.PSS > 0 {
+				side.pss = append(side.pss, rec.PSSMB)
+			}
+			if u.keeper.PSS > 0 {
+				rec.KeeperPSS, rec.KeeperRSS = u.keeper.pssMB(), u.keeper.rssMB()
+				side.keeperPSS, side.keeperRSS = append(side.keeperPSS, rec.KeeperPSS), append(side.keeperRSS, rec.KeeperRSS)
+			}
+			if u.batonMS > 0 {
+				rec.BatonMS = u.batonMS
+				side.batonPart = append(side.batonPart, u.batonMS)
+			}
 			if s, ok := tr.get(u.newGen); ok {
 				v := msOf(s.first.Sub(u.sent))
 				rec.FirstNewMS = &v
@@ -286,7 +316,7 @@ func (s batonPeer) stop() error    { return s.p.stop() }
 
 func (s batonPeer) upgrade(ctx context.Context, _ *genTracker) (peerUpgrade, error) {
 	u := peerUpgrade{oldPID: s.p.master, oldGen: s.p.gen, newGen: s.p.gen + 1}
-	if !ours(s.p.dir, u.oldPID) {
+	if !harness.Ours(s.p.dir, u.oldPID) {
 		return u, fmt.Errorf("baton master %d is gone%s", u.oldPID, s.p.log.Problem())
 	}
 	w, err := watchExit(u.oldPID)
@@ -307,7 +337,7 @@ func (s batonPeer) upgrade(ctx context.Context, _ *genTracker) (peerUpgrade, err
 	if u.oldGone, err = w.wait(ctx, 5*time.Second); err != nil {
 		return u, err
 	}
-	u.ok, u.rssMB = true, h.rssMB
+	u.ok, u.rssMB, u.mem, u.keeper, u.batonMS = true, h.rssMB, h.mem, h.keeperMem, h.batonMS
 	return u, nil
 }
 
@@ -324,7 +354,7 @@ type signalPeer struct {
 	masters   []int // every master known, for stop
 	winch     bool  // nginx: WINCH the old master and wait for its workers before QUIT
 	writeGen  func(gen int) error
-	log       *logtail.Tail // the stderr every process of it shares; EOF when all are gone
+	log       *harness.Tail // the stderr every process of it shares; EOF when all are gone
 	reaped    chan struct{} // zdbench's own child has been waited for
 	stopped   bool
 	exitLimit time.Duration // how long a master may take to answer or to go
@@ -423,7 +453,7 @@ func (b *bench) newSignalPeer(kind string, seq int, pidName string) (*signalPeer
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("%s directory: %w", kind, err)
 	}
-	addr, err := freeAddr()
+	addr, err := harness.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
@@ -433,21 +463,13 @@ func (b *bench) newSignalPeer(kind string, seq int, pidName string) (*signalPeer
 
 // start starts cmd with its output on the shared log pipe.
 func (s *signalPeer) start(ctx context.Context, b *bench, cmd *exec.Cmd) error {
-	r, w, err := os.Pipe()
-	if err != nil {
-		return err
-	}
 	cmd.Env = childEnv()
-	cmd.Stdout, cmd.Stderr = w, w
 	// Its own process group: a Ctrl-C on the terminal reaches only zdbench.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		r.Close()
-		w.Close()
-		return fmt.Errorf("start %s: %w", s.kind, err)
+	log, err := harness.Start(cmd)
+	if err != nil {
+		return fmt.Errorf("%s: %w", s.kind, err)
 	}
-	w.Close()
-	s.log = logtail.New(r)
+	s.log = log
 	go func() { cmd.Wait(); close(s.reaped) }()
 	b.track(s)
 	return nil
@@ -487,7 +509,7 @@ func (s *signalPeer) readPIDFile(ctx context.Context, not int) (int, error) {
 // server's directory (masters of both, Unicorn's workers).
 func (s *signalPeer) ours(pid int) bool {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-	return err == nil && strings.Contains(string(b), s.dir) && alive(pid)
+	return err == nil && strings.Contains(string(b), s.dir) && harness.Alive(pid)
 }
 
 // upgrade: USR2, wait for the new generation's first answer, [WINCH, wait
@@ -534,6 +556,7 @@ func (s *signalPeer) upgrade(ctx context.Context, tr *genTracker) (peerUpgrade, 
 	if rss, err := procRSS(u.newPID); err == nil {
 		u.rssMB = float64(rss) / (1 << 20)
 	}
+	u.mem, _ = procMem(u.newPID)
 	u.ok = true
 	return u, nil
 }
@@ -586,7 +609,7 @@ func (s *signalPeer) ownPIDs() []int {
 			mine = append(mine, pid)
 			continue
 		}
-		if f, err := procStat(pid); err == nil && f[0] != "Z" {
+		if f, err := harness.Stat(pid); err == nil && f[0] != "Z" {
 			if ppid, err := strconv.Atoi(f[1]); err == nil {
 				byParent[ppid] = append(byParent[ppid], pid)
 			}
@@ -642,7 +665,7 @@ func childrenOf(pid int) []int {
 			continue
 		}
 		for _, f := range strings.Fields(string(b)) {
-			if c, err := strconv.Atoi(f); err == nil && alive(c) {
+			if c, err := strconv.Atoi(f); err == nil && harness.Alive(c) {
 				out = append(out, c)
 			}
 		}

@@ -5,10 +5,11 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/baton-sh/baton/internal/harness"
 	"strconv"
 	"time"
 
-	"github.com/baton-sh/baton/cmd/baton/loadgen"
+	"github.com/baton-sh/baton/internal/loadgen"
 )
 
 // Bounds given to baton; the benchmark's own waits are a little longer, so
@@ -145,7 +146,7 @@ func (b *bench) steadyOnce(ctx context.Context, kind string, round int) (steadyR
 		stop   func() error
 	)
 	if kind == "direct" {
-		a, err := freeAddr()
+		a, err := harness.FreeAddr()
 		if err != nil {
 			return run, nil, err
 		}
@@ -255,8 +256,15 @@ type mastersSummary struct {
 	RSSFirstMB   float64        `json:"rss_mb_first"`
 	RSSLastMB    float64        `json:"rss_mb_last"`
 	RSSMaxMB     float64        `json:"rss_mb_max"`
-	FDGrowth     bool           `json:"fd_growth"`
-	RSSGrowth    bool           `json:"rss_growth"`
+	// PSS and RSS of the master and of the keeper once the master is alone,
+	// after the first and the last upgrade (MiB).
+	PSSFirstMB       float64 `json:"pss_mb_first"`
+	PSSLastMB        float64 `json:"pss_mb_last"`
+	KeeperPSSFirstMB float64 `json:"keeper_pss_mb_first"`
+	KeeperPSSLastMB  float64 `json:"keeper_pss_mb_last"`
+	KeeperRSSLastMB  float64 `json:"keeper_rss_mb_last"`
+	FDGrowth         bool    `json:"fd_growth"`
+	RSSGrowth        bool    `json:"rss_growth"`
 }
 
 type upgradesResult struct {
@@ -446,9 +454,11 @@ func mastersOf(hs []handover) mastersSummary {
 		}
 		if first {
 			m.FDsFirst, m.FDsMin, m.FDKindsFirst, m.RSSFirstMB = h.fds, h.fds, h.fdKinds, h.rssMB
+			m.PSSFirstMB, m.KeeperPSSFirstMB = h.mem.pssMB(), h.keeperMem.pssMB()
 			first = false
 		}
 		m.FDsLast, m.FDKindsLast, m.RSSLastMB = h.fds, h.fdKinds, h.rssMB
+		m.PSSLastMB, m.KeeperPSSLastMB, m.KeeperRSSLastMB = h.mem.pssMB(), h.keeperMem.pssMB(), h.keeperMem.rssMB()
 		m.FDsMin, m.FDsMax, m.RSSMaxMB = min(m.FDsMin, h.fds), max(m.FDsMax, h.fds), max(m.RSSMaxMB, h.rssMB)
 	}
 	m.FDGrowth = m.FDsLast > m.FDsFirst
@@ -486,7 +496,7 @@ func (b *bench) naivePhase(ctx context.Context) (*naiveResult, error) {
 	o := b.opts
 	res := &naiveResult{Restarts: o.naiveRestarts, Concurrency: o.concurrency, SlowClients: o.slowClients,
 		IntervalMS: msOf(o.interval)}
-	addr, err := freeAddr()
+	addr, err := harness.FreeAddr()
 	if err != nil {
 		return res, err
 	}

@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,8 +15,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/baton-sh/baton/cmd/baton/loadgen"
-	"github.com/baton-sh/baton/internal/logtail"
+	"github.com/baton-sh/baton/internal/harness"
+	"github.com/baton-sh/baton/internal/loadgen"
 )
 
 // Events of baton's JSON log that the benchmark waits for: the stable
@@ -40,12 +39,15 @@ type batonProc struct {
 	addr    string
 	pidFile string
 	workers int
-	log     *logtail.Tail
+	log     *harness.Tail
 	reaped  chan struct{} // the keeper (our child) has been waited for
 	keeper  int           // the process started: baton's keeper, in the pid file
 	master  int           // serving master
 	gen     int           // its generation
 	stopped bool
+	// noKeeperMem: upgrade does not sample the keeper (the soak samples it
+	// at its own points, not after every upgrade).
+	noKeeperMem bool
 }
 
 // handover is what one SIGUSR2 produced.
@@ -65,6 +67,8 @@ type handover struct {
 	fds            int     // new master's open fds once alone
 	fdKinds        map[string]int
 	rssMB          float64 // and its RSS
+	mem            memInfo // and its smaps_rollup
+	keeperMem      memInfo // the keeper's, at the same moment
 	pidFileOK      bool
 }
 
@@ -73,7 +77,7 @@ var pidFileSeq int
 // startBaton starts "baton run" with workers workers of hello on a fresh
 // loopback port and waits until its first generation serves.
 func (b *bench) startBaton(ctx context.Context, workers int, env []string, args ...string) (*batonProc, error) {
-	addr, err := freeAddr()
+	addr, err := harness.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
@@ -85,33 +89,24 @@ func (b *bench) startBaton(ctx context.Context, workers int, env []string, args 
 		workers: workers,
 		reaped:  make(chan struct{}),
 	}
-	r, w, err := os.Pipe()
-	if err != nil {
-		return nil, err
-	}
 	cmd := exec.Command(b.bin.baton, "run", "-l", addr, "-w", strconv.Itoa(workers),
 		"--pid-file", p.pidFile, "--log-format", "json",
 		"--ready-timeout", readyTimeout.String(), "--drain-timeout", drainTimeout.String())
 	cmd.Args = append(append(cmd.Args, args...), "--", b.bin.hello)
 	cmd.Env = append(childEnv(), env...)
-	cmd.Stdout, cmd.Stderr = w, w
-	// Its own process group: a Ctrl-C on the terminal reaches only zdbench,
-	// which then stops baton gracefully instead of leaving half of it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		r.Close()
-		w.Close()
-		return nil, fmt.Errorf("start baton: %w", err)
+	// In its own process group (harness.Start): a Ctrl-C on the terminal
+	// reaches only zdbench, which then stops baton gracefully instead of
+	// leaving half of it.
+	if p.log, err = harness.Start(cmd); err != nil {
+		return nil, err
 	}
-	w.Close()
 	p.master, p.keeper = cmd.Process.Pid, cmd.Process.Pid
-	p.log = logtail.New(r)
 	go func() { cmd.Wait(); close(p.reaped) }()
 	b.track(p)
 
 	ev, _, err := p.log.Wait(ctx, 0, readyTimeout+30*time.Second,
 		fmt.Sprintf("baton with %d workers to serve", workers),
-		func(e logtail.Event) bool { return e.Name() == evReady || e.Name() == evBootFailed })
+		func(e harness.Event) bool { return e.Name() == evReady || e.Name() == evBootFailed })
 	if err != nil {
 		return p, err
 	}
@@ -128,7 +123,7 @@ func (b *bench) startBaton(ctx context.Context, workers int, env []string, args 
 // that of a master alone.
 func (p *batonProc) upgrade(ctx context.Context) (handover, error) {
 	h := handover{oldPID: p.master, oldGen: p.gen, newGen: p.gen + 1}
-	if !ours(p.dir, p.master) {
+	if !harness.Ours(p.dir, p.master) {
 		return h, fmt.Errorf("serving master %d is gone%s", p.master, p.log.Problem())
 	}
 	from := p.log.Len()
@@ -137,7 +132,7 @@ func (p *batonProc) upgrade(ctx context.Context) (handover, error) {
 	}
 	h.sent = time.Now()
 	ev, idx, err := p.log.Wait(ctx, from, readyTimeout+30*time.Second,
-		fmt.Sprintf("handover to generation %d", h.newGen), func(e logtail.Event) bool {
+		fmt.Sprintf("handover to generation %d", h.newGen), func(e harness.Event) bool {
 			n := e.Name()
 			if n == evHandover {
 				return e.Int("generation") == h.newGen
@@ -169,7 +164,7 @@ func (p *batonProc) upgrade(ctx context.Context) (handover, error) {
 
 	_, gidx, err := p.log.Wait(ctx, idx, drainTimeout+30*time.Second,
 		fmt.Sprintf("master %d (generation %d) to exit after handover", h.oldPID, h.oldGen),
-		func(e logtail.Event) bool { return e.Name() == evParentExited && e.Int("master_pid") == h.newPID })
+		func(e harness.Event) bool { return e.Name() == evParentExited && e.Int("master_pid") == h.newPID })
 	if err != nil {
 		return h, err
 	}
@@ -184,24 +179,25 @@ func (p *batonProc) upgrade(ctx context.Context) (handover, error) {
 	if rss, err := procRSS(h.newPID); err == nil {
 		h.rssMB = float64(rss) / (1 << 20)
 	}
+	h.mem, _ = procMem(h.newPID)
+	if !p.noKeeperMem {
+		h.keeperMem = p.keeperAtRest(ctx)
+	}
 	return h, nil
 }
 
-// pids lists every master and worker pid the log has named.
-func (p *batonProc) pids() (masters, workers []int) {
-	seenM, seenW := map[int]bool{}, map[int]bool{}
-	for _, e := range p.log.Slice(0, -1) {
-		if pid := e.Int("master_pid"); pid > 0 && !seenM[pid] {
-			seenM[pid] = true
-			masters = append(masters, pid)
-		}
-		if pid := e.Int("pid"); pid > 0 && !seenW[pid] {
-			seenW[pid] = true
-			workers = append(workers, pid)
-		}
-	}
-	return masters, workers
+// keeperAtRest is the keeper's memory a moment after an upgrade: it gives
+// back what the upgrade used once the old master has exited, at the same
+// time as the new master says so, and a sample taken during that would
+// count pages about to go.
+func (p *batonProc) keeperAtRest(ctx context.Context) memInfo {
+	pause(ctx, 300*time.Millisecond)
+	m, _ := procMem(p.keeper)
+	return m
 }
+
+// pids lists every master and worker pid the log has named.
+func (p *batonProc) pids() (masters, workers []int) { return harness.Pids(p.log.Slice(0, -1)) }
 
 // stop stops the run gracefully (SIGTERM to whichever master serves) and
 // waits until every process of it has exited, killing what is left after a
@@ -225,7 +221,7 @@ func (p *batonProc) stop() error {
 		masters, _ := p.pids()
 		masters = append(masters, p.master)
 		for _, pid := range masters {
-			if !signaled[pid] && !handedOver[pid] && alive(pid) && ours(p.dir, pid) {
+			if !signaled[pid] && !handedOver[pid] && harness.Alive(pid) && harness.Ours(p.dir, pid) {
 				syscall.Kill(pid, syscall.SIGTERM)
 				signaled[pid] = true
 			}
@@ -239,7 +235,7 @@ func (p *batonProc) stop() error {
 		masters, workers := p.pids()
 		var killed []int
 		for _, pid := range append(masters, workers...) {
-			if alive(pid) && ours(p.dir, pid) {
+			if harness.Alive(pid) && harness.Ours(p.dir, pid) {
 				syscall.Kill(pid, syscall.SIGKILL)
 				killed = append(killed, pid)
 			}
@@ -255,7 +251,7 @@ func (p *batonProc) stop() error {
 		masters, workers := p.pids()
 		var out []int
 		for _, pid := range append(masters, workers...) {
-			if alive(pid) && ours(p.dir, pid) {
+			if harness.Alive(pid) && harness.Ours(p.dir, pid) {
 				out = append(out, pid)
 			}
 		}
@@ -413,52 +409,10 @@ func childEnv() []string {
 	return env
 }
 
-// freeAddr returns a loopback TCP address nobody listens on right now.
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", fmt.Errorf("find a free port: %w", err)
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
-
-// ours reports whether pid runs one of the binaries zdbench built, so that a
-// recycled pid is never signalled.
-func ours(dir string, pid int) bool {
-	exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
-	return err == nil && strings.HasPrefix(exe, dir+"/")
-}
-
-// alive is false for a zombie: it serves nothing and holds no fd.
-func alive(pid int) bool {
-	f, err := procStat(pid)
-	return err == nil && f[0] != "Z"
-}
-
-// procStat returns the fields of /proc/PID/stat after the command name,
-// starting with the state (field 3).
-func procStat(pid int) ([]string, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return nil, err
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return nil, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 13 {
-		return nil, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
-	}
-	return f, nil
-}
-
 // procCPU is the CPU time pid has used (utime+stime). /proc reports it in
 // USER_HZ ticks, which Linux fixes at 100 per second for user space.
 func procCPU(pid int) (time.Duration, error) {
-	f, err := procStat(pid)
+	f, err := harness.Stat(pid)
 	if err != nil {
 		return 0, err
 	}
@@ -488,6 +442,54 @@ func procRSS(pid int) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
+}
+
+// memInfo is a process's memory from /proc/PID/smaps_rollup, in bytes. PSS
+// charges each shared page to its sharers in equal parts, so the PSS of
+// processes adds up to what they take from the machine together; RSS counts
+// a page of the baton binary once in every baton process that maps it.
+type memInfo struct {
+	RSS     int64 `json:"rss"`
+	PSS     int64 `json:"pss"`
+	PSSAnon int64 `json:"pss_anon"` // heap, stacks: the process's own
+	PSSFile int64 `json:"pss_file"` // pages of the binary and libraries
+}
+
+func (m memInfo) pssMB() float64 { return float64(m.PSS) / (1 << 20) }
+func (m memInfo) rssMB() float64 { return float64(m.RSS) / (1 << 20) }
+
+// procMem reads pid's smaps_rollup.
+func procMem(pid int) (memInfo, error) {
+	var m memInfo
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/smaps_rollup")
+	if err != nil {
+		return m, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		f := strings.Fields(v)
+		if !ok || len(f) < 1 {
+			continue
+		}
+		kb, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			continue
+		}
+		switch k {
+		case "Rss":
+			m.RSS = kb << 10
+		case "Pss":
+			m.PSS = kb << 10
+		case "Pss_Anon":
+			m.PSSAnon = kb << 10
+		case "Pss_File":
+			m.PSSFile = kb << 10
+		}
+	}
+	if m.RSS == 0 {
+		return m, fmt.Errorf("/proc/%d/smaps_rollup: no Rss", pid)
+	}
+	return m, nil
 }
 
 // procFDs counts pid's open file descriptors.

@@ -8,11 +8,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/baton-sh/baton/cmd/baton/loadgen"
+	"github.com/baton-sh/baton/internal/loadgen"
 )
 
 type report struct {
@@ -26,6 +27,7 @@ type report struct {
 	Naive             *naiveResult    `json:"naive,omitempty"`
 	Scaling           []scalingRow    `json:"scaling,omitempty"`
 	Peers             *peersResult    `json:"peers,omitempty"`
+	Soak              *soakResult     `json:"soak,omitempty"`
 	Targets           []target        `json:"targets"`
 	Notes             []string        `json:"notes,omitempty"`
 	Error             string          `json:"error,omitempty"`
@@ -114,55 +116,57 @@ func targetsOf(r *report, o options) []target {
 	}
 	ts = append(ts, t)
 
-	for _, want := range []struct {
-		workers int
-		ms      float64
-	}{{4, 25}, {64, 100}} {
-		t = target{Name: fmt.Sprintf("baton's part of a handover, %d workers", want.workers),
-			Want: fmt.Sprintf("<= %.0f ms median", want.ms), Status: notMeasured}
-		var parts []string
-		ok := true
-		if u := r.Upgrades; u != nil && u.Workers == want.workers && u.BatonPart.N > 0 {
-			parts = append(parts, fmt.Sprintf("%.1f ms under load", u.BatonPart.Median))
-			ok = ok && u.BatonPart.Median <= want.ms
+	t = target{Name: "baton's part of a handover, 4 workers, no load", Want: "<= 10 ms median", Status: notMeasured}
+	for _, row := range r.Scaling {
+		if row.Workers == 4 && row.AppDelayMS == 0 && row.BatonPart.N > 0 {
+			t.Measured = fmt.Sprintf("%.1f ms (%d upgrades)", row.BatonPart.Median, row.BatonPart.N)
+			t.Status = status(row.BatonPart.Median <= 10)
 		}
-		for _, row := range r.Scaling {
-			if row.Workers == want.workers && row.BatonPart.N > 0 {
-				parts = append(parts, fmt.Sprintf("%.1f ms with %d ms app start-up", row.BatonPart.Median, row.AppDelayMS))
-				ok = ok && row.BatonPart.Median <= want.ms
-			}
+	}
+	ts = append(ts, t)
+	t = target{Name: "baton's part of a handover, 4 workers, under load", Want: "<= 20 ms median, shared and blue-green", Status: notMeasured}
+	var parts []string
+	ok := true
+	for _, u := range []*upgradesResult{r.Upgrades, r.UpgradesBlueGreen} {
+		if u != nil && u.Workers == 4 && u.BatonPart.N > 0 {
+			parts = append(parts, fmt.Sprintf("%s %.1f ms (%d clients)", strategyOf(u), u.BatonPart.Median, u.Concurrency))
+			ok = ok && u.BatonPart.Median <= 20
 		}
-		if len(parts) > 0 {
-			t.Measured = strings.Join(parts, ", ")
-			t.Status = status(ok)
-		}
-		ts = append(ts, t)
 	}
-
-	t = target{Name: "master RSS", Want: "<= 15 MB (goal 8 MB)", Status: notMeasured}
-	rss := 0.0
-	if s := r.Steady; s != nil {
-		rss = max(rss, s.MasterRSSMB)
+	if len(parts) > 0 {
+		t.Measured, t.Status = strings.Join(parts, ", "), status(ok)
 	}
-	if u := r.Upgrades; u != nil {
-		rss = max(rss, u.Masters.RSSMaxMB)
-	}
-	if rss > 0 {
-		t.Measured = fmt.Sprintf("%.1f MB max (steady state and upgrades phase)", rss)
-		t.Status = status(rss <= 15)
-		if rss <= 8 {
-			t.Note = "goal met"
-		} else {
-			t.Note = "goal of 8 MB not met"
+	ts = append(ts, t)
+	t = target{Name: "baton's part of a handover, 64 workers", Want: "<= 100 ms median", Status: notMeasured}
+	for _, row := range r.Scaling {
+		if row.Workers == 64 && row.BatonPart.N > 0 {
+			t.Measured = fmt.Sprintf("%.1f ms with %d ms app start-up", row.BatonPart.Median, row.AppDelayMS)
+			t.Status = status(row.BatonPart.Median <= 100)
 		}
 	}
 	ts = append(ts, t)
 
-	t = target{Name: "fd and RSS growth across upgrades", Want: "none", Status: notMeasured}
+	t = target{Name: "keeper + master PSS at rest, 4 workers", Want: "<= 10 MiB", Status: notMeasured}
+	if p := r.Peers; p != nil {
+		if bt := p.side("baton"); bt != nil && bt.MasterPSS.N > 0 && bt.KeeperPSS.N > 0 {
+			sum := bt.MasterPSS.Median + bt.KeeperPSS.Median
+			t.Measured = fmt.Sprintf("%.2f MiB (keeper %.2f + master %.2f, medians of the peers phase)", sum, bt.KeeperPSS.Median, bt.MasterPSS.Median)
+			t.Status = status(sum <= 10)
+		}
+	}
+	if u := r.Upgrades; t.Status == notMeasured && u != nil && u.Masters.PSSLastMB > 0 {
+		sum := u.Masters.PSSLastMB + u.Masters.KeeperPSSLastMB
+		t.Measured = fmt.Sprintf("%.2f MiB (keeper %.2f + master %.2f, after the last upgrade)", sum, u.Masters.KeeperPSSLastMB, u.Masters.PSSLastMB)
+		t.Status = status(sum <= 10)
+	}
+	ts = append(ts, t)
+
+	t = target{Name: "fd and memory growth across upgrades", Want: "none (make soak for thousands)", Status: notMeasured}
 	if u := r.Upgrades; u != nil && u.HandedOver >= 2 {
 		m := u.Masters
-		t.Measured = fmt.Sprintf("fds %d -> %d, RSS %.1f -> %.1f MB (first -> last master)", m.FDsFirst, m.FDsLast, m.RSSFirstMB, m.RSSLastMB)
-		t.Status = status(!m.FDGrowth && !m.RSSGrowth)
+		t.Measured = fmt.Sprintf("fds %d -> %d, master RSS %.1f -> %.1f MiB, keeper PSS %.1f -> %.1f MiB (first -> last upgrade)",
+			m.FDsFirst, m.FDsLast, m.RSSFirstMB, m.RSSLastMB, m.KeeperPSSFirstMB, m.KeeperPSSLastMB)
+		t.Status = status(!m.FDGrowth && !m.RSSGrowth && m.KeeperPSSLastMB <= m.KeeperPSSFirstMB+1)
 	}
 	ts = append(ts, t)
 	return ts
@@ -173,6 +177,11 @@ func printReport(w io.Writer, r *report) {
 	fmt.Fprintf(w, "\nzdbench: baton zero-downtime benchmark\n")
 	fmt.Fprintf(w, "machine: %d CPUs (%s), Linux %s, %s, %d MB RAM, %s\n", m.NProc, m.CPUModel, m.Kernel, m.GoVersion, m.MemTotalMB, m.Date)
 	fmt.Fprintf(w, "load average: %s at start, %s at end (the load generator runs on this machine too)\n", m.LoadAvgStart, m.LoadAvgEnd)
+	if r.Soak != nil {
+		printSoak(w, r)
+		printNotes(w, r)
+		return
+	}
 
 	if s := r.Steady; s != nil {
 		fmt.Fprintf(w, "\n1-2. Steady state: hello with 1 worker process, concurrency %d (%.0f%% keep-alive); rounds: %d x %s, direct and baton alternating\n",
@@ -248,6 +257,11 @@ func printReport(w io.Writer, r *report) {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s%s\t\n", t.Name, t.Want, t.Status, t.Measured, note)
 	}
 	tw.Flush()
+	printNotes(w, r)
+	fmt.Fprintf(w, "\nSummary (Markdown; handover: USR2 sent -> first response of the new generation on a fresh connection)\n\n%s", markdownSummary(r))
+}
+
+func printNotes(w io.Writer, r *report) {
 	if len(r.Notes) > 0 {
 		fmt.Fprintf(w, "\nNotes\n")
 		for _, n := range r.Notes {
@@ -257,7 +271,6 @@ func printReport(w io.Writer, r *report) {
 	if r.Error != "" {
 		fmt.Fprintf(w, "\nSTOPPED EARLY: %s\n", r.Error)
 	}
-	fmt.Fprintf(w, "\nSummary (Markdown; handover: USR2 sent -> first response of the new generation on a fresh connection)\n\n%s", markdownSummary(r))
 }
 
 func printPeers(w io.Writer, p *peersResult) {
@@ -277,11 +290,20 @@ func printPeers(w io.Writer, p *peersResult) {
 	}
 	tw.Flush()
 	tw = table(w)
-	fmt.Fprintln(tw, "  (ms; RSS in MB)\tfirst new response\t\tlast old response\t\told master gone\t\tmaster RSS\t\t")
-	fmt.Fprintln(tw, "  server\tmedian\tp90\tmedian\tp90\tmedian\tp90\tmedian\tmax\t")
+	fmt.Fprintln(tw, "  (ms)\tfirst new response\t\tlast old response\t\told master gone\t\tbaton's part\t\t")
+	fmt.Fprintln(tw, "  server\tmedian\tp90\tmedian\tp90\tmedian\tp90\tmedian\tp90\t")
 	for _, s := range p.Sides {
-		fmt.Fprintf(tw, "  %s\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t\n", s.Name, s.FirstNew.Median, s.FirstNew.P90,
-			s.LastOld.Median, s.LastOld.P90, s.OldGone.Median, s.OldGone.P90, s.MasterRSS.Median, s.MasterRSS.Max)
+		fmt.Fprintf(tw, "  %s\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%s\t%s\t\n", s.Name, s.FirstNew.Median, s.FirstNew.P90,
+			s.LastOld.Median, s.LastOld.P90, s.OldGone.Median, s.OldGone.P90, distCell(s.BatonPart.Median, s.BatonPart.N), distCell(s.BatonPart.P90, s.BatonPart.N))
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "  Memory of the supervisor's own processes (MiB, medians at the start of each round and after each upgrade; PSS shares")
+	fmt.Fprintln(w, "  each page among the processes that map it, so PSS adds up across processes and RSS does not)")
+	tw = table(w)
+	fmt.Fprintln(tw, "  server\tmaster PSS\tmaster RSS\tkeeper PSS\tkeeper RSS\tsupervisor PSS (sum)\t")
+	for _, s := range p.Sides {
+		fmt.Fprintf(tw, "  %s\t%.2f\t%.2f\t%s\t%s\t%.2f\t\n", s.Name, s.MasterPSS.Median, s.MasterRSS.Median,
+			mibCell(s.KeeperPSS), mibCell(s.KeeperRSS), s.MasterPSS.Median+s.KeeperPSS.Median)
 	}
 	tw.Flush()
 	for _, s := range p.Sides {
@@ -298,7 +320,7 @@ func printPeers(w io.Writer, p *peersResult) {
 	}
 	fmt.Fprintln(w, "  baton beside each (ratio baton/peer: below 1, baton is faster or smaller)")
 	tw = table(w)
-	fmt.Fprintln(tw, "  \tfirst new response median\tp90\told master gone median\tp90\tfailed requests\tmaster RSS (median)\t")
+	fmt.Fprintln(tw, "  \tfirst new response median\tp90\told master gone median\tp90\tfailed requests\tsupervisor PSS (median)\t")
 	for _, s := range p.Sides {
 		if s.Name == "baton" || s.HandedOver == 0 {
 			continue
@@ -306,12 +328,26 @@ func printPeers(w io.Writer, p *peersResult) {
 		fmt.Fprintf(tw, "  baton/%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", s.Name,
 			ratio(bt.FirstNew.Median, s.FirstNew.Median), ratio(bt.FirstNew.P90, s.FirstNew.P90),
 			ratio(bt.OldGone.Median, s.OldGone.Median), ratio(bt.OldGone.P90, s.OldGone.P90),
-			failedRatio(bt.Requests, s.Requests), ratio(bt.MasterRSS.Median, s.MasterRSS.Median))
+			failedRatio(bt.Requests, s.Requests), ratio(bt.MasterPSS.Median+bt.KeeperPSS.Median, s.MasterPSS.Median))
 	}
 	tw.Flush()
 }
 
 // ratio is a/b for the report; "-" when b is 0.
+func distCell(v float64, n int) string {
+	if n == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f", v)
+}
+
+func mibCell(d loadgen.Dist) string {
+	if d.N == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", d.Median)
+}
+
 func ratio(a, b float64) string {
 	if b <= 0 {
 		return "-"
@@ -336,30 +372,50 @@ func failedRatio(a, b requestCounts) string {
 // markdownSummary is the README's table: one row per scenario measured.
 func markdownSummary(r *report) string {
 	var b strings.Builder
-	b.WriteString("| scenario | requests | failed | handover median | handover p90 | master RSS |\n")
-	b.WriteString("|---|--:|--:|--:|--:|--:|\n")
-	row := func(name string, c requestCounts, med, p90, rss string) {
-		fmt.Fprintf(&b, "| %s | %d | %d | %s | %s | %s |\n", name, c.Requests, c.Failed, med, p90, rss)
+	b.WriteString("| scenario | requests | failed | handover median | handover p90 | baton's part median | master PSS | master RSS | keeper PSS | keeper RSS |\n")
+	b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	row := func(name, requests, failed, med, p90, part, mem string) {
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", name, requests, failed, med, p90, part, mem)
 	}
+	counts := func(c requestCounts) (string, string) { return strconv.Itoa(c.Requests), strconv.Itoa(c.Failed) }
 	msCell := func(v float64, n int) string {
 		if n == 0 {
 			return "-"
 		}
 		return fmt.Sprintf("%.1f ms", v)
 	}
-	mb := func(v float64) string {
-		if v <= 0 {
-			return "-"
+	mib := func(vs ...float64) string {
+		var cells []string
+		for _, v := range vs {
+			if v <= 0 {
+				cells = append(cells, "-")
+			} else {
+				cells = append(cells, fmt.Sprintf("%.1f MiB", v))
+			}
 		}
-		return fmt.Sprintf("%.1f MB", v)
+		return strings.Join(cells, " | ")
 	}
-	if u := r.Upgrades; u != nil {
-		row(fmt.Sprintf("baton, %d upgrades, %d workers, %d clients + %d slow", u.Requested, u.Workers, u.Concurrency, u.SlowClients),
-			u.Total, msCell(u.FirstNew.Median, u.FirstNew.N), msCell(u.FirstNew.P90, u.FirstNew.N), mb(u.Masters.RSSMaxMB))
+	for _, u := range []*upgradesResult{r.Upgrades, r.UpgradesBlueGreen} {
+		if u == nil {
+			continue
+		}
+		req, failed := counts(u.Total)
+		m := u.Masters
+		row(fmt.Sprintf("baton %s, %d upgrades, %d workers, %d clients + %d slow", strategyOf(u), u.Requested, u.Workers, u.Concurrency, u.SlowClients),
+			req, failed, msCell(u.FirstNew.Median, u.FirstNew.N), msCell(u.FirstNew.P90, u.FirstNew.N), msCell(u.BatonPart.Median, u.BatonPart.N),
+			mib(m.PSSLastMB, m.RSSLastMB, m.KeeperPSSLastMB, m.KeeperRSSLastMB))
+	}
+	for _, row0 := range r.Scaling {
+		if row0.AppDelayMS == 0 && row0.Workers == 4 {
+			row(fmt.Sprintf("baton shared, %d upgrades, %d workers, no load (handover: logged total)", row0.Upgrades, row0.Workers),
+				"-", strconv.Itoa(row0.Upgrades-row0.HandedOver+row0.ProbeFailed), msCell(row0.Total.Median, row0.Total.N), msCell(row0.Total.P90, row0.Total.N),
+				msCell(row0.BatonPart.Median, row0.BatonPart.N), mib(0, row0.MasterRSSMB, 0, 0))
+		}
 	}
 	if n := r.Naive; n != nil {
+		req, failed := counts(n.Total)
 		row(fmt.Sprintf("naive stop/start of hello, %d restarts (handover: downtime)", n.Restarts),
-			n.Total, msCell(n.Downtime.Median, n.Downtime.N), msCell(n.Downtime.P90, n.Downtime.N), "-")
+			req, failed, msCell(n.Downtime.Median, n.Downtime.N), msCell(n.Downtime.P90, n.Downtime.N), "-", mib(0, 0, 0, 0))
 	}
 	if p := r.Peers; p != nil {
 		for _, s := range p.Sides {
@@ -367,10 +423,12 @@ func markdownSummary(r *report) string {
 			if s.Error != "" {
 				name += " (FAILED: see below)"
 			}
-			row(name, s.Requests, msCell(s.FirstNew.Median, s.FirstNew.N), msCell(s.FirstNew.P90, s.FirstNew.N), mb(s.MasterRSS.Max))
+			req, failed := counts(s.Requests)
+			row(name, req, failed, msCell(s.FirstNew.Median, s.FirstNew.N), msCell(s.FirstNew.P90, s.FirstNew.N), msCell(s.BatonPart.Median, s.BatonPart.N),
+				mib(s.MasterPSS.Median, s.MasterRSS.Median, s.KeeperPSS.Median, s.KeeperRSS.Median))
 		}
 		for _, m := range p.Missing {
-			fmt.Fprintf(&b, "| %s: not installed | - | - | - | - | - |\n", m)
+			fmt.Fprintf(&b, "| %s: not installed | - | - | - | - | - | - | - | - | - |\n", m)
 		}
 	}
 	return b.String()

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"github.com/baton-sh/baton/internal/harness"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -207,7 +208,7 @@ func TestPeers(t *testing.T) {
 	// Masters of nginx and Unicorn are not zdbench's children: check that
 	// none of them runs from the benchmark's directory any more.
 	for _, pid := range masters {
-		if b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline"); err == nil && alive(pid) &&
+		if b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline"); err == nil && harness.Alive(pid) &&
 			strings.Contains(string(b), lastBinDir) {
 			t.Errorf("master %d still running: %q", pid, b)
 		}
@@ -231,7 +232,7 @@ func processesUnder(dir string) []string {
 			continue
 		}
 		exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
-		if err == nil && strings.HasPrefix(exe, dir+"/") && alive(pid) {
+		if err == nil && strings.HasPrefix(exe, dir+"/") && harness.Alive(pid) {
 			out = append(out, e.Name()+" "+exe)
 		}
 	}

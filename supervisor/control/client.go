@@ -161,3 +161,15 @@ func WaitExited(pid int, timeout time.Duration) bool {
 	}
 	return true
 }
+
+// LocalPIDs returns the ack's master and keeper pids as this process sees
+// them: the same numbers in the master's pid namespace, translated when
+// the client runs in a namespace above it (the host of a container), 0 for
+// a process this client cannot see (a namespace beside or above its own).
+func (a StopAck) LocalPIDs() (master, keeper int) {
+	master = osutil.PIDFromNamespace(a.PIDNamespace, a.MasterPID)
+	if a.KeeperPID != 0 {
+		keeper = osutil.PIDFromNamespace(a.PIDNamespace, a.KeeperPID)
+	}
+	return master, keeper
+}

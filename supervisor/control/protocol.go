@@ -199,6 +199,18 @@ type Status struct {
 	UpgradeQueued bool          `json:"upgrade_queued,omitempty"`
 	Previous      *PrevStatus   `json:"previous,omitempty"` // the draining previous generation
 	LastUpgrade   *ReloadResult `json:"last_upgrade,omitempty"`
+	// ProcessTrees is how a generation's whole process tree is found:
+	// "cgroup" (TreeCgroup names the service's cgroup v2 directory) or
+	// "subreaper" (the keeper adopts orphans, attributed by a marker in
+	// their environment).
+	ProcessTrees string `json:"process_trees,omitempty"`
+	TreeCgroup   string `json:"tree_cgroup,omitempty"`
+	// Steering is how blue-green and canary pick a generation's socket:
+	// "ebpf" (a map of baton's sockets) or "classic" (the kernel's order).
+	Steering string `json:"steering,omitempty"`
+	// ForeignSockets are sockets in a reuseport group that baton did not
+	// open, as the last membership check saw them.
+	ForeignSockets []ForeignSocket `json:"foreign_sockets,omitempty"`
 	// Rollout is the blue-green or canary upgrade under way, seen from the
 	// old master that runs it; nil when none.
 	Rollout *RolloutStatus `json:"rollout,omitempty"`
@@ -245,6 +257,18 @@ type CheckStatus struct {
 	LastAnswer string `json:"last_answer,omitempty"` // "200", "answered 500", an error, a smoke test's exit
 }
 
+// ForeignSocket is a listening socket on a --listen address that baton did
+// not open for a generation it runs.
+type ForeignSocket struct {
+	Address string `json:"address"`
+	Inode   uint64 `json:"inode"`
+	UID     uint32 `json:"uid"`
+	PID     int    `json:"pid,omitempty"` // a holder, where /proc shows one
+	Command string `json:"command,omitempty"`
+	Kind    string `json:"kind"` // foreign, leftover (a previous generation's), worker (bound by our worker)
+	Detail  string `json:"detail"`
+}
+
 // Release is what a generation runs, resolved once when it booted: every
 // worker of the generation, replacements included, starts from it.
 type Release struct {
@@ -268,6 +292,9 @@ type PrevStatus struct {
 	State       string  `json:"state"`
 	WorkerPIDs  []int   `json:"worker_pids"`
 	DrainLeftMS float64 `json:"drain_left_ms"`
+	// Processes is every process left of that generation's tree (its
+	// workers and whatever they started), found by Status.ProcessTrees.
+	Processes []int `json:"processes,omitempty"`
 }
 
 // StopAck answers a stop at once; the master then holds the connection
@@ -276,6 +303,10 @@ type StopAck struct {
 	OK        bool `json:"ok"`
 	MasterPID int  `json:"master_pid"`
 	KeeperPID int  `json:"keeper_pid,omitempty"` // exits last, once no master is left
+	// PIDNamespace is the master's pid namespace ("pid:[N]"): both pids
+	// are numbers there, which a client in another namespace (the host of
+	// a container) must translate, or cannot see at all.
+	PIDNamespace string `json:"pid_namespace,omitempty"`
 }
 
 // Refusal answers any request the master will not carry out.

@@ -6,7 +6,10 @@
 // (TakeActivated), and lays them out for workers in the systemd
 // socket-activation order: fd 3, 4, … in --listen order (Set.Files).
 // For blue-green and canary, OpenGroup binds a generation's own sockets in a
-// SO_REUSEPORT group instead, and Steer builds the program that picks one
-// (reuseport.go). The worker's side is package listener. Linux only: every
-// file but this one builds only on Linux.
+// SO_REUSEPORT group instead, and Set.Steer attaches the program that
+// picks one: eBPF over a map of baton's sockets where UseEBPF succeeded
+// (ebpf.go), classic BPF elsewhere (reuseport.go). Members and Foreign list
+// who else listens on the addresses (members.go). The worker's side is
+// package listener. Linux only: every file but this one builds only on
+// Linux.
 package sockets

@@ -179,11 +179,8 @@ func GroupSpecOK(spec Spec) error {
 // kernel swaps the group's program atomically: a connection is steered by
 // the old program or the new one, never by neither.
 func (s *Set) Attach(prog []unix.SockFilter) error {
-	fp := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
 	for i, f := range s.files {
-		if err := control(f, func(fd int) error {
-			return unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &fp)
-		}); err != nil {
+		if err := attachClassic(f, prog); err != nil {
 			return fmt.Errorf("attach the steering program (SO_ATTACH_REUSEPORT_CBPF) to %s: %w", s.specs[i], err)
 		}
 	}

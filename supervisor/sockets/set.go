@@ -30,6 +30,13 @@ type Registry interface {
 type Set struct {
 	specs []Spec
 	files []*os.File
+	// systemd marks the sockets a systemd .socket unit passed in (to this
+	// master or an earlier one): systemd keeps listening on them.
+	systemd map[int]bool
+	// eBPF steering (ebpf.go): per spec, nil where the group is steered
+	// by classic BPF; key is this generation's key in the maps.
+	progs []*steerProg
+	key   uint32
 }
 
 // Open returns the sockets for specs, inherited where the registry has them
@@ -47,14 +54,22 @@ func Open(reg Registry, specs []Spec, activated []Activated) (*Set, error) {
 	for i, spec := range specs {
 		var f *os.File
 		var err error
+		var fromSystemd bool
 		if a := adopt[i]; a != nil {
 			f, err = adoptFile(reg, spec, a)
+			fromSystemd = true
 		} else {
-			f, err = open(reg, spec)
+			f, fromSystemd, err = open(reg, spec)
 		}
 		if err != nil {
 			s.Close()
 			return nil, err
+		}
+		if fromSystemd {
+			if s.systemd == nil {
+				s.systemd = make(map[int]bool)
+			}
+			s.systemd[i] = true
 		}
 		s.files = append(s.files, f)
 	}
@@ -75,21 +90,23 @@ func adoptFile(reg Registry, spec Spec, f *os.File) (*os.File, error) {
 	return dup, nil
 }
 
-func open(reg Registry, spec Spec) (*os.File, error) {
+// open inherits or binds spec; fromSystemd says it is a socket systemd
+// passed to an earlier master.
+func open(reg Registry, spec Spec) (f *os.File, fromSystemd bool, err error) {
 	// Adopted from systemd by an earlier master?
 	if f, err := reg.File(activatedKey(spec)); err != nil {
-		return nil, fmt.Errorf("inherit %s: %w", spec, err)
+		return nil, false, fmt.Errorf("inherit %s: %w", spec, err)
 	} else if f != nil {
-		return f, nil
+		return f, true, nil
 	}
 	ln, err := reg.Listener(spec.Network, spec.Addr)
 	if err != nil {
-		return nil, fmt.Errorf("inherit %s: %w", spec, err)
+		return nil, false, fmt.Errorf("inherit %s: %w", spec, err)
 	}
 	if ln == nil {
 		if spec.Network == "unix" {
 			if err := removeStaleSocket(spec.Addr); err != nil {
-				return nil, err
+				return nil, false, err
 			}
 		}
 		// tableflip flattens bind errors to strings; keep ours to wrap.
@@ -100,18 +117,18 @@ func open(reg Registry, spec Spec) (*os.File, error) {
 			return l, err
 		})
 		if bindErr != nil {
-			return nil, fmt.Errorf("listen %s %s: %w", spec.Network, spec.Addr, osutil.Cause(bindErr))
+			return nil, false, fmt.Errorf("listen %s %s: %w", spec.Network, spec.Addr, osutil.Cause(bindErr))
 		}
 		if err != nil {
-			return nil, fmt.Errorf("listen %s %s: %w", spec.Network, spec.Addr, err)
+			return nil, false, fmt.Errorf("listen %s %s: %w", spec.Network, spec.Addr, err)
 		}
 	}
 	defer ln.Close() // the registry keeps its own copy; ours is the dup below
-	f, err := dupFile(ln.(syscall.Conn), spec.String())
+	f, err = dupFile(ln.(syscall.Conn), spec.String())
 	if err != nil {
-		return nil, fmt.Errorf("dup %s: %w", spec, err)
+		return nil, false, fmt.Errorf("dup %s: %w", spec, err)
 	}
-	return f, nil
+	return f, false, nil
 }
 
 // listen binds spec: TCP as plain TCP unless it asks for MPTCP (Go 1.24
@@ -230,4 +247,10 @@ func (s *Set) Close() {
 		f.Close()
 	}
 	s.files = nil
+	for _, p := range s.progs {
+		if p != nil {
+			p.m.Close()
+		}
+	}
+	s.progs = nil
 }

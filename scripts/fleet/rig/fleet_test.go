@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/baton-sh/baton/cmd/baton/loadgen"
+	"github.com/baton-sh/baton/internal/loadgen"
 )
 
 // TestFleet drives scripts/fleet's playbooks with Ansible against two rigs

@@ -38,7 +38,8 @@ var (
 	WorkerDrained          = named("worker_drained")           // drain, killed
 	WorkerOutput           = named("worker_output")            // stream, line (tagged output)
 	WorkerCountIncreased   = named("worker_count_increased")   // workers: the new count
-	WorkerCountUnchanged   = named("worker_count_unchanged")   // TTOU with one worker left
+	WorkerCountUnchanged   = named("worker_count_unchanged")   // TTOU with one worker left, TTIN past the task limit
+	USR1Forwarded          = named("usr1_forwarded")           // workers, held_for_starting
 	AcceptStalled          = named("accept_stalled")           // connections queue and no worker accepts
 	NotifyUnknownSender    = named("notify_unknown_sender")    // sender_pid: not a worker, not a master
 	ControlRefused         = named("control_refused")          // peer_uid: a foreign user's connection
@@ -50,6 +51,9 @@ var (
 	UpgradeQueued        = named("upgrade_queued")         // waits for the previous generation's drain
 	UpgradeMerged        = named("upgrade_merged")         // joined the upgrade already queued
 	UpgradeRefused       = named("upgrade_refused")        // reason
+	UpgradeHeld          = named("upgrade_held")           // trigger: asked for while the first generation boots
+	TaskLimitHit         = named("task_limit_hit")         // times, headroom: pids.max was hit during an upgrade
+	HookLeftovers        = named("hook_leftovers")         // the hook's group outlived it: SIGTERM sent, kill_after
 	UpgradeFailed        = named("upgrade_failed")         // reason; the old generation keeps serving
 	HookOutput           = named("hook_output")            // stream, line of --before-upgrade
 	HandedOver           = named("handed_over")            // old master: new_master_pid, handover
@@ -62,9 +66,18 @@ var (
 	RolloutCandidate   = named("rollout_candidate")    // new master: ready, waiting for the checks
 	SmokeTestOutput    = named("smoke_test_output")    // line
 	RolloutSwitched    = named("rollout_switched")     // weight_percent, switched_at_unix_ns, since_upgrade
-	RolloutProbeFailed = named("rollout_probe_failed") // probe, stage, answer: one failed health probe
 	RolloutPromoted    = named("rollout_promoted")     // trigger, at_unix_ns
 	RolloutRollback    = named("rollout_rollback")     // reason, was_switched, at_unix_ns
+	RolloutProbeFailed = named("rollout_probe_failed") // probe, stage, answer: one failed health probe
+	// The first master's sockets are bound and steered: strategy,
+	// steering ("ebpf" or "classic"), tcp_migrate_req.
+	RolloutSocketsReady = named("rollout_sockets_ready")
+	// A socket baton did not open listens on a --listen address: kind
+	// (foreign, leftover, worker), address, inode, holder_pid,
+	// holder_command, detail, action.
+	ForeignSocket = named("foreign_socket")
+	// The last foreign socket is gone.
+	ForeignSocketsGone = named("foreign_sockets_gone")
 )
 
 // The keeper (field: keeper_pid).
@@ -74,5 +87,16 @@ var (
 	MasterExited     = named("master_exited")     // master_pid, status
 	KeeperExiting    = named("keeper_exiting")    // status: no master left
 	SignalHeld       = named("signal_held")       // signal: no master of record yet
+	MasterRefused    = named("master_refused")    // sender_pid, error: an announcement not accepted
 	TerminalHungUp   = named("terminal_hung_up")  // the terminal went: stopping
+)
+
+// A generation's whole process tree, a stop's sockets, the pid file.
+var (
+	ProcessTrees         = named("process_trees")          // keeper: mechanism (cgroup, subreaper), cgroup or reason
+	WorkerLeftovers      = named("worker_leftovers")       // a drained worker exited; pids of its tree drain until deadline
+	SurvivorKilled       = named("survivor_killed")        // pid, command, generation, worker, reason: SIGKILLed leftover
+	OldGenerationDrained = named("old_generation_drained") // old master: its whole tree is gone; it exits
+	ListenersRefused     = named("listeners_refused")      // a stop: refused, kept_for_systemd, waited
+	PIDFileStale         = named("pid_file_stale")         // keeper: stale_pid, pid_file: replaced
 )

@@ -1,14 +1,17 @@
 // Package osutil holds the master's small Linux helpers: reading /proc,
-// walking its own fds, and sending sd_notify datagrams. Each is written
-// once here; none keeps state.
+// walking its own fds, sending sd_notify datagrams, and giving memory back
+// at rest (memory.go). Each is written once here; none keeps state.
 package osutil
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // Stat is what baton reads of /proc/PID/stat.
@@ -47,19 +50,41 @@ func ReadStat(pid int) (Stat, error) {
 	return Stat{State: f[0][0], PPID: ppid, PGRP: pgrp}, nil
 }
 
-// ParentOf returns pid's parent pid, or 0 when unknown.
+// ParentOf returns pid's parent pid, or 0 when unknown (for attribution
+// only; Parent says why it is unknown).
 func ParentOf(pid int) int {
-	st, err := ReadStat(pid)
-	if err != nil {
-		return 0
-	}
-	return st.PPID
+	ppid, _ := Parent(pid)
+	return ppid
 }
 
-// Gone reports whether pid has exited: no such process, or a zombie.
+// Parent returns pid's parent pid. Its error wraps fs.ErrNotExist when the
+// process is gone (NoProcess); any other error (EMFILE, ENFILE, ENOMEM,
+// EACCES) is this process's failure to look, no news about pid.
+func Parent(pid int) (int, error) {
+	st, err := ReadStat(pid)
+	if err != nil {
+		return 0, err
+	}
+	return st.PPID, nil
+}
+
+// Gone reports whether pid has exited: no such process, or a zombie. A
+// failure to read /proc for another reason (out of descriptors, memory)
+// says nothing about pid, so it is not gone: a caller that took it for
+// dead would act on a live process as on a dead one.
 func Gone(pid int) bool {
 	st, err := ReadStat(pid)
-	return err != nil || st.State == 'Z'
+	if err != nil {
+		return NoProcess(err)
+	}
+	return st.State == 'Z'
+}
+
+// NoProcess reports whether err says the process does not exist (ENOENT
+// under /proc/PID, ESRCH from a signal or pidfd), as opposed to a failure
+// of the caller's own (EMFILE, …).
+func NoProcess(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH)
 }
 
 // ChildrenOf lists pid's child processes other than skip, from
@@ -91,6 +116,27 @@ func GroupHasMembers(pgid int) bool {
 			continue
 		}
 		if st, err := ReadStat(pid); err == nil && st.PGRP == pgid && st.State != 'Z' {
+			return true
+		}
+	}
+	return false
+}
+
+// HoldsSocket reports whether pid has one of the sockets with these inodes
+// open (a /proc/PID/fd entry "socket:[inode]"). A process that is gone
+// holds nothing.
+func HoldsSocket(pid int, inodes []uint64) bool {
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd/"
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	want := make(map[string]bool, len(inodes))
+	for _, ino := range inodes {
+		want["socket:["+strconv.FormatUint(ino, 10)+"]"] = true
+	}
+	for _, e := range ents {
+		if l, err := os.Readlink(dir + e.Name()); err == nil && want[l] {
 			return true
 		}
 	}

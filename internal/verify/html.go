@@ -1,6 +1,6 @@
 //go:build linux
 
-package main
+package verify
 
 import (
 	"bytes"
@@ -15,7 +15,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/baton-sh/baton/cmd/baton/loadgen"
+	"github.com/baton-sh/baton/internal/loadgen"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/plotutil"
@@ -61,7 +61,7 @@ var markKinds = []string{"upgrade requested", "first new answer", "handover", "r
 
 // newTimeline buckets samples (every client's) and fast (the main
 // clients', for latency) over the run that started at start.
-func newTimeline(start time.Time, seconds float64, samples []taggedSample, fast []loadgen.Sample, rep *verifyReport) *timeline {
+func newTimeline(start time.Time, seconds float64, samples []taggedSample, fast []loadgen.Sample, rep *Report) *timeline {
 	n := int(math.Ceil(seconds/reportBucket.Seconds())) + 1
 	tl := &timeline{seconds: seconds, buckets: n, ok: map[string][]float64{}, failed: map[string][]float64{}}
 	idx := func(t time.Time) int {
@@ -319,8 +319,8 @@ func (tl *timeline) svg() ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// reportFormat checks --report's file name: .html or .svg.
-func reportFormat(path string) (string, error) {
+// ReportFormat checks --report's file name: .html or .svg.
+func ReportFormat(path string) (string, error) {
 	switch ext := strings.ToLower(filepath.Ext(path)); ext {
 	case ".html", ".htm":
 		return "html", nil
@@ -331,10 +331,10 @@ func reportFormat(path string) (string, error) {
 	}
 }
 
-// writeReportFile writes the picture (and for HTML the figures) to path,
+// WriteReportFile writes the picture (and for HTML the figures) to path,
 // through a temporary file renamed into place.
-func (r *verifyReport) writeReportFile(path string) error {
-	format, err := reportFormat(path)
+func (r *Report) WriteReportFile(path string) error {
+	format, err := ReportFormat(path)
 	if err != nil {
 		return err
 	}
@@ -373,7 +373,7 @@ func (r *verifyReport) writeReportFile(path string) error {
 // writeHTML writes the report as one HTML page that is also well-formed
 // XML (so that strict parsers, and the tests, can read it): the SVG
 // inline, then the figures.
-func (r *verifyReport) writeHTML(w io.Writer, svg []byte) error {
+func (r *Report) writeHTML(w io.Writer, svg []byte) error {
 	e := html.EscapeString
 	var b strings.Builder
 	b.WriteString("<!DOCTYPE html>\n<html lang=\"en\" xmlns=\"http://www.w3.org/1999/xhtml\">\n<head>\n<meta charset=\"utf-8\"/>\n")
@@ -440,7 +440,7 @@ svg { max-width: 100%; height: auto; }
 		b.WriteString("<h2>First failures</h2>\n<table>\n<tr><th>at s</th><th>count</th><th class=\"l\">kind</th><th class=\"l\">path</th><th class=\"l\">error</th><th>after upgrade</th></tr>\n")
 		for _, f := range r.FirstFailures {
 			fmt.Fprintf(&b, "<tr><td>%.3f</td><td>%d</td><td class=\"l\">%s</td><td class=\"l\">%s</td><td class=\"l\">%s</td><td>%d</td></tr>\n",
-				f.AtS, f.Count, e(f.Kind), e(f.Path), e(oneLine(f.Error)), f.AfterUpgrade)
+				f.AtS, f.Count, e(f.Kind), e(f.Path), e(strings.Join(strings.Fields(f.Error), " ")), f.AfterUpgrade)
 		}
 		b.WriteString("</table>\n")
 	}

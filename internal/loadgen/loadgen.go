@@ -62,6 +62,9 @@ type Config struct {
 	// OnResponse, if set, sees every successful response body (from many
 	// goroutines at once).
 	OnResponse func(body []byte)
+	// NoSamples keeps the counts and drops the per-request Samples: a soak
+	// of an hour would otherwise hold tens of millions of them.
+	NoSamples bool
 }
 
 // Sample is one finished request.
@@ -188,7 +191,9 @@ func Run(ctx context.Context, cfg Config) *Result {
 				} else if cfg.OnResponse != nil {
 					cfg.OnResponse(resp.Body)
 				}
-				local = append(local, s)
+				if !cfg.NoSamples {
+					local = append(local, s)
+				}
 				mu.Lock()
 				res.Requests++
 				if s.Retried {

@@ -1,10 +1,10 @@
-// Package logtail reads the JSON log that baton's processes share (every
+// Package harness reads the JSON log that baton's processes share (every
 // master a `baton run` starts inherits its stderr, and so do workers) and
 // lets a caller wait for an entry by its event name. It is the one log
 // harness of the end-to-end tests (cmd/baton) and the benchmark
 // (scripts/zdbench): they wait on the stable `event` field, never on a
 // message's wording.
-package logtail
+package harness
 
 import (
 	"bufio"
@@ -53,6 +53,7 @@ type Tail struct {
 	mu      sync.Mutex
 	events  []Event
 	at      []time.Time // when each entry was read
+	base    int         // index of events[0]: Forget drops older entries
 	other   []string
 	closed  bool
 	changed chan struct{} // closed and replaced on every line and at EOF
@@ -62,62 +63,131 @@ type Tail struct {
 // goroutine, and closes it then.
 func New(r io.ReadCloser) *Tail {
 	t := &Tail{changed: make(chan struct{})}
+	q := &lineQueue{}
+	q.cond = sync.NewCond(&q.mu)
+	// Two stages: one goroutine only drains the pipe, so that the writers
+	// (baton's log sink, which drops entries rather than block a master)
+	// never wait on the parsing; the other parses what has arrived, a
+	// batch at a time, and wakes the waiters once per batch.
 	go func() {
 		defer r.Close()
 		sc := bufio.NewScanner(r)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
-			line := sc.Bytes()
-			var ev Event
-			isEvent := json.Unmarshal(line, &ev) == nil && ev["msg"] != nil
+			q.put(append([]byte(nil), sc.Bytes()...))
+		}
+		q.end()
+	}()
+	go func() {
+		for {
+			lines, done := q.take()
 			now := time.Now()
+			evs := make([]Event, len(lines))
+			for i, line := range lines {
+				if json.Unmarshal(line, &evs[i]) != nil || evs[i]["msg"] == nil {
+					evs[i] = nil
+				}
+			}
 			t.mu.Lock()
-			if isEvent {
-				t.events = append(t.events, ev)
-				t.at = append(t.at, now)
-			} else {
-				t.other = append(t.other, string(line))
+			for i, ev := range evs {
+				if ev != nil {
+					t.events = append(t.events, ev)
+					t.at = append(t.at, now)
+					continue
+				}
+				t.other = append(t.other, string(lines[i]))
 				if len(t.other) > maxOther {
 					t.other = t.other[len(t.other)-maxOther/2:]
 				}
 			}
+			if done {
+				t.closed = true
+			}
 			close(t.changed)
 			t.changed = make(chan struct{})
 			t.mu.Unlock()
+			if done {
+				return
+			}
 		}
-		t.mu.Lock()
-		t.closed = true
-		close(t.changed)
-		t.mu.Unlock()
 	}()
 	return t
+}
+
+// lineQueue hands lines from the pipe's reader to the parser.
+type lineQueue struct {
+	mu    sync.Mutex
+	cond  *sync.Cond
+	lines [][]byte
+	ended bool
+}
+
+func (q *lineQueue) put(line []byte) {
+	q.mu.Lock()
+	q.lines = append(q.lines, line)
+	q.mu.Unlock()
+	q.cond.Signal()
+}
+
+func (q *lineQueue) end() {
+	q.mu.Lock()
+	q.ended = true
+	q.mu.Unlock()
+	q.cond.Signal()
+}
+
+// take blocks until there are lines or the end, and returns every line
+// queued, and whether the reader has ended (then no line follows).
+func (q *lineQueue) take() ([][]byte, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for len(q.lines) == 0 && !q.ended {
+		q.cond.Wait()
+	}
+	lines := q.lines
+	q.lines = nil
+	return lines, q.ended
 }
 
 // Len is the number of entries read so far: a mark to wait from.
 func (t *Tail) Len() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return len(t.events)
+	return t.base + len(t.events)
 }
 
-// Slice returns the entries with index in [from, to); to < 0 means all.
+// Forget drops the entries with index < upTo; indices stay as they were,
+// and Slice, Count, Problem and Dump see only what is kept. A soak of
+// thousands of upgrades must not keep every line in memory.
+func (t *Tail) Forget(upTo int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := min(max(upTo-t.base, 0), len(t.events))
+	t.events = append([]Event(nil), t.events[n:]...)
+	t.at = append([]time.Time(nil), t.at[n:]...)
+	t.base += n
+}
+
+// Slice returns the entries kept with index in [from, to); to < 0 means
+// all.
 func (t *Tail) Slice(from, to int) []Event {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if to < 0 || to > len(t.events) {
-		to = len(t.events)
+	if to < 0 || to-t.base > len(t.events) {
+		to = t.base + len(t.events)
 	}
+	from, to = max(from-t.base, 0), to-t.base
 	if from > to {
 		return nil
 	}
 	return append([]Event(nil), t.events[from:to]...)
 }
 
-// ReadAt is when entry i was read.
+// ReadAt is when entry i was read; i must not have been forgotten.
 func (t *Tail) ReadAt(i int) time.Time {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.at[i]
+	return t.at[i-t.base]
 }
 
 // Count is how many entries so far have event name.
@@ -144,9 +214,10 @@ func (t *Tail) Wait(ctx context.Context, from int, timeout time.Duration, what s
 		t.mu.Lock()
 		// Only entries that arrived since the last look: a flood of lines
 		// must not make every wait quadratic.
-		for ; from < len(t.events); from++ {
-			if match(t.events[from]) {
-				ev := t.events[from]
+		from = max(from, t.base)
+		for ; from < t.base+len(t.events); from++ {
+			if match(t.events[from-t.base]) {
+				ev := t.events[from-t.base]
 				t.mu.Unlock()
 				return ev, from, nil
 			}

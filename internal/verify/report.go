@@ -1,6 +1,6 @@
 //go:build linux
 
-package main
+package verify
 
 import (
 	"encoding/json"
@@ -11,13 +11,13 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/baton-sh/baton/cmd/baton/loadgen"
+	"github.com/baton-sh/baton/internal/loadgen"
 )
 
-// verifyReport is what `baton verify` prints; --json prints it as is.
+// Report is what `baton verify` prints; --json prints it as is.
 // Times "_s" are seconds since the load started; "_ms" are milliseconds
 // since the upgrade was triggered unless said otherwise.
-type verifyReport struct {
+type Report struct {
 	URL      string   `json:"url"`
 	Verified bool     `json:"verified"`
 	Problems []string `json:"problems,omitempty"`
@@ -107,26 +107,26 @@ type taggedSample struct {
 	path string
 }
 
-func (r *verifyReport) problem(s string) { r.Problems = append(r.Problems, s) }
+func (r *Report) problem(s string) { r.Problems = append(r.Problems, s) }
 
-func buildReport(p verifyPlan, start time.Time, res loadgen.MixResult, ups []upgradeRun) *verifyReport {
+func buildReport(p Plan, start time.Time, res loadgen.MixResult, ups []upgradeRun) *Report {
 	all := res.All()
 	slow := p.slowClients()
-	rep := &verifyReport{
-		URL: p.url, Seconds: all.Elapsed.Seconds(),
-		KeepAliveClients: int(float64(p.concurrency-slow)*0.5 + 0.5), SlowClients: slow, SlowPath: p.slow,
+	rep := &Report{
+		URL: p.URL, Seconds: all.Elapsed.Seconds(),
+		KeepAliveClients: int(float64(p.Concurrency-slow)*0.5 + 0.5), SlowClients: slow, SlowPath: p.Slow,
 		Requests: all.Requests, Failed: all.Failures(), FailedByKind: kindsOf(all.Failed), Retried: all.Retried,
 		SlowRequests: res.Slow.Requests, SlowFailed: res.Slow.Failures(),
-		VersionHeader: p.versionHeader, NotAttempted: p.reloads - len(ups),
+		VersionHeader: p.VersionHeader, NotAttempted: p.Reloads - len(ups),
 	}
-	rep.FreshClients = p.concurrency - slow - rep.KeepAliveClients
+	rep.FreshClients = p.Concurrency - slow - rep.KeepAliveClients
 	since := func(t time.Time) float64 { return t.Sub(start).Seconds() }
 
 	var samples []taggedSample
 	for _, g := range []struct {
 		r    *loadgen.Result
 		path string
-	}{{res.Main, p.target}, {res.Slow, p.slow}, {res.Probe, p.target}} {
+	}{{res.Main, p.Target}, {res.Slow, p.Slow}, {res.Probe, p.Target}} {
 		for _, s := range g.r.Samples {
 			samples = append(samples, taggedSample{s, g.path})
 		}
@@ -167,7 +167,7 @@ func buildReport(p verifyPlan, start time.Time, res loadgen.MixResult, ups []upg
 		rep.Upgrades = append(rep.Upgrades, ur)
 	}
 	if rep.NotAttempted > 0 {
-		rep.problem(fmt.Sprintf("%d of %d upgrades not attempted", rep.NotAttempted, p.reloads))
+		rep.problem(fmt.Sprintf("%d of %d upgrades not attempted", rep.NotAttempted, p.Reloads))
 	}
 
 	releases := map[string]*releaseSeen{}
@@ -209,7 +209,7 @@ func buildReport(p verifyPlan, start time.Time, res loadgen.MixResult, ups []upg
 	for _, name := range order {
 		rep.Releases = append(rep.Releases, *releases[name])
 	}
-	if p.versionHeader != "" {
+	if p.VersionHeader != "" {
 		releaseChanges(rep, samples, ups)
 	}
 	if rep.Failed > 0 {
@@ -240,7 +240,7 @@ func buildReport(p verifyPlan, start time.Time, res loadgen.MixResult, ups []upg
 // releaseChanges fills each upgrade's release before and after it, and
 // when the new one first answered and the old one last did. samples are
 // sorted by end.
-func releaseChanges(rep *verifyReport, samples []taggedSample, ups []upgradeRun) {
+func releaseChanges(rep *Report, samples []taggedSample, ups []upgradeRun) {
 	// lastBefore is the release of the last answer that carried one before t.
 	lastBefore := func(t time.Time) string {
 		i := sort.Search(len(samples), func(i int) bool { return !samples[i].End().Before(t) })
@@ -284,12 +284,14 @@ func kindsOf(m map[string]int) map[string]int {
 	return out
 }
 
-func (r *verifyReport) writeJSON(w io.Writer) {
+// WriteJSON writes the report as indented JSON (what --json prints).
+func (r *Report) WriteJSON(w io.Writer) {
 	b, _ := json.MarshalIndent(r, "", "  ")
 	fmt.Fprintln(w, string(b))
 }
 
-func (r *verifyReport) writeText(w io.Writer) {
+// WriteText writes the report for people.
+func (r *Report) WriteText(w io.Writer) {
 	clients := fmt.Sprintf("%d keep-alive, %d fresh-connection", r.KeepAliveClients, r.FreshClients)
 	if r.SlowClients > 0 {
 		clients += fmt.Sprintf(", %d slow (%s)", r.SlowClients, r.SlowPath)
@@ -367,7 +369,7 @@ func (r *verifyReport) writeText(w io.Writer) {
 			if f.Release != "" {
 				rel = ", release " + f.Release
 			}
-			fmt.Fprintf(w, "  +%.3fs  %6dx  %-8s GET %s: %s (%s%s)\n", f.AtS, f.Count, f.Kind, f.Path, oneLine(f.Error), after, rel)
+			fmt.Fprintf(w, "  +%.3fs  %6dx  %-8s GET %s: %s (%s%s)\n", f.AtS, f.Count, f.Kind, f.Path, strings.Join(strings.Fields(f.Error), " "), after, rel)
 		}
 	}
 	if r.Verified {

@@ -35,6 +35,7 @@ type Mix struct {
 	Duration      time.Duration // every client stops by then at the latest
 	Budget        *Budget       // shared request cap, or nil
 	ReleaseHeader string        // see Config.ReleaseHeader
+	NoSamples     bool          // see Config.NoSamples
 }
 
 // MixResult holds each group's result; a group with no clients has an empty
@@ -60,7 +61,7 @@ func StartMix(ctx context.Context, m Mix) (wait func() MixResult) {
 		parts [2]*Result
 	)
 	base := Config{Network: m.Network, Addr: m.Addr, Host: m.Host, Path: m.Path, Duration: m.Duration,
-		Timeout: m.Timeout, Budget: m.Budget, ReleaseHeader: m.ReleaseHeader}
+		Timeout: m.Timeout, Budget: m.Budget, ReleaseHeader: m.ReleaseHeader, NoSamples: m.NoSamples}
 	run := func(dst **Result, cfg Config) {
 		wg.Add(1)
 		go func() {

@@ -1,0 +1,120 @@
+//go:build linux
+
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// A pid file left by a crash names a process that runs now but is not
+// baton: 1 (in a container, its init) or any unrelated pid after a reboot.
+// baton replaces it with a log line; a second start while the keeper holds
+// it is refused in one line; the stop removes it.
+func TestStalePIDFileNamingALiveProcess(t *testing.T) {
+	t.Parallel()
+	sleeper := exec.Command("sleep", "60")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sleeper.Process.Kill(); sleeper.Wait() })
+	for name, stale := range map[string]int{"init": 1, "unrelated": sleeper.Process.Pid} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			pidFile := filepath.Join(t.TempDir(), "app.pid")
+			if err := os.WriteFile(pidFile, []byte(strconv.Itoa(stale)+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			addr := freeAddr(t)
+			b := startBaton(t, nil, "-l", addr, "--pid-file", pidFile, "--", bin("hello"))
+			b.waitReady()
+			ev := b.log.wait(t, "pid_file_stale", nil, 5*time.Second)
+			if ev.num("stale_pid") != stale || ev.num("keeper_pid") != b.pid {
+				t.Fatalf("stale pid file event %v, want stale_pid %d from keeper %d", ev, stale, b.pid)
+			}
+			if got, _ := os.ReadFile(pidFile); strings.TrimSpace(string(got)) != strconv.Itoa(b.pid) {
+				t.Fatalf("pid file %q, want the keeper %d", got, b.pid)
+			}
+			// A second start of the same service: one line, exit 2, and
+			// the running one untouched.
+			code, lines, out := runBaton(t, nil, "run", "-l", freeAddr(t), "--pid-file", pidFile, "--", bin("hello"))
+			want := "held by a running baton keeper (pid " + strconv.Itoa(b.pid) + ")"
+			if code != 2 || len(lines) != 1 || !strings.Contains(lines[0], want) {
+				t.Fatalf("second start: exit %d, want 2 and one line with %q:\n%s", code, want, out)
+			}
+			if got, _ := os.ReadFile(pidFile); strings.TrimSpace(string(got)) != strconv.Itoa(b.pid) {
+				t.Fatalf("pid file after the refused start %q, want %d", got, b.pid)
+			}
+			mustGet(t, addr, "/")
+			b.signal(syscall.SIGTERM)
+			if code := b.waitExit(20 * time.Second); code != 0 {
+				t.Fatalf("exit %d after stop", code)
+			}
+			if _, err := os.Stat(pidFile); !os.IsNotExist(err) {
+				t.Fatalf("pid file left after stop: %v", err)
+			}
+		})
+	}
+}
+
+// baton runs in a pid namespace of its own (a container whose /run, here a
+// temporary directory, the host shares). From the host, status and stop
+// work through the control socket, and stop waits for the container's
+// keeper, not for whatever the host runs under the same numbers: as PID 1
+// ("keeper 1" is the host's init) and below a shell that is PID 1.
+func TestStopFromAnotherPidNamespace(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("SKIP: needs root for unshare --pid --mount-proc")
+	}
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		t.Skip("SKIP: unshare (util-linux) not installed")
+	}
+	t.Parallel()
+	for name, shell := range map[string]bool{"keeper-is-pid-1": false, "keeper-below-a-shell": true} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			addr := freeAddr(t)
+			pidFile := filepath.Join(t.TempDir(), "app.pid")
+			run := []string{bin("baton"), "run", "--log-format", "json", "-l", addr, "-w", "2", "--pid-file", pidFile, "--", bin("hello")}
+			args := append([]string{"--pid", "--fork", "--mount-proc"}, run...)
+			if shell {
+				// The shell stays PID 1; the keeper is a later pid there.
+				args = []string{"--pid", "--fork", "--mount-proc", "sh", "-c", strings.Join(run, " ") + "; exit $?"}
+			}
+			b := launch(t, exec.Command(unshare, args...), nil)
+			t.Cleanup(func() {
+				// Killing unshare's child (PID 1 there) ends the namespace.
+				for _, p := range childPids(b.pid) {
+					syscall.Kill(p, syscall.SIGKILL)
+				}
+				syscall.Kill(b.pid, syscall.SIGKILL)
+				select {
+				case <-b.done:
+				case <-time.After(5 * time.Second):
+				}
+			})
+			b.waitReady()
+			if code, out := b.ctl(t, "status"); code != 0 || !strings.Contains(out, "serving") {
+				t.Fatalf("status from the host: exit %d:\n%s", code, out)
+			}
+			start := time.Now()
+			code, out := b.ctl(t, "stop", "--timeout", "10s")
+			if code != 0 || !strings.Contains(out, "stopped") {
+				t.Fatalf("stop from the host: exit %d after %s:\n%s", code, time.Since(start).Round(time.Millisecond), out)
+			}
+			if code := b.waitExit(10 * time.Second); code != 0 {
+				t.Fatalf("unshare exited %d, want 0", code)
+			}
+			if _, err := os.Stat(pidFile); !os.IsNotExist(err) {
+				t.Fatalf("pid file left after stop: %v", err)
+			}
+		})
+	}
+}

@@ -1,0 +1,289 @@
+//go:build linux
+
+package main
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/baton-sh/baton/internal/loadgen"
+)
+
+// treeMechanisms are the two ways baton finds a generation's process tree:
+// a cgroup v2 per generation and worker, and, where none can be made, the
+// keeper as child subreaper (BATON_NO_CGROUP=1 forces it here).
+var treeMechanisms = []struct {
+	name string
+	env  []string
+}{
+	{"cgroup", nil},
+	{"subreaper", []string{"BATON_NO_CGROUP=1"}},
+}
+
+// startTreeBaton starts baton with env and args under mechanism mech, and
+// skips the test visibly when this machine cannot give it a cgroup.
+func startTreeBaton(t *testing.T, mech string, env []string, args ...string) *baton {
+	t.Helper()
+	b := startBaton(t, env, args...)
+	ev := b.log.wait(t, "process_trees", nil, 10*time.Second)
+	if got := ev.str("mechanism"); got != mech {
+		if mech == "cgroup" {
+			t.Skipf("SKIP: no cgroup v2 baton can write here (%s): %s", got, ev.str("reason"))
+		}
+		t.Fatalf("process trees tracked by %q, want %q", got, mech)
+	}
+	return b
+}
+
+// helperServer writes a worker script that starts a helper serving the
+// inherited socket (hello again, tagged "helper") the way kind says, then
+// execs the real server.
+//   - setsid: the helper leaves the worker's session and process group.
+//   - background: `sh -c 'helper & exec server'`, with a double fork, so
+//     the helper is an orphan at once.
+func helperServer(t *testing.T, kind, tag string) string {
+	t.Helper()
+	helper := `env NOTIFY_SOCKET= HELLO_TAG=` + tag + ` sh -c 'LISTEN_PID=$$ exec ` + bin("hello") + `'`
+	var start string
+	switch kind {
+	case "setsid":
+		start = "setsid " + helper + " &"
+	case "background":
+		start = "( " + helper + " & ) "
+	default:
+		t.Fatalf("helper kind %q", kind)
+	}
+	path := filepath.Join(t.TempDir(), "server")
+	script := "#!/bin/sh\n" + start + "\nexec " + bin("hello") + "\n"
+	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// helpersOf lists the live helper processes (hello tagged tag) whose
+// environment says generation gen, or any generation for gen 0.
+func helpersOf(tag string, gen int) []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || !alive(pid) {
+			continue
+		}
+		if exe, _ := os.Readlink("/proc/" + e.Name() + "/exe"); exe != bin("hello") {
+			continue
+		}
+		env, _ := os.ReadFile("/proc/" + e.Name() + "/environ")
+		vars := "\x00" + string(env)
+		if strings.Contains(vars, "\x00HELLO_TAG="+tag+"\x00") &&
+			(gen == 0 || strings.Contains(vars, "\x00BATON_GENERATION="+strconv.Itoa(gen)+"\x00")) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// portFree reports whether addr can be bound again (nothing holds it).
+func portFree(addr string) bool {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return false
+	}
+	ln.Close()
+	return true
+}
+
+// Helpers that leave their worker's session or parent keep the inherited
+// socket: they belong to their generation all the same. After a handover
+// the old generation's helpers are gone once its master reports it
+// drained, and nothing answers for it after that; after baton stop (which
+// returns only then) nothing is left and the port is free.
+func TestGenerationIsItsWholeProcessTree(t *testing.T) {
+	t.Parallel()
+	for _, mech := range treeMechanisms {
+		for _, kind := range []string{"setsid", "background"} {
+			t.Run(mech.name+"/"+kind, func(t *testing.T) {
+				t.Parallel()
+				addr := freeAddr(t)
+				tag := "helper-" + strings.ReplaceAll(addr, ":", "-")
+				b := startTreeBaton(t, mech.name, mech.env, "-l", addr, "-w", "2", "--drain-timeout", "5s", "--", helperServer(t, kind, tag))
+				b.waitReady()
+				eventually(t, 5*time.Second, "generation 1's helpers to start", func() bool { return len(helpersOf(tag, 1)) == 2 })
+				old := helpersOf(tag, 1)
+				if code, out := b.ctl(t, "status"); code != 0 || !strings.Contains(out, "process trees: "+mech.name) {
+					t.Fatalf("status: exit %d, want the mechanism %s named:\n%s", code, mech.name, out)
+				}
+				from := b.log.len()
+				b.upgrade(t, b.pid, 1)
+				b.log.waitFrom(t, from, "old_generation_drained", func(e logEvent) bool { return e.num("generation") == 1 }, 20*time.Second)
+				for _, p := range old {
+					if alive(p) {
+						t.Fatalf("helper %d of generation 1 still runs after its master reported the generation drained (%s)", p, osCommand(p))
+					}
+				}
+				for i := 0; i < 20; i++ {
+					if body := mustGet(t, addr, "/"); field(body, "generation") != "2" {
+						t.Fatalf("request %d after generation 1 drained answered by %q", i, body)
+					}
+				}
+				code, out := b.ctl(t, "stop", "--timeout", "20s")
+				if code != 0 {
+					t.Fatalf("baton stop: exit %d:\n%s", code, out)
+				}
+				if left := helpersOf(tag, 0); len(left) > 0 {
+					t.Fatalf("helpers %v still run when baton stop returned", left)
+				}
+				if !portFree(addr) {
+					t.Fatalf("port %s still held when baton stop returned", addr)
+				}
+				if code := b.waitExit(10 * time.Second); code != 0 {
+					t.Fatalf("exit %d after stop", code)
+				}
+			})
+		}
+	}
+}
+
+func osCommand(pid int) string {
+	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	return strings.ReplaceAll(string(b), "\x00", " ")
+}
+
+// A worker's leftover that ignores the drain signal is SIGKILLed at the
+// drain deadline and logged as a survivor (pid, command, generation); a
+// worker that crashes has its leftovers ended at once, before its
+// replacement starts.
+func TestWorkerLeftoversAreEnded(t *testing.T) {
+	t.Parallel()
+	for _, mech := range treeMechanisms {
+		t.Run(mech.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			// The helper ignores TERM and leaves the worker's session.
+			script := "#!/bin/sh\nsetsid sh -c 'trap \"\" TERM; exec sleep 600' &\necho $! > " + dir + "/helper.$BATON_WORKER.$$\nexec " + bin("hello") + "\n"
+			server := filepath.Join(dir, "server")
+			if err := os.WriteFile(server, []byte(script), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			addr := freeAddr(t)
+			b := startTreeBaton(t, mech.name, mech.env, "-l", addr, "-w", "2", "--drain-timeout", "2s", "--", server)
+			b.waitReady()
+			helperOf := func(worker, pid int) int {
+				var h int
+				eventually(t, 5*time.Second, "the helper's pid file", func() bool {
+					data, err := os.ReadFile(filepath.Join(dir, "helper."+strconv.Itoa(worker)+"."+strconv.Itoa(pid)))
+					h, _ = strconv.Atoi(strings.TrimSpace(string(data)))
+					return err == nil && h > 0
+				})
+				return h
+			}
+			// A crash: worker 0 is SIGKILLed; its helper goes at once.
+			w0 := b.log.wait(t, "worker_ready", func(e logEvent) bool { return e.num("worker") == 0 }, 5*time.Second).num("pid")
+			h0 := helperOf(0, w0)
+			from := b.log.len()
+			if err := syscall.Kill(w0, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			ev, _ := b.log.waitFrom(t, from, "survivor_killed", func(e logEvent) bool { return e.num("pid") == h0 }, 5*time.Second)
+			if !strings.Contains(ev.str("command"), "sleep") || ev.num("generation") != 1 || ev.num("worker") != 0 {
+				t.Fatalf("survivor event %v: want the helper's command, generation 1, worker 0", ev)
+			}
+			if _, i := b.log.waitFrom(t, from, "worker_started", func(e logEvent) bool { return e.num("worker") == 0 }, 5*time.Second); i < 0 {
+				t.Fatal("no replacement")
+			}
+			eventually(t, time.Second, "the crashed worker's helper to be gone", func() bool { return !alive(h0) })
+
+			// A stop: worker 1's helper ignores TERM, is killed at the
+			// drain deadline and logged; the stop ends only then.
+			w1 := b.log.wait(t, "worker_ready", func(e logEvent) bool { return e.num("worker") == 1 }, 5*time.Second).num("pid")
+			h1 := helperOf(1, w1)
+			from = b.log.len()
+			b.signal(syscall.SIGTERM)
+			ev, _ = b.log.waitFrom(t, from, "survivor_killed", func(e logEvent) bool { return e.num("pid") == h1 }, 10*time.Second)
+			if ev.str("reason") != "drain timeout" || ev.num("generation") != 1 {
+				t.Fatalf("survivor event %v: want reason drain timeout, generation 1", ev)
+			}
+			if code := b.waitExit(10 * time.Second); code != 0 {
+				t.Fatalf("exit %d after stop", code)
+			}
+			if alive(h1) {
+				t.Fatalf("helper %d still runs after baton exited", h1)
+			}
+			if !portFree(addr) {
+				t.Fatalf("port %s still held after baton exited", addr)
+			}
+		})
+	}
+}
+
+// Under load (fresh and keep-alive clients, slow requests), upgrades with
+// helpers serving in every generation: no request fails, no generation
+// answers after its master reported it drained, and after baton stop
+// nothing is left and the port is free.
+func TestUpgradesWithHelpersUnderLoad(t *testing.T) {
+	t.Parallel()
+	for _, mech := range treeMechanisms {
+		t.Run(mech.name, func(t *testing.T) {
+			t.Parallel()
+			addr := freeAddr(t)
+			tag := "helper-" + strings.ReplaceAll(addr, ":", "-")
+			b := startTreeBaton(t, mech.name, mech.env, "-l", addr, "-w", "2", "--drain-timeout", "5s", "--", helperServer(t, "setsid", tag))
+			b.waitReady()
+			load := startLoad(t, loadgen.Config{
+				Network: "tcp", Addr: addr, Clients: 16, KeepAlive: 0.5, Path: "/?sleep=50",
+				Duration: 90 * time.Second, MaxRequests: 500_000, Timeout: 10 * time.Second,
+				ReleaseHeader: "Hello-Generation",
+			})
+			slow := startLoad(t, loadgen.Config{
+				Network: "tcp", Addr: addr, Clients: 2, Path: "/?sleep=1000",
+				Duration: 90 * time.Second, MaxRequests: 10_000, Timeout: 10 * time.Second,
+				ReleaseHeader: "Hello-Generation",
+			})
+			drained := map[string]time.Time{}
+			const upgrades = 3
+			for gen := 1; gen <= upgrades; gen++ {
+				from := b.log.len()
+				b.upgrade(t, b.pid, gen)
+				ev, _ := b.log.waitFrom(t, from, "old_generation_drained", func(e logEvent) bool { return e.num("generation") == gen }, 30*time.Second)
+				at, err := time.Parse(time.RFC3339Nano, ev.str("ts"))
+				if err != nil {
+					t.Fatalf("event time %q: %v", ev.str("ts"), err)
+				}
+				drained[strconv.Itoa(gen)] = at
+			}
+			// Serve a moment longer on the last generation.
+			time.Sleep(500 * time.Millisecond)
+			res := load.finish()
+			sres := slow.finish()
+			for _, r := range []*loadgen.Result{res, sres} {
+				if r.Failures() != 0 || r.Requests == 0 {
+					t.Fatalf("%d upgrades with helpers under load: %s", upgrades, r)
+				}
+				for _, s := range r.Samples {
+					if at, ok := drained[s.Release]; ok && s.Start.After(at) {
+						t.Fatalf("generation %s answered a request sent %s after its master reported it drained", s.Release, s.Start.Sub(at))
+					}
+				}
+			}
+			t.Logf("%s: %d requests (%d slow), 0 failed, across %d upgrades with a helper per worker", mech.name, res.Requests, sres.Requests, upgrades)
+			code, out := b.ctl(t, "stop", "--timeout", "20s")
+			if code != 0 {
+				t.Fatalf("baton stop: exit %d:\n%s", code, out)
+			}
+			if left := helpersOf(tag, 0); len(left) > 0 {
+				t.Fatalf("helpers %v still run when baton stop returned", left)
+			}
+			if !portFree(addr) {
+				t.Fatalf("port %s still held when baton stop returned", addr)
+			}
+			b.waitExit(10 * time.Second)
+		})
+	}
+}

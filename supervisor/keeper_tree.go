@@ -1,0 +1,134 @@
+//go:build linux
+
+package supervisor
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/baton-sh/baton/supervisor/internal/cgroup"
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
+	"github.com/baton-sh/baton/supervisor/internal/osutil"
+	"go.uber.org/zap"
+)
+
+// The keeper makes the service's cgroup v2 subtree, in which masters make
+// a cgroup per generation and per worker (tree.go), and ends whatever is
+// left of the service when it exits.
+//
+// Where the keeper is alone in its cgroup (systemd with Delegate=yes, a
+// container with its own cgroup namespace) the subtree is that cgroup: the
+// keeper moves itself, and so every master, into a leaf "keeper" (a cgroup
+// with processes cannot have children with controllers: the no internal
+// process rule) and generations go beside it in "generations". Elsewhere
+// (a shell's session, the root cgroup) it makes "baton-PID" beside itself.
+// No cgroup2, no write access: the masters track trees as the child
+// subreaper sees them.
+
+// keeperTrees is the keeper's side of the service's trees.
+type keeperTrees struct {
+	base cgroup.Group // the generations' parent, or "" (subreaper)
+	why  string       // why there is no cgroup
+}
+
+// setupTrees makes the service's cgroup subtree if it can; env is what
+// the first master (and so every later one) gets.
+func (k *keeper) setupTrees() (env []string) {
+	base, err := k.makeBase()
+	if err != nil {
+		k.trees.why = err.Error()
+		k.log.Info("process trees tracked by the subreaper", logevent.ProcessTrees, zap.String("mechanism", treeSubreaper), zap.String("reason", k.trees.why))
+		return nil
+	}
+	k.trees.base = base
+	k.log.Info("process trees tracked by cgroup", logevent.ProcessTrees, zap.String("mechanism", treeCgroup), zap.String("cgroup", base.Path()))
+	return []string{envCgroup + "=" + base.Path()}
+}
+
+func (k *keeper) makeBase() (cgroup.Group, error) {
+	if os.Getenv("BATON_NO_CGROUP") == "1" {
+		return "", fmt.Errorf("BATON_NO_CGROUP=1")
+	}
+	own, err := cgroup.Own()
+	if err != nil {
+		return "", err
+	}
+	procs, err := os.ReadFile(filepath.Join(own, "cgroup.procs"))
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", own, err)
+	}
+	if strings.TrimSpace(string(procs)) == strconv.Itoa(k.self) && filepath.Base(own) != "keeper" {
+		// Alone: the cgroup is the service's (delegated to it).
+		leaf, err := cgroup.Make(filepath.Join(own, "keeper"))
+		if err != nil {
+			return "", err
+		}
+		if err := leaf.Move(k.self); err != nil {
+			leaf.Remove(0)
+			return "", err
+		}
+		g, err := cgroup.Make(filepath.Join(own, "generations"))
+		if err != nil {
+			// Back where it was: nothing of baton's is left behind.
+			cgroup.Group(own).Move(k.self)
+			leaf.Remove(0)
+		}
+		return g, err
+	}
+	removeStaleBases(own)
+	return cgroup.Make(filepath.Join(own, "baton-"+strconv.Itoa(k.self)))
+}
+
+// removeStaleBases removes the empty subtrees of keepers that are gone
+// (SIGKILLed: nothing removed them), beside our own.
+func removeStaleBases(own string) {
+	dirs, _ := filepath.Glob(filepath.Join(own, "baton-*"))
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(d), "baton-"))
+		if err != nil || !osutil.Gone(pid) && sameProgram(pid) {
+			continue
+		}
+		if g := cgroup.Group(d); !g.Populated() {
+			g.Remove(0)
+		}
+	}
+}
+
+// endTrees ends whatever is left of the service once no master is: in the
+// subtree, or (subreaper) the keeper's remaining children, which are
+// orphans of the service's workers. Each is logged as a survivor.
+func (k *keeper) endTrees() {
+	var left []int
+	if k.trees.base != "" {
+		left = k.trees.base.Procs()
+	} else {
+		left = osutil.ChildrenOf(k.self, 0)
+	}
+	for _, p := range left {
+		if osutil.Gone(p) {
+			continue
+		}
+		gen, _ := osutil.Environ(p, "BATON_GENERATION")
+		k.log.Warn("survivor killed", logevent.SurvivorKilled, zap.Int("pid", p), zap.String("command", osutil.Command(p)),
+			zap.String("generation", gen), zap.String("reason", "left when the last master exited"))
+		if k.trees.base == "" {
+			syscall.Kill(p, syscall.SIGKILL)
+		}
+	}
+	if k.trees.base != "" {
+		if len(left) > 0 {
+			k.trees.base.Kill()
+		}
+		if err := k.trees.base.Remove(2 * time.Second); err != nil {
+			k.log.Warn("service cgroup not removed", zap.Error(err))
+		}
+	}
+	if len(left) > 0 && k.trees.base == "" {
+		k.reap()
+	}
+}

@@ -1,0 +1,244 @@
+//go:build linux
+
+package supervisor
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
+	"github.com/baton-sh/baton/supervisor/internal/osutil"
+	"github.com/baton-sh/baton/supervisor/sockets"
+	"go.uber.org/zap"
+)
+
+// This file checks who is in the reuseport groups of blue-green and
+// canary (sockets/members.go): before every switch of users (the start of
+// an upgrade, the switch, a canary's promotion), once a generation's
+// workers are ready (a worker that bound its own socket), and every
+// memberCheckInterval while serving.
+
+// memberCheckInterval is how often a serving master looks for foreign
+// sockets in its groups. One check is two sock_diag dumps of listening
+// sockets, about 0.1-0.4 ms (BenchmarkMembershipCheck), so once a second
+// costs at most 0.04% of a core; the checks before each switch are what
+// keep users off a foreign socket, this one finds it for the status.
+const memberCheckInterval = time.Second
+
+type evMemberCheck struct{}
+type evMembers struct {
+	foreign []sockets.Listener
+	err     error
+}
+
+func (evMemberCheck) isEvent() {}
+func (evMembers) isEvent()     {}
+
+// groupState is the master's view of its groups' membership. Owned by
+// the loop.
+type groupState struct {
+	foreign   []control.ForeignSocket // as last seen
+	prev      map[uint64]bool         // the previous generation's sockets, while its master lived
+	running   bool                    // a periodic check is under way
+	soleSteer bool                    // Steer(0) attached since the group held our socket alone
+}
+
+// allowed returns the socket inodes that may be in the groups now: ours,
+// the candidate's (held by its master) and, while the previous master
+// lives, its generation's.
+func (m *master) allowed() map[uint64]bool {
+	own := map[uint64]bool{}
+	for _, ino := range m.lns.Inodes() {
+		own[ino] = true
+	}
+	if c := m.rollout.cand; c != nil && c.stage < stageRolledBack {
+		for _, ino := range sockets.SocketInodes(c.pid) {
+			own[ino] = true
+		}
+	}
+	if m.up.parentAlive {
+		ppid := os.Getppid()
+		if m.group.prev == nil {
+			m.group.prev = map[uint64]bool{}
+		}
+		for _, ino := range sockets.SocketInodes(ppid) {
+			m.group.prev[ino] = true
+			own[ino] = true
+		}
+	}
+	return own
+}
+
+// foreignNow runs the check at once (before a switch).
+func (m *master) foreignNow() ([]sockets.Listener, error) {
+	if m.lns == nil || !m.cfg.Rollout.Strategy.steered() {
+		return nil, nil
+	}
+	return sockets.Foreign(m.lns.Specs(), m.allowed())
+}
+
+// describeForeign says in one line what is in the group that should not
+// be, naming workers of ours and the previous generation's leftovers.
+func (m *master) describeForeign(fs []sockets.Listener) string {
+	parts := make([]string, 0, len(fs))
+	for _, f := range fs {
+		parts = append(parts, m.labelForeign(f).Detail)
+	}
+	return strings.Join(parts, "; ")
+}
+
+func (m *master) labelForeign(f sockets.Listener) control.ForeignSocket {
+	fs := control.ForeignSocket{Address: f.Addr.String(), Inode: f.Inode, UID: f.UID, PID: f.PID, Command: f.Command, Kind: "foreign"}
+	switch {
+	case m.group.prev[f.Inode]:
+		fs.Kind = "leftover"
+		fs.Detail = "generation " + strconv.Itoa(m.gen-1) + "'s " + f.String() + ", still listening after its master exited"
+	case f.PID != 0 && m.procs[f.PID] != nil:
+		w := m.procs[f.PID]
+		fs.Kind = "worker"
+		fs.Detail = fmt.Sprintf("worker %d (pid %d) opened its own %s: under --strategy %s a worker must accept on the socket baton passes it (LISTEN_FDS, fd 3), not bind its own (gunicorn: no --reuse-port)",
+			w.index, f.PID, f.String(), m.cfg.Rollout.Strategy)
+	default:
+		fs.Detail = "a " + f.String() + " that baton did not open"
+	}
+	return fs
+}
+
+// checkBeforeSwitch refuses a change of steering while a foreign socket
+// is in a group: "" when none is.
+func (m *master) checkBeforeSwitch() string {
+	fs, err := m.foreignNow()
+	if err != nil {
+		m.log.Warn("membership check failed; switching anyway", zap.Error(err))
+		return ""
+	}
+	if len(fs) == 0 {
+		return ""
+	}
+	return "a socket baton does not own is in the reuseport group: " + m.describeForeign(fs)
+}
+
+// checkWorkerSockets fails a generation whose workers bound their own
+// socket on a --listen address, once they are ready: "" when none did.
+func (m *master) checkWorkerSockets() string {
+	if m.lns == nil || !m.cfg.Rollout.Strategy.steered() {
+		return ""
+	}
+	members, err := sockets.Members(m.lns.Specs())
+	if err != nil {
+		m.log.Warn("membership check failed", zap.Error(err))
+		return ""
+	}
+	own := map[uint64]bool{}
+	for _, ino := range m.lns.Inodes() {
+		own[ino] = true
+	}
+	byIno := map[uint64]sockets.Listener{}
+	for _, l := range members {
+		if !own[l.Inode] {
+			byIno[l.Inode] = l
+		}
+	}
+	var bad []string
+	for _, s := range m.slots {
+		w := s.cur
+		if w == nil {
+			continue
+		}
+		for _, pid := range append([]int{w.pid}, osutil.ChildrenOf(w.pid, 0)...) {
+			for _, ino := range sockets.SocketInodes(pid) {
+				if l, ok := byIno[ino]; ok {
+					delete(byIno, ino)
+					bad = append(bad, fmt.Sprintf("worker %d (pid %d) opened its own socket on %s (inode %d): under --strategy %s a worker must accept on the socket baton passes it (LISTEN_FDS, fd 3), not bind its own (gunicorn: no --reuse-port)",
+						w.index, pid, l.Addr, l.Inode, m.cfg.Rollout.Strategy))
+				}
+			}
+		}
+	}
+	return strings.Join(bad, "; ")
+}
+
+// scheduleMemberCheck arms the next periodic check.
+func (m *master) scheduleMemberCheck() {
+	if m.lns == nil || !m.cfg.Rollout.Strategy.steered() {
+		return
+	}
+	m.sys.afterFunc(memberCheckInterval, func() { m.post(evMemberCheck{}) })
+}
+
+func (m *master) onMemberCheck() {
+	switch {
+	case m.phase == phaseBooting:
+		m.scheduleMemberCheck()
+		return
+	case m.phase != phaseServing:
+		return
+	case m.group.running || m.up.running:
+		// During an upgrade the new master's socket listens before it
+		// reports (and is known); the checks before each switch cover
+		// that time.
+		m.scheduleMemberCheck()
+		return
+	}
+	m.group.running = true
+	specs, allowed := m.lns.Specs(), m.allowed()
+	go func() {
+		fs, err := sockets.Foreign(specs, allowed)
+		m.post(evMembers{fs, err})
+	}()
+}
+
+// onMembers takes a periodic check's result: a warning when the foreign
+// sockets change, the status, and a re-steer where it is safe.
+func (m *master) onMembers(ev evMembers) {
+	m.group.running = false
+	defer m.scheduleMemberCheck()
+	if ev.err != nil || m.phase != phaseServing || m.up.running {
+		return
+	}
+	var now []control.ForeignSocket
+	for _, f := range ev.foreign {
+		now = append(now, m.labelForeign(f))
+	}
+	changed := len(now) != len(m.group.foreign)
+	for i := 0; !changed && i < len(now); i++ {
+		changed = now[i].Inode != m.group.foreign[i].Inode
+	}
+	m.group.foreign = now
+	upgrading := m.rollout.cand != nil || m.up.running || m.up.parentAlive
+	if len(now) == 0 {
+		if changed {
+			m.log.Info("reuseport group holds only baton's sockets again", logevent.ForeignSocketsGone)
+		}
+		// Alone in the group, our socket is index 0 of the kernel's
+		// order: a classic program attached now sends users to it, and
+		// keeps doing so when a stray joins later (at a higher index).
+		if !upgrading && !m.group.soleSteer {
+			if err := m.lns.Claim(false); err == nil && m.steer(0) == nil {
+				m.group.soleSteer = true
+			}
+		}
+		return
+	}
+	if !changed {
+		return
+	}
+	action := "cannot re-steer: classic BPF picks sockets by the kernel's order, which the foreign socket shares; stop it, or run baton with CAP_BPF"
+	if m.lns.EBPF() {
+		action = "it receives no connections: the eBPF map holds only baton's sockets"
+		if !upgrading {
+			if err := m.lns.Claim(false); err == nil && m.steer(0) == nil {
+				action += " (re-steered: map re-claimed, program re-attached)"
+			}
+		}
+	}
+	for _, f := range now {
+		m.log.Warn("foreign socket in the reuseport group", logevent.ForeignSocket, zap.String("kind", f.Kind), zap.String("address", f.Address),
+			zap.Uint64("inode", f.Inode), zap.Int("holder_pid", f.PID), zap.String("holder_command", f.Command),
+			zap.String("detail", f.Detail), zap.String("action", action))
+	}
+}

@@ -1,0 +1,110 @@
+//go:build linux
+
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// A pid file is this service's only while its keeper holds a write lock on
+// it: an open file description lock (F_OFD_SETLK), which the kernel drops
+// when the keeper exits however it exits, and which works across pid
+// namespaces (a container's keeper is pid 1 there; the host sees the same
+// lock). A pid file nobody holds is stale, whatever process its number
+// names now: after a reboot or a container restart it is often an
+// unrelated one.
+
+// pidLock is the keeper's held pid file.
+type pidLock struct {
+	path string
+	f    *os.File
+}
+
+// errPIDFileHeld is wrapped by lockPIDFile's error when a running keeper
+// holds the file.
+var errPIDFileHeld = errors.New("held by a running baton keeper")
+
+// lockPIDFile takes the pid file at path for this process and writes pid
+// into it. It returns the pid the file named before when that was stale
+// (0 when the file was new or empty). It does not block: a file another
+// process holds fails with an error wrapping errPIDFileHeld and naming the
+// holder's pid as the file says it.
+func lockPIDFile(path string, pid int) (*pidLock, int, error) {
+	for {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+		if err != nil {
+			return nil, 0, fmt.Errorf("--pid-file %q: %w", path, err)
+		}
+		lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart}
+		if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk); err != nil {
+			holder := readPID(f)
+			f.Close()
+			if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EACCES) {
+				return nil, 0, fmt.Errorf("--pid-file %q: %w (pid %d)", path, errPIDFileHeld, holder)
+			}
+			return nil, 0, fmt.Errorf("--pid-file %q: lock: %w", path, err)
+		}
+		// The holder we waited on may have removed the file before we
+		// locked it: our lock is then on a name nobody else sees.
+		var held, named unix.Stat_t
+		if unix.Fstat(int(f.Fd()), &held) != nil || unix.Stat(path, &named) != nil ||
+			held.Ino != named.Ino || held.Dev != named.Dev {
+			f.Close()
+			continue
+		}
+		stale := readPID(f)
+		if err := f.Truncate(0); err == nil {
+			_, err = f.WriteAt([]byte(strconv.Itoa(pid)+"\n"), 0)
+		}
+		if err != nil {
+			f.Close()
+			return nil, 0, fmt.Errorf("--pid-file %q: write: %w", path, err)
+		}
+		return &pidLock{path: path, f: f}, stale, nil
+	}
+}
+
+// release removes the pid file while still holding it, then lets it go.
+func (l *pidLock) release() {
+	if l == nil {
+		return
+	}
+	var held, named unix.Stat_t
+	if unix.Fstat(int(l.f.Fd()), &held) == nil && unix.Stat(l.path, &named) == nil &&
+		held.Ino == named.Ino && held.Dev == named.Dev {
+		os.Remove(l.path)
+	}
+	l.f.Close()
+}
+
+// pidFileHolder reports whether a process holds the pid file at path, and
+// the pid the file names. It takes no lock (F_OFD_GETLK only asks), so a
+// check never makes a starting keeper fail.
+func pidFileHolder(path string) (pid int, held bool) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, false
+	}
+	defer f.Close()
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart}
+	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &lk); err != nil {
+		return 0, false
+	}
+	return readPID(f), lk.Type != unix.F_UNLCK
+}
+
+// readPID is the number f holds, 0 if none.
+func readPID(f *os.File) int {
+	b := make([]byte, 32)
+	n, _ := f.ReadAt(b, 0)
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b[:n])))
+	return pid
+}

@@ -1,0 +1,101 @@
+//go:build linux
+
+package supervisor
+
+import (
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/baton-sh/baton/supervisor/tasks"
+)
+
+// An upgrade asked for while the first generation boots is held, not
+// refused, and starts once the generation is ready; a second request
+// merges into it.
+func TestUpgradeHeldWhileFirstGenerationBoots(t *testing.T) {
+	l := newLoop(t, testConfig(2))
+	l.signal(syscall.SIGUSR2)
+	l.signal(syscall.SIGHUP)
+	if l.m.up.running || l.upg.calls.Load() != 0 {
+		t.Fatal("upgrade started before the first generation was ready")
+	}
+	if l.m.up.queuedAt.IsZero() {
+		t.Fatal("upgrade asked for while booting was dropped, not held")
+	}
+	l.ready(l.proc(0))
+	l.ready(l.proc(1))
+	if !l.m.up.running || !l.m.up.queuedAt.IsZero() {
+		t.Fatalf("held upgrade not started once ready (running %v)", l.m.up.running)
+	}
+	l.upg.results <- errUpgrade
+	l.awaitEvent()
+	if l.upg.calls.Load() != 1 {
+		t.Fatalf("%d upgrades, want the two requests merged into 1", l.upg.calls.Load())
+	}
+}
+
+// A stop while booting drops the held upgrade: nothing starts afterwards.
+func TestHeldUpgradeDroppedByStop(t *testing.T) {
+	l := newLoop(t, testConfig(1))
+	l.signal(syscall.SIGUSR2)
+	l.signal(syscall.SIGTERM)
+	if !l.m.up.queuedAt.IsZero() {
+		t.Fatal("held upgrade survived a stop")
+	}
+	l.exitDrained()
+	if !l.m.finished() || l.upg.calls.Load() != 0 {
+		t.Fatal("stop while booting did not end the master cleanly")
+	}
+}
+
+// USR1 reaches ready workers at once; a starting one gets it once it is
+// ready (its handler may not be installed yet: USR1's default kills).
+func TestUSR1OnlyToReadyWorkers(t *testing.T) {
+	l := serving(t, testConfig(2))
+	l.exit(l.proc(1), exitStatus{code: 1}) // crash: a replacement starts
+	l.advance(backoffMin)
+	repl := l.proc(2)
+	l.signal(syscall.SIGUSR1)
+	if !l.proc(0).got(syscall.SIGUSR1) {
+		t.Fatal("ready worker did not get USR1")
+	}
+	if repl.got(syscall.SIGUSR1) {
+		t.Fatal("starting worker got USR1 before it was ready")
+	}
+	l.ready(repl)
+	if !repl.got(syscall.SIGUSR1) {
+		t.Fatal("USR1 held for a starting worker not sent once it was ready")
+	}
+}
+
+// Under a tight task limit TTIN and scale are refused, an upgrade is
+// refused at pre-flight naming the numbers, and a new master that died
+// while the cgroup's limit was hit says so in the reload's reason.
+func TestTaskLimits(t *testing.T) {
+	l := serving(t, testConfig(2))
+	l.os.tree = 5 // every worker's tree, and this master's
+	l.os.headroom = tasks.Headroom{Left: 3, Max: 40, Current: 37, Source: "pids.max of cgroup /x"}
+	l.signal(syscall.SIGTTIN)
+	if len(l.m.slots) != 2 || l.started() != 2 {
+		t.Fatal("TTIN added a worker that does not fit")
+	}
+	if _, err := l.m.scale(4); err == nil || !strings.Contains(err.Error(), "pids.max of cgroup /x is 40 with 37 in use, 3 left") {
+		t.Fatalf("scale refusal %v", err)
+	}
+	if why := l.m.requestUpgrade("test", false); !strings.Contains(why, "needs about 5 tasks") || !strings.Contains(why, "3 left") {
+		t.Fatalf("upgrade refusal %q", why)
+	}
+	l.os.headroom = tasks.Headroom{Left: 30, Max: 40, Current: 10, Source: "pids.max of cgroup /x"}
+	if why := l.m.requestUpgrade("test", false); why != "" {
+		t.Fatalf("upgrade refused with room: %s", why)
+	}
+	l.os.mu.Lock()
+	l.os.hits = 2 // the new master hit the limit
+	l.os.mu.Unlock()
+	l.upg.results <- errUpgrade
+	l.awaitEvent()
+	if r := l.m.up.last; r == nil || !strings.Contains(r.Reason, "ran out of tasks: pids.max was hit 2 times") {
+		t.Fatalf("reason %+v", l.m.up.last)
+	}
+}

@@ -1,0 +1,254 @@
+//go:build linux
+
+package sockets
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+)
+
+// This file is the membership check of a reuseport group: which listening
+// sockets share a --listen address with baton's, and which of them baton
+// did not open. It works without privilege (sock_diag is open to every
+// user in the network namespace), so it runs under either steering: with
+// classic BPF a foreign socket can be handed users' connections; with the
+// eBPF map it cannot, but it is still a process on the service's address
+// that nobody asked for.
+//
+// Who can join: the kernel lets a socket join a TCP reuseport group when it
+// sets SO_REUSEPORT, binds the same address and port, and belongs to the
+// same effective uid as the group's first socket (root joins root's). A
+// socket on a more specific address (127.0.0.1:P beside 0.0.0.0:P) forms
+// a group of its own and wins the lookup for that address, which no
+// steering program can prevent, so it counts as foreign too.
+
+// Listener is a listening TCP socket on one of the addresses checked.
+type Listener struct {
+	Addr  netip.AddrPort
+	Inode uint64
+	UID   uint32
+	// PID and Command of a process holding it, where /proc shows one (0
+	// and "" otherwise, e.g. another user's process without privilege).
+	PID     int
+	Command string
+}
+
+func (l Listener) String() string {
+	s := fmt.Sprintf("socket inode %d listening on %s (uid %d", l.Inode, l.Addr, l.UID)
+	if l.PID > 0 {
+		s += fmt.Sprintf(", pid %d %s", l.PID, l.Command)
+	} else {
+		s += ", no process of it visible in /proc"
+	}
+	return s + ")"
+}
+
+// Inodes returns the socket inodes of s, in --listen order.
+func (s *Set) Inodes() []uint64 {
+	out := make([]uint64, 0, len(s.files))
+	for _, f := range s.files {
+		var st syscall.Stat_t
+		if err := syscall.Fstat(int(f.Fd()), &st); err == nil {
+			out = append(out, st.Ino)
+		}
+	}
+	return out
+}
+
+// Specs returns the addresses of s.
+func (s *Set) Specs() []Spec { return s.specs }
+
+// Members returns every listening TCP socket that shares one of specs'
+// addresses: the same port, and the same address or either one a
+// wildcard. One sock_diag dump of listening sockets per address family;
+// no /proc lookup (see Owners).
+func Members(specs []Spec) ([]Listener, error) {
+	want := make([]netip.AddrPort, 0, len(specs))
+	for _, spec := range specs {
+		if spec.Network == "unix" {
+			continue
+		}
+		host, port, err := net.SplitHostPort(spec.Addr)
+		if err != nil {
+			continue
+		}
+		p, _ := strconv.Atoi(port)
+		a := netip.IPv6Unspecified()
+		if host != "" {
+			if ip, err := netip.ParseAddr(host); err == nil {
+				a = ip.Unmap()
+			} else if ips, err := net.LookupIP(host); err == nil && len(ips) > 0 {
+				a, _ = netip.AddrFromSlice(ips[0])
+				a = a.Unmap()
+			}
+		}
+		want = append(want, netip.AddrPortFrom(a, uint16(p)))
+	}
+	var out []Listener
+	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		ls, err := listening(fam)
+		if err != nil {
+			return nil, err
+		}
+		for _, l := range ls {
+			for _, w := range want {
+				if overlaps(l.Addr, w) {
+					out = append(out, l)
+					break
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+func overlaps(a, b netip.AddrPort) bool {
+	if a.Port() != b.Port() {
+		return false
+	}
+	x, y := a.Addr().Unmap(), b.Addr().Unmap()
+	return x == y || x.IsUnspecified() || y.IsUnspecified()
+}
+
+// Foreign returns the members of specs' groups whose inode is not in own,
+// with the process holding each where /proc shows it.
+func Foreign(specs []Spec, own map[uint64]bool) ([]Listener, error) {
+	ms, err := Members(specs)
+	if err != nil {
+		return nil, err
+	}
+	var out []Listener
+	for _, l := range ms {
+		if !own[l.Inode] {
+			out = append(out, l)
+		}
+	}
+	if len(out) > 0 {
+		Owners(out, nil)
+	}
+	return out, nil
+}
+
+// Owners fills in PID and Command of ls from /proc/PID/fd: of the pids
+// given, or of every process when pids is nil. The first holder found is
+// named (a socket inherited by several processes has several).
+func Owners(ls []Listener, pids []int) {
+	byIno := make(map[uint64]int, len(ls))
+	for i, l := range ls {
+		byIno[l.Inode] = i
+	}
+	if pids == nil {
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			if pid, err := strconv.Atoi(e.Name()); err == nil {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	left := len(ls)
+	for _, pid := range pids {
+		if left == 0 {
+			return
+		}
+		for _, ino := range SocketInodes(pid) {
+			i, ok := byIno[ino]
+			if !ok || ls[i].PID != 0 {
+				continue
+			}
+			ls[i].PID, ls[i].Command = pid, command(pid)
+			left--
+		}
+	}
+}
+
+// SocketInodes returns the inodes of the sockets pid holds open, as far as
+// /proc shows them (none for another user's process without privilege).
+func SocketInodes(pid int) []uint64 {
+	dir := filepath.Join("/proc", strconv.Itoa(pid), "fd")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	var out []uint64
+	for _, e := range ents {
+		link, err := os.Readlink(filepath.Join(dir, e.Name()))
+		if err != nil || !strings.HasPrefix(link, "socket:[") {
+			continue
+		}
+		if ino, err := strconv.ParseUint(strings.TrimSuffix(link[len("socket:["):], "]"), 10, 64); err == nil {
+			out = append(out, ino)
+		}
+	}
+	return out
+}
+
+func command(pid int) string {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+	if err != nil || len(b) == 0 {
+		c, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "comm"))
+		return strings.TrimSpace(string(c))
+	}
+	s := strings.TrimRight(strings.ReplaceAll(string(b), "\x00", " "), " ")
+	if len(s) > 120 {
+		s = s[:120] + "…"
+	}
+	return s
+}
+
+// diagReq is struct inet_diag_req_v2 for a dump of listening TCP sockets.
+// vishvananda/netlink's own SocketDiagTCP dumps every state, and under load
+// the connections (TIME_WAIT above all) outnumber the listeners by
+// thousands; the kernel filters by state for us here.
+type diagReq struct{ family uint8 }
+
+const sizeofDiagReq = 56
+
+func (r *diagReq) Len() int { return sizeofDiagReq }
+
+func (r *diagReq) Serialize() []byte {
+	b := make([]byte, sizeofDiagReq)
+	b[0] = r.family
+	b[1] = unix.IPPROTO_TCP
+	binary.NativeEndian.PutUint32(b[4:], 1<<10) // TCP_LISTEN
+	return b
+}
+
+// listening dumps the listening TCP sockets of one family in this network
+// namespace. Layout of struct inet_diag_msg: family, state, timer,
+// retrans (1 byte each); id {sport, dport (big-endian 16), src, dst (16
+// bytes each), if, cookie[2]}; expires, rqueue, wqueue, uid, inode (32
+// bits each).
+func listening(family uint8) ([]Listener, error) {
+	req := nl.NewNetlinkRequest(nl.SOCK_DIAG_BY_FAMILY, unix.NLM_F_DUMP)
+	req.AddData(&diagReq{family: family})
+	msgs, err := req.Execute(unix.NETLINK_INET_DIAG, nl.SOCK_DIAG_BY_FAMILY)
+	if err != nil {
+		return nil, fmt.Errorf("sock_diag dump of listening TCP sockets: %w", err)
+	}
+	out := make([]Listener, 0, len(msgs))
+	for _, m := range msgs {
+		if len(m) < 72 {
+			continue
+		}
+		port := binary.BigEndian.Uint16(m[4:6])
+		var a netip.Addr
+		if m[0] == unix.AF_INET {
+			a = netip.AddrFrom4([4]byte(m[8:12]))
+		} else {
+			a = netip.AddrFrom16([16]byte(m[8:24])).Unmap()
+		}
+		out = append(out, Listener{Addr: netip.AddrPortFrom(a, port),
+			UID: binary.NativeEndian.Uint32(m[64:68]), Inode: uint64(binary.NativeEndian.Uint32(m[68:72]))})
+	}
+	return out, nil
+}

@@ -1,0 +1,119 @@
+//go:build linux
+
+package supervisor
+
+import (
+	"fmt"
+	"runtime"
+	"sync"
+
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
+	"github.com/baton-sh/baton/supervisor/tasks"
+	"go.uber.org/zap"
+)
+
+// This file owns the master's task budget. A cgroup's pids.max (systemd's
+// TasksMax=, a container's --pids-limit) and RLIMIT_NPROC count every
+// thread. Go aborts the whole process, workers and all, when it cannot
+// create an OS thread, at moments baton does not choose; a fork that fails
+// half way through a start leaves a generation half up. So:
+//
+//   - start, upgrade, TTIN and baton scale are checked first against the
+//     tightest limit (package tasks) and refused in one line naming the
+//     numbers when what they would add does not fit;
+//   - a master creates its spare threads at start (reserveThreads), so
+//     that an upgrade's blocking calls find one idle instead of asking the
+//     kernel while the new generation is taking the last tasks;
+//   - a new master that died while the cgroup's limit was hit says so in
+//     the reload's reason.
+//
+// The estimates: a worker is a process (with its own threads) plus one
+// master thread waiting for it (sys.go); a new generation needs what the
+// running one uses (this master's threads and its workers' trees). At
+// the first start nothing runs yet: one task per worker process is a floor.
+
+// spareThreads is how many threads a master keeps idle for an upgrade. An
+// upgrade was measured to add 1 to 2 threads to the old master (waiting
+// for the new master, tableflip's pipes); a --before-upgrade hook one more.
+const spareThreads = 4
+
+// reserveThreads makes n more OS threads exist at once, then lets them go
+// idle: Go keeps idle threads for reuse and never ends them, so the next
+// n blocking calls need no thread from the kernel.
+func reserveThreads(n int) {
+	var locked, release sync.WaitGroup
+	locked.Add(n)
+	release.Add(1)
+	for i := 0; i < n; i++ {
+		go func() {
+			runtime.LockOSThread() // one thread each, all at the same time
+			locked.Done()
+			release.Wait()
+			runtime.UnlockOSThread()
+		}()
+	}
+	locked.Wait()
+	release.Done()
+}
+
+// fitTasks returns an error naming the numbers when need more tasks do not
+// fit under the tightest limit; what says what they are for.
+func (m *master) fitTasks(need int64, what string) error {
+	h := m.sys.headroom()
+	if h.Unlimited() || need <= h.Left {
+		return nil
+	}
+	return fmt.Errorf("%s needs about %d tasks, but %s", what, need, h)
+}
+
+// startTasks checks that n workers fit, at a master's start.
+func (m *master) startTasks(n int) error {
+	return m.fitTasks(int64(2*n+spareThreads), fmt.Sprintf("starting %d workers (a process and a waiting thread each, and %d spare threads)", n, spareThreads))
+}
+
+// perWorker is the tasks one more worker takes: its process tree as the
+// running workers measure (at least 1), and the thread waiting for it.
+func (m *master) perWorker() int64 {
+	var sum, n int64
+	for _, w := range m.procs {
+		if w.state == stateReady {
+			sum += m.sys.treeTasks(w.pid)
+			n++
+		}
+	}
+	if n == 0 {
+		return 2
+	}
+	return max(sum/n, 1) + 1
+}
+
+// upgradeTasks checks that a new generation like this one fits.
+func (m *master) upgradeTasks() error {
+	own := m.sys.treeTasks(m.self) // this master's threads, its workers' trees
+	return m.fitTasks(own, fmt.Sprintf("an upgrade (a new master and %d workers, as many tasks as this generation's %d)", len(m.slots), own))
+}
+
+// addTasks checks that k more workers fit (TTIN, baton scale).
+func (m *master) addTasks(k int) error {
+	per := m.perWorker()
+	return m.fitTasks(int64(k)*per, fmt.Sprintf("%d more workers (%d tasks each)", k, per))
+}
+
+// tasksReason explains a new master's failure when the cgroup's pids.max
+// was hit while it ran (hits: the counter when the upgrade started).
+func (m *master) tasksReason(hits int64, reason string) string {
+	now := m.sys.limitHits()
+	if now <= hits {
+		return reason
+	}
+	m.log.Warn("the cgroup's task limit was hit during the upgrade", logevent.TaskLimitHit, zap.Int64("times", now-hits), zap.Stringer("headroom", m.sys.headroom()))
+	return fmt.Sprintf("new master ran out of tasks: pids.max was hit %d times during the upgrade (fork or thread creation failed with EAGAIN; %s): %s",
+		now-hits, m.sys.headroom(), reason)
+}
+
+// osTasks is the real seam's part for tasks.
+var osTasks = struct {
+	headroom  func() tasks.Headroom
+	treeTasks func(pid int) int64
+	limitHits func() int64
+}{tasks.Find, tasks.Tree, tasks.LimitHits}
