@@ -84,7 +84,9 @@ if [ $code -eq 0 ]; then
 	echo "deploy: $release is live"
 	exit 0
 fi
-if [ $code -ne 1 ] && [ $code -ne 2 ]; then
+# baton verify exits 4 when the service did not answer before any upgrade:
+# nothing was upgraded, as with 2.
+if [ $code -ne 1 ] && [ $code -ne 2 ] && [ $code -ne 4 ]; then
 	# No answer in time (3) or worse: the release may still take over, so
 	# current stays where it points; moving it back would make the next
 	# reload quietly revert to the old release.
@@ -107,5 +109,6 @@ fi
 case $code in
 	1) die "release $release failed to start; the previous generation keeps serving" ;;
 	2) die "upgrade not started (see above); nothing changed" ;;
+	4) die "the service did not answer before the upgrade (see above); nothing was upgraded" ;;
 	*) die "outcome unknown (baton reload exit $code); check 'baton status'" ;;
 esac

@@ -45,6 +45,10 @@ const (
 	reportNotify    = "BATON_CANDIDATE_NOTIFY"  // the new master's notify socket, for orders
 	orderPromote    = "BATON_PROMOTE"           // "1": call Ready now
 	orderRollback   = "BATON_ROLLBACK"          // reason; users are back on the old generation
+	// With orderPromote: how long the checks before the switch and the
+	// bake took, in ms, for the new master's timings (rolloutview.go).
+	orderChecksMS = "BATON_CHECKS_MS"
+	orderBakeMS   = "BATON_BAKE_MS"
 )
 
 // switchBackWait bounds how long a failing candidate waits for the old
@@ -76,8 +80,11 @@ type candidate struct {
 	stage    stage
 	switched bool
 	steps    []control.Step
+	readyAt  time.Time // when its master reported its workers ready
 	switchAt time.Time
-	stops    []func() // timers and checks of the stages before the bake, and the bake's timer
+	weight   int                   // percent of new connections it gets once switched
+	checks   []control.CheckStatus // for baton status (rolloutview.go)
+	stops    []func()              // timers and checks of the stages before the bake, and the bake's timer
 	// bakeCheck stops the bake's one pending health check, or the timer
 	// that starts it: one at a time, so a long bake holds one, not a list.
 	bakeCheck func()
@@ -110,6 +117,12 @@ type rolloutState struct {
 	switchedBack bool   // the old master confirmed users are back on its socket
 	afterIdle    func() // runs once our accept queue is empty
 	stopWait     func()
+	readyAt      time.Time     // when our workers were all ready (the app's start-up ended)
+	checks       time.Duration // the old master's checks before the switch, from its promote order
+	bake         time.Duration // and the bake
+	// As the old master, before the candidate reports: its master's pid
+	// (from its first progress line), for baton status.
+	startingPID int
 }
 
 // step records a stage for baton reload.
@@ -162,7 +175,7 @@ func (m *master) onCandidate(pid int, fields map[string]string) {
 	if !m.up.running || m.rollout.cand != nil {
 		return
 	}
-	c := &candidate{pid: pid, notify: fields[reportNotify], gen: m.gen + 1}
+	c := &candidate{pid: pid, notify: fields[reportNotify], gen: m.gen + 1, readyAt: m.sys.now()}
 	m.rollout.cand = c
 	m.rolloutStep(c, "ready", "new generation's workers ready; no user connection can reach them")
 	m.log.Info("candidate generation ready: checking it before the switch",
@@ -176,7 +189,10 @@ func (m *master) startHealth(c *candidate) {
 		return
 	}
 	c.stage = stageHealth
-	stop := m.probeUntilHealthy(m.cfg.ReadyTimeout, func(err error) { m.post(evCheckDone{c, stageHealth, err, nil}) })
+	m.checkStarted(c, "health-check")
+	stop := m.probeUntilHealthy(m.cfg.Rollout.HealthTimeout,
+		func(answer string, err error) { m.post(evProbe{c, stageHealth, answer, err}) },
+		func(err error) { m.post(evCheckDone{c, stageHealth, err, nil}) })
 	c.stops = append(c.stops, stop)
 }
 
@@ -186,6 +202,7 @@ func (m *master) startSmoke(c *candidate) {
 		return
 	}
 	c.stage = stageSmoke
+	m.checkStarted(c, "smoke-test")
 	stop := m.runSmokeTest(c.gen, func(err error, out []string) { m.post(evCheckDone{c, stageSmoke, err, out}) })
 	c.stops = append(c.stops, stop)
 }
@@ -196,9 +213,14 @@ func (m *master) onCheckDone(ev evCheckDone) {
 	if m.rollout.cand != c || c.stage >= stagePromoted {
 		return
 	}
+	m.checkDone(c, ev)
 	if ev.err != nil {
 		what := map[stage]string{stageHealth: "health check", stageSmoke: "smoke test", stageBake: "health check during the bake"}[ev.stage]
-		m.up.stderr = ev.output
+		m.up.stderr, m.up.outputOf = ev.output, ""
+		if ev.stage == stageSmoke {
+			m.up.outputOf = "the smoke test's output"
+		}
+		m.up.failedStep = map[stage]string{stageHealth: "health-check", stageSmoke: "smoke-test", stageBake: "bake"}[ev.stage]
 		m.rollback(c, what+" failed: "+ev.err.Error())
 		return
 	}
@@ -223,15 +245,17 @@ func (m *master) switchUsers(c *candidate) {
 		weight = r.CanaryWeight
 	}
 	if why := m.checkBeforeSwitch(); why != "" {
+		m.up.failedStep = "switch"
 		m.rollback(c, "switch refused: "+why)
 		return
 	}
 	if err := m.steer(weight); err != nil {
+		m.up.failedStep = "switch"
 		m.rollback(c, "switch failed: "+err.Error())
 		return
 	}
 	now := m.sys.now()
-	c.switched, c.switchAt, c.stage = true, now, stageBake
+	c.switched, c.switchAt, c.stage, c.weight = true, now, stageBake, weight
 	detail := "every new connection to generation " + strconv.Itoa(c.gen)
 	if weight < 100 {
 		detail = strconv.Itoa(weight) + "% of new connections to generation " + strconv.Itoa(c.gen)
@@ -259,7 +283,11 @@ func (m *master) onBakeHealth(c *candidate) {
 	if m.rollout.cand != c || c.stage != stageBake {
 		return
 	}
-	c.setBakeCheck(m.probeOnce(func(err error) { m.post(evCheckDone{c, stageBake, err, nil}) }))
+	m.checkStarted(c, "bake-health")
+	c.setBakeCheck(m.probeOnce(func(answer string, err error) {
+		m.post(evProbe{c, stageBake, answer, err})
+		m.post(evCheckDone{c, stageBake, err, nil})
+	}))
 }
 
 func (m *master) onBakeDone(c *candidate) {
@@ -273,20 +301,24 @@ func (m *master) onBakeDone(c *candidate) {
 func (m *master) promote(c *candidate, trigger string) {
 	if m.cfg.Rollout.Strategy == StrategyCanary {
 		if why := m.checkBeforeSwitch(); why != "" {
+			m.up.failedStep = "promote"
 			m.rollback(c, "switch of all users refused: "+why)
 			return
 		}
 		if err := m.steer(100); err != nil {
+			m.up.failedStep = "promote"
 			m.rollback(c, "switch of all users failed: "+err.Error())
 			return
 		}
+		c.weight = 100
 	}
 	c.stopAll()
 	c.stage = stagePromoted
 	m.rolloutStep(c, "promote", trigger)
 	m.log.Info("promoting the new generation", logevent.RolloutPromoted, zap.String("trigger", trigger), zap.Int("new_generation", c.gen),
 		zap.Int64("at_unix_ns", m.sys.now().UnixNano()))
-	if err := m.sys.notifyTo(c.notify, reportToken+"="+m.up.token+"\n"+orderPromote+"=1"); err != nil {
+	if err := m.sys.notifyTo(c.notify, reportToken+"="+m.up.token+"\n"+orderPromote+"=1\n"+m.promoteTimings(c)); err != nil {
+		m.up.failedStep = "promote"
 		m.rollback(c, "could not reach the new master to promote it: "+err.Error())
 	}
 }
@@ -299,6 +331,9 @@ func (m *master) rollback(c *candidate, reason string) {
 	}
 	if err := m.steer(0); err != nil {
 		m.log.Error("could not switch users back to the old generation", zap.Error(err))
+	}
+	if m.up.failedStep == "" {
+		m.up.failedStep = map[stage]string{stageHealth: "health-check", stageSmoke: "smoke-test", stageBake: "bake"}[c.stage]
 	}
 	c.stopAll()
 	c.stage = stageRolledBack
@@ -397,16 +432,24 @@ func (m *master) generationReady() {
 	}
 	m.rollout.offered = true
 	now := m.sys.now()
+	m.rollout.readyAt = now
 	res := control.ReloadResult{Generation: m.gen, WorkersStartingMS: ms(now.Sub(m.bootAt))}
 	b, _ := json.Marshal(res)
 	m.log.Info("generation ready as a candidate: waiting for the old master's checks", logevent.RolloutCandidate, zap.Duration("workers_starting", now.Sub(m.bootAt)))
+	m.step(control.Progress{Event: control.EvGenerationReady, Count: len(m.slots), DurationMS: ms(now.Sub(m.bootAt)),
+		Message: fmt.Sprintf("all %d workers ready after %s; the old master checks them before the switch", len(m.slots), now.Sub(m.bootAt).Round(time.Millisecond))})
 	m.sys.notifyTo(m.up.parentNotify, reportToken+"="+m.up.parentToken+"\n"+reportCandidate+"="+string(b)+"\n"+reportNotify+"="+m.notifyAddr())
 }
 
 // onParentOrder takes an order from the old master; false when fields hold
 // none.
 func (m *master) onParentOrder(fields map[string]string) bool {
+	if m.onCounts(fields) {
+		return true
+	}
 	if fields[orderPromote] == "1" {
+		m.rollout.checks = msField(fields[orderChecksMS])
+		m.rollout.bake = msField(fields[orderBakeMS])
 		if m.phase == phaseBooting && m.rollout.offered {
 			m.log.Info("promoted by the old master")
 			if m.lns != nil {

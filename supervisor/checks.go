@@ -152,17 +152,19 @@ func probeDialer(timeout time.Duration) *net.Dialer {
 
 const probeTimeout = 2 * time.Second
 
-// probe runs one health check against the candidate.
-func (m *master) probe(ctx context.Context) error {
+// probe runs one health check against the candidate. It returns the
+// answer ("200", "connected") or why it failed ("GET /health answered 500",
+// a connection error).
+func (m *master) probe(ctx context.Context) (string, error) {
 	hc := m.cfg.Rollout.HealthCheck
 	target := m.probeTarget()
 	d := probeDialer(probeTimeout)
 	if hc.Kind == "tcp" {
 		c, err := d.DialContext(ctx, "tcp", target)
 		if err != nil {
-			return err
+			return "", err
 		}
-		return c.Close()
+		return "connected", c.Close()
 	}
 	tr := &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}
 	defer tr.CloseIdleConnections()
@@ -170,31 +172,35 @@ func (m *master) probe(ctx context.Context) error {
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+target+hc.Path, nil)
 	if err != nil {
-		return err
+		return "", err
 	}
 	req.Header.Set("User-Agent", "baton-health-check")
 	resp, err := client.Do(req)
 	if err != nil {
-		return err
+		return "", err
 	}
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("GET %s answered %d", hc.Path, resp.StatusCode)
+		return "", fmt.Errorf("GET %s answered %d", hc.Path, resp.StatusCode)
 	}
-	return nil
+	return strconv.Itoa(resp.StatusCode), nil
 }
 
 // probeUntilHealthy probes every 100 ms until one probe passes or bound
-// has passed, then calls done once (from another goroutine) with nil or
-// the last failure. stop abandons it; done is then not called.
-func (m *master) probeUntilHealthy(bound time.Duration, done func(error)) (stop func()) {
+// (--health-timeout) has passed, calling each with every probe's answer
+// or failure, then calls done once (from another goroutine) with nil or
+// the last failure. stop abandons it; neither is called after.
+func (m *master) probeUntilHealthy(bound time.Duration, each func(string, error), done func(error)) (stop func()) {
 	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	go func() {
 		defer cancel()
 		var err error
 		for {
-			perr := m.probe(ctx)
+			answer, perr := m.probe(ctx)
+			if ctx.Err() == nil || perr == nil {
+				each(answer, perr)
+			}
 			if perr == nil {
 				err = nil
 				break
@@ -216,20 +222,21 @@ func (m *master) probeUntilHealthy(bound time.Duration, done func(error)) (stop 
 			return
 		}
 		if err != nil {
-			err = fmt.Errorf("%w (still failing after %s, --ready-timeout)", err, bound)
+			err = fmt.Errorf("%w (still failing after %s, --health-timeout)", err, bound)
 		}
 		done(err)
 	}()
 	return cancel
 }
 
-// probeOnce runs one probe and calls done with its outcome, unless stopped.
-func (m *master) probeOnce(done func(error)) (stop func()) {
+// probeOnce runs one probe and calls done with its answer or failure,
+// unless stopped.
+func (m *master) probeOnce(done func(string, error)) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
-		err := m.probe(ctx)
+		answer, err := m.probe(ctx)
 		if ctx.Err() == nil {
-			done(err)
+			done(answer, err)
 		}
 		cancel()
 	}()

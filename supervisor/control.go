@@ -184,6 +184,7 @@ func (m *master) status() control.Status {
 			Processes: m.generationProcs(m.gen - 1)}
 	}
 	st.LastUpgrade = m.up.last
+	st.Rollout = m.rolloutStatus(now)
 	st.ProcessTrees, st.TreeCgroup, st.TreeReason = m.trees.mode, m.trees.base.Path(), m.trees.why
 	if m.lns != nil && m.cfg.Rollout.Strategy.steered() {
 		st.Steering = "classic"

@@ -49,6 +49,12 @@ type (
 		err    error
 		output []string // a smoke test's last output lines
 	}
+	evProbe struct { // one health probe's outcome (rolloutview.go)
+		c      *candidate
+		stage  stage
+		answer string
+		err    error
+	}
 	evBakeDone       struct{ c *candidate }
 	evBakeHealth     struct{ c *candidate }
 	evSwitchBackWait struct{}
@@ -59,6 +65,7 @@ type (
 )
 
 func (evSignal) isEvent()         {}
+func (evProbe) isEvent()          {}
 func (evExit) isEvent()           {}
 func (evReady) isEvent()          {}
 func (evReadyTimeout) isEvent()   {}

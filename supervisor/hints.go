@@ -23,6 +23,11 @@ const docWorkerContract = "https://github.com/baton-sh/baton#the-worker-contract
 // HintInheritedSocket is the advice for a server that binds a port itself.
 const HintInheritedSocket = "a server under baton must not bind its port itself but serve on the socket baton passes it (fd 3, LISTEN_FDS); see " + docWorkerContract
 
+// HintBlockingAccept is the advice for a Python worker that died of
+// BlockingIOError: the inherited socket is non-blocking, and another
+// worker may take a connection between its wake-up and its accept().
+const HintBlockingAccept = "the worker died of BlockingIOError: the socket baton passes is non-blocking and shared by every worker, so accept() may find the connection already taken; catch BlockingIOError in the accept loop (socketserver and selectors-based servers do), see " + docWorkerContract
+
 // HintNoNotify is the advice for a worker that never spoke on NOTIFY_SOCKET.
 const HintNoNotify = "it sent nothing on $NOTIFY_SOCKET: a server that does not send READY=1 (sd_notify) needs --ready delay:DURATION (ready once alive that long) or --ready exec:COMMAND (a probe)"
 
@@ -34,6 +39,9 @@ func startHint(stderr []string, timedOut, notified, byNotify bool) string {
 		l = strings.ToLower(l)
 		if strings.Contains(l, "address already in use") || strings.Contains(l, "eaddrinuse") {
 			return "the worker said \"address already in use\": " + HintInheritedSocket
+		}
+		if strings.Contains(l, "blockingioerror") {
+			return HintBlockingAccept
 		}
 	}
 	if timedOut && byNotify && !notified {

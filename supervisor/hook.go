@@ -118,7 +118,7 @@ func (m *master) hookDone(h *hookRun, failed string) {
 		switch {
 		case m.phase != phaseBooting:
 		case failed != "":
-			m.failedStderr = h.tail.snapshot()
+			m.failedStderr, m.failedOf = h.tail.snapshot(), "the hook's output"
 			m.bootFailed(fmt.Errorf("%w: %s", ErrBootFailed, failed), failed)
 		default:
 			m.startGeneration()
@@ -135,6 +135,7 @@ func (m *master) hookDone(h *hookRun, failed string) {
 	}
 	u.running = false
 	res := control.ReloadResult{Code: control.ReloadRollback, Reason: failed, Stderr: h.tail.snapshot(),
+		OutputOf: "the hook's output", FailedStep: "before-upgrade",
 		OldMasterPID: m.self, Generation: h.gen, HookMS: ms(u.hookTook), WaitedMS: ms(u.waited)}
 	if m.phase == phaseServing {
 		m.log.Error("upgrade failed: old generation keeps serving", logevent.UpgradeFailed, zap.String("reason", failed))

@@ -46,7 +46,11 @@ const stopDebounce = 300 * time.Millisecond
 // KeeperConfig is what the keeper needs.
 type KeeperConfig struct {
 	// Args is the command line the first master is started with: baton's
-	// own (os.Args), so the master parses the same flags.
+	// own, so the master parses the same flags. Args[0] is the absolute
+	// path of the binary, which is executed by that path (not
+	// /proc/self/exe): the kernel names a process (comm, what ps -C, pgrep
+	// -x and top show) after the file it executes, so masters are named
+	// "baton" as the keeper is.
 	Args []string
 	// PIDFile, if set (absolute), gets the keeper's pid at its start and
 	// stays locked by the keeper for its life (pidfile.go); it is removed
@@ -259,7 +263,7 @@ func (k *keeper) startFirst() (*keptMaster, error) {
 	env = append(env, k.oomEnv()...)
 	env = append(env, k.setupTrees()...)
 	cmd := &exec.Cmd{
-		Path:   "/proc/self/exe",
+		Path:   k.kc.Args[0],
 		Args:   k.kc.Args,
 		Env:    env,
 		Stdin:  os.Stdin,

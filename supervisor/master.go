@@ -68,6 +68,7 @@ type master struct {
 	bootAt       time.Time
 	runAt        time.Time // Run was called (zero in tests that build a master directly)
 	failedStderr []string  // the failing worker's last stderr lines
+	failedOf     string    // whose lines they are: "worker 1's stderr", "the hook's output"
 	pinned       release   // resolved at boot; every worker of the generation runs it
 	up           upgradeState
 	stopWaiters  []*ctlConn     // held open until exit
@@ -480,6 +481,8 @@ func (m *master) handle(ev event) {
 		m.onHookOutput(ev.h, ev.stream, ev.line)
 	case evCheckDone:
 		m.onCheckDone(ev)
+	case evProbe:
+		m.onProbe(ev)
 	case evBakeDone:
 		m.onBakeDone(ev.c)
 	case evBakeHealth:
@@ -560,16 +563,25 @@ func (m *master) stop(trigger string) {
 func (m *master) bootDone() {
 	now := m.sys.now()
 	workers := now.Sub(m.bootAt)
+	if !m.rollout.readyAt.IsZero() {
+		// Blue-green and canary: the app's start-up ended when the workers
+		// were ready, before the old master's checks and bake.
+		workers = m.rollout.readyAt.Sub(m.bootAt)
+	}
 	var total time.Duration
 	if !m.up.start.IsZero() {
 		total = now.Sub(m.up.start)
 	}
+	checks, bake := m.rollout.checks, m.rollout.bake
+	batonPart := max(total-workers-checks-bake, 0)
 	// Before Ready: the old master must have this when its Upgrade returns.
 	res := control.ReloadResult{Generation: m.gen, TotalMS: ms(total),
-		WorkersStartingMS: ms(workers), BatonMS: ms(total - workers)}
+		WorkersStartingMS: ms(workers), ChecksMS: ms(checks), BakeMS: ms(bake), BatonMS: ms(batonPart)}
 	m.reportReady(res)
-	m.step(control.Progress{Event: control.EvGenerationReady, Count: len(m.slots), DurationMS: ms(workers),
-		Message: fmt.Sprintf("all %d workers ready after %s; handing over", len(m.slots), workers.Round(time.Millisecond))})
+	if m.rollout.readyAt.IsZero() {
+		m.step(control.Progress{Event: control.EvGenerationReady, Count: len(m.slots), DurationMS: ms(workers),
+			Message: fmt.Sprintf("all %d workers ready after %s; handing over", len(m.slots), workers.Round(time.Millisecond))})
+	}
 	// Output the workers wrote before they were ready may still be in
 	// their pipes' readers: forward a moment longer.
 	time.AfterFunc(250*time.Millisecond, func() { m.prog.forwarding.Store(false) })
@@ -592,13 +604,16 @@ func (m *master) bootDone() {
 		// Started by an old master (alive, or gone mid-handover): this one
 		// answers the control socket and /metrics from now on.
 		if total > 0 {
-			fields = append(fields, zap.Duration("total", total), zap.Duration("baton", total-workers))
+			fields = append(fields, zap.Duration("total", total), zap.Duration("baton", batonPart))
+		}
+		if checks > 0 || bake > 0 {
+			fields = append(fields, zap.Duration("checks", checks), zap.Duration("bake", bake))
 		}
 		if m.control != nil {
 			go m.serveControl(m.control)
 		}
 		m.serveMetrics()
-		m.met.tookOver(now, workers, total-workers)
+		m.met.tookOver(now, handoverParts{app: workers, checks: checks, bake: bake, baton: batonPart})
 		m.up.servingAt = now
 		if m.up.parentAlive {
 			// The old master drains for at most its drain timeout after this.

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/baton-sh/baton/supervisor/control"
 	"github.com/baton-sh/baton/supervisor/sockets"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -86,6 +87,8 @@ type carried struct {
 	Upgrades       map[string]float64 `json:"upgrades"`
 	HandoverApp    histo              `json:"handover_app"`
 	HandoverBaton  histo              `json:"handover_baton"`
+	HandoverChecks histo              `json:"handover_checks"`
+	HandoverBake   histo              `json:"handover_bake"`
 	Drain          histo              `json:"drain"`
 	LastUpgrade    float64            `json:"last_upgrade"` // unix seconds; 0 for none
 	LastOK         bool               `json:"last_ok"`
@@ -100,6 +103,8 @@ type metrics struct {
 	configured int
 	byState    [3]int    // workers by workerState, draining included
 	drainUntil time.Time // the latest drain deadline, or zero
+	stage      string    // the rollout's stage (control.Stage*), or ""
+	candGen    int       // the rollout's candidate generation, or 0
 
 	// Loop only.
 	ln        net.Listener
@@ -169,14 +174,24 @@ func (mt *metrics) upgradeFailed(at time.Time) {
 	})
 }
 
-// tookOver counts this master's own successful upgrade: app is its
-// workers' start-up, baton the rest of the handover.
-func (mt *metrics) tookOver(at time.Time, app, baton time.Duration) {
+// handoverParts splits an upgrade's time from its start to the new
+// generation serving: app is its workers' start-up, checks the health
+// check and smoke test before the switch, bake the time after it, baton
+// the rest.
+type handoverParts struct{ app, checks, bake, baton time.Duration }
+
+// tookOver counts this master's own successful upgrade. The checks and
+// bake parts are observed only for blue-green and canary upgrades.
+func (mt *metrics) tookOver(at time.Time, p handoverParts) {
 	mt.add(func(c *carried) {
 		c.Upgrades[outcomeOK]++
 		c.LastUpgrade, c.LastOK = float64(at.UnixNano())/1e9, true
-		c.HandoverApp.observe(handoverBuckets, app.Seconds())
-		c.HandoverBaton.observe(handoverBuckets, max(baton, 0).Seconds())
+		c.HandoverApp.observe(handoverBuckets, p.app.Seconds())
+		c.HandoverBaton.observe(handoverBuckets, max(p.baton, 0).Seconds())
+		if p.checks > 0 || p.bake > 0 {
+			c.HandoverChecks.observe(handoverBuckets, p.checks.Seconds())
+			c.HandoverBake.observe(handoverBuckets, p.bake.Seconds())
+		}
 	})
 }
 
@@ -201,9 +216,15 @@ func (m *master) syncMetrics() {
 	if m.up.parentAlive && m.up.parentDeadline.After(until) {
 		until = m.up.parentDeadline
 	}
+	stage, cand := m.rolloutStage(), 0
+	if stage != "" {
+		cand = m.gen + 1
+	}
 	mt.mu.Lock()
 	mt.byState, mt.drainUntil, mt.configured = by, until, len(m.slots)
+	mt.stage, mt.candGen = stage, cand
 	mt.mu.Unlock()
+	m.passCounts()
 }
 
 var (
@@ -215,7 +236,9 @@ var (
 	descExits       = prometheus.NewDesc("baton_worker_exits_total", "Worker processes that exited, by reason.", []string{"reason"}, nil)
 	descRestarts    = prometheus.NewDesc("baton_worker_restarts_total", "Worker restarts scheduled, by reason.", []string{"reason"}, nil)
 	descUpgrades    = prometheus.NewDesc("baton_upgrades_total", "Upgrades by outcome: ok (took over), failed (rolled back), refused (not started).", []string{"outcome"}, nil)
-	descHandover    = prometheus.NewDesc("baton_handover_duration_seconds", "Time from an upgrade's start to the new generation serving: part app is its workers' start-up, part baton the rest.", []string{"part"}, nil)
+	descHandover    = prometheus.NewDesc("baton_handover_duration_seconds", "Time from an upgrade's start to the new generation serving, by part: app (its workers' start-up), checks (blue-green/canary health check and smoke test), bake (after the switch), baton (the rest).", []string{"part"}, nil)
+	descStage       = prometheus.NewDesc("baton_rollout_stage", "1 for the stage of the blue-green or canary upgrade under way, 0 for the others (all 0 when none).", []string{"stage"}, nil)
+	descCandidate   = prometheus.NewDesc("baton_rollout_candidate_generation", "Generation number of the blue-green or canary candidate under way, 0 when none.", nil, nil)
 	descDrain       = prometheus.NewDesc("baton_drain_duration_seconds", "Time a previous generation took to drain after a handover.", nil, nil)
 	descLastTime    = prometheus.NewDesc("baton_last_upgrade_timestamp_seconds", "When the last upgrade ended, as a Unix time; 0 before any.", nil, nil)
 	descLastOK      = prometheus.NewDesc("baton_last_upgrade_success", "1 if the last upgrade took over, 0 if it failed or there was none.", nil, nil)
@@ -225,7 +248,7 @@ var (
 // Describe and Collect make metrics a prometheus.Collector.
 func (mt *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuild, descGeneration, descWorkers, descConfigured, descStarts, descExits,
-		descRestarts, descUpgrades, descHandover, descDrain, descLastTime, descLastOK, descDrainRemain} {
+		descRestarts, descUpgrades, descHandover, descDrain, descLastTime, descLastOK, descDrainRemain, descStage, descCandidate} {
 		ch <- d
 	}
 }
@@ -257,6 +280,16 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- mt.c.HandoverApp.metric(descHandover, handoverBuckets, "app")
 	ch <- mt.c.HandoverBaton.metric(descHandover, handoverBuckets, "baton")
+	ch <- mt.c.HandoverChecks.metric(descHandover, handoverBuckets, "checks")
+	ch <- mt.c.HandoverBake.metric(descHandover, handoverBuckets, "bake")
+	for _, s := range control.RolloutStages {
+		v := 0.0
+		if s == mt.stage {
+			v = 1
+		}
+		gauge(descStage, v, s)
+	}
+	gauge(descCandidate, float64(mt.candGen))
 	ch <- mt.c.Drain.metric(descDrain, drainBuckets)
 	gauge(descLastTime, mt.c.LastUpgrade)
 	ok := 0.0

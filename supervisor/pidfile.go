@@ -62,7 +62,7 @@ func lockPIDFile(path string, pid int) (*pidLock, int, error) {
 		}
 		stale := readPID(f)
 		if err := f.Truncate(0); err == nil {
-			_, err = f.WriteAt([]byte(strconv.Itoa(pid)), 0)
+			_, err = f.WriteAt([]byte(strconv.Itoa(pid)+"\n"), 0)
 		}
 		if err != nil {
 			f.Close()

@@ -79,10 +79,13 @@ type Rollout struct {
 	Strategy       Strategy
 	HealthCheck    HealthCheck
 	HealthInterval time.Duration // between health checks during the bake
-	SmokeTest      string        // /bin/sh -c command; "" for none
-	SmokeTimeout   time.Duration
-	Bake           time.Duration // old generation kept warm after the switch
-	CanaryWeight   int           // percent of new connections, canary only
+	// HealthTimeout bounds the health check before the switch: probes
+	// every 100 ms until one passes or this has passed (--health-timeout).
+	HealthTimeout time.Duration
+	SmokeTest     string // /bin/sh -c command; "" for none
+	SmokeTimeout  time.Duration
+	Bake          time.Duration // old generation kept warm after the switch
+	CanaryWeight  int           // percent of new connections, canary only
 }
 
 // check validates the rollout flags against the listen specs. Errors match
@@ -108,6 +111,9 @@ func (r Rollout) check(specs []sockets.Spec) error {
 	}
 	if r.HealthCheck.Kind != "" && r.HealthInterval <= 0 {
 		return badConfig("--health-interval", r.HealthInterval.String(), "want a positive duration", nil)
+	}
+	if r.HealthCheck.Kind != "" && r.HealthTimeout <= 0 {
+		return badConfig("--health-timeout", r.HealthTimeout.String(), "want a positive duration", nil)
 	}
 	if r.SmokeTest != "" && r.SmokeTimeout <= 0 {
 		return badConfig("--smoke-timeout", r.SmokeTimeout.String(), "want a positive duration", nil)
@@ -136,7 +142,7 @@ func (r Rollout) upgradeTimeout(readyTimeout, drainTimeout time.Duration) time.D
 	}
 	d := r.Bake + drainTimeout + switchBackWait
 	if r.HealthCheck.Kind != "" {
-		d += readyTimeout
+		d += r.HealthTimeout
 	}
 	if r.SmokeTest != "" {
 		d += r.SmokeTimeout

@@ -39,10 +39,11 @@ const (
 
 // Keys of the child's report on the parent's notify socket.
 const (
-	reportToken  = "BATON_TOKEN"
-	reportReady  = "BATON_UPGRADE_READY"  // JSON of a control.ReloadResult: it took over
-	reportFailed = "BATON_UPGRADE_FAILED" // why it gave up
-	reportStderr = "BATON_STDERR"         // JSON list: its failing worker's last stderr lines
+	reportToken    = "BATON_TOKEN"
+	reportReady    = "BATON_UPGRADE_READY"  // JSON of a control.ReloadResult: it took over
+	reportFailed   = "BATON_UPGRADE_FAILED" // why it gave up
+	reportStderr   = "BATON_STDERR"         // JSON list: its failing worker's last stderr lines
+	reportStderrOf = "BATON_STDERR_OF"      // whose lines: "worker 1's stderr"
 )
 
 // upgradeState is a master's part in upgrades: as the child of an old
@@ -60,19 +61,26 @@ type upgradeState struct {
 	servingAt      time.Time // when this generation took over
 
 	// As a parent (the upgrade this master started).
-	running   bool
-	at        time.Time
-	token     string                // expect in reports from the new master
-	reason    string                // from the new master, when it failed
-	stderr    []string              // its failing worker's last stderr lines
-	ready     *control.ReloadResult // from the new master, when it took over
-	last      *control.ReloadResult
-	waiters   []*ctlConn    // reload requests answered at the outcome
-	hookTook  time.Duration // the --before-upgrade command's run
-	waited    time.Duration // the wait for the previous generation's drain
-	queuedAt  time.Time     // non-zero while an upgrade waits (queue.go)
-	queuedBy  string        // what asked for it first
-	limitHits int64         // the cgroup's pids.events max when it launched
+	running  bool
+	at       time.Time
+	token    string   // expect in reports from the new master
+	reason   string   // from the new master, when it failed
+	stderr   []string // its failing worker's last stderr lines
+	outputOf string   // whose lines stderr holds ("worker 1's stderr")
+	// failedStep names the step that failed (control.ReloadResult.FailedStep).
+	failedStep string
+	// The new master's notify socket (from its ready report), and the
+	// counts already passed to it (carrycounts.go).
+	childNotify string
+	passed      counts
+	ready       *control.ReloadResult // from the new master, when it took over
+	last        *control.ReloadResult
+	waiters     []*ctlConn    // reload requests answered at the outcome
+	hookTook    time.Duration // the --before-upgrade command's run
+	waited      time.Duration // the wait for the previous generation's drain
+	queuedAt    time.Time     // non-zero while an upgrade waits (queue.go)
+	queuedBy    string        // what asked for it first
+	limitHits   int64         // the cgroup's pids.events max when it launched
 
 	// After a handover, reload requests are answered once every old
 	// worker has stopped accepting (said STOPPING=1, or exited), or after
@@ -158,7 +166,8 @@ func (m *master) requestUpgrade(trigger string, wait bool) string {
 	}
 	u.running = true
 	u.at = m.sys.now()
-	u.reason, u.stderr, u.ready = "", nil, nil
+	u.reason, u.stderr, u.ready, u.outputOf, u.failedStep = "", nil, nil, "", ""
+	m.rollout.startingPID = 0
 	u.hookTook, u.waited = 0, 0
 	if !u.queuedAt.IsZero() {
 		u.waited = u.at.Sub(u.queuedAt)
@@ -193,6 +202,7 @@ func (m *master) launchUpgrade() {
 	m.sys.setenv(envUpgradeToken, u.token)
 	m.sys.setenv(envNextWorkers, strconv.Itoa(len(m.slots)))
 	m.sys.setenv(envMetrics, m.met.carry())
+	u.passed, u.childNotify = m.met.counts(), ""
 	go func() {
 		err := m.upg.Upgrade()
 		if m.notify != nil {
@@ -245,6 +255,10 @@ func (m *master) onUpgradeDone(err error) {
 		res := control.ReloadResult{Code: control.ReloadRollback, OldMasterPID: m.self, Generation: m.gen + 1,
 			Reason: u.reason, Stderr: u.stderr, TotalMS: ms(took), HookMS: ms(u.hookTook), WaitedMS: ms(u.waited)}
 		m.rolloutDone(err, &res)
+		res.OutputOf, res.FailedStep = u.outputOf, u.failedStep
+		if res.FailedStep == "" {
+			res.FailedStep = "start"
+		}
 		if res.Reason == "" {
 			res.Reason = m.up.reason
 		}
@@ -360,6 +374,7 @@ func (m *master) onChildReport(pid int, fields map[string]string) bool {
 		u.reason = reason
 		if s, ok := fields[reportStderr]; ok {
 			json.Unmarshal([]byte(s), &u.stderr)
+			u.outputOf = fields[reportStderrOf]
 		}
 		m.onChildFailed(reason)
 		return true
@@ -373,6 +388,7 @@ func (m *master) onChildReport(pid int, fields map[string]string) bool {
 		if json.Unmarshal([]byte(js), &p) == nil {
 			if p.Event == control.EvMasterStarted {
 				p.PID = pid
+				m.rollout.startingPID = pid
 			}
 			m.progress(p)
 		}
@@ -384,6 +400,7 @@ func (m *master) onChildReport(pid int, fields map[string]string) bool {
 			r.NewMasterPID = pid
 			u.ready = &r
 		}
+		u.childNotify = fields[reportNotify]
 		return true
 	}
 	return false
@@ -397,7 +414,7 @@ func (m *master) reportReady(res control.ReloadResult) {
 		return
 	}
 	b, _ := json.Marshal(res)
-	m.sys.notifyTo(m.up.parentNotify, reportToken+"="+m.up.parentToken+"\n"+reportReady+"="+string(b))
+	m.sys.notifyTo(m.up.parentNotify, reportToken+"="+m.up.parentToken+"\n"+reportReady+"="+string(b)+"\n"+reportNotify+"="+m.notifyAddr())
 }
 
 // reportFailure tells the old master, if any, why this generation failed.
@@ -408,7 +425,7 @@ func (m *master) reportFailure(reason string) {
 	msg := reportToken + "=" + m.up.parentToken + "\n" + reportFailed + "=" + strings.ReplaceAll(reason, "\n", " ")
 	if len(m.failedStderr) > 0 {
 		b, _ := json.Marshal(m.failedStderr)
-		msg += "\n" + reportStderr + "=" + string(b)
+		msg += "\n" + reportStderr + "=" + string(b) + "\n" + reportStderrOf + "=" + m.failedOf
 	}
 	if err := m.sys.notifyTo(m.up.parentNotify, msg); err != nil {
 		m.log.Warn("could not tell the old master why this upgrade failed", zap.Error(err))

@@ -196,7 +196,7 @@ func (m *master) onReadyTimeout(w *worker) {
 	hint := startHint(w.proc.StderrTail(), true, w.notified, m.ready.byNotify())
 	w.log.Error("worker not ready in time", logevent.WorkerReadyTimeout, zap.Duration("ready_timeout", m.cfg.ReadyTimeout), zap.String("hint", hint))
 	if m.phase == phaseBooting {
-		m.failedStderr = w.proc.StderrTail()
+		m.failedStderr, m.failedOf = w.proc.StderrTail(), fmt.Sprintf("worker %d's stderr", w.index)
 		m.bootFailed(fmt.Errorf("%w: %s", ErrBootFailed, withHint(fmt.Sprintf("worker %d (pid %d) not ready after %s", w.index, w.pid, m.cfg.ReadyTimeout), hint)),
 			withHint(fmt.Sprintf("worker %d (pid %d) not ready after %s (--ready-timeout)", w.index, w.pid, m.cfg.ReadyTimeout), hint))
 		return
@@ -247,7 +247,7 @@ func (m *master) onExit(w *worker, st exitStatus) {
 		}
 		w.log.Error("worker exited "+when, fields...)
 		m.met.workerExited("failed_start")
-		m.failedStderr = w.proc.StderrTail()
+		m.failedStderr, m.failedOf = w.proc.StderrTail(), fmt.Sprintf("worker %d's stderr", w.index)
 		reason := withHint(fmt.Sprintf("worker %d (pid %d) exited with %s %s", w.index, w.pid, st, when),
 			startHint(m.failedStderr, false, w.notified, m.ready.byNotify()))
 		m.bootFailed(fmt.Errorf("%w: %s", ErrBootFailed, reason), reason)

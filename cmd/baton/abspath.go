@@ -29,7 +29,10 @@ const envStartDir = "BATON_START_DIR"
 
 // reexecFromRoot executes this binary again with the same (absolutized)
 // arguments in "/". The pid stays; fds not marked close-on-exec, such as
-// systemd's sockets, stay too. It returns only on error.
+// systemd's sockets, stay too. It executes os.Args[0], the absolute path
+// absolutize found, rather than /proc/self/exe: the process is named after
+// the file executed, and must stay "baton" for ps -C baton and pgrep -x
+// baton. It returns only on error.
 func reexecFromRoot(cwd string) error {
 	if os.Getenv(envStartDir) == "" {
 		os.Setenv(envStartDir, cwd)
@@ -40,7 +43,7 @@ func reexecFromRoot(cwd string) error {
 	// Signals caught so far (package earlysig) are handled by the new
 	// image, not lost with this one.
 	earlysig.Carry()
-	return syscall.Exec("/proc/self/exe", os.Args, os.Environ())
+	return syscall.Exec(os.Args[0], os.Args, os.Environ())
 }
 
 // pathFlags are the run flags whose values are filesystem paths.

@@ -201,17 +201,14 @@ func printReload(w io.Writer, res control.ReloadResult) {
 	defer printSteps(w, res)
 	switch res.Code {
 	case control.ReloadOK:
-		fmt.Fprintf(w, "reload ok: generation %d serving, master %d -> %d, handover %.1f ms (workers starting %.1f ms, baton %.1f ms)\n",
-			res.Generation, res.OldMasterPID, res.NewMasterPID, res.TotalMS, res.WorkersStartingMS, res.BatonMS)
-	case control.ReloadRollback:
-		fmt.Fprintf(w, "reload rolled back: generation %d failed after %.1f ms; master %d keeps serving\nreason: %s\n",
-			res.Generation, res.TotalMS, res.OldMasterPID, res.Reason)
-		if len(res.Stderr) > 0 {
-			fmt.Fprintln(w, "last lines of the worker's stderr:")
-			for _, l := range res.Stderr {
-				fmt.Fprintln(w, "  | "+l)
-			}
+		parts := fmt.Sprintf("workers starting %.1f ms", res.WorkersStartingMS)
+		if res.ChecksMS > 0 || res.BakeMS > 0 {
+			parts += fmt.Sprintf(", checks %.1f ms, bake %.1f ms", res.ChecksMS, res.BakeMS)
 		}
+		fmt.Fprintf(w, "reload ok: generation %d serving, master %d -> %d, handover %.1f ms (%s, baton %.1f ms)\n",
+			res.Generation, res.OldMasterPID, res.NewMasterPID, res.TotalMS, parts, res.BatonMS)
+	case control.ReloadRollback:
+		printFailure(w, res)
 	default:
 		fmt.Fprintf(w, "reload not started: %s\n", res.Reason)
 	}
@@ -275,6 +272,9 @@ func printStatus(w io.Writer, st control.Status) {
 		fmt.Fprintf(w, "release %s  (%s)\n", r.Dir, r.Command)
 	}
 	fmt.Fprintf(w, "workers: %d configured, %d ready\n", st.WorkersConfigured, st.WorkersCurrent)
+	if st.Rollout != nil {
+		printRollout(w, st.Rollout)
+	}
 	if st.UpgradeQueued {
 		fmt.Fprintln(w, "an upgrade is queued: it starts once the previous generation has drained")
 	}
@@ -377,5 +377,61 @@ func scaleCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 			fmt.Printf("workers: %d -> %d\n", res.Previous, res.Workers)
 			return nil
 		},
+	}
+}
+
+// printFailure says which step of an upgrade failed, why, and whose output
+// the last lines are.
+func printFailure(w io.Writer, res control.ReloadResult) {
+	switch res.FailedStep {
+	case "before-upgrade":
+		// Nothing of the new generation was started: no rollback to speak of.
+		fmt.Fprintf(w, "reload failed at --before-upgrade after %.1f ms: generation %d was not started; master %d keeps serving\nreason: %s\n",
+			res.HookMS, res.Generation, res.OldMasterPID, res.Reason)
+	case "":
+		fmt.Fprintf(w, "reload rolled back: generation %d failed after %.1f ms; master %d keeps serving\nreason: %s\n",
+			res.Generation, res.TotalMS, res.OldMasterPID, res.Reason)
+	default:
+		fmt.Fprintf(w, "reload rolled back: generation %d failed at its %s after %.1f ms; master %d keeps serving\nreason: %s\n",
+			res.Generation, res.FailedStep, res.TotalMS, res.OldMasterPID, res.Reason)
+	}
+	if len(res.Stderr) > 0 {
+		of := res.OutputOf
+		if of == "" {
+			of = "the failing process's output"
+		}
+		fmt.Fprintf(w, "last lines of %s:\n", of)
+		for _, l := range res.Stderr {
+			fmt.Fprintln(w, "  | "+l)
+		}
+	}
+}
+
+// printRollout shows a blue-green or canary upgrade under way.
+func printRollout(w io.Writer, r *control.RolloutStatus) {
+	pid := "starting"
+	if r.MasterPID != 0 {
+		pid = "master " + strconv.Itoa(r.MasterPID)
+	}
+	fmt.Fprintf(w, "%s rollout: generation %d (%s)  stage %s  for %s\n", r.Strategy, r.Generation, pid, r.Stage, msDur(r.ElapsedMS))
+	for _, c := range r.Checks {
+		line := fmt.Sprintf("  %-12s %s", c.Name, c.State)
+		if c.Probes > 0 {
+			line += fmt.Sprintf(", %d probes (%d failed)", c.Probes, c.Failed)
+		}
+		if c.LastAnswer != "" {
+			line += ", last answer: " + c.LastAnswer
+		}
+		fmt.Fprintln(w, line)
+	}
+	if r.Stage == control.StageBaking {
+		fmt.Fprintf(w, "  users: %d%% of new connections to generation %d", r.CanaryPercent, r.Generation)
+		if r.BakeLeftMS > 0 {
+			fmt.Fprintf(w, "; bake ends in %s", msDur(r.BakeLeftMS))
+		}
+		fmt.Fprintln(w)
+	}
+	if len(r.Commands) > 0 {
+		fmt.Fprintf(w, "  now: %s\n", strings.Join(r.Commands, " | "))
 	}
 }

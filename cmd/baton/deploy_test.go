@@ -409,6 +409,15 @@ func TestMetricsAcrossUpgrades(t *testing.T) {
 			t.Errorf("%s = %v, want %v", name, got, want)
 		}
 	}
+	// Each old generation's 2 workers drained after its handover, counted
+	// by the master that serves next: 20 once the last old master exited.
+	eventually(t, 30*time.Second, "20 drained exits in the serving master's series", func() bool {
+		b, err := scrape(http.DefaultClient, url)
+		return err == nil && strings.Contains(b, "\n"+`baton_worker_exits_total{reason="drained"} 20`+"\n")
+	})
+	if body, err = scrape(http.DefaultClient, url); err != nil {
+		t.Fatal(err)
+	}
 	t.Logf("%d scrapes during 10 upgrades (%d generations seen), none failed; load %s", s.n, len(s.gens), res)
 	promtool, err := exec.LookPath("promtool")
 	if err != nil {

@@ -23,7 +23,7 @@ func TestKeeperPidIsTheServicesPidAcrossUpgrades(t *testing.T) {
 	pidFile := filepath.Join(t.TempDir(), "app.pid")
 	b := startBaton(t, nil, "-l", addr, "-w", "2", "--pid-file", pidFile, "--", bin("hello"))
 	b.waitReady()
-	want := strconv.Itoa(b.pid)
+	want := strconv.Itoa(b.pid) + "\n" // one line, newline-terminated
 	master := b.firstMaster()
 	if master == b.pid || parentPid(master) != b.pid {
 		t.Fatalf("first master %d is not a child of the keeper %d", master, b.pid)

@@ -108,7 +108,7 @@ func newApp() *cli.App {
 			}
 			return &usageError{errors.New("no command given (see baton --help)")}
 		},
-		Commands: []*cli.Command{runCommand(onUsage), reloadCommand(onUsage), statusCommand(onUsage), scaleCommand(onUsage), stopCommand(onUsage),
+		Commands: []*cli.Command{runCommand(onUsage), masterCommand(onUsage), reloadCommand(onUsage), statusCommand(onUsage), scaleCommand(onUsage), stopCommand(onUsage),
 			rolloutCommand(control.CmdPromote, onUsage), rolloutCommand(control.CmdRollback, onUsage),
 			verifyCommand(onUsage), completionCommand(), manCommand()},
 	}
@@ -165,6 +165,8 @@ func runFlags() []cli.Flag {
 			Usage: "how a new generation takes over: shared (same sockets, works everywhere), blue-green (own sockets, checked while no user reaches it, then switched at once) or canary (as blue-green, a share of users during the bake)"},
 		&cli.StringFlag{Name: "health-check", EnvVars: env("health-check"),
 			Usage: "blue-green/canary: probe the new generation before the switch and during the bake: http:/PATH (2xx passes) or tcp"},
+		&cli.DurationFlag{Name: "health-timeout", Value: 10 * time.Second, EnvVars: env("health-timeout"),
+			Usage: "blue-green/canary: how long the health check before the switch retries (every 100 ms, a progress line per failed probe) before the upgrade rolls back"},
 		&cli.DurationFlag{Name: "health-interval", Value: time.Second, EnvVars: env("health-interval"),
 			Usage: "blue-green/canary: time between health checks during the bake"},
 		&cli.StringFlag{Name: "smoke-test", EnvVars: env("smoke-test"),
@@ -200,7 +202,7 @@ func runCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 				// This process stays for the service's whole life; the
 				// masters below it come and go at every upgrade.
 				code := supervisor.Keep(supervisor.KeeperConfig{
-					Args: os.Args, PIDFile: cfg.PIDFile, ReopenLogs: reopen, Log: log.Named("keeper"),
+					Args: masterArgs(os.Args), PIDFile: cfg.PIDFile, ReopenLogs: reopen, Log: log.Named("keeper"),
 				})
 				if code != 0 {
 					return &exitCode{code, ""} // the master said why
@@ -216,6 +218,33 @@ func runCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 	}
 }
 
+// masterArgs is the keeper's command line for its masters: the same, with
+// "master" for "run", so that ps tells the keeper (baton run …) from the
+// masters (baton master …); tableflip re-executes each master with its own
+// command line, so every later master says "master" too.
+func masterArgs(args []string) []string {
+	out := append([]string(nil), args...)
+	if len(out) > 1 && out[1] == "run" {
+		out[1] = "master"
+	}
+	return out
+}
+
+// masterCommand is baton run as the keeper starts it for a master: hidden,
+// and refused anywhere else.
+func masterCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
+	c := runCommand(onUsage)
+	run := c.Action
+	c.Name, c.Usage, c.Hidden = "master", "a master, as baton run starts it (ps shows the keeper as baton run, masters as baton master)", true
+	c.Action = func(ctx *cli.Context) error {
+		if !supervisor.UnderKeeper() {
+			return &usageError{errors.New("baton master is started by baton run, for each generation; use baton run")}
+		}
+		return run(ctx)
+	}
+	return c
+}
+
 // rolloutOnly are the flags that only a rollout (blue-green, canary) reads,
 // with the strategies that read them.
 var rolloutOnly = []struct {
@@ -224,6 +253,7 @@ var rolloutOnly = []struct {
 }{
 	{"health-check", []supervisor.Strategy{supervisor.StrategyBlueGreen, supervisor.StrategyCanary}},
 	{"health-interval", []supervisor.Strategy{supervisor.StrategyBlueGreen, supervisor.StrategyCanary}},
+	{"health-timeout", []supervisor.Strategy{supervisor.StrategyBlueGreen, supervisor.StrategyCanary}},
 	{"smoke-test", []supervisor.Strategy{supervisor.StrategyBlueGreen, supervisor.StrategyCanary}},
 	{"smoke-timeout", []supervisor.Strategy{supervisor.StrategyBlueGreen, supervisor.StrategyCanary}},
 	{"bake", []supervisor.Strategy{supervisor.StrategyBlueGreen, supervisor.StrategyCanary}},
@@ -286,7 +316,8 @@ func configFrom(c *cli.Context) (supervisor.Config, error) {
 	cfg = supervisor.Config{
 		Rollout: supervisor.Rollout{
 			Strategy: strategy, HealthCheck: hc, HealthInterval: c.Duration("health-interval"),
-			SmokeTest: c.String("smoke-test"), SmokeTimeout: c.Duration("smoke-timeout"),
+			HealthTimeout: c.Duration("health-timeout"),
+			SmokeTest:     c.String("smoke-test"), SmokeTimeout: c.Duration("smoke-timeout"),
 			Bake: c.Duration("bake"), CanaryWeight: c.Int("canary-weight"),
 		},
 		Listen:       specs,

@@ -200,7 +200,7 @@ func TestGracefulStopFinishesInFlightRequest(t *testing.T) {
 	pidFile := filepath.Join(t.TempDir(), "baton.pid")
 	b := startBaton(t, nil, "-l", addr, "-w", "2", "--pid-file", pidFile, "--", bin("hello"))
 	b.waitReady()
-	if got, _ := os.ReadFile(pidFile); string(got) != strconv.Itoa(b.pid) {
+	if got, _ := os.ReadFile(pidFile); string(got) != strconv.Itoa(b.pid)+"\n" {
 		t.Fatalf("pid file holds %q, want %d", got, b.pid)
 	}
 	type result struct {

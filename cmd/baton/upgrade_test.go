@@ -77,7 +77,7 @@ func TestUpgradeUnderLoadLosesNothing(t *testing.T) {
 				t.Fatalf("after upgrade %d a new connection reached generation %s, want %d", i+1, g, gen)
 			}
 		}
-		if got, _ := os.ReadFile(pidFile); string(got) != strconv.Itoa(b.pid) {
+		if got, _ := os.ReadFile(pidFile); string(got) != strconv.Itoa(b.pid)+"\n" {
 			t.Fatalf("pid file %q after upgrade %d, want the keeper %d, the process started", got, i+1, b.pid)
 		}
 	}
@@ -168,7 +168,7 @@ func TestFailedUpgradesRollBackAndSymlinkDeploy(t *testing.T) {
 				t.Fatalf("%s release: old worker %d died", bad.release, p)
 			}
 		}
-		if got, _ := os.ReadFile(pidFile); string(got) != strconv.Itoa(b.pid) {
+		if got, _ := os.ReadFile(pidFile); string(got) != strconv.Itoa(b.pid)+"\n" {
 			t.Fatalf("%s release: pid file %q, want the keeper %d, unchanged", bad.release, got, b.pid)
 		}
 		if body := mustGet(t, addr, "/"); field(body, "tag") != "v1" {
@@ -189,7 +189,7 @@ func TestFailedUpgradesRollBackAndSymlinkDeploy(t *testing.T) {
 	if body := mustGet(t, addr, "/"); field(body, "tag") != "v2" || field(body, "generation") != "2" {
 		t.Fatalf("after deploying v2: served %q", body)
 	}
-	if got, _ := os.ReadFile(pidFile); string(got) != strconv.Itoa(b.pid) || newMaster == b.pid {
+	if got, _ := os.ReadFile(pidFile); string(got) != strconv.Itoa(b.pid)+"\n" || newMaster == b.pid {
 		t.Fatalf("pid file %q, want the keeper %d, not the new master %d", got, b.pid, newMaster)
 	}
 	if res := load.finish(); res.Failures() != 0 {

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -21,7 +22,7 @@ import (
 func verifyCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 	return &cli.Command{
 		Name:  "verify",
-		Usage: "prove that a running service upgrades with zero downtime: load it, trigger upgrades, report every failed request (exit 0 verified, 1 not, 2 bad usage)",
+		Usage: "prove that a running service upgrades with zero downtime: load it, trigger upgrades, report every failed request (exit 0 verified, 1 not, 2 bad usage, 4 the service did not answer before any upgrade)",
 		Description: "Runs bounded HTTP/1.1 load against --url (keep-alive and fresh connections, optional slow\n" +
 			"requests), triggers --reloads upgrades one after another through the master's control socket,\n" +
 			"keeps loading for --interval after the last, and reports failed requests by kind and by the\n" +
@@ -39,6 +40,7 @@ func verifyCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 			&cli.StringFlag{Name: "version-header", Usage: "response header naming the release that answered (e.g. X-Release), to show which release served when"},
 			&cli.BoolFlag{Name: "allow-remote", Usage: "allow a --url that is not a loopback address (this is a load generator: only against hosts you own)"},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},
+			&cli.StringFlag{Name: "report", Usage: "also write a picture of the run to FILE.html (with the figures) or FILE.svg: requests per second by release, failures by kind, latency, upgrade marks; self-contained"},
 		),
 		OnUsageError: onUsage,
 		Action: func(c *cli.Context) error {
@@ -50,12 +52,19 @@ func verifyCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 			defer stop()
 			rep, err := verify.Run(ctx, p, func(ctx context.Context) (verify.Outcome, error) { return triggerUpgrade(ctx, c) })
 			if err != nil {
-				return &exitCode{exitFailure, err.Error()}
+				// The service did not answer before any upgrade: nothing
+				// was verified, which is not "the deploy dropped requests".
+				return &exitCode{exitUnreachable, err.Error()}
 			}
 			if c.Bool("json") {
 				rep.WriteJSON(os.Stdout)
 			} else {
 				rep.WriteText(os.Stdout)
+			}
+			if p.Report != "" {
+				if err := rep.WriteReportFile(p.Report); err != nil {
+					return &exitCode{exitFailure, err.Error()}
+				}
 			}
 			if !rep.Verified {
 				return &exitCode{exitFailure, "not verified: " + strings.Join(rep.Problems, "; ")}
@@ -64,6 +73,10 @@ func verifyCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 		},
 	}
 }
+
+// exitUnreachable: the service did not answer before any upgrade, so
+// nothing was verified (exit 1 means the deploy dropped requests).
+const exitUnreachable = 4
 
 // verifyPlanFrom checks the command line; every error is a usage error
 // naming the bad value.
@@ -100,6 +113,14 @@ func verifyPlanFrom(c *cli.Context) (verify.Plan, error) {
 	p.Target = u.RequestURI()
 	if p.Slow != "" && !strings.HasPrefix(p.Slow, "/") {
 		return bad("--slow %q: want a path on the same host, starting with /", p.Slow)
+	}
+	if p.Report = c.String("report"); p.Report != "" {
+		if _, err := verify.ReportFormat(p.Report); err != nil {
+			return verify.Plan{}, &usageError{err}
+		}
+		if fi, err := os.Stat(filepath.Dir(p.Report)); err != nil || !fi.IsDir() {
+			return bad("--report %q: directory %q does not exist", p.Report, filepath.Dir(p.Report))
+		}
 	}
 	if p.Reloads < 1 {
 		return bad("--reloads %d: want at least 1", p.Reloads)

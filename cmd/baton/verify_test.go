@@ -187,7 +187,7 @@ func TestVerifyBoundsFailTheCheck(t *testing.T) {
 	}
 	// Nothing answers there: nothing may be upgraded.
 	code, out, errOut := verifyRun(t, "--url", "http://"+freeAddr(t)+"/", "--control", b.control)
-	if code != 1 || out != "" || !strings.Contains(errOut, "connection refused; nothing was upgraded") || b.log.count("upgrade_requested") != 0 {
+	if code != exitUnreachable || out != "" || !strings.Contains(errOut, "connection refused; nothing was upgraded") || b.log.count("upgrade_requested") != 0 {
 		t.Errorf("no service: exit %d, stdout %q, stderr %q, %d upgrades requested", code, out, errOut, b.log.count("upgrade_requested"))
 	}
 }
@@ -210,11 +210,30 @@ func TestVerifyBadInput(t *testing.T) {
 		{[]string{"--url", "http://127.0.0.1:1/", "--control", ctl, "--slow", "sleep"}, `--slow "sleep"`},
 		{[]string{"--url", "http://127.0.0.1:1/", "--control", ctl, "--version-header", "a b"}, `--version-header "a b"`},
 		{[]string{"--url", "http://127.0.0.1:1/", "--control", ctl}, "no master at " + ctl},
+		{[]string{"--url", "http://127.0.0.1:1/", "--control", ctl, "--report", filepath.Join(dir, "deploy.png")}, "want a file name ending in .html or .svg"},
+		{[]string{"--url", "http://127.0.0.1:1/", "--control", ctl, "--report", filepath.Join(dir, "no", "deploy.html")}, "does not exist"},
 	} {
 		code, out, errOut := verifyRun(t, c.args...)
 		if code != 2 || out != "" || !strings.HasPrefix(errOut, "baton: ") || strings.Count(errOut, "\n") != 1 || !strings.Contains(errOut, c.want) {
 			t.Errorf("verify %q: exit %d, stdout %q, stderr %q; want exit 2 and one line with %q", c.args, code, out, errOut, c.want)
 		}
+	}
+}
+
+// TestVerifyUnreachable: a service that does not answer is not a deploy
+// that dropped requests (exit 1): verify exits 4, in one line, upgrading
+// nothing.
+func TestVerifyUnreachable(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	b := startBaton(t, nil, "-l", addr, "-w", "1", "--", bin("hello"))
+	b.waitReady()
+	code, out, errOut := verifyRun(t, "--url", "http://"+freeAddr(t)+"/", "--control", b.control)
+	if code != exitUnreachable || out != "" || strings.Count(errOut, "\n") != 1 || !strings.Contains(errOut, "nothing was upgraded") {
+		t.Errorf("verify of an unreachable URL: exit %d, stdout %q, stderr %q; want exit %d in one line", code, out, errOut, exitUnreachable)
+	}
+	if b.log.count("upgrade_requested") != 0 {
+		t.Errorf("an upgrade was requested")
 	}
 }
 

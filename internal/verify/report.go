@@ -47,6 +47,8 @@ type Report struct {
 	VersionHeader string          `json:"version_header,omitempty"`
 	Releases      []releaseSeen   `json:"releases,omitempty"`
 	FirstFailures []failureReport `json:"first_failures,omitempty"`
+
+	timeline *timeline // for --report (verify_html.go)
 }
 
 type upgradeReport struct {
@@ -231,6 +233,7 @@ func buildReport(p Plan, start time.Time, res loadgen.MixResult, ups []upgradeRu
 	// Slow requests are slow by design; their latency would hide the rest.
 	in, steady := loadgen.SplitByWindows(res.Main.Samples, wins)
 	rep.LatencyUpgrades, rep.LatencySteady = loadgen.Summarize(in), loadgen.Summarize(steady)
+	rep.timeline = newTimeline(start, rep.Seconds, samples, res.Main.Samples, rep)
 	return rep
 }
 

@@ -32,6 +32,7 @@ type Plan struct {
 	MaxRequests    int
 	VersionHeader  string
 	UpgradeTimeout time.Duration
+	Report         string // --report FILE (.html or .svg), or ""
 }
 
 // Clients split: a quarter of --concurrency (at least one) sends --slow;

@@ -91,16 +91,26 @@ const (
 
 // ReloadResult answers a reload. Durations are milliseconds.
 type ReloadResult struct {
-	OK                bool     `json:"ok"`
-	Code              int      `json:"code"`
-	Reason            string   `json:"reason,omitempty"`
-	Stderr            []string `json:"stderr,omitempty"` // last lines of the failing worker
-	OldMasterPID      int      `json:"old_master_pid"`
-	NewMasterPID      int      `json:"new_master_pid,omitempty"`
-	Generation        int      `json:"generation,omitempty"`
-	TotalMS           float64  `json:"total_ms,omitempty"`
-	WorkersStartingMS float64  `json:"workers_starting_ms,omitempty"`
-	BatonMS           float64  `json:"baton_ms,omitempty"`
+	OK     bool     `json:"ok"`
+	Code   int      `json:"code"`
+	Reason string   `json:"reason,omitempty"`
+	Stderr []string `json:"stderr,omitempty"` // last lines of the failing step's output
+	// OutputOf names whose output Stderr holds: "the hook's output", "the
+	// smoke test's output", "worker 1's stderr".
+	OutputOf string `json:"output_of,omitempty"`
+	// FailedStep names the step that failed: before-upgrade, start,
+	// health-check, smoke-test, switch, bake, promote.
+	FailedStep        string  `json:"failed_step,omitempty"`
+	OldMasterPID      int     `json:"old_master_pid"`
+	NewMasterPID      int     `json:"new_master_pid,omitempty"`
+	Generation        int     `json:"generation,omitempty"`
+	TotalMS           float64 `json:"total_ms,omitempty"`
+	WorkersStartingMS float64 `json:"workers_starting_ms,omitempty"` // the app's start-up: every new worker ready
+	// Blue-green and canary: the checks before the switch (health check,
+	// smoke test) and the bake after it, both outside the app's start-up.
+	ChecksMS float64 `json:"checks_ms,omitempty"`
+	BakeMS   float64 `json:"bake_ms,omitempty"`
+	BatonMS  float64 `json:"baton_ms,omitempty"` // the rest: baton's own part of TotalMS
 	// Blue-green and canary only: the strategy, each step taken, and when
 	// users were switched to the new generation (ms since the upgrade
 	// began; 0 if never).
@@ -127,6 +137,10 @@ const (
 	EvHandover        = "handover"         // the new master took over; the old generation drains (Count workers)
 	EvStopped         = "stopped_accepting"
 	EvFailed          = "failed" // the upgrade failed; the final line says why
+	// Blue-green and canary (Message says the detail): the candidate's
+	// rollout steps (rollout_ready, rollout_health-check, rollout_switch,
+	// ...) and one line per failed health probe with its answer.
+	EvHealthProbe = "health_probe"
 )
 
 // Progress is one step of a reload, sent as it happens. ElapsedMS counts
@@ -199,6 +213,50 @@ type Status struct {
 	// ForeignSockets are sockets in a reuseport group that baton did not
 	// open, as the last membership check saw them.
 	ForeignSockets []ForeignSocket `json:"foreign_sockets,omitempty"`
+	// Rollout is the blue-green or canary upgrade under way, seen from the
+	// old master that runs it; nil when none.
+	Rollout *RolloutStatus `json:"rollout,omitempty"`
+}
+
+// Rollout stages as RolloutStatus.Stage reports them, in order.
+const (
+	StageStarting    = "starting"     // the new generation's workers are starting
+	StageHealthCheck = "health-check" // probing the candidate, no user reaches it
+	StageSmokeTest   = "smoke-test"   // --smoke-test runs against it
+	StageBaking      = "baking"       // users switched (all, or the canary share); old generation warm
+	StagePromoting   = "promoting"    // the new master was told to take over
+	StageRollingBack = "rolling-back" // users are back on the old generation; the new one drains
+)
+
+// RolloutStages lists every stage, for gauges and docs.
+var RolloutStages = []string{StageStarting, StageHealthCheck, StageSmokeTest, StageBaking, StagePromoting, StageRollingBack}
+
+// RolloutStatus is a blue-green or canary upgrade under way. Durations are
+// milliseconds.
+type RolloutStatus struct {
+	Strategy   string  `json:"strategy"`
+	Generation int     `json:"generation"`           // the candidate's
+	MasterPID  int     `json:"master_pid,omitempty"` // the candidate's master, once it runs
+	Stage      string  `json:"stage"`                // one of the Stage* constants
+	ElapsedMS  float64 `json:"elapsed_ms"`           // since the upgrade began
+	// Checks holds each check run so far (health-check, smoke-test,
+	// bake-health), in order.
+	Checks []CheckStatus `json:"checks,omitempty"`
+	// CanaryPercent is the share of new connections the candidate gets
+	// (100 for blue-green once switched; 0 before the switch).
+	CanaryPercent int     `json:"canary_percent"`
+	BakeLeftMS    float64 `json:"bake_left_ms,omitempty"`
+	// Commands are the control commands that act on this stage.
+	Commands []string `json:"commands,omitempty"`
+}
+
+// CheckStatus is one check of a candidate.
+type CheckStatus struct {
+	Name       string `json:"name"`                  // health-check, smoke-test, bake-health
+	State      string `json:"state"`                 // running, passed, failed
+	Probes     int    `json:"probes"`                // health probes sent (0 for a smoke test)
+	Failed     int    `json:"failed"`                // of them, failed
+	LastAnswer string `json:"last_answer,omitempty"` // "200", "answered 500", an error, a smoke test's exit
 }
 
 // ForeignSocket is a listening socket on a --listen address that baton did

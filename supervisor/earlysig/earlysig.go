@@ -39,9 +39,10 @@ var (
 )
 
 func init() {
-	// Only baton run becomes a keeper or a master; the client commands
+	// Only baton run (the keeper) and baton master (each master, as the
+	// keeper and tableflip start it) supervise; the client commands
 	// (reload, stop, …) keep the default actions, so ^C ends them.
-	if len(os.Args) > 1 && os.Args[1] == "run" {
+	if len(os.Args) > 1 && (os.Args[1] == "run" || os.Args[1] == "master") {
 		Catch()
 	}
 }

@@ -63,11 +63,12 @@ var (
 
 // Blue-green and canary (fields: new_generation).
 var (
-	RolloutCandidate = named("rollout_candidate") // new master: ready, waiting for the checks
-	SmokeTestOutput  = named("smoke_test_output") // line
-	RolloutSwitched  = named("rollout_switched")  // weight_percent, switched_at_unix_ns, since_upgrade
-	RolloutPromoted  = named("rollout_promoted")  // trigger, at_unix_ns
-	RolloutRollback  = named("rollout_rollback")  // reason, was_switched, at_unix_ns
+	RolloutCandidate   = named("rollout_candidate")    // new master: ready, waiting for the checks
+	SmokeTestOutput    = named("smoke_test_output")    // line
+	RolloutSwitched    = named("rollout_switched")     // weight_percent, switched_at_unix_ns, since_upgrade
+	RolloutPromoted    = named("rollout_promoted")     // trigger, at_unix_ns
+	RolloutRollback    = named("rollout_rollback")     // reason, was_switched, at_unix_ns
+	RolloutProbeFailed = named("rollout_probe_failed") // probe, stage, answer: one failed health probe
 	// The first master's sockets are bound and steered: strategy,
 	// steering ("ebpf" or "classic"), tcp_migrate_req.
 	RolloutSocketsReady = named("rollout_sockets_ready")
