@@ -417,7 +417,11 @@ func printRollout(w io.Writer, r *control.RolloutStatus) {
 	for _, c := range r.Checks {
 		line := fmt.Sprintf("  %-12s %s", c.Name, c.State)
 		if c.Probes > 0 {
-			line += fmt.Sprintf(", %d probes (%d failed)", c.Probes, c.Failed)
+			noun := "probes"
+			if c.Probes == 1 {
+				noun = "probe"
+			}
+			line += fmt.Sprintf(", %d %s (%d failed)", c.Probes, noun, c.Failed)
 		}
 		if c.LastAnswer != "" {
 			line += ", last answer: " + c.LastAnswer

@@ -44,5 +44,6 @@ func triggerUpgrade(ctx context.Context, c *cli.Context) (verify.Outcome, error)
 		Reason: res.Reason, Stderr: res.Stderr,
 		OldMasterPID: res.OldMasterPID, NewMasterPID: res.NewMasterPID, Generation: res.Generation,
 		TotalMS: res.TotalMS, AppMS: res.WorkersStartingMS, BatonMS: res.BatonMS,
+		ChecksMS: res.ChecksMS, BakeMS: res.BakeMS,
 	}, nil
 }

@@ -64,6 +64,8 @@ type upgradeReport struct {
 	HandoverMS   float64 `json:"handover_ms,omitempty"`
 	AppStartupMS float64 `json:"app_startup_ms,omitempty"`
 	BatonMS      float64 `json:"baton_ms,omitempty"`
+	ChecksMS     float64 `json:"checks_ms,omitempty"` // blue-green/canary checks
+	BakeMS       float64 `json:"bake_ms,omitempty"`   // blue-green/canary bake
 	// As verify saw them.
 	AnsweredMS float64  `json:"answered_ms"`
 	OldGoneMS  *float64 `json:"old_generation_gone_ms,omitempty"`
@@ -143,6 +145,7 @@ func buildReport(p Plan, start time.Time, res loadgen.MixResult, ups []upgradeRu
 		ur := upgradeReport{N: u.n, SentAtS: since(u.sent), AnsweredMS: loadgen.MS(u.answered.Sub(u.sent)),
 			OldMasterPID: u.out.OldMasterPID, NewMasterPID: u.out.NewMasterPID, Generation: u.out.Generation,
 			HandoverMS: u.out.TotalMS, AppStartupMS: u.out.AppMS, BatonMS: u.out.BatonMS,
+			ChecksMS: u.out.ChecksMS, BakeMS: u.out.BakeMS,
 			Reason: u.out.Reason, Stderr: u.out.Stderr, FailedByKind: map[string]int{}}
 		switch {
 		case u.err != nil:
@@ -301,8 +304,14 @@ func (r *Report) WriteText(w io.Writer) {
 		fmt.Fprintf(w, "upgrade %d at +%.2fs: ", u.N, u.SentAtS)
 		switch u.Outcome {
 		case "handed-over":
-			fmt.Fprintf(w, "generation %d serving (master %d -> %d), handover %.1f ms (app %.1f ms, baton %.1f ms)",
-				u.Generation, u.OldMasterPID, u.NewMasterPID, u.HandoverMS, u.AppStartupMS, u.BatonMS)
+			// Checks and bake apart from the app's start-up, as baton
+			// reload reports them (blue-green and canary only).
+			parts := fmt.Sprintf("app %.1f ms", u.AppStartupMS)
+			if u.ChecksMS > 0 || u.BakeMS > 0 {
+				parts += fmt.Sprintf(", checks %.1f ms, bake %.1f ms", u.ChecksMS, u.BakeMS)
+			}
+			fmt.Fprintf(w, "generation %d serving (master %d -> %d), handover %.1f ms (%s, baton %.1f ms)",
+				u.Generation, u.OldMasterPID, u.NewMasterPID, u.HandoverMS, parts, u.BatonMS)
 			if u.OldGoneMS != nil {
 				fmt.Fprintf(w, ", old generation gone after %.0f ms", *u.OldGoneMS)
 			}

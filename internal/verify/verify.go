@@ -56,6 +56,8 @@ type Outcome struct {
 	TotalMS      float64 // baton's handover time: request to new generation ready
 	AppMS        float64 // of which the workers' own start-up
 	BatonMS      float64 // of which baton's part
+	ChecksMS     float64 // of which blue-green/canary checks (0 for shared)
+	BakeMS       float64 // of which the bake (0 for shared)
 }
 
 // upgradeRun is one triggered upgrade as verify saw it.
