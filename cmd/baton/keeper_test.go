@@ -119,28 +119,17 @@ func TestKeeperAsPID1OfAPidNamespace(t *testing.T) {
 		"-l", addr, "-w", "2", "--", bin("hello"))
 	b := launch(t, cmd, nil)
 	// Pids in the log are the namespace's; the keeper's pid here is the
-	// unshare process's child. Cleanup kills only that process (which
-	// takes the namespace with it) and unshare.
-	var keeper int
-	t.Cleanup(func() {
-		if keeper > 0 {
-			killOurs(keeper)
-		}
-		syscall.Kill(b.pid, syscall.SIGKILL)
-		select {
-		case <-b.done:
-		case <-time.After(5 * time.Second):
-		}
-	})
+	// unshare process's child.
+	keeper := endNamespaceOnCleanup(t, b)
 	eventually(t, 10*time.Second, "unshare to start baton", func() bool {
 		kids := childPids(b.pid)
 		if len(kids) == 1 {
-			keeper = kids[0]
+			*keeper = kids[0]
 		}
-		return keeper > 0
+		return *keeper > 0
 	})
 	b.waitReady()
-	checkPID1(t, b, keeper, "tcp", addr)
+	checkPID1(t, b, *keeper, "tcp", addr)
 }
 
 // checkPID1 takes baton run as PID 1 of a pid namespace (keeper is its pid
@@ -248,4 +237,24 @@ func TestOldMasterKilledDuringTheHandover(t *testing.T) {
 	if body := mustGet(t, addr, "/"); field(body, "generation") != "3" {
 		t.Fatalf("after the next upgrade served %q", body)
 	}
+}
+
+// endNamespaceOnCleanup is for a baton started below a wrapper that makes
+// a pid namespace (unshare, systemd-nspawn): at cleanup it kills the
+// process the test stores in *keeper (baton's pid as seen from here; its
+// death ends the namespace) if set, then the wrapper b, and waits up to
+// 5 s for the wrapper.
+func endNamespaceOnCleanup(t *testing.T, b *baton) *int {
+	keeper := new(int)
+	t.Cleanup(func() {
+		if *keeper > 0 {
+			killOurs(*keeper)
+		}
+		syscall.Kill(b.pid, syscall.SIGKILL)
+		select {
+		case <-b.done:
+		case <-time.After(5 * time.Second):
+		}
+	})
+	return keeper
 }

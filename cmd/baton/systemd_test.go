@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -307,29 +306,19 @@ func TestNspawnPID1(t *testing.T) {
 		"--", bin("baton"), "run", "--log-format", "json", "-l", "unix://"+addr, "-w", "2",
 		"--pid-file", filepath.Join(sock, "app.pid"), "--", bin("hello"))
 	b := launch(t, cmd, nil)
-	// Pids in the log are the container's. Cleanup kills its init by its
-	// pid here (which ends the container) and nspawn.
-	var keeper int
-	t.Cleanup(func() {
-		if keeper > 0 {
-			killOurs(keeper)
-		}
-		syscall.Kill(b.pid, syscall.SIGKILL)
-		select {
-		case <-b.done:
-		case <-time.After(5 * time.Second):
-		}
-	})
+	// Pids in the log are the container's; its init's pid here is set
+	// below.
+	keeper := endNamespaceOnCleanup(t, b)
 	t0 := time.Now()
 	eventually(t, 20*time.Second, "systemd-nspawn to start baton as the container's PID 1", func() bool {
 		for _, k := range childPids(b.pid) {
 			if st, _ := os.ReadFile("/proc/" + strconv.Itoa(k) + "/status"); strings.Contains(string(st), "\nNSpid:\t"+strconv.Itoa(k)+"\t1\n") {
-				keeper = k
+				*keeper = k
 			}
 		}
-		return keeper > 0
+		return *keeper > 0
 	})
 	b.waitReady()
 	t.Logf("container started and serving in %s", time.Since(t0).Round(time.Millisecond))
-	checkPID1(t, b, keeper, "unix", addr)
+	checkPID1(t, b, *keeper, "unix", addr)
 }
