@@ -20,6 +20,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/baton-sh/baton/supervisor/internal/osutil"
 )
 
 // Headroom is the tightest task limit found: how many more tasks fit.
@@ -262,17 +264,8 @@ func Threads(pid int) int64 {
 // every process in the tree.
 func Tree(pid int) int64 {
 	n := Threads(pid)
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-	for _, t := range tasks {
-		b, err := os.ReadFile(t)
-		if err != nil {
-			continue
-		}
-		for _, f := range strings.Fields(string(b)) {
-			if c, err := strconv.Atoi(f); err == nil {
-				n += Tree(c)
-			}
-		}
+	for _, c := range osutil.ChildrenOf(pid, 0) {
+		n += Tree(c)
 	}
 	return n
 }
