@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/internal/logevent"
+	"github.com/baton-sh/baton/supervisor/internal/spawn"
 	"github.com/baton-sh/baton/supervisor/sockets"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -278,7 +279,7 @@ func (m *master) runSmokeTest(gen int, done func(error, []string)) (stop func())
 			return
 		}
 		cmd.Stdout, cmd.Stderr = pw, pw
-		if err := startUnblocked(cmd); err != nil { // signals.go
+		if err := spawn.StartUnblocked(cmd); err != nil {
 			pw.Close()
 			pr.Close()
 			done(fmt.Errorf("start: %w", err), nil)
