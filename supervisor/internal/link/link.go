@@ -83,6 +83,7 @@ type Link struct {
 	acks      bool
 	notify    string // the keeper's notify socket
 	oomScore  string
+	wait      time.Duration // for the keeper's answer; 0: AnnounceWait
 }
 
 // FromEnv reads the link from this process's environment: the one place
@@ -118,6 +119,10 @@ func ExitMsg(code int) string { return KeyExit + "=" + strconv.Itoa(code) }
 // once it accepted; the error says why not. It blocks for AnnounceWait
 // at most.
 func (l Link) Announce() error {
+	wait := l.wait
+	if wait == 0 {
+		wait = AnnounceWait
+	}
 	if !l.acks {
 		return osutil.SendNotify(l.notify, KeyRegister+"=1")
 	}
@@ -133,7 +138,7 @@ func (l Link) Announce() error {
 	if err := osutil.SendNotify(l.notify, KeyRegister+"=1\n"+KeyAckTo+"="+name); err != nil {
 		return err
 	}
-	deadline := time.Now().Add(AnnounceWait)
+	deadline := time.Now().Add(wait)
 	c.SetReadDeadline(deadline)
 	buf := make([]byte, 4096)
 	oob := make([]byte, syscall.CmsgSpace(syscall.SizeofUcred))
@@ -142,7 +147,7 @@ func (l Link) Announce() error {
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				return fmt.Errorf("keeper %d did not answer this master's announcement within %s (stopped or starved?)", l.KeeperPID, AnnounceWait)
+				return fmt.Errorf("keeper %d did not answer this master's announcement within %s (stopped or starved?)", l.KeeperPID, wait)
 			}
 			return fmt.Errorf("read the keeper's answer: %w", err)
 		}
