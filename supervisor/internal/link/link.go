@@ -29,6 +29,7 @@ import (
 
 	"github.com/baton-sh/baton/supervisor/internal/notify"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
+	"golang.org/x/sys/unix"
 )
 
 // Variables the keeper sets for its masters. Masters pass them on to the
@@ -106,6 +107,26 @@ func (l Link) Present() bool { return l.KeeperPID != 0 }
 // Present reports whether this process was started by a keeper, i.e. is
 // a master.
 func Present() bool { return os.Getenv(EnvKeeperPID) != "" }
+
+// WatchGone calls gone, from a goroutine of its own, once the keeper has
+// exited (a pidfd on it becomes readable). The error names the keeper when
+// it cannot be watched.
+func (l Link) WatchGone(gone func()) error {
+	fd, err := unix.PidfdOpen(l.KeeperPID, 0)
+	if err != nil {
+		return fmt.Errorf("watch keeper %d: %w", l.KeeperPID, err)
+	}
+	go func() {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		for {
+			if _, err := unix.Poll(fds, -1); !errors.Is(err, syscall.EINTR) {
+				break
+			}
+		}
+		gone()
+	}()
+	return nil
+}
 
 // StopMsg tells the keeper that this master was told to stop: the keeper
 // stops every other master.
