@@ -25,13 +25,20 @@ type recConn struct {
 	mu     sync.Mutex
 	buf    strings.Builder
 	closed chan struct{}
+	wrote  chan struct{} // a token after each write, for waits on lines
 }
 
-func newRecConn() *recConn { return &recConn{closed: make(chan struct{})} }
+func newRecConn() *recConn {
+	return &recConn{closed: make(chan struct{}), wrote: make(chan struct{}, 1)}
+}
 
 func (c *recConn) Write(b []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	select {
+	case c.wrote <- struct{}{}:
+	default:
+	}
 	return c.buf.Write(b)
 }
 func (c *recConn) Close() error                     { close(c.closed); return nil }

@@ -29,10 +29,16 @@
 //	metrics.go    --metrics: Prometheus exposition, carried across masters
 //	strategy.go   --strategy and the rollout flags, their checks
 //	bluegreen.go  blue-green and canary, both ends: candidate, checks in
-//	              order, switch, bake, promote, rollback; orders to the
-//	              new master on its notify socket
-//	checks.go     the health check, the smoke test and its relay, which
-//	              reach only the candidate; emptying an accept queue
+//	              order, the health stage's retries and --health-timeout,
+//	              switch, bake and its one pending probe, promote,
+//	              rollback; orders to the new master on its notify socket.
+//	              Every decision is the loop's, on the seam's clock
+//	rolloutview.go what baton status and the progress lines show of a
+//	              rollout (stage, checks, probe answers), and the promote
+//	              order's timings; it observes, bluegreen.go decides
+//	checks.go     the health probe, the smoke test and its relay, which
+//	              reach only the candidate; emptying an accept queue (the
+//	              real half of the seam's rollout calls)
 //	members.go    who is in blue-green's reuseport groups: checked before
 //	              every switch, when workers are ready, and every second
 //	control.go    the master's side of the control protocol (package
@@ -40,7 +46,9 @@
 //	systemd.go    sd_notify to the service manager, watchdog
 //	env.go        what a worker's environment is made of
 //	sys.go        the OS seam: process start, signals, clock and timers,
-//	              notifications; tests swap in a fake (fake_test.go)
+//	              notifications, and the rollout's contacts with the
+//	              candidate (health probe, smoke test, accept-queue wait,
+//	              steering share); tests swap in a fake (fake_test.go)
 //	notify.go     the master's own sd_notify socket, for workers
 //	output.go     tagged worker output, inherit mode's stderr tee, and the
 //	              stderr tail of failures

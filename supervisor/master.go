@@ -485,8 +485,10 @@ func (m *master) handle(ev event) {
 		m.onProbe(ev)
 	case evBakeDone:
 		m.onBakeDone(ev.c)
-	case evBakeHealth:
-		m.onBakeHealth(ev.c)
+	case evProbeDue:
+		m.onProbeDue(ev.c)
+	case evHealthTimeout:
+		m.onHealthTimeout(ev.c)
 	case evSwitchBackWait:
 		m.onSwitchBackWait()
 	case evQueueIdle:
