@@ -17,7 +17,7 @@ func TestDrainedExitsPassToTheNewMaster(t *testing.T) {
 	l := serving(t, testConfig(2))
 	c := &ctlConn{conn: discardConn{}, req: control.Request{Cmd: control.CmdReload}}
 	l.m.onControl(c)
-	l.m.handle(evNotify{pid: 999, fields: map[string]string{reportToken: l.m.up.token,
+	l.m.handle(evNotify{PID: 999, Fields: map[string]string{reportToken: l.m.up.token,
 		reportReady: `{"generation":2,"total_ms":30,"workers_starting_ms":20}`, reportNotify: "@new-master"}})
 	l.upg.results <- nil
 	l.awaitEvent()
@@ -40,7 +40,7 @@ func TestDrainedExitsPassToTheNewMaster(t *testing.T) {
 	nm.m.up.parentToken = "tok"
 	for _, r := range sent {
 		_, js, _ := strings.Cut(r, orderCounts+"=")
-		nm.m.handle(evNotify{pid: 1, fields: map[string]string{reportToken: "tok", orderCounts: js}})
+		nm.m.handle(evNotify{PID: 1, Fields: map[string]string{reportToken: "tok", orderCounts: js}})
 	}
 	if got := nm.m.met.counts().Exits["drained"]; got != 2 {
 		t.Fatalf("new master counts %v drained exits, want 2 (sent %q)", got, sent)

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/internal/logevent"
+	"github.com/baton-sh/baton/supervisor/internal/spawn"
 	"github.com/baton-sh/baton/supervisor/sockets"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -270,7 +271,7 @@ func smokeTest(ctx context.Context, s smokeRun) ([]string, error) {
 		return nil, err
 	}
 	cmd.Stdout, cmd.Stderr = pw, pw
-	if err := startUnblocked(cmd); err != nil { // signals.go
+	if err := spawn.StartUnblocked(cmd); err != nil {
 		pw.Close()
 		pr.Close()
 		return nil, fmt.Errorf("start: %w", err)

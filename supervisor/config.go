@@ -15,7 +15,9 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/internal/link"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
+	"github.com/baton-sh/baton/supervisor/internal/pidfile"
 	"github.com/baton-sh/baton/supervisor/sockets"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -214,7 +216,7 @@ func (c *Config) Check() error {
 	if _, err := ResolveCommand(c.Chdir, c.Command[0]); err != nil {
 		return err
 	}
-	if c.PIDFile != "" && !UnderKeeper() {
+	if c.PIDFile != "" && !link.Present() {
 		// Only the keeper writes it: a master, and so an upgrade, checks
 		// only what it writes (a removed /run/app must not refuse deploys).
 		if err := checkPIDFile(c.PIDFile); err != nil {
@@ -307,7 +309,7 @@ func ResolveCommand(dir, name string) (string, error) {
 	return p, nil
 }
 
-// checkPIDFile refuses a pid file a running keeper holds (pidfile.go) and a
+// checkPIDFile refuses a pid file a running keeper holds (package pidfile) and a
 // directory we cannot write, before anything is bound or started.
 func checkPIDFile(path string) error {
 	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
@@ -318,9 +320,9 @@ func checkPIDFile(path string) error {
 		return badConfig("--pid-file", strconv.Quote(path), what, nil)
 	}
 	// A masters' keeper holds the file (the masters run this check too).
-	if os.Getenv(envKeeperPID) == "" {
-		if pid, held := pidFileHolder(path); held {
-			return badConfig("--pid-file", strconv.Quote(path), fmt.Sprintf("%v (pid %d)", errPIDFileHeld, pid), nil)
+	if !link.Present() {
+		if pid, held := pidfile.Holder(path); held {
+			return badConfig("--pid-file", strconv.Quote(path), fmt.Sprintf("%v (pid %d)", pidfile.ErrHeld, pid), nil)
 		}
 	}
 	f, err := os.CreateTemp(filepath.Dir(path), ".baton-check-*")

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/control"
+	"github.com/baton-sh/baton/supervisor/internal/link"
 	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"go.uber.org/zap"
@@ -137,7 +138,7 @@ func (m *master) onControl(c *ctlConn) {
 		if m.keeperPID() != 0 {
 			// The keeper stops every other master too: one starting a new
 			// generation must not take over after the stop.
-			m.sdNotify(keeperStop + "=1")
+			m.sdNotify(link.StopMsg)
 		}
 	}
 }

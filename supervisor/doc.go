@@ -49,38 +49,45 @@
 //	              notifications, and the rollout's contacts with the
 //	              candidate (health probe, smoke test, accept-queue wait,
 //	              steering share); tests swap in a fake (fake_test.go)
-//	notify.go     the master's own sd_notify socket, for workers
 //	output.go     tagged worker output, inherit mode's stderr tee, and the
 //	              stderr tail of failures
 //	hints.go      advice for the usual first-run mistakes: a server binding
 //	              its own port, one that never sends READY=1
 //	shim.go       the trampoline that sets LISTEN_PID
-//	spawn.go      the one OS thread workers are forked from (PDEATHSIG)
 //	trim.go       giving back start-up's memory once a keeper or master
 //	              is at rest (internal/osutil's Trim)
 //	quiet.go      keeping the listening sockets out of the master's epoll
 //	refuse.go     a stop's refusal of new connections once the workers
 //	              have let go of the sockets (sockets/refuse.go)
 //	config.go     Config, its checks, and ConfigError
-//	keeper.go     the keeper: the one process `baton run` stays for the
-//	              service's life; starts the first master, adopts later
-//	              ones (child subreaper), forwards signals, relays
-//	              sd_notify, owns the pid file (Keep)
-//	keeper_tree.go the service's cgroup subtree; what is left at the end
 //	tree.go       a generation's whole process tree: a cgroup per
 //	              generation and worker, or the subreaper's orphans by an
 //	              environment marker; leftovers drained, killed, logged
-//	pidfile.go    the pid file, locked (F_OFD_SETLK) for the keeper's
-//	              life: held means running, unheld means stale
 //
-// Sub-packages: control (protocol and client), sockets (the master's side
-// of the listening sockets; reuseport.go: per-generation sockets and the
-// classic BPF program that steers between them; ebpf.go: the eBPF program
-// over a map of baton's sockets; members.go: the sock_diag membership
-// check), internal/osutil (/proc, own fds, sd_notify sending, Trim),
-// internal/logevent (the stable "event" names of the log entries tests,
-// tools and journald act on; every such entry carries one), internal/cgroup
-// (cgroup v2: make, clone into, list, kill).
+// Sub-packages:
+//
+//	keeper            the one process `baton run` stays for the service's
+//	                  life: starts the first master, adopts later ones as a
+//	                  child subreaper, forwards signals, relays sd_notify,
+//	                  owns the pid file and the service's cgroup subtree
+//	control           the control protocol's wire types and client
+//	sockets           the master's side of the listening sockets;
+//	                  reuseport.go: per-generation sockets and the classic
+//	                  BPF program that steers between them; ebpf.go: the
+//	                  eBPF program over a map of baton's sockets;
+//	                  members.go: the sock_diag membership check
+//	internal/link     the keeper<->master protocol, both ends: the variables
+//	                  the keeper gives masters, the announcement handshake,
+//	                  stop and exit messages; nothing else reads them
+//	internal/notify   the sd_notify socket the keeper and every master read
+//	internal/spawn    the one OS thread children are forked from (for
+//	                  PDEATHSIG), and the signal mask they inherit
+//	internal/pidfile  the pid file, locked (F_OFD_SETLK) for the keeper's
+//	                  life: held means running, unheld means stale
+//	internal/osutil   /proc, own fds, sd_notify sending, Trim
+//	internal/logevent the stable "event" names of the log entries tests,
+//	                  tools and journald act on; every such entry carries one
+//	internal/cgroup   cgroup v2: make, clone into, list, kill
 //
 // Signals and what the loop does with them:
 //
@@ -96,9 +103,7 @@
 // is ready an upgrade is held, not refused (signals.go). Task limits
 // (pids.max, RLIMIT_NPROC) are checked before a start, an upgrade, TTIN and
 // scale, and a master keeps spare threads (tasks.go, package tasks).
-// The keeper answers a master's announcement (handshake.go), keeps fds in
-// reserve (osutil.Reserve) and a lower OOM score (oom.go); a hook's
-// leftovers end with it (hookleft.go).
+// A hook's leftovers end with it (hookleft.go).
 //
 // Phases of a master: booting (its workers are starting; a failure here
 // ends the master, and for an upgrade means rollback), serving (crashed

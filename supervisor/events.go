@@ -3,6 +3,8 @@
 package supervisor
 
 import (
+	"github.com/baton-sh/baton/supervisor/internal/notify"
+
 	"syscall"
 	"time"
 )
@@ -23,7 +25,7 @@ type (
 	evReadyTimeout   struct{ w *worker }
 	evDrainTimeout   struct{ w *worker }
 	evRestart        struct{ s *slot }
-	evNotify         notifyMsg
+	evNotify         notify.Msg
 	evControl        struct{ c *ctlConn }
 	evUpgradeDone    struct{ err error }
 	evParentExited   struct{}

@@ -323,7 +323,7 @@ func (l *loop) started() int {
 
 // ready sends READY=1 from p, as the notify socket would deliver it.
 func (l *loop) ready(p *fakeProc) {
-	l.m.handle(evNotify{pid: p.pid, fields: map[string]string{"READY": "1"}})
+	l.m.handle(evNotify{PID: p.pid, Fields: map[string]string{"READY": "1"}})
 	l.step()
 }
 

@@ -334,7 +334,7 @@ func TestHandover(t *testing.T) {
 		t.Fatalf("upgrade not under way, or the next master's environment not set: %v", l.os.env)
 	}
 	// The new master's report, then tableflip's success.
-	l.m.handle(evNotify{pid: 999, fields: map[string]string{reportToken: l.m.up.token,
+	l.m.handle(evNotify{PID: 999, Fields: map[string]string{reportToken: l.m.up.token,
 		reportReady: `{"generation":2,"total_ms":30,"workers_starting_ms":20}`}})
 	l.upg.results <- nil
 	l.awaitEvent()
@@ -346,7 +346,7 @@ func TestHandover(t *testing.T) {
 	}
 	// The answer waits until the old workers no longer accept: one says
 	// STOPPING=1, the other exits.
-	l.m.handle(evNotify{pid: l.proc(0).pid, fields: map[string]string{"STOPPING": "1"}})
+	l.m.handle(evNotify{PID: l.proc(0).pid, Fields: map[string]string{"STOPPING": "1"}})
 	if len(l.m.up.waiters) != 1 || l.m.up.last != nil {
 		t.Fatal("reload answered while an old worker may still accept")
 	}
@@ -366,8 +366,8 @@ func TestFailedHandoverLeavesTheGenerationUntouched(t *testing.T) {
 		t.Fatal(why)
 	}
 	// A report with a wrong token is not believed.
-	l.m.handle(evNotify{pid: 998, fields: map[string]string{reportToken: "forged", reportFailed: "forged reason"}})
-	l.m.handle(evNotify{pid: 999, fields: map[string]string{reportToken: l.m.up.token,
+	l.m.handle(evNotify{PID: 998, Fields: map[string]string{reportToken: "forged", reportFailed: "forged reason"}})
+	l.m.handle(evNotify{PID: 999, Fields: map[string]string{reportToken: l.m.up.token,
 		reportFailed: "worker 0 (pid 5) exited with exit status 1 before it was ready", reportStderr: `["boom"]`}})
 	l.upg.results <- errUpgrade
 	l.awaitEvent()
@@ -391,7 +391,7 @@ func TestFailedHandoverLeavesTheGenerationUntouched(t *testing.T) {
 
 func TestNotifyFromUnknownProcessIgnored(t *testing.T) {
 	l := newLoop(t, testConfig(1))
-	l.m.handle(evNotify{pid: 4242, fields: map[string]string{"READY": "1"}})
+	l.m.handle(evNotify{PID: 4242, Fields: map[string]string{"READY": "1"}})
 	if l.m.phase != phaseBooting {
 		t.Fatal("READY=1 from a stranger counted")
 	}

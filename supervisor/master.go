@@ -16,7 +16,9 @@ import (
 
 	"github.com/baton-sh/baton/supervisor/control"
 	"github.com/baton-sh/baton/supervisor/earlysig"
+	"github.com/baton-sh/baton/supervisor/internal/link"
 	"github.com/baton-sh/baton/supervisor/internal/logevent"
+	"github.com/baton-sh/baton/supervisor/internal/notify"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"github.com/baton-sh/baton/supervisor/sockets"
 	"github.com/cloudflare/tableflip"
@@ -48,12 +50,12 @@ type master struct {
 	upg     upgrader
 	ready   readiness
 	self    int
-	shell   string        // the trampoline's shell, or "" to re-execute baton
-	baseEnv []string      // workers' environment before per-worker variables
-	lns     *sockets.Set  // nil in tests
-	files   []*os.File    // the listening sockets, fds 3, 4, … of workers
-	fdNames string        // LISTEN_FDNAMES
-	notify  *notifySocket // nil in tests
+	shell   string         // the trampoline's shell, or "" to re-execute baton
+	baseEnv []string       // workers' environment before per-worker variables
+	lns     *sockets.Set   // nil in tests
+	files   []*os.File     // the listening sockets, fds 3, 4, … of workers
+	fdNames string         // LISTEN_FDNAMES
+	notify  *notify.Socket // nil in tests
 	control *net.UnixListener
 	events  chan event
 	done    chan struct{}
@@ -122,24 +124,21 @@ func newMaster(cfg Config, s sys, upg upgrader, gen int) *master {
 // two cases is nothing of this master left running.
 func Run(cfg Config) error {
 	runAt := time.Now()
-	keeper := os.Getenv(envKeeperPID)
+	keeper := link.FromEnv()
 	pidFile := cfg.PIDFile
-	if keeper != "" {
+	if keeper.Present() {
 		// The keeper owns the pid file: its pid, for the service's life.
 		pidFile = ""
 		// Announce this master first thing, and wait for the keeper to
-		// accept it (handshake.go): the keeper must know it before the
-		// old master can exit.
-		kpid, _ := strconv.Atoi(keeper)
-		if err := announce(os.Getenv("NOTIFY_SOCKET"), kpid); err != nil {
-			return fmt.Errorf("announce to keeper %s: %w", keeper, err)
+		// accept it (package link has the handshake): the keeper must
+		// know it before the old master can exit.
+		if err := keeper.Announce(); err != nil {
+			return fmt.Errorf("announce to keeper %d: %w", keeper.KeeperPID, err)
 		}
-		restoreOOMScore() // oom.go: the keeper's lowered score is its own
-		if os.Getenv("LISTEN_PID") == keeper {
-			// Sockets of a systemd .socket unit, passed on by the keeper
-			// at the same fd numbers.
-			os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
-		}
+		keeper.RestoreOOMScore() // the keeper's lowered score is its own
+		// Sockets of a systemd .socket unit, passed on by the keeper at
+		// the same fd numbers.
+		keeper.TakeActivation()
 	}
 	upg, err := tableflip.New(tableflip.Options{
 		PIDFile: pidFile,
@@ -192,23 +191,22 @@ func Run(cfg Config) error {
 		m.release(false)
 		return err
 	}
-	m.setupTrees()
+	m.setupTrees(keeper)
 	defer m.closeTrees()
-	if keeper != "" {
-		pid, _ := strconv.Atoi(keeper)
-		if err := m.watchKeeper(pid); err != nil {
+	if keeper.Present() {
+		if err := m.watchKeeper(keeper.KeeperPID); err != nil {
 			m.release(false)
 			return err
 		}
 	}
 	err = m.run()
-	if keeper != "" {
+	if keeper.Present() {
 		// The status cmd/baton exits with (ErrBootFailed and the like: 1).
 		code := 0
 		if err != nil {
 			code = 1
 		}
-		m.sdNotify(keeperExit + "=" + strconv.Itoa(code))
+		m.sdNotify(link.ExitMsg(code))
 	}
 	return err
 }
@@ -241,7 +239,7 @@ func (m *master) setup() error {
 	}
 	m.lns, m.files, m.fdNames = lns, lns.Files(), lns.Names()
 	quietListeners(m.files)
-	n, err := openNotifySocket(m.cfg.Credential)
+	n, err := notify.Open(m.cfg.Credential)
 	if err != nil {
 		return err
 	}
@@ -295,7 +293,7 @@ func (m *master) openControl(reg sockets.Registry) error {
 // handed over): only the owner unlinks unix sockets and removes the pid file.
 func (m *master) release(owner bool) {
 	if m.notify != nil {
-		m.notify.close()
+		m.notify.Close()
 	}
 	if m.control != nil {
 		m.control.Close()
@@ -312,7 +310,7 @@ func (m *master) release(owner bool) {
 	if owner || !m.up.parentAlive {
 		m.upg.Stop()
 		<-m.upg.Exit()
-		if owner && m.cfg.PIDFile != "" && os.Getenv(envKeeperPID) == "" {
+		if owner && m.cfg.PIDFile != "" && !link.Present() {
 			if b, err := os.ReadFile(m.cfg.PIDFile); err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(m.self) {
 				os.Remove(m.cfg.PIDFile)
 			}
@@ -333,7 +331,7 @@ func (m *master) run() error {
 	// kept caught until it exits: none takes its default action, ever.
 	sigc := earlysig.Chan()
 
-	go m.notify.run(func(msg notifyMsg) { m.post(evNotify(msg)) })
+	go m.notify.Run(func(msg notify.Msg) { m.post(evNotify(msg)) })
 	if m.control != nil && !m.up.parentAlive {
 		// A new master answers only once it serves; until then the old
 		// one does.
@@ -448,7 +446,7 @@ func (m *master) handle(ev event) {
 	case evExit:
 		m.onExit(ev.w, ev.status)
 	case evNotify:
-		m.onNotify(notifyMsg(ev))
+		m.onNotify(notify.Msg(ev))
 	case evReady:
 		m.markReady(ev.w)
 	case evReadyTimeout:
@@ -647,31 +645,31 @@ func (m *master) bootFailed(err error, reason string) {
 
 // onNotify handles one sd_notify datagram, attributed by the kernel to the
 // sending pid.
-func (m *master) onNotify(msg notifyMsg) {
-	w := m.procs[msg.pid]
+func (m *master) onNotify(msg notify.Msg) {
+	w := m.procs[msg.PID]
 	if w == nil {
-		w = m.workerAncestor(msg.pid)
+		w = m.workerAncestor(msg.PID)
 	}
 	if w == nil {
 		// The new master may be gone (and reaped) by the time its report is
 		// read, so it is known by the token it was given, not by its pid.
-		if t := msg.fields[reportToken]; t != "" && t == m.up.token && m.onChildReport(msg.pid, msg.fields) {
+		if t := msg.Fields[reportToken]; t != "" && t == m.up.token && m.onChildReport(msg.PID, msg.Fields) {
 			return
 		}
-		if t := msg.fields[reportToken]; t != "" && t == m.up.parentToken && m.onParentOrder(msg.fields) {
+		if t := msg.Fields[reportToken]; t != "" && t == m.up.parentToken && m.onParentOrder(msg.Fields) {
 			return
 		}
-		m.log.Warn("notify message from unknown process ignored", logevent.NotifyUnknownSender, zap.Int("sender_pid", msg.pid))
+		m.log.Warn("notify message from unknown process ignored", logevent.NotifyUnknownSender, zap.Int("sender_pid", msg.PID))
 		return
 	}
 	w.notified = true
-	if st, ok := msg.fields["STATUS"]; ok {
+	if st, ok := msg.Fields["STATUS"]; ok {
 		w.log.Debug("worker status", zap.String("status", st))
 	}
-	if msg.fields["READY"] == "1" && m.ready.byNotify() {
+	if msg.Fields["READY"] == "1" && m.ready.byNotify() {
 		m.markReady(w)
 	}
-	if msg.fields["STOPPING"] == "1" {
+	if msg.Fields["STOPPING"] == "1" {
 		m.oldWorkerStopped(w)
 	}
 }
@@ -692,7 +690,7 @@ func (m *master) notifyAddr() string {
 	if m.notify == nil {
 		return ""
 	}
-	return m.notify.addr
+	return m.notify.Addr()
 }
 
 // stateName is the master's state as status reports it.
@@ -753,8 +751,7 @@ func (m *master) onKeeperGone() {
 
 // keeperPID is the keeper's pid, or 0 when this master has none.
 func (m *master) keeperPID() int {
-	pid, _ := strconv.Atoi(os.Getenv(envKeeperPID))
-	return pid
+	return link.FromEnv().KeeperPID
 }
 
 // parentGone reports whether the old master that started this one has

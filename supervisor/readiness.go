@@ -3,6 +3,8 @@
 package supervisor
 
 import (
+	"github.com/baton-sh/baton/supervisor/internal/spawn"
+
 	"context"
 	"fmt"
 	"os/exec"
@@ -66,7 +68,7 @@ func (e execReadiness) watch(w *worker, env []string, ready func()) func() {
 			cmd := exec.CommandContext(ctx, "/bin/sh", "-c", e.probe)
 			cmd.Dir = e.dir
 			cmd.Env = penv
-			err := startUnblocked(cmd) // signals.go
+			err := spawn.StartUnblocked(cmd)
 			if err == nil {
 				err = cmd.Wait()
 			}

@@ -36,7 +36,7 @@ func rolloutConfig(st Strategy) Config {
 // ready; the checks begin.
 func offer(t *testing.T, l *loop) {
 	t.Helper()
-	l.m.handle(evNotify{pid: 999, fields: map[string]string{reportToken: l.m.up.token,
+	l.m.handle(evNotify{PID: 999, Fields: map[string]string{reportToken: l.m.up.token,
 		reportCandidate: `{"generation":2,"workers_starting_ms":20}`, reportNotify: "@new"}})
 	if l.m.rollout.cand == nil {
 		t.Fatal("candidate not taken")
@@ -450,7 +450,7 @@ func TestRolloutCandidateCrashDuringTheBake(t *testing.T) {
 	l, c, rc := baking(t, StrategyBlueGreen)
 	// A worker of the new generation crashed: its master gave up and says
 	// why; users go back before its workers drain.
-	l.m.handle(evNotify{pid: 999, fields: map[string]string{reportToken: l.m.up.token,
+	l.m.handle(evNotify{PID: 999, Fields: map[string]string{reportToken: l.m.up.token,
 		reportFailed: "worker 1 (pid 7) exited with signal SIGSEGV while the generation was starting"}})
 	if c.stage != stageRolledBack || !slices.Equal(l.steered(), []int{0, 100, 0}) {
 		t.Fatalf("stage %s, steering %v; want users back on the old generation", c.stage, l.steered())
@@ -536,7 +536,7 @@ func servingOfRecord(t *testing.T, l *loop) {
 
 func TestCandidatePromoted(t *testing.T) {
 	l := newCandidate(t)
-	l.m.handle(evNotify{pid: 1, fields: map[string]string{reportToken: "tok", orderPromote: "1",
+	l.m.handle(evNotify{PID: 1, Fields: map[string]string{reportToken: "tok", orderPromote: "1",
 		orderChecksMS: "1500.000", orderBakeMS: "10000.000"}})
 	servingOfRecord(t, l)
 	if l.m.rollout.checks != 1500*time.Millisecond || l.m.rollout.bake != 10*time.Second {
@@ -546,7 +546,7 @@ func TestCandidatePromoted(t *testing.T) {
 
 func TestCandidateRolledBack(t *testing.T) {
 	l := newCandidate(t)
-	l.m.handle(evNotify{pid: 1, fields: map[string]string{reportToken: "tok", orderRollback: "baton rollback"}})
+	l.m.handle(evNotify{PID: 1, Fields: map[string]string{reportToken: "tok", orderRollback: "baton rollback"}})
 	l.step()
 	if l.m.phase != phaseStopping || !errors.Is(l.m.bootErr, ErrBootFailed) || l.upg.readies != 0 {
 		t.Fatalf("phase %d, bootErr %v, Ready calls %d; want the candidate stopping", l.m.phase, l.m.bootErr, l.upg.readies)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
+	"github.com/baton-sh/baton/supervisor/internal/spawn"
 	"github.com/baton-sh/baton/supervisor/sockets"
 	"github.com/baton-sh/baton/supervisor/tasks"
 	"github.com/cloudflare/tableflip"
@@ -174,7 +175,7 @@ func statusOf(ps *os.ProcessState) exitStatus {
 // osSys returns the real seam and a func that releases it (the spawning
 // thread) once the master's loop has ended.
 func osSys() (sys, func()) {
-	sp := newSpawner()
+	sp := spawn.New(spawn.UnblockCaught)
 	return sys{
 		start: func(p procSpec, exited func(exitStatus)) (process, error) {
 			return startOSProcess(sp, p, exited)
@@ -203,7 +204,7 @@ func osSys() (sys, func()) {
 			return lns.Steer(canary)
 		},
 		headroom: osTasks.headroom, treeTasks: osTasks.treeTasks, limitHits: osTasks.limitHits,
-	}, sp.stop
+	}, sp.Stop
 }
 
 // osProcess is a worker process of this machine.
@@ -215,7 +216,7 @@ type osProcess struct {
 	reaped bool // set before the kernel may hand the pid to another process
 }
 
-func startOSProcess(sp *spawner, p procSpec, exited func(exitStatus)) (*osProcess, error) {
+func startOSProcess(sp *spawn.Spawner, p procSpec, exited func(exitStatus)) (*osProcess, error) {
 	cmd := &exec.Cmd{
 		Path:       p.path,
 		Args:       p.argv,
@@ -244,7 +245,7 @@ func startOSProcess(sp *spawner, p procSpec, exited func(exitStatus)) (*osProces
 		cmd.Stdout = pipes.outW
 	}
 	cmd.Stderr = pipes.errW
-	if err := sp.start(cmd); err != nil {
+	if err := sp.Start(cmd); err != nil {
 		if pipes != nil {
 			pipes.abandon()
 		}

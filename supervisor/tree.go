@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/internal/cgroup"
+	"github.com/baton-sh/baton/supervisor/internal/link"
 	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"go.uber.org/zap"
@@ -27,7 +28,7 @@ import (
 //
 // Two mechanisms find a tree:
 //   - cgroup: the keeper made a cgroup v2 subtree for the service
-//     (envCgroup); each generation gets a cgroup in it and each worker a
+//     (link.EnvCgroup); each generation gets a cgroup in it and each worker a
 //     cgroup in that, which the worker is cloned into (CLONE_INTO_CGROUP,
 //     so nothing it starts is ever outside). Exact: nothing leaves a cgroup
 //     by forking, and cgroup.kill ends it at once.
@@ -39,22 +40,14 @@ import (
 //     leaves its parent escapes this; the keeper still ends whatever is
 //     left of the service when it exits.
 
-// envCgroup, set by the keeper for masters, is the cgroup v2 directory the
-// generations' cgroups are made in; absent: the subreaper mechanism.
-const envCgroup = "BATON_CGROUP"
-
-// envTreesWhy, set by the keeper where it made no cgroup, says why, for
-// `baton status`.
-const envTreesWhy = "BATON_TREES_WHY"
-
 // envTree marks a worker's processes in the subreaper mechanism:
 // GENERATION.MASTER_PID.SEQ, one value per worker process started.
 const envTree = "BATON_TREE"
 
 // Tree mechanisms as status reports them.
 const (
-	treeCgroup    = "cgroup"
-	treeSubreaper = "subreaper"
+	treeCgroup    = link.TreesCgroup
+	treeSubreaper = link.TreesSubreaper
 )
 
 // treeCheckEvery is how often trees with leftovers are looked at.
@@ -82,14 +75,14 @@ type trees struct {
 	checking bool               // a check is scheduled
 }
 
-// setupTrees picks the mechanism for this master's generation and makes
-// its cgroup. A cgroup that cannot be made falls back to the subreaper,
-// with a warning.
-func (m *master) setupTrees() {
+// setupTrees picks the mechanism for this master's generation, as its
+// keeper's link says, and makes its cgroup. A cgroup that cannot be made
+// falls back to the subreaper, with a warning.
+func (m *master) setupTrees(l link.Link) {
 	m.trees.left = make(map[*procTree]bool)
-	base := os.Getenv(envCgroup)
+	base := l.Cgroup
 	if base == "" {
-		m.trees.mode, m.trees.why = treeSubreaper, os.Getenv(envTreesWhy)
+		m.trees.mode, m.trees.why = treeSubreaper, l.TreesWhy
 		return
 	}
 	g, err := cgroup.Make(filepath.Join(base, fmt.Sprintf("gen-%d.%d", m.gen, m.self)))

@@ -41,10 +41,3 @@ func (m *master) trim() {
 	dropped := osutil.Trim()
 	m.log.Debug("memory trimmed", zap.Int64("binary_bytes_unmapped", dropped), zap.Duration("took", m.sys.now().Sub(t0)))
 }
-
-// trim is the keeper's: after its first generation came up, and after each
-// master's exit.
-func (k *keeper) trim() {
-	dropped := osutil.Trim()
-	k.log.Debug("memory trimmed", zap.Int64("binary_bytes_unmapped", dropped))
-}

@@ -208,7 +208,7 @@ func (m *master) launchUpgrade() {
 		if m.notify != nil {
 			// The new master reports how it went before it signals ready
 			// or exits; let that report reach the loop first.
-			m.notify.barrier(100 * time.Millisecond)
+			m.notify.Barrier(100 * time.Millisecond)
 		}
 		m.post(evUpgradeDone{err})
 	}()

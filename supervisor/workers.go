@@ -116,7 +116,7 @@ func (m *master) startWorker(s *slot) {
 			// Datagrams are read in order: a worker's last READY=1 is
 			// handled before its exit (a server that says READY=1 and dies
 			// at once was ready, not a failed start).
-			m.notify.barrier(100 * time.Millisecond)
+			m.notify.Barrier(100 * time.Millisecond)
 		}
 		m.post(evExit{w, st})
 	})

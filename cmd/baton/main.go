@@ -20,6 +20,7 @@ import (
 	"github.com/baton-sh/baton/supervisor"
 	"github.com/baton-sh/baton/supervisor/control"
 	_ "github.com/baton-sh/baton/supervisor/earlysig" // its init catches run's signals before any other package's
+	"github.com/baton-sh/baton/supervisor/keeper"
 	"github.com/baton-sh/baton/supervisor/sockets"
 	"github.com/urfave/cli/v2"
 )
@@ -198,10 +199,10 @@ func runCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 				return &usageError{err}
 			}
 			defer syncLogger(log)
-			if !supervisor.UnderKeeper() {
+			if !keeper.IsMaster() {
 				// This process stays for the service's whole life; the
 				// masters below it come and go at every upgrade.
-				code := supervisor.Keep(supervisor.KeeperConfig{
+				code := keeper.Run(keeper.Config{
 					Args: masterArgs(os.Args), PIDFile: cfg.PIDFile, ReopenLogs: reopen, Log: log.Named("keeper"),
 				})
 				if code != 0 {
@@ -237,7 +238,7 @@ func masterCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 	run := c.Action
 	c.Name, c.Usage, c.Hidden = "master", "a master, as baton run starts it (ps shows the keeper as baton run, masters as baton master)", true
 	c.Action = func(ctx *cli.Context) error {
-		if !supervisor.UnderKeeper() {
+		if !keeper.IsMaster() {
 			return &usageError{errors.New("baton master is started by baton run, for each generation; use baton run")}
 		}
 		return run(ctx)

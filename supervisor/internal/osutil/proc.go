@@ -142,3 +142,14 @@ func HoldsSocket(pid int, inodes []uint64) bool {
 	}
 	return false
 }
+
+// SameProgram reports whether pid runs the same executable as this
+// process (a deploy that replaced the binary leaves the old path
+// " (deleted)"): the keeper's test that a process announcing itself as a
+// master is one, since a worker, also a child of a master, is not.
+func SameProgram(pid int) bool {
+	self, err1 := os.Readlink("/proc/self/exe")
+	other, err2 := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
+	return err1 == nil && err2 == nil &&
+		strings.TrimSuffix(self, " (deleted)") == strings.TrimSuffix(other, " (deleted)")
+}

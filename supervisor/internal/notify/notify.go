@@ -1,6 +1,9 @@
 //go:build linux
 
-package supervisor
+// Package notify is the sd_notify(3) endpoint that the keeper and every
+// master read: a master's workers write to the master's, masters to the
+// keeper's.
+package notify
 
 import (
 	"errors"
@@ -17,7 +20,7 @@ import (
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
 )
 
-// notifySocket is the master's private sd_notify(3) endpoint: a unix
+// Socket is a private sd_notify(3) endpoint (a master's, or the keeper's): a unix
 // datagram socket at a filesystem path, as systemd hands services
 // (/run/systemd/notify), since not every sd_notify client understands an
 // abstract "@name". It lives in a directory of its own that only baton's
@@ -26,7 +29,7 @@ import (
 // next one. SO_PASSCRED makes the kernel attach the sender's pid to every
 // datagram, so a message is attributed to the process that sent it, not to
 // what it claims.
-type notifySocket struct {
+type Socket struct {
 	conn *net.UnixConn
 	addr string // the socket's path
 	dir  string // its private directory, removed at close
@@ -37,9 +40,14 @@ type notifySocket struct {
 	nextID   int
 }
 
-type notifyMsg struct {
-	pid    int
-	fields map[string]string
+// Addr is the socket's path, for NOTIFY_SOCKET.
+func (n *Socket) Addr() string { return n.addr }
+
+// Msg is one datagram: who sent it (the kernel says, SO_PASSCRED) and its
+// KEY=VALUE assignments.
+type Msg struct {
+	PID    int
+	Fields map[string]string
 }
 
 // notifyDirPrefix names the private directories of notify sockets.
@@ -110,9 +118,9 @@ func sweepNotifyDirs(base string) {
 	}
 }
 
-// openNotifySocket binds a new notify socket. cred, when workers run as
+// Open binds a new notify socket. cred, when workers run as
 // another user, names the group that may enter the directory and send.
-func openNotifySocket(cred *syscall.Credential) (*notifySocket, error) {
+func Open(cred *syscall.Credential) (*Socket, error) {
 	base := notifyBase(cred)
 	sweepNotifyDirs(base)
 	dir, err := os.MkdirTemp(base, notifyDirPrefix) // mode 0700
@@ -120,7 +128,7 @@ func openNotifySocket(cred *syscall.Credential) (*notifySocket, error) {
 		return nil, fmt.Errorf("notify socket directory in %s: %w", base, err)
 	}
 	addr := filepath.Join(dir, "notify")
-	fail := func(what string, err error) (*notifySocket, error) {
+	fail := func(what string, err error) (*Socket, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("notify socket %s: %s: %w", addr, what, err)
 	}
@@ -161,17 +169,17 @@ func openNotifySocket(cred *syscall.Credential) (*notifySocket, error) {
 		c.Close()
 		return fail("SO_PASSCRED", err)
 	}
-	return &notifySocket{conn: c, addr: addr, dir: dir, self: os.Getpid(), barriers: make(map[string]chan struct{})}, nil
+	return &Socket{conn: c, addr: addr, dir: dir, self: os.Getpid(), barriers: make(map[string]chan struct{})}, nil
 }
 
 const notifyBarrier = "BATON_BARRIER"
 
-// barrier returns once every datagram queued on the socket before the call
+// Barrier returns once every datagram queued on the socket before the call
 // has been handed to deliver, or after timeout. Datagrams on one socket are
 // read in order, so a barrier sent after a worker exited orders that
 // worker's last READY=1 before the exit: a server that says READY=1 and
 // dies at once was ready, not a failed start.
-func (n *notifySocket) barrier(timeout time.Duration) {
+func (n *Socket) Barrier(timeout time.Duration) {
 	n.mu.Lock()
 	n.nextID++
 	id := strconv.Itoa(n.nextID)
@@ -192,8 +200,8 @@ func (n *notifySocket) barrier(timeout time.Duration) {
 	}
 }
 
-// run reads datagrams until the socket is closed, handing each to deliver.
-func (n *notifySocket) run(deliver func(notifyMsg)) {
+// Run reads datagrams until the socket is closed, handing each to deliver.
+func (n *Socket) Run(deliver func(Msg)) {
 	buf := make([]byte, 64<<10) // room for a failure report with stderr lines
 	oob := make([]byte, syscall.CmsgSpace(syscall.SizeofUcred))
 	for {
@@ -204,11 +212,11 @@ func (n *notifySocket) run(deliver func(notifyMsg)) {
 		if err != nil {
 			continue
 		}
-		pid := senderPid(oob[:noob])
+		pid := SenderPID(oob[:noob])
 		if pid <= 0 {
 			continue
 		}
-		fields := parseNotify(buf[:nb])
+		fields := Parse(buf[:nb])
 		if id, ok := fields[notifyBarrier]; ok && pid == n.self {
 			n.mu.Lock()
 			if ch := n.barriers[id]; ch != nil {
@@ -217,17 +225,18 @@ func (n *notifySocket) run(deliver func(notifyMsg)) {
 			n.mu.Unlock()
 			continue
 		}
-		deliver(notifyMsg{pid: pid, fields: fields})
+		deliver(Msg{PID: pid, Fields: fields})
 	}
 }
 
-// close closes the socket and removes its directory.
-func (n *notifySocket) close() {
+// Close closes the socket and removes its directory.
+func (n *Socket) Close() {
 	n.conn.Close()
 	os.RemoveAll(n.dir)
 }
 
-func senderPid(oob []byte) int {
+// SenderPID is the pid in a datagram's SCM_CREDENTIALS, 0 if none.
+func SenderPID(oob []byte) int {
 	msgs, err := syscall.ParseSocketControlMessage(oob)
 	if err != nil {
 		return 0
@@ -240,9 +249,9 @@ func senderPid(oob []byte) int {
 	return 0
 }
 
-// parseNotify splits an sd_notify datagram: newline-separated KEY=VALUE
+// Parse splits an sd_notify datagram: newline-separated KEY=VALUE
 // assignments. Lines without '=' are ignored, as systemd does.
-func parseNotify(b []byte) map[string]string {
+func Parse(b []byte) map[string]string {
 	fields := make(map[string]string)
 	// systemd splits on "\n" and "\r" alike (strv_split_newlines).
 	for _, line := range strings.FieldsFunc(string(b), func(r rune) bool { return r == '\n' || r == '\r' }) {

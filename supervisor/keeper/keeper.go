@@ -1,6 +1,6 @@
 //go:build linux
 
-package supervisor
+package keeper
 
 import (
 	"errors"
@@ -13,29 +13,14 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/earlysig"
+	"github.com/baton-sh/baton/supervisor/internal/link"
 	"github.com/baton-sh/baton/supervisor/internal/logevent"
+	"github.com/baton-sh/baton/supervisor/internal/notify"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
+	"github.com/baton-sh/baton/supervisor/internal/pidfile"
+	"github.com/baton-sh/baton/supervisor/internal/spawn"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
-)
-
-// The keeper is the one process `baton run` stays for the service's whole
-// life. Masters come and go at every upgrade (tableflip re-executes them);
-// the keeper starts the first one, adopts every later one as a child
-// subreaper, forwards the user's signals to the master of record, relays
-// the masters' sd_notify messages to the service manager as its own, owns
-// the pid file, and exits with the last master's status. It holds no
-// sockets and no workers: nothing of the data path goes through it.
-
-// envKeeperPID tells a master the keeper's pid; masters pass it on to the
-// next master (stripEnv keeps it from workers).
-const envKeeperPID = "BATON_KEEPER_PID"
-
-// Keeper messages on its notify socket, besides sd_notify's own.
-const (
-	keeperRegister = "BATON_MASTER" // "1": a master announces itself
-	keeperStop     = "BATON_STOP"   // "1": a master was told to stop (baton stop)
-	keeperExit     = "BATON_EXIT"   // the status a master is about to exit with
 )
 
 // stopDebounce: a repeated stop signal within this window is the same stop
@@ -43,8 +28,8 @@ const (
 // reaches the whole foreground group). A deliberate second ^C comes later.
 const stopDebounce = 300 * time.Millisecond
 
-// KeeperConfig is what the keeper needs.
-type KeeperConfig struct {
+// Config is what the keeper needs.
+type Config struct {
 	// Args is the command line the first master is started with: baton's
 	// own, so the master parses the same flags. Args[0] is the absolute
 	// path of the binary, which is executed by that path (not
@@ -53,7 +38,7 @@ type KeeperConfig struct {
 	// "baton" as the keeper is.
 	Args []string
 	// PIDFile, if set (absolute), gets the keeper's pid at its start and
-	// stays locked by the keeper for its life (pidfile.go); it is removed
+	// stays locked by the keeper for its life (package pidfile); it is removed
 	// when the keeper exits.
 	PIDFile string
 	// ReopenLogs, if set, is called on SIGUSR1 before it is forwarded.
@@ -61,9 +46,9 @@ type KeeperConfig struct {
 	Log        *zap.Logger
 }
 
-// UnderKeeper reports whether this process was started by a keeper, i.e.
-// is a master; a `baton run` that is not becomes the keeper.
-func UnderKeeper() bool { return os.Getenv(envKeeperPID) != "" }
+// IsMaster reports whether a keeper started this process, i.e. it is a
+// master; a `baton run` that is not becomes the keeper.
+func IsMaster() bool { return link.Present() }
 
 // keptMaster is a master the keeper knows of. Signals go through its
 // pidfd, so a master that has exited is never confused with a process
@@ -72,7 +57,7 @@ type keptMaster struct {
 	pid   int
 	pidfd int
 	// announced: it said BATON_MASTER=1, which it does once its signal
-	// handlers are in place; nothing is forwarded to it before (signals.go).
+	// handlers are in place; nothing is forwarded to it before (announced).
 	announced bool
 }
 
@@ -111,10 +96,10 @@ func (k *keptMaster) signal(sig syscall.Signal) error {
 }
 
 type keeper struct {
-	kc      KeeperConfig
+	kc      Config
 	log     *zap.Logger
 	self    int
-	sock    *notifySocket
+	sock    *notify.Socket
 	manager string // the service manager's NOTIFY_SOCKET, or ""
 	tty     bool   // started with a controlling terminal, hangups not ignored
 	// ttyHungAt is when the terminal hung up, as its poll said.
@@ -134,18 +119,18 @@ type keeper struct {
 	fds        *osutil.Reserve  // descriptors held back for registering masters
 	oomOrig    string           // oom_score_adj before the keeper lowered it
 	ackFD      int              // unbound datagram socket for handshake answers
-	pidLock    *pidLock         // the pid file, held for the keeper's life
-	trees      keeperTrees      // the service's cgroup subtree (keeper_tree.go)
+	pidLock    *pidfile.Lock    // the pid file, held for the keeper's life
+	trees      keeperTrees      // the service's cgroup subtree (tree.go)
 	stalePID   int              // the keeper a stale pid file named (its subtree is ended at start)
 }
 
-// Keep runs the keeper: it starts the first master and returns, with the
+// Run runs the keeper: it starts the first master and returns, with the
 // status to exit with, once no master is left. It blocks for the service's
 // whole life, is called once per process, installs signal handlers, makes
 // the process a child subreaper (so it reaps every orphan below it, as PID
 // 1 of a container must) and changes the process environment passed to the
 // master. An error starting the first master is logged and returns 1.
-func Keep(kc KeeperConfig) int {
+func Run(kc Config) int {
 	osutil.LowGC()
 	k := &keeper{kc: kc, log: kc.Log, self: os.Getpid(), masters: make(map[int]*keptMaster),
 		exited: make(chan *keptMaster, 16), statuses: make(map[int]int)}
@@ -157,8 +142,8 @@ func Keep(kc KeeperConfig) int {
 	// few descriptors it needs to adopt one (a pidfd, a /proc read, an
 	// answer): those are retried with one of these released.
 	k.fds = osutil.NewReserve(keeperReserveFDs)
-	k.ackFD = openAckSocket() // handshake.go
-	k.lowerOOMScore()         // oom.go
+	k.ackFD = link.OpenAnswerSocket()
+	k.lowerOOMScore() // oom.go
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		k.log.Error("keeper: cannot become a child subreaper", zap.Error(err))
 		return 1
@@ -175,15 +160,15 @@ func Keep(kc KeeperConfig) int {
 	// Caught since the first package init (earlysig) and for good.
 	sigc := earlysig.Chan(syscall.SIGCHLD)
 
-	sock, err := openNotifySocket(nil)
+	sock, err := notify.Open(nil)
 	if err != nil {
 		k.log.Error("keeper: notify socket", zap.Error(err))
 		return 1
 	}
 	k.sock = sock
-	defer sock.close()
-	notes := make(chan notifyMsg, 64)
-	go sock.run(func(msg notifyMsg) { notes <- msg })
+	defer sock.Close()
+	notes := make(chan notify.Msg, 64)
+	go sock.Run(func(msg notify.Msg) { notes <- msg })
 
 	// The pid file names the keeper from the start: a second `baton run`
 	// with the same pid file is refused even while this one boots.
@@ -223,7 +208,7 @@ func Keep(kc KeeperConfig) int {
 				// A new master announces itself at its start, long before
 				// the old one exits; the barrier makes sure nothing still
 				// queued on the socket says otherwise.
-				sock.barrier(100 * time.Millisecond)
+				sock.Barrier(100 * time.Millisecond)
 				for len(notes) > 0 {
 					k.onNote(<-notes)
 				}
@@ -244,24 +229,11 @@ func (k *keeper) watchMaster(m *keptMaster) {
 // command line, in a process group of its own (a terminal's ^C reaches the
 // keeper only, which forwards it once), dying with the keeper.
 func (k *keeper) startFirst() (*keptMaster, error) {
-	env := make([]string, 0, len(os.Environ())+4)
 	k.manager = os.Getenv("NOTIFY_SOCKET")
 	activated := os.Getenv("LISTEN_PID") == strconv.Itoa(k.self)
-	for _, kv := range os.Environ() {
-		key, _, _ := strings.Cut(kv, "=")
-		switch {
-		case key == "NOTIFY_SOCKET", key == "WATCHDOG_PID", key == envKeeperPID, key == envCgroup:
-			continue
-		case strings.HasPrefix(key, "LISTEN_") && !activated:
-			continue
-		}
-		env = append(env, kv)
-	}
-	// Masters speak sd_notify to the keeper, which relays as itself; the
-	// watchdog interval stays, its pid check is for the masters to pass.
-	env = append(env, "NOTIFY_SOCKET="+k.sock.addr, envKeeperPID+"="+strconv.Itoa(k.self), envKeeperAcks+"=1")
-	env = append(env, k.oomEnv()...)
-	env = append(env, k.setupTrees()...)
+	offer := link.Offer{KeeperPID: k.self, Notify: k.sock.Addr(), OOMScoreAdj: k.oomOrig}
+	k.setupTrees(&offer)
+	env := offer.Env(os.Environ(), activated)
 	cmd := &exec.Cmd{
 		Path:   k.kc.Args[0],
 		Args:   k.kc.Args,
@@ -283,8 +255,8 @@ func (k *keeper) startFirst() (*keptMaster, error) {
 			cmd.ExtraFiles = append(cmd.ExtraFiles, os.NewFile(uintptr(3+i), "activated"))
 		}
 	}
-	sp := newSpawner() // PDEATHSIG follows the forking thread; keep it for life
-	if err := sp.start(cmd); err != nil {
+	sp := spawn.New(spawn.BlockAcrossExec) // PDEATHSIG follows the forking thread; keep it for life
+	if err := sp.Start(cmd); err != nil {
 		return nil, err
 	}
 	pid := cmd.Process.Pid
@@ -444,22 +416,22 @@ func (k *keeper) toRecord(sig syscall.Signal) {
 	}
 }
 
-func (k *keeper) onNote(msg notifyMsg) {
-	m := k.masters[msg.pid]
-	if msg.fields[keeperRegister] == "1" {
+func (k *keeper) onNote(msg notify.Msg) {
+	m := k.masters[msg.PID]
+	if announce, ackTo := link.Announcement(msg.Fields); announce {
 		var why string
 		if m == nil {
-			m, why = k.register(msg.pid)
+			m, why = k.register(msg.PID)
 		} else {
 			k.announced(m) // the first master
 		}
-		k.answer(msg, m, why) // handshake.go
+		k.answer(msg.PID, ackTo, m, why) // handshake.go
 	}
 	if m == nil {
-		k.log.Warn("notify message from unknown process ignored", logevent.NotifyUnknownSender, zap.Int("sender_pid", msg.pid))
+		k.log.Warn("notify message from unknown process ignored", logevent.NotifyUnknownSender, zap.Int("sender_pid", msg.PID))
 		return
 	}
-	if v, ok := msg.fields[keeperExit]; ok {
+	if v, ok := msg.Fields[link.KeyExit]; ok {
 		// Its parent may be another master, which reaps it: this is then
 		// the only way to learn its status.
 		if code, err := strconv.Atoi(v); err == nil {
@@ -468,13 +440,13 @@ func (k *keeper) onNote(msg notifyMsg) {
 			}
 		}
 	}
-	if msg.fields[keeperStop] == "1" && !k.stopping {
+	if msg.Fields[link.KeyStop] == "1" && !k.stopping {
 		k.log.Info("stop requested through a master: stopping every other master", logevent.KeeperStopping, zap.Int("master_pid", m.pid))
 		k.stopping, k.stopSig, k.stopAt = true, syscall.SIGTERM, time.Now()
 		k.toAll(syscall.SIGTERM, m) // m stops already; a second TERM would kill
 
 	}
-	if _, ok := msg.fields["MAINPID"]; ok && msg.fields["READY"] == "1" {
+	if _, ok := msg.Fields["MAINPID"]; ok && msg.Fields["READY"] == "1" {
 		// Masters say MAINPID= when their generation serves: it is now the
 		// master of record.
 		k.setRecord(m)
@@ -483,7 +455,7 @@ func (k *keeper) onNote(msg notifyMsg) {
 		}
 		k.ready = true
 	}
-	k.relay(msg.fields)
+	k.relay(msg.Fields)
 }
 
 // register adopts a master that announced itself: a child of a master we
@@ -497,7 +469,7 @@ func (k *keeper) register(pid int) (*keptMaster, string) {
 		k.log.Error("master announcement not accepted: keeper cannot read the process", logevent.MasterRefused, zap.Int("sender_pid", pid), zap.Error(err))
 		return nil, "keeper cannot read the process: " + err.Error()
 	}
-	if !sameProgram(pid) {
+	if !osutil.SameProgram(pid) {
 		k.log.Warn("master announcement from a process that does not run baton ignored", zap.Int("sender_pid", pid))
 		return nil, "not running baton"
 	}
@@ -544,13 +516,13 @@ func (k *keeper) relay(fields map[string]string) {
 	}
 }
 
-// writePIDFile takes the pid file for the keeper's life (pidfile.go): a
+// writePIDFile takes the pid file for the keeper's life (package pidfile): a
 // file nobody holds is stale and replaced, with a log line.
 func (k *keeper) writePIDFile() error {
 	if k.kc.PIDFile == "" {
 		return nil
 	}
-	l, stale, err := lockPIDFile(k.kc.PIDFile, k.self)
+	l, stale, err := pidfile.Take(k.kc.PIDFile, k.self)
 	if err != nil {
 		return err
 	}
@@ -565,7 +537,7 @@ func (k *keeper) writePIDFile() error {
 
 // removePIDFile removes the pid file the keeper holds, and lets it go.
 func (k *keeper) removePIDFile() {
-	k.pidLock.release()
+	k.pidLock.Release()
 	k.pidLock = nil
 }
 
@@ -617,16 +589,6 @@ func waitStatus(ws syscall.WaitStatus) int {
 	return ws.ExitStatus()
 }
 
-// sameProgram reports whether pid runs baton, as the keeper does (a
-// deploy that replaced the binary leaves the old path " (deleted)"): a
-// worker, also a child of a master, cannot announce itself as one.
-func sameProgram(pid int) bool {
-	self, err1 := os.Readlink("/proc/self/exe")
-	other, err2 := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
-	return err1 == nil && err2 == nil &&
-		strings.TrimSuffix(self, " (deleted)") == strings.TrimSuffix(other, " (deleted)")
-}
-
 // logOutcome logs at info once the service has served, at debug for a
 // start that failed (its master already said why, in one line).
 func (k *keeper) logOutcome(msg string, fields ...zap.Field) {
@@ -636,3 +598,32 @@ func (k *keeper) logOutcome(msg string, fields ...zap.Field) {
 		k.log.Debug(msg, fields...)
 	}
 }
+
+// announced notes that the first master announced itself: it becomes the
+// master of record and gets what was held for it.
+func (k *keeper) announced(m *keptMaster) {
+	if m.announced {
+		return
+	}
+	m.announced = true
+	if k.stopping {
+		k.pending = nil // a stop wins over what was held
+		if err := m.signal(k.stopSig); err != nil {
+			k.log.Warn("forward signal failed", zap.Error(err))
+		}
+		return
+	}
+	if k.record == nil && !k.ready {
+		k.setRecord(m)
+	}
+}
+
+// trim gives back what start-up or an upgrade used (osutil.Trim): after
+// the first generation came up, and after each master's exit.
+func (k *keeper) trim() {
+	dropped := osutil.Trim()
+	k.log.Debug("memory trimmed", zap.Int64("binary_bytes_unmapped", dropped))
+}
+
+// sigName is a signal's name as logs give it: "SIGUSR2".
+func sigName(sig syscall.Signal) string { return unix.SignalName(sig) }

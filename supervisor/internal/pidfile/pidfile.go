@@ -1,6 +1,8 @@
 //go:build linux
 
-package supervisor
+// Package pidfile is baton's pid file: written and held by the keeper,
+// asked about by a starting baton's checks.
+package pidfile
 
 import (
 	"errors"
@@ -22,22 +24,22 @@ import (
 // names now: after a reboot or a container restart it is often an
 // unrelated one.
 
-// pidLock is the keeper's held pid file.
-type pidLock struct {
+// Lock is the keeper's held pid file.
+type Lock struct {
 	path string
 	f    *os.File
 }
 
-// errPIDFileHeld is wrapped by lockPIDFile's error when a running keeper
+// ErrHeld is wrapped by Take's error when a running keeper
 // holds the file.
-var errPIDFileHeld = errors.New("held by a running baton keeper")
+var ErrHeld = errors.New("held by a running baton keeper")
 
-// lockPIDFile takes the pid file at path for this process and writes pid
+// Take takes the pid file at path for this process and writes pid
 // into it. It returns the pid the file named before when that was stale
 // (0 when the file was new or empty). It does not block: a file another
-// process holds fails with an error wrapping errPIDFileHeld and naming the
+// process holds fails with an error wrapping ErrHeld and naming the
 // holder's pid as the file says it.
-func lockPIDFile(path string, pid int) (*pidLock, int, error) {
+func Take(path string, pid int) (*Lock, int, error) {
 	for {
 		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 		if err != nil {
@@ -48,7 +50,7 @@ func lockPIDFile(path string, pid int) (*pidLock, int, error) {
 			holder := readPID(f)
 			f.Close()
 			if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EACCES) {
-				return nil, 0, fmt.Errorf("--pid-file %q: %w (pid %d)", path, errPIDFileHeld, holder)
+				return nil, 0, fmt.Errorf("--pid-file %q: %w (pid %d)", path, ErrHeld, holder)
 			}
 			return nil, 0, fmt.Errorf("--pid-file %q: lock: %w", path, err)
 		}
@@ -68,12 +70,12 @@ func lockPIDFile(path string, pid int) (*pidLock, int, error) {
 			f.Close()
 			return nil, 0, fmt.Errorf("--pid-file %q: write: %w", path, err)
 		}
-		return &pidLock{path: path, f: f}, stale, nil
+		return &Lock{path: path, f: f}, stale, nil
 	}
 }
 
-// release removes the pid file while still holding it, then lets it go.
-func (l *pidLock) release() {
+// Release removes the pid file while still holding it, then lets it go.
+func (l *Lock) Release() {
 	if l == nil {
 		return
 	}
@@ -85,10 +87,10 @@ func (l *pidLock) release() {
 	l.f.Close()
 }
 
-// pidFileHolder reports whether a process holds the pid file at path, and
+// Holder reports whether a process holds the pid file at path, and
 // the pid the file names. It takes no lock (F_OFD_GETLK only asks), so a
 // check never makes a starting keeper fail.
-func pidFileHolder(path string) (pid int, held bool) {
+func Holder(path string) (pid int, held bool) {
 	f, err := os.Open(path)
 	if err != nil {
 		return 0, false

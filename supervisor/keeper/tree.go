@@ -1,6 +1,6 @@
 //go:build linux
 
-package supervisor
+package keeper
 
 import (
 	"fmt"
@@ -12,14 +12,15 @@ import (
 	"time"
 
 	"github.com/baton-sh/baton/supervisor/internal/cgroup"
+	"github.com/baton-sh/baton/supervisor/internal/link"
 	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
 	"go.uber.org/zap"
 )
 
 // The keeper makes the service's cgroup v2 subtree, in which masters make
-// a cgroup per generation and per worker (tree.go), and ends whatever is
-// left of the service when it exits.
+// a cgroup per generation and per worker (supervisor/tree.go), and ends
+// whatever is left of the service when it exits.
 //
 // Where the keeper is alone in its cgroup (systemd with Delegate=yes, a
 // container with its own cgroup namespace) the subtree is that cgroup: the
@@ -36,18 +37,19 @@ type keeperTrees struct {
 	why  string       // why there is no cgroup
 }
 
-// setupTrees makes the service's cgroup subtree if it can; env is what
-// the first master (and so every later one) gets.
-func (k *keeper) setupTrees() (env []string) {
+// setupTrees makes the service's cgroup subtree if it can, and says so
+// in the offer to the first master (and so to every later one).
+func (k *keeper) setupTrees(offer *link.Offer) {
 	base, err := k.makeBase()
 	if err != nil {
 		k.trees.why = err.Error()
-		k.log.Info("process trees tracked by the subreaper", logevent.ProcessTrees, zap.String("mechanism", treeSubreaper), zap.String("reason", k.trees.why))
-		return []string{envTreesWhy + "=" + k.trees.why}
+		k.log.Info("process trees tracked by the subreaper", logevent.ProcessTrees, zap.String("mechanism", link.TreesSubreaper), zap.String("reason", k.trees.why))
+		offer.TreesWhy = k.trees.why
+		return
 	}
 	k.trees.base = base
-	k.log.Info("process trees tracked by cgroup", logevent.ProcessTrees, zap.String("mechanism", treeCgroup), zap.String("cgroup", base.Path()))
-	return []string{envCgroup + "=" + base.Path()}
+	k.log.Info("process trees tracked by cgroup", logevent.ProcessTrees, zap.String("mechanism", link.TreesCgroup), zap.String("cgroup", base.Path()))
+	offer.Cgroup = base.Path()
 }
 
 func (k *keeper) makeBase() (cgroup.Group, error) {
@@ -91,7 +93,7 @@ func (k *keeper) makeBase() (cgroup.Group, error) {
 // holding the listening socket) would make this start fail on the port.
 // A subtree of another service, not named by our pid file, is left alone.
 func (k *keeper) endStaleBase(own string) {
-	if k.stalePID <= 0 || k.stalePID == k.self || !osutil.Gone(k.stalePID) && sameProgram(k.stalePID) {
+	if k.stalePID <= 0 || k.stalePID == k.self || !osutil.Gone(k.stalePID) && osutil.SameProgram(k.stalePID) {
 		return
 	}
 	g := cgroup.Group(filepath.Join(own, "baton-"+strconv.Itoa(k.stalePID)))
@@ -118,7 +120,7 @@ func removeStaleBases(own string) {
 	dirs, _ := filepath.Glob(filepath.Join(own, "baton-*"))
 	for _, d := range dirs {
 		pid, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(d), "baton-"))
-		if err != nil || !osutil.Gone(pid) && sameProgram(pid) {
+		if err != nil || !osutil.Gone(pid) && osutil.SameProgram(pid) {
 			continue
 		}
 		if g := cgroup.Group(d); !g.Populated() {

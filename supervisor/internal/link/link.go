@@ -1,0 +1,273 @@
+//go:build linux
+
+// Package link is the protocol between the keeper (package keeper) and
+// the masters below it, both ends: the environment the keeper gives its
+// first master (which every later master inherits through tableflip's
+// re-exec), and the messages a master sends on the keeper's notify socket.
+// Nothing else reads or writes these variables and keys.
+//
+// A master's announcement is a handshake: the master says BATON_MASTER=1
+// with the address of a socket of its own (BATON_ACK_TO), and waits for
+// the keeper's answer, BATON_ACCEPTED=1 or BATON_REFUSED=why. A master
+// the keeper did not accept exits with the reason (for an upgrade: the
+// upgrade fails with it, the old master keeps serving), so the keeper
+// never runs without knowing of a live master, and never exits while one
+// lives. Keepers that predate the handshake do not set EnvAcks; masters
+// under them announce without waiting.
+package link
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/baton-sh/baton/supervisor/internal/notify"
+	"github.com/baton-sh/baton/supervisor/internal/osutil"
+)
+
+// Variables the keeper sets for its masters. Masters pass them on to the
+// next master; workers never see them (a master strips every BATON_
+// variable from a worker's environment).
+const (
+	EnvKeeperPID = "BATON_KEEPER_PID"  // the keeper's pid
+	EnvAcks      = "BATON_KEEPER_ACKS" // "1": the keeper answers announcements
+	// EnvCgroup is the cgroup v2 directory the generations' cgroups are
+	// made in; absent: the subreaper mechanism.
+	EnvCgroup = "BATON_CGROUP"
+	// EnvTreesWhy, set where the keeper made no cgroup, says why, for
+	// `baton status`.
+	EnvTreesWhy = "BATON_TREES_WHY"
+	// EnvOOMScoreAdj is the keeper's oom_score_adj at its start, which a
+	// master restores for itself and its workers.
+	EnvOOMScoreAdj = "BATON_OOM_SCORE_ADJ"
+)
+
+// Keys of a master's messages on the keeper's notify socket, besides
+// sd_notify's own, and of the keeper's answers.
+const (
+	KeyRegister = "BATON_MASTER" // "1": a master announces itself
+	KeyStop     = "BATON_STOP"   // "1": a master was told to stop (baton stop)
+	KeyExit     = "BATON_EXIT"   // the status a master is about to exit with
+	KeyAckTo    = "BATON_ACK_TO" // where the keeper answers an announcement
+	KeyAccepted = "BATON_ACCEPTED"
+	KeyRefused  = "BATON_REFUSED"
+)
+
+// ackPrefix starts the abstract address of every master's answer socket;
+// the keeper answers nowhere else.
+const ackPrefix = "@baton-ack-"
+
+// Tree mechanisms, as the keeper logs them and status reports them.
+const (
+	TreesCgroup    = "cgroup"
+	TreesSubreaper = "subreaper"
+)
+
+// AnnounceWait bounds a master's wait for the keeper's answer; a keeper
+// that does not answer in this time (stopped, starved) fails the new
+// master.
+const AnnounceWait = 10 * time.Second
+
+// Link is a master's side of the link: whether a keeper started it, and
+// what the keeper gave it. The zero Link is a master with no keeper.
+type Link struct {
+	KeeperPID int    // 0: no keeper
+	Cgroup    string // the service's cgroup subtree, or "" (subreaper)
+	TreesWhy  string // why there is no cgroup
+	acks      bool
+	notify    string // the keeper's notify socket
+	oomScore  string
+}
+
+// FromEnv reads the link from this process's environment: the one place
+// a master reads the keeper's variables.
+func FromEnv() Link {
+	pid, _ := strconv.Atoi(os.Getenv(EnvKeeperPID))
+	return Link{
+		KeeperPID: pid,
+		Cgroup:    os.Getenv(EnvCgroup),
+		TreesWhy:  os.Getenv(EnvTreesWhy),
+		acks:      os.Getenv(EnvAcks) == "1",
+		notify:    os.Getenv("NOTIFY_SOCKET"),
+		oomScore:  os.Getenv(EnvOOMScoreAdj),
+	}
+}
+
+// Present reports whether a keeper started this master.
+func (l Link) Present() bool { return l.KeeperPID != 0 }
+
+// Present reports whether this process was started by a keeper, i.e. is
+// a master.
+func Present() bool { return os.Getenv(EnvKeeperPID) != "" }
+
+// StopMsg tells the keeper that this master was told to stop: the keeper
+// stops every other master.
+const StopMsg = KeyStop + "=1"
+
+// ExitMsg tells the keeper the status this master is about to exit with
+// (its parent may be another master, which reaps it).
+func ExitMsg(code int) string { return KeyExit + "=" + strconv.Itoa(code) }
+
+// Announce tells the keeper that this process is a master, and returns
+// once it accepted; the error says why not. It blocks for AnnounceWait
+// at most.
+func (l Link) Announce() error {
+	if !l.acks {
+		return osutil.SendNotify(l.notify, KeyRegister+"=1")
+	}
+	name := ackPrefix + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatUint(rand.Uint64(), 36)
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: name, Net: "unixgram"})
+	if err != nil {
+		return fmt.Errorf("socket for the keeper's answer: %w", err)
+	}
+	defer c.Close()
+	if rc, err := c.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_PASSCRED, 1) })
+	}
+	if err := osutil.SendNotify(l.notify, KeyRegister+"=1\n"+KeyAckTo+"="+name); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(AnnounceWait)
+	c.SetReadDeadline(deadline)
+	buf := make([]byte, 4096)
+	oob := make([]byte, syscall.CmsgSpace(syscall.SizeofUcred))
+	for {
+		nb, noob, _, _, err := c.ReadMsgUnix(buf, oob)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return fmt.Errorf("keeper %d did not answer this master's announcement within %s (stopped or starved?)", l.KeeperPID, AnnounceWait)
+			}
+			return fmt.Errorf("read the keeper's answer: %w", err)
+		}
+		if notify.SenderPID(oob[:noob]) != l.KeeperPID {
+			continue // only the keeper answers
+		}
+		f := notify.Parse(buf[:nb])
+		if f[KeyAccepted] == "1" {
+			return nil
+		}
+		if why, ok := f[KeyRefused]; ok {
+			return fmt.Errorf("keeper %d refused this master: %s", l.KeeperPID, why)
+		}
+	}
+}
+
+// RestoreOOMScore sets this master's oom_score_adj back to the keeper's
+// original (raising one's own score needs no privilege), so that masters
+// and workers keep the score the service was given. The variable stays
+// for the next master, which inherits this one's score anyway.
+func (l Link) RestoreOOMScore() {
+	if l.oomScore == "" {
+		return
+	}
+	if cur, ok := ReadOOMScore(); ok && strconv.Itoa(cur) != l.oomScore {
+		os.WriteFile(OOMScoreAdjPath, []byte(l.oomScore), 0)
+	}
+}
+
+// OOMScoreAdjPath is this process's oom_score_adj.
+const OOMScoreAdjPath = "/proc/self/oom_score_adj"
+
+// ReadOOMScore is this process's oom_score_adj; false if unreadable.
+func ReadOOMScore() (int, bool) {
+	b, err := os.ReadFile(OOMScoreAdjPath)
+	if err != nil {
+		return 0, false
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	return n, err == nil
+}
+
+// TakeActivation makes sockets of a systemd .socket unit, which the keeper
+// passed on at the same fd numbers with LISTEN_PID naming the keeper, this
+// master's (LISTEN_PID set to its own pid).
+func (l Link) TakeActivation() {
+	if l.Present() && os.Getenv("LISTEN_PID") == strconv.Itoa(l.KeeperPID) {
+		os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
+	}
+}
+
+// Offer is what the keeper gives its first master.
+type Offer struct {
+	KeeperPID   int
+	Notify      string // the keeper's notify socket
+	Cgroup      string // the service's cgroup subtree, or ""
+	TreesWhy    string // why there is no cgroup (Cgroup "")
+	OOMScoreAdj string // the score the keeper started with, or ""
+}
+
+// Env is the first master's environment: environ (the keeper's) without
+// the service manager's notify and watchdog pid (masters speak sd_notify
+// to the keeper, which relays as itself; the watchdog interval stays, its
+// pid check is for the masters to pass), without the link's variables of
+// another keeper, without socket activation unless activated (LISTEN_PID
+// names this keeper), and with the offer.
+func (o Offer) Env(environ []string, activated bool) []string {
+	env := make([]string, 0, len(environ)+6)
+	for _, kv := range environ {
+		key, _, _ := strings.Cut(kv, "=")
+		switch {
+		case key == "NOTIFY_SOCKET", key == "WATCHDOG_PID", key == EnvKeeperPID, key == EnvCgroup:
+			continue
+		case strings.HasPrefix(key, "LISTEN_") && !activated:
+			continue
+		}
+		env = append(env, kv)
+	}
+	env = append(env, "NOTIFY_SOCKET="+o.Notify, EnvKeeperPID+"="+strconv.Itoa(o.KeeperPID), EnvAcks+"=1")
+	if o.OOMScoreAdj != "" {
+		env = append(env, EnvOOMScoreAdj+"="+o.OOMScoreAdj)
+	}
+	if o.Cgroup != "" {
+		env = append(env, EnvCgroup+"="+o.Cgroup)
+	} else {
+		env = append(env, EnvTreesWhy+"="+o.TreesWhy)
+	}
+	return env
+}
+
+// Announcement is a master's announcement as the keeper reads it: whether
+// fields hold one, and where to answer ("" when the master does not wait
+// for an answer).
+func Announcement(fields map[string]string) (ok bool, ackTo string) {
+	if fields[KeyRegister] != "1" {
+		return false, ""
+	}
+	to := fields[KeyAckTo]
+	if !strings.HasPrefix(to, ackPrefix) {
+		to = ""
+	}
+	return true, to
+}
+
+// OpenAnswerSocket opens the keeper's socket for answers (-1 if it
+// cannot: then answers fail, and masters that asked give up after
+// AnnounceWait). It is opened at the keeper's start so that a keeper out
+// of descriptors can still say why it refuses.
+func OpenAnswerSocket() int {
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1
+	}
+	return fd
+}
+
+// Answer sends the keeper's answer to an announcement at to, through fd
+// (OpenAnswerSocket): accepted when refusal is "", else refused with it.
+func Answer(fd int, to, refusal string) error {
+	reply := KeyAccepted + "=1"
+	if refusal != "" {
+		reply = KeyRefused + "=" + strings.ReplaceAll(refusal, "\n", " ")
+	}
+	if err := syscall.Sendto(fd, []byte(reply), 0, &syscall.SockaddrUnix{Name: to}); err != nil {
+		return fmt.Errorf("answer %s: %w", to, err)
+	}
+	return nil
+}

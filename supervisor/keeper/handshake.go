@@ -1,0 +1,27 @@
+//go:build linux
+
+package keeper
+
+import (
+	"github.com/baton-sh/baton/supervisor/internal/link"
+	"go.uber.org/zap"
+)
+
+// answer replies to the announcement of pid that asked for an answer at
+// ackTo (package link has the handshake): accepted when m is the master
+// it became, else refused with why.
+func (k *keeper) answer(pid int, ackTo string, m *keptMaster, why string) {
+	if ackTo == "" {
+		return
+	}
+	if m == nil && why == "" {
+		why = "not a master the keeper knows"
+	} else if m != nil {
+		why = ""
+	}
+	// Through a socket opened at start: a keeper out of descriptors can
+	// still say why it refuses.
+	if err := link.Answer(k.ackFD, ackTo, why); err != nil {
+		k.log.Error("could not answer a master's announcement", zap.Int("master_pid", pid), zap.Error(err))
+	}
+}
