@@ -459,7 +459,7 @@ func (m *master) generationReady() {
 		m.bootFailed(fmt.Errorf("%w: %s", ErrBootFailed, why), why)
 		return
 	}
-	if !m.cfg.Rollout.Strategy.steered() || !m.up.parentAlive || m.up.parentNotify == "" {
+	if !m.cfg.Rollout.Strategy.steered() || !m.origin.parentAlive || m.origin.parentNotify == "" {
 		m.bootDone()
 		return
 	}
@@ -474,7 +474,7 @@ func (m *master) generationReady() {
 	m.log.Info("generation ready as a candidate: waiting for the old master's checks", logevent.RolloutCandidate, zap.Duration("workers_starting", now.Sub(m.bootAt)))
 	m.step(control.Progress{Event: control.EvGenerationReady, Count: len(m.slots), DurationMS: ms(now.Sub(m.bootAt)),
 		Message: fmt.Sprintf("all %d workers ready after %s; the old master checks them before the switch", len(m.slots), now.Sub(m.bootAt).Round(time.Millisecond))})
-	m.sys.notifyTo(m.up.parentNotify, reportToken+"="+m.up.parentToken+"\n"+reportCandidate+"="+string(b)+"\n"+reportNotify+"="+m.notifyAddr())
+	m.sys.notifyTo(m.origin.parentNotify, reportToken+"="+m.origin.parentToken+"\n"+reportCandidate+"="+string(b)+"\n"+reportNotify+"="+m.notifyAddr())
 }
 
 // onParentOrder takes an order from the old master; false when fields hold

@@ -42,7 +42,7 @@ func (m *master) openGroup(reg sockets.Registry, act []sockets.Activated) (*sock
 		}
 		return nil, fmt.Errorf("--strategy %s: sockets from systemd socket activation are shared by every generation; blue-green and canary need baton to bind each generation's own (drop the .socket unit)", st)
 	}
-	lns, err := sockets.OpenGroup(m.cfg.Listen, !m.up.parentAlive)
+	lns, err := sockets.OpenGroup(m.cfg.Listen, !m.origin.parentAlive)
 	if err != nil {
 		return nil, fmt.Errorf("--strategy %s: %w", st, err)
 	}
@@ -52,7 +52,7 @@ func (m *master) openGroup(reg sockets.Registry, act []sockets.Activated) (*sock
 		m.log.Info("steering with classic BPF: any socket of the same user that joins the group can receive connections; the membership check reports it",
 			zap.String("ebpf_unavailable", err.Error()))
 	}
-	if !m.up.parentAlive {
+	if !m.origin.parentAlive {
 		if err := lns.Steer(0); err != nil {
 			lns.Close()
 			return nil, fmt.Errorf("--strategy %s needs a kernel that steers SO_REUSEPORT groups with BPF (Linux >= 4.6, plain TCP): %w", st, osutilCause(err))

@@ -215,8 +215,8 @@ func TestStopWaitsForTheHook(t *testing.T) {
 // later requests merge into it, and it runs when the old master exits.
 func TestUpgradeQueuedBehindTheDrain(t *testing.T) {
 	l := serving(t, testConfig(1))
-	l.m.up.parentAlive = true
-	l.m.up.parentDeadline = l.m.sys.now().Add(4 * time.Second)
+	l.m.origin.parentAlive = true
+	l.m.origin.parentDeadline = l.m.sys.now().Add(4 * time.Second)
 	rc1 := l.reload(false)
 	l.signal(syscall.SIGUSR2)
 	rc2 := l.reload(false)
@@ -256,7 +256,7 @@ func TestUpgradeQueuedBehindTheDrain(t *testing.T) {
 
 func TestQueuedUpgradeDroppedOnStop(t *testing.T) {
 	l := serving(t, testConfig(1))
-	l.m.up.parentAlive = true
+	l.m.origin.parentAlive = true
 	rc := l.reload(false)
 	l.signal(syscall.SIGTERM)
 	if _, res := rc.lines(t); res.Code != control.ReloadRefused || !strings.Contains(res.Reason, "stopping") {
@@ -294,7 +294,7 @@ func TestScale(t *testing.T) {
 func TestNewMasterReportsSteps(t *testing.T) {
 	f, upg := newFakeOS(), newFakeUpgrader()
 	m := newMaster(testConfig(2), f.sys(), upg, 2)
-	m.up.parentNotify, m.up.parentToken, m.up.parentAlive = "@old", "tok", true
+	m.origin.parentNotify, m.origin.parentToken, m.origin.parentAlive = "@old", "tok", true
 	l := &loop{t: t, m: m, os: f, upg: upg}
 	m.boot()
 	l.step()

@@ -21,7 +21,19 @@
 //	workers.go    a generation's workers: spawn, exit, crash restart with
 //	              backoff, drain, TTIN/TTOU, and the timers of each
 //	readiness.go  when a worker counts as ready (notify, delay:, exec:)
-//	upgrade.go    the handover protocol, both ends, its state in one struct
+//	upgrade.go    the handover protocol, both ends, and its state in two
+//	              structs. originState is a new master's part in the
+//	              upgrade that started it (what the old master passed,
+//	              the takeover, the old master's exit): only upgrade.go
+//	              writes it, the rest of the master reads it.
+//	              upgradeState is an old master's part in the upgrade it
+//	              runs: upgrade.go runs it; queue.go, signals.go and
+//	              hook.go hold it before it starts (queuedAt/By, hookTook,
+//	              waited); carrycounts.go passes counts (childNotify,
+//	              passed); bluegreen.go records why a rollout failed
+//	              (reason, stderr, outputOf, failedStep); control.go and
+//	              progress.go hold the reloads waiting on it (waiters);
+//	              master.go and workers.go only read it
 //	hook.go       --before-upgrade: run by the old master before an upgrade
 //	queue.go      the one upgrade waiting for the previous generation's drain
 //	progress.go   a reload's progress lines, and a new master's steps sent

@@ -513,8 +513,8 @@ func TestRolloutCanaryShare(t *testing.T) {
 func newCandidate(t *testing.T) *loop {
 	t.Helper()
 	l := newLoop(t, rolloutConfig(StrategyBlueGreen))
-	l.m.up.parentAlive, l.m.up.parentPID = true, 1
-	l.m.up.parentNotify, l.m.up.parentToken = "@old", "tok"
+	l.m.origin.parentAlive, l.m.origin.parentPID = true, 1
+	l.m.origin.parentNotify, l.m.origin.parentToken = "@old", "tok"
 	l.ready(l.proc(0))
 	l.ready(l.proc(1))
 	if l.m.phase != phaseBooting || !l.m.rollout.offered || l.upg.readies != 0 {
