@@ -23,7 +23,6 @@ import (
 	"github.com/baton-sh/baton/supervisor/sockets"
 	"github.com/cloudflare/tableflip"
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 )
 
 // ErrBootFailed is wrapped by Run's error when the first generation of a
@@ -56,6 +55,7 @@ type master struct {
 	files   []*os.File     // the listening sockets, fds 3, 4, … of workers
 	fdNames string         // LISTEN_FDNAMES
 	notify  *notify.Socket // nil in tests
+	keeper  link.Link      // the keeper that started this master; zero: none (tests)
 	control *net.UnixListener
 	events  chan event
 	done    chan struct{}
@@ -170,6 +170,7 @@ func Run(cfg Config) error {
 	m := newMaster(cfg, s, tableflipUpgrader{upg}, gen)
 	m.origin = origin
 	m.runAt = runAt
+	m.keeper = keeper
 	if err := m.met.restore(origin.metrics); err != nil {
 		m.log.Warn("previous master's metrics not carried over", zap.Error(err))
 	}
@@ -195,7 +196,7 @@ func Run(cfg Config) error {
 	m.setupTrees(keeper)
 	defer m.closeTrees()
 	if keeper.Present() {
-		if err := m.watchKeeper(keeper.KeeperPID); err != nil {
+		if err := m.watchKeeper(); err != nil {
 			m.release(false)
 			return err
 		}
@@ -311,7 +312,7 @@ func (m *master) release(owner bool) {
 	if owner || !m.origin.parentAlive {
 		m.upg.Stop()
 		<-m.upg.Exit()
-		if owner && m.cfg.PIDFile != "" && !link.Present() {
+		if owner && m.cfg.PIDFile != "" && !m.keeper.Present() {
 			if b, err := os.ReadFile(m.cfg.PIDFile); err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(m.self) {
 				os.Remove(m.cfg.PIDFile)
 			}
@@ -719,21 +720,8 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // SIGKILLed or OOM-killed, it can no longer stop or follow the service,
 // and nothing may outlive it. The master's own parent may be an old
 // master, so PR_SET_PDEATHSIG cannot say it; a pidfd can.
-func (m *master) watchKeeper(pid int) error {
-	fd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		return fmt.Errorf("watch keeper %d: %w", pid, err)
-	}
-	go func() {
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		for {
-			if _, err := unix.Poll(fds, -1); !errors.Is(err, syscall.EINTR) {
-				break
-			}
-		}
-		m.post(evKeeperGone{})
-	}()
-	return nil
+func (m *master) watchKeeper() error {
+	return m.keeper.WatchGone(func() { m.post(evKeeperGone{}) })
 }
 
 // onKeeperGone kills every worker now; the loop ends once they are reaped.
@@ -748,7 +736,7 @@ func (m *master) onKeeperGone() {
 
 // keeperPID is the keeper's pid, or 0 when this master has none.
 func (m *master) keeperPID() int {
-	return link.FromEnv().KeeperPID
+	return m.keeper.KeeperPID
 }
 
 // parentGone reports whether the old master that started this one has

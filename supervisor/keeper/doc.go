@@ -11,8 +11,19 @@
 // Linux only: every file but this one builds only on Linux (pidfds,
 // PR_SET_CHILD_SUBREAPER).
 //
-//	keeper.go     Run, the loop, signals, the masters' notes, exit status
+//	keeper.go     Run, the loop and its state (the masters, the master of
+//	              record, the stop), signals, the masters' notes, the
+//	              exit status
 //	handshake.go  the answer to a master's announcement
+//	sys.go        the OS seam every decision acts through (start, watch,
+//	              signal, reap, notify the manager, answer, end the
+//	              service); osSys the real one, a fake in the in-process
+//	              tests (fake_test.go, keeper_test.go)
 //	tree.go       the service's cgroup subtree; what is left at the end
 //	oom.go        the keeper's lower OOM score, and its reserve of fds
+//
+// One goroutine, the loop in Run, owns the keeper's state; the masters'
+// watchers, the notify socket's reader and the terminal's watch only post
+// to it. A master is known by the object the keeper made for it, and
+// signalled through a pidfd, never by a pid that may be reused.
 package keeper

@@ -3,7 +3,6 @@
 package keeper
 
 import (
-	"github.com/baton-sh/baton/supervisor/internal/link"
 	"go.uber.org/zap"
 )
 
@@ -19,9 +18,9 @@ func (k *keeper) answer(pid int, ackTo string, m *keptMaster, why string) {
 	} else if m != nil {
 		why = ""
 	}
-	// Through a socket opened at start: a keeper out of descriptors can
-	// still say why it refuses.
-	if err := link.Answer(k.ackFD, ackTo, why); err != nil {
+	// Through a socket opened at start (link.OpenAnswerSocket): a keeper
+	// out of descriptors can still say why it refuses.
+	if err := k.sys.answer(ackTo, why); err != nil {
 		k.log.Error("could not answer a master's announcement", zap.Int("master_pid", pid), zap.Error(err))
 	}
 }

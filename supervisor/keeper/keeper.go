@@ -3,10 +3,8 @@
 package keeper
 
 import (
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -17,8 +15,6 @@ import (
 	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"github.com/baton-sh/baton/supervisor/internal/notify"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
-	"github.com/baton-sh/baton/supervisor/internal/pidfile"
-	"github.com/baton-sh/baton/supervisor/internal/spawn"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
@@ -54,54 +50,29 @@ func IsMaster() bool { return link.Present() }
 // pidfd, so a master that has exited is never confused with a process
 // that got its pid.
 type keptMaster struct {
-	pid   int
-	pidfd int
+	pid  int
+	proc proc
 	// announced: it said BATON_MASTER=1, which it does once its signal
 	// handlers are in place; nothing is forwarded to it before (announced).
 	announced bool
 }
 
-// watch posts m to exited once the master has exited: the pidfd becomes
-// readable then, whether or not the keeper is its parent (a new master is
-// the old master's child until the old one exits).
-func (m *keptMaster) watch(exited chan<- *keptMaster) {
-	fds := []unix.PollFd{{Fd: int32(m.pidfd), Events: unix.POLLIN}}
-	for {
-		_, err := unix.Poll(fds, -1)
-		if errors.Is(err, syscall.EINTR) {
-			continue
-		}
-		// Believe the pidfd only when the kernel says the process is gone:
-		// anything else (an error, POLLNVAL) is no proof, and a master
-		// taken for dead would end the service.
-		if err == nil && fds[0].Revents&unix.POLLIN != 0 {
-			if serr := unix.PidfdSendSignal(m.pidfd, 0, nil, 0); errors.Is(serr, syscall.ESRCH) {
-				break
-			}
-		}
-		// Fall back to /proc, every 100 ms, for this master.
-		for !osutil.Gone(m.pid) {
-			time.Sleep(100 * time.Millisecond)
-		}
-		break
-	}
-	exited <- m
-}
-
 func (k *keptMaster) signal(sig syscall.Signal) error {
-	if err := unix.PidfdSendSignal(k.pidfd, sig, nil, 0); err != nil {
+	if err := k.proc.signal(sig); err != nil {
 		return fmt.Errorf("signal master %d %s: %w", k.pid, sigName(sig), err)
 	}
 	return nil
 }
 
+// keeper is the keeper's state, owned by its loop (Run): the masters it
+// knows, the master of record, the stop. Its decisions act on the OS
+// through sys only.
 type keeper struct {
-	kc      Config
-	log     *zap.Logger
-	self    int
-	sock    *notify.Socket
-	manager string // the service manager's NOTIFY_SOCKET, or ""
-	tty     bool   // started with a controlling terminal, hangups not ignored
+	kc   Config
+	log  *zap.Logger
+	sys  sys
+	self int
+	tty  bool // started with a controlling terminal, hangups not ignored
 	// ttyHungAt is when the terminal hung up, as its poll said.
 	ttyHungAt time.Time
 
@@ -112,16 +83,15 @@ type keeper struct {
 	stopping   bool
 	stopSig    syscall.Signal
 	stopAt     time.Time
-	exited     chan *keptMaster // from the masters' pidfd watchers
+	exited     chan *keptMaster // from the masters' watchers
 	statuses   map[int]int      // exit statuses of reaped masters, by pid
 	lastExited *keptMaster      // the master that exited last
 	lastRecord *keptMaster      // the last master of record that exited
-	fds        *osutil.Reserve  // descriptors held back for registering masters
-	oomOrig    string           // oom_score_adj before the keeper lowered it
-	ackFD      int              // unbound datagram socket for handshake answers
-	pidLock    *pidfile.Lock    // the pid file, held for the keeper's life
-	trees      keeperTrees      // the service's cgroup subtree (tree.go)
-	stalePID   int              // the keeper a stale pid file named (its subtree is ended at start)
+}
+
+func newKeeper(kc Config, s sys, self int, log *zap.Logger) *keeper {
+	return &keeper{kc: kc, log: log, sys: s, self: self, masters: make(map[int]*keptMaster),
+		exited: make(chan *keptMaster, 16), statuses: make(map[int]int)}
 }
 
 // Run runs the keeper: it starts the first master and returns, with the
@@ -132,64 +102,26 @@ type keeper struct {
 // master. An error starting the first master is logged and returns 1.
 func Run(kc Config) int {
 	osutil.LowGC()
-	k := &keeper{kc: kc, log: kc.Log, self: os.Getpid(), masters: make(map[int]*keptMaster),
-		exited: make(chan *keptMaster, 16), statuses: make(map[int]int)}
-	if k.log == nil {
-		k.log = zap.NewNop()
+	log := kc.Log
+	if log == nil {
+		log = zap.NewNop()
 	}
-	k.log = k.log.With(zap.Int("keeper_pid", k.self))
-	// A limit the masters still fit in must not starve the keeper of the
-	// few descriptors it needs to adopt one (a pidfd, a /proc read, an
-	// answer): those are retried with one of these released.
-	k.fds = osutil.NewReserve(keeperReserveFDs)
-	k.ackFD = link.OpenAnswerSocket()
-	k.lowerOOMScore() // oom.go
-	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-		k.log.Error("keeper: cannot become a child subreaper", zap.Error(err))
+	log = log.With(zap.Int("keeper_pid", os.Getpid()))
+	o := openOS(kc, log) // sys.go
+	if o == nil {
 		return 1
 	}
-	// A terminal's hangup stops the service, unless it was started to
-	// survive one (nohup: SIGHUP ignored; Notify below would undo that).
-	ttyHung := make(chan time.Time, 1)
-	if !earlysig.HUPIgnored() {
-		if f, err := os.OpenFile("/dev/tty", os.O_RDWR, 0); err == nil {
-			k.tty = true
-			go watchTTY(f, ttyHung)
-		}
-	}
+	defer o.close()
 	// Caught since the first package init (earlysig) and for good.
 	sigc := earlysig.Chan(syscall.SIGCHLD)
-
-	sock, err := notify.Open(nil)
-	if err != nil {
-		k.log.Error("keeper: notify socket", zap.Error(err))
-		return 1
-	}
-	k.sock = sock
-	defer sock.Close()
 	notes := make(chan notify.Msg, 64)
-	go sock.Run(func(msg notify.Msg) { notes <- msg })
+	go o.sock.Run(func(msg notify.Msg) { notes <- msg })
 
-	// The pid file names the keeper from the start: a second `baton run`
-	// with the same pid file is refused even while this one boots.
-	if err := k.writePIDFile(); err != nil {
-		k.log.Error("keeper: write pid file", zap.Error(err))
+	k := newKeeper(kc, o.sys(), o.self, log)
+	k.tty = o.tty
+	if !k.startFirst() {
 		return 1
 	}
-	first, err := k.startFirst()
-	if err != nil {
-		k.endTrees()
-		k.removePIDFile()
-		k.log.Error("keeper: cannot start the master", zap.Error(err))
-		return 1
-	}
-	// The first master becomes the master of record once it announces
-	// itself; signals wait for it until then (announced).
-	// Debug: a start that fails should print the master's one line, not
-	// the keeper's chatter around it.
-	k.log.Debug("keeper started", zap.Int("master_pid", first.pid))
-
-	k.watchMaster(first)
 	for {
 		select {
 		case sig := <-sigc:
@@ -198,7 +130,7 @@ func Run(kc Config) int {
 				continue
 			}
 			k.onSignal(sig.(syscall.Signal))
-		case at := <-ttyHung:
+		case at := <-o.ttyHung:
 			k.ttyHungAt = at
 		case msg := <-notes:
 			k.onNote(msg)
@@ -208,7 +140,7 @@ func Run(kc Config) int {
 				// A new master announces itself at its start, long before
 				// the old one exits; the barrier makes sure nothing still
 				// queued on the socket says otherwise.
-				sock.Barrier(100 * time.Millisecond)
+				o.sock.Barrier(100 * time.Millisecond)
 				for len(notes) > 0 {
 					k.onNote(<-notes)
 				}
@@ -220,68 +152,32 @@ func Run(kc Config) int {
 	}
 }
 
-func (k *keeper) watchMaster(m *keptMaster) {
-	k.masters[m.pid] = m
-	go m.watch(k.exited)
-}
-
-// startFirst starts the first master: this binary with the keeper's own
-// command line, in a process group of its own (a terminal's ^C reaches the
-// keeper only, which forwards it once), dying with the keeper.
-func (k *keeper) startFirst() (*keptMaster, error) {
-	k.manager = os.Getenv("NOTIFY_SOCKET")
-	activated := os.Getenv("LISTEN_PID") == strconv.Itoa(k.self)
-	offer := link.Offer{KeeperPID: k.self, Notify: k.sock.Addr(), OOMScoreAdj: k.oomOrig}
-	k.setupTrees(&offer)
-	env := offer.Env(os.Environ(), activated)
-	cmd := &exec.Cmd{
-		Path:   k.kc.Args[0],
-		Args:   k.kc.Args,
-		Env:    env,
-		Stdin:  os.Stdin,
-		Stdout: os.Stdout,
-		Stderr: os.Stderr,
-		SysProcAttr: &syscall.SysProcAttr{
-			Setpgid:   true,
-			Pdeathsig: syscall.SIGKILL,
-		},
-	}
-	if activated {
-		// Sockets from a systemd .socket unit: the master takes them at
-		// the same fd numbers (LISTEN_PID names the keeper; the master
-		// accepts that).
-		n, _ := strconv.Atoi(os.Getenv("LISTEN_FDS"))
-		for i := 0; i < n; i++ {
-			cmd.ExtraFiles = append(cmd.ExtraFiles, os.NewFile(uintptr(3+i), "activated"))
-		}
-	}
-	sp := spawn.New(spawn.BlockAcrossExec) // PDEATHSIG follows the forking thread; keep it for life
-	if err := sp.Start(cmd); err != nil {
-		return nil, err
-	}
-	pid := cmd.Process.Pid
-	pidfd, err := unix.PidfdOpen(pid, 0)
+// startFirst starts the first master and watches it; false when it could
+// not (logged, and what the keeper made is ended). The first master
+// becomes the master of record once it announces itself; signals wait for
+// it until then (announced).
+func (k *keeper) startFirst() bool {
+	m := &keptMaster{}
+	pid, p, err := k.sys.startMaster(func() { k.exited <- m })
 	if err != nil {
-		return nil, fmt.Errorf("pidfd of master %d: %w", pid, err)
+		k.sys.endService()
+		k.log.Error("keeper: cannot start the master", zap.Error(err))
+		return false
 	}
-	cmd.Process.Release() // the keeper reaps it (and every orphan) itself
-	return &keptMaster{pid: pid, pidfd: pidfd}, nil
+	m.pid, m.proc = pid, p
+	k.masters[pid] = m
+	// Debug: a start that fails should print the master's one line, not
+	// the keeper's chatter around it.
+	k.log.Debug("keeper started", zap.Int("master_pid", pid))
+	return true
 }
 
 // reap collects every exited child: masters re-parented to the keeper,
 // and orphans of any process below it (PID 1's duty in a container). It
 // keeps the statuses of masters for the keeper's own exit status.
 func (k *keeper) reap() {
-	for {
-		var ws syscall.WaitStatus
-		pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
-		if errors.Is(err, syscall.EINTR) {
-			continue
-		}
-		if err != nil || pid <= 0 {
-			return
-		}
-		status := waitStatus(ws)
+	for _, r := range k.sys.reap() {
+		pid, status := r.pid, r.status
 		if k.masters[pid] != nil || (k.lastExited != nil && k.lastExited.pid == pid) {
 			k.statuses[pid] = status
 			k.logOutcome("master exited", logevent.MasterExited, zap.Int("master_pid", pid), zap.Int("status", status))
@@ -294,7 +190,7 @@ func (k *keeper) reap() {
 // onExited forgets a master that has exited.
 func (k *keeper) onExited(m *keptMaster) {
 	k.log.Debug("master gone", zap.Int("master_pid", m.pid), zap.Int("masters_left", len(k.masters)-1))
-	unix.Close(m.pidfd)
+	m.proc.close()
 	delete(k.masters, m.pid)
 	k.lastExited = m
 	k.trim() // an upgrade is over: what it used is garbage now
@@ -318,8 +214,8 @@ func (k *keeper) exit() int {
 	// The last masters are the keeper's children by now (their parents
 	// exited first): collect them.
 	k.reap()
-	k.endTrees()
-	k.removePIDFile()
+	k.sys.endService()
+	k.reap() // what was left of the service, killed
 	status, pick := 1, k.lastExited
 	if k.ready && k.lastRecord != nil {
 		pick = k.lastRecord
@@ -327,9 +223,8 @@ func (k *keeper) exit() int {
 	if _, ok := k.statuses[pick.pid]; !ok {
 		// Its pidfd said it exited; as the keeper's child it is reapable
 		// at once (not ours: its parent reaps it, and the status is lost).
-		var ws syscall.WaitStatus
-		if pid, err := syscall.Wait4(pick.pid, &ws, 0, nil); err == nil && pid == pick.pid {
-			k.statuses[pid] = waitStatus(ws)
+		if s, ok := k.sys.waitChild(pick.pid); ok {
+			k.statuses[pick.pid] = s
 		}
 	}
 	if s, ok := k.statuses[pick.pid]; ok {
@@ -368,7 +263,7 @@ func (k *keeper) onSignal(sig syscall.Signal) {
 // starting a new generation gives up (a stop wins over an upgrade), an old
 // one that is draining finishes its drain.
 func (k *keeper) stop(sig syscall.Signal) {
-	now := time.Now()
+	now := k.sys.now()
 	if k.stopping && sig == k.stopSig && now.Sub(k.stopAt) < stopDebounce {
 		k.log.Debug("repeated stop signal ignored", zap.String("signal", sigName(sig)))
 		return
@@ -442,7 +337,7 @@ func (k *keeper) onNote(msg notify.Msg) {
 	}
 	if msg.Fields[link.KeyStop] == "1" && !k.stopping {
 		k.log.Info("stop requested through a master: stopping every other master", logevent.KeeperStopping, zap.Int("master_pid", m.pid))
-		k.stopping, k.stopSig, k.stopAt = true, syscall.SIGTERM, time.Now()
+		k.stopping, k.stopSig, k.stopAt = true, syscall.SIGTERM, k.sys.now()
 		k.toAll(syscall.SIGTERM, m) // m stops already; a second TERM would kill
 
 	}
@@ -463,13 +358,12 @@ func (k *keeper) onNote(msg notify.Msg) {
 // does not; a failure of the keeper's own (out of descriptors) is said as
 // such, never taken for a fact about the process.
 func (k *keeper) register(pid int) (*keptMaster, string) {
-	var ppid int
-	err := k.fds.Do(func() (err error) { ppid, err = osutil.Parent(pid); return err })
+	ppid, err := k.sys.parent(pid)
 	if err != nil && !osutil.NoProcess(err) {
 		k.log.Error("master announcement not accepted: keeper cannot read the process", logevent.MasterRefused, zap.Int("sender_pid", pid), zap.Error(err))
 		return nil, "keeper cannot read the process: " + err.Error()
 	}
-	if !osutil.SameProgram(pid) {
+	if !k.sys.sameProgram(pid) {
 		k.log.Warn("master announcement from a process that does not run baton ignored", zap.Int("sender_pid", pid))
 		return nil, "not running baton"
 	}
@@ -477,16 +371,16 @@ func (k *keeper) register(pid int) (*keptMaster, string) {
 		k.log.Warn("master announcement from a process no master started ignored", zap.Int("sender_pid", pid), zap.Int("parent_pid", ppid))
 		return nil, fmt.Sprintf("parent %d is no master the keeper knows", ppid)
 	}
-	var pidfd int
-	err = k.fds.Do(func() (err error) { pidfd, err = unix.PidfdOpen(pid, 0); return err })
+	m := &keptMaster{pid: pid, announced: true}
+	p, err := k.sys.watch(pid, func() { k.exited <- m })
 	if err != nil {
 		if !osutil.NoProcess(err) {
 			k.log.Error("master announcement not accepted: keeper cannot watch the process", logevent.MasterRefused, zap.Int("sender_pid", pid), zap.Error(err))
 		}
-		return nil, "keeper cannot watch it: pidfd_open: " + err.Error()
+		return nil, "keeper cannot watch it: " + err.Error()
 	}
-	m := &keptMaster{pid: pid, pidfd: pidfd, announced: true}
-	k.watchMaster(m)
+	m.proc = p
+	k.masters[pid] = m
 	k.log.Info("master registered", logevent.MasterRegistered, zap.Int("master_pid", pid))
 	if k.stopping {
 		m.signal(syscall.SIGTERM) // a stop wins over an upgrade in flight
@@ -498,9 +392,6 @@ func (k *keeper) register(pid int) (*keptMaster, string) {
 // keeper's own: the keeper is the service's main pid, so MAINPID= is left
 // out, and so are baton's own keys.
 func (k *keeper) relay(fields map[string]string) {
-	if k.manager == "" {
-		return
-	}
 	var lines []string
 	for key, v := range fields {
 		if key == "MAINPID" || strings.HasPrefix(key, "BATON_") {
@@ -511,34 +402,9 @@ func (k *keeper) relay(fields map[string]string) {
 	if len(lines) == 0 {
 		return
 	}
-	if err := osutil.SendNotify(k.manager, strings.Join(lines, "\n")); err != nil {
+	if err := k.sys.notifyManager(strings.Join(lines, "\n")); err != nil {
 		k.log.Warn("notify service manager failed", zap.Error(err))
 	}
-}
-
-// writePIDFile takes the pid file for the keeper's life (package pidfile): a
-// file nobody holds is stale and replaced, with a log line.
-func (k *keeper) writePIDFile() error {
-	if k.kc.PIDFile == "" {
-		return nil
-	}
-	l, stale, err := pidfile.Take(k.kc.PIDFile, k.self)
-	if err != nil {
-		return err
-	}
-	k.pidLock = l
-	k.stalePID = stale
-	if stale != 0 && stale != k.self {
-		k.log.Warn("stale pid file replaced", logevent.PIDFileStale, zap.String("reason", "no keeper holds it"),
-			zap.String("pid_file", k.kc.PIDFile), zap.Int("stale_pid", stale))
-	}
-	return nil
-}
-
-// removePIDFile removes the pid file the keeper holds, and lets it go.
-func (k *keeper) removePIDFile() {
-	k.pidLock.Release()
-	k.pidLock = nil
 }
 
 // hangup reports whether a SIGHUP now comes from the terminal hanging up:
@@ -546,47 +412,10 @@ func (k *keeper) removePIDFile() {
 // after the terminal went (a job that survived it, then a deploy) is an
 // upgrade.
 func (k *keeper) hangup() bool {
-	if k.ttyHungAt.IsZero() && !ttyAlive() {
-		k.ttyHungAt = time.Now() // the signal beat the poll
+	if k.ttyHungAt.IsZero() && !k.sys.ttyAlive() {
+		k.ttyHungAt = k.sys.now() // the signal beat the poll
 	}
-	return !k.ttyHungAt.IsZero() && time.Since(k.ttyHungAt) < 2*time.Second
-}
-
-// watchTTY reports when the terminal f hangs up.
-func watchTTY(f *os.File, hung chan<- time.Time) {
-	defer f.Close()
-	fds := []unix.PollFd{{Fd: int32(f.Fd()), Events: 0}} // POLLHUP is always reported
-	for {
-		if _, err := unix.Poll(fds, -1); errors.Is(err, syscall.EINTR) {
-			continue
-		} else if err != nil {
-			return
-		}
-		if fds[0].Revents&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0 {
-			hung <- time.Now()
-			return
-		}
-	}
-}
-
-// ttyAlive reports whether this process's controlling terminal is still
-// there (after a hangup, opening it fails).
-func ttyAlive() bool {
-	f, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
-	if err != nil {
-		return false
-	}
-	f.Close()
-	return true
-}
-
-// waitStatus is a process's status as a shell reports it: the exit code,
-// or 128 + the signal that killed it.
-func waitStatus(ws syscall.WaitStatus) int {
-	if ws.Signaled() {
-		return 128 + int(ws.Signal())
-	}
-	return ws.ExitStatus()
+	return !k.ttyHungAt.IsZero() && k.sys.now().Sub(k.ttyHungAt) < 2*time.Second
 }
 
 // logOutcome logs at info once the service has served, at debug for a
@@ -620,10 +449,7 @@ func (k *keeper) announced(m *keptMaster) {
 
 // trim gives back what start-up or an upgrade used (osutil.Trim): after
 // the first generation came up, and after each master's exit.
-func (k *keeper) trim() {
-	dropped := osutil.Trim()
-	k.log.Debug("memory trimmed", zap.Int64("binary_bytes_unmapped", dropped))
-}
+func (k *keeper) trim() { k.sys.trim() }
 
 // sigName is a signal's name as logs give it: "SIGUSR2".
 func sigName(sig syscall.Signal) string { return unix.SignalName(sig) }

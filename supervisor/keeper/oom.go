@@ -27,16 +27,16 @@ const (
 
 // lowerOOMScore lowers the keeper's oom_score_adj to keeperOOMScore where
 // it may, and remembers the score it had for the masters (link.Offer).
-func (k *keeper) lowerOOMScore() {
+func (o *osSys) lowerOOMScore() {
 	orig, ok := link.ReadOOMScore()
 	if !ok || orig <= keeperOOMScore {
 		return
 	}
-	k.oomOrig = strconv.Itoa(orig)
+	o.oomOrig = strconv.Itoa(orig)
 	if err := os.WriteFile(link.OOMScoreAdjPath, []byte(strconv.Itoa(keeperOOMScore)), 0); err != nil {
-		k.log.Debug("keeper's OOM score not lowered (needs CAP_SYS_RESOURCE)", zap.Int("oom_score_adj", orig), zap.Error(err))
-		k.oomOrig = ""
+		o.log.Debug("keeper's OOM score not lowered (needs CAP_SYS_RESOURCE)", zap.Int("oom_score_adj", orig), zap.Error(err))
+		o.oomOrig = ""
 		return
 	}
-	k.log.Debug("keeper's OOM score lowered", zap.Int("oom_score_adj", keeperOOMScore), zap.Int("masters_and_workers", orig))
+	o.log.Debug("keeper's OOM score lowered", zap.Int("oom_score_adj", keeperOOMScore), zap.Int("masters_and_workers", orig))
 }

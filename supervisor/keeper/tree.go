@@ -39,20 +39,20 @@ type keeperTrees struct {
 
 // setupTrees makes the service's cgroup subtree if it can, and says so
 // in the offer to the first master (and so to every later one).
-func (k *keeper) setupTrees(offer *link.Offer) {
-	base, err := k.makeBase()
+func (o *osSys) setupTrees(offer *link.Offer) {
+	base, err := o.makeBase()
 	if err != nil {
-		k.trees.why = err.Error()
-		k.log.Info("process trees tracked by the subreaper", logevent.ProcessTrees, zap.String("mechanism", link.TreesSubreaper), zap.String("reason", k.trees.why))
-		offer.TreesWhy = k.trees.why
+		o.trees.why = err.Error()
+		o.log.Info("process trees tracked by the subreaper", logevent.ProcessTrees, zap.String("mechanism", link.TreesSubreaper), zap.String("reason", o.trees.why))
+		offer.TreesWhy = o.trees.why
 		return
 	}
-	k.trees.base = base
-	k.log.Info("process trees tracked by cgroup", logevent.ProcessTrees, zap.String("mechanism", link.TreesCgroup), zap.String("cgroup", base.Path()))
+	o.trees.base = base
+	o.log.Info("process trees tracked by cgroup", logevent.ProcessTrees, zap.String("mechanism", link.TreesCgroup), zap.String("cgroup", base.Path()))
 	offer.Cgroup = base.Path()
 }
 
-func (k *keeper) makeBase() (cgroup.Group, error) {
+func (o *osSys) makeBase() (cgroup.Group, error) {
 	if os.Getenv("BATON_NO_CGROUP") == "1" {
 		return "", fmt.Errorf("BATON_NO_CGROUP=1")
 	}
@@ -64,27 +64,27 @@ func (k *keeper) makeBase() (cgroup.Group, error) {
 	if err != nil {
 		return "", fmt.Errorf("read %s: %w", own, err)
 	}
-	if strings.TrimSpace(string(procs)) == strconv.Itoa(k.self) && filepath.Base(own) != "keeper" {
+	if strings.TrimSpace(string(procs)) == strconv.Itoa(o.self) && filepath.Base(own) != "keeper" {
 		// Alone: the cgroup is the service's (delegated to it).
 		leaf, err := cgroup.Make(filepath.Join(own, "keeper"))
 		if err != nil {
 			return "", err
 		}
-		if err := leaf.Move(k.self); err != nil {
+		if err := leaf.Move(o.self); err != nil {
 			leaf.Remove(0)
 			return "", err
 		}
 		g, err := cgroup.Make(filepath.Join(own, "generations"))
 		if err != nil {
 			// Back where it was: nothing of baton's is left behind.
-			cgroup.Group(own).Move(k.self)
+			cgroup.Group(own).Move(o.self)
 			leaf.Remove(0)
 		}
 		return g, err
 	}
-	k.endStaleBase(own)
+	o.endStaleBase(own)
 	removeStaleBases(own)
-	return cgroup.Make(filepath.Join(own, "baton-"+strconv.Itoa(k.self)))
+	return cgroup.Make(filepath.Join(own, "baton-"+strconv.Itoa(o.self)))
 }
 
 // endStaleBase ends what a SIGKILLed keeper left in its subtree: the
@@ -92,25 +92,25 @@ func (k *keeper) makeBase() (cgroup.Group, error) {
 // service's, and whatever still runs there (a helper that left its group,
 // holding the listening socket) would make this start fail on the port.
 // A subtree of another service, not named by our pid file, is left alone.
-func (k *keeper) endStaleBase(own string) {
-	if k.stalePID <= 0 || k.stalePID == k.self || !osutil.Gone(k.stalePID) && osutil.SameProgram(k.stalePID) {
+func (o *osSys) endStaleBase(own string) {
+	if o.stalePID <= 0 || o.stalePID == o.self || !osutil.Gone(o.stalePID) && osutil.SameProgram(o.stalePID) {
 		return
 	}
-	g := cgroup.Group(filepath.Join(own, "baton-"+strconv.Itoa(k.stalePID)))
+	g := cgroup.Group(filepath.Join(own, "baton-"+strconv.Itoa(o.stalePID)))
 	if _, err := os.Stat(g.Path()); err != nil {
 		return
 	}
 	left := g.Procs()
 	for _, pid := range left {
-		k.log.Warn("survivor killed", logevent.SurvivorKilled, zap.Int("pid", pid), zap.String("command", osutil.Command(pid)),
-			zap.String("reason", "left by a keeper that was killed"), zap.Int("stale_pid", k.stalePID))
+		o.log.Warn("survivor killed", logevent.SurvivorKilled, zap.Int("pid", pid), zap.String("command", osutil.Command(pid)),
+			zap.String("reason", "left by a keeper that was killed"), zap.Int("stale_pid", o.stalePID))
 	}
 	if err := g.Kill(); err != nil {
-		k.log.Warn("stale process tree not ended", zap.String("cgroup", g.Path()), zap.Error(err))
+		o.log.Warn("stale process tree not ended", zap.String("cgroup", g.Path()), zap.Error(err))
 		return
 	}
 	if err := g.Remove(2 * time.Second); err != nil {
-		k.log.Warn("stale process tree not removed", zap.String("cgroup", g.Path()), zap.Error(err))
+		o.log.Warn("stale process tree not removed", zap.String("cgroup", g.Path()), zap.Error(err))
 	}
 }
 
@@ -131,34 +131,32 @@ func removeStaleBases(own string) {
 
 // endTrees ends whatever is left of the service once no master is: in the
 // subtree, or (subreaper) the keeper's remaining children, which are
-// orphans of the service's workers. Each is logged as a survivor.
-func (k *keeper) endTrees() {
+// orphans of the service's workers. Each is logged as a survivor; the
+// keeper reaps them.
+func (o *osSys) endTrees() {
 	var left []int
-	if k.trees.base != "" {
-		left = k.trees.base.Procs()
+	if o.trees.base != "" {
+		left = o.trees.base.Procs()
 	} else {
-		left = osutil.ChildrenOf(k.self, 0)
+		left = osutil.ChildrenOf(o.self, 0)
 	}
 	for _, p := range left {
 		if osutil.Gone(p) {
 			continue
 		}
 		gen, _ := osutil.Environ(p, "BATON_GENERATION")
-		k.log.Warn("survivor killed", logevent.SurvivorKilled, zap.Int("pid", p), zap.String("command", osutil.Command(p)),
+		o.log.Warn("survivor killed", logevent.SurvivorKilled, zap.Int("pid", p), zap.String("command", osutil.Command(p)),
 			zap.String("generation", gen), zap.String("reason", "left when the last master exited"))
-		if k.trees.base == "" {
+		if o.trees.base == "" {
 			syscall.Kill(p, syscall.SIGKILL)
 		}
 	}
-	if k.trees.base != "" {
+	if o.trees.base != "" {
 		if len(left) > 0 {
-			k.trees.base.Kill()
+			o.trees.base.Kill()
 		}
-		if err := k.trees.base.Remove(2 * time.Second); err != nil {
-			k.log.Warn("service cgroup not removed", zap.Error(err))
+		if err := o.trees.base.Remove(2 * time.Second); err != nil {
+			o.log.Warn("service cgroup not removed", zap.Error(err))
 		}
-	}
-	if len(left) > 0 && k.trees.base == "" {
-		k.reap()
 	}
 }

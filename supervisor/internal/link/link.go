@@ -29,6 +29,7 @@ import (
 
 	"github.com/baton-sh/baton/supervisor/internal/notify"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
+	"golang.org/x/sys/unix"
 )
 
 // Variables the keeper sets for its masters. Masters pass them on to the
@@ -83,6 +84,7 @@ type Link struct {
 	acks      bool
 	notify    string // the keeper's notify socket
 	oomScore  string
+	wait      time.Duration // for the keeper's answer; 0: AnnounceWait
 }
 
 // FromEnv reads the link from this process's environment: the one place
@@ -106,6 +108,26 @@ func (l Link) Present() bool { return l.KeeperPID != 0 }
 // a master.
 func Present() bool { return os.Getenv(EnvKeeperPID) != "" }
 
+// WatchGone calls gone, from a goroutine of its own, once the keeper has
+// exited (a pidfd on it becomes readable). The error names the keeper when
+// it cannot be watched.
+func (l Link) WatchGone(gone func()) error {
+	fd, err := unix.PidfdOpen(l.KeeperPID, 0)
+	if err != nil {
+		return fmt.Errorf("watch keeper %d: %w", l.KeeperPID, err)
+	}
+	go func() {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		for {
+			if _, err := unix.Poll(fds, -1); !errors.Is(err, syscall.EINTR) {
+				break
+			}
+		}
+		gone()
+	}()
+	return nil
+}
+
 // StopMsg tells the keeper that this master was told to stop: the keeper
 // stops every other master.
 const StopMsg = KeyStop + "=1"
@@ -118,6 +140,10 @@ func ExitMsg(code int) string { return KeyExit + "=" + strconv.Itoa(code) }
 // once it accepted; the error says why not. It blocks for AnnounceWait
 // at most.
 func (l Link) Announce() error {
+	wait := l.wait
+	if wait == 0 {
+		wait = AnnounceWait
+	}
 	if !l.acks {
 		return osutil.SendNotify(l.notify, KeyRegister+"=1")
 	}
@@ -133,7 +159,7 @@ func (l Link) Announce() error {
 	if err := osutil.SendNotify(l.notify, KeyRegister+"=1\n"+KeyAckTo+"="+name); err != nil {
 		return err
 	}
-	deadline := time.Now().Add(AnnounceWait)
+	deadline := time.Now().Add(wait)
 	c.SetReadDeadline(deadline)
 	buf := make([]byte, 4096)
 	oob := make([]byte, syscall.CmsgSpace(syscall.SizeofUcred))
@@ -142,7 +168,7 @@ func (l Link) Announce() error {
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				return fmt.Errorf("keeper %d did not answer this master's announcement within %s (stopped or starved?)", l.KeeperPID, AnnounceWait)
+				return fmt.Errorf("keeper %d did not answer this master's announcement within %s (stopped or starved?)", l.KeeperPID, wait)
 			}
 			return fmt.Errorf("read the keeper's answer: %w", err)
 		}
