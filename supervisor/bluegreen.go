@@ -127,6 +127,9 @@ type rolloutState struct {
 	// As the old master, before the candidate reports: its master's pid
 	// (from its first progress line), for baton status.
 	startingPID int
+	// As the old master after a handover: the new master's pid, whose
+	// socket the classic program steers to once ours leaves (leaveGroup).
+	successor int
 }
 
 // step records a stage for baton reload.
@@ -414,6 +417,9 @@ func (m *master) rolloutDone(err error, res *control.ReloadResult) {
 		m.rollback(c, "new master failed: "+err.Error())
 	}
 	c.stopAll()
+	if err == nil {
+		m.rollout.successor = res.NewMasterPID
+	}
 	res.Steps = c.steps
 	if c.switched {
 		res.SwitchMS = ms(c.switchAt.Sub(m.up.at))
@@ -558,6 +564,59 @@ func (m *master) drainWhenIdle() {
 		n := m.sys.waitQueueEmpty(files, bound)
 		m.post(evQueueIdle{left: n, waited: m.sys.now().Sub(start)})
 	}()
+}
+
+// leaveGroup closes this master's sockets when it exits. After a
+// handover under classic BPF the leave reorders the group (the kernel
+// moves its last socket into our slot), so it is made here, with the
+// membership read just before, and the program re-attached with the index
+// the new generation's socket has afterwards (sockets/handoff.go).
+func (m *master) leaveGroup() {
+	if m.lns == nil {
+		return
+	}
+	if m.phase != phaseHandedOver || !m.cfg.Rollout.Strategy.steered() || m.rollout.successor <= 0 {
+		m.lns.Close()
+		return
+	}
+	for _, r := range m.lns.Leave(m.rollout.successor) {
+		fields := []zap.Field{logevent.SteeringHandedOff, zap.String("address", r.Spec.String()), zap.Int("index", r.Index),
+			zap.Int("strays", r.Strays), zap.Bool("still_listening", r.StillListening), zap.Bool("unsure", r.Unsure),
+			zap.Int("new_master_pid", m.rollout.successor)}
+		switch {
+		case r.Err != nil:
+			m.log.Warn("could not re-steer the group as our socket left it; the new master re-steers when it sees us gone",
+				append(fields, zap.Error(r.Err))...)
+		case r.StillListening:
+			m.log.Warn("our socket is still listening after we closed it (another process holds it): the group keeps its order",
+				fields...)
+		case r.Unsure:
+			m.log.Warn("the group changed while our socket left it: users may reach another socket than the new generation's; the membership check names it",
+				fields...)
+		default:
+			m.log.Info("our socket left the group; users steered to the new generation's socket at its new index", fields...)
+		}
+	}
+}
+
+// resteerAlone runs when the previous master has exited, on the new
+// master: if the group now holds our socket alone, it is index 0 of the
+// kernel's order, and a program attached now keeps users on it whoever
+// joins later. The old master normally did this as it left (leaveGroup);
+// this covers one that died instead.
+func (m *master) resteerAlone() {
+	if m.lns == nil || m.lns.EBPF() || !m.cfg.Rollout.Strategy.steered() || m.rollout.cand != nil || m.up.running {
+		return
+	}
+	fs, err := m.foreignNow()
+	if err != nil || len(fs) > 0 {
+		return
+	}
+	if err := m.steer(0); err == nil {
+		m.group.soleSteer = true
+		m.log.Info("previous generation gone: users steered to index 0, our socket alone in the group", logevent.SteeringHandedOff,
+			zap.Bool("resteered_at_exit", true))
+	}
 }
 
 func (m *master) onQueueIdle(ev evQueueIdle) {

@@ -302,9 +302,8 @@ func (m *master) release(owner bool) {
 	}
 	m.stopMetrics()
 	m.waitMetrics()
-	if m.lns != nil {
-		m.lns.Close()
-	}
+	m.leaveGroup() // bluegreen.go; closes m.lns
+
 	// Stop unlinks the unix sockets tableflip bound, unless an upgrade
 	// succeeded: then tableflip's loop has already ended and Stop only
 	// closes. So an old master that handed over may call it safely, and a

@@ -469,6 +469,7 @@ func (m *master) waitForParent() {
 func (m *master) onParentExited() {
 	m.origin.parentDeadline = time.Time{}
 	m.origin.parentAlive = false
+	m.resteerAlone() // bluegreen.go
 	if m.phase == phaseBooting && m.rollout.offered {
 		// The old master died (OOM, SIGKILL) while checking this
 		// generation: its socket is gone from the group, so users reach

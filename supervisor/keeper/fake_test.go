@@ -133,6 +133,10 @@ type lk struct {
 	logs *observer.ObservedLogs
 	// reopened counts ReopenLogs calls.
 	reopened int
+	// queued are messages on the notify socket that the loop has not
+	// read yet; barriers counts the loop's barriers on it.
+	queued   []notify.Msg
+	barriers int
 }
 
 // newLK starts a keeper on a fake OS; its first master is pid 100.
@@ -186,11 +190,16 @@ func (l *lk) exit(pid, status int, reaped bool) (int, bool) {
 		l.k.reap() // SIGCHLD
 	}
 	gone()
-	l.k.onExited(<-l.k.exited)
-	if len(l.k.masters) == 0 {
-		return l.k.exit(), true
+	barrier := func() { l.barriers++ }
+	queued := func() (notify.Msg, bool) {
+		if len(l.queued) == 0 {
+			return notify.Msg{}, false
+		}
+		msg := l.queued[0]
+		l.queued = l.queued[1:]
+		return msg, true
 	}
-	return 0, false
+	return l.k.onGone(<-l.k.exited, barrier, queued)
 }
 
 // sent is what pid has been sent so far.

@@ -135,21 +135,38 @@ func Run(kc Config) int {
 		case msg := <-notes:
 			k.onNote(msg)
 		case m := <-k.exited:
-			k.onExited(m)
-			if len(k.masters) == 0 {
-				// A new master announces itself at its start, long before
-				// the old one exits; the barrier makes sure nothing still
-				// queued on the socket says otherwise.
-				o.sock.Barrier(100 * time.Millisecond)
-				for len(notes) > 0 {
-					k.onNote(<-notes)
+			queued := func() (notify.Msg, bool) {
+				if len(notes) == 0 {
+					return notify.Msg{}, false
 				}
-				if len(k.masters) == 0 {
-					return k.exit()
-				}
+				return <-notes, true
+			}
+			if code, done := k.onGone(m, func() { o.sock.Barrier(100 * time.Millisecond) }, queued); done {
+				return code
 			}
 		}
 	}
+}
+
+// onGone handles the exit of master m: it returns the keeper's exit
+// status and true once no master is left. A new master announces itself
+// at its start, long before the old one exits; before the keeper takes
+// the last exit for the service's end, barrier makes sure that nothing
+// still queued on the notify socket says otherwise, and queued hands over
+// each message queued so far.
+func (k *keeper) onGone(m *keptMaster, barrier func(), queued func() (notify.Msg, bool)) (int, bool) {
+	k.onExited(m)
+	if len(k.masters) > 0 {
+		return 0, false
+	}
+	barrier()
+	for msg, ok := queued(); ok; msg, ok = queued() {
+		k.onNote(msg)
+	}
+	if len(k.masters) > 0 {
+		return 0, false
+	}
+	return k.exit(), true
 }
 
 // startFirst starts the first master and watches it; false when it could

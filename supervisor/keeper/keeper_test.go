@@ -13,6 +13,7 @@ import (
 
 	"github.com/baton-sh/baton/supervisor/internal/link"
 	"github.com/baton-sh/baton/supervisor/internal/logevent"
+	"github.com/baton-sh/baton/supervisor/internal/notify"
 	"go.uber.org/zap"
 )
 
@@ -399,4 +400,27 @@ func TestKeeperStaysWhileAnyMasterLives(t *testing.T) {
 	}
 	l.k.onSignal(TERM)
 	l.wantSent(101)
+}
+
+func TestAnnouncementQueuedAtTheLastExitKeepsTheService(t *testing.T) {
+	l := serving(t)
+	// 101 announced itself, but the keeper has not read it yet when 100,
+	// the only master it knows, exits; 101, an orphan now, is the
+	// keeper's child (child subreaper).
+	l.child(101, keeperPid)
+	l.queued = []notify.Msg{{PID: 101, Fields: map[string]string{link.KeyRegister: "1", link.KeyAckTo: "@baton-ack-101"}}}
+	if _, done := l.exit(100, 0, true); done {
+		t.Fatal("keeper exited with master 101's announcement queued")
+	}
+	if l.barriers != 1 || l.k.masters[101] == nil || l.k.record != nil {
+		t.Fatalf("barriers %d, 101 registered %v, record %v: want one barrier, 101 registered, not yet of record",
+			l.barriers, l.k.masters[101] != nil, l.k.record)
+	}
+	if l.f.ended != 0 {
+		t.Fatal("service ended with master 101 alive")
+	}
+	l.ready(101)
+	if code, done := l.exit(101, 0, true); !done || code != 0 {
+		t.Fatalf("keeper exit %d (done %v), want 0 after 101 exited", code, done)
+	}
 }

@@ -31,10 +31,12 @@ import (
 // range falls back to the kernel's hash over all sockets. baton keeps at
 // most two generations' sockets in a group (tableflip refuses an upgrade
 // until the previous master, and with it its workers, has exited), so: the
-// serving generation's socket is index 0 and a candidate's is index 1; once
-// the older one has closed, the survivor is index 0 again. Before each
-// upgrade the serving master attaches Steer(0, 1, 0) afresh, so that a
-// candidate that joins can never take a user's connection.
+// serving generation's socket is index 0 and a candidate's is index 1.
+// Before each upgrade the serving master checks that its socket is alone
+// in the group and attaches Steer(0, 1, 0) afresh, so that a candidate
+// that joins can never take a user's connection. When the older socket
+// leaves after a promote, the survivor moves to index 0 only if nothing
+// joined after it: handoff.go makes that leave and re-steers.
 //
 // Closing a socket resets every connection still in its accept queue, and
 // without request migration (net.ipv4.tcp_migrate_req=1) the ones still in

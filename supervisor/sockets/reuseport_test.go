@@ -4,6 +4,7 @@ package sockets
 
 import (
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -142,5 +143,81 @@ func TestOpenGroupFirstNeedsAFreeAddress(t *testing.T) {
 		t.Fatalf("joined %s, which another socket holds", spec.Addr)
 	} else if !strings.Contains(err.Error(), "address already in use") {
 		t.Fatalf("error %v, want address already in use", err)
+	}
+}
+
+// TestLeaveResteers: the old generation's socket leaves after a switch,
+// with a stray joining before the leave (it moves into slot 0, the
+// successor stays at 1) or after it (the successor moves to 0, the stray
+// takes 1). Leave re-attaches the program with the successor's new index,
+// and no user reaches the stray. Without the re-steer, the stray that
+// joins after the leave gets every connection (the program still says 1).
+func TestLeaveResteers(t *testing.T) {
+	for _, strayFirst := range []bool{false, true} {
+		name := map[bool]string{false: "stray-after-leave", true: "stray-before-leave"}[strayFirst]
+		t.Run(name, func(t *testing.T) {
+			free, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr := free.Addr().String()
+			free.Close()
+			spec := Spec{Name: "web", Network: "tcp", Addr: addr}
+			old, err := OpenGroup([]Spec{spec}, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer old.Close()
+			if err := old.Attach(Steer(0, 1, 0)); err != nil {
+				t.Skipf("kernel refuses SO_ATTACH_REUSEPORT_CBPF here: %v", err)
+			}
+			cand, err := OpenGroup([]Spec{spec}, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cand.Close()
+			if err := old.Attach(Steer(1, 1, 0)); err != nil { // the switch
+				t.Fatal(err)
+			}
+			var stray *Set
+			join := func() {
+				if stray, err = OpenGroup([]Spec{spec}, false); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var rs []Resteer
+			if strayFirst {
+				join()
+				// This process holds the stray's socket too: name the
+				// successor's directly.
+				rs = old.leave(func(map[uint64]bool, uint64) (*os.File, uint64, error) {
+					f, err := dupFile(cand.files[0], "successor")
+					return f, cand.Inodes()[0], err
+				})
+			} else {
+				// The successor's socket, found in this process's fds and
+				// copied with pidfd_getfd.
+				rs = old.Leave(os.Getpid())
+				join()
+			}
+			defer stray.Close()
+			want := map[bool]int{false: 0, true: 1}[strayFirst]
+			if len(rs) != 1 || rs[0].Err != nil || rs[0].Index != want || rs[0].Unsure || rs[0].StillListening {
+				if len(rs) == 1 && rs[0].Err != nil && strings.Contains(rs[0].Err.Error(), "pidfd") {
+					t.Skipf("no pidfd_getfd here: %v", rs[0].Err)
+				}
+				t.Fatalf("Leave: %+v, want index %d", rs, want)
+			}
+			for i := 0; i < 20; i++ {
+				c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.Close()
+			}
+			if c, s := queued(t, cand), queued(t, stray); c != 20 || s != 0 {
+				t.Fatalf("users on the successor %d, on the stray %d; want 20, 0", c, s)
+			}
+		})
 	}
 }

@@ -78,6 +78,12 @@ var (
 	ForeignSocket = named("foreign_socket")
 	// The last foreign socket is gone.
 	ForeignSocketsGone = named("foreign_sockets_gone")
+	// Classic BPF only: the old master's socket left its group at the end
+	// of a handover and the program now returns the new generation's
+	// index: address, index (-1: none attached), strays,
+	// still_listening, unsure, error. The new master: resteered_at_exit
+	// after the old master exited, the group holding its socket alone.
+	SteeringHandedOff = named("steering_handed_off")
 )
 
 // The keeper (field: keeper_pid).
