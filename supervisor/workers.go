@@ -225,9 +225,8 @@ func (m *master) onExit(w *worker, st exitStatus) {
 	}
 	switch {
 	case w.state == stateDraining:
-		m.up.drained++
+		m.up.oldWorkerDrained(w.killed)
 		if w.killed {
-			m.up.killed++
 			m.met.workerExited("killed")
 		} else {
 			m.met.workerExited("drained")

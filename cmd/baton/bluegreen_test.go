@@ -34,6 +34,32 @@ func bgSetup(t *testing.T, env string, args ...string) (*baton, string, string) 
 	return b, addr, envFile
 }
 
+// bgSetupAs is bgSetup (no env file) with the given steering: "classic"
+// runs baton with CAP_BPF and CAP_SYS_ADMIN dropped from its bounding set.
+func bgSetupAs(t *testing.T, steering string, args ...string) (*baton, string) {
+	t.Helper()
+	if steering == "ebpf" && os.Geteuid() != 0 {
+		t.Skip("needs root for the eBPF steering")
+	}
+	addr := freeAddr(t)
+	all := append([]string{"run", "--log-format", "json", "-l", addr, "-w", "2", "--ready-timeout", "5s", "--drain-timeout", "10s"}, args...)
+	all = append(all, "--", bin("hello"))
+	cmd := exec.Command(bin("baton"), all...)
+	if steering == "classic" && os.Geteuid() == 0 {
+		sp, err := exec.LookPath("setpriv")
+		if err != nil {
+			t.Skip("needs setpriv (Debian package util-linux) to drop CAP_BPF")
+		}
+		cmd = exec.Command(sp, append([]string{"--bounding-set=-bpf,-sys_admin,-perfmon", "--", bin("baton")}, all...)...)
+	}
+	b := startBatonCmd(t, cmd, nil)
+	if ev := b.log.wait(t, "rollout_sockets_ready", nil, 10*time.Second); ev.str("steering") != steering {
+		t.Fatalf("steering %q, want %q", ev.str("steering"), steering)
+	}
+	b.waitReady()
+	return b, addr
+}
+
 func writeEnv(t *testing.T, path, env string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(env), 0o644); err != nil {
@@ -323,7 +349,13 @@ func TestRolloutBadInput(t *testing.T) {
 // generation at each switch: nothing fails, every slow request completes.
 func TestBlueGreenTwentyUpgrades(t *testing.T) {
 	t.Parallel()
-	b, addr, _ := bgSetup(t, "", "--strategy", "blue-green", "--health-check", "tcp")
+	for _, steering := range steerings { // one after the other: each runs 64 clients
+		t.Run(steering, func(t *testing.T) { testBlueGreenTwentyUpgrades(t, steering) })
+	}
+}
+
+func testBlueGreenTwentyUpgrades(t *testing.T, steering string) {
+	b, addr := bgSetupAs(t, steering, "--strategy", "blue-green", "--health-check", "tcp")
 	load := startLoad(t, loadgen.Config{
 		Network: "tcp", Addr: addr, Clients: 64, KeepAlive: 0.5, ReleaseHeader: "Hello-Generation",
 		Duration: 120 * time.Second, MaxRequests: 3_000_000, Timeout: 10 * time.Second,
@@ -351,7 +383,7 @@ func TestBlueGreenTwentyUpgrades(t *testing.T) {
 	if lr.Failures() != 0 {
 		t.Fatalf("failed requests across 20 blue-green upgrades: %s", lr)
 	}
-	t.Logf("20 blue-green upgrades at concurrency 64: %s; switch after %v ms", lr, switches)
+	t.Logf("%s: 20 blue-green upgrades at concurrency 64: %s; switch after %v ms", steering, lr, switches)
 }
 
 // TestSmokeTestRunsAsTheNewGeneration: the smoke test runs as the workers'

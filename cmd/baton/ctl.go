@@ -166,7 +166,9 @@ func reloadCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 				printReload(os.Stdout, res)
 			}
 			if res.Code != control.ReloadOK {
-				return &exitCode{res.Code, "reload failed: " + res.Reason}
+				// The outcome printed above (text or JSON) carries the
+				// reason; a second copy on stderr only repeated it.
+				return &exitCode{res.Code, ""}
 			}
 			return nil
 		},
@@ -255,6 +257,12 @@ func printStatus(w io.Writer, st control.Status) {
 		fmt.Fprintf(w, "keeper %d (the service's pid)\n", st.KeeperPID)
 	}
 	fmt.Fprintf(w, "listening on %s\n", strings.Join(st.Listeners, ", "))
+	switch st.Steering {
+	case "ebpf":
+		fmt.Fprintln(w, "steering: ebpf (a map of baton's own sockets; no other socket in the group is chosen)")
+	case "classic":
+		fmt.Fprintln(w, "steering: classic BPF (an index into the kernel's order; a foreign socket in the group can take connections)")
+	}
 	switch st.ProcessTrees {
 	case "cgroup":
 		fmt.Fprintf(w, "process trees: cgroup %s\n", st.TreeCgroup)
