@@ -84,10 +84,14 @@ type candidate struct {
 	switchAt time.Time
 	weight   int                   // percent of new connections it gets once switched
 	checks   []control.CheckStatus // for baton status (rolloutview.go)
-	stops    []func()              // timers and checks of the stages before the bake, and the bake's timer
-	// bakeCheck stops the bake's one pending health check, or the timer
-	// that starts it: one at a time, so a long bake holds one, not a list.
-	bakeCheck func()
+	stops    []func()              // the health stage's deadline, the smoke test, the bake's timer
+	// probe stops the one pending health probe, or the timer that starts
+	// the next: one at a time, before the switch and during the bake, so
+	// a long bake holds one, not a list.
+	probe func()
+	// probeErr is the last failed probe's answer before the switch: what
+	// the health stage reports if --health-timeout passes.
+	probeErr error
 }
 
 func (c *candidate) stopAll() {
@@ -95,16 +99,16 @@ func (c *candidate) stopAll() {
 		f()
 	}
 	c.stops = nil
-	c.setBakeCheck(nil)
+	c.setProbe(nil)
 }
 
-// setBakeCheck stops the bake's pending check or timer, if any, and keeps
-// stop as the next one's.
-func (c *candidate) setBakeCheck(stop func()) {
-	if c.bakeCheck != nil {
-		c.bakeCheck()
+// setProbe stops the pending probe or its timer, if any, and keeps stop
+// as the next one's.
+func (c *candidate) setProbe(stop func()) {
+	if c.probe != nil {
+		c.probe()
 	}
-	c.bakeCheck = stop
+	c.probe = stop
 }
 
 // rolloutState is a master's part in a blue-green or canary upgrade. Owned
@@ -142,12 +146,7 @@ func (m *master) rolloutStep(c *candidate, name, detail string) {
 // steer attaches the steering program to this master's own sockets:
 // canary percent of users' new connections to the other generation, the
 // rest to ours.
-func (m *master) steer(canary int) error {
-	if m.lns == nil {
-		return nil
-	}
-	return m.lns.Steer(canary)
-}
+func (m *master) steer(canary int) error { return m.sys.steer(m.lns, canary) }
 
 // prepareRollout runs before an upgrade starts: users stay on this
 // master's socket, the only one in the group now (index 0), and whatever
@@ -193,10 +192,59 @@ func (m *master) startHealth(c *candidate) {
 	}
 	c.stage = stageHealth
 	m.checkStarted(c, "health-check")
-	stop := m.probeUntilHealthy(m.cfg.Rollout.HealthTimeout,
-		func(answer string, err error) { m.post(evProbe{c, stageHealth, answer, err}) },
-		func(err error) { m.post(evCheckDone{c, stageHealth, err, nil}) })
-	c.stops = append(c.stops, stop)
+	c.stops = append(c.stops, m.sys.afterFunc(m.cfg.Rollout.HealthTimeout, func() { m.post(evHealthTimeout{c}) }))
+	m.onProbeDue(c)
+}
+
+// healthRetry is the pause between a failed probe before the switch and
+// the next.
+const healthRetry = 100 * time.Millisecond
+
+// onProbeDue runs one health probe of c, before the switch or during the
+// bake; its outcome comes back as evProbe.
+func (m *master) onProbeDue(c *candidate) {
+	if m.rollout.cand != c || (c.stage != stageHealth && c.stage != stageBake) {
+		return
+	}
+	st := c.stage
+	if st == stageBake {
+		m.checkStarted(c, "bake-health")
+	}
+	c.setProbe(m.probeOnce(func(answer string, err error) { m.post(evProbe{c, st, answer, err}) }))
+}
+
+// onProbe takes one probe's outcome. Before the switch a failed probe is
+// retried every healthRetry until --health-timeout passes, and the first
+// that passes ends the stage; during the bake one failed probe rolls back
+// and a passed one schedules the next after --health-interval.
+func (m *master) onProbe(ev evProbe) {
+	c := ev.c
+	if m.rollout.cand != c || c.stage != ev.stage {
+		return
+	}
+	m.recordProbe(ev) // rolloutview.go
+	c.probe = nil     // it has ended
+	if ev.stage == stageHealth && ev.err != nil {
+		c.probeErr = ev.err
+		c.setProbe(m.sys.afterFunc(healthRetry, func() { m.post(evProbeDue{c}) }))
+		return
+	}
+	m.onCheckDone(evCheckDone{c, ev.stage, ev.err, nil})
+}
+
+// onHealthTimeout ends a health stage whose probes kept failing for
+// --health-timeout.
+func (m *master) onHealthTimeout(c *candidate) {
+	if m.rollout.cand != c || c.stage != stageHealth {
+		return
+	}
+	c.setProbe(nil) // a probe under way now is cut short: it says only that
+	err := c.probeErr
+	if err == nil {
+		err = errors.New("no probe answered")
+	}
+	bound := m.cfg.Rollout.HealthTimeout
+	m.onCheckDone(evCheckDone{c, stageHealth, fmt.Errorf("%w (still failing after %s, --health-timeout)", err, bound), nil})
 }
 
 func (m *master) startSmoke(c *candidate) {
@@ -278,19 +326,7 @@ func (m *master) switchUsers(c *candidate) {
 }
 
 func (m *master) scheduleBakeHealth(c *candidate) {
-	c.setBakeCheck(m.sys.afterFunc(m.cfg.Rollout.HealthInterval, func() { m.post(evBakeHealth{c}) }))
-}
-
-// onBakeHealth runs one health check of the candidate during the bake.
-func (m *master) onBakeHealth(c *candidate) {
-	if m.rollout.cand != c || c.stage != stageBake {
-		return
-	}
-	m.checkStarted(c, "bake-health")
-	c.setBakeCheck(m.probeOnce(func(answer string, err error) {
-		m.post(evProbe{c, stageBake, answer, err})
-		m.post(evCheckDone{c, stageBake, err, nil})
-	}))
+	c.setProbe(m.sys.afterFunc(m.cfg.Rollout.HealthInterval, func() { m.post(evProbeDue{c}) }))
 }
 
 func (m *master) onBakeDone(c *candidate) {
@@ -429,7 +465,7 @@ func (m *master) generationReady() {
 		m.bootFailed(fmt.Errorf("%w: %s", ErrBootFailed, why), why)
 		return
 	}
-	if !m.cfg.Rollout.Strategy.steered() || !m.up.parentAlive || m.up.parentNotify == "" {
+	if !m.cfg.Rollout.Strategy.steered() || !m.origin.parentAlive || m.origin.parentNotify == "" {
 		m.bootDone()
 		return
 	}
@@ -444,7 +480,7 @@ func (m *master) generationReady() {
 	m.log.Info("generation ready as a candidate: waiting for the old master's checks", logevent.RolloutCandidate, zap.Duration("workers_starting", now.Sub(m.bootAt)))
 	m.step(control.Progress{Event: control.EvGenerationReady, Count: len(m.slots), DurationMS: ms(now.Sub(m.bootAt)),
 		Message: fmt.Sprintf("all %d workers ready after %s; the old master checks them before the switch", len(m.slots), now.Sub(m.bootAt).Round(time.Millisecond))})
-	m.sys.notifyTo(m.up.parentNotify, reportToken+"="+m.up.parentToken+"\n"+reportCandidate+"="+string(b)+"\n"+reportNotify+"="+m.notifyAddr())
+	m.sys.notifyTo(m.origin.parentNotify, reportToken+"="+m.origin.parentToken+"\n"+reportCandidate+"="+string(b)+"\n"+reportNotify+"="+m.notifyAddr())
 }
 
 // onParentOrder takes an order from the old master; false when fields hold
@@ -513,7 +549,7 @@ func (m *master) onSwitchBackWait() {
 // empty, for at most the drain timeout; under the shared strategy at once
 // (another generation accepts from the same queue).
 func (m *master) drainWhenIdle() {
-	if !m.cfg.Rollout.Strategy.steered() || m.lns == nil {
+	if !m.cfg.Rollout.Strategy.steered() {
 		m.drainAll()
 		return
 	}
@@ -521,12 +557,12 @@ func (m *master) drainWhenIdle() {
 		s.cancelRestart()
 	}
 	m.rollout.afterIdle = m.drainAll
-	files := append([]*os.File(nil), m.lns.Files()...)
+	files := append([]*os.File(nil), m.files...)
 	bound := m.cfg.DrainTimeout
-	start := time.Now()
+	start := m.sys.now()
 	go func() {
-		n := waitQueueEmpty(files, bound)
-		m.post(evQueueIdle{left: n, waited: time.Since(start)})
+		n := m.sys.waitQueueEmpty(files, bound)
+		m.post(evQueueIdle{left: n, waited: m.sys.now().Sub(start)})
 	}()
 }
 

@@ -37,7 +37,7 @@ func TestDrainedExitsPassToTheNewMaster(t *testing.T) {
 	}
 	// The new master's side: each datagram adds to its counters.
 	nm := newLoop(t, testConfig(1))
-	nm.m.up.parentToken = "tok"
+	nm.m.origin.parentToken = "tok"
 	for _, r := range sent {
 		_, js, _ := strings.Cut(r, orderCounts+"=")
 		nm.m.handle(evNotify{PID: 1, Fields: map[string]string{reportToken: "tok", orderCounts: js}})

@@ -42,7 +42,7 @@ func (m *master) openGroup(reg sockets.Registry, act []sockets.Activated) (*sock
 		}
 		return nil, fmt.Errorf("--strategy %s: sockets from systemd socket activation are shared by every generation; blue-green and canary need baton to bind each generation's own (drop the .socket unit)", st)
 	}
-	lns, err := sockets.OpenGroup(m.cfg.Listen, !m.up.parentAlive)
+	lns, err := sockets.OpenGroup(m.cfg.Listen, !m.origin.parentAlive)
 	if err != nil {
 		return nil, fmt.Errorf("--strategy %s: %w", st, err)
 	}
@@ -52,7 +52,7 @@ func (m *master) openGroup(reg sockets.Registry, act []sockets.Activated) (*sock
 		m.log.Info("steering with classic BPF: any socket of the same user that joins the group can receive connections; the membership check reports it",
 			zap.String("ebpf_unavailable", err.Error()))
 	}
-	if !m.up.parentAlive {
+	if !m.origin.parentAlive {
 		if err := lns.Steer(0); err != nil {
 			lns.Close()
 			return nil, fmt.Errorf("--strategy %s needs a kernel that steers SO_REUSEPORT groups with BPF (Linux >= 4.6, plain TCP): %w", st, osutilCause(err))
@@ -153,12 +153,17 @@ func probeDialer(timeout time.Duration) *net.Dialer {
 
 const probeTimeout = 2 * time.Second
 
-// probe runs one health check against the candidate. It returns the
-// answer ("200", "connected") or why it failed ("GET /health answered 500",
-// a connection error).
+// probe runs one health check against the candidate, through the seam.
 func (m *master) probe(ctx context.Context) (string, error) {
-	hc := m.cfg.Rollout.HealthCheck
-	target := m.probeTarget()
+	return m.sys.healthProbe(ctx, m.probeTarget(), m.cfg.Rollout.HealthCheck)
+}
+
+// healthProbe runs one health check hc against target from the probe
+// source (or with the probe mark): a connection for tcp, a GET answered
+// 2xx for http. It returns the answer ("200", "connected") or why it
+// failed ("GET /health answered 500", a connection error), and blocks for
+// at most probeTimeout, or until ctx ends.
+func healthProbe(ctx context.Context, target string, hc HealthCheck) (string, error) {
 	d := probeDialer(probeTimeout)
 	if hc.Kind == "tcp" {
 		c, err := d.DialContext(ctx, "tcp", target)
@@ -188,48 +193,6 @@ func (m *master) probe(ctx context.Context) (string, error) {
 	return strconv.Itoa(resp.StatusCode), nil
 }
 
-// probeUntilHealthy probes every 100 ms until one probe passes or bound
-// (--health-timeout) has passed, calling each with every probe's answer
-// or failure, then calls done once (from another goroutine) with nil or
-// the last failure. stop abandons it; neither is called after.
-func (m *master) probeUntilHealthy(bound time.Duration, each func(string, error), done func(error)) (stop func()) {
-	ctx, cancel := context.WithTimeout(context.Background(), bound)
-	go func() {
-		defer cancel()
-		var err error
-		for {
-			answer, perr := m.probe(ctx)
-			if ctx.Err() == nil || perr == nil {
-				each(answer, perr)
-			}
-			if perr == nil {
-				err = nil
-				break
-			}
-			// The probe cut short by the deadline says only that; keep the
-			// last real answer ("answered 500") for the report.
-			if ctx.Err() == nil || err == nil {
-				err = perr
-			}
-			if ctx.Err() != nil {
-				break
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(100 * time.Millisecond):
-			}
-		}
-		if errors.Is(context.Cause(ctx), context.Canceled) {
-			return
-		}
-		if err != nil {
-			err = fmt.Errorf("%w (still failing after %s, --health-timeout)", err, bound)
-		}
-		done(err)
-	}()
-	return cancel
-}
-
 // probeOnce runs one probe and calls done with its answer or failure,
 // unless stopped.
 func (m *master) probeOnce(done func(string, error)) (stop func()) {
@@ -244,90 +207,110 @@ func (m *master) probeOnce(done func(string, error)) (stop func()) {
 	return cancel
 }
 
-// runSmokeTest runs --smoke-test once by /bin/sh -c in the workers'
-// directory, with BATON_CANDIDATE=127.0.0.1:PORT, a proxy that reaches
-// only the candidate, and calls done with its outcome and last output
-// lines. Running past --smoke-timeout kills its process group.
+// smokeRun is one run of --smoke-test, as the seam gets it.
+type smokeRun struct {
+	command string
+	dir     string
+	env     []string // the new generation's environment, with BATON_GENERATION
+	cred    *syscall.Credential
+	target  string // the candidate's address: the proxy relays to it
+	timeout time.Duration
+	log     *zap.Logger // for its output lines
+}
+
+// runSmokeTest runs --smoke-test once through the seam, as the new
+// generation's workers will run (its user and group, its --env-file), and
+// calls done with its outcome and last output lines (from another
+// goroutine). stop abandons it; done is then not called.
 func (m *master) runSmokeTest(gen int, done func(error, []string)) (stop func()) {
 	r := m.cfg.Rollout
-	ctx, cancel := context.WithTimeout(context.Background(), r.SmokeTimeout)
-	stopped := make(chan struct{})
-	var once sync.Once
-	stop = func() { once.Do(func() { close(stopped); cancel() }) }
+	env := m.nextEnv()
+	run := smokeRun{
+		command: r.SmokeTest, dir: m.cfg.Chdir, cred: m.cfg.Credential,
+		env:    append(env[:len(env):len(env)], "BATON_GENERATION="+strconv.Itoa(gen)),
+		target: m.probeTarget(), timeout: r.SmokeTimeout, log: m.log,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
-		defer cancel()
-		px, err := startCandidateProxy(m.probeTarget())
+		tail, err := m.sys.smokeTest(ctx, run)
+		if ctx.Err() != nil {
+			return // stopped
+		}
+		cancel()
 		if err != nil {
-			done(err, nil)
-			return
-		}
-		defer px.close()
-		cmd := exec.Command("/bin/sh", "-c", r.SmokeTest)
-		cmd.Dir = m.cfg.Chdir
-		// As the new generation's workers will run: its user and group,
-		// its --env-file.
-		env := m.nextEnv()
-		cmd.Env = append(env[:len(env):len(env)],
-			"BATON_CANDIDATE="+px.addr,
-			"BATON_CANDIDATE_TARGET="+m.probeTarget(),
-			"BATON_CANDIDATE_SOURCE="+sockets.ProbeSource.String(),
-			"BATON_GENERATION="+strconv.Itoa(gen))
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: m.cfg.Credential}
-		pr, pw, err := os.Pipe()
-		if err != nil {
-			done(err, nil)
-			return
-		}
-		cmd.Stdout, cmd.Stderr = pw, pw
-		if err := spawn.StartUnblocked(cmd); err != nil {
-			pw.Close()
-			pr.Close()
-			done(fmt.Errorf("start: %w", err), nil)
-			return
-		}
-		pw.Close()
-		var tail stderrTail
-		read := make(chan struct{})
-		go func() {
-			sc := bufio.NewScanner(pr)
-			for sc.Scan() {
-				tail.add(sc.Text())
-				m.log.Info("smoke test output", logevent.SmokeTestOutput, zap.String("line", sc.Text()))
-			}
-			pr.Close()
-			close(read)
-		}()
-		waited := make(chan error, 1)
-		go func() { waited <- cmd.Wait() }()
-		var werr error
-		select {
-		case werr = <-waited:
-		case <-ctx.Done():
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			werr = <-waited
-			if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				<-read
-				return // stopped
-			}
-			werr = fmt.Errorf("still running after %s (--smoke-timeout)", r.SmokeTimeout)
-		}
-		// Its own children may hold the pipe: their output is not waited for.
-		select {
-		case <-read:
-		case <-time.After(100 * time.Millisecond):
-		}
-		select {
-		case <-stopped:
-			return
-		default:
-		}
-		if werr != nil {
-			done(fmt.Errorf("%q: %w", r.SmokeTest, werr), tail.snapshot())
+			done(fmt.Errorf("%q: %w", r.SmokeTest, err), tail)
 			return
 		}
 		done(nil, nil)
 	}()
-	return stop
+	return cancel
+}
+
+// smokeTest runs s by /bin/sh -c in its directory, with
+// BATON_CANDIDATE=127.0.0.1:PORT, a proxy that reaches only the candidate,
+// and returns its last output lines and why it failed (nil: exit 0).
+// Running past s.timeout, or ctx ending, kills its process group. It
+// blocks until then.
+func smokeTest(ctx context.Context, s smokeRun) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	px, err := startCandidateProxy(s.target)
+	if err != nil {
+		return nil, err
+	}
+	defer px.close()
+	cmd := exec.Command("/bin/sh", "-c", s.command)
+	cmd.Dir = s.dir
+	cmd.Env = append(s.env[:len(s.env):len(s.env)],
+		"BATON_CANDIDATE="+px.addr,
+		"BATON_CANDIDATE_TARGET="+s.target,
+		"BATON_CANDIDATE_SOURCE="+sockets.ProbeSource.String())
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: s.cred}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := spawn.StartUnblocked(cmd); err != nil {
+		pw.Close()
+		pr.Close()
+		return nil, fmt.Errorf("start: %w", err)
+	}
+	pw.Close()
+	var tail stderrTail
+	read := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			tail.add(sc.Text())
+			s.log.Info("smoke test output", logevent.SmokeTestOutput, zap.String("line", sc.Text()))
+		}
+		pr.Close()
+		close(read)
+	}()
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	var werr error
+	select {
+	case werr = <-waited:
+	case <-ctx.Done():
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		werr = <-waited
+		if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			<-read
+			return nil, ctx.Err() // stopped
+		}
+		werr = fmt.Errorf("still running after %s (--smoke-timeout)", s.timeout)
+	}
+	// Its own children may hold the pipe: their output is not waited for.
+	select {
+	case <-read:
+	case <-time.After(100 * time.Millisecond):
+	}
+	if werr != nil {
+		return tail.snapshot(), werr
+	}
+	return nil, nil
 }
 
 // candidateProxy accepts on 127.0.0.1:PORT and relays every connection to

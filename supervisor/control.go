@@ -178,10 +178,10 @@ func (m *master) status() control.Status {
 				UptimeMS: ms(now.Sub(w.started))})
 		}
 	}
-	if m.up.parentAlive && m.phase != phaseBooting {
+	if m.origin.parentAlive && m.phase != phaseBooting {
 		ppid := os.Getppid()
 		st.Previous = &control.PrevStatus{MasterPID: ppid, Generation: m.gen - 1, State: "draining",
-			WorkerPIDs: osutil.ChildrenOf(ppid, m.self), DrainLeftMS: max(0, ms(m.up.parentDeadline.Sub(now))),
+			WorkerPIDs: osutil.ChildrenOf(ppid, m.self), DrainLeftMS: max(0, ms(m.origin.parentDeadline.Sub(now))),
 			Processes: m.generationProcs(m.gen - 1)}
 	}
 	st.LastUpgrade = m.up.last

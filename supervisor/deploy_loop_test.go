@@ -25,13 +25,20 @@ type recConn struct {
 	mu     sync.Mutex
 	buf    strings.Builder
 	closed chan struct{}
+	wrote  chan struct{} // a token after each write, for waits on lines
 }
 
-func newRecConn() *recConn { return &recConn{closed: make(chan struct{})} }
+func newRecConn() *recConn {
+	return &recConn{closed: make(chan struct{}), wrote: make(chan struct{}, 1)}
+}
 
 func (c *recConn) Write(b []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	select {
+	case c.wrote <- struct{}{}:
+	default:
+	}
 	return c.buf.Write(b)
 }
 func (c *recConn) Close() error                     { close(c.closed); return nil }
@@ -208,8 +215,8 @@ func TestStopWaitsForTheHook(t *testing.T) {
 // later requests merge into it, and it runs when the old master exits.
 func TestUpgradeQueuedBehindTheDrain(t *testing.T) {
 	l := serving(t, testConfig(1))
-	l.m.up.parentAlive = true
-	l.m.up.parentDeadline = l.m.sys.now().Add(4 * time.Second)
+	l.m.origin.parentAlive = true
+	l.m.origin.parentDeadline = l.m.sys.now().Add(4 * time.Second)
 	rc1 := l.reload(false)
 	l.signal(syscall.SIGUSR2)
 	rc2 := l.reload(false)
@@ -249,7 +256,7 @@ func TestUpgradeQueuedBehindTheDrain(t *testing.T) {
 
 func TestQueuedUpgradeDroppedOnStop(t *testing.T) {
 	l := serving(t, testConfig(1))
-	l.m.up.parentAlive = true
+	l.m.origin.parentAlive = true
 	rc := l.reload(false)
 	l.signal(syscall.SIGTERM)
 	if _, res := rc.lines(t); res.Code != control.ReloadRefused || !strings.Contains(res.Reason, "stopping") {
@@ -287,7 +294,7 @@ func TestScale(t *testing.T) {
 func TestNewMasterReportsSteps(t *testing.T) {
 	f, upg := newFakeOS(), newFakeUpgrader()
 	m := newMaster(testConfig(2), f.sys(), upg, 2)
-	m.up.parentNotify, m.up.parentToken, m.up.parentAlive = "@old", "tok", true
+	m.origin.parentNotify, m.origin.parentToken, m.origin.parentAlive = "@old", "tok", true
 	l := &loop{t: t, m: m, os: f, upg: upg}
 	m.boot()
 	l.step()

@@ -21,7 +21,19 @@
 //	workers.go    a generation's workers: spawn, exit, crash restart with
 //	              backoff, drain, TTIN/TTOU, and the timers of each
 //	readiness.go  when a worker counts as ready (notify, delay:, exec:)
-//	upgrade.go    the handover protocol, both ends, its state in one struct
+//	upgrade.go    the handover protocol, both ends, and its state in two
+//	              structs. originState is a new master's part in the
+//	              upgrade that started it (what the old master passed,
+//	              the takeover, the old master's exit): only upgrade.go
+//	              writes it, the rest of the master reads it.
+//	              upgradeState is an old master's part in the upgrade it
+//	              runs: upgrade.go runs it; queue.go, signals.go and
+//	              hook.go hold it before it starts (queuedAt/By, hookTook,
+//	              waited); carrycounts.go passes counts (childNotify,
+//	              passed); bluegreen.go records why a rollout failed
+//	              (reason, stderr, outputOf, failedStep); control.go and
+//	              progress.go hold the reloads waiting on it (waiters);
+//	              master.go and workers.go only read it
 //	hook.go       --before-upgrade: run by the old master before an upgrade
 //	queue.go      the one upgrade waiting for the previous generation's drain
 //	progress.go   a reload's progress lines, and a new master's steps sent
@@ -29,10 +41,16 @@
 //	metrics.go    --metrics: Prometheus exposition, carried across masters
 //	strategy.go   --strategy and the rollout flags, their checks
 //	bluegreen.go  blue-green and canary, both ends: candidate, checks in
-//	              order, switch, bake, promote, rollback; orders to the
-//	              new master on its notify socket
-//	checks.go     the health check, the smoke test and its relay, which
-//	              reach only the candidate; emptying an accept queue
+//	              order, the health stage's retries and --health-timeout,
+//	              switch, bake and its one pending probe, promote,
+//	              rollback; orders to the new master on its notify socket.
+//	              Every decision is the loop's, on the seam's clock
+//	rolloutview.go what baton status and the progress lines show of a
+//	              rollout (stage, checks, probe answers), and the promote
+//	              order's timings; it observes, bluegreen.go decides
+//	checks.go     the health probe, the smoke test and its relay, which
+//	              reach only the candidate; emptying an accept queue (the
+//	              real half of the seam's rollout calls)
 //	members.go    who is in blue-green's reuseport groups: checked before
 //	              every switch, when workers are ready, and every second
 //	control.go    the master's side of the control protocol (package
@@ -40,7 +58,9 @@
 //	systemd.go    sd_notify to the service manager, watchdog
 //	env.go        what a worker's environment is made of
 //	sys.go        the OS seam: process start, signals, clock and timers,
-//	              notifications; tests swap in a fake (fake_test.go)
+//	              notifications, and the rollout's contacts with the
+//	              candidate (health probe, smoke test, accept-queue wait,
+//	              steering share); tests swap in a fake (fake_test.go)
 //	output.go     tagged worker output, inherit mode's stderr tee, and the
 //	              stderr tail of failures
 //	hints.go      advice for the usual first-run mistakes: a server binding

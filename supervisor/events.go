@@ -51,14 +51,15 @@ type (
 		err    error
 		output []string // a smoke test's last output lines
 	}
-	evProbe struct { // one health probe's outcome (rolloutview.go)
+	evProbe struct { // one health probe's outcome
 		c      *candidate
 		stage  stage
 		answer string
 		err    error
 	}
 	evBakeDone       struct{ c *candidate }
-	evBakeHealth     struct{ c *candidate }
+	evProbeDue       struct{ c *candidate } // time for the next health probe
+	evHealthTimeout  struct{ c *candidate } // --health-timeout passed
 	evSwitchBackWait struct{}
 	evQueueIdle      struct {
 		left   int // connections still queued at the bound
@@ -88,6 +89,7 @@ func (evHookTimeout) isEvent()    {}
 func (evHookOutput) isEvent()     {}
 func (evCheckDone) isEvent()      {}
 func (evBakeDone) isEvent()       {}
-func (evBakeHealth) isEvent()     {}
+func (evProbeDue) isEvent()       {}
+func (evHealthTimeout) isEvent()  {}
 func (evSwitchBackWait) isEvent() {}
 func (evQueueIdle) isEvent()      {}

@@ -35,6 +35,16 @@ type fakeOS struct {
 	headroom tasks.Headroom // zero: unlimited
 	tree     int64          // tasks of any process's tree
 	hits     int64          // pids.events max
+	// The rollout's checks: what the next health probes and smoke tests
+	// answer (nil: pass), the runs seen, and the canary shares set.
+	// probeFail, if set, fails every probe once probeErrs is used up.
+	probeErrs []error
+	probeFail error
+	probes    int
+	smokeErr  error
+	smokeHold chan struct{} // if set, a smoke test runs until it is closed (or stopped)
+	smokes    []smokeRun
+	steers    []int
 }
 
 type fakeTimer struct {
@@ -107,6 +117,47 @@ func (f *fakeOS) sys() sys {
 		},
 		treeTasks: func(int) int64 { return f.tree },
 		limitHits: func() int64 { f.mu.Lock(); defer f.mu.Unlock(); return f.hits },
+		healthProbe: func(context.Context, string, HealthCheck) (string, error) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			f.probes++
+			if len(f.probeErrs) == 0 {
+				if f.probeFail != nil {
+					return "", f.probeFail
+				}
+				return "200", nil
+			}
+			err := f.probeErrs[0]
+			f.probeErrs = f.probeErrs[1:]
+			if err == nil {
+				return "200", nil
+			}
+			return "", err
+		},
+		smokeTest: func(ctx context.Context, s smokeRun) ([]string, error) {
+			f.mu.Lock()
+			f.smokes = append(f.smokes, s)
+			hold, err := f.smokeHold, f.smokeErr
+			f.mu.Unlock()
+			if hold != nil {
+				select {
+				case <-hold:
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				}
+			}
+			if err != nil {
+				return []string{"smoke: checkout broken"}, err
+			}
+			return nil, nil
+		},
+		waitQueueEmpty: func([]*os.File, time.Duration) int { return 0 },
+		steer: func(_ *sockets.Set, canary int) error {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			f.steers = append(f.steers, canary)
+			return nil
+		},
 	}
 }
 

@@ -56,7 +56,7 @@ func TestBootFailure(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			l := newLoop(t, testConfig(3))
-			l.m.up.parentNotify, l.m.up.parentToken = "@old", "tok" // as a new master
+			l.m.origin.parentNotify, l.m.origin.parentToken = "@old", "tok" // as a new master
 			tt.fail(l)
 			if !errors.Is(l.m.bootErr, ErrBootFailed) || !strings.Contains(l.m.bootErr.Error(), tt.want) {
 				t.Fatalf("bootErr %v, want ErrBootFailed saying %q", l.m.bootErr, tt.want)
@@ -297,8 +297,8 @@ func TestUpgradeRefusals(t *testing.T) {
 	})
 	t.Run("while the previous generation drains", func(t *testing.T) {
 		l := serving(t, testConfig(1))
-		l.m.up.parentAlive = true
-		l.m.up.parentDeadline = l.m.sys.now().Add(1500 * time.Millisecond)
+		l.m.origin.parentAlive = true
+		l.m.origin.parentDeadline = l.m.sys.now().Add(1500 * time.Millisecond)
 		if why := l.m.requestUpgrade("test", false); !strings.Contains(why, "still draining (up to 1.5s more)") {
 			t.Fatalf("refusal %q", why)
 		}

@@ -68,11 +68,12 @@ type master struct {
 	bootErr      error
 	startAt      time.Time
 	bootAt       time.Time
-	runAt        time.Time // Run was called (zero in tests that build a master directly)
-	failedStderr []string  // the failing worker's last stderr lines
-	failedOf     string    // whose lines they are: "worker 1's stderr", "the hook's output"
-	pinned       release   // resolved at boot; every worker of the generation runs it
-	up           upgradeState
+	runAt        time.Time      // Run was called (zero in tests that build a master directly)
+	failedStderr []string       // the failing worker's last stderr lines
+	failedOf     string         // whose lines they are: "worker 1's stderr", "the hook's output"
+	pinned       release        // resolved at boot; every worker of the generation runs it
+	origin       originState    // as a new master: the upgrade that started it
+	up           upgradeState   // as an old master: the upgrade it started
 	stopWaiters  []*ctlConn     // held open until exit
 	writers      sync.WaitGroup // held reload writers still flushing
 	stopAsked    bool           // a stop signal came after the handover
@@ -159,18 +160,18 @@ func Run(cfg Config) error {
 	// re-executed master have no O_CLOEXEC). Passing an fd (ExtraFiles,
 	// tableflip's files) dup2s it, which clears the flag on the copy.
 	osutil.MarkCloexecFrom(3)
-	var up upgradeState
-	gen := up.readUpgradeEnv(upg.HasParent())
-	if up.workers > 0 {
-		cfg.Workers = up.workers // as TTIN, TTOU or scale left it
+	var origin originState
+	gen := origin.readUpgradeEnv(upg.HasParent())
+	if origin.workers > 0 {
+		cfg.Workers = origin.workers // as TTIN, TTOU or scale left it
 	}
 	s, release := osSys()
 	defer release()
 	m := newMaster(cfg, s, tableflipUpgrader{upg}, gen)
-	m.up = up
+	m.origin = origin
 	m.runAt = runAt
 	m.keeper = keeper
-	if err := m.met.restore(up.metrics); err != nil {
+	if err := m.met.restore(origin.metrics); err != nil {
 		m.log.Warn("previous master's metrics not carried over", zap.Error(err))
 	}
 	if err := m.startTasks(cfg.Workers); err != nil {
@@ -216,7 +217,7 @@ func Run(cfg Config) error {
 // sockets. The caller has run Config.Check.
 func (m *master) setup() error {
 	var act []sockets.Activated
-	if !m.up.parentAlive {
+	if !m.origin.parentAlive {
 		// Started by a systemd .socket unit: its sockets, not new ones.
 		// (A re-executed master gets everything from tableflip instead.)
 		var err error
@@ -307,7 +308,7 @@ func (m *master) release(owner bool) {
 	// succeeded: then tableflip's loop has already ended and Stop only
 	// closes. So an old master that handed over may call it safely, and a
 	// new master whose old one still serves must not.
-	if owner || !m.up.parentAlive {
+	if owner || !m.origin.parentAlive {
 		m.upg.Stop()
 		<-m.upg.Exit()
 		if owner && m.cfg.PIDFile != "" && !m.keeper.Present() {
@@ -332,15 +333,15 @@ func (m *master) run() error {
 	sigc := earlysig.Chan()
 
 	go m.notify.Run(func(msg notify.Msg) { m.post(evNotify(msg)) })
-	if m.control != nil && !m.up.parentAlive {
+	if m.control != nil && !m.origin.parentAlive {
 		// A new master answers only once it serves; until then the old
 		// one does.
 		go m.serveControl(m.control)
 	}
-	if !m.up.parentAlive {
+	if !m.origin.parentAlive {
 		m.serveMetrics()
 	}
-	if m.up.parentAlive {
+	if m.origin.parentAlive {
 		go m.waitForParent()
 	}
 	m.startWatchdog()
@@ -368,15 +369,15 @@ func (m *master) boot() {
 		zap.Int("workers", m.cfg.Workers),
 		zap.Strings("listen", specStrings(m.cfg.Listen)),
 		zap.Strings("command", m.cfg.Command),
-		zap.Bool("upgrade", m.up.parentAlive),
+		zap.Bool("upgrade", m.origin.parentAlive),
 	}
 	if !m.runAt.IsZero() {
-		fields = append(fields, startupFields(m.up.start, m.runAt, m.bootAt)...)
+		fields = append(fields, startupFields(m.origin.start, m.runAt, m.bootAt)...)
 	}
 	m.log.Info("master starting", fields...)
 	m.step(control.Progress{Event: control.EvMasterStarted, Count: m.cfg.Workers,
 		Message: fmt.Sprintf("new master %d started: %d workers", m.self, m.cfg.Workers)})
-	if m.cfg.BeforeStart && !m.up.parentAlive {
+	if m.cfg.BeforeStart && !m.origin.parentAlive {
 		m.startHook(m.gen, false)
 		return
 	}
@@ -385,7 +386,7 @@ func (m *master) boot() {
 
 // startGeneration starts this master's workers.
 func (m *master) startGeneration() {
-	m.prog.forwarding.Store(m.up.parentNotify != "")
+	m.prog.forwarding.Store(m.origin.parentNotify != "")
 	rel, err := resolveRelease(m.cfg)
 	if err != nil {
 		m.bootFailed(fmt.Errorf("%w: %w", ErrBootFailed, err), err.Error())
@@ -483,8 +484,10 @@ func (m *master) handle(ev event) {
 		m.onProbe(ev)
 	case evBakeDone:
 		m.onBakeDone(ev.c)
-	case evBakeHealth:
-		m.onBakeHealth(ev.c)
+	case evProbeDue:
+		m.onProbeDue(ev.c)
+	case evHealthTimeout:
+		m.onHealthTimeout(ev.c)
 	case evSwitchBackWait:
 		m.onSwitchBackWait()
 	case evQueueIdle:
@@ -540,7 +543,7 @@ func (m *master) stop(trigger string) {
 		zap.Duration("drain_timeout", m.cfg.DrainTimeout))
 	if m.phase == phaseBooting {
 		m.bootErr = fmt.Errorf("%w: stopped by %s while starting", ErrBootFailed, trigger)
-		if !m.up.parentAlive {
+		if !m.origin.parentAlive {
 			m.bootErr = nil // a plain start interrupted by the operator is a clean stop
 		}
 		m.reportFailure("new master received " + trigger + " before its workers were ready")
@@ -567,8 +570,8 @@ func (m *master) bootDone() {
 		workers = m.rollout.readyAt.Sub(m.bootAt)
 	}
 	var total time.Duration
-	if !m.up.start.IsZero() {
-		total = now.Sub(m.up.start)
+	if !m.origin.start.IsZero() {
+		total = now.Sub(m.origin.start)
 	}
 	checks, bake := m.rollout.checks, m.rollout.bake
 	batonPart := max(total-workers-checks-bake, 0)
@@ -593,12 +596,12 @@ func (m *master) bootDone() {
 		m.log.Warn("old master gone before the handover: serving as the master", zap.Error(err))
 	}
 	m.phase = phaseServing
-	if m.lns != nil && m.cfg.Rollout.Strategy.steered() && m.up.parentAlive {
+	if m.lns != nil && m.cfg.Rollout.Strategy.steered() && m.origin.parentAlive {
 		m.allowed() // records the previous generation's sockets, to name a leftover later
 	}
 	m.scheduleMemberCheck()
 	fields := []zap.Field{zap.Int("workers", len(m.slots)), zap.Duration("workers_starting", workers)}
-	if m.up.parentPID != 0 {
+	if m.origin.parentPID != 0 {
 		// Started by an old master (alive, or gone mid-handover): this one
 		// answers the control socket and /metrics from now on.
 		if total > 0 {
@@ -612,18 +615,14 @@ func (m *master) bootDone() {
 		}
 		m.serveMetrics()
 		m.met.tookOver(now, handoverParts{app: workers, checks: checks, bake: bake, baton: batonPart})
-		m.up.servingAt = now
-		if m.up.parentAlive {
-			// The old master drains for at most its drain timeout after this.
-			m.up.parentDeadline = now.Add(m.cfg.DrainTimeout + time.Second)
-		}
+		m.origin.tookOver(now, m.cfg.DrainTimeout)
 		m.log.Info("handover complete: new generation serving", append(fields, logevent.HandoverComplete)...)
 	} else {
 		m.trim() // before the line: whoever waits for it sees a master at rest
 		m.log.Info("generation ready", append(fields, logevent.GenerationReady)...)
 	}
 	m.sdNotify(fmt.Sprintf("MAINPID=%d\nREADY=1\nSTATUS=generation %d, %d workers", m.self, m.gen, len(m.slots)))
-	if m.up.parentPID == 0 {
+	if m.origin.parentPID == 0 {
 		m.startQueued() // an upgrade held while the first generation booted
 	}
 }
@@ -654,7 +653,7 @@ func (m *master) onNotify(msg notify.Msg) {
 		if t := msg.Fields[reportToken]; t != "" && t == m.up.token && m.onChildReport(msg.PID, msg.Fields) {
 			return
 		}
-		if t := msg.Fields[reportToken]; t != "" && t == m.up.parentToken && m.onParentOrder(msg.Fields) {
+		if t := msg.Fields[reportToken]; t != "" && t == m.origin.parentToken && m.onParentOrder(msg.Fields) {
 			return
 		}
 		m.log.Warn("notify message from unknown process ignored", logevent.NotifyUnknownSender, zap.Int("sender_pid", msg.PID))
@@ -742,5 +741,5 @@ func (m *master) keeperPID() int {
 // parentGone reports whether the old master that started this one has
 // exited (this master was re-parented, to the keeper).
 func (m *master) parentGone() bool {
-	return !m.up.parentAlive || (m.up.parentPID != 0 && m.sys.parentOf(m.self) != m.up.parentPID)
+	return !m.origin.parentAlive || (m.origin.parentPID != 0 && m.sys.parentOf(m.self) != m.origin.parentPID)
 }

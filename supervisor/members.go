@@ -60,7 +60,7 @@ func (m *master) allowed() map[uint64]bool {
 			own[ino] = true
 		}
 	}
-	if m.up.parentAlive {
+	if m.origin.parentAlive {
 		ppid := os.Getppid()
 		if m.group.prev == nil {
 			m.group.prev = map[uint64]bool{}
@@ -209,7 +209,7 @@ func (m *master) onMembers(ev evMembers) {
 		changed = now[i].Inode != m.group.foreign[i].Inode
 	}
 	m.group.foreign = now
-	upgrading := m.rollout.cand != nil || m.up.running || m.up.parentAlive
+	upgrading := m.rollout.cand != nil || m.up.running || m.origin.parentAlive
 	if len(now) == 0 {
 		if changed {
 			m.log.Info("reuseport group holds only baton's sockets again", logevent.ForeignSocketsGone)

@@ -213,8 +213,8 @@ func (m *master) syncMetrics() {
 			}
 		}
 	}
-	if m.up.parentAlive && m.up.parentDeadline.After(until) {
-		until = m.up.parentDeadline
+	if m.origin.parentAlive && m.origin.parentDeadline.After(until) {
+		until = m.origin.parentDeadline
 	}
 	stage, cand := m.rolloutStage(), 0
 	if stage != "" {

@@ -120,7 +120,7 @@ func (m *master) progress(p control.Progress) {
 // step reports a step of this master's start to the old master that is
 // upgrading to it, while this generation starts. Elsewhere it does nothing.
 func (m *master) step(p control.Progress) {
-	if m.up.parentNotify == "" || m.phase != phaseBooting {
+	if m.origin.parentNotify == "" || m.phase != phaseBooting {
 		return
 	}
 	m.sendStep(p)
@@ -131,14 +131,14 @@ func (m *master) sendStep(p control.Progress) {
 		p.Generation = m.gen
 	}
 	b, _ := json.Marshal(p)
-	m.sys.notifyTo(m.up.parentNotify, reportToken+"="+m.up.parentToken+"\n"+reportProgress+"="+string(b))
+	m.sys.notifyTo(m.origin.parentNotify, reportToken+"="+m.origin.parentToken+"\n"+reportProgress+"="+string(b))
 }
 
 // outputForwarder returns what a new worker's output pump calls for each
 // line while this master's generation starts as an upgrade (for baton
 // reload --follow-logs), or nil when there is no one to forward to.
 func (m *master) outputForwarder(index int) func(stream, line string) {
-	if m.up.parentNotify == "" {
+	if m.origin.parentNotify == "" {
 		return nil
 	}
 	return func(stream, line string) {

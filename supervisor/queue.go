@@ -20,7 +20,7 @@ import (
 // queueUpgrade queues an upgrade, or merges trigger into the queued one.
 func (m *master) queueUpgrade(trigger string) {
 	u := &m.up
-	left := max(u.parentDeadline.Sub(m.sys.now()), 0).Round(time.Millisecond)
+	left := max(m.origin.parentDeadline.Sub(m.sys.now()), 0).Round(time.Millisecond)
 	if !u.queuedAt.IsZero() {
 		m.log.Info("upgrade request merged into the queued upgrade", logevent.UpgradeMerged,
 			zap.String("trigger", trigger), zap.String("queued_by", u.queuedBy), zap.Duration("drain_left_at_most", left))

@@ -38,7 +38,7 @@ type refusal struct {
 // a first generation that failed to start), never of a new master whose
 // old one still serves on the same sockets.
 func (m *master) refuseNew() {
-	if m.lns == nil || m.refusal.started || (m.up.parentAlive && m.up.servingAt.IsZero()) {
+	if m.lns == nil || m.refusal.started || (m.origin.parentAlive && m.origin.servingAt.IsZero()) {
 		return
 	}
 	m.refusal = refusal{started: true, at: m.sys.now(), inodes: m.lns.Inodes()}

@@ -108,14 +108,11 @@ func (m *master) checkDone(c *candidate, ev evCheckDone) {
 	}
 }
 
-// onProbe records one health probe, and tells the reload requesters about
-// a failed one with its answer: a check that keeps failing is visible as
-// it happens, not only at its deadline.
-func (m *master) onProbe(ev evProbe) {
+// recordProbe records one health probe of the candidate under way, and
+// tells the reload requesters about a failed one with its answer: a check
+// that keeps failing is visible as it happens, not only at its deadline.
+func (m *master) recordProbe(ev evProbe) {
 	c := ev.c
-	if m.rollout.cand != c || c.stage >= stagePromoted {
-		return
-	}
 	ck := c.checkFor(ev.stage)
 	if ck == nil {
 		return

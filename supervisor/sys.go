@@ -49,6 +49,22 @@ type sys struct {
 	headroom  func() tasks.Headroom
 	treeTasks func(pid int) int64
 	limitHits func() int64
+
+	// The rollout's contacts with the candidate (checks.go). healthProbe
+	// runs one health check against target and returns its answer ("200",
+	// "connected") or why it failed; it blocks for at most a few seconds,
+	// or until ctx ends.
+	healthProbe func(ctx context.Context, target string, hc HealthCheck) (string, error)
+	// smokeTest runs the smoke test and returns its last output lines and
+	// why it failed (nil: it passed); it blocks until it ends, its timeout
+	// passes or ctx ends.
+	smokeTest func(ctx context.Context, s smokeRun) ([]string, error)
+	// waitQueueEmpty blocks until the accept queues of files are empty, or
+	// bound has passed, and returns how many connections were left.
+	waitQueueEmpty func(files []*os.File, bound time.Duration) int
+	// steer sets the share of new connections the candidate gets on lns
+	// (0: only baton's probes, 100: every user).
+	steer func(lns *sockets.Set, canary int) error
 }
 
 // upgrader is what the master uses of *tableflip.Upgrader (tableflip's own
@@ -175,9 +191,18 @@ func osSys() (sys, func()) {
 			}
 			return nil
 		},
-		notifyTo: osutil.SendNotify,
-		setenv:   func(k, v string) { os.Setenv(k, v) },
-		parentOf: osutil.ParentOf,
+		notifyTo:       osutil.SendNotify,
+		setenv:         func(k, v string) { os.Setenv(k, v) },
+		parentOf:       osutil.ParentOf,
+		healthProbe:    healthProbe,
+		smokeTest:      smokeTest,
+		waitQueueEmpty: waitQueueEmpty,
+		steer: func(lns *sockets.Set, canary int) error {
+			if lns == nil {
+				return nil
+			}
+			return lns.Steer(canary)
+		},
 		headroom: osTasks.headroom, treeTasks: osTasks.treeTasks, limitHits: osTasks.limitHits,
 	}, sp.Stop
 }

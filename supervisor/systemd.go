@@ -37,7 +37,7 @@ func (m *master) watchdogInterval() time.Duration {
 	}
 	if p := os.Getenv("WATCHDOG_PID"); p != "" {
 		pid, _ := strconv.Atoi(p)
-		if pid != m.self && !(m.up.parentAlive && pid == os.Getppid()) {
+		if pid != m.self && !(m.origin.parentAlive && pid == os.Getppid()) {
 			return 0
 		}
 	}

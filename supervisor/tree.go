@@ -277,28 +277,76 @@ func (m *master) generationProcs(gen int) []int {
 	return markedTree(m.keeperPID(), nil, func(env string) bool { return strings.HasPrefix(env, prefix) })
 }
 
-// markedTree is the subreaper mechanism's tree: roots, and the keeper's
-// children whose envTree value matches, and all their descendants.
+// markedTree is the subreaper mechanism's tree: roots and their
+// descendants, and the keeper's children whose envTree value matches, and
+// theirs.
 func markedTree(keeper int, roots []int, match func(string) bool) []int {
-	queue := append([]int(nil), roots...)
-	if keeper > 0 {
-		for _, c := range osutil.ChildrenOf(keeper, 0) {
-			if v, ok := osutil.Environ(c, envTree); ok && match(v) {
-				queue = append(queue, c)
-			}
-		}
-	}
+	return walkMarked(osProcTable{}, keeper, roots, match)
+}
+
+// procTable is what the subreaper mechanism reads of the process table: a
+// process's children and its envTree value. osProcTable reads /proc; the
+// tests script tables whose processes move while they are read.
+type procTable interface {
+	children(pid int) []int
+	marker(pid int) (string, bool)
+}
+
+type osProcTable struct{}
+
+func (osProcTable) children(pid int) []int { return osutil.ChildrenOf(pid, 0) }
+func (osProcTable) marker(pid int) (string, bool) {
+	return osutil.Environ(pid, envTree)
+}
+
+// markedPasses bounds walkMarked's looks at the keeper's children; each
+// pass after the first happens only if a process moved during the last.
+const markedPasses = 4
+
+// walkMarked is markedTree on table pt.
+//
+// The table changes while it is read, one file at a time: a process whose
+// parent exits is re-parented at that instant to the nearest child
+// subreaper, the keeper (masters are not subreapers), and never moves the
+// other way. So the roots' descendants are read first and the keeper's
+// children after: a process that left a root's subtree in between is then
+// found at the keeper. (In the other order a helper whose worker exited
+// between the two reads was in neither: it missed the drain signal, served
+// on, and was SIGKILLed at the drain deadline with requests in flight.)
+// The same holds one level down, below a keeper's child that exits while
+// its children are read, so the keeper is looked at again until a pass
+// finds nothing new. What is forked after its parent was read is not seen;
+// no walk of /proc can see that, a cgroup does.
+func walkMarked(pt procTable, keeper int, roots []int, match func(string) bool) []int {
 	seen := map[int]bool{}
 	var out []int
-	for len(queue) > 0 {
-		p := queue[0]
-		queue = queue[1:]
-		if seen[p] {
-			continue
+	walk := func(queue []int) {
+		for len(queue) > 0 {
+			p := queue[0]
+			queue = queue[1:]
+			if seen[p] {
+				continue
+			}
+			seen[p] = true
+			out = append(out, p)
+			queue = append(queue, pt.children(p)...)
 		}
-		seen[p] = true
-		out = append(out, p)
-		queue = append(queue, osutil.ChildrenOf(p, 0)...)
+	}
+	walk(roots)
+	for pass := 0; keeper > 0 && pass < markedPasses; pass++ {
+		var found []int
+		for _, c := range pt.children(keeper) {
+			if seen[c] {
+				continue
+			}
+			if v, ok := pt.marker(c); ok && match(v) {
+				found = append(found, c)
+			}
+		}
+		if len(found) == 0 {
+			break
+		}
+		walk(found)
 	}
 	return out
 }

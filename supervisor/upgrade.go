@@ -46,10 +46,12 @@ const (
 	reportStderrOf = "BATON_STDERR_OF"      // whose lines: "worker 1's stderr"
 )
 
-// upgradeState is a master's part in upgrades: as the child of an old
-// master, and as the parent of the upgrade it started. Owned by the loop.
-type upgradeState struct {
-	// As a child (started by an old master).
+// originState is a new master's part in the upgrade that started it: what
+// the old master passed, and how far the handover from it has come. Owned
+// by the loop. upgrade.go writes it: at start (readUpgradeEnv), at the
+// takeover (tookOver) and when the old master exits (onParentExited); the
+// rest of the master only reads it.
+type originState struct {
 	parentAlive    bool      // the old master has not exited yet
 	parentPID      int       // the old master (this master's parent at start)
 	parentNotify   string    // where to report
@@ -59,8 +61,14 @@ type upgradeState struct {
 	workers        int       // the worker count the old master ran, or 0
 	metrics        string    // its counters, for metrics.restore
 	servingAt      time.Time // when this generation took over
+}
 
-	// As a parent (the upgrade this master started).
+// upgradeState is a master's part in the upgrade it started, as the old
+// master. Owned by the loop: upgrade.go runs it; queue.go, hook.go,
+// signals.go and carrycounts.go hold it before and between its steps;
+// bluegreen.go records why a rollout failed; control.go and progress.go
+// hold the reload requests waiting on it.
+type upgradeState struct {
 	running  bool
 	at       time.Time
 	token    string   // expect in reports from the new master
@@ -94,6 +102,24 @@ type upgradeState struct {
 	stopAckStop func()
 }
 
+// tookOver records that this generation took over from the old master at
+// now; one still running drains for at most drainTimeout after it.
+func (o *originState) tookOver(now time.Time, drainTimeout time.Duration) {
+	o.servingAt = now
+	if o.parentAlive {
+		o.parentDeadline = now.Add(drainTimeout + time.Second)
+	}
+}
+
+// oldWorkerDrained counts an old worker's exit after the handover, for
+// the drain's report; killed: SIGKILLed at the drain deadline.
+func (u *upgradeState) oldWorkerDrained(killed bool) {
+	u.drained++
+	if killed {
+		u.killed++
+	}
+}
+
 // stopAckWait bounds how long an answer to "baton reload" waits for the
 // old workers' STOPPING=1; servers that never send it cost this much.
 const stopAckWait = 250 * time.Millisecond
@@ -101,7 +127,7 @@ const stopAckWait = 250 * time.Millisecond
 // readUpgradeEnv takes what the old master passed, if this master was
 // started by one, and removes it from the environment. It returns the
 // generation number to use.
-func (u *upgradeState) readUpgradeEnv(hasParent bool) int {
+func (u *originState) readUpgradeEnv(hasParent bool) int {
 	gen := 1
 	u.parentAlive = hasParent
 	if hasParent {
@@ -137,7 +163,7 @@ func (m *master) requestUpgrade(trigger string, wait bool) string {
 	var why string
 	var fields []zap.Field
 	switch {
-	case m.phase == phaseBooting && u.parentPID == 0 && wait:
+	case m.phase == phaseBooting && m.origin.parentPID == 0 && wait:
 		m.holdUpgrade(trigger) // signals.go
 		return ""
 	case m.phase != phaseServing:
@@ -145,11 +171,11 @@ func (m *master) requestUpgrade(trigger string, wait bool) string {
 	case u.running:
 		why = "an upgrade is already under way"
 		fields = append(fields, zap.Duration("running_for", m.sys.now().Sub(u.at)))
-	case u.parentAlive && wait:
+	case m.origin.parentAlive && wait:
 		m.queueUpgrade(trigger)
 		return ""
-	case u.parentAlive:
-		left := max(u.parentDeadline.Sub(m.sys.now()), 0).Round(time.Millisecond)
+	case m.origin.parentAlive:
+		left := max(m.origin.parentDeadline.Sub(m.sys.now()), 0).Round(time.Millisecond)
 		why = "previous generation still draining (up to " + left.String() + " more)"
 		fields = append(fields, zap.Duration("drain_left_at_most", left))
 	default:
@@ -410,24 +436,24 @@ func (m *master) onChildReport(pid int, fields map[string]string) bool {
 // with how long it took. It must reach the old master before tableflip's
 // Ready does.
 func (m *master) reportReady(res control.ReloadResult) {
-	if m.up.parentNotify == "" {
+	if m.origin.parentNotify == "" {
 		return
 	}
 	b, _ := json.Marshal(res)
-	m.sys.notifyTo(m.up.parentNotify, reportToken+"="+m.up.parentToken+"\n"+reportReady+"="+string(b)+"\n"+reportNotify+"="+m.notifyAddr())
+	m.sys.notifyTo(m.origin.parentNotify, reportToken+"="+m.origin.parentToken+"\n"+reportReady+"="+string(b)+"\n"+reportNotify+"="+m.notifyAddr())
 }
 
 // reportFailure tells the old master, if any, why this generation failed.
 func (m *master) reportFailure(reason string) {
-	if m.up.parentNotify == "" {
+	if m.origin.parentNotify == "" {
 		return
 	}
-	msg := reportToken + "=" + m.up.parentToken + "\n" + reportFailed + "=" + strings.ReplaceAll(reason, "\n", " ")
+	msg := reportToken + "=" + m.origin.parentToken + "\n" + reportFailed + "=" + strings.ReplaceAll(reason, "\n", " ")
 	if len(m.failedStderr) > 0 {
 		b, _ := json.Marshal(m.failedStderr)
 		msg += "\n" + reportStderr + "=" + string(b) + "\n" + reportStderrOf + "=" + m.failedOf
 	}
-	if err := m.sys.notifyTo(m.up.parentNotify, msg); err != nil {
+	if err := m.sys.notifyTo(m.origin.parentNotify, msg); err != nil {
 		m.log.Warn("could not tell the old master why this upgrade failed", zap.Error(err))
 		return
 	}
@@ -441,8 +467,8 @@ func (m *master) waitForParent() {
 }
 
 func (m *master) onParentExited() {
-	m.up.parentDeadline = time.Time{}
-	m.up.parentAlive = false
+	m.origin.parentDeadline = time.Time{}
+	m.origin.parentAlive = false
 	m.resteerAlone() // bluegreen.go
 	if m.phase == phaseBooting && m.rollout.offered {
 		// The old master died (OOM, SIGKILL) while checking this
@@ -452,9 +478,9 @@ func (m *master) onParentExited() {
 		m.log.Warn("old master gone during the rollout: this generation takes over")
 		m.bootDone()
 	}
-	if !m.up.servingAt.IsZero() {
+	if !m.origin.servingAt.IsZero() {
 		// The old master drained from about when this one took over.
-		m.met.drained(m.sys.now().Sub(m.up.servingAt))
+		m.met.drained(m.sys.now().Sub(m.origin.servingAt))
 	}
 	m.startQueued()
 	// The goroutine count is here to make leaks visible in tests.

@@ -225,9 +225,8 @@ func (m *master) onExit(w *worker, st exitStatus) {
 	}
 	switch {
 	case w.state == stateDraining:
-		m.up.drained++
+		m.up.oldWorkerDrained(w.killed)
 		if w.killed {
-			m.up.killed++
 			m.met.workerExited("killed")
 		} else {
 			m.met.workerExited("drained")
@@ -301,8 +300,12 @@ func (m *master) drain(w *worker) {
 	w.stopReady()
 	w.stopReadyTimer()
 	w.log.Info("draining worker", logevent.WorkerDraining, zap.String("signal", sigName(m.cfg.DrainSignal)))
+	// Its helpers drain with it. They are signalled first, while the
+	// worker surely runs: once it exits (the drain signal can make that
+	// quick), its orphans are the keeper's children, found there only by
+	// their marker (subreaper mechanism, walkMarked).
+	m.signalTree(w, m.cfg.DrainSignal)
 	w.proc.Signal(m.cfg.DrainSignal)
-	m.signalTree(w, m.cfg.DrainSignal) // its helpers drain with it
 	w.stopDrainTimer = m.sys.afterFunc(m.cfg.DrainTimeout, func() { m.post(evDrainTimeout{w}) })
 }
 

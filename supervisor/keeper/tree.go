@@ -115,13 +115,24 @@ func (o *osSys) endStaleBase(own string) {
 }
 
 // removeStaleBases removes the empty subtrees of keepers that are gone
-// (SIGKILLed: nothing removed them), beside our own.
+// (SIGKILLed: nothing removed them), beside our own. A keeper is known by
+// where it runs, not by its binary: baton-PID is made beside its keeper,
+// which stays there, so a live PID in our cgroup may be that keeper, of
+// another service or another build of baton (a deploy's new binary, a
+// test's), whose subtree is empty only for a moment (before its first
+// generation's cgroup, between workers). Removing it then made that
+// keeper's masters fall back to the subreaper or fail to make worker
+// cgroups. A reused pid in our cgroup leaves an empty directory behind,
+// which harms nobody.
 func removeStaleBases(own string) {
 	dirs, _ := filepath.Glob(filepath.Join(own, "baton-*"))
 	for _, d := range dirs {
 		pid, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(d), "baton-"))
-		if err != nil || !osutil.Gone(pid) && osutil.SameProgram(pid) {
+		if err != nil {
 			continue
+		}
+		if cg, err := cgroup.Of(pid); !osutil.Gone(pid) && (err != nil || cg == own) {
+			continue // it may be that keeper, alive; unknown counts as alive
 		}
 		if g := cgroup.Group(d); !g.Populated() {
 			g.Remove(0)

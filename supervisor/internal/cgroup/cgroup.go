@@ -44,21 +44,27 @@ func Mount() (string, error) {
 
 // Own returns the cgroup v2 directory of this process: the mount joined
 // with the "0::PATH" line of /proc/self/cgroup.
-func Own() (string, error) {
+func Own() (string, error) { return of("self") }
+
+// Of returns the cgroup v2 directory of process pid, as Own does; an error
+// wrapping fs.ErrNotExist when pid is gone.
+func Of(pid int) (string, error) { return of(strconv.Itoa(pid)) }
+
+func of(proc string) (string, error) {
 	mnt, err := Mount()
 	if err != nil {
 		return "", err
 	}
-	b, err := os.ReadFile("/proc/self/cgroup")
+	b, err := os.ReadFile("/proc/" + proc + "/cgroup")
 	if err != nil {
-		return "", fmt.Errorf("own cgroup: %w", err)
+		return "", fmt.Errorf("cgroup of %s: %w", proc, err)
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		if rest, ok := strings.CutPrefix(line, "0::"); ok {
 			return filepath.Join(mnt, rest), nil
 		}
 	}
-	return "", errors.New("own cgroup: no cgroup v2 line in /proc/self/cgroup")
+	return "", fmt.Errorf("cgroup of %s: no cgroup v2 line in /proc/%s/cgroup", proc, proc)
 }
 
 // Group is one cgroup v2 directory.
