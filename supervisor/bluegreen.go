@@ -579,6 +579,15 @@ func (m *master) leaveGroup() {
 		m.lns.Close()
 		return
 	}
+	// Our workers are gone: whatever is still queued here arrived after
+	// the queue read empty (drainWhenIdle), a handshake that completed
+	// late. Closing moves it to the new generation's socket where the
+	// kernel migrates requests, and resets it where it does not.
+	if n, err := m.lns.QueueLen(); err == nil && n > 0 {
+		mig := m.lns.Migration()
+		m.log.Warn("closing our socket with connections in its accept queue", logevent.QueueAtClose, zap.Int("left", n),
+			zap.String("migration", mig), zap.Bool("reset", mig == "none"))
+	}
 	for _, r := range m.lns.Leave(m.rollout.successor) {
 		fields := []zap.Field{logevent.SteeringHandedOff, zap.String("address", r.Spec.String()), zap.Int("index", r.Index),
 			zap.Int("strays", r.Strays), zap.Bool("still_listening", r.StillListening), zap.Bool("unsure", r.Unsure),

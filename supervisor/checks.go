@@ -58,7 +58,7 @@ func (m *master) openGroup(reg sockets.Registry, act []sockets.Activated) (*sock
 			return nil, fmt.Errorf("--strategy %s needs a kernel that steers SO_REUSEPORT groups with BPF (Linux >= 4.6, plain TCP): %w", st, osutilCause(err))
 		}
 		mig, err := sockets.MigrateReq()
-		m.log.Info("blue-green sockets ready", logevent.RolloutSocketsReady, zap.String("strategy", string(st)), zap.String("steering", steering), zap.Bool("tcp_migrate_req", mig),
+		m.log.Info("blue-green sockets ready", logevent.RolloutSocketsReady, zap.String("strategy", string(st)), zap.String("steering", steering), zap.Bool("tcp_migrate_req", mig), zap.String("migration", lns.Migration()),
 			zap.String("probe_source", sockets.ProbeSource.String()), zap.Bool("migrate_req_known", err == nil))
 	}
 	return lns, nil

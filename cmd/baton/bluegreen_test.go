@@ -356,6 +356,7 @@ func TestBlueGreenTwentyUpgrades(t *testing.T) {
 
 func testBlueGreenTwentyUpgrades(t *testing.T, steering string) {
 	b, addr := bgSetupAs(t, steering, "--strategy", "blue-green", "--health-check", "tcp")
+	migration := b.log.wait(t, "rollout_sockets_ready", nil, time.Second).str("migration")
 	load := startLoad(t, loadgen.Config{
 		Network: "tcp", Addr: addr, Clients: 64, KeepAlive: 0.5, ReleaseHeader: "Hello-Generation",
 		Duration: 120 * time.Second, MaxRequests: 3_000_000, Timeout: 10 * time.Second,
@@ -380,10 +381,23 @@ func testBlueGreenTwentyUpgrades(t *testing.T, steering string) {
 			t.Errorf("slow request %d: %s", i, body)
 		}
 	}
-	if lr.Failures() != 0 {
-		t.Fatalf("failed requests across 20 blue-green upgrades: %s", lr)
+	// Connections queued on an old socket when it closed (handshakes that
+	// completed after its queue read empty): migrated, or reset where the
+	// kernel does not migrate, which would be failed requests.
+	queued, reset := 0, 0
+	for _, e := range b.log.Slice(0, b.log.len()) {
+		if logEvent(e).str("event") == "queue_at_close" {
+			queued += logEvent(e).num("left")
+			if e["reset"] == true {
+				reset += logEvent(e).num("left")
+			}
+		}
 	}
-	t.Logf("%s: 20 blue-green upgrades at concurrency 64: %s; switch after %v ms", steering, lr, switches)
+	if lr.Failures() != 0 || reset != 0 {
+		t.Fatalf("failed requests across 20 blue-green upgrades: %s; %d queued at an old socket's close, %d of them reset", lr, queued, reset)
+	}
+	t.Logf("%s (migration %s): 20 blue-green upgrades at concurrency 64: %s; %d connections queued at an old socket's close; switch after %v ms",
+		steering, migration, lr, queued, switches)
 }
 
 // TestSmokeTestRunsAsTheNewGeneration: the smoke test runs as the workers'

@@ -74,6 +74,10 @@ const bpfHdrStartNet = 1
 // steerProg is one group's eBPF steering state.
 type steerProg struct {
 	m *ebpf.Map
+	// migrate: the program last attached was loaded as
+	// SELECT_OR_MIGRATE, so the kernel moves a closing socket's queue
+	// and handshakes to the socket it selects.
+	migrate bool
 }
 
 // ebpfCapable says whether spec's group can be steered by the eBPF program:
@@ -231,10 +235,11 @@ func (s *Set) Steer(canaryPct int) error {
 			}
 			continue
 		}
-		prog, err := loadSteer(p.m, s.key, s.key^1, canaryPct)
+		prog, migrate, err := loadSteer(p.m, s.key, s.key^1, canaryPct)
 		if err != nil {
 			return fmt.Errorf("load the eBPF steering program for %s: %w", s.specs[i], err)
 		}
+		p.migrate = migrate
 		err = control(f, func(fd int) error {
 			return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_EBPF, prog.FD())
 		})
@@ -325,22 +330,46 @@ func steerInsns(m *ebpf.Map, live, cand uint32, canaryPct int) (asm.Instructions
 }
 
 // loadSteer loads the program with the migrate attach type where the
-// kernel has it, else as a plain select program.
-func loadSteer(m *ebpf.Map, live, cand uint32, canaryPct int) (*ebpf.Program, error) {
+// kernel has it, else as a plain select program; migrate says which. The
+// fallback is not silent: Set.Migration reports it, and the master logs it
+// at start and when a generation's socket closes.
+func loadSteer(m *ebpf.Map, live, cand uint32, canaryPct int) (p *ebpf.Program, migrate bool, err error) {
 	insns, err := steerInsns(m, live, cand, canaryPct)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	spec := &ebpf.ProgramSpec{Name: "baton_steer", Type: ebpf.SkReuseport, AttachType: ebpf.AttachSkReuseportSelectOrMigrate,
 		Instructions: insns, License: "MIT"}
-	p, err := ebpf.NewProgram(spec)
+	p, err = ebpf.NewProgram(spec)
 	if err == nil {
-		return p, nil
+		return p, true, nil
 	}
 	spec.AttachType = ebpf.AttachSkReuseportSelect
 	p, err2 := ebpf.NewProgram(spec)
 	if err2 != nil {
-		return nil, fmt.Errorf("%w (and as SELECT_OR_MIGRATE: %v)", err2, err)
+		return nil, false, fmt.Errorf("%w (and as SELECT_OR_MIGRATE: %v)", err2, err)
 	}
-	return p, nil
+	return p, false, nil
+}
+
+// Migration says how connections still queued on, or in the handshake
+// with, a socket of s's groups survive its close: "ebpf" (every group's
+// program is SELECT_OR_MIGRATE), "sysctl" (net.ipv4.tcp_migrate_req=1),
+// or "none" (they are reset: baton waits for the accept queue to empty
+// first, which does not see handshakes in flight). Meaningful once Steer
+// has run in this process; before, an eBPF group counts by the sysctl.
+func (s *Set) Migration() string {
+	all := len(s.progs) > 0
+	for _, p := range s.progs {
+		if p == nil || !p.migrate {
+			all = false
+		}
+	}
+	if all {
+		return "ebpf"
+	}
+	if on, err := MigrateReq(); err == nil && on {
+		return "sysctl"
+	}
+	return "none"
 }

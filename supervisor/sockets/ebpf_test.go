@@ -5,6 +5,7 @@ package sockets
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"syscall"
@@ -169,6 +170,16 @@ func TestEBPFSteer(t *testing.T) {
 	if err := old.Steer(0); err != nil {
 		t.Fatal(err)
 	}
+	// The program is loaded as SELECT_OR_MIGRATE where the kernel has it
+	// (Linux >= 5.14), and Migration says so; else it says what is left.
+	var uts unix.Utsname
+	unix.Uname(&uts)
+	if got := old.Migration(); got != "ebpf" {
+		t.Logf("kernel %s: migration %q, not ebpf", unix.ByteSliceToString(uts.Release[:]), got)
+		if maj, min := kernelVersion(unix.ByteSliceToString(uts.Release[:])); maj > 5 || (maj == 5 && min >= 14) {
+			t.Errorf("kernel %d.%d has SELECT_OR_MIGRATE, but Migration is %q", maj, min, got)
+		}
+	}
 	stray := strayListener(t, spec.Addr)
 	count := func(probe bool, n int, sets ...*os.File) []int {
 		t.Helper()
@@ -288,4 +299,10 @@ func TestEBPFMigrate(t *testing.T) {
 		}
 		s.Close()
 	}
+}
+
+// kernelVersion parses "6.18.44-..." into 6, 18.
+func kernelVersion(release string) (major, minor int) {
+	fmt.Sscanf(release, "%d.%d", &major, &minor)
+	return
 }

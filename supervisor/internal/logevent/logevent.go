@@ -70,7 +70,8 @@ var (
 	RolloutRollback    = named("rollout_rollback")     // reason, was_switched, at_unix_ns
 	RolloutProbeFailed = named("rollout_probe_failed") // probe, stage, answer: one failed health probe
 	// The first master's sockets are bound and steered: strategy,
-	// steering ("ebpf" or "classic"), tcp_migrate_req.
+	// steering ("ebpf" or "classic"), tcp_migrate_req, migration (how a
+	// closing socket's queue survives: "ebpf", "sysctl" or "none").
 	RolloutSocketsReady = named("rollout_sockets_ready")
 	// A socket baton did not open listens on a --listen address: kind
 	// (foreign, leftover, worker), address, inode, holder_pid,
@@ -84,6 +85,10 @@ var (
 	// still_listening, unsure, error. The new master: resteered_at_exit
 	// after the old master exited, the group holding its socket alone.
 	SteeringHandedOff = named("steering_handed_off")
+	// The old master closes its socket with connections still queued (its
+	// workers are gone): left, migration ("ebpf", "sysctl", "none"), reset
+	// (true: migration "none", the kernel resets them).
+	QueueAtClose = named("queue_at_close")
 )
 
 // The keeper (field: keeper_pid).
