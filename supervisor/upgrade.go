@@ -383,6 +383,7 @@ func (m *master) answerReload() {
 }
 
 func (m *master) finishReload(res control.ReloadResult) {
+	res.PIDNamespace = osutil.PIDNamespace()
 	if res.Code != control.ReloadRefused {
 		m.up.last = &res
 	}

@@ -118,3 +118,42 @@ func TestStopFromAnotherPidNamespace(t *testing.T) {
 		})
 	}
 }
+
+// baton verify run on the host of a pid namespace (a container's) against
+// a baton inside it: the old master's pid in its answer is a number
+// there, which verify translates before it waits for that master's exit.
+// Before, it waited on that number here (a kernel thread, or init, that
+// never exits) until the run ended, and never saw the old generation go.
+func TestVerifyFromAnotherPidNamespace(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("SKIP: needs root for unshare --pid --mount-proc")
+	}
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		t.Skip("SKIP: unshare (util-linux) not installed")
+	}
+	t.Parallel()
+	addr := freeAddr(t)
+	b := launch(t, exec.Command(unshare, "--pid", "--fork", "--mount-proc",
+		bin("baton"), "run", "--log-format", "json", "-l", addr, "-w", "2", "--", bin("hello")), nil)
+	t.Cleanup(func() {
+		// Killing unshare's child (PID 1 there) ends the namespace.
+		for _, p := range childPids(b.pid) {
+			syscall.Kill(p, syscall.SIGKILL)
+		}
+		syscall.Kill(b.pid, syscall.SIGKILL)
+		select {
+		case <-b.done:
+		case <-time.After(5 * time.Second):
+		}
+	})
+	b.waitReady()
+	code, rep, errOut := verifyJSON(t, append([]string{"--url", "http://" + addr + "/", "--control", b.control,
+		"--reloads", "1", "--version-header", "Hello-Generation"}, verifyLight...)...)
+	if code != 0 || !rep.Verified || len(rep.Upgrades) != 1 {
+		t.Fatalf("exit %d, verified %v, problems %q, upgrades %+v, stderr %q", code, rep.Verified, rep.Problems, rep.Upgrades, errOut)
+	}
+	if u := rep.Upgrades[0]; u.OldGoneMS == nil || *u.OldGoneMS > 10_000 {
+		t.Fatalf("upgrade %+v: want the old generation seen gone, well before the run's end", u)
+	}
+}

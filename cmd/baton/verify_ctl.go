@@ -43,7 +43,8 @@ func triggerUpgrade(ctx context.Context, c *cli.Context) (verify.Outcome, error)
 		Started: res.Code != control.ReloadRefused, OK: res.Code == control.ReloadOK,
 		Reason: res.Reason, Stderr: res.Stderr,
 		OldMasterPID: res.OldMasterPID, NewMasterPID: res.NewMasterPID, Generation: res.Generation,
-		TotalMS: res.TotalMS, AppMS: res.WorkersStartingMS, BatonMS: res.BatonMS,
+		OldMasterHere: res.LocalPID(res.OldMasterPID),
+		TotalMS:       res.TotalMS, AppMS: res.WorkersStartingMS, BatonMS: res.BatonMS,
 		ChecksMS: res.ChecksMS, BakeMS: res.BakeMS,
 	}, nil
 }

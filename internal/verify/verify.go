@@ -50,14 +50,19 @@ type Outcome struct {
 	OK           bool     // the new generation took over
 	Reason       string   // why not OK
 	Stderr       []string // last stderr lines of the worker that failed
-	OldMasterPID int
+	OldMasterPID int      // in the masters' pid namespace, as reported
 	NewMasterPID int
-	Generation   int     // the new generation's number
-	TotalMS      float64 // baton's handover time: request to new generation ready
-	AppMS        float64 // of which the workers' own start-up
-	BatonMS      float64 // of which baton's part
-	ChecksMS     float64 // of which blue-green/canary checks (0 for shared)
-	BakeMS       float64 // of which the bake (0 for shared)
+	// OldMasterHere is the old master's pid as this process sees it (it
+	// may run in another pid namespace: the host of a container checks
+	// one inside); 0 when it cannot see it, and then its exit is not
+	// waited for.
+	OldMasterHere int
+	Generation    int     // the new generation's number
+	TotalMS       float64 // baton's handover time: request to new generation ready
+	AppMS         float64 // of which the workers' own start-up
+	BatonMS       float64 // of which baton's part
+	ChecksMS      float64 // of which blue-green/canary checks (0 for shared)
+	BakeMS        float64 // of which the bake (0 for shared)
 }
 
 // upgradeRun is one triggered upgrade as verify saw it.
@@ -133,7 +138,9 @@ func Run(parent context.Context, p Plan, trigger Trigger) (*Report, error) {
 			u.answered = time.Now()
 			if u.err == nil && u.out.OK {
 				left := min(p.UpgradeTimeout, time.Until(start.Add(p.Duration)))
-				if waitMasterGone(ctx, u.out.OldMasterPID, max(left, 0)) {
+				// Another namespace's pid names someone else here (its
+				// 1 is our init): wait only on what we can see.
+				if here := u.out.OldMasterHere; here > 0 && waitMasterGone(ctx, here, max(left, 0)) {
 					u.gone = time.Now()
 				}
 			}

@@ -162,6 +162,17 @@ func WaitExited(pid int, timeout time.Duration) bool {
 	return true
 }
 
+// LocalPID returns pid, a master's pid in the result, as this process
+// sees it: the same number in the masters' pid namespace, translated when
+// the client runs in a namespace above it (the host of a container), 0
+// when this client cannot see it (a namespace beside or above its own).
+func (r ReloadResult) LocalPID(pid int) int {
+	if pid <= 0 {
+		return 0
+	}
+	return osutil.PIDFromNamespace(r.PIDNamespace, pid)
+}
+
 // LocalPIDs returns the ack's master and keeper pids as this process sees
 // them: the same numbers in the master's pid namespace, translated when
 // the client runs in a namespace above it (the host of a container), 0 for

@@ -100,9 +100,12 @@ type ReloadResult struct {
 	OutputOf string `json:"output_of,omitempty"`
 	// FailedStep names the step that failed: before-upgrade, start,
 	// health-check, smoke-test, switch, bake, promote.
-	FailedStep        string  `json:"failed_step,omitempty"`
-	OldMasterPID      int     `json:"old_master_pid"`
-	NewMasterPID      int     `json:"new_master_pid,omitempty"`
+	FailedStep   string `json:"failed_step,omitempty"`
+	OldMasterPID int    `json:"old_master_pid"`
+	NewMasterPID int    `json:"new_master_pid,omitempty"`
+	// PIDNamespace is the masters' pid namespace ("pid:[N]"), in which
+	// both pids are numbers; see ReloadResult.LocalPID.
+	PIDNamespace      string  `json:"pid_namespace,omitempty"`
 	Generation        int     `json:"generation,omitempty"`
 	TotalMS           float64 `json:"total_ms,omitempty"`
 	WorkersStartingMS float64 `json:"workers_starting_ms,omitempty"` // the app's start-up: every new worker ready
