@@ -18,8 +18,11 @@
 // Where each concern lives:
 //
 //	master.go     the loop, signal dispatch, phases, boot and stop
-//	workers.go    a generation's workers: spawn, exit, crash restart with
-//	              backoff, drain, TTIN/TTOU, and the timers of each
+//	workers.go    a generation's workers: spawn (a generation's forks at
+//	              once), exit, crash restart with backoff, drain, TTIN/TTOU,
+//	              and the timers of each
+//	steps.go      when each step of a new master's start ended, and its CPU
+//	              time: the handover line's steps and steps_cpu
 //	readiness.go  when a worker counts as ready (notify, delay:, exec:)
 //	upgrade.go    the handover protocol, both ends, and its state in two
 //	              structs. originState is a new master's part in the
@@ -92,8 +95,9 @@
 //	                  the keeper gives masters, the announcement handshake,
 //	                  stop and exit messages; nothing else reads them
 //	internal/notify   the sd_notify socket the keeper and every master read
-//	internal/spawn    the one OS thread children are forked from (for
-//	                  PDEATHSIG), and the signal mask they inherit
+//	internal/spawn    the OS threads children are forked from (for
+//	                  PDEATHSIG; one per two CPUs, at most 4, each for the
+//	                  process's life), and the signal mask they inherit
 //	internal/pidfile  the pid file, locked (F_OFD_SETLK) for the keeper's
 //	                  life: held means running, unheld means stale
 //	internal/osutil   /proc, own fds, sd_notify sending, Trim

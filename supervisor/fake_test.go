@@ -28,13 +28,17 @@ type fakeOS struct {
 	nextPid  int
 	reusePid int // if set, the next start gets this pid
 	startErr error
-	procs    []*fakeProc
-	manager  []string // messages to the service manager
-	reports  []string // messages to the old master's notify socket
-	env      map[string]string
-	headroom tasks.Headroom // zero: unlimited
-	tree     int64          // tasks of any process's tree
-	hits     int64          // pids.events max
+	// startErrFor, if set, fails the starts it returns an error for;
+	// startTakes is how far each start moves the clock (a slow fork).
+	startErrFor func(p procSpec) error
+	startTakes  time.Duration
+	procs       []*fakeProc
+	manager     []string // messages to the service manager
+	reports     []string // messages to the old master's notify socket
+	env         map[string]string
+	headroom    tasks.Headroom // zero: unlimited
+	tree        int64          // tasks of any process's tree
+	hits        int64          // pids.events max
 	// The rollout's checks: what the next health probes and smoke tests
 	// answer (nil: pass), the runs seen, and the canary shares set.
 	// probeFail, if set, fails every probe once probeErrs is used up.
@@ -75,6 +79,12 @@ func (f *fakeOS) sys() sys {
 			if f.startErr != nil {
 				return nil, f.startErr
 			}
+			if f.startErrFor != nil {
+				if err := f.startErrFor(p); err != nil {
+					return nil, err
+				}
+			}
+			f.now = f.now.Add(f.startTakes)
 			pid := f.nextPid
 			if f.reusePid != 0 {
 				pid, f.reusePid = f.reusePid, 0
@@ -84,6 +94,11 @@ func (f *fakeOS) sys() sys {
 			fp := &fakeProc{os: f, pid: pid, exited: exited, spec: p}
 			f.procs = append(f.procs, fp)
 			return fp, nil
+		},
+		each: func(n int, fn func(int)) {
+			for i := range n {
+				fn(i)
+			}
 		},
 		now: func() time.Time { f.mu.Lock(); defer f.mu.Unlock(); return f.now },
 		afterFunc: func(d time.Duration, fn func()) func() {

@@ -85,6 +85,8 @@ type master struct {
 	rollout      rolloutState   // blue-green and canary (bluegreen.go)
 	refusal      refusal        // a stop's refusal of new connections (refuse.go)
 	trees        trees          // the generation's process trees (tree.go)
+	steps        startSteps     // when each step of this master's start ended (steps.go)
+	reserve      bool           // make the spare threads once serving (tasks.go); false in tests
 }
 
 // newMaster returns a master that has started nothing. gen is its
@@ -125,21 +127,37 @@ func newMaster(cfg Config, s sys, upg upgrader, gen int) *master {
 // two cases is nothing of this master left running.
 func Run(cfg Config) error {
 	runAt := time.Now()
+	var steps startSteps
+	if ns, err := strconv.ParseInt(os.Getenv(envUpgradeLaunch), 10, 64); err == nil {
+		steps.mark("preflight", time.Unix(0, ns), -1) // the old master's
+		steps.preflightCPU = -1
+		if c, err := strconv.ParseInt(os.Getenv(envPreflightCPU), 10, 64); err == nil {
+			steps.preflightCPU = time.Duration(c)
+		}
+	}
+	steps.mark("exec_and_init", initDone, initCPU)
+	steps.mark("command_line", runAt, processCPU())
+	// The spawning threads are made while this master waits for the
+	// keeper and the old master's fds, not when the workers are due.
+	workers := cfg.Workers
+	if n, err := strconv.Atoi(os.Getenv(envNextWorkers)); err == nil && n > 0 {
+		workers = n
+	}
+	s, release := osSys(workers)
+	defer release()
 	keeper := link.FromEnv()
 	pidFile := cfg.PIDFile
+	announced := make(chan error, 1)
 	if keeper.Present() {
 		// The keeper owns the pid file: its pid, for the service's life.
 		pidFile = ""
-		// Announce this master first thing, and wait for the keeper to
-		// accept it (package link has the handshake): the keeper must
-		// know it before the old master can exit.
-		if err := keeper.Announce(); err != nil {
-			return fmt.Errorf("announce to keeper %d: %w", keeper.KeeperPID, err)
-		}
-		keeper.RestoreOOMScore() // the keeper's lowered score is its own
-		// Sockets of a systemd .socket unit, passed on by the keeper at
-		// the same fd numbers.
-		keeper.TakeActivation()
+		// Announce this master first thing (package link has the
+		// handshake); its answer is awaited below, before anything is
+		// started: the keeper must know this master before the old one
+		// can exit. Meanwhile this master takes tableflip's fds.
+		go func() { announced <- keeper.Announce() }()
+	} else {
+		announced <- nil
 	}
 	upg, err := tableflip.New(tableflip.Options{
 		PIDFile: pidFile,
@@ -154,6 +172,7 @@ func Run(cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("init upgrader: %w", err)
 	}
+	steps.mark("tableflip", time.Now(), processCPU())
 	// Nothing reaches a worker unless it is passed on purpose: not what
 	// baton's launcher leaked to it, nor tableflip's ready and names pipes,
 	// which tableflip v1.2.3 leaves inheritable (fds 3 and 4 of a
@@ -165,11 +184,10 @@ func Run(cfg Config) error {
 	if origin.workers > 0 {
 		cfg.Workers = origin.workers // as TTIN, TTOU or scale left it
 	}
-	s, release := osSys()
-	defer release()
 	m := newMaster(cfg, s, tableflipUpgrader{upg}, gen)
 	m.origin = origin
 	m.runAt = runAt
+	m.steps = steps
 	m.keeper = keeper
 	if err := m.met.restore(origin.metrics); err != nil {
 		m.log.Warn("previous master's metrics not carried over", zap.Error(err))
@@ -178,7 +196,23 @@ func Run(cfg Config) error {
 		upg.Stop()
 		return err
 	}
-	reserveThreads(spareThreads) // tasks.go: kept idle for an upgrade
+	if err := <-announced; err != nil {
+		// Exiting is the refusal: the old master's upgrade fails with
+		// it, its sockets untouched.
+		return fmt.Errorf("announce to keeper %d: %w", keeper.KeeperPID, err)
+	}
+	if keeper.Present() {
+		m.steps.mark("keeper_handshake", time.Now(), processCPU())
+		keeper.RestoreOOMScore() // the keeper's lowered score is its own
+		// Sockets of a systemd .socket unit, passed on by the keeper at
+		// the same fd numbers.
+		keeper.TakeActivation()
+	}
+	if m.origin.parentAlive {
+		m.reserve = true // tasks.go: spare threads, made once the generation serves
+	} else {
+		reserveThreads(spareThreads) // a first start is no handover to hold up
+	}
 	m.shell = findShell()
 	m.baseEnv = workerBaseEnv(os.Environ(), cfg.WorkerOutput == OutputTagged)
 	if cfg.EnvFile != "" {
@@ -189,10 +223,12 @@ func Run(cfg Config) error {
 		}
 		m.baseEnv = mergeEnv(m.baseEnv, extra)
 	}
+	m.steps.mark("prepare", time.Now(), processCPU())
 	if err := m.setup(); err != nil {
 		m.release(false)
 		return err
 	}
+	m.steps.mark("sockets", time.Now(), processCPU())
 	m.setupTrees(keeper)
 	defer m.closeTrees()
 	if keeper.Present() {
@@ -384,6 +420,7 @@ func (m *master) run() error {
 // boot starts this master's generation.
 func (m *master) boot() {
 	m.bootAt = m.sys.now()
+	m.steps.mark("loop_start", m.bootAt, processCPU())
 	fields := []zap.Field{logevent.MasterStarting,
 		zap.String("version", m.cfg.Version),
 		zap.Int("workers", m.cfg.Workers),
@@ -392,7 +429,11 @@ func (m *master) boot() {
 		zap.Bool("upgrade", m.origin.parentAlive),
 	}
 	if !m.runAt.IsZero() {
-		fields = append(fields, startupFields(m.origin.start, m.runAt, m.bootAt)...)
+		launch := m.origin.start
+		if !m.origin.launch.IsZero() {
+			launch = m.origin.launch
+		}
+		fields = append(fields, startupFields(launch, m.runAt, m.bootAt)...)
 	}
 	m.log.Info("master starting", fields...)
 	m.step(control.Progress{Event: control.EvMasterStarted, Count: m.cfg.Workers,
@@ -414,9 +455,8 @@ func (m *master) startGeneration() {
 	}
 	m.pinned = rel
 	m.log.Info("release pinned for this generation", zap.String("dir", rel.dir), zap.String("command", rel.command[0]))
-	for i := 0; i < m.cfg.Workers && m.phase == phaseBooting; i++ {
-		m.addSlot()
-	}
+	m.addSlots(m.cfg.Workers) // forked at once (workers.go)
+	m.steps.mark("spawn", m.sys.now(), processCPU())
 }
 
 // exit releases what the master holds once its loop has ended, and returns
@@ -583,12 +623,15 @@ func (m *master) stop(trigger string) {
 
 func (m *master) bootDone() {
 	now := m.sys.now()
-	workers := now.Sub(m.bootAt)
 	if !m.rollout.readyAt.IsZero() {
-		// Blue-green and canary: the app's start-up ended when the workers
-		// were ready, before the old master's checks and bake.
-		workers = m.rollout.readyAt.Sub(m.bootAt)
+		// The old master's checks, its switch and its order to take over.
+		m.steps.mark("checks_and_switch", now, processCPU())
 	}
+	// The app's start-up: its slowest worker's, from its exec to its
+	// readiness. Spawning the workers is baton's part, as is everything
+	// before and after (blue-green and canary: the checks and bake are
+	// apart).
+	workers := m.steps.longest
 	var total time.Duration
 	if !m.origin.start.IsZero() {
 		total = now.Sub(m.origin.start)
@@ -600,8 +643,9 @@ func (m *master) bootDone() {
 		WorkersStartingMS: ms(workers), ChecksMS: ms(checks), BakeMS: ms(bake), BatonMS: ms(batonPart)}
 	m.reportReady(res)
 	if m.rollout.readyAt.IsZero() {
-		m.step(control.Progress{Event: control.EvGenerationReady, Count: len(m.slots), DurationMS: ms(workers),
-			Message: fmt.Sprintf("all %d workers ready after %s; handing over", len(m.slots), workers.Round(time.Millisecond))})
+		since := now.Sub(m.bootAt)
+		m.step(control.Progress{Event: control.EvGenerationReady, Count: len(m.slots), DurationMS: ms(since),
+			Message: fmt.Sprintf("all %d workers ready after %s; handing over", len(m.slots), since.Round(time.Millisecond))})
 	}
 	// Output the workers wrote before they were ready may still be in
 	// their pipes' readers: forward a moment longer.
@@ -615,6 +659,7 @@ func (m *master) bootDone() {
 		// gone that fails, and this generation is the only one serving.
 		m.log.Warn("old master gone before the handover: serving as the master", zap.Error(err))
 	}
+	m.steps.mark("ready_signal", m.sys.now(), processCPU())
 	m.phase = phaseServing
 	if m.lns != nil && m.cfg.Rollout.Strategy.steered() && m.origin.parentAlive {
 		m.allowed() // records the previous generation's sockets, to name a leftover later
@@ -630,6 +675,9 @@ func (m *master) bootDone() {
 		if checks > 0 || bake > 0 {
 			fields = append(fields, zap.Duration("checks", checks), zap.Duration("bake", bake))
 		}
+		if !m.origin.start.IsZero() {
+			fields = append(fields, zap.Object("steps", stepsSince{m.origin.start, &m.steps}), zap.Object("steps_cpu", stepsCPU{&m.steps}))
+		}
 		if m.control != nil {
 			go m.serveControl(m.control)
 		}
@@ -642,6 +690,15 @@ func (m *master) bootDone() {
 		m.log.Info("generation ready", append(fields, logevent.GenerationReady)...)
 	}
 	m.sdNotify(fmt.Sprintf("MAINPID=%d\nREADY=1\nSTATUS=generation %d, %d workers", m.self, m.gen, len(m.slots)))
+	if m.reserve {
+		// Only the next upgrade needs them, and it cannot start before
+		// this point: creating threads before the first spawn cost a new
+		// master several scheduler waits on a busy machine. (A first
+		// master makes them before its boot, so that a reload asked for as
+		// soon as it serves does not wait behind them.)
+		m.reserve = false
+		go reserveThreads(spareThreads)
+	}
 	if m.origin.parentPID == 0 {
 		m.startQueued() // an upgrade held while the first generation booted
 	}

@@ -30,6 +30,10 @@ type sys struct {
 	// start starts a worker process. exited is called once, from another
 	// goroutine, after the process has been reaped and its output read.
 	start func(p procSpec, exited func(exitStatus)) (process, error)
+	// each calls f(0) … f(n-1) and returns once all have returned: at
+	// once here (a generation's forks overlap, internal/spawn), one after
+	// another in tests, so that the loop's decisions are reproducible.
+	each func(n int, f func(i int))
 	// now is the clock; afterFunc calls f once d has passed, unless the
 	// returned stop is called first.
 	now       func() time.Time
@@ -173,12 +177,31 @@ func statusOf(ps *os.ProcessState) exitStatus {
 }
 
 // osSys returns the real seam and a func that releases it (the spawning
-// thread) once the master's loop has ended.
-func osSys() (sys, func()) {
+// threads) once the master's loop has ended. The threads for starting
+// workers workers at once are made in the background (spawn.Grow).
+func osSys(workers int) (sys, func()) {
 	sp := spawn.New(spawn.UnblockCaught)
+	go sp.Grow(workers)
 	return sys{
 		start: func(p procSpec, exited func(exitStatus)) (process, error) {
 			return startOSProcess(sp, p, exited)
+		},
+		each: func(n int, f func(i int)) {
+			if spawn.MaxThreads == 1 {
+				for i := range n {
+					f(i)
+				}
+				return
+			}
+			var wg sync.WaitGroup
+			for i := 1; i < n; i++ {
+				wg.Add(1)
+				go func() { defer wg.Done(); f(i) }()
+			}
+			if n > 0 {
+				f(0)
+			}
+			wg.Wait()
 		},
 		now: time.Now,
 		afterFunc: func(d time.Duration, f func()) func() {

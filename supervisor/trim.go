@@ -16,16 +16,18 @@ import (
 var initDone = time.Now()
 
 // startupFields are the steps of a new master's start, for its "master
-// starting" line: USR2 received by the old master -> this package
-// initialised (fork, exec, Go runtime and package initialisation) -> Run
-// called (the command line, the logger) -> boot (sockets, notify and
-// control sockets). Nothing for a first master, which has no USR2.
-func startupFields(usr2, runAt, bootAt time.Time) []zap.Field {
-	if usr2.IsZero() {
+// starting" line: the old master re-executed baton (launch, after its
+// pre-flight checks) -> this package initialised (fork, exec, Go runtime
+// and package initialisation) -> Run called (the command line, the
+// logger) -> boot (sockets, notify and control sockets). Nothing for a
+// first master, which has no old master. The handover line's steps object
+// has the finer steps (steps.go).
+func startupFields(launch, runAt, bootAt time.Time) []zap.Field {
+	if launch.IsZero() {
 		return nil
 	}
 	return []zap.Field{
-		zap.Duration("exec_and_init", initDone.Sub(usr2)),
+		zap.Duration("exec_and_init", initDone.Sub(launch)),
 		zap.Duration("command_line", runAt.Sub(initDone)),
 		zap.Duration("setup", bootAt.Sub(runAt)),
 	}

@@ -31,6 +31,8 @@ import (
 const (
 	envNextGeneration = "BATON_MASTER_GENERATION"
 	envUpgradeStart   = "BATON_UPGRADE_START"  // unix nanoseconds of the USR2
+	envUpgradeLaunch  = "BATON_UPGRADE_LAUNCH" // unix nanoseconds of the re-exec (after the pre-flight checks)
+	envPreflightCPU   = "BATON_PREFLIGHT_CPU"  // the old master's CPU nanoseconds in its pre-flight checks
 	envParentNotify   = "BATON_PARENT_NOTIFY"  // the old master's notify socket
 	envUpgradeToken   = "BATON_UPGRADE_TOKEN"  // proves a report comes from that new master
 	envNextWorkers    = "BATON_MASTER_WORKERS" // the worker count, as TTIN/TTOU/scale left it
@@ -57,6 +59,7 @@ type originState struct {
 	parentNotify   string    // where to report
 	parentToken    string    // include in reports
 	start          time.Time // when the old master got the USR2
+	launch         time.Time // when it re-executed baton (steps.go)
 	parentDeadline time.Time // the old master has surely exited by then
 	workers        int       // the worker count the old master ran, or 0
 	metrics        string    // its counters, for metrics.restore
@@ -70,6 +73,8 @@ type originState struct {
 // hold the reload requests waiting on it.
 type upgradeState struct {
 	running  bool
+	asked    time.Time     // the request reached the loop (before the pre-flight checks)
+	askedCPU time.Duration // processCPU then
 	at       time.Time
 	token    string   // expect in reports from the new master
 	reason   string   // from the new master, when it failed
@@ -138,6 +143,9 @@ func (u *originState) readUpgradeEnv(hasParent bool) int {
 		if ns, err := strconv.ParseInt(os.Getenv(envUpgradeStart), 10, 64); err == nil {
 			u.start = time.Unix(0, ns)
 		}
+		if ns, err := strconv.ParseInt(os.Getenv(envUpgradeLaunch), 10, 64); err == nil {
+			u.launch = time.Unix(0, ns)
+		}
 		u.parentNotify = os.Getenv(envParentNotify)
 		u.parentToken = os.Getenv(envUpgradeToken)
 		if n, err := strconv.Atoi(os.Getenv(envNextWorkers)); err == nil && n > 0 {
@@ -145,7 +153,7 @@ func (u *originState) readUpgradeEnv(hasParent bool) int {
 		}
 		u.metrics = os.Getenv(envMetrics)
 	}
-	for _, k := range []string{envNextGeneration, envUpgradeStart, envParentNotify, envUpgradeToken, envNextWorkers, envMetrics, "TABLEFLIP_HAS_PARENT_7DIU3"} {
+	for _, k := range []string{envNextGeneration, envUpgradeStart, envUpgradeLaunch, envPreflightCPU, envParentNotify, envUpgradeToken, envNextWorkers, envMetrics, "TABLEFLIP_HAS_PARENT_7DIU3"} {
 		os.Unsetenv(k)
 	}
 	return gen
@@ -160,6 +168,7 @@ func (u *originState) readUpgradeEnv(hasParent bool) int {
 // refused.
 func (m *master) requestUpgrade(trigger string, wait bool) string {
 	u := &m.up
+	asked, askedCPU := m.sys.now(), processCPU()
 	var why string
 	var fields []zap.Field
 	switch {
@@ -191,7 +200,7 @@ func (m *master) requestUpgrade(trigger string, wait bool) string {
 		return why
 	}
 	u.running = true
-	u.at = m.sys.now()
+	u.asked, u.askedCPU, u.at = asked, askedCPU, m.sys.now()
 	u.reason, u.stderr, u.ready, u.outputOf, u.failedStep = "", nil, nil, "", ""
 	m.rollout.startingPID = 0
 	u.hookTook, u.waited = 0, 0
@@ -214,7 +223,13 @@ func (m *master) requestUpgrade(trigger string, wait bool) string {
 // as evUpgradeDone.
 func (m *master) launchUpgrade() {
 	u := &m.up
-	start := m.sys.now()
+	launch := m.sys.now()
+	start := launch
+	if u.hookTook == 0 {
+		// The pre-flight checks are baton's part of the handover too
+		// (after a --before-upgrade hook, the handover starts after it).
+		start = u.asked
+	}
 	u.token = strconv.FormatUint(rand.Uint64(), 36)
 	u.limitHits = m.sys.limitHits()
 	// tableflip re-executes us with os.Environ(); this is how the next
@@ -224,6 +239,12 @@ func (m *master) launchUpgrade() {
 	// metrics so far.
 	m.sys.setenv(envNextGeneration, strconv.Itoa(m.gen+1))
 	m.sys.setenv(envUpgradeStart, strconv.FormatInt(start.UnixNano(), 10))
+	m.sys.setenv(envUpgradeLaunch, strconv.FormatInt(launch.UnixNano(), 10))
+	preflightCPU := ""
+	if u.hookTook == 0 {
+		preflightCPU = strconv.FormatInt(int64(processCPU()-u.askedCPU), 10)
+	}
+	m.sys.setenv(envPreflightCPU, preflightCPU)
 	m.sys.setenv(envParentNotify, m.notifyAddr())
 	m.sys.setenv(envUpgradeToken, u.token)
 	m.sys.setenv(envNextWorkers, strconv.Itoa(len(m.slots)))

@@ -4,6 +4,7 @@ package supervisor
 
 import (
 	"fmt"
+	"os"
 	"strconv"
 	"syscall"
 	"time"
@@ -90,10 +91,16 @@ const (
 )
 
 // addSlot appends a worker index and starts its worker.
-func (m *master) addSlot() {
-	s := &slot{index: len(m.slots), backoff: backoffMin}
-	m.slots = append(m.slots, s)
-	m.startWorker(s)
+func (m *master) addSlot() { m.addSlots(1) }
+
+// addSlots appends n worker indexes and starts their workers at once.
+func (m *master) addSlots(n int) {
+	slots := make([]*slot, n)
+	for i := range slots {
+		slots[i] = &slot{index: len(m.slots), backoff: backoffMin}
+		m.slots = append(m.slots, slots[i])
+	}
+	m.startWorkers(slots)
 }
 
 // liveSlot reports whether s is still one of the master's slots.
@@ -101,45 +108,95 @@ func (m *master) liveSlot(s *slot) bool {
 	return s.index < len(m.slots) && m.slots[s.index] == s
 }
 
-func (m *master) startWorker(s *slot) {
-	env := m.workerEnv(s.index)
-	path, argv := shimCommand(m.shell, m.pinned.command)
-	wlog := m.log.With(zap.Int("worker", s.index))
-	w := &worker{index: s.index, state: stateStarting}
-	tree, treeEnv, cgDir := m.newTree(s.index)
-	proc, err := m.sys.start(procSpec{
-		path: path, argv: argv, env: append(env, treeEnv...), dir: m.pinned.dir, cgroup: cgDir,
-		files: m.files, cred: m.cfg.Credential,
-		output: m.cfg.WorkerOutput, log: wlog, onLine: m.outputForwarder(s.index),
-	}, func(st exitStatus) {
-		if m.notify != nil {
-			// Datagrams are read in order: a worker's last READY=1 is
-			// handled before its exit (a server that says READY=1 and dies
-			// at once was ready, not a failed start).
-			m.notify.Barrier(100 * time.Millisecond)
-		}
-		m.post(evExit{w, st})
-	})
-	if cgDir != nil {
-		cgDir.Close()
+func (m *master) startWorker(s *slot) { m.startWorkers([]*slot{s}) }
+
+// launch is one worker's start: prepared by the loop, forked by
+// startWorkers (possibly beside others), recorded by the loop.
+type launch struct {
+	s    *slot
+	w    *worker
+	env  []string
+	log  *zap.Logger
+	tree *procTree
+	cg   *os.File // the cgroup it is cloned into, closed once forked
+	spec procSpec
+	proc process
+	err  error
+	at   time.Time // its fork returned
+}
+
+// startWorkers starts a worker in each of slots. The forks overlap (sys's
+// each); the loop waits for all of them, then records the started ones in
+// slot order before it handles any failure, so that a generation that
+// fails to start drains every worker it has.
+func (m *master) startWorkers(slots []*slot) {
+	ls := make([]*launch, len(slots))
+	for i, s := range slots {
+		ls[i] = m.prepareStart(s)
 	}
-	if err != nil {
-		m.removeTree(tree)
-		m.log.Error("worker start failed", zap.Int("worker", s.index), zap.Error(err))
-		if m.phase == phaseBooting {
-			// No process, so no exit or timeout would ever end the boot.
-			reason := fmt.Sprintf("worker %d could not start: %v", s.index, err)
-			m.bootFailed(fmt.Errorf("%w: %s", ErrBootFailed, reason), reason)
-			return
+	m.sys.each(len(ls), func(i int) {
+		l := ls[i]
+		l.proc, l.err = m.sys.start(l.spec, func(st exitStatus) {
+			if m.notify != nil {
+				// Datagrams are read in order: a worker's last READY=1 is
+				// handled before its exit (a server that says READY=1 and
+				// dies at once was ready, not a failed start).
+				m.notify.Barrier(100 * time.Millisecond)
+			}
+			m.post(evExit{l.w, st})
+		})
+		l.at = m.sys.now()
+	})
+	for _, l := range ls {
+		if l.cg != nil {
+			l.cg.Close()
 		}
-		m.scheduleRestart(s, "start_error")
+		if l.err == nil {
+			m.workerStarted(l)
+		}
+	}
+	for _, l := range ls {
+		if l.err != nil {
+			m.workerStartFailed(l)
+		}
+	}
+}
+
+// prepareStart is what the loop does for a worker before its fork.
+func (m *master) prepareStart(s *slot) *launch {
+	l := &launch{s: s, w: &worker{index: s.index, state: stateStarting}, env: m.workerEnv(s.index),
+		log: m.log.With(zap.Int("worker", s.index))}
+	path, argv := shimCommand(m.shell, m.pinned.command)
+	tree, treeEnv, cgDir := m.newTree(s.index)
+	l.tree, l.cg = tree, cgDir
+	l.spec = procSpec{
+		path: path, argv: argv, env: append(l.env, treeEnv...), dir: m.pinned.dir, cgroup: cgDir,
+		files: m.files, cred: m.cfg.Credential,
+		output: m.cfg.WorkerOutput, log: l.log, onLine: m.outputForwarder(s.index),
+	}
+	return l
+}
+
+func (m *master) workerStartFailed(l *launch) {
+	s := l.s
+	m.removeTree(l.tree)
+	m.log.Error("worker start failed", zap.Int("worker", s.index), zap.Error(l.err))
+	if m.phase == phaseBooting {
+		// No process, so no exit or timeout would ever end the boot.
+		reason := fmt.Sprintf("worker %d could not start: %v", s.index, l.err)
+		m.bootFailed(fmt.Errorf("%w: %s", ErrBootFailed, reason), reason)
 		return
 	}
-	w.proc, w.pid, w.started = proc, proc.Pid(), m.sys.now()
-	if tree != nil {
-		tree.w, w.tree = w, tree
+	m.scheduleRestart(s, "start_error")
+}
+
+func (m *master) workerStarted(l *launch) {
+	s, w, proc := l.s, l.w, l.proc
+	w.proc, w.pid, w.started = proc, proc.Pid(), l.at
+	if l.tree != nil {
+		l.tree.w, w.tree = w, l.tree
 	}
-	w.log = wlog.With(zap.Int("pid", w.pid))
+	w.log = l.log.With(zap.Int("pid", w.pid))
 	s.cur = w
 	m.procs[w.pid] = w
 	w.log.Info("worker started", logevent.WorkerStarted, zap.Int("restarts", s.restarts))
@@ -147,7 +204,7 @@ func (m *master) startWorker(s *slot) {
 	m.step(control.Progress{Event: control.EvWorkerStarted, Worker: intp(w.index), PID: w.pid,
 		Message: fmt.Sprintf("worker %d started (pid %d)", w.index, w.pid)})
 	w.stopReadyTimer = m.sys.afterFunc(m.cfg.ReadyTimeout, func() { m.post(evReadyTimeout{w}) })
-	w.stopReady = m.ready.watch(w, env, func() { m.post(evReady{w}) })
+	w.stopReady = m.ready.watch(w, l.env, func() { m.post(evReady{w}) })
 }
 
 // workerEnv is the environment of worker index of this generation.
@@ -175,8 +232,12 @@ func (m *master) markReady(w *worker) {
 	w.log.Info("worker ready", logevent.WorkerReady, zap.Duration("startup", startup))
 	m.step(control.Progress{Event: control.EvWorkerReady, Worker: intp(w.index), PID: w.pid, DurationMS: ms(startup),
 		Message: fmt.Sprintf("worker %d ready (pid %d) after %s", w.index, w.pid, startup.Round(time.Millisecond))})
-	if m.phase == phaseBooting && m.allReady() {
-		m.generationReady()
+	if m.phase == phaseBooting {
+		m.steps.workerStarted(startup)
+		if m.allReady() {
+			m.steps.mark("workers_ready", m.sys.now(), processCPU())
+			m.generationReady()
+		}
 	}
 }
 

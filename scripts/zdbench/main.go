@@ -53,6 +53,7 @@ type options struct {
 	soak            int // > 0: run only the soak (make soak), this many upgrades
 	soakStrategy    string
 	soakKill        bool
+	baseline        string // a baton binary whose handovers are measured beside this tree's
 }
 
 func main() {
@@ -109,6 +110,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.peerRounds, "peer-rounds", 3, "rounds the peers' upgrades are split into; each round starts every server afresh, in rotating order")
 	fs.IntVar(&o.soak, "soak", 0, "run only the soak: this many upgrades back to back under load (make soak), then a summary of failures, handover percentiles, and the keeper's and master's memory and fds")
 	fs.StringVar(&o.soakStrategy, "soak-strategy", "shared", "the soak's --strategy: shared, blue-green or canary")
+	fs.StringVar(&o.baseline, "baseline", "", "a baton binary (built from another commit) whose handovers are measured first in each handover phase (upgrades, scaling), for before/after figures from one run")
 	fs.BoolVar(&o.soakKill, "soak-kill", false, "soak: SIGKILL a random worker after about one upgrade in four, and wait for its replacement")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -185,7 +187,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	return o, nil
 }
 
-type binaries struct{ dir, baton, hello string }
+type binaries struct{ dir, baton, hello, baseline string }
 
 // lastBinDir is where the last run put its binaries: the smoke test checks
 // that no process runs from there once the run has returned.
@@ -266,6 +268,14 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (err error) {
 	if b.bin, err = build(ctx, dir); err != nil {
 		return err
 	}
+	if o.baseline != "" {
+		// In the binaries' directory: only processes running from there
+		// are the benchmark's (harness.Ours).
+		if b.bin.baseline, err = copyBinary(o.baseline, filepath.Join(dir, "baton-baseline")); err != nil {
+			return err
+		}
+		rep.Baseline = &report{}
+	}
 	var phaseErr error
 	if o.soak > 0 {
 		b.progress("soak: %d upgrades, --strategy %s, %d workers, concurrency %d", o.soak, o.soakStrategy, o.workers, o.concurrency)
@@ -303,13 +313,25 @@ func (b *bench) phases(ctx context.Context, rep *report) error {
 		}
 	}
 	if o.upgrades > 0 {
-		b.progress("upgrades: %d every %s, %d workers, concurrency %d + %d slow clients", o.upgrades, o.interval, o.workers, o.concurrency, o.slowClients)
-		if rep.Upgrades, err = b.upgradesPhase(ctx, "shared"); err != nil {
-			return fmt.Errorf("upgrades: %w", err)
+		err = b.withBaseline(rep, func(r *report) (err error) {
+			b.progress("upgrades: %d every %s, %d workers, concurrency %d + %d slow clients", o.upgrades, o.interval, o.workers, o.concurrency, o.slowClients)
+			if r.Upgrades, err = b.upgradesPhase(ctx, "shared"); err != nil {
+				return fmt.Errorf("upgrades: %w", err)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
-		b.progress("upgrades with --strategy blue-green: the same, each generation on its own socket, switched by BPF")
-		if rep.UpgradesBlueGreen, err = b.upgradesPhase(ctx, "blue-green"); err != nil {
-			return fmt.Errorf("blue-green upgrades: %w", err)
+		err = b.withBaseline(rep, func(r *report) (err error) {
+			b.progress("upgrades with --strategy blue-green: the same, each generation on its own socket, switched by BPF")
+			if r.UpgradesBlueGreen, err = b.upgradesPhase(ctx, "blue-green"); err != nil {
+				return fmt.Errorf("blue-green upgrades: %w", err)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
 	}
 	if !o.skipNaive && o.naiveRestarts > 0 {
@@ -319,8 +341,12 @@ func (b *bench) phases(ctx context.Context, rep *report) error {
 		}
 	}
 	if !o.skipScaling {
-		b.progress("scaling: workers %v, %d upgrades each", o.scalingWorkers, o.scalingUpgrades)
-		if rep.Scaling, err = b.scalingPhase(ctx); err != nil {
+		err = b.withBaseline(rep, func(r *report) (err error) {
+			b.progress("scaling: workers %v, %d upgrades each", o.scalingWorkers, o.scalingUpgrades)
+			r.Scaling, err = b.scalingPhase(ctx)
+			return err
+		})
+		if err != nil {
 			return err
 		}
 	}

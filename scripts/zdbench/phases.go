@@ -293,6 +293,8 @@ type upgradesResult struct {
 	List           []upgradeRec    `json:"upgrades"`
 	Strategy       string          `json:"strategy"`
 	Switch         loadgen.Dist    `json:"switch_ms"` // blue-green: USR2 received -> users switched
+	Steps          []stepDist      `json:"steps"`     // each step of the new masters' start
+	LoadAvg        string          `json:"loadavg"`   // at the end of the phase
 }
 
 // upgradesPhase upgrades baton every interval while clients of every kind
@@ -437,6 +439,7 @@ func (b *bench) upgradesPhase(ctx context.Context, strategy string) (*upgradesRe
 	in, steady := loadgen.SplitByWindows(out.Main.Samples, wins)
 	res.LatencyUpgrade, res.LatencySteady = loadgen.Summarize(in), loadgen.Summarize(steady)
 	res.Masters = mastersOf(hs)
+	res.Steps, res.LoadAvg = stepDists(hs), loadAvg()
 	if loopErr != nil {
 		return res, loopErr
 	}
@@ -586,6 +589,8 @@ type scalingRow struct {
 	MasterFDsMax int          `json:"master_fds_max"`
 	ProbeFailed  int          `json:"probe_failed"`
 	Failures     []string     `json:"failures,omitempty"`
+	Steps        []stepDist   `json:"steps"`
+	LoadAvg      string       `json:"loadavg"` // at the end
 }
 
 // scalingPhase measures handovers with only a probe as load: what grows with
@@ -651,5 +656,6 @@ func (b *bench) scalingOnce(ctx context.Context, workers, delayMS int) (scalingR
 		row.MasterFDsMax = max(row.MasterFDsMax, h.fds)
 	}
 	row.Total, row.AppStartup, row.BatonPart, row.FirstNew = loadgen.DistOf(total), loadgen.DistOf(starting), loadgen.DistOf(part), loadgen.DistOf(first)
+	row.Steps, row.LoadAvg = stepDists(hs), loadAvg()
 	return row, loopErr
 }

@@ -59,12 +59,14 @@ type handover struct {
 	parentGone     time.Time // new master logged its predecessor's exit
 	ok             bool
 	failure        string
-	totalMS        float64 // from the log: USR2 received -> new generation serving
-	switchMS       float64 // blue-green, from the log: USR2 received -> users switched
-	startingMS     float64 // from the log: first worker spawned -> all ready
-	batonMS        float64 // from the log: total - starting
-	killedWorkers  int     // old workers killed at the drain timeout
-	fds            int     // new master's open fds once alone
+	totalMS        float64            // from the log: USR2 received -> new generation serving
+	switchMS       float64            // blue-green, from the log: USR2 received -> users switched
+	startingMS     float64            // from the log: first worker spawned -> all ready
+	batonMS        float64            // from the log: total - starting
+	steps          map[string]float64 // from the log: ms each step of the new master's start took (steps.go)
+	stepsCPU       map[string]float64 // and the new master's CPU ms in each
+	killedWorkers  int                // old workers killed at the drain timeout
+	fds            int                // new master's open fds once alone
 	fdKinds        map[string]int
 	rssMB          float64 // and its RSS
 	mem            memInfo // and its smaps_rollup
@@ -153,6 +155,7 @@ func (p *batonProc) upgrade(ctx context.Context) (handover, error) {
 	h.logged = p.log.ReadAt(idx)
 	h.newPID = ev.Int("master_pid")
 	h.totalMS, h.startingMS, h.batonMS = ev.Float("total"), ev.Float("workers_starting"), ev.Float("baton")
+	h.steps, h.stepsCPU = stepsOf(ev, "steps"), stepsOf(ev, "steps_cpu")
 	for _, e := range p.log.Slice(from, idx) {
 		if e.Name() == evSwitched && e.Int("master_pid") == h.oldPID {
 			h.switchMS = e.Float("since_upgrade")

@@ -28,9 +28,12 @@ type report struct {
 	Scaling           []scalingRow    `json:"scaling,omitempty"`
 	Peers             *peersResult    `json:"peers,omitempty"`
 	Soak              *soakResult     `json:"soak,omitempty"`
-	Targets           []target        `json:"targets"`
-	Notes             []string        `json:"notes,omitempty"`
-	Error             string          `json:"error,omitempty"`
+	// The handover phases run with -baseline's binary, just before the
+	// same phases with this tree's.
+	Baseline *report  `json:"baseline,omitempty"`
+	Targets  []target `json:"targets"`
+	Notes    []string `json:"notes,omitempty"`
+	Error    string   `json:"error,omitempty"`
 }
 
 type config struct {
@@ -242,6 +245,8 @@ func printReport(w io.Writer, r *report) {
 		}
 		tw.Flush()
 	}
+
+	printSteps(w, r)
 
 	if p := r.Peers; p != nil {
 		printPeers(w, p)

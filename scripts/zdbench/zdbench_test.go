@@ -113,6 +113,21 @@ func TestQuickRun(t *testing.T) {
 		}
 	}
 
+	// Where each handover's time went: every step a new master logs, with
+	// its CPU time, and the table with the load average beside it.
+	for _, name := range []string{"preflight", "exec_and_init", "tableflip", "keeper_handshake", "sockets", "spawn", "workers_ready", "ready_signal"} {
+		found := false
+		for _, st := range u.Steps {
+			found = found || (st.Name == name && st.MS.N == 3 && (name == "preflight" || st.CPUMS.N == 3))
+		}
+		if !found {
+			t.Errorf("upgrades: step %q missing or incomplete in %+v", name, u.Steps)
+		}
+	}
+	if u.LoadAvg == "" || !strings.Contains(stdout.String(), "Where a handover's time goes") {
+		t.Errorf("no step table or load average (%q) in the output", u.LoadAvg)
+	}
+
 	if n := rep.Naive; n == nil || len(n.List) != 1 || n.List[0].DowntimeMS <= 0 {
 		t.Errorf("naive restarts incomplete: %+v", n)
 	}

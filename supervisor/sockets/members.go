@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -141,7 +142,11 @@ func Foreign(specs []Spec, own map[uint64]bool) ([]Listener, error) {
 
 // Owners fills in PID and Command of ls from /proc/PID/fd: of the pids
 // given, or of every process when pids is nil. The first holder found is
-// named (a socket inherited by several processes has several).
+// named (a socket inherited by several processes has several); every
+// process is scanned in pid order, so that the one that opened the socket
+// (usually the oldest) is named rather than a child that holds it for a
+// moment between fork and exec, which /proc's name order could list
+// first (pid 10234 before 8703).
 func Owners(ls []Listener, pids []int) {
 	byIno := make(map[uint64]int, len(ls))
 	for i, l := range ls {
@@ -154,6 +159,7 @@ func Owners(ls []Listener, pids []int) {
 				pids = append(pids, pid)
 			}
 		}
+		slices.Sort(pids)
 	}
 	left := len(ls)
 	for _, pid := range pids {
