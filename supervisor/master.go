@@ -345,6 +345,7 @@ func (m *master) release(owner bool) {
 	// closes. So an old master that handed over may call it safely, and a
 	// new master whose old one still serves must not.
 	if owner || !m.origin.parentAlive {
+		m.waitCandidate()
 		m.upg.Stop()
 		<-m.upg.Exit()
 		if owner && m.cfg.PIDFile != "" && !m.keeper.Present() {
@@ -352,6 +353,25 @@ func (m *master) release(owner bool) {
 				os.Remove(m.cfg.PIDFile)
 			}
 		}
+	}
+}
+
+// waitCandidate waits, before tableflip's Stop, for a blue-green or canary
+// candidate master that still runs (a stop during its checks or its
+// bake): Stop SIGKILLs a new master that has not said ready, which a
+// candidate says only once promoted, and its workers die with it, with
+// the requests in flight on them. The keeper sent the stop to the
+// candidate too: it drains and exits on its own. Bounded by what that
+// takes it (start-up it may still be in, then its drain), and more.
+func (m *master) waitCandidate() {
+	c := m.rollout.cand
+	if c == nil || c.pid <= 0 {
+		return
+	}
+	m.log.Info("waiting for the candidate generation to drain before exiting", zap.Int("candidate_master_pid", c.pid))
+	deadline := time.Now().Add(m.cfg.ReadyTimeout + m.cfg.DrainTimeout + 5*time.Second)
+	for !osutil.Gone(c.pid) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

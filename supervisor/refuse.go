@@ -36,9 +36,13 @@ type refusal struct {
 
 // refuseNew starts the refusal: on a stop of the master that serves (or of
 // a first generation that failed to start), never of a new master whose
-// old one still serves on the same sockets.
+// old one still serves on the same sockets. A blue-green or canary
+// candidate has sockets of its own in the group (users reach them once
+// switched, during the bake), so it refuses on them too when stopped;
+// left listening, they parked new clients while the old master's refused.
 func (m *master) refuseNew() {
-	if m.lns == nil || m.refusal.started || (m.origin.parentAlive && m.origin.servingAt.IsZero()) {
+	sameSockets := m.origin.parentAlive && m.origin.servingAt.IsZero() && !m.cfg.Rollout.Strategy.steered()
+	if m.lns == nil || m.refusal.started || sameSockets {
 		return
 	}
 	m.refusal = refusal{started: true, at: m.sys.now(), inodes: m.lns.Inodes()}

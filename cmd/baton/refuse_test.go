@@ -98,3 +98,37 @@ func TestFailedFirstStartRefusesNewConnections(t *testing.T) {
 		t.Fatalf("exit %d after a failed first start, want 1", code)
 	}
 }
+
+// A stop during a blue-green bake (users already switched to the
+// candidate, which is not promoted yet): both masters refuse new clients
+// at once, each on its own socket in the group, and a request in flight
+// on the candidate completes. Before, the candidate's socket stayed
+// listening (clients parked, then reset), and the old master's exit
+// SIGKILLed the candidate master (tableflip ends a child that has not
+// said ready), its workers and their requests with it.
+func TestStopDuringBlueGreenBake(t *testing.T) {
+	t.Parallel()
+	b, addr, envFile := bgSetup(t, "HELLO_TAG=v1\n", "--strategy", "blue-green", "--bake", "20s")
+	writeEnv(t, envFile, "HELLO_TAG=v2\n")
+	from := b.log.len()
+	reloadAsync(b)
+	b.log.waitFrom(t, from, "rollout_switched", nil, 20*time.Second)
+	slow := inFlight(addr, 3000)
+	b.waitAccepted(t, 2)
+	from = b.log.len()
+	b.signal(syscall.SIGTERM)
+	b.log.waitFrom(t, from, "master_stopping", func(e logEvent) bool { return e.num("generation") == 2 }, 5*time.Second)
+	b.log.waitFrom(t, from, "listeners_refused", func(e logEvent) bool { return e.num("generation") == 2 }, 5*time.Second)
+	probeStopping(t, addr, 5)
+	if got := <-slow; field(got, "generation") != "2" {
+		t.Fatalf("in-flight request on the candidate during the stop: %q", got)
+	}
+	if code := b.waitExit(30 * time.Second); code != 0 {
+		t.Fatalf("exit %d after stop", code)
+	}
+	for _, e := range b.log.all()[from:] {
+		if e.str("event") == "master_exited" && e.num("status") != 0 {
+			t.Fatalf("master %d exited with status %d during the stop", e.num("master_pid"), e.num("status"))
+		}
+	}
+}
