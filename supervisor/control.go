@@ -193,6 +193,7 @@ func (m *master) status() control.Status {
 			st.Steering = "ebpf"
 		}
 		st.ForeignSockets = m.group.foreign
+		st.SteeringUncertain = m.group.uncertain
 	}
 	return st
 }

@@ -45,6 +45,7 @@ type groupState struct {
 	prev      map[uint64]bool         // the previous generation's sockets, while its master lived
 	running   bool                    // a periodic check is under way
 	soleSteer bool                    // Steer(0) attached since the group held our socket alone
+	uncertain string                  // classic: why baton no longer knows its socket's index ("" while it does)
 }
 
 // allowed returns the socket inodes that may be in the groups now: ours,
@@ -105,7 +106,29 @@ func (m *master) labelForeign(f sockets.Listener) control.ForeignSocket {
 	default:
 		fs.Detail = "a " + f.String() + " that baton did not open"
 	}
+	if ours, ok := sockets.Shadows(f, m.lns.Specs()); ok {
+		fs.Detail += fmt.Sprintf("; bound to the more specific address %s, it takes every connection to %s whatever the steering (the kernel prefers it over baton's %s)",
+			f.Addr.Addr(), f.Addr, ours)
+	}
 	return fs
+}
+
+// foreignAction says what the foreign socket f receives of users'
+// connections and what baton can do about it: ebpf is the steering,
+// soleSteer that the classic program returns 0 with baton's socket at
+// index 0 (a socket that joins takes a higher index; one that leaves moves
+// the last socket into its own slot, never baton's out of slot 0).
+func foreignAction(f sockets.Listener, specs []sockets.Spec, ebpf, soleSteer bool) string {
+	if ours, ok := sockets.Shadows(f, specs); ok {
+		return fmt.Sprintf("it takes every connection to %s whatever the steering: bound to that address, not to baton's %s, it is outside baton's reuseport group and the kernel prefers it; stop it", f.Addr, ours)
+	}
+	switch {
+	case ebpf:
+		return "it receives no connections: the eBPF map holds only baton's sockets"
+	case soleSteer:
+		return "it receives no connections: baton's socket is index 0 of the group and the classic program returns 0; a joining socket takes a higher index"
+	}
+	return "cannot re-steer: classic BPF picks sockets by the kernel's order, which the foreign socket shares; stop it, or run baton with CAP_BPF"
 }
 
 // checkBeforeSwitch refuses a change of steering while a foreign socket
@@ -208,6 +231,7 @@ func (m *master) onMembers(ev evMembers) {
 	for i := 0; !changed && i < len(now); i++ {
 		changed = now[i].Inode != m.group.foreign[i].Inode
 	}
+	gone := leftSince(m.group.foreign, now)
 	m.group.foreign = now
 	upgrading := m.rollout.cand != nil || m.up.running || m.origin.parentAlive
 	if len(now) == 0 {
@@ -220,6 +244,7 @@ func (m *master) onMembers(ev evMembers) {
 		if !upgrading && !m.group.soleSteer {
 			if err := m.lns.Claim(false); err == nil && m.steer(0) == nil {
 				m.group.soleSteer = true
+				m.group.uncertain = ""
 			}
 		}
 		return
@@ -227,18 +252,66 @@ func (m *master) onMembers(ev evMembers) {
 	if !changed {
 		return
 	}
-	action := "cannot re-steer: classic BPF picks sockets by the kernel's order, which the foreign socket shares; stop it, or run baton with CAP_BPF"
-	if m.lns.EBPF() {
-		action = "it receives no connections: the eBPF map holds only baton's sockets"
-		if !upgrading {
-			if err := m.lns.Claim(false); err == nil && m.steer(0) == nil {
-				action += " (re-steered: map re-claimed, program re-attached)"
-			}
+	ebpf := m.lns.EBPF()
+	resteered := ""
+	if ebpf && !upgrading {
+		if err := m.lns.Claim(false); err == nil && m.steer(0) == nil {
+			resteered = " (re-steered: map re-claimed, program re-attached)"
 		}
 	}
-	for _, f := range now {
+	for i, f := range now {
+		action := foreignAction(ev.foreign[i], m.lns.Specs(), ebpf, m.group.soleSteer)
+		if _, shadow := sockets.Shadows(ev.foreign[i], m.lns.Specs()); !shadow {
+			action += resteered
+		}
 		m.log.Warn("foreign socket in the reuseport group", logevent.ForeignSocket, zap.String("kind", f.Kind), zap.String("address", f.Address),
 			zap.Uint64("inode", f.Inode), zap.Int("holder_pid", f.PID), zap.String("holder_command", f.Command),
 			zap.String("detail", f.Detail), zap.String("action", action))
 	}
+	if !ebpf && !m.group.soleSteer && len(gone) > 0 {
+		m.steeringUncertain(gone, now)
+	}
+}
+
+// leftSince returns the sockets of before that are not in now.
+func leftSince(before, now []control.ForeignSocket) []control.ForeignSocket {
+	in := make(map[uint64]bool, len(now))
+	for _, f := range now {
+		in[f.Inode] = true
+	}
+	var out []control.ForeignSocket
+	for _, f := range before {
+		if !in[f.Inode] {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// steeringUncertain warns, under classic steering, that a foreign socket
+// left the group while others remain. The kernel moves the group's last
+// socket into the slot of one that leaves; baton cannot read the group's
+// order, so it no longer knows whether its own socket moved and whether
+// the index its program returns now names a foreign socket (a stray that
+// restarts: [stray 0, ours 1], the stray leaves, ours moves to 0, the
+// restarted stray joins at 1 and takes every user). It stays said in
+// baton status until the group holds baton's socket alone and users are
+// steered to index 0 again.
+func (m *master) steeringUncertain(gone, now []control.ForeignSocket) {
+	names := func(fs []control.ForeignSocket) (string, []int) {
+		var parts []string
+		var pids []int
+		for _, f := range fs {
+			parts = append(parts, f.Detail)
+			pids = append(pids, f.PID)
+		}
+		return strings.Join(parts, "; "), pids
+	}
+	left, _ := names(gone)
+	present, pids := names(now)
+	m.group.uncertain = "classic steering no longer knows which index of the reuseport group is baton's socket: a foreign socket left (" + left +
+		") while others remain, and users may be reaching " + present +
+		"; stop it (baton then steers to its socket alone), or run baton as root or with CAP_BPF, whose eBPF steering chooses only baton's sockets"
+	m.log.Warn("classic steering lost track of baton's socket in the reuseport group: users may be reaching a foreign socket", logevent.SteeringUncertain,
+		zap.String("left", left), zap.String("present", present), zap.Ints("holder_pids", pids), zap.String("detail", m.group.uncertain))
 }

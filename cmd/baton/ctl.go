@@ -302,6 +302,9 @@ func printStatus(w io.Writer, st control.Status) {
 	for _, f := range st.ForeignSockets {
 		fmt.Fprintf(w, "WARNING: %s (steering: %s)\n", f.Detail, st.Steering)
 	}
+	if st.SteeringUncertain != "" {
+		fmt.Fprintf(w, "WARNING: %s\n", st.SteeringUncertain)
+	}
 	if u := st.LastUpgrade; u != nil {
 		fmt.Fprint(w, "last upgrade: ")
 		printReload(w, *u)

@@ -216,6 +216,11 @@ type Status struct {
 	// ForeignSockets are sockets in a reuseport group that baton did not
 	// open, as the last membership check saw them.
 	ForeignSockets []ForeignSocket `json:"foreign_sockets,omitempty"`
+	// SteeringUncertain is set under classic steering once a foreign
+	// socket left a group while others remained: baton no longer knows
+	// which index is its socket, and users may reach a foreign one. It
+	// says so, naming the sockets; "" otherwise.
+	SteeringUncertain string `json:"steering_uncertain,omitempty"`
 	// Rollout is the blue-green or canary upgrade under way, seen from the
 	// old master that runs it; nil when none.
 	Rollout *RolloutStatus `json:"rollout,omitempty"`

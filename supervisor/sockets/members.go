@@ -74,6 +74,53 @@ func (s *Set) Specs() []Spec { return s.specs }
 // wildcard. One sock_diag dump of listening sockets per address family;
 // no /proc lookup (see Owners).
 func Members(specs []Spec) ([]Listener, error) {
+	want := addrPorts(specs)
+	var out []Listener
+	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		ls, err := listening(fam)
+		if err != nil {
+			return nil, err
+		}
+		for _, l := range ls {
+			for _, w := range want {
+				if overlaps(l.Addr, w) {
+					out = append(out, l)
+					break
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// Shadows returns baton's address that l, bound to a more specific address
+// of the same port, takes connections from (0.0.0.0:P for a socket on
+// 127.0.0.1:P), and ok false when l is bound to one of specs' addresses
+// or a wildcard. Such a socket is not in baton's reuseport group: the
+// kernel's lookup prefers a listener bound to the exact destination
+// address over a wildcard one, so it receives every connection to its
+// address whatever program steers baton's group.
+func Shadows(l Listener, specs []Spec) (ours netip.AddrPort, ok bool) {
+	a := l.Addr.Addr().Unmap()
+	if a.IsUnspecified() {
+		return netip.AddrPort{}, false
+	}
+	for _, w := range addrPorts(specs) {
+		if w.Port() == l.Addr.Port() && w.Addr().Unmap() == a {
+			return netip.AddrPort{}, false
+		}
+	}
+	for _, w := range addrPorts(specs) {
+		if w.Port() == l.Addr.Port() && w.Addr().IsUnspecified() {
+			return w, true
+		}
+	}
+	return netip.AddrPort{}, false
+}
+
+// addrPorts returns specs' TCP addresses, the host resolved (an empty one
+// is the IPv6 wildcard, which also takes IPv4).
+func addrPorts(specs []Spec) []netip.AddrPort {
 	want := make([]netip.AddrPort, 0, len(specs))
 	for _, spec := range specs {
 		if spec.Network == "unix" {
@@ -95,22 +142,7 @@ func Members(specs []Spec) ([]Listener, error) {
 		}
 		want = append(want, netip.AddrPortFrom(a, uint16(p)))
 	}
-	var out []Listener
-	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
-		ls, err := listening(fam)
-		if err != nil {
-			return nil, err
-		}
-		for _, l := range ls {
-			for _, w := range want {
-				if overlaps(l.Addr, w) {
-					out = append(out, l)
-					break
-				}
-			}
-		}
-	}
-	return out, nil
+	return want
 }
 
 func overlaps(a, b netip.AddrPort) bool {

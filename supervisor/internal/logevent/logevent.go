@@ -79,6 +79,10 @@ var (
 	ForeignSocket = named("foreign_socket")
 	// The last foreign socket is gone.
 	ForeignSocketsGone = named("foreign_sockets_gone")
+	// Classic BPF only: a foreign socket left the group while others
+	// remain, so baton no longer knows its socket's index and users may
+	// reach a foreign one: left, present (details), holder_pids, detail.
+	SteeringUncertain = named("steering_uncertain")
 	// Classic BPF only: the old master's socket left its group at the end
 	// of a handover and the program now returns the new generation's
 	// index: address, index (-1: none attached), strays,

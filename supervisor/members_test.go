@@ -1,0 +1,44 @@
+//go:build linux
+
+package supervisor
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/baton-sh/baton/supervisor/sockets"
+)
+
+// TestForeignAction: what the foreign_socket warning says a foreign socket
+// receives. One on a more specific address of baton's port (127.0.0.1:P
+// beside baton's 0.0.0.0:P) is outside baton's reuseport group and takes
+// every connection to its address whatever the steering, so neither the
+// eBPF map nor the classic program at index 0 keeps users off it; one on
+// baton's own address is in the group and gets none under eBPF.
+func TestForeignAction(t *testing.T) {
+	wild := []sockets.Spec{{Name: "web", Network: "tcp", Addr: "0.0.0.0:8080"}}
+	exact := []sockets.Spec{{Name: "web", Network: "tcp", Addr: "127.0.0.1:8080"}}
+	lo := sockets.Listener{Addr: netip.MustParseAddrPort("127.0.0.1:8080"), Inode: 7, PID: 42}
+	any4 := sockets.Listener{Addr: netip.MustParseAddrPort("0.0.0.0:8080"), Inode: 8, PID: 43}
+	for _, tt := range []struct {
+		name       string
+		f          sockets.Listener
+		specs      []sockets.Spec
+		ebpf, sole bool
+		want       string
+	}{
+		{"more specific, ebpf", lo, wild, true, false, "takes every connection to 127.0.0.1:8080 whatever the steering"},
+		{"more specific, classic at 0", lo, wild, false, true, "takes every connection to 127.0.0.1:8080 whatever the steering"},
+		{"same address, ebpf", lo, exact, true, false, "receives no connections: the eBPF map"},
+		{"same wildcard, ebpf", any4, wild, true, false, "receives no connections: the eBPF map"},
+		{"same address, classic at 0", lo, exact, false, true, "receives no connections: baton's socket is index 0"},
+		{"same address, classic", lo, exact, false, false, "cannot re-steer"},
+		{"wildcard beside baton's exact", any4, exact, true, false, "receives no connections"},
+	} {
+		got := foreignAction(tt.f, tt.specs, tt.ebpf, tt.sole)
+		if !strings.Contains(got, tt.want) {
+			t.Errorf("%s: action %q, want it to say %q", tt.name, got, tt.want)
+		}
+	}
+}
