@@ -44,7 +44,7 @@ type Config struct {
 
 // IsMaster reports whether a keeper started this process, i.e. it is a
 // master; a `baton run` that is not becomes the keeper.
-func IsMaster() bool { return link.Present() }
+func IsMaster() bool { return link.FromEnv().Present() }
 
 // keptMaster is a master the keeper knows of. Signals go through its
 // pidfd, so a master that has exited is never confused with a process
