@@ -216,7 +216,7 @@ func (c *Config) Check() error {
 	if _, err := ResolveCommand(c.Chdir, c.Command[0]); err != nil {
 		return err
 	}
-	if c.PIDFile != "" && !link.Present() {
+	if c.PIDFile != "" && !link.FromEnv().Present() {
 		// Only the keeper writes it: a master, and so an upgrade, checks
 		// only what it writes (a removed /run/app must not refuse deploys).
 		if err := checkPIDFile(c.PIDFile); err != nil {
@@ -320,7 +320,7 @@ func checkPIDFile(path string) error {
 		return badConfig("--pid-file", strconv.Quote(path), what, nil)
 	}
 	// A masters' keeper holds the file (the masters run this check too).
-	if !link.Present() {
+	if !link.FromEnv().Present() {
 		if pid, held := pidfile.Holder(path); held {
 			return badConfig("--pid-file", strconv.Quote(path), fmt.Sprintf("%v (pid %d)", pidfile.ErrHeld, pid), nil)
 		}

@@ -464,6 +464,35 @@ func TestRolloutCandidateCrashDuringTheBake(t *testing.T) {
 	}
 }
 
+// TestRolloutNewMasterDiedDuringTheBake: tableflip's Upgrade call returns
+// an error while the candidate bakes and no order was sent: the new master
+// died without a word. Its socket leaves the group with it, but the old
+// master still steers users back to its own generation and records a
+// rollback, so a reload reports it and nothing is left steered at a
+// socket that is gone.
+func TestRolloutNewMasterDiedDuringTheBake(t *testing.T) {
+	l, c, rc := baking(t, StrategyBlueGreen)
+	if len(orders(l)) != 0 || !slices.Equal(l.steered(), []int{0, 100}) {
+		t.Fatalf("orders %v, steering %v before the new master died", orders(l), l.steered())
+	}
+	_, res := finishUpgrade(l, rc, errUpgrade)
+	if c.stage != stageRolledBack || !slices.Equal(l.steered(), []int{0, 100, 0}) {
+		t.Fatalf("stage %s, steering %v; want users back on the old generation (0)", c.stage, l.steered())
+	}
+	if res.Code != control.ReloadRollback || res.FailedStep != "bake" || !strings.Contains(res.Reason, errUpgrade.Error()) {
+		t.Fatalf("reload result %+v; want a rollback at the bake naming the new master's failure", res)
+	}
+	if l.m.phase != phaseServing || l.proc(0).got(syscall.SIGTERM) {
+		t.Fatalf("phase %d; old worker signalled %v: the old master must serve on", l.m.phase, l.proc(0).signals)
+	}
+	// The bake's timers are void: nothing is probed or promoted later.
+	probes := l.probes()
+	l.advance(time.Minute)
+	if slices.Contains(orders(l), "promote") || l.probes() != probes {
+		t.Fatalf("orders %v, %d probes after the new master died", orders(l), l.probes()-probes)
+	}
+}
+
 func TestRolloutBakeHealthFailure(t *testing.T) {
 	l, c, rc := baking(t, StrategyBlueGreen)
 	l.os.mu.Lock()

@@ -44,7 +44,7 @@ type Config struct {
 
 // IsMaster reports whether a keeper started this process, i.e. it is a
 // master; a `baton run` that is not becomes the keeper.
-func IsMaster() bool { return link.Present() }
+func IsMaster() bool { return link.FromEnv().Present() }
 
 // keptMaster is a master the keeper knows of. Signals go through its
 // pidfd, so a master that has exited is never confused with a process
@@ -340,18 +340,18 @@ func (k *keeper) onNote(msg notify.Msg) {
 		k.answer(msg.PID, ackTo, m, why) // handshake.go
 	}
 	if m == nil {
+		if k.exitedMaster(msg.PID) {
+			// A master's last words, read after its exit was handled (the
+			// socket is read after the exit is seen): its status still
+			// counts, the rest is moot.
+			k.noteExit(msg.PID, msg.Fields)
+			k.log.Debug("notify message from an exited master", zap.Int("master_pid", msg.PID))
+			return
+		}
 		k.log.Warn("notify message from unknown process ignored", logevent.NotifyUnknownSender, zap.Int("sender_pid", msg.PID))
 		return
 	}
-	if v, ok := msg.Fields[link.KeyExit]; ok {
-		// Its parent may be another master, which reaps it: this is then
-		// the only way to learn its status.
-		if code, err := strconv.Atoi(v); err == nil {
-			if _, known := k.statuses[m.pid]; !known {
-				k.statuses[m.pid] = code
-			}
-		}
-	}
+	k.noteExit(m.pid, msg.Fields)
 	if msg.Fields[link.KeyStop] == "1" && !k.stopping {
 		k.log.Info("stop requested through a master: stopping every other master", logevent.KeeperStopping, zap.Int("master_pid", m.pid))
 		k.stopping, k.stopSig, k.stopAt = true, syscall.SIGTERM, k.sys.now()
@@ -368,6 +368,31 @@ func (k *keeper) onNote(msg notify.Msg) {
 		k.ready = true
 	}
 	k.relay(msg.Fields)
+}
+
+// exitedMaster says whether pid is a master the keeper knew that has
+// exited: the last one, the last of record, or one whose status it holds.
+func (k *keeper) exitedMaster(pid int) bool {
+	if _, ok := k.statuses[pid]; ok {
+		return true
+	}
+	return (k.lastExited != nil && k.lastExited.pid == pid) || (k.lastRecord != nil && k.lastRecord.pid == pid)
+}
+
+// noteExit keeps the exit status master pid said in fields (link.KeyExit),
+// unless one is known already (reaped, which is the kernel's word). Its
+// parent may be another master, which reaps it: this is then the only way
+// to learn its status.
+func (k *keeper) noteExit(pid int, fields map[string]string) {
+	v, ok := fields[link.KeyExit]
+	if !ok {
+		return
+	}
+	if code, err := strconv.Atoi(v); err == nil {
+		if _, known := k.statuses[pid]; !known {
+			k.statuses[pid] = code
+		}
+	}
 }
 
 // register adopts a master that announced itself: a child of a master we

@@ -424,3 +424,34 @@ func TestAnnouncementQueuedAtTheLastExitKeepsTheService(t *testing.T) {
 		t.Fatalf("keeper exit %d (done %v), want 0 after 101 exited", code, done)
 	}
 }
+
+func TestExitNoteReadAfterTheExitIsNoStranger(t *testing.T) {
+	// The master said its status and exited; the keeper handles the exit
+	// before it reads the note (queued on the notify socket): no warning
+	// of an unknown sender, the keeper exits with the status.
+	l := serving(t)
+	l.queued = []notify.Msg{{PID: 100, Fields: map[string]string{link.KeyExit: "0"}}}
+	if code, done := l.exit(100, 0, true); !done || code != 0 {
+		t.Fatalf("keeper exit %d (done %v), want 0", code, done)
+	}
+	if n := l.events(logevent.NotifyUnknownSender.String); n != 0 {
+		t.Fatalf("%d notify_unknown_sender entries for the exited master's own note, want 0", n)
+	}
+
+	// Not the keeper's child (its parent reaps it): the late note is the
+	// only word of its status, and it counts.
+	l = serving(t)
+	l.queued = []notify.Msg{{PID: 100, Fields: map[string]string{link.KeyExit: "3"}}}
+	if code, _ := l.exit(100, 3, false); code != 3 {
+		t.Fatalf("keeper exit %d, want 3 from the late note", code)
+	}
+	if n := l.events(logevent.NotifyUnknownSender.String); n != 0 {
+		t.Fatalf("%d notify_unknown_sender entries, want 0", n)
+	}
+
+	// A stranger is still one.
+	l.note(4242, "STATUS=hi")
+	if n := l.events(logevent.NotifyUnknownSender.String); n != 1 {
+		t.Fatalf("%d notify_unknown_sender entries for pid 4242, want 1", n)
+	}
+}

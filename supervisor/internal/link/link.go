@@ -88,7 +88,8 @@ type Link struct {
 }
 
 // FromEnv reads the link from this process's environment: the one place
-// a master reads the keeper's variables.
+// a process reads the keeper's variables (a master's, and whether it is
+// one). It reads the environment on each call; it does not block.
 func FromEnv() Link {
 	pid, _ := strconv.Atoi(os.Getenv(EnvKeeperPID))
 	return Link{
@@ -101,12 +102,9 @@ func FromEnv() Link {
 	}
 }
 
-// Present reports whether a keeper started this master.
+// Present reports whether a keeper started this process, i.e. it is a
+// master: FromEnv().Present() is how any caller asks.
 func (l Link) Present() bool { return l.KeeperPID != 0 }
-
-// Present reports whether this process was started by a keeper, i.e. is
-// a master.
-func Present() bool { return os.Getenv(EnvKeeperPID) != "" }
 
 // WatchGone calls gone, from a goroutine of its own, once the keeper has
 // exited (a pidfd on it becomes readable). The error names the keeper when

@@ -139,3 +139,20 @@ func TestAnnouncementAnswersOnlyBatonAddresses(t *testing.T) {
 		t.Fatal("READY=1 taken for an announcement")
 	}
 }
+
+// TestFromEnvReadsTheOffer: what the keeper's Offer.Env sets, FromEnv
+// reads back, and Present follows the keeper's pid alone.
+func TestFromEnvReadsTheOffer(t *testing.T) {
+	for _, kv := range (Offer{KeeperPID: 7, Notify: "/run/k/notify", Cgroup: "/sys/fs/cgroup/app", OOMScoreAdj: "-100"}).Env(nil, false) {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	l := FromEnv()
+	if !l.Present() || l.KeeperPID != 7 || l.Cgroup != "/sys/fs/cgroup/app" || !l.acks || l.notify != "/run/k/notify" || l.oomScore != "-100" {
+		t.Fatalf("FromEnv %+v", l)
+	}
+	t.Setenv(EnvKeeperPID, "")
+	if FromEnv().Present() {
+		t.Fatal("Present with no keeper pid")
+	}
+}
