@@ -57,6 +57,11 @@ func bgStartAs(t *testing.T, steering, env string, args ...string) (*baton, stri
 	if got := ev.str("steering"); got != steering {
 		t.Fatalf("steering %q, want %q", got, steering)
 	}
+	// Without the capability the reason is the capability, not the
+	// memlock limit cilium/ebpf suggests on every EPERM.
+	if why := ev.str("ebpf_unavailable"); steering == "classic" && (!strings.Contains(why, "CAP_BPF") || strings.Contains(why, "MEMLOCK")) {
+		t.Errorf("ebpf_unavailable %q, want it to name the missing capability", why)
+	}
 	b.waitReady()
 	return b, addr, envFile
 }
@@ -390,6 +395,10 @@ func TestReuseportWorkerOwnSocket(t *testing.T) {
 		}
 		if !strings.Contains(b.log.dump(), "must accept on the socket baton passes it") {
 			t.Errorf("no reason naming the worker:\n%s", b.log.dump())
+		}
+		// The workers did become ready: the refusal must not say otherwise.
+		if strings.Contains(b.log.dump(), "did not become ready") {
+			t.Errorf("the refusal says the workers did not become ready:\n%s", b.log.dump())
 		}
 	})
 }
