@@ -301,15 +301,12 @@ func field(body, key string) string {
 // alive is false for a zombie: it serves nothing.
 func alive(pid int) bool { return harness.Alive(pid) }
 
-// eventually polls cond every 10ms until it holds or timeout passes.
+// eventually polls cond (harness.Until) and fails the test if it does not
+// hold within timeout.
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !harness.Until(timeout, cond) {
+		t.Fatalf("timed out after %s waiting for %s", timeout, what)
 	}
 }
 

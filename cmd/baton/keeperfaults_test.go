@@ -3,27 +3,17 @@
 package main
 
 import (
-	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
-)
 
-// openFDs counts pid's open descriptors.
-func openFDs(t *testing.T, pid int) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
-}
+	"github.com/baton-sh/baton/internal/harness"
+)
 
 // setNofile sets pid's soft RLIMIT_NOFILE with prlimit(1).
 func setNofile(t *testing.T, pid, n int) {
@@ -54,7 +44,7 @@ func TestKeeperShortOfDescriptors(t *testing.T) {
 
 	// One short: every new descriptor fails with EMFILE until the keeper
 	// gives one of its reserve back.
-	n := openFDs(t, b.pid)
+	n := fdCount(t, b.pid)
 	setNofile(t, b.pid, n)
 	code, out := b.ctl(t, "reload")
 	if code != 0 {
@@ -175,7 +165,7 @@ func TestStopWithStoppedKeeper(t *testing.T) {
 			b.waitReady()
 			syscall.Kill(b.pid, syscall.SIGSTOP)
 			defer syscall.Kill(b.pid, syscall.SIGCONT)
-			var out lockedBuffer
+			var out harness.Buffer
 			cmd := exec.Command(bin("baton"), "stop", "--control", b.control, "--timeout", "4s")
 			cmd.Stdout, cmd.Stderr = &out, &out
 			start := time.Now()
@@ -214,22 +204,4 @@ func TestStopWithStoppedKeeper(t *testing.T) {
 			}
 		})
 	}
-}
-
-// lockedBuffer is a bytes.Buffer a command writes while the test reads.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/baton-sh/baton/internal/harness"
 )
 
 func TestRequestsReachAllWorkers(t *testing.T) {
@@ -307,17 +309,15 @@ func TestListenerStaysNonBlockingAndWorkerFdsAreExact(t *testing.T) {
 	}
 }
 
+// openFds lists pid's open descriptors by number (harness.FDs); it fails
+// the test if /proc cannot say.
 func openFds(t *testing.T, pid int) []string {
 	t.Helper()
-	ents, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
+	fds, err := harness.FDs(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []string
-	for _, e := range ents {
-		out = append(out, e.Name())
-	}
-	return out
+	return fds
 }
 
 func fdFlags(t *testing.T, pid int, fd string) int {

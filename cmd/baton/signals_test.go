@@ -6,11 +6,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/baton-sh/baton/internal/harness"
 )
 
 // Signals at the first instants of a service's life (issue: a deploy step,
@@ -65,7 +66,7 @@ func signalAtStart(t *testing.T, sig syscall.Signal, delay time.Duration) {
 	if direct {
 		// The first master, the moment the keeper has forked it.
 		for time.Now().Before(deadline) {
-			if kids := childrenOf(b.pid); len(kids) > 0 {
+			if kids := harness.Children(b.pid); len(kids) > 0 {
 				syscall.Kill(kids[0], sig)
 				break
 			}
@@ -108,21 +109,6 @@ func checkNotStopped(t *testing.T, what string, b *baton) {
 	}
 }
 
-// childrenOf lists pid's children.
-func childrenOf(pid int) []int {
-	var out []int
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-	for _, f := range tasks {
-		b, _ := os.ReadFile(f)
-		for _, s := range strings.Fields(string(b)) {
-			if n, err := strconv.Atoi(s); err == nil {
-				out = append(out, n)
-			}
-		}
-	}
-	return out
-}
-
 // procStates describes pid and its descendants: pid, state, blocked and
 // pending signal masks (for a failure's message).
 func procStates(pid int) string {
@@ -138,7 +124,7 @@ func procStates(pid int) string {
 			}
 		}
 		out = append(out, fmt.Sprintf("%d %c %s", p, st, strings.Join(masks, " ")))
-		for _, c := range childrenOf(p) {
+		for _, c := range harness.Children(p) {
 			walk(c)
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/baton-sh/baton/internal/harness"
 	"github.com/baton-sh/baton/internal/loadgen"
 )
 
@@ -135,20 +136,6 @@ func (l *appLoad) stop() *loadgen.Result {
 	return <-l.done
 }
 
-// waitUntil polls cond every 50 ms until it holds or timeout passes.
-func waitUntil(timeout time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(timeout)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // cgroupProcs lists the processes in a unit's cgroup (ControlGroup=) or
 // below it, by each process's own /proc/PID/cgroup (cgroup v2).
 func cgroupProcs(cg string) []int {
@@ -248,7 +235,7 @@ func stepsAppService(l *stepLog) {
 	// up when the entry arrives, after the failed master may have exited.
 	const brokenLine = "broken release: /srv/app/releases/broken/config.yml missing"
 	var j3 string
-	l.check(s+": the failed release's stderr in the journal", waitUntil(5*time.Second, func() bool {
+	l.check(s+": the failed release's stderr in the journal", harness.Until(5*time.Second, func() bool {
 		j3, _ = ctrRun(10*time.Second, "journalctl", "--no-pager", "-o", "cat", "GENERATION=3", "STREAM=stderr")
 		return strings.Contains(j3, brokenLine)
 	}), "journalctl GENERATION=3 STREAM=stderr -o cat:\n%s", tail(j3, 8))
@@ -329,7 +316,7 @@ func stepsSocket(l *stepLog) {
 	t0 := time.Now()
 	body, err := appGet("/", 30*time.Second)
 	// A worker may answer a moment before systemd has taken READY=1.
-	active := waitUntil(5*time.Second, func() bool { return prop(activatedUnit, "ActiveState") == "active" })
+	active := harness.Until(5*time.Second, func() bool { return prop(activatedUnit, "ActiveState") == "active" })
 	l.check(s+": the first connection starts the service", err == nil && strings.Contains(body, "tag=r1") && active,
 		"answer %q (%v) after %s; service %s", body, err, time.Since(t0).Round(time.Millisecond), prop(activatedUnit, "ActiveState"))
 	main1 := prop(activatedUnit, "MainPID")
@@ -348,7 +335,7 @@ func stepsSocket(l *stepLog) {
 	out, code = ctrRun(90*time.Second, "systemctl", "stop", activatedUnit)
 	l.check(s+": stop under load leaves the socket to systemd", code == 0 && prop(activatedUnit, "Result") == "success" && prop(socketUnit, "ActiveState") == "active",
 		"systemctl stop: exit %d %q; Result=%s; socket %s", code, out, prop(activatedUnit, "Result"), prop(socketUnit, "SubState"))
-	waitUntil(10*time.Second, func() bool { return prop(activatedUnit, "ActiveState") == "active" })
+	harness.Until(10*time.Second, func() bool { return prop(activatedUnit, "ActiveState") == "active" })
 	time.Sleep(time.Second) // load on the restarted service
 	res := ld.stop()
 	l.check(s+": 0 failed requests through reload, stop and the start the load caused", res.Failures() == 0 && res.Requests > 20, "%s", res)
@@ -375,7 +362,7 @@ func stepsNotifyReload(l *stepLog) {
 	out, code := ctrRun(60*time.Second, "systemctl", "start", reloadUnit)
 	typ, state := prop(reloadUnit, "Type"), prop(reloadUnit, "ActiveState")
 	var answered bool
-	waitUntil(10*time.Second, func() bool { _, err := appGet("/", 2*time.Second); answered = err == nil; return answered })
+	harness.Until(10*time.Second, func() bool { _, err := appGet("/", 2*time.Second); answered = err == nil; return answered })
 	rout, rcode := ctrRun(60*time.Second, "systemctl", "reload", reloadUnit)
 	warn, _ := ctrRun(10*time.Second, "journalctl", "--no-pager", "-o", "cat", "--grep", "notify-reload|Failed to parse service type")
 	l.note(s+": on systemd "+strconv.Itoa(ver), "start: exit %d %q; Type=%s ActiveState=%s; serving %v; reload: exit %d %q; journal: %s",

@@ -3,7 +3,9 @@
 // lets a caller wait for an entry by its event name. It is the one log
 // harness of the end-to-end tests (cmd/baton) and the benchmark
 // (scripts/zdbench): they wait on the stable `event` field, never on a
-// message's wording.
+// message's wording. It also holds what both read of /proc (a process's
+// children, its descriptors), a poll with a deadline, and a buffer a
+// command writes while the caller reads.
 package harness
 
 import (

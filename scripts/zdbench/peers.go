@@ -633,7 +633,7 @@ func waitWorkersGone(ctx context.Context, old, new int, timeout time.Duration) e
 	deadline := time.Now().Add(timeout)
 	workers := func() []int {
 		var out []int
-		for _, c := range childrenOf(old) {
+		for _, c := range harness.Children(old) {
 			if c != new {
 				out = append(out, c)
 			}
@@ -654,27 +654,8 @@ func waitWorkersGone(ctx context.Context, old, new int, timeout time.Duration) e
 	}
 }
 
-// childrenOf lists pid's live children, from /proc/PID/task/*/children
-// (a child belongs to the thread that forked it).
-func childrenOf(pid int) []int {
-	tasks, _ := filepath.Glob("/proc/" + strconv.Itoa(pid) + "/task/*/children")
-	var out []int
-	for _, t := range tasks {
-		b, err := os.ReadFile(t)
-		if err != nil {
-			continue
-		}
-		for _, f := range strings.Fields(string(b)) {
-			if c, err := strconv.Atoi(f); err == nil && harness.Alive(c) {
-				out = append(out, c)
-			}
-		}
-	}
-	return out
-}
-
 // exitWatch learns when a process exits through a pidfd, which keeps naming
-// that process even if its pid is reused (P20); it works for processes that
+// that process even if its pid is reused; it works for processes that
 // are not zdbench's children (masters started by other masters).
 type exitWatch struct {
 	pid   int

@@ -495,13 +495,10 @@ func procMem(pid int) (memInfo, error) {
 	return m, nil
 }
 
-// procFDs counts pid's open file descriptors.
+// procFDs counts pid's open file descriptors (harness.FDs).
 func procFDs(pid int) (int, error) {
-	ents, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
-	if err != nil {
-		return 0, err
-	}
-	return len(ents), nil
+	fds, err := harness.FDs(pid)
+	return len(fds), err
 }
 
 // procFDKinds summarizes what pid's fds point to ("socket", "pipe",

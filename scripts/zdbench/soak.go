@@ -163,7 +163,7 @@ func (b *bench) soak(ctx context.Context) (*soakResult, error) {
 // soakKill SIGKILLs one of the serving master's workers and waits until its
 // replacement is ready: a crash between upgrades, as in real life.
 func (b *bench) soakKill(ctx context.Context, p *batonProc) error {
-	kids := childrenOf(p.master)
+	kids := harness.Children(p.master)
 	if len(kids) == 0 {
 		return fmt.Errorf("master %d has no workers to kill", p.master)
 	}

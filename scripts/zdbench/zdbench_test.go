@@ -3,37 +3,17 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"github.com/baton-sh/baton/internal/harness"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/baton-sh/baton/internal/harness"
 )
-
-// syncBuffer is written by the benchmark and read by the test once it ends;
-// the lock keeps the race detector's view of that simple.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestQuickRun runs the whole benchmark in its quick mode, in-process, and
 // checks what must hold however slow the machine: no failed request, every
@@ -46,7 +26,7 @@ func TestQuickRun(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "out", "zdbench.json")
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	var stdout, stderr syncBuffer
+	var stdout, stderr harness.Buffer
 	// The peers have their own test, which needs nginx and unicorn.
 	code := mainCode(ctx, []string{"-quick", "-upgrades", "3", "-concurrency", "4", "-skip-peers", "-json", path}, &stdout, &stderr)
 	t.Logf("stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
@@ -166,7 +146,7 @@ func TestPeers(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "zdbench.json")
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	var stdout, stderr syncBuffer
+	var stdout, stderr harness.Buffer
 	code := mainCode(ctx, []string{"-quick", "-concurrency", "4", "-skip-steady", "-upgrades", "0", "-skip-naive",
 		"-skip-scaling", "-json", path}, &stdout, &stderr)
 	t.Logf("stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
