@@ -355,8 +355,9 @@ func TestLiveKeepersSubtreeIsLeftAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sleep.Process.Kill(); sleep.Wait() })
-	live := filepath.Join(own, "baton-"+strconv.Itoa(sleep.Process.Pid))
-	gone := filepath.Join(own, "baton-"+strconv.Itoa(goneChildPID(t)))
+	ns := pidNamespace(t)
+	live := filepath.Join(own, "baton-"+ns+"-"+strconv.Itoa(sleep.Process.Pid))
+	gone := filepath.Join(own, "baton-"+ns+"-"+strconv.Itoa(goneChildPID(t)))
 	for _, d := range []string{live, gone} {
 		if err := os.Mkdir(d, 0o755); err != nil {
 			t.Skipf("SKIP: cannot make a cgroup beside the keeper's (%v)", err)

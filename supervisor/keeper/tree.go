@@ -3,6 +3,7 @@
 package keeper
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -27,7 +28,8 @@ import (
 // keeper moves itself, and so every master, into a leaf "keeper" (a cgroup
 // with processes cannot have children with controllers: the no internal
 // process rule) and generations go beside it in "generations". Elsewhere
-// (a shell's session, the root cgroup) it makes "baton-PID" beside itself.
+// (a shell's session, the root cgroup) it makes "baton-NS-PID" beside
+// itself (NS: its pid namespace's inode, see baseName).
 // No cgroup2, no write access: the masters track trees as the child
 // subreaper sees them.
 
@@ -82,21 +84,80 @@ func (o *osSys) makeBase() (cgroup.Group, error) {
 		}
 		return g, err
 	}
-	o.endStaleBase(own)
-	removeStaleBases(own)
-	return cgroup.Make(filepath.Join(own, "baton-"+strconv.Itoa(o.self)))
+	ns, err := pidNamespace()
+	if err != nil {
+		return "", err
+	}
+	o.endStaleBase(own, ns)
+	removeStaleBases(own, ns)
+	return makeOwnBase(filepath.Join(own, baseName(ns, o.self)))
+}
+
+// baseName names a keeper's subtree beside it: "baton-NS-PID", NS the
+// inode of the keeper's pid namespace, PID its pid there. The pid alone
+// is not unique: keepers that are each PID 1 of their own pid namespace
+// (containers, unshare) sharing a cgroup all were "baton-1", and one's
+// stop ended the other's workers and removed its subtree. Two live pid
+// namespaces never share an inode, and in one a live pid is one process.
+func baseName(ns uint64, pid int) string {
+	return "baton-" + strconv.FormatUint(ns, 10) + "-" + strconv.Itoa(pid)
+}
+
+// parseBaseName is baseName's inverse; ok is false for any other name
+// (another program's, or an older baton's "baton-PID", which is left
+// alone: nothing says which namespace its pid is of).
+func parseBaseName(name string) (ns uint64, pid int, ok bool) {
+	nsStr, pidStr, found := strings.Cut(strings.TrimPrefix(name, "baton-"), "-")
+	if !found || !strings.HasPrefix(name, "baton-") {
+		return 0, 0, false
+	}
+	ns, err1 := strconv.ParseUint(nsStr, 10, 64)
+	pid, err2 := strconv.Atoi(pidStr)
+	return ns, pid, err1 == nil && err2 == nil && pid > 0
+}
+
+// pidNamespace returns the inode of this process's pid namespace
+// (/proc/self/ns/pid), which names it among the live ones.
+func pidNamespace() (uint64, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat("/proc/self/ns/pid", &st); err != nil {
+		return 0, fmt.Errorf("pid namespace of the keeper: stat /proc/self/ns/pid: %w", err)
+	}
+	return st.Ino, nil
+}
+
+// makeOwnBase makes the keeper's subtree at dir, never adopting one in
+// use. dir names this keeper's namespace and pid, so one that exists was
+// left by a keeper of this namespace that had this pid and is gone (it
+// is this process otherwise). Empty, it is removed and made anew; with
+// processes in it (what that keeper's service left) it is not this
+// keeper's to end: the error says so and the masters use the subreaper.
+func makeOwnBase(dir string) (cgroup.Group, error) {
+	g, err := cgroup.MakeNew(dir)
+	if err == nil || !errors.Is(err, os.ErrExist) {
+		return g, err
+	}
+	if old := cgroup.Group(dir); old.Populated() {
+		return "", fmt.Errorf("cgroup %s exists and has processes: %w", dir, err)
+	} else if rerr := old.Remove(0); rerr != nil {
+		return "", fmt.Errorf("stale cgroup %s: %w", dir, rerr)
+	}
+	return cgroup.MakeNew(dir)
 }
 
 // endStaleBase ends what a SIGKILLed keeper left in its subtree: the
-// stale pid file names that keeper, so baton-STALEPID beside ours is this
-// service's, and whatever still runs there (a helper that left its group,
-// holding the listening socket) would make this start fail on the port.
-// A subtree of another service, not named by our pid file, is left alone.
-func (o *osSys) endStaleBase(own string) {
+// stale pid file names that keeper, so baton-NS-STALEPID beside ours (NS
+// our own pid namespace, in which the pid file's number was written, if
+// by a keeper of ours) is this service's, and whatever still runs there (a
+// helper that left its group, holding the listening socket) would make
+// this start fail on the port. A pid file written in another namespace (a
+// container's earlier life) names nothing here: its subtree, of another
+// namespace, and any subtree not named by our pid file are left alone.
+func (o *osSys) endStaleBase(own string, ns uint64) {
 	if o.stalePID <= 0 || o.stalePID == o.self || !osutil.Gone(o.stalePID) && osutil.SameProgram(o.stalePID) {
 		return
 	}
-	g := cgroup.Group(filepath.Join(own, "baton-"+strconv.Itoa(o.stalePID)))
+	g := cgroup.Group(filepath.Join(own, baseName(ns, o.stalePID)))
 	if _, err := os.Stat(g.Path()); err != nil {
 		return
 	}
@@ -114,21 +175,24 @@ func (o *osSys) endStaleBase(own string) {
 	}
 }
 
-// removeStaleBases removes the empty subtrees of keepers that are gone
-// (SIGKILLed: nothing removed them), beside our own. A keeper is known by
-// where it runs, not by its binary: baton-PID is made beside its keeper,
-// which stays there, so a live PID in our cgroup may be that keeper, of
-// another service or another build of baton (a deploy's new binary, a
-// test's), whose subtree is empty only for a moment (before its first
-// generation's cgroup, between workers). Removing it then made that
-// keeper's masters fall back to the subreaper or fail to make worker
-// cgroups. A reused pid in our cgroup leaves an empty directory behind,
-// which harms nobody.
-func removeStaleBases(own string) {
+// removeStaleBases removes the empty subtrees of keepers of this pid
+// namespace (ns) that are gone (SIGKILLed: nothing removed them), beside
+// our own. Only this namespace's: a pid is judged where it was written,
+// and a keeper of another namespace may be alive with a subtree empty for
+// a moment. A keeper is known by where it runs, not by its binary: its
+// subtree is made beside it, and it stays there, so a live PID in our
+// cgroup may be that keeper, of another service or another build of baton
+// (a deploy's new binary, a test's), whose subtree is empty only for a
+// moment (before its first generation's cgroup, between workers).
+// Removing it then made that keeper's masters fall back to the subreaper
+// or fail to make worker cgroups. A reused pid in our cgroup, or another
+// namespace's dead keeper, leaves an empty directory behind, which harms
+// nobody.
+func removeStaleBases(own string, ns uint64) {
 	dirs, _ := filepath.Glob(filepath.Join(own, "baton-*"))
 	for _, d := range dirs {
-		pid, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(d), "baton-"))
-		if err != nil {
+		dns, pid, ok := parseBaseName(filepath.Base(d))
+		if !ok || dns != ns {
 			continue
 		}
 		if cg, err := cgroup.Of(pid); !osutil.Gone(pid) && (err != nil || cg == own) {

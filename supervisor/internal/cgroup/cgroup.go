@@ -79,6 +79,16 @@ func Make(dir string) (Group, error) {
 	return Group(dir), nil
 }
 
+// MakeNew creates the cgroup dir (its parent must exist) and fails, with
+// an error wrapping fs.ErrExist, when it exists: a cgroup that must be
+// this caller's alone.
+func MakeNew(dir string) (Group, error) {
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return "", fmt.Errorf("create cgroup %s: %w", dir, err)
+	}
+	return Group(dir), nil
+}
+
 // Path is the cgroup's directory.
 func (g Group) Path() string { return string(g) }
 
