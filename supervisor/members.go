@@ -166,7 +166,9 @@ func (m *master) checkWorkerSockets() string {
 			byIno[l.Inode] = l
 		}
 	}
-	var bad []string
+	// One sentence per address, naming every worker that bound its own.
+	var addrs []string
+	who := map[string][]string{}
 	for _, s := range m.slots {
 		w := s.cur
 		if w == nil {
@@ -176,11 +178,19 @@ func (m *master) checkWorkerSockets() string {
 			for _, ino := range sockets.SocketInodes(pid) {
 				if l, ok := byIno[ino]; ok {
 					delete(byIno, ino)
-					bad = append(bad, fmt.Sprintf("worker %d (pid %d) opened its own socket on %s (inode %d): under --strategy %s a worker must accept on the socket baton passes it (LISTEN_FDS, fd 3), not bind its own (gunicorn: no --reuse-port)",
-						w.index, pid, l.Addr, l.Inode, m.cfg.Rollout.Strategy))
+					a := l.Addr.String()
+					if who[a] == nil {
+						addrs = append(addrs, a)
+					}
+					who[a] = append(who[a], fmt.Sprintf("worker %d (pid %d, socket inode %d)", w.index, pid, l.Inode))
 				}
 			}
 		}
+	}
+	bad := make([]string, 0, len(addrs))
+	for _, a := range addrs {
+		bad = append(bad, fmt.Sprintf("%s opened its own socket on %s: under --strategy %s a worker must accept on the socket baton passes it (LISTEN_FDS, fd 3), not bind its own (gunicorn: no --reuse-port)",
+			strings.Join(who[a], ", "), a, m.cfg.Rollout.Strategy))
 	}
 	return strings.Join(bad, "; ")
 }
