@@ -388,9 +388,7 @@ func TestReuseportWorkerOwnSocket(t *testing.T) {
 		if code := b.waitExit(20 * time.Second); code == 0 {
 			t.Fatal("baton run exit 0")
 		}
-		if !strings.Contains(b.log.dump(), "must accept on the socket baton passes it") {
-			t.Errorf("no reason naming the worker:\n%s", b.log.dump())
-		}
+		b.log.waitFrom(t, 0, "generation_failed", func(e logEvent) bool { return e.str("reason_code") == "worker_own_socket" }, 5*time.Second)
 	})
 }
 
