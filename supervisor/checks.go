@@ -46,9 +46,9 @@ func (m *master) openGroup(reg sockets.Registry, act []sockets.Activated) (*sock
 	if err != nil {
 		return nil, fmt.Errorf("--strategy %s: %w", st, err)
 	}
-	steering := "ebpf"
+	steering, unavailable := "ebpf", ""
 	if err := lns.UseEBPF(reg, m.gen); err != nil {
-		steering = "classic"
+		steering, unavailable = "classic", err.Error()
 		m.log.Info("steering with classic BPF: any socket of the same user that joins the group can receive connections; the membership check reports it",
 			zap.String("ebpf_unavailable", err.Error()))
 	}
@@ -59,7 +59,7 @@ func (m *master) openGroup(reg sockets.Registry, act []sockets.Activated) (*sock
 		}
 		mig, err := sockets.MigrateReq()
 		m.log.Info("blue-green sockets ready", logevent.RolloutSocketsReady, zap.String("strategy", string(st)), zap.String("steering", steering), zap.Bool("tcp_migrate_req", mig), zap.String("migration", lns.Migration()),
-			zap.String("probe_source", sockets.ProbeSource.String()), zap.Bool("migrate_req_known", err == nil))
+			zap.String("probe_source", sockets.ProbeSource.String()), zap.Bool("migrate_req_known", err == nil), zap.String("ebpf_unavailable", unavailable))
 	}
 	return lns, nil
 }

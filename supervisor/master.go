@@ -29,6 +29,17 @@ import (
 // master did not come up.
 var ErrBootFailed = errors.New("workers did not become ready")
 
+// ErrGenerationRefused is wrapped by Run's error when the first
+// generation's workers became ready but the generation is refused (under
+// blue-green or canary, a worker bound its own socket on a --listen
+// address). errors.Is(err, ErrBootFailed) holds for it too.
+var ErrGenerationRefused error = generationRefused{}
+
+type generationRefused struct{}
+
+func (generationRefused) Error() string        { return "workers became ready but the generation is refused" }
+func (generationRefused) Is(target error) bool { return target == ErrBootFailed }
+
 type phase int
 
 const (

@@ -524,7 +524,8 @@ func TestMasterEnvironmentDoesNotAccumulate(t *testing.T) {
 		var out []string
 		for _, kv := range env {
 			switch k, _, _ := strings.Cut(kv, "="); k {
-			case "BATON_MASTER_GENERATION", "BATON_UPGRADE_START", "BATON_PARENT_NOTIFY", "BATON_UPGRADE_TOKEN", "BATON_MASTER_METRICS":
+			case "BATON_MASTER_GENERATION", "BATON_UPGRADE_START", "BATON_PARENT_NOTIFY", "BATON_UPGRADE_TOKEN", "BATON_MASTER_METRICS",
+				"BATON_UPGRADE_LAUNCH", "BATON_PREFLIGHT_CPU":
 			default:
 				out = append(out, kv)
 			}

@@ -3,6 +3,10 @@
 package main
 
 import (
+	"context"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -184,19 +188,29 @@ func checkPID1(t *testing.T, b *baton, keeper int, network, addr string) {
 	if exe, _ := os.Readlink("/proc/" + strconv.Itoa(keeper) + "/exe"); exe != bin("baton") {
 		t.Fatalf("the namespace's PID 1 runs %q, want baton", exe)
 	}
-	// A TERM from the runtime: the in-flight 2 s request completes.
-	c := &loadgen.Client{Network: network, Addr: addr, KeepAlive: true, Timeout: 10 * time.Second}
-	defer c.Close()
-	if _, _, err := c.Get("/"); err != nil { // the connection is a worker's now
-		t.Fatal(err)
+	// A TERM from the runtime: the in-flight 2 s request completes. The
+	// worker sends its headers before it sleeps, so the TERM goes only
+	// once the request is in a worker's hands: sent any earlier, the
+	// request may still be unread, and a draining worker closes such a
+	// connection as idle (the client's retry then finds the port refused,
+	// as a stop does).
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	resp, err := hc.Get("http://baton/?sleep=2000&head=1")
+	if err != nil {
+		t.Fatalf("in-flight request: %v", err)
 	}
-	slow := make(chan error, 1)
-	go func() { _, _, err := c.Get("/?sleep=2000"); slow <- err }()
 	if err := syscall.Kill(keeper, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-slow; err != nil {
-		t.Fatalf("in-flight request during the stop: %v", err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || !strings.HasPrefix(string(body), "hello ") {
+		t.Fatalf("in-flight request during the stop: status %d, body %q, %v", resp.StatusCode, body, err)
 	}
 	if code := b.waitExit(20 * time.Second); code != 0 {
 		t.Fatalf("%s (baton as PID 1) exited %d, want 0", filepath.Base(b.cmd.Path), code)

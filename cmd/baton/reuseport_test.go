@@ -57,6 +57,11 @@ func bgStartAs(t *testing.T, steering, env string, args ...string) (*baton, stri
 	if got := ev.str("steering"); got != steering {
 		t.Fatalf("steering %q, want %q", got, steering)
 	}
+	// Without the capability the reason is the capability, not the
+	// memlock limit cilium/ebpf suggests on every EPERM.
+	if why := ev.str("ebpf_unavailable"); steering == "classic" && (!strings.Contains(why, "CAP_BPF") || strings.Contains(why, "MEMLOCK")) {
+		t.Errorf("ebpf_unavailable %q, want it to name the missing capability", why)
+	}
 	b.waitReady()
 	return b, addr, envFile
 }
@@ -389,6 +394,10 @@ func TestReuseportWorkerOwnSocket(t *testing.T) {
 			t.Fatal("baton run exit 0")
 		}
 		b.log.waitFrom(t, 0, "generation_failed", func(e logEvent) bool { return e.str("reason_code") == "worker_own_socket" }, 5*time.Second)
+		// The workers did become ready: the refusal must not say otherwise.
+		if strings.Contains(b.log.dump(), "did not become ready") {
+			t.Errorf("the refusal says the workers did not become ready:\n%s", b.log.dump())
+		}
 	})
 }
 

@@ -3,6 +3,10 @@
 //
 //	GET /            -> "hello pid=123 worker=0 generation=1\n"
 //	GET /?sleep=2000 -> the same after 2 s (a slow in-flight request)
+//	GET /?sleep=2000&head=1 -> the status line and headers at once, the
+//	                   body after 2 s: a client that has the headers knows
+//	                   its request is in a worker's hands (tests send a stop
+//	                   only then)
 //
 // On SIGTERM or SIGQUIT it drains without failing a request: it stops
 // accepting, answers what it has, and exits (listener.ServeHTTP).
@@ -90,16 +94,23 @@ func main() {
 	}
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/plain")
+			w.Header().Set("Hello-Generation", generation)
+			early := r.URL.Query().Get("head") != ""
+			if early {
+				w.WriteHeader(status)
+				http.NewResponseController(w).Flush()
+			}
 			if ms, err := strconv.Atoi(r.URL.Query().Get("sleep")); err == nil && ms > 0 {
 				time.Sleep(time.Duration(ms) * time.Millisecond)
 			}
-			w.Header().Set("Content-Type", "text/plain")
-			w.Header().Set("Hello-Generation", generation)
 			b := body
 			if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok && names[a.String()] != "" {
 				b = strings.TrimSuffix(b, "\n") + " listener=" + names[a.String()] + "\n"
 			}
-			w.WriteHeader(status)
+			if !early {
+				w.WriteHeader(status)
+			}
 			fmt.Fprint(w, b)
 		}),
 		ReadHeaderTimeout: 10 * time.Second,

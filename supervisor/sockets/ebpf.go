@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -157,10 +159,31 @@ func groupMap(reg Registry, spec Spec) (*ebpf.Map, error) {
 		}
 	}
 	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "baton_group", Type: ebpf.ReusePortSockArray, KeySize: 4, ValueSize: 8, MaxEntries: 2})
+	if errors.Is(err, unix.EPERM) && !bpfCapable() {
+		// cilium/ebpf suggests raising RLIMIT_MEMLOCK on every EPERM;
+		// without the capability that is not the cause.
+		return nil, fmt.Errorf("create a REUSEPORT_SOCKARRAY map: %w: the process has neither CAP_BPF nor CAP_SYS_ADMIN (run as root or grant CAP_BPF)", unix.EPERM)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("create a REUSEPORT_SOCKARRAY map (needs CAP_BPF or CAP_SYS_ADMIN, Linux >= 4.19): %w", err)
 	}
 	return m, nil
+}
+
+// bpfCapable reports whether this process's effective capabilities hold
+// CAP_BPF or CAP_SYS_ADMIN (false where /proc/self/status cannot tell).
+func bpfCapable() bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if hex, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			eff, err := strconv.ParseUint(strings.TrimSpace(hex), 16, 64)
+			return err == nil && eff&(1<<unix.CAP_BPF|1<<unix.CAP_SYS_ADMIN) != 0
+		}
+	}
+	return false
 }
 
 // insertSock puts f's socket at key, unless it is there already (the

@@ -71,7 +71,8 @@ var (
 	RolloutProbeFailed = named("rollout_probe_failed") // probe, stage, answer: one failed health probe
 	// The first master's sockets are bound and steered: strategy,
 	// steering ("ebpf" or "classic"), tcp_migrate_req, migration (how a
-	// closing socket's queue survives: "ebpf", "sysctl" or "none").
+	// closing socket's queue survives: "ebpf", "sysctl" or "none"),
+	// ebpf_unavailable (classic: why not eBPF).
 	RolloutSocketsReady = named("rollout_sockets_ready")
 	// A socket baton did not open listens on a --listen address: kind
 	// (foreign, leftover, worker), address, inode, holder_pid,
