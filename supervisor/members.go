@@ -145,6 +145,11 @@ func (m *master) checkBeforeSwitch() string {
 	return "a socket baton does not own is in the reuseport group: " + m.describeForeign(fs)
 }
 
+// reasonWorkerOwnSocket is generation_failed's reason_code when a worker
+// bound its own socket on a --listen address: stable, for tests and tools
+// (the reason beside it is prose).
+const reasonWorkerOwnSocket = "worker_own_socket"
+
 // checkWorkerSockets fails a generation whose workers bound their own
 // socket on a --listen address, once they are ready: "" when none did.
 func (m *master) checkWorkerSockets() string {
