@@ -107,6 +107,7 @@ func (m *master) labelForeign(f sockets.Listener) control.ForeignSocket {
 		fs.Detail = "a " + f.String() + " that baton did not open"
 	}
 	if ours, ok := sockets.Shadows(f, m.lns.Specs()); ok {
+		fs.Shadows = ours.String()
 		fs.Detail += fmt.Sprintf("; bound to the more specific address %s, it takes every connection to %s whatever the steering (the kernel prefers it over baton's %s)",
 			f.Addr.Addr(), f.Addr, ours)
 	}

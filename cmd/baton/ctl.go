@@ -282,11 +282,17 @@ func printStatus(w io.Writer, st control.Status) {
 		fmt.Fprintf(w, "keeper %d (the service's pid)\n", st.KeeperPID)
 	}
 	fmt.Fprintf(w, "listening on %s\n", strings.Join(st.Listeners, ", "))
+	shadowed := ""
+	for _, f := range st.ForeignSockets {
+		if f.Shadows != "" {
+			shadowed = "; but a socket on a more specific address, outside the group, takes that address's connections (WARNING below)"
+		}
+	}
 	switch st.Steering {
 	case "ebpf":
-		fmt.Fprintln(w, "steering: ebpf (a map of baton's own sockets; no other socket in the group is chosen)")
+		fmt.Fprintf(w, "steering: ebpf (a map of baton's own sockets; no other socket in the group is chosen%s)\n", shadowed)
 	case "classic":
-		fmt.Fprintln(w, "steering: classic BPF (an index into the kernel's order; a foreign socket in the group can take connections)")
+		fmt.Fprintf(w, "steering: classic BPF (an index into the kernel's order; a foreign socket in the group can take connections%s)\n", shadowed)
 	}
 	switch st.ProcessTrees {
 	case "cgroup":
