@@ -462,7 +462,7 @@ func (m *master) onRolloutCmd(cc *ctlConn) {
 // and promote it; otherwise it takes over now.
 func (m *master) generationReady() {
 	if why := m.checkWorkerSockets(); why != "" {
-		m.bootFailed(fmt.Errorf("%w: %s", ErrGenerationRefused, why), why)
+		m.bootFailed(fmt.Errorf("%w: %s", ErrGenerationRefused, why), why, zap.String("reason_code", reasonWorkerOwnSocket))
 		return
 	}
 	if !m.cfg.Rollout.Strategy.steered() || !m.origin.parentAlive || m.origin.parentNotify == "" {

@@ -4,7 +4,7 @@
 //
 // Linux only: every file but this one builds only on Linux (pidfds,
 // PR_SET_CHILD_SUBREAPER, PDEATHSIG, SO_REUSEPORT groups steered by classic
-// BPF, /proc), so that vet on another system skips the package instead of
+// BPF or eBPF, /proc), so that vet on another system skips the package instead of
 // failing on the first Linux call.
 //
 // One goroutine, the loop in master.run, owns all mutable state: workers,
@@ -21,6 +21,9 @@
 //	workers.go    a generation's workers: spawn (a generation's forks at
 //	              once), exit, crash restart with backoff, drain, TTIN/TTOU,
 //	              and the timers of each
+//	release.go    what one generation runs: its directory and command,
+//	              resolved once at its boot, so every worker of it (a crash's
+//	              replacement, a TTIN worker) runs the same release
 //	steps.go      when each step of a new master's start ended, and its CPU
 //	              time: the handover line's steps and steps_cpu
 //	readiness.go  when a worker counts as ready (notify, delay:, exec:)
@@ -36,7 +39,11 @@
 //	              passed); bluegreen.go records why a rollout failed
 //	              (reason, stderr, outputOf, failedStep); control.go and
 //	              progress.go hold the reloads waiting on it (waiters);
-//	              master.go and workers.go only read it
+//	              master.go and workers.go only read it, and so do
+//	              members.go and rolloutview.go (running, at)
+//	startfail.go  a new master's failure before its loop runs (a flag it
+//	              cannot use, its sockets), reported to the old master as
+//	              a failed boot is
 //	hook.go       --before-upgrade: run by the old master before an upgrade
 //	queue.go      the one upgrade waiting for the previous generation's drain
 //	progress.go   a reload's progress lines, and a new master's steps sent
@@ -104,6 +111,11 @@
 //	internal/logevent the stable "event" names of the log entries tests,
 //	                  tools and journald act on; every such entry carries one
 //	internal/cgroup   cgroup v2: make, clone into, list, kill
+//	earlysig          the signals baton gives a meaning to, caught from the
+//	                  first package init so that none takes its default
+//	                  action before a loop reads it
+//	tasks             the task limits (pids.max, RLIMIT_NPROC): the
+//	                  headroom checked before a fork, and pids.max's hits
 //
 // Signals and what the loop does with them:
 //

@@ -715,11 +715,14 @@ func (m *master) bootDone() {
 	}
 }
 
-func (m *master) bootFailed(err error, reason string) {
+// bootFailed ends a generation that did not come up: err is what the
+// master exits with, reason the log's and the old master's word for it,
+// fields more of generation_failed's (a reason_code).
+func (m *master) bootFailed(err error, reason string, fields ...zap.Field) {
 	if m.phase != phaseBooting {
 		return
 	}
-	m.log.Error("generation failed to start; stopping its workers", logevent.GenerationFailed, zap.String("reason", reason))
+	m.log.Error("generation failed to start; stopping its workers", append([]zap.Field{logevent.GenerationFailed, zap.String("reason", reason)}, fields...)...)
 	m.prog.forwarding.Store(false)
 	m.bootErr = err
 	m.reportFailure(reason)

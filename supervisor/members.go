@@ -107,6 +107,7 @@ func (m *master) labelForeign(f sockets.Listener) control.ForeignSocket {
 		fs.Detail = "a " + f.String() + " that baton did not open"
 	}
 	if ours, ok := sockets.Shadows(f, m.lns.Specs()); ok {
+		fs.Shadows = ours.String()
 		fs.Detail += fmt.Sprintf("; bound to the more specific address %s, it takes every connection to %s whatever the steering (the kernel prefers it over baton's %s)",
 			f.Addr.Addr(), f.Addr, ours)
 	}
@@ -145,6 +146,11 @@ func (m *master) checkBeforeSwitch() string {
 	return "a socket baton does not own is in the reuseport group: " + m.describeForeign(fs)
 }
 
+// reasonWorkerOwnSocket is generation_failed's reason_code when a worker
+// bound its own socket on a --listen address: stable, for tests and tools
+// (the reason beside it is prose).
+const reasonWorkerOwnSocket = "worker_own_socket"
+
 // checkWorkerSockets fails a generation whose workers bound their own
 // socket on a --listen address, once they are ready: "" when none did.
 func (m *master) checkWorkerSockets() string {
@@ -166,7 +172,9 @@ func (m *master) checkWorkerSockets() string {
 			byIno[l.Inode] = l
 		}
 	}
-	var bad []string
+	// One sentence per address, naming every worker that bound its own.
+	var addrs []string
+	who := map[string][]string{}
 	for _, s := range m.slots {
 		w := s.cur
 		if w == nil {
@@ -176,11 +184,19 @@ func (m *master) checkWorkerSockets() string {
 			for _, ino := range sockets.SocketInodes(pid) {
 				if l, ok := byIno[ino]; ok {
 					delete(byIno, ino)
-					bad = append(bad, fmt.Sprintf("worker %d (pid %d) opened its own socket on %s (inode %d): under --strategy %s a worker must accept on the socket baton passes it (LISTEN_FDS, fd 3), not bind its own (gunicorn: no --reuse-port)",
-						w.index, pid, l.Addr, l.Inode, m.cfg.Rollout.Strategy))
+					a := l.Addr.String()
+					if who[a] == nil {
+						addrs = append(addrs, a)
+					}
+					who[a] = append(who[a], fmt.Sprintf("worker %d (pid %d, socket inode %d)", w.index, pid, l.Inode))
 				}
 			}
 		}
+	}
+	bad := make([]string, 0, len(addrs))
+	for _, a := range addrs {
+		bad = append(bad, fmt.Sprintf("%s opened its own socket on %s: under --strategy %s a worker must accept on the socket baton passes it (LISTEN_FDS, fd 3), not bind its own (gunicorn: no --reuse-port)",
+			strings.Join(who[a], ", "), a, m.cfg.Rollout.Strategy))
 	}
 	return strings.Join(bad, "; ")
 }

@@ -7,7 +7,10 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
 	"github.com/baton-sh/baton/supervisor/tasks"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // An upgrade asked for while the first generation boots is held, not
@@ -73,12 +76,21 @@ func TestUSR1OnlyToReadyWorkers(t *testing.T) {
 // refused at pre-flight naming the numbers, and a new master that died
 // while the cgroup's limit was hit says so in the reload's reason.
 func TestTaskLimits(t *testing.T) {
-	l := serving(t, testConfig(2))
+	cfg := testConfig(2)
+	core, logs := observer.New(zap.InfoLevel)
+	cfg.Log = zap.New(core)
+	l := serving(t, cfg)
 	l.os.tree = 5 // every worker's tree, and this master's
-	l.os.headroom = tasks.Headroom{Left: 3, Max: 40, Current: 37, Source: "pids.max of cgroup /x"}
+	l.os.headroom = tasks.Headroom{Left: 3, Max: 40, Current: 37, Source: "pids.max of cgroup /x", Limit: tasks.LimitPidsMax}
 	l.signal(syscall.SIGTTIN)
 	if len(l.m.slots) != 2 || l.started() != 2 {
 		t.Fatal("TTIN added a worker that does not fit")
+	}
+	// The refusal names the kind of limit in a field of its own, for
+	// tools that must not read the reason's wording.
+	unchanged := logs.FilterField(logevent.WorkerCountUnchanged).All()
+	if len(unchanged) != 1 || unchanged[0].ContextMap()["limit"] != tasks.LimitPidsMax {
+		t.Fatalf("worker_count_unchanged entries %+v, want one with limit %q", unchanged, tasks.LimitPidsMax)
 	}
 	if _, err := l.m.scale(4); err == nil || !strings.Contains(err.Error(), "pids.max of cgroup /x is 40 with 37 in use, 3 left") {
 		t.Fatalf("scale refusal %v", err)

@@ -3,6 +3,7 @@
 package supervisor
 
 import (
+	"errors"
 	"fmt"
 	"runtime"
 	"sync"
@@ -58,14 +59,34 @@ func reserveThreads(n int) {
 	release.Done()
 }
 
-// fitTasks returns an error naming the numbers when need more tasks do not
-// fit under the tightest limit; what says what they are for.
+// tasksShort is the refusal of work that does not fit under a task limit:
+// its message names the numbers, limit the kind of limit
+// (tasks.LimitPidsMax or tasks.LimitNproc), for a log's `limit` field.
+type tasksShort struct {
+	msg   string
+	limit string
+}
+
+func (e *tasksShort) Error() string { return e.msg }
+
+// shortLimit is the kind of task limit err is a refusal for, "" if it is
+// not one.
+func shortLimit(err error) string {
+	var e *tasksShort
+	if errors.As(err, &e) {
+		return e.limit
+	}
+	return ""
+}
+
+// fitTasks returns a *tasksShort naming the numbers when need more tasks
+// do not fit under the tightest limit; what says what they are for.
 func (m *master) fitTasks(need int64, what string) error {
 	h := m.sys.headroom()
 	if h.Unlimited() || need <= h.Left {
 		return nil
 	}
-	return fmt.Errorf("%s needs about %d tasks, but %s", what, need, h)
+	return &tasksShort{msg: fmt.Sprintf("%s needs about %d tasks, but %s", what, need, h), limit: h.Limit}
 }
 
 // startTasks checks that n workers fit, at a master's start.

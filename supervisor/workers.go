@@ -408,7 +408,8 @@ func (m *master) addWorker() {
 		return
 	}
 	if err := m.addTasks(1); err != nil {
-		m.log.Warn("worker count not increased: "+err.Error(), logevent.WorkerCountUnchanged, zap.Int("workers", len(m.slots)), zap.String("reason", err.Error()))
+		m.log.Warn("worker count not increased: "+err.Error(), logevent.WorkerCountUnchanged, zap.Int("workers", len(m.slots)), zap.String("reason", err.Error()),
+			zap.String("limit", shortLimit(err)))
 		return
 	}
 	m.log.Info("worker count increased", logevent.WorkerCountIncreased, zap.Int("workers", len(m.slots)+1))

@@ -189,6 +189,11 @@ func TestBlueGreenChecksRollBack(t *testing.T) {
 		if code != 1 || !strings.Contains(out, c.reason) {
 			t.Fatalf("%s: baton reload exit %d, want 1 saying %q:\n%s", c.name, code, c.reason, out)
 		}
+		// Said once: not again on the rollback's and the failure's
+		// progress lines nor in the steps table.
+		if n := strings.Count(out, c.reason); n != 1 {
+			t.Errorf("%s: the reason %q is said %d times, want once:\n%s", c.name, c.reason, n, out)
+		}
 		if c.name == "smoke test exit 1" && !strings.Contains(out, "checkout page broken") {
 			t.Errorf("%s: the smoke test's output is not in the report:\n%s", c.name, out)
 		}

@@ -145,6 +145,7 @@ func reloadCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 			}
 			defer conn.Close()
 			var res control.ReloadResult
+			var failed string // the failure's progress line, said once below
 			err = conn.Reload(func(p control.Progress) {
 				if c.Bool("quiet") || (p.IsOutput() && !c.Bool("follow-logs")) {
 					return
@@ -152,11 +153,18 @@ func reloadCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 				if c.Bool("json") {
 					b, _ := json.Marshal(p)
 					fmt.Println(string(b))
-				} else {
-					fmt.Printf("%8.3fs  %s\n", p.ElapsedMS/1000, p.Message)
+					return
 				}
+				msg := p.Message
+				if short, ok := reasonFollows(p); ok {
+					failed, msg = p.Message, short
+				}
+				fmt.Printf("%8.3fs  %s\n", p.ElapsedMS/1000, msg)
 			}, &res)
 			if err != nil {
+				if failed != "" {
+					err = fmt.Errorf("%s; then %w", failed, err)
+				}
 				return &exitCode{exitUnknown, fmt.Errorf("%w (--timeout %s)", err, c.Duration("timeout")).Error()}
 			}
 			if c.Bool("json") {
@@ -199,6 +207,19 @@ func rolloutCommand(cmd control.Cmd, onUsage cli.OnUsageErrorFunc) *cli.Command 
 	}
 }
 
+// reasonFollows shortens the progress lines of a failing upgrade that
+// carry its reason (the rollback step, the failure), since the outcome
+// printed at the end says it: ok false for any other line.
+func reasonFollows(p control.Progress) (string, bool) {
+	switch p.Event {
+	case control.EvFailed:
+		return "upgrade failed (reason below)", true
+	case "rollout_rollback":
+		return "rollback (reason below)", true
+	}
+	return "", false
+}
+
 func printReload(w io.Writer, res control.ReloadResult) {
 	defer printSteps(w, res)
 	switch res.Code {
@@ -223,7 +244,11 @@ func printSteps(w io.Writer, res control.ReloadResult) {
 	}
 	fmt.Fprintf(w, "%s steps:\n", res.Strategy)
 	for _, s := range res.Steps {
-		fmt.Fprintf(w, "  %8.1f ms  %-12s %s\n", s.AtMS, s.Name, s.Detail)
+		detail := s.Detail
+		if res.Code != control.ReloadOK && detail != "" && strings.Contains(res.Reason, detail) {
+			detail = "(the reason above)"
+		}
+		fmt.Fprintf(w, "  %8.1f ms  %-12s %s\n", s.AtMS, s.Name, detail)
 	}
 }
 
@@ -257,11 +282,17 @@ func printStatus(w io.Writer, st control.Status) {
 		fmt.Fprintf(w, "keeper %d (the service's pid)\n", st.KeeperPID)
 	}
 	fmt.Fprintf(w, "listening on %s\n", strings.Join(st.Listeners, ", "))
+	shadowed := ""
+	for _, f := range st.ForeignSockets {
+		if f.Shadows != "" {
+			shadowed = "; but a socket on a more specific address, outside the group, takes that address's connections (WARNING below)"
+		}
+	}
 	switch st.Steering {
 	case "ebpf":
-		fmt.Fprintln(w, "steering: ebpf (a map of baton's own sockets; no other socket in the group is chosen)")
+		fmt.Fprintf(w, "steering: ebpf (a map of baton's own sockets; no other socket in the group is chosen%s)\n", shadowed)
 	case "classic":
-		fmt.Fprintln(w, "steering: classic BPF (an index into the kernel's order; a foreign socket in the group can take connections)")
+		fmt.Fprintf(w, "steering: classic BPF (an index into the kernel's order; a foreign socket in the group can take connections%s)\n", shadowed)
 	}
 	switch st.ProcessTrees {
 	case "cgroup":

@@ -110,7 +110,7 @@ func TestTightPidsMax(t *testing.T) {
 	for i := 0; i < 10; i++ {
 		syscall.Kill(b.pid, syscall.SIGTTIN)
 	}
-	b.log.waitFrom(t, from, "worker_count_unchanged", func(e logEvent) bool { return strings.Contains(e.str("reason"), "pids.max") }, 10*time.Second)
+	b.log.waitFrom(t, from, "worker_count_unchanged", func(e logEvent) bool { return e.str("limit") == tasks.LimitPidsMax }, 10*time.Second)
 	if res := load.finish(); res.Failures() != 0 {
 		t.Fatalf("failed requests: %s", res)
 	}

@@ -276,6 +276,11 @@ type ForeignSocket struct {
 	PID     int    `json:"pid,omitempty"` // a holder, where /proc shows one
 	Command string `json:"command,omitempty"`
 	Kind    string `json:"kind"` // foreign, leftover (a previous generation's), worker (bound by our worker)
+	// Shadows is baton's wildcard address (0.0.0.0:P) when this socket
+	// is bound to a more specific one of the same port (127.0.0.1:P): it
+	// is then outside baton's group and takes every connection to its
+	// own address whatever the steering. "" otherwise.
+	Shadows string `json:"shadows,omitempty"`
 	Detail  string `json:"detail"`
 }
 

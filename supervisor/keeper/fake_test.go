@@ -29,15 +29,16 @@ type fakeOS struct {
 	parents  map[int]int       // what /proc says of a process's parent
 	parentErr,
 	watchErr map[int]error
-	notBaton map[int]bool // runs another program
-	zombies  []reaped     // children waiting to be reaped
-	children map[int]int  // a blocking wait's result, by pid
-	manager  []string     // messages to the service manager
-	answers  []string     // "to: refusal" ("" refusal: accepted)
-	ttyDead  bool
-	ended    int // endService calls
-	endedAt  int // masters the keeper knew when it ended the service
-	k        *keeper
+	notBaton  map[int]bool // runs another program
+	zombies   []reaped     // children waiting to be reaped
+	children  map[int]int  // a blocking wait's result, by pid
+	manager   []string     // messages to the service manager
+	answers   []string     // "to: refusal" ("" refusal: accepted)
+	answerErr error        // what answering returns
+	ttyDead   bool
+	ended     int // endService calls
+	endedAt   int // masters the keeper knew when it ended the service
+	k         *keeper
 }
 
 type fakeProc struct {
@@ -111,7 +112,7 @@ func (f *fakeOS) sys() sys {
 		notifyManager: func(msg string) error { f.manager = append(f.manager, msg); return nil },
 		answer: func(to, refusal string) error {
 			f.answers = append(f.answers, to+": "+refusal)
-			return nil
+			return f.answerErr
 		},
 		ttyAlive: func() bool { return !f.ttyDead },
 		trim:     func() {},

@@ -455,3 +455,26 @@ func TestExitNoteReadAfterTheExitIsNoStranger(t *testing.T) {
 		t.Fatalf("%d notify_unknown_sender entries for pid 4242, want 1", n)
 	}
 }
+
+func TestAnswerToAMasterThatStoppedWaitingIsNoError(t *testing.T) {
+	// The first master announced itself, then failed a check of its own
+	// (a start that does not fit its task limit) and exited before the
+	// answer: nobody listens at its address. Its one-line refusal is the
+	// last word, not an error of the keeper's after it.
+	l := newLK(t)
+	l.f.answerErr = fmt.Errorf("answer @baton-ack-100: %w", syscall.ECONNREFUSED)
+	l.announce(100)
+	if n := len(l.logs.FilterLevelExact(zap.ErrorLevel).All()); n != 0 {
+		t.Fatalf("%d error entries for an answer nobody waited for, want 0: %v", n, l.logs.All())
+	}
+	if code, done := l.exit(100, 1, true); !done || code != 1 {
+		t.Fatalf("keeper exit %d (done %v), want the master's 1", code, done)
+	}
+	// Any other failure to answer is the keeper's, and said.
+	l = newLK(t)
+	l.f.answerErr = fmt.Errorf("answer @baton-ack-100: %w", syscall.EBADF)
+	l.announce(100)
+	if n := len(l.logs.FilterLevelExact(zap.ErrorLevel).All()); n != 1 {
+		t.Fatalf("%d error entries for an EBADF answer, want 1", n)
+	}
+}

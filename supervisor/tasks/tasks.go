@@ -30,7 +30,16 @@ type Headroom struct {
 	Max     int64  // the limit
 	Current int64  // tasks counted against it now
 	Source  string // "pids.max of cgroup /sys/fs/cgroup/pids/app" or "RLIMIT_NPROC (ulimit -u) of uid 1000"
+	// Limit names the kind of limit, stable for logs and tests: LimitPidsMax
+	// or LimitNproc; "" when unlimited.
+	Limit string
 }
+
+// Kinds of task limit (Headroom.Limit).
+const (
+	LimitPidsMax = "pids.max"     // a pids cgroup's
+	LimitNproc   = "RLIMIT_NPROC" // the user's, ulimit -u
+)
 
 // Unlimited reports whether no limit was found.
 func (h Headroom) Unlimited() bool { return h.Left == math.MaxInt64 }
@@ -54,7 +63,7 @@ func Find() Headroom {
 			continue
 		}
 		if left := lim - cur; left < best.Left {
-			best = Headroom{Left: max(left, 0), Max: lim, Current: cur, Source: "pids.max of cgroup " + dir}
+			best = Headroom{Left: max(left, 0), Max: lim, Current: cur, Source: "pids.max of cgroup " + dir, Limit: LimitPidsMax}
 		}
 	}
 	if h, ok := nproc(); ok && h.Left < best.Left {
@@ -200,7 +209,7 @@ func nproc() (Headroom, bool) {
 	}
 	m := int64(lim.Cur)
 	return Headroom{Left: max(m-cur, 0), Max: m, Current: cur,
-		Source: fmt.Sprintf("RLIMIT_NPROC (ulimit -u) of uid %d", uid)}, true
+		Source: fmt.Sprintf("RLIMIT_NPROC (ulimit -u) of uid %d", uid), Limit: LimitNproc}, true
 }
 
 // tasksOfUser counts the threads of every process whose real uid is uid.

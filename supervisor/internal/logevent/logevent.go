@@ -20,7 +20,7 @@ var (
 	MasterStarting   = named("master_starting")   // upgrade: true when an old master started it
 	SocketsActivated = named("sockets_activated") // count: sockets taken from systemd socket activation
 	GenerationReady  = named("generation_ready")  // a first generation serves; workers, workers_starting
-	GenerationFailed = named("generation_failed") // its workers did not come up; reason
+	GenerationFailed = named("generation_failed") // its workers did not come up; reason, reason_code
 	MasterStopping   = named("master_stopping")   // trigger: the signal or command
 	MasterStopped    = named("master_stopped")    // a stopped master exits
 	KeeperGone       = named("keeper_gone")       // the keeper died: workers killed, master exits
@@ -38,7 +38,7 @@ var (
 	WorkerDrained          = named("worker_drained")           // drain, killed
 	WorkerOutput           = named("worker_output")            // stream, line (tagged output)
 	WorkerCountIncreased   = named("worker_count_increased")   // workers: the new count
-	WorkerCountUnchanged   = named("worker_count_unchanged")   // TTOU with one worker left, TTIN past the task limit
+	WorkerCountUnchanged   = named("worker_count_unchanged")   // TTOU with one worker left, TTIN past the task limit (limit)
 	USR1Forwarded          = named("usr1_forwarded")           // workers, held_for_starting
 	AcceptStalled          = named("accept_stalled")           // connections queue and no worker accepts
 	NotifyUnknownSender    = named("notify_unknown_sender")    // sender_pid: not a worker, not a master
