@@ -806,12 +806,15 @@ func specStrings(specs []sockets.Spec) []string {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// watchKeeper ends this master, and so its workers, when the keeper dies:
-// SIGKILLed or OOM-killed, it can no longer stop or follow the service,
-// and nothing may outlive it. The master's own parent may be an old
-// master, so PR_SET_PDEATHSIG cannot say it; a pidfd can.
+// watchKeeper ends this master, and so its workers' whole trees, when the
+// keeper dies: SIGKILLed or OOM-killed, it can no longer stop or follow
+// the service, and nothing may outlive it. The master's own parent may be
+// an old master, so PR_SET_PDEATHSIG cannot say it; a pidfd can. The
+// first master, the keeper's child, is watched the same way (a PDEATHSIG
+// SIGKILL would leave its workers' helpers running), from before its
+// first worker starts.
 func (m *master) watchKeeper() error {
-	return m.keeper.WatchGone(func() { m.post(evKeeperGone{}) })
+	return m.keeper.WatchGone(!m.origin.parentAlive, func() { m.post(evKeeperGone{}) })
 }
 
 // onKeeperGone kills every worker now; the loop ends once they are reaped.

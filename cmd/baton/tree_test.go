@@ -306,8 +306,8 @@ func TestUpgradesWithHelpersUnderLoad(t *testing.T) {
 	}
 }
 
-// A keeper SIGKILLed leaves its subtree behind with a helper that left its
-// group still holding the port. The next start with the same pid file
+// A keeper SIGKILLed with its master leaves its subtree behind with a
+// helper that left its group still holding the port. The next start with the same pid file
 // (stale, naming that keeper) ends that subtree and serves; before, it
 // refused on "address already in use" and the helper served on.
 func TestStartAfterKilledKeeperEndsItsTree(t *testing.T) {
@@ -325,10 +325,19 @@ func TestStartAfterKilledKeeperEndsItsTree(t *testing.T) {
 			killOurs(p)
 		}
 	})
+	// The keeper and its master die together (an OOM kill of the
+	// service, a SIGKILL to its group): the master, stopped first, gets
+	// no chance to end the trees when it sees the keeper gone.
+	master := b.firstMaster()
+	if err := syscall.Kill(master, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
 	if err := syscall.Kill(b.pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	b.waitExit(10 * time.Second)
+	killOurs(master)
+	eventually(t, 5*time.Second, "the stopped master to be gone", func() bool { return !alive(master) })
 	b2 := startTreeBaton(t, "cgroup", nil, args...)
 	b2.log.wait(t, "survivor_killed", func(e logEvent) bool { return e.num("pid") == left[0] }, 10*time.Second)
 	b2.waitReady()
@@ -382,4 +391,45 @@ func goneChildPID(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return c.Process.Pid
+}
+
+// A keeper SIGKILLed before any upgrade leaves nothing of the service
+// either: its first master, not killed with it, sees it gone as every
+// later master does and ends its workers' whole trees, helpers that left
+// their group included, and the port is free. Before, that master was
+// started with PDEATHSIG SIGKILL, died with the keeper without a word,
+// and setsid helpers ran on holding the port (the next baton run: address
+// already in use); only after one upgrade did it work.
+func TestSIGKILLOfKeeperBeforeAnyUpgradeLeavesNothing(t *testing.T) {
+	t.Parallel()
+	for _, mech := range treeMechanisms {
+		t.Run(mech.name, func(t *testing.T) {
+			t.Parallel()
+			addr := freeAddr(t)
+			tag := "helper-" + strings.ReplaceAll(addr, ":", "-")
+			b := startTreeBaton(t, mech.name, mech.env, "-l", addr, "-w", "2", "--", helperServer(t, "setsid", tag))
+			b.waitReady()
+			eventually(t, 5*time.Second, "the helpers to start", func() bool { return len(helpersOf(tag, 1)) == 2 })
+			procs := append(b.pids(), helpersOf(tag, 1)...)
+			t.Cleanup(func() {
+				for _, p := range procs {
+					killOurs(p)
+				}
+			})
+			b.signal(syscall.SIGKILL)
+			b.waitExit(5 * time.Second)
+			b.log.wait(t, "keeper_gone", nil, 10*time.Second)
+			eventually(t, 5*time.Second, "every master, worker and helper to be gone", func() bool {
+				for _, p := range procs {
+					if p != b.pid && alive(p) {
+						return false
+					}
+				}
+				return len(helpersOf(tag, 0)) == 0
+			})
+			if !portFree(addr) {
+				t.Fatalf("port %s still held after the keeper was SIGKILLed and its service is gone", addr)
+			}
+		})
+	}
 }

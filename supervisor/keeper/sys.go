@@ -174,23 +174,24 @@ func (o *osSys) sys() sys {
 
 // startMaster starts the first master: this binary with the keeper's own
 // command line, in a process group of its own (a terminal's ^C reaches the
-// keeper only, which forwards it once), dying with the keeper.
+// keeper only, which forwards it once). It is not killed with the keeper
+// (no PDEATHSIG): like every later master it watches the keeper's pidfd
+// and, the keeper gone, kills its workers' whole trees itself. SIGKILLed
+// with a SIGKILLed keeper, it never did, and helpers that left their
+// worker's group (setsid) ran on holding the port.
 func (o *osSys) startMaster(gone func()) (int, proc, error) {
 	o.manager = os.Getenv("NOTIFY_SOCKET")
 	activated := os.Getenv("LISTEN_PID") == strconv.Itoa(o.self)
 	offer := link.Offer{KeeperPID: o.self, Notify: o.sock.Addr(), OOMScoreAdj: o.oomOrig}
 	o.setupTrees(&offer)
 	cmd := &exec.Cmd{
-		Path:   o.kc.Args[0],
-		Args:   o.kc.Args,
-		Env:    offer.Env(os.Environ(), activated),
-		Stdin:  os.Stdin,
-		Stdout: os.Stdout,
-		Stderr: os.Stderr,
-		SysProcAttr: &syscall.SysProcAttr{
-			Setpgid:   true,
-			Pdeathsig: syscall.SIGKILL,
-		},
+		Path:        o.kc.Args[0],
+		Args:        o.kc.Args,
+		Env:         offer.Env(os.Environ(), activated),
+		Stdin:       os.Stdin,
+		Stdout:      os.Stdout,
+		Stderr:      os.Stderr,
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
 	}
 	if activated {
 		// Sockets from a systemd .socket unit: the master takes them at
@@ -201,7 +202,7 @@ func (o *osSys) startMaster(gone func()) (int, proc, error) {
 			cmd.ExtraFiles = append(cmd.ExtraFiles, os.NewFile(uintptr(3+i), "activated"))
 		}
 	}
-	sp := spawn.New(spawn.BlockAcrossExec) // PDEATHSIG follows the forking thread; keep it for life
+	sp := spawn.New(spawn.BlockAcrossExec)
 	if err := sp.Start(cmd); err != nil {
 		return 0, nil, err
 	}

@@ -107,12 +107,21 @@ func FromEnv() Link {
 func (l Link) Present() bool { return l.KeeperPID != 0 }
 
 // WatchGone calls gone, from a goroutine of its own, once the keeper has
-// exited (a pidfd on it becomes readable). The error names the keeper when
-// it cannot be watched.
-func (l Link) WatchGone(gone func()) error {
+// exited (a pidfd on it becomes readable). child says the keeper started
+// this process (a first master): a keeper that died before the watch began
+// is then seen too, by this process no longer being its child, even where
+// its pid was already reused (the pidfd would name another process). The
+// error names the keeper when it cannot be watched (gone: ESRCH).
+func (l Link) WatchGone(child bool, gone func()) error {
 	fd, err := unix.PidfdOpen(l.KeeperPID, 0)
 	if err != nil {
 		return fmt.Errorf("watch keeper %d: %w", l.KeeperPID, err)
+	}
+	if child && os.Getppid() != l.KeeperPID {
+		// Re-parented: the keeper was gone before the pidfd was opened.
+		unix.Close(fd)
+		go gone()
+		return nil
 	}
 	go func() {
 		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
