@@ -326,18 +326,20 @@ func TestStartAfterKilledKeeperEndsItsTree(t *testing.T) {
 		}
 	})
 	// The keeper and its master die together (an OOM kill of the
-	// service, a SIGKILL to its group): the master, stopped first, gets
-	// no chance to end the trees when it sees the keeper gone.
+	// service): the keeper, stopped first, does not see its master go, and
+	// the master, killed before the keeper, never sees the keeper gone. (A
+	// master stopped instead would be continued by the kernel once the
+	// keeper's death orphans its process group.)
 	master := b.firstMaster()
-	if err := syscall.Kill(master, syscall.SIGSTOP); err != nil {
+	if err := syscall.Kill(b.pid, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
+	killOurs(master)
+	eventually(t, 5*time.Second, "the master to be gone", func() bool { return !alive(master) })
 	if err := syscall.Kill(b.pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	b.waitExit(10 * time.Second)
-	killOurs(master)
-	eventually(t, 5*time.Second, "the stopped master to be gone", func() bool { return !alive(master) })
 	b2 := startTreeBaton(t, "cgroup", nil, args...)
 	b2.log.wait(t, "survivor_killed", func(e logEvent) bool { return e.num("pid") == left[0] }, 10*time.Second)
 	b2.waitReady()
