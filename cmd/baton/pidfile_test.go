@@ -157,3 +157,32 @@ func TestVerifyFromAnotherPidNamespace(t *testing.T) {
 		t.Fatalf("upgrade %+v: want the old generation seen gone, well before the run's end", u)
 	}
 }
+
+// A pid file that names no pid at all (garbage, a torn write) is stale
+// too: replaced with the same log line, saying what it held. Before, it
+// was replaced without a word.
+func TestGarbagePIDFileIsReplacedWithALogLine(t *testing.T) {
+	t.Parallel()
+	for name, content := range map[string]string{"text": "not-a-pid\n", "torn": "12ab"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			pidFile := filepath.Join(t.TempDir(), "app.pid")
+			if err := os.WriteFile(pidFile, []byte(content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			b := startBaton(t, nil, "-l", freeAddr(t), "--pid-file", pidFile, "--", bin("hello"))
+			ev := b.log.wait(t, "pid_file_stale", nil, 10*time.Second)
+			if ev.str("content") != strings.TrimSpace(content) || ev.str("pid_file") != pidFile {
+				t.Fatalf("stale pid file event %v, want content %q and pid_file %s", ev, strings.TrimSpace(content), pidFile)
+			}
+			b.waitReady()
+			if got, _ := os.ReadFile(pidFile); strings.TrimSpace(string(got)) != strconv.Itoa(b.pid) {
+				t.Fatalf("pid file %q, want the keeper %d", got, b.pid)
+			}
+			b.signal(syscall.SIGTERM)
+			if code := b.waitExit(20 * time.Second); code != 0 {
+				t.Fatalf("exit %d after stop", code)
+			}
+		})
+	}
+}

@@ -299,9 +299,14 @@ func (o *osSys) writePIDFile() error {
 	}
 	o.pidLock = l
 	o.stalePID = stale
-	if stale != 0 && stale != o.self {
+	switch was := l.Replaced(); {
+	case stale != 0 && stale != o.self:
 		o.log.Warn("stale pid file replaced", logevent.PIDFileStale, zap.String("reason", "no keeper holds it"),
 			zap.String("pid_file", o.kc.PIDFile), zap.Int("stale_pid", stale))
+	case stale == 0 && was != "":
+		// Not a pid (garbage, a torn write): as stale, and said so.
+		o.log.Warn("stale pid file replaced", logevent.PIDFileStale, zap.String("reason", "not a pid"),
+			zap.String("pid_file", o.kc.PIDFile), zap.String("content", was))
 	}
 	return nil
 }

@@ -28,7 +28,14 @@ import (
 type Lock struct {
 	path string
 	f    *os.File
+	was  string
 }
+
+// Replaced is what the file held before Take wrote this keeper's pid:
+// trimmed, at most its first 32 bytes, empty when the file was new or
+// empty. It tells a stale file that named no pid at all (garbage, a
+// truncated write) from a new one, both of which Take reports as pid 0.
+func (l *Lock) Replaced() string { return l.was }
 
 // ErrHeld is wrapped by Take's error when a running keeper
 // holds the file.
@@ -62,7 +69,8 @@ func Take(path string, pid int) (*Lock, int, error) {
 			f.Close()
 			continue
 		}
-		stale := readPID(f)
+		was := readContent(f)
+		stale, _ := strconv.Atoi(was)
 		if err := f.Truncate(0); err == nil {
 			_, err = f.WriteAt([]byte(strconv.Itoa(pid)+"\n"), 0)
 		}
@@ -70,7 +78,7 @@ func Take(path string, pid int) (*Lock, int, error) {
 			f.Close()
 			return nil, 0, fmt.Errorf("--pid-file %q: write: %w", path, err)
 		}
-		return &Lock{path: path, f: f}, stale, nil
+		return &Lock{path: path, f: f, was: was}, stale, nil
 	}
 }
 
@@ -105,8 +113,13 @@ func Holder(path string) (pid int, held bool) {
 
 // readPID is the number f holds, 0 if none.
 func readPID(f *os.File) int {
+	pid, _ := strconv.Atoi(readContent(f))
+	return pid
+}
+
+// readContent is the file's first 32 bytes, trimmed.
+func readContent(f *os.File) string {
 	b := make([]byte, 32)
 	n, _ := f.ReadAt(b, 0)
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(b[:n])))
-	return pid
+	return strings.TrimSpace(string(b[:n]))
 }
