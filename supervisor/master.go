@@ -492,7 +492,8 @@ func (m *master) exit() error {
 		m.killHookLeftovers() // hookleft.go
 		m.release(false)
 		m.log.Info("master exiting after handover: old generation drained", logevent.OldGenerationDrained,
-			zap.Duration("drain", m.sys.now().Sub(m.up.handedOverAt)), zap.Int("workers", m.up.drained), zap.Int("killed", m.up.killed))
+			zap.Duration("drain", m.sys.now().Sub(m.up.handedOverAt)), zap.Int("workers", m.up.drained), zap.Int("killed", m.up.killed),
+			zap.Int("survivors_killed", m.trees.killed))
 		return nil
 	case m.bootErr != nil:
 		m.release(false)

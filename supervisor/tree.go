@@ -73,6 +73,7 @@ type trees struct {
 	seq      int
 	left     map[*procTree]bool // worker exited, tree not yet empty
 	checking bool               // a check is scheduled
+	killed   int                // survivors (tree members, not workers) SIGKILLed so far
 }
 
 // setupTrees picks the mechanism for this master's generation, as its
@@ -162,6 +163,7 @@ func (m *master) killTree(t *procTree, reason string) {
 	}
 	t.killed = true
 	left := m.members(t)
+	m.trees.killed += len(left)
 	for _, p := range left {
 		m.log.Warn("survivor killed", logevent.SurvivorKilled, zap.Int("pid", p), zap.String("command", osutil.Command(p)),
 			zap.Int("worker", t.w.index), zap.Int("worker_pid", t.w.pid), zap.String("reason", reason),

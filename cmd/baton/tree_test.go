@@ -435,3 +435,33 @@ func TestSIGKILLOfKeeperBeforeAnyUpgradeLeavesNothing(t *testing.T) {
 		})
 	}
 }
+
+// A helper that ignores the drain signal is SIGKILLed at the drain
+// deadline, and the old master's old_generation_drained counts it
+// (survivors_killed); before, it said "killed": 0 (workers only) with
+// survivors SIGKILLed.
+func TestDrainedGenerationCountsItsKilledSurvivors(t *testing.T) {
+	t.Parallel()
+	for _, mech := range treeMechanisms {
+		t.Run(mech.name, func(t *testing.T) {
+			t.Parallel()
+			// Bounded: the helper exits by itself after 30 s.
+			script := "#!/bin/sh\nsetsid sh -c 'trap \"\" TERM QUIT INT HUP USR1 USR2 WINCH; exec sleep 30' &\nexec " + bin("hello") + "\n"
+			path := filepath.Join(t.TempDir(), "server")
+			if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			b := startTreeBaton(t, mech.name, mech.env, "-l", freeAddr(t), "-w", "1", "--drain-timeout", "1s", "--", path)
+			b.waitReady()
+			from := b.log.len()
+			b.upgrade(t, b.pid, 1)
+			ev, _ := b.log.waitFrom(t, from, "old_generation_drained", func(e logEvent) bool { return e.num("generation") == 1 }, 20*time.Second)
+			if ev.num("survivors_killed") != 1 || ev.num("killed") != 0 {
+				t.Fatalf("old_generation_drained %v: want survivors_killed 1 (the helper), killed 0 (the worker drained)", ev)
+			}
+			if code, out := b.ctl(t, "stop", "--timeout", "20s"); code != 0 {
+				t.Fatalf("baton stop: exit %d:\n%s", code, out)
+			}
+		})
+	}
+}
