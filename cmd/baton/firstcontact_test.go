@@ -162,7 +162,7 @@ func TestMakeInstallThenTheReadmeExamples(t *testing.T) {
 	// (A copy with no baton installed beside it: the installed one finds
 	// PREFIX/bin/baton.)
 	lone := filepath.Join(t.TempDir(), "deploy.sh")
-	if b, err := os.ReadFile(deploy); err != nil || os.WriteFile(lone, b, 0o755) != nil {
+	if b, err := os.ReadFile(deploy); err != nil || writeExecutable(lone, b) != nil {
 		t.Fatal(err)
 	}
 	before, _ := os.Readlink(filepath.Join(app, "current"))

@@ -548,7 +548,7 @@ func TestPreflightRefusesAMissingBatonBinary(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(self, data, 0o755); err != nil {
+	if err := writeExecutable(self, data); err != nil {
 		t.Fatal(err)
 	}
 	addr := freeAddr(t)
@@ -589,7 +589,7 @@ func TestUpgradeReplacesBatonItself(t *testing.T) {
 			t.Fatal(err)
 		}
 		tmp := self + ".new"
-		if err := os.WriteFile(tmp, data, 0o755); err != nil {
+		if err := writeExecutable(tmp, data); err != nil {
 			t.Fatal(err)
 		}
 		if err := os.Rename(tmp, self); err != nil { // as package managers do

@@ -436,3 +436,18 @@ func procStat(pid int) (state byte, ppid int, err error) {
 	ppid, err = strconv.Atoi(f[1])
 	return f[0][0], ppid, err
 }
+
+// writeExecutable writes data to path, mode 0755, through another process
+// (sh's cat), never through a descriptor of this one: a child that a
+// parallel test forks from this process while it holds a file open for
+// writing keeps that descriptor until its own exec, and an exec of the file
+// meanwhile fails with ETXTBSY ("text file busy", seen once in make test
+// when a master re-executed a baton binary a test had just written).
+func writeExecutable(path string, data []byte) error {
+	cmd := exec.Command("/bin/sh", "-c", `cat > "$1" && chmod 0755 "$1"`, "sh", path)
+	cmd.Stdin = bytes.NewReader(data)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("write executable %s: %w: %s", path, err, out)
+	}
+	return nil
+}

@@ -3,7 +3,6 @@
 package main
 
 import (
-	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -78,7 +77,7 @@ func TestFailedFirstStartRefusesNewConnections(t *testing.T) {
 	dir := t.TempDir()
 	script := filepath.Join(dir, "server")
 	body := "#!/bin/sh\nif [ \"$BATON_WORKER\" = 1 ]; then sleep 1.5; echo 'worker 1: cannot start' >&2; exit 1; fi\nexec " + bin("hello") + "\n"
-	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+	if err := writeExecutable(script, []byte(body)); err != nil {
 		t.Fatal(err)
 	}
 	addr := freeAddr(t)

@@ -78,7 +78,7 @@ func stageInstall(t *testing.T) string {
 	built := t.TempDir()
 	b, err := os.ReadFile(bin("baton"))
 	if err == nil {
-		err = os.WriteFile(filepath.Join(built, "baton"), b, 0o755)
+		err = writeExecutable(filepath.Join(built, "baton"), b)
 	}
 	if err != nil {
 		t.Fatal(err)

@@ -63,7 +63,7 @@ func helperServer(t *testing.T, kind, tag string) string {
 	}
 	path := filepath.Join(t.TempDir(), "server")
 	script := "#!/bin/sh\n" + start + "\nexec " + bin("hello") + "\n"
-	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+	if err := writeExecutable(path, []byte(script)); err != nil {
 		t.Fatal(err)
 	}
 	return path
@@ -175,7 +175,7 @@ func TestWorkerLeftoversAreEnded(t *testing.T) {
 			// The helper ignores TERM and leaves the worker's session.
 			script := "#!/bin/sh\nsetsid sh -c 'trap \"\" TERM; exec sleep 600' &\necho $! > " + dir + "/helper.$BATON_WORKER.$$\nexec " + bin("hello") + "\n"
 			server := filepath.Join(dir, "server")
-			if err := os.WriteFile(server, []byte(script), 0o755); err != nil {
+			if err := writeExecutable(server, []byte(script)); err != nil {
 				t.Fatal(err)
 			}
 			addr := freeAddr(t)
@@ -448,7 +448,7 @@ func TestDrainedGenerationCountsItsKilledSurvivors(t *testing.T) {
 			// Bounded: the helper exits by itself after 30 s.
 			script := "#!/bin/sh\nsetsid sh -c 'trap \"\" TERM QUIT INT HUP USR1 USR2 WINCH; exec sleep 30' &\nexec " + bin("hello") + "\n"
 			path := filepath.Join(t.TempDir(), "server")
-			if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+			if err := writeExecutable(path, []byte(script)); err != nil {
 				t.Fatal(err)
 			}
 			b := startTreeBaton(t, mech.name, mech.env, "-l", freeAddr(t), "-w", "1", "--drain-timeout", "1s", "--", path)

@@ -110,7 +110,7 @@ func release(t *testing.T, dir, name, script string) string {
 	if err := os.MkdirAll(rd, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(rd, "server"), []byte("#!/bin/sh\n"+script+"\n"), 0o755); err != nil {
+	if err := writeExecutable(filepath.Join(rd, "server"), []byte("#!/bin/sh\n"+script+"\n")); err != nil {
 		t.Fatal(err)
 	}
 	return rd

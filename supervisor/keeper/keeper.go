@@ -338,6 +338,9 @@ func (k *keeper) onNote(msg notify.Msg) {
 			k.announced(m) // the first master
 		}
 		k.answer(msg.PID, ackTo, m, why) // handshake.go
+		if m == nil {
+			return // refused, and said why once (register)
+		}
 	}
 	if m == nil {
 		if k.exitedMaster(msg.PID) {
@@ -401,7 +404,14 @@ func (k *keeper) noteExit(pid int, fields map[string]string) {
 // such, never taken for a fact about the process.
 func (k *keeper) register(pid int) (*keptMaster, string) {
 	ppid, err := k.sys.parent(pid)
-	if err != nil && !osutil.NoProcess(err) {
+	if osutil.NoProcess(err) {
+		// Gone before its announcement was read: a master that failed its
+		// own start checks says so in one line and exits without waiting
+		// for the answer. Nothing to adopt, and no stranger to warn of.
+		k.log.Debug("master announcement from a process that has exited", zap.Int("sender_pid", pid))
+		return nil, "exited before its announcement was read"
+	}
+	if err != nil {
 		k.log.Error("master announcement not accepted: keeper cannot read the process", logevent.MasterRefused, zap.Int("sender_pid", pid), zap.Error(err))
 		return nil, "keeper cannot read the process: " + err.Error()
 	}

@@ -138,6 +138,18 @@ func TestAnnouncementsRefused(t *testing.T) {
 	l.f.watchErr[204] = fmt.Errorf("pidfd_open: %w", syscall.EMFILE)
 	l.announce(204)
 
+	// Exited before the keeper read it (a master that failed its own
+	// start checks): no warning, as no stranger announced.
+	l.f.parentErr[206] = fmt.Errorf("open /proc/206/stat: %w", syscall.ENOENT)
+	l.announce(206)
+	for _, e := range l.logs.All() {
+		for _, f := range e.Context {
+			if f.Key == "sender_pid" && f.Integer == 206 && e.Level > zap.DebugLevel {
+				t.Fatalf("an announcement from an exited process logged at %s: %q", e.Level, e.Message)
+			}
+		}
+	}
+
 	want := []string{
 		"@baton-ack-100: ",
 		"@baton-ack-200: parent 7 is no master the keeper knows",
@@ -145,6 +157,7 @@ func TestAnnouncementsRefused(t *testing.T) {
 		"@baton-ack-202: keeper cannot read the process: open /proc/202/stat: too many open files",
 		"@baton-ack-203: keeper cannot watch it: pidfd_open: no such process",
 		"@baton-ack-204: keeper cannot watch it: pidfd_open: too many open files",
+		"@baton-ack-206: exited before its announcement was read",
 	}
 	l.wantAnswers(want...)
 	if len(l.k.masters) != 1 {
