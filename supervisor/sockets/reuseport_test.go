@@ -41,26 +41,9 @@ func drainQueue(t *testing.T, s *Set) {
 // TestSteer: two generations' sockets in one group on loopback; the program
 // sends users to the live one, probes to the candidate, and a canary share.
 func TestSteer(t *testing.T) {
-	free, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := free.Addr().String()
-	free.Close()
-	spec := Spec{Name: "web", Network: "tcp", Addr: addr}
-	old, err := OpenGroup([]Spec{spec}, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer old.Close()
-	if err := old.Attach(Steer(0, 1, 0)); err != nil {
-		t.Skipf("kernel refuses SO_ATTACH_REUSEPORT_CBPF here: %v", err)
-	}
-	cand, err := OpenGroup([]Spec{spec}, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cand.Close()
+	spec := freeSpec(t)
+	addr := spec.Addr
+	old, cand := classicPair(t, spec)
 
 	dial := func(probe bool) {
 		t.Helper()
@@ -156,31 +139,15 @@ func TestLeaveResteers(t *testing.T) {
 	for _, strayFirst := range []bool{false, true} {
 		name := map[bool]string{false: "stray-after-leave", true: "stray-before-leave"}[strayFirst]
 		t.Run(name, func(t *testing.T) {
-			free, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			addr := free.Addr().String()
-			free.Close()
-			spec := Spec{Name: "web", Network: "tcp", Addr: addr}
-			old, err := OpenGroup([]Spec{spec}, true)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer old.Close()
-			if err := old.Attach(Steer(0, 1, 0)); err != nil {
-				t.Skipf("kernel refuses SO_ATTACH_REUSEPORT_CBPF here: %v", err)
-			}
-			cand, err := OpenGroup([]Spec{spec}, false)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer cand.Close()
+			spec := freeSpec(t)
+			addr := spec.Addr
+			old, cand := classicPair(t, spec)
 			if err := old.Attach(Steer(1, 1, 0)); err != nil { // the switch
 				t.Fatal(err)
 			}
 			var stray *Set
 			join := func() {
+				var err error
 				if stray, err = OpenGroup([]Spec{spec}, false); err != nil {
 					t.Fatal(err)
 				}
@@ -220,4 +187,25 @@ func TestLeaveResteers(t *testing.T) {
 			}
 		})
 	}
+}
+
+// classicPair opens an old generation's socket steered by the classic
+// program (users to index 0) and a candidate's in the same group on spec's
+// address; both close with the test. It skips where the kernel refuses the
+// program.
+func classicPair(t *testing.T, spec Spec) (old, cand *Set) {
+	t.Helper()
+	old, err := OpenGroup([]Spec{spec}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { old.Close() })
+	if err := old.Attach(Steer(0, 1, 0)); err != nil {
+		t.Skipf("kernel refuses SO_ATTACH_REUSEPORT_CBPF here: %v", err)
+	}
+	if cand, err = OpenGroup([]Spec{spec}, false); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cand.Close() })
+	return old, cand
 }
