@@ -264,11 +264,29 @@ func endNamespaceOnCleanup(t *testing.T, b *baton) *int {
 		if *keeper > 0 {
 			killOurs(*keeper)
 		}
-		syscall.Kill(b.pid, syscall.SIGKILL)
-		select {
-		case <-b.done:
-		case <-time.After(5 * time.Second):
-		}
+		endWrapper(b)
 	})
 	return keeper
+}
+
+// endUnshareOnCleanup is endNamespaceOnCleanup for a wrapper whose child is
+// not known in advance (unshare's child, PID 1 of the namespace, whatever
+// it runs): at the end, killing that child ends the namespace.
+func endUnshareOnCleanup(t *testing.T, b *baton) {
+	t.Cleanup(func() {
+		for _, p := range childPids(b.pid) {
+			syscall.Kill(p, syscall.SIGKILL)
+		}
+		endWrapper(b)
+	})
+}
+
+// endWrapper SIGKILLs the wrapper b runs (unshare, systemd-nspawn) and waits
+// at most 5 s for it to be reaped.
+func endWrapper(b *baton) {
+	syscall.Kill(b.pid, syscall.SIGKILL)
+	select {
+	case <-b.done:
+	case <-time.After(5 * time.Second):
+	}
 }

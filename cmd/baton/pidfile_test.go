@@ -89,17 +89,7 @@ func TestStopFromAnotherPidNamespace(t *testing.T) {
 				args = []string{"--pid", "--fork", "--mount-proc", "sh", "-c", strings.Join(run, " ") + "; exit $?"}
 			}
 			b := launch(t, exec.Command(unshare, args...), nil)
-			t.Cleanup(func() {
-				// Killing unshare's child (PID 1 there) ends the namespace.
-				for _, p := range childPids(b.pid) {
-					syscall.Kill(p, syscall.SIGKILL)
-				}
-				syscall.Kill(b.pid, syscall.SIGKILL)
-				select {
-				case <-b.done:
-				case <-time.After(5 * time.Second):
-				}
-			})
+			endUnshareOnCleanup(t, b)
 			b.waitReady()
 			if code, out := b.ctl(t, "status"); code != 0 || !strings.Contains(out, "serving") {
 				t.Fatalf("status from the host: exit %d:\n%s", code, out)
@@ -136,17 +126,7 @@ func TestVerifyFromAnotherPidNamespace(t *testing.T) {
 	addr := freeAddr(t)
 	b := launch(t, exec.Command(unshare, "--pid", "--fork", "--mount-proc",
 		bin("baton"), "run", "--log-format", "json", "-l", addr, "-w", "2", "--", bin("hello")), nil)
-	t.Cleanup(func() {
-		// Killing unshare's child (PID 1 there) ends the namespace.
-		for _, p := range childPids(b.pid) {
-			syscall.Kill(p, syscall.SIGKILL)
-		}
-		syscall.Kill(b.pid, syscall.SIGKILL)
-		select {
-		case <-b.done:
-		case <-time.After(5 * time.Second):
-		}
-	})
+	endUnshareOnCleanup(t, b)
 	b.waitReady()
 	code, rep, errOut := verifyJSON(t, append([]string{"--url", "http://" + addr + "/", "--control", b.control,
 		"--reloads", "1", "--version-header", "Hello-Generation"}, verifyLight...)...)
