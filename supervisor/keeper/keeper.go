@@ -240,7 +240,7 @@ func (k *keeper) onExited(m *keptMaster) {
 		k.gone = append(k.gone[:0], k.gone[1:]...) // in place: no new array per exit
 	}
 	k.gone = append(k.gone, m)
-	k.trim() // an upgrade is over: what it used is garbage now
+	k.trim(m, "master_exited") // an upgrade is over: what it used is garbage now
 	if m == k.record {
 		k.record = nil
 		k.lastRecord = m
@@ -396,9 +396,9 @@ func (k *keeper) onNote(msg notify.Msg) {
 		// master of record.
 		k.setRecord(m)
 		if !k.ready {
-			k.trim()
+			k.ready = true // first: the at-rest line is said at info from now on
+			k.trim(m, "generation_ready")
 		}
-		k.ready = true
 	}
 	k.relay(msg.Fields)
 }
@@ -542,8 +542,18 @@ func (k *keeper) announced(m *keptMaster) {
 }
 
 // trim gives back what start-up or an upgrade used (osutil.Trim): after
-// the first generation came up, and after each master's exit.
-func (k *keeper) trim() { k.sys.trim() }
+// the first generation came up, and after each master's exit (m, and
+// trigger says which). It then says so (keeper_at_rest): the keeper's
+// memory from that line on is its memory at rest, which is what a
+// benchmark or a soak waits for before it measures, and heap_live_bytes
+// (what the collection just run found live) shows in the log alone
+// whether the keeper grows with the upgrades.
+func (k *keeper) trim(m *keptMaster, trigger string) {
+	unmapped := k.sys.trim()
+	k.logOutcome("keeper at rest: memory given back", logevent.KeeperAtRest, zap.Int("master_pid", m.pid),
+		zap.String("trigger", trigger), zap.Int("masters", len(k.masters)),
+		zap.Uint64("heap_live_bytes", osutil.HeapLive()), zap.Int64("binary_bytes_unmapped", unmapped))
+}
 
 // sigName is a signal's name as logs give it: "SIGUSR2".
 func sigName(sig syscall.Signal) string { return unix.SignalName(sig) }

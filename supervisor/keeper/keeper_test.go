@@ -545,3 +545,29 @@ func TestStateStaysBoundedOverManyUpgrades(t *testing.T) {
 func (k *keeper) held() int {
 	return len(k.masters) + len(k.gone) + cap(k.gone) + len(k.pending) + len(k.exited)
 }
+
+// The keeper says when it is at rest (at info), after it gave memory
+// back: once its first generation serves, and after each master's exit,
+// naming that master; a benchmark measures it from that line on.
+func TestAtRestSaidAfterEachTrim(t *testing.T) {
+	l := newLK(t)
+	l.announce(100)
+	if l.f.trims != 0 || l.events(logevent.KeeperAtRest.String) != 0 {
+		t.Fatalf("%d trims before the first generation serves, want 0", l.f.trims)
+	}
+	l.ready(100)
+	l.child(101, 100)
+	l.announce(101)
+	l.ready(101)
+	l.exit(100, 0, true)
+	var got []string
+	for _, e := range l.logs.All() {
+		if c := e.ContextMap(); c["event"] == logevent.KeeperAtRest.String && e.Level == zap.InfoLevel {
+			got = append(got, fmt.Sprintf("%v %v %v", c["trigger"], c["master_pid"], c["masters"]))
+		}
+	}
+	want := []string{"generation_ready 100 1", "master_exited 100 1"}
+	if !slices.Equal(got, want) || l.f.trims != 2 {
+		t.Fatalf("keeper_at_rest entries %q after %d trims, want %q after 2", got, l.f.trims, want)
+	}
+}
