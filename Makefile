@@ -94,7 +94,8 @@ bench:
 # failed by kind, handover percentiles, the keeper's and master's PSS, RSS
 # and fds at the start, after a warm-up and at the end. SOAK_STRATEGY is
 # baton's --strategy; SOAK_KILL=1 SIGKILLs a random worker after about one
-# upgrade in four. Every figure also goes to bench-results/soak-STRATEGY.json.
+# upgrade in four, and splits the failed requests into those on connections
+# the killed workers held and the others (README "Soak"). Every figure also goes to bench-results/soak-STRATEGY.json.
 SOAK_UPGRADES ?= 1000
 SOAK_STRATEGY ?= shared
 SOAK_CLIENTS  ?= 16
