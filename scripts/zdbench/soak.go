@@ -101,7 +101,6 @@ func (b *bench) soak(ctx context.Context) (*soakResult, error) {
 	if err != nil {
 		return res, err
 	}
-	p.noKeeperMem = true
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	wait := loadgen.StartMix(loadCtx, loadgen.Mix{
@@ -112,7 +111,9 @@ func (b *bench) soak(ctx context.Context) (*soakResult, error) {
 	point := func(n int) soakPoint {
 		pt := soakPoint{Upgrade: n, AtS: time.Since(t0).Seconds(), MasterPID: p.master, Generation: p.gen,
 			LoadAvg1: loadAvg()}
-		pt.Keeper = p.keeperAtRest(ctx)
+		// At rest: startBaton and upgrade return once the keeper and
+		// the master have said so.
+		pt.Keeper, _ = procMem(p.keeper)
 		pt.KeeperFDs, _ = procFDs(p.keeper)
 		pt.Master, _ = procMem(p.master)
 		pt.MasterFDs, _ = procFDs(p.master)
