@@ -14,19 +14,29 @@ DATADIR   ?= $(PREFIX)/share
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null)
 LDFLAGS   := $(if $(VERSION),-X main.version=$(VERSION))
 
+# urfave_cli_no_docs leaves urfave/cli's man page generator (and the
+# markdown library it links, whose package initialisation every exec of
+# baton would pay, each new master's included) out of the installed baton;
+# docs prints the page with a second build that has it (cmd/baton/man.go).
+TAGS      ?= urfave_cli_no_docs
+
 .PHONY: all build docs demo test check bench bench-deps soak clean install uninstall fleet-deps fleet-rig
 
 all: build
 
 build:
-	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/baton ./cmd/baton
+	$(GO) build -tags '$(TAGS)' -ldflags '$(LDFLAGS)' -o $(BIN)/baton ./cmd/baton
 	$(GO) build -o $(BIN)/hello ./examples/hello
 	@$(MAKE) --no-print-directory docs
 
 # The man page and shell completions, generated from the CLI's own
-# definitions by the binary just built.
+# definitions: the completions by the binary just built, the man page by
+# a build of the same source with urfave/cli's generator (baton-docs,
+# removed once it has printed the page).
 docs:
-	$(BIN)/baton man > $(BIN)/baton.1
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/baton-docs ./cmd/baton
+	$(BIN)/baton-docs man > $(BIN)/baton.1
+	rm -f $(BIN)/baton-docs
 	$(BIN)/baton completion bash > $(BIN)/baton.bash
 	$(BIN)/baton completion zsh > $(BIN)/_baton
 	$(BIN)/baton completion fish > $(BIN)/baton.fish
@@ -61,6 +71,7 @@ demo: build
 check:
 	@test -z "$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go'))" || { gofmt -l $$(git ls-files -co --exclude-standard '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet ./...
+	$(GO) vet -tags '$(TAGS)' ./cmd/baton
 	@GOOS=darwin $(GO) vet ./... || { echo "GOOS=darwin go vet: a Linux-only file above needs //go:build linux (baton runs on Linux only; see README)"; exit 1; }
 
 # TESTFLAGS=-v lists skipped tests with their reasons (.ci/run does).
@@ -83,7 +94,8 @@ bench:
 # failed by kind, handover percentiles, the keeper's and master's PSS, RSS
 # and fds at the start, after a warm-up and at the end. SOAK_STRATEGY is
 # baton's --strategy; SOAK_KILL=1 SIGKILLs a random worker after about one
-# upgrade in four. Every figure also goes to bench-results/soak-STRATEGY.json.
+# upgrade in four, and splits the failed requests into those on connections
+# the killed workers held and the others (README "Soak"). Every figure also goes to bench-results/soak-STRATEGY.json.
 SOAK_UPGRADES ?= 1000
 SOAK_STRATEGY ?= shared
 SOAK_CLIENTS  ?= 16

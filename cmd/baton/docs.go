@@ -5,7 +5,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/urfave/cli/v2"
 )
@@ -77,26 +76,6 @@ func completionCommand() *cli.Command {
 			default:
 				return &usageError{fmt.Errorf("completion %q: want bash, zsh or fish", sh)}
 			}
-			return nil
-		},
-	}
-}
-
-// manCommand prints baton(1) in roff. Hidden: it is for the Makefile, which
-// installs the page; people read it with man baton.
-func manCommand() *cli.Command {
-	return &cli.Command{
-		Name:   "man",
-		Usage:  "print the man page (roff)",
-		Hidden: true,
-		Action: func(c *cli.Context) error {
-			s, err := c.App.ToManWithSection(1)
-			if err != nil {
-				return fmt.Errorf("man page: %w", err)
-			}
-			// The page's footer names the version it documents.
-			s = strings.Replace(s, ".TH baton 1", fmt.Sprintf(".TH baton 1 \"\" \"baton %s\"", c.App.Version), 1)
-			fmt.Fprint(c.App.Writer, s)
 			return nil
 		},
 	}

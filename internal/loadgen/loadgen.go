@@ -19,6 +19,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"sync"
 	"syscall"
@@ -65,6 +66,34 @@ type Config struct {
 	// NoSamples keeps the counts and drops the per-request Samples: a soak
 	// of an hour would otherwise hold tens of millions of them.
 	NoSamples bool
+	// MaxFailures caps Result.FailedConns (with or without samples); further
+	// failures are only counted (Result.FailedDropped). Default 10,000:
+	// about 1 MB.
+	MaxFailures int
+}
+
+// DefaultMaxFailures is Config.MaxFailures's default.
+const DefaultMaxFailures = 10000
+
+// Conn names the connection a request went over: its two ends as the
+// client saw them and when its dial began. Zero when no connection was made
+// (refused, a connect timeout) and over unix sockets (no ports).
+type Conn struct {
+	Local  netip.AddrPort // the client's end: 127.0.0.1:EPHEMERAL on loopback
+	Remote netip.AddrPort // the server's end
+	// Dialed is when connect began (monotonic reading included): the
+	// connection cannot exist before it, so a snapshot of a server's
+	// connections taken after Dialed and before the failure saw this one
+	// and no earlier user of the same ports.
+	Dialed time.Time
+}
+
+// Failure is one failed request and the connection it failed on (for a
+// request retried after an idle keep-alive close, the retry's).
+type Failure struct {
+	At   time.Time // when the failure was seen
+	Kind string
+	Conn Conn
 }
 
 // Sample is one finished request.
@@ -87,8 +116,12 @@ type Result struct {
 	Failed   map[string]int // by kind
 	Retried  int            // idempotent retries after an idle keep-alive close
 	Examples []string       // the first few failures, for messages
-	Samples  []Sample
-	Elapsed  time.Duration
+	// FailedConns lists failed requests with their connections, at most
+	// Config.MaxFailures per Run; FailedDropped counts the ones past it.
+	FailedConns   []Failure
+	FailedDropped int
+	Samples       []Sample
+	Elapsed       time.Duration
 }
 
 // Failures is the total of Failed.
@@ -158,6 +191,9 @@ func Run(ctx context.Context, cfg Config) *Result {
 	if cfg.Path == "" {
 		cfg.Path = "/"
 	}
+	if cfg.MaxFailures <= 0 {
+		cfg.MaxFailures = DefaultMaxFailures
+	}
 	budget := cfg.Budget
 	if budget == nil {
 		budget = NewBudget(cfg.MaxRequests)
@@ -204,6 +240,11 @@ func Run(ctx context.Context, cfg Config) *Result {
 					if len(res.Examples) < 5 {
 						res.Examples = append(res.Examples, s.Err)
 					}
+					if len(res.FailedConns) < cfg.MaxFailures {
+						res.FailedConns = append(res.FailedConns, Failure{At: s.End(), Kind: s.Kind, Conn: resp.Conn})
+					} else {
+						res.FailedDropped++
+					}
 				}
 				mu.Unlock()
 				if cfg.Pause > 0 {
@@ -234,6 +275,18 @@ type Client struct {
 	conn net.Conn
 	br   *bufio.Reader
 	used bool // conn has carried a request already
+	info Conn // conn's ends and dial time
+}
+
+// addrPort is a TCP address as a netip.AddrPort, IPv4 unmapped; zero for
+// other kinds (unix sockets).
+func addrPort(a net.Addr) netip.AddrPort {
+	t, ok := a.(*net.TCPAddr)
+	if !ok {
+		return netip.AddrPort{}
+	}
+	ap := t.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
 // StatusError is a complete response whose status is not 2xx.
@@ -248,6 +301,7 @@ type Response struct {
 	Header  http.Header
 	Body    []byte
 	Retried bool // the RFC 9112 idle-close retry happened
+	Conn    Conn // the connection the (last) attempt went over
 }
 
 // Get sends one request and returns the body of a 2xx response. retried
@@ -273,12 +327,15 @@ func (c *Client) Do(path string) (Response, error) {
 func (c *Client) try(path string) (r Response, early bool, err error) {
 	if c.conn == nil {
 		d := net.Dialer{Timeout: c.Timeout}
+		dialed := time.Now()
 		conn, err := d.Dial(c.Network, c.Addr)
 		if err != nil {
 			return r, false, err
 		}
 		c.conn, c.br, c.used = conn, bufio.NewReader(conn), false
+		c.info = Conn{Local: addrPort(conn.LocalAddr()), Remote: addrPort(conn.RemoteAddr()), Dialed: dialed}
 	}
+	r.Conn = c.info
 	reused := c.used
 	c.used = true
 	c.conn.SetDeadline(time.Now().Add(c.Timeout))

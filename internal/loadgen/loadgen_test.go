@@ -79,3 +79,49 @@ func TestRefusedAndWindows(t *testing.T) {
 		t.Errorf("in %v, out %v: want 3 in, 2 out", in, out)
 	}
 }
+
+// Failures are listed with their connection up to MaxFailures, and only
+// counted past it; a refused connect has no connection to name.
+func TestFailedConnsBounded(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	res := Run(context.Background(), Config{Network: "tcp", Addr: addr, Clients: 2, MaxRequests: 10,
+		MaxFailures: 3, NoSamples: true, Duration: 10 * time.Second})
+	if res.Failed[Refused] != 10 || len(res.FailedConns) != 3 || res.FailedDropped != 7 || len(res.Samples) != 0 {
+		t.Fatalf("%v: %d listed, %d dropped, %d samples; want 10 refused, 3 listed, 7 dropped, no samples",
+			res, len(res.FailedConns), res.FailedDropped, len(res.Samples))
+	}
+	for _, f := range res.FailedConns {
+		if f.Kind != Refused || f.Conn != (Conn{}) || f.At.IsZero() {
+			t.Errorf("failure %+v: want refused, no connection, a time", f)
+		}
+	}
+
+	// A server that closes after reading: the failure names both ends.
+	ln, err = net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			c.Read(make([]byte, 512))
+			c.Close()
+		}
+	}()
+	t0 := time.Now()
+	res = Run(context.Background(), Config{Network: "tcp", Addr: ln.Addr().String(), Clients: 1, MaxRequests: 1})
+	if len(res.FailedConns) != 1 {
+		t.Fatalf("%v: want 1 failure listed", res)
+	}
+	f := res.FailedConns[0]
+	if f.Conn.Remote.String() != ln.Addr().String() || !f.Conn.Local.Addr().IsLoopback() || f.Conn.Local.Port() == 0 ||
+		f.Conn.Dialed.Before(t0) || f.At.Before(f.Conn.Dialed) {
+		t.Errorf("failure %+v: want the connection's ends on loopback, dialed after %s and before the failure", f, t0)
+	}
+}

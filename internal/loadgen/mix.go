@@ -36,6 +36,7 @@ type Mix struct {
 	Budget        *Budget       // shared request cap, or nil
 	ReleaseHeader string        // see Config.ReleaseHeader
 	NoSamples     bool          // see Config.NoSamples
+	MaxFailures   int           // see Config.MaxFailures; per group of clients
 }
 
 // MixResult holds each group's result; a group with no clients has an empty
@@ -61,7 +62,8 @@ func StartMix(ctx context.Context, m Mix) (wait func() MixResult) {
 		parts [2]*Result
 	)
 	base := Config{Network: m.Network, Addr: m.Addr, Host: m.Host, Path: m.Path, Duration: m.Duration,
-		Timeout: m.Timeout, Budget: m.Budget, ReleaseHeader: m.ReleaseHeader, NoSamples: m.NoSamples}
+		Timeout: m.Timeout, Budget: m.Budget, ReleaseHeader: m.ReleaseHeader, NoSamples: m.NoSamples,
+		MaxFailures: m.MaxFailures}
 	run := func(dst **Result, cfg Config) {
 		wg.Add(1)
 		go func() {
@@ -122,6 +124,8 @@ func Merge(rs ...*Result) *Result {
 				m.Examples = append(m.Examples, e)
 			}
 		}
+		m.FailedConns = append(m.FailedConns, r.FailedConns...)
+		m.FailedDropped += r.FailedDropped
 		m.Samples = append(m.Samples, r.Samples...)
 		m.Elapsed = max(m.Elapsed, r.Elapsed)
 	}

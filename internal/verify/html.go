@@ -12,16 +12,12 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
+	svg "github.com/ajstarks/svgo"
 	"github.com/baton-sh/baton/internal/loadgen"
-	"gonum.org/v1/plot"
-	"gonum.org/v1/plot/plotter"
-	"gonum.org/v1/plot/plotutil"
-	"gonum.org/v1/plot/vg"
-	"gonum.org/v1/plot/vg/draw"
-	"gonum.org/v1/plot/vg/vgsvg"
 )
 
 // This file draws `baton verify --report FILE`: a picture of the deploy a
@@ -32,7 +28,10 @@ import (
 // vertical marks. FILE.svg is the picture alone; FILE.html adds the
 // figures as tables. Both are self-contained: no script, stylesheet, font
 // or image is loaded from anywhere, so the file opens offline and can be
-// attached to a ticket. The plotting is gonum/plot's (vgsvg), not ours.
+// attached to a ticket. svgo writes the SVG elements; the layout (panels,
+// ticks, legend) is this file's. It was gonum/plot's: its package
+// initialisation parses fonts, which every exec of baton paid, each new
+// master's included, for a picture only verify --report draws.
 
 // reportBucket is the width of one time bucket of the picture.
 const reportBucket = 100 * time.Millisecond
@@ -117,18 +116,69 @@ func newTimeline(start time.Time, seconds float64, samples []taggedSample, fast 
 	return tl
 }
 
+// The picture's geometry in SVG user units (pixels at 100%): three panels
+// stacked over one time axis, each with its title, a legend row and its
+// plot area inside the margins.
+const (
+	chartW, chartH = 760, 640
+	panelGap       = 10
+	plotLeft       = 58 // the y ticks' labels and the y axis's label
+	plotRight      = 14
+	fontPx         = 11
+	titlePx        = 13
+)
+
+// Colours of the releases' areas and the failure kinds' lines, distinct at
+// a glance, then of the latency lines; the marks have their own, by kind.
+var (
+	seriesColors = []color.RGBA{{40, 100, 190, 255}, {230, 130, 20, 255}, {60, 160, 80, 255}, {150, 80, 180, 255},
+		{200, 60, 60, 255}, {90, 160, 190, 255}, {140, 110, 60, 255}}
+	markColors = []color.RGBA{{80, 80, 80, 255}, {0, 140, 70, 255}, {20, 90, 200, 255}, {210, 30, 30, 255}}
+)
+
+func seriesColor(i int) color.RGBA { return seriesColors[i%len(seriesColors)] }
+
 // tint is c mixed half with white, opaque: stacked areas keep their own
 // colour where they overlap.
-func tint(c color.Color) color.Color {
-	r, g, b, _ := c.RGBA()
-	mix := func(v uint32) uint8 { return uint8((v>>8 + 255) / 2) }
-	return color.RGBA{mix(r), mix(g), mix(b), 255}
+func tint(c color.RGBA) color.RGBA {
+	mix := func(v uint8) uint8 { return uint8((int(v) + 255) / 2) }
+	return color.RGBA{mix(c.R), mix(c.G), mix(c.B), 255}
+}
+
+func css(c color.RGBA) string { return fmt.Sprintf("#%02x%02x%02x", c.R, c.G, c.B) }
+
+// chartLine is one series of a panel: a value per bucket (NaN where there
+// is none), as a line, filled down to zero, or with a dot at each value.
+type chartLine struct {
+	ys     []float64
+	color  color.RGBA
+	filled bool
+	dots   bool
+}
+
+// legendEntry is one swatch and its name in a panel's legend row.
+type legendEntry struct {
+	name   string
+	color  color.RGBA
+	dashed bool
+}
+
+// panel is one of the picture's plots over the run's time axis.
+type panel struct {
+	title, ylabel, xlabel string
+	lines                 []chartLine // drawn in order: later ones paint over earlier
+	legend                []legendEntry
+	markLabels            bool // the marks' labels (#1, #2, ...) above the plot area
+}
+
+// axisTick is one labelled tick of an axis.
+type axisTick struct {
+	v     float64
+	label string
 }
 
 // timeTicks marks the time axis at a round step, about ten ticks.
-type timeTicks struct{}
-
-func (timeTicks) Ticks(lo, hi float64) []plot.Tick {
+func timeTicks(lo, hi float64) []axisTick {
 	step := 0.1
 	for _, s := range []float64{0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300} {
 		step = s
@@ -136,77 +186,37 @@ func (timeTicks) Ticks(lo, hi float64) []plot.Tick {
 			break
 		}
 	}
-	var ts []plot.Tick
+	var ts []axisTick
 	for v := math.Ceil(lo/step) * step; v <= hi+1e-9; v += step {
-		ts = append(ts, plot.Tick{Value: v, Label: strings.TrimSuffix(strings.TrimRight(fmt.Sprintf("%.1f", v), "0"), ".")})
+		ts = append(ts, axisTick{v, strings.TrimSuffix(strings.TrimRight(fmt.Sprintf("%.1f", v), "0"), ".")})
+	}
+	return ts
+}
+
+// valueTicks marks 0 to above top at a step of 1, 2 or 5 times a power of
+// ten, four to eight ticks; the last tick is the axis's top.
+func valueTicks(top float64) []axisTick {
+	if !(top > 0) || math.IsInf(top, 0) {
+		top = 1
+	}
+	mag := math.Pow(10, math.Floor(math.Log10(top/5)))
+	step := mag
+	for _, m := range []float64{1, 2, 5, 10} {
+		if step = m * mag; top/step <= 6 {
+			break
+		}
+	}
+	decimals := max(0, int(-math.Floor(math.Log10(step)+1e-9)))
+	n := int(math.Ceil(top/step - 1e-9))
+	ts := make([]axisTick, 0, n+1)
+	for i := 0; i <= n; i++ {
+		ts = append(ts, axisTick{float64(i) * step, strconv.FormatFloat(float64(i)*step, 'f', decimals, 64)})
 	}
 	return ts
 }
 
 // x is the time of bucket i's middle, in seconds.
 func (tl *timeline) x(i int) float64 { return (float64(i) + 0.5) * reportBucket.Seconds() }
-
-func (tl *timeline) series(ys []float64) plotter.XYs {
-	var xy plotter.XYs
-	for i, y := range ys {
-		if !math.IsNaN(y) {
-			xy = append(xy, plotter.XY{X: tl.x(i), Y: y})
-		}
-	}
-	return xy
-}
-
-var markColors = []color.Color{color.RGBA{80, 80, 80, 255}, color.RGBA{0, 140, 70, 255}, color.RGBA{20, 90, 200, 255}, color.RGBA{210, 30, 30, 255}}
-
-// newPanel is one of the picture's plots over the run's time axis.
-func (tl *timeline) newPanel(title, ylabel string) *plot.Plot {
-	p := plot.New()
-	p.Title.Text = title
-	p.Y.Label.Text = ylabel
-	p.X.Min, p.X.Max = 0, math.Max(tl.seconds, reportBucket.Seconds())
-	p.Legend.Top = true
-	p.Legend.Left = true
-	p.Y.Min = 0
-	p.X.Tick.Marker = timeTicks{}
-	return p
-}
-
-// addMarks draws the upgrade marks across p, once its data is in; legend
-// says whether the marks get legend entries.
-func (tl *timeline) addMarks(p *plot.Plot, legend bool) error {
-	top := p.Y.Max
-	if top <= 0 {
-		top = 1
-	}
-	// Headroom above the data for the legend and the marks' labels.
-	p.Y.Max = top * 1.4
-	seen := map[string]bool{}
-	for _, m := range tl.marks {
-		l, err := plotter.NewLine(plotter.XYs{{X: m.atS, Y: 0}, {X: m.atS, Y: top}})
-		if err != nil {
-			return err
-		}
-		k := indexOf(markKinds, m.kind)
-		l.Color = markColors[k]
-		l.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
-		if k == 0 {
-			l.Dashes = nil
-		}
-		p.Add(l)
-		if legend && !seen[m.kind] {
-			seen[m.kind] = true
-			p.Legend.Add(m.kind, l)
-		}
-		if m.label != "" && legend {
-			lb, err := plotter.NewLabels(plotter.XYLabels{XYs: plotter.XYs{{X: m.atS, Y: top}}, Labels: []string{m.label}})
-			if err != nil {
-				return err
-			}
-			p.Add(lb)
-		}
-	}
-	return nil
-}
 
 func indexOf(list []string, s string) int {
 	for i, v := range list {
@@ -217,106 +227,187 @@ func indexOf(list []string, s string) int {
 	return 0
 }
 
-// plots builds the three panels.
-func (tl *timeline) plots() ([]*plot.Plot, error) {
-	rps := tl.newPanel("requests per second, stacked by the release that answered", "requests/s")
+// panels builds the three panels.
+func (tl *timeline) panels() []*panel {
+	rps := &panel{title: "requests per second, stacked by the release that answered", ylabel: "requests/s", markLabels: true}
 	// Stacked areas: each release's line is the sum of it and those below,
 	// filled to zero, drawn top first so the lower ones paint over.
 	cum := make([]float64, tl.buckets)
-	var lines []*plotter.Line
 	for i, rel := range tl.releases {
 		for j, v := range tl.ok[rel] {
 			cum[j] += v
 		}
-		l, err := plotter.NewLine(tl.series(cum))
-		if err != nil {
-			return nil, err
+		c := seriesColor(i)
+		rps.lines = append([]chartLine{{ys: append([]float64(nil), cum...), color: c, filled: true}}, rps.lines...)
+		rps.legend = append(rps.legend, legendEntry{name: "release " + rel, color: c})
+	}
+	seen := map[string]bool{}
+	for _, m := range tl.marks {
+		if !seen[m.kind] {
+			seen[m.kind] = true
+			k := indexOf(markKinds, m.kind)
+			rps.legend = append(rps.legend, legendEntry{name: m.kind, color: markColors[k], dashed: k != 0})
 		}
-		c := plotutil.Color(i)
-		l.Color = c
-		l.FillColor = tint(c)
-		lines = append(lines, l)
-		rps.Legend.Add("release "+rel, l)
-	}
-	for i := len(lines) - 1; i >= 0; i-- {
-		rps.Add(lines[i])
-	}
-	if err := tl.addMarks(rps, true); err != nil {
-		return nil, err
 	}
 
-	fail := tl.newPanel("failed requests per second, by kind", "failed/s")
-	total := 0
+	fail := &panel{title: "failed requests per second, by kind", ylabel: "failed/s"}
 	for i, kind := range loadgen.Kinds {
-		ys := tl.failed[kind]
-		if ys == nil {
-			continue
+		if ys := tl.failed[kind]; ys != nil {
+			c := seriesColor(i + 3)
+			fail.lines = append(fail.lines, chartLine{ys: ys, color: c, dots: true})
+			fail.legend = append(fail.legend, legendEntry{name: kind, color: c})
 		}
-		total++
-		l, sc, err := plotter.NewLinePoints(tl.series(ys))
-		if err != nil {
-			return nil, err
-		}
-		c := plotutil.Color(i + 3)
-		l.Color, sc.Color = c, c
-		fail.Add(l, sc)
-		fail.Legend.Add(kind, l, sc)
 	}
-	if total == 0 {
-		fail.Title.Text = "failed requests per second: none failed"
-	}
-	if err := tl.addMarks(fail, false); err != nil {
-		return nil, err
+	if len(fail.lines) == 0 {
+		fail.title = "failed requests per second: none failed"
 	}
 
-	lat := tl.newPanel("latency of the fast requests per 100 ms", "ms")
+	lat := &panel{title: "latency of the fast requests per 100 ms", ylabel: "ms", xlabel: "seconds since the load started"}
 	for i, s := range []struct {
 		name string
 		ys   []float64
 	}{{"p50", tl.p50}, {"p99", tl.p99}} {
-		xy := tl.series(s.ys)
-		if len(xy) == 0 {
-			continue
-		}
-		l, err := plotter.NewLine(xy)
-		if err != nil {
-			return nil, err
-		}
-		l.Color = plotutil.Color(i + 5)
-		lat.Add(l)
-		lat.Legend.Add(s.name, l)
+		c := seriesColor(i + 5)
+		lat.lines = append(lat.lines, chartLine{ys: s.ys, color: c})
+		lat.legend = append(lat.legend, legendEntry{name: s.name, color: c})
 	}
-	if err := tl.addMarks(lat, false); err != nil {
-		return nil, err
-	}
-	lat.X.Label.Text = "seconds since the load started"
-	return []*plot.Plot{rps, fail, lat}, nil
+	return []*panel{rps, fail, lat}
 }
 
-// svg draws the panels into one SVG document.
-func (tl *timeline) svg() ([]byte, error) {
-	ps, err := tl.plots()
-	if err != nil {
-		return nil, err
-	}
-	w, h := vg.Points(760), vg.Points(640)
-	c := vgsvg.New(w, h)
-	dc := draw.New(c)
-	rows := make([][]*plot.Plot, len(ps))
-	for i, p := range ps {
-		rows[i] = []*plot.Plot{p}
-	}
-	tiles := draw.Tiles{Rows: len(ps), Cols: 1, PadTop: vg.Points(6), PadBottom: vg.Points(6),
-		PadLeft: vg.Points(6), PadRight: vg.Points(12), PadY: vg.Points(10)}
-	canvases := plot.Align(rows, tiles, dc)
-	for i, p := range ps {
-		p.Draw(canvases[i][0])
-	}
+// svg draws the panels into one SVG document (svgo writes the elements).
+func (tl *timeline) svg() []byte {
 	var buf bytes.Buffer
-	if _, err := c.WriteTo(&buf); err != nil {
-		return nil, err
+	c := svg.New(&buf)
+	// The viewBox lets the page scale the picture to its width.
+	c.Startview(chartW, chartH, 0, 0, chartW, chartH)
+	c.Rect(0, 0, chartW, chartH, "fill:#fff")
+	c.Gstyle(fmt.Sprintf("font-family:sans-serif;font-size:%dpx;fill:#222", fontPx))
+	ps := tl.panels()
+	h := (chartH - panelGap*(len(ps)+1)) / len(ps)
+	for i, p := range ps {
+		tl.drawPanel(c, p, panelGap+i*(h+panelGap), h)
 	}
-	return buf.Bytes(), nil
+	c.Gend()
+	c.End()
+	return buf.Bytes()
+}
+
+// drawPanel draws p in the band from y0, h high, across the picture.
+func (tl *timeline) drawPanel(c *svg.SVG, p *panel, y0, h int) {
+	left, right := plotLeft, chartW-plotRight
+	c.Text((left+right)/2, y0+titlePx, p.title, fmt.Sprintf("text-anchor:middle;font-size:%dpx", titlePx))
+
+	// The legend: one row under the title, wrapping; a name's width is
+	// estimated from its length (the viewer's sans-serif font decides).
+	lx, ly := left, y0+titlePx+16
+	for _, e := range p.legend {
+		w := 26 + int(math.Ceil(0.62*fontPx*float64(len(e.name)))) + 14
+		if lx+w > right && lx > left {
+			lx, ly = left, ly+fontPx+5
+		}
+		dash := ""
+		if e.dashed {
+			dash = ";stroke-dasharray:4,3"
+		}
+		c.Path(fmt.Sprintf("M%d %dH%d", lx, ly-fontPx/3, lx+22), fmt.Sprintf("fill:none;stroke:%s;stroke-width:2%s", css(e.color), dash))
+		c.Text(lx+26, ly, e.name)
+		lx += w
+	}
+
+	top := ly + 18 // room for the marks' labels above the plot area
+	bottom := y0 + h - 18
+	if p.xlabel != "" {
+		bottom -= 14
+	}
+	xmax := math.Max(tl.seconds, reportBucket.Seconds())
+	ymaxData := 0.0
+	for _, l := range p.lines {
+		for _, y := range l.ys {
+			if y > ymaxData {
+				ymaxData = y
+			}
+		}
+	}
+	yt := valueTicks(ymaxData * 1.05)
+	ymax := yt[len(yt)-1].v
+	px := func(x float64) float64 { return float64(left) + x/xmax*float64(right-left) }
+	py := func(y float64) float64 { return float64(bottom) - y/ymax*float64(bottom-top) }
+
+	// Grid and ticks.
+	var grid, ticks strings.Builder
+	for _, t := range yt {
+		y := py(t.v)
+		fmt.Fprintf(&grid, "M%d %.1fH%d", left, y, right)
+		fmt.Fprintf(&ticks, "M%d %.1fh-4", left, y)
+		c.Text(left-6, int(math.Round(y))+fontPx/3, t.label, "text-anchor:end")
+	}
+	for _, t := range timeTicks(0, xmax) {
+		x := px(t.v)
+		fmt.Fprintf(&ticks, "M%.1f %dv4", x, bottom)
+		c.Text(int(math.Round(x)), bottom+fontPx+5, t.label, "text-anchor:middle")
+	}
+	c.Path(grid.String(), "fill:none;stroke:#e4e4e4;stroke-width:1")
+	ly0 := (top + bottom) / 2
+	c.Text(14, ly0, p.ylabel, "text-anchor:middle", fmt.Sprintf(`transform="rotate(-90 14 %d)"`, ly0))
+	if p.xlabel != "" {
+		c.Text((left+right)/2, bottom+2*fontPx+12, p.xlabel, "text-anchor:middle")
+	}
+
+	// The series.
+	for _, l := range p.lines {
+		var d strings.Builder
+		first, last := -1, -1
+		for i, y := range l.ys {
+			if tl.x(i) > xmax {
+				break // the last bucket's middle may be past the run's end
+			}
+			if math.IsNaN(y) {
+				last = -1 // a gap: the line starts again after it
+				continue
+			}
+			cmd := "L"
+			if last < 0 {
+				cmd = "M"
+			}
+			fmt.Fprintf(&d, "%s%.1f %.1f", cmd, px(tl.x(i)), py(y))
+			if first < 0 {
+				first = i
+			}
+			last = i
+		}
+		if first < 0 {
+			continue
+		}
+		stroke := fmt.Sprintf("stroke:%s;stroke-width:1.5;stroke-linejoin:round", css(l.color))
+		if l.filled {
+			// Filled series have no gaps (a bucket without answers is 0).
+			c.Path(fmt.Sprintf("M%.1f %.1f%sL%.1f %.1fZ", px(tl.x(first)), py(0), "L"+strings.TrimPrefix(d.String(), "M"), px(tl.x(last)), py(0)),
+				"fill:"+css(tint(l.color))+";stroke:none")
+		}
+		c.Path(d.String(), "fill:none;"+stroke)
+		if l.dots {
+			for i, y := range l.ys {
+				if !math.IsNaN(y) && y > 0 && tl.x(i) <= xmax {
+					c.Circle(int(math.Round(px(tl.x(i)))), int(math.Round(py(y))), 2, "fill:"+css(l.color))
+				}
+			}
+		}
+	}
+
+	// The upgrades' marks across the plot area, over the data.
+	for _, m := range tl.marks {
+		k := indexOf(markKinds, m.kind)
+		style := fmt.Sprintf("fill:none;stroke:%s;stroke-width:1.2", css(markColors[k]))
+		if k != 0 {
+			style += ";stroke-dasharray:4,3"
+		}
+		x := px(m.atS)
+		c.Path(fmt.Sprintf("M%.1f %dV%d", x, top, bottom), style)
+		if p.markLabels && m.label != "" {
+			c.Text(int(math.Round(x)), top-4, m.label, "text-anchor:middle")
+		}
+	}
+	c.Path(ticks.String()+fmt.Sprintf("M%d %dV%dH%d", left, top, bottom, right), "fill:none;stroke:#444;stroke-width:1")
 }
 
 // ReportFormat checks --report's file name: .html or .svg.
@@ -341,18 +432,15 @@ func (r *Report) WriteReportFile(path string) error {
 	if r.timeline == nil {
 		return fmt.Errorf("--report %q: no timeline to draw", path)
 	}
-	svg, err := r.timeline.svg()
-	if err != nil {
-		return fmt.Errorf("--report %q: draw: %w", path, err)
-	}
+	pic := r.timeline.svg()
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".baton-report-*")
 	if err != nil {
 		return fmt.Errorf("--report %q: %w", path, err)
 	}
 	if format == "svg" {
-		_, err = tmp.Write(svg)
+		_, err = tmp.Write(pic)
 	} else {
-		err = r.writeHTML(tmp, svg)
+		err = r.writeHTML(tmp, pic)
 	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr

@@ -31,7 +31,14 @@ const (
 	evParentExited = "previous_master_exited"
 	evSwitched     = "rollout_switched" // blue-green
 	evDrained      = "worker_drained"
+	evKeeperAtRest = "keeper_at_rest" // master_pid: the master whose start or exit it follows
 )
+
+// atRestTimeout bounds the wait for the keeper's keeper_at_rest after the
+// first generation serves or a master exits: it follows at once (one
+// collection), so only a baton older than the event lets it pass, and
+// its keeper is then sampled without waiting (restUnsaid).
+const atRestTimeout = 5 * time.Second
 
 // batonProc is one "baton run" and every master that succeeds it.
 type batonProc struct {
@@ -45,9 +52,9 @@ type batonProc struct {
 	master  int           // serving master
 	gen     int           // its generation
 	stopped bool
-	// noKeeperMem: upgrade does not sample the keeper (the soak samples it
-	// at its own points, not after every upgrade).
-	noKeeperMem bool
+	// restUnsaid: this baton's keeper does not say when it is at rest (an
+	// older binary, -baseline): it is sampled without waiting for that.
+	restUnsaid bool
 }
 
 // handover is what one SIGUSR2 produced.
@@ -70,7 +77,7 @@ type handover struct {
 	fdKinds        map[string]int
 	rssMB          float64 // and its RSS
 	mem            memInfo // and its smaps_rollup
-	keeperMem      memInfo // the keeper's, at the same moment
+	keeperMem      memInfo // the keeper's, at the same moment, once it is at rest too
 	pidFileOK      bool
 }
 
@@ -116,7 +123,23 @@ func (b *bench) startBaton(ctx context.Context, workers int, env []string, args 
 		return p, fmt.Errorf("baton with %d workers failed to start: %s", workers, ev.Str("reason"))
 	}
 	p.master, p.gen = ev.Int("master_pid"), ev.Int("generation")
+	// The master gave its start-up's memory back before that line; the
+	// keeper does when the master's READY=1 reaches it.
+	if _, _, err := p.log.Wait(ctx, 0, atRestTimeout, "the keeper at rest after the first generation", p.atRestAfter(p.master)); err != nil {
+		if ctx.Err() != nil {
+			return p, err
+		}
+		p.restUnsaid = true
+		b.note("the keeper did not say it was at rest within %s (keeper_at_rest; an older baton?): its memory is sampled without waiting for that", atRestTimeout)
+	}
 	return p, nil
+}
+
+// atRestAfter matches the keeper's keeper_at_rest that follows master's
+// first generation's start or master's exit: from that line on, the
+// keeper's memory is its memory at rest.
+func (p *batonProc) atRestAfter(master int) func(harness.Event) bool {
+	return func(e harness.Event) bool { return e.Name() == evKeeperAtRest && e.Int("master_pid") == master }
 }
 
 // upgrade sends SIGUSR2 to the serving master and waits until the new
@@ -177,26 +200,24 @@ func (p *batonProc) upgrade(ctx context.Context) (handover, error) {
 			h.killedWorkers++
 		}
 	}
+	// Both give back what the upgrade used once the old master has
+	// exited, and say so: the new master in that line, the keeper in its
+	// own (either may come first). A sample taken before would count
+	// pages about to go, and each one's PSS depends on what the other
+	// still maps, so both are sampled once both are at rest.
+	if !p.restUnsaid {
+		if _, _, err := p.log.Wait(ctx, from, atRestTimeout, fmt.Sprintf("the keeper at rest after master %d exited", h.oldPID), p.atRestAfter(h.oldPID)); err != nil {
+			return h, err
+		}
+	}
 	h.fds, _ = procFDs(h.newPID)
 	h.fdKinds = procFDKinds(h.newPID)
 	if rss, err := procRSS(h.newPID); err == nil {
 		h.rssMB = float64(rss) / (1 << 20)
 	}
 	h.mem, _ = procMem(h.newPID)
-	if !p.noKeeperMem {
-		h.keeperMem = p.keeperAtRest(ctx)
-	}
+	h.keeperMem, _ = procMem(p.keeper)
 	return h, nil
-}
-
-// keeperAtRest is the keeper's memory a moment after an upgrade: it gives
-// back what the upgrade used once the old master has exited, at the same
-// time as the new master says so, and a sample taken during that would
-// count pages about to go.
-func (p *batonProc) keeperAtRest(ctx context.Context) memInfo {
-	pause(ctx, 300*time.Millisecond)
-	m, _ := procMem(p.keeper)
-	return m
 }
 
 // pids lists every master and worker pid the log has named.

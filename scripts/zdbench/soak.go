@@ -54,13 +54,20 @@ type soakResult struct {
 	Failures    []string      `json:"upgrade_failures,omitempty"` // the first few
 	Seconds     float64       `json:"seconds"`
 	Requests    requestCounts `json:"requests"`
-	Handover    soakDist      `json:"handover_ms"` // USR2 received -> new generation serving
-	BatonPart   soakDist      `json:"baton_ms"`
-	AppStartup  soakDist      `json:"app_startup_ms"`
-	Start       soakPoint     `json:"start"`
-	Warm        soakPoint     `json:"warm"` // after the warm-up
-	End         soakPoint     `json:"end"`
-	Trace       []soakPoint   `json:"trace"`
+	// FailedOn splits the failed requests by connection: on one a killed
+	// worker held, queued at a kill, or other (see harness.Attribute).
+	FailedOn harness.Attribution `json:"failed_on"`
+	// HeldAtKills and QueuedAtKills add up the connections the killed
+	// workers held, and those waiting unaccepted, at their kills.
+	HeldAtKills   int         `json:"connections_held_at_kills"`
+	QueuedAtKills int         `json:"connections_queued_at_kills"`
+	Handover      soakDist    `json:"handover_ms"` // USR2 received -> new generation serving
+	BatonPart     soakDist    `json:"baton_ms"`
+	AppStartup    soakDist    `json:"app_startup_ms"`
+	Start         soakPoint   `json:"start"`
+	Warm          soakPoint   `json:"warm"` // after the warm-up
+	End           soakPoint   `json:"end"`
+	Trace         []soakPoint `json:"trace"`
 }
 
 // soakDist is loadgen.Dist with the tail a long run has enough samples for.
@@ -94,7 +101,6 @@ func (b *bench) soak(ctx context.Context) (*soakResult, error) {
 	if err != nil {
 		return res, err
 	}
-	p.noKeeperMem = true
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	wait := loadgen.StartMix(loadCtx, loadgen.Mix{
@@ -105,7 +111,9 @@ func (b *bench) soak(ctx context.Context) (*soakResult, error) {
 	point := func(n int) soakPoint {
 		pt := soakPoint{Upgrade: n, AtS: time.Since(t0).Seconds(), MasterPID: p.master, Generation: p.gen,
 			LoadAvg1: loadAvg()}
-		pt.Keeper = p.keeperAtRest(ctx)
+		// At rest: startBaton and upgrade return once the keeper and
+		// the master have said so.
+		pt.Keeper, _ = procMem(p.keeper)
 		pt.KeeperFDs, _ = procFDs(p.keeper)
 		pt.Master, _ = procMem(p.master)
 		pt.MasterFDs, _ = procFDs(p.master)
@@ -118,6 +126,7 @@ func (b *bench) soak(ctx context.Context) (*soakResult, error) {
 	res.Trace = append(res.Trace, res.Start)
 	every := max(o.soak/20, 1)
 	var total, part, app []float64
+	var kills []harness.HeldConns // one per kill, a few connections each
 	loopErr := func() error {
 		for k := 1; k <= o.soak; k++ {
 			from := p.log.Len()
@@ -133,10 +142,16 @@ func (b *bench) soak(ctx context.Context) (*soakResult, error) {
 				res.Failures = append(res.Failures, fmt.Sprintf("upgrade %d: %s", k, h.failure))
 			}
 			if o.soakKill && rand.IntN(4) == 0 {
-				if err := b.soakKill(ctx, p); err != nil {
+				held, err := b.soakKill(ctx, p)
+				if held != nil {
+					kills = append(kills, *held)
+					res.Kills++
+					res.HeldAtKills += len(held.Held)
+					res.QueuedAtKills += len(held.Queued)
+				}
+				if err != nil {
 					return fmt.Errorf("after upgrade %d: %w", k, err)
 				}
-				res.Kills++
 			}
 			p.log.Forget(from)
 			if k == soakWarmup(o.soak) {
@@ -155,31 +170,51 @@ func (b *bench) soak(ctx context.Context) (*soakResult, error) {
 	res.Seconds = time.Since(t0).Seconds()
 	stopLoad()
 	out := wait()
-	res.Requests = countsOf(out.All())
+	all := out.All()
+	res.Requests = countsOf(all)
+	res.FailedOn = harness.Attribute(kills, all.FailedConns, all.FailedDropped)
 	res.Handover, res.BatonPart, res.AppStartup = soakDistOf(total), soakDistOf(part), soakDistOf(app)
 	return res, loopErr
 }
 
 // soakKill SIGKILLs one of the serving master's workers and waits until its
-// replacement is ready: a crash between upgrades, as in real life.
-func (b *bench) soakKill(ctx context.Context, p *batonProc) error {
+// replacement is ready: a crash between upgrades, as in real life. Just
+// before the kill it stops the worker and its descendants (SIGSTOP) and
+// reads which client connections they hold, so that the failures the kill
+// causes can be told from any other (held is nil when nothing was killed).
+// Stopped, the worker accepts nothing more: what it held then is exactly
+// what dies with it.
+func (b *bench) soakKill(ctx context.Context, p *batonProc) (held *harness.HeldConns, err error) {
 	kids := harness.Children(p.master)
 	if len(kids) == 0 {
-		return fmt.Errorf("master %d has no workers to kill", p.master)
+		return nil, fmt.Errorf("master %d has no workers to kill", p.master)
 	}
 	from := p.log.Len()
 	victim := kids[rand.IntN(len(kids))]
 	if !harness.Ours(p.dir, victim) {
-		return nil // not a worker of this run (it exited meanwhile)
+		return nil, nil // not a worker of this run (it exited meanwhile)
 	}
-	if err := syscall.Kill(victim, syscall.SIGKILL); err != nil {
-		return fmt.Errorf("SIGKILL worker %d: %w", victim, err)
+	pids, err := harness.StopTree(victim, 10*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("stop worker %d before its kill: %w", victim, err)
 	}
-	_, _, err := p.log.Wait(ctx, from, readyTimeout+10*time.Second,
+	snap, snapErr := harness.SnapshotConns(pids)
+	killErr := syscall.Kill(victim, syscall.SIGKILL)
+	for _, d := range pids[1:] {
+		syscall.Kill(d, syscall.SIGCONT) // its descendants carry on, as after a crash
+	}
+	if killErr != nil {
+		syscall.Kill(victim, syscall.SIGCONT)
+		return nil, fmt.Errorf("SIGKILL worker %d: %w", victim, killErr)
+	}
+	if snapErr != nil {
+		return nil, fmt.Errorf("connections of worker %d: %w", victim, snapErr)
+	}
+	_, _, err = p.log.Wait(ctx, from, readyTimeout+10*time.Second,
 		fmt.Sprintf("a replacement for worker pid %d", victim), func(e harness.Event) bool {
 			return e.Name() == evWorkerReady && e.Int("master_pid") == p.master
 		})
-	return err
+	return &snap, err
 }
 
 func printSoak(w io.Writer, r *report) {
@@ -196,12 +231,18 @@ func printSoak(w io.Writer, r *report) {
 	}
 	fmt.Fprintf(w, "took %.0f s (%.0f ms per upgrade); load average %s at start, %s at end\n",
 		s.Seconds, per, r.Machine.LoadAvgStart, r.Machine.LoadAvgEnd)
-	var kinds []string
-	for _, k := range failureKinds {
-		kinds = append(kinds, fmt.Sprintf("%s %d", k, s.Requests.ByKind[k]))
-	}
 	fmt.Fprintf(w, "requests: %d, failed %d (%s), retried %d\n", s.Requests.Requests, s.Requests.Failed,
-		strings.Join(kinds, ", "), s.Requests.Retried)
+		byKind(s.Requests.ByKind), s.Requests.Retried)
+	a := s.FailedOn
+	fmt.Fprintf(w, "failed requests by connection: %d on connections the SIGKILLed workers held (%s), %d queued unaccepted at a kill, %d other",
+		harness.Total(a.Held), byKind(a.Held), harness.Total(a.Queued), harness.Total(a.Other))
+	if a.Unlisted > 0 {
+		fmt.Fprintf(w, ", %d unattributed (past the load generator's list)", a.Unlisted)
+	}
+	fmt.Fprintf(w, "; the kills found %d held and %d queued connections\n", s.HeldAtKills, s.QueuedAtKills)
+	for _, e := range a.OtherExamples {
+		fmt.Fprintf(w, "  other: %s\n", e)
+	}
 	fmt.Fprintf(w, "upgrades handed over: %d of %d done (%d asked for)\n", s.HandedOver, s.Done, s.Requested)
 	for _, f := range s.Failures {
 		fmt.Fprintf(w, "  %s\n", f)
@@ -229,4 +270,13 @@ func printSoak(w io.Writer, r *report) {
 	fmt.Fprintf(w, "keeper + master PSS: %s at start, %s at the end; growth after warm-up: keeper %+.2f MiB, master %+.2f MiB\n",
 		mib(s.Start.Keeper.PSS+s.Start.Master.PSS), mib(s.End.Keeper.PSS+s.End.Master.PSS),
 		float64(s.End.Keeper.PSS-s.Warm.Keeper.PSS)/(1<<20), float64(s.End.Master.PSS-s.Warm.Master.PSS)/(1<<20))
+}
+
+// byKind is "refused 0, reset 3, ..." in failureKinds' order.
+func byKind(m map[string]int) string {
+	var kinds []string
+	for _, k := range failureKinds {
+		kinds = append(kinds, fmt.Sprintf("%s %d", k, m[k]))
+	}
+	return strings.Join(kinds, ", ")
 }

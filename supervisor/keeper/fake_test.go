@@ -36,6 +36,7 @@ type fakeOS struct {
 	answers   []string     // "to: refusal" ("" refusal: accepted)
 	answerErr error        // what answering returns
 	ttyDead   bool
+	trims     int // trim calls
 	ended     int // endService calls
 	endedAt   int // masters the keeper knew when it ended the service
 	k         *keeper
@@ -115,7 +116,7 @@ func (f *fakeOS) sys() sys {
 			return f.answerErr
 		},
 		ttyAlive: func() bool { return !f.ttyDead },
-		trim:     func() {},
+		trim:     func() int64 { f.trims++; return 0 },
 		endService: func() {
 			f.ended++
 			f.endedAt = len(f.k.masters)

@@ -55,6 +55,20 @@ type keptMaster struct {
 	// announced: it said BATON_MASTER=1, which it does once its signal
 	// handlers are in place; nothing is forwarded to it before (announced).
 	announced bool
+	// status is its exit status once known (statusKnown): reaped by the
+	// keeper, or said in its last note (link.KeyExit) when its parent, an
+	// older master, reaps it.
+	status      int
+	statusKnown bool
+}
+
+// setStatus keeps status as m's exit status unless one is known already
+// (fromNote false: the kernel's word, which wins over the master's own).
+func (m *keptMaster) setStatus(status int, fromNote bool) {
+	if m.statusKnown && fromNote {
+		return
+	}
+	m.status, m.statusKnown = status, true
 }
 
 func (k *keptMaster) signal(sig syscall.Signal) error {
@@ -76,22 +90,31 @@ type keeper struct {
 	// ttyHungAt is when the terminal hung up, as its poll said.
 	ttyHungAt time.Time
 
-	masters    map[int]*keptMaster // live masters by pid
-	record     *keptMaster         // the master signals go to
-	pending    []syscall.Signal    // for the master of record, while there is none
-	ready      bool                // the first generation came up
-	stopping   bool
-	stopSig    syscall.Signal
-	stopAt     time.Time
-	exited     chan *keptMaster // from the masters' watchers
-	statuses   map[int]int      // exit statuses of reaped masters, by pid
-	lastExited *keptMaster      // the master that exited last
-	lastRecord *keptMaster      // the last master of record that exited
+	masters  map[int]*keptMaster // live masters by pid
+	record   *keptMaster         // the master signals go to
+	pending  []syscall.Signal    // for the master of record, while there is none
+	ready    bool                // the first generation came up
+	stopping bool
+	stopSig  syscall.Signal
+	stopAt   time.Time
+	exited   chan *keptMaster // from the masters' watchers
+	// gone are the masters that exited last, oldest first, at most
+	// keptGone: a master's last note or its reaping may be read after its
+	// exit was handled, and still finds it. Only these and lastRecord are
+	// kept of the masters that exited, so that the keeper, which lives as
+	// long as the service, holds no more after thousands of upgrades than
+	// after one.
+	gone       []*keptMaster
+	lastRecord *keptMaster // the last master of record that exited
 }
+
+// keptGone is how many exited masters the keeper remembers (gone): an
+// upgrade has two masters, and a stop during one can end three at once.
+const keptGone = 4
 
 func newKeeper(kc Config, s sys, self int, log *zap.Logger) *keeper {
 	return &keeper{kc: kc, log: log, sys: s, self: self, masters: make(map[int]*keptMaster),
-		exited: make(chan *keptMaster, 16), statuses: make(map[int]int)}
+		exited: make(chan *keptMaster, 16), gone: make([]*keptMaster, 0, keptGone)}
 }
 
 // Run runs the keeper: it starts the first master and returns, with the
@@ -195,8 +218,12 @@ func (k *keeper) startFirst() bool {
 func (k *keeper) reap() {
 	for _, r := range k.sys.reap() {
 		pid, status := r.pid, r.status
-		if k.masters[pid] != nil || (k.lastExited != nil && k.lastExited.pid == pid) {
-			k.statuses[pid] = status
+		m := k.masters[pid]
+		if last := k.lastExited(); m == nil && last != nil && last.pid == pid {
+			m = last // its pidfd said so first
+		}
+		if m != nil {
+			m.setStatus(status, false)
 			k.logOutcome("master exited", logevent.MasterExited, zap.Int("master_pid", pid), zap.Int("status", status))
 		} else {
 			k.log.Debug("keeper reaped an orphan", zap.Int("pid", pid), zap.Int("status", status))
@@ -209,8 +236,11 @@ func (k *keeper) onExited(m *keptMaster) {
 	k.log.Debug("master gone", zap.Int("master_pid", m.pid), zap.Int("masters_left", len(k.masters)-1))
 	m.proc.close()
 	delete(k.masters, m.pid)
-	k.lastExited = m
-	k.trim() // an upgrade is over: what it used is garbage now
+	if len(k.gone) == keptGone {
+		k.gone = append(k.gone[:0], k.gone[1:]...) // in place: no new array per exit
+	}
+	k.gone = append(k.gone, m)
+	k.trim(m, "master_exited") // an upgrade is over: what it used is garbage now
 	if m == k.record {
 		k.record = nil
 		k.lastRecord = m
@@ -233,19 +263,19 @@ func (k *keeper) exit() int {
 	k.reap()
 	k.sys.endService()
 	k.reap() // what was left of the service, killed
-	status, pick := 1, k.lastExited
+	status, pick := 1, k.lastExited()
 	if k.ready && k.lastRecord != nil {
 		pick = k.lastRecord
 	}
-	if _, ok := k.statuses[pick.pid]; !ok {
+	if !pick.statusKnown {
 		// Its pidfd said it exited; as the keeper's child it is reapable
 		// at once (not ours: its parent reaps it, and the status is lost).
 		if s, ok := k.sys.waitChild(pick.pid); ok {
-			k.statuses[pick.pid] = s
+			pick.setStatus(s, false)
 		}
 	}
-	if s, ok := k.statuses[pick.pid]; ok {
-		status = s
+	if pick.statusKnown {
+		status = pick.status
 	}
 	k.logOutcome("keeper exiting: no master left", logevent.KeeperExiting, zap.Int("status", status))
 	return status
@@ -343,18 +373,18 @@ func (k *keeper) onNote(msg notify.Msg) {
 		}
 	}
 	if m == nil {
-		if k.exitedMaster(msg.PID) {
+		if e := k.exitedMaster(msg.PID); e != nil {
 			// A master's last words, read after its exit was handled (the
 			// socket is read after the exit is seen): its status still
 			// counts, the rest is moot.
-			k.noteExit(msg.PID, msg.Fields)
+			noteExit(e, msg.Fields)
 			k.log.Debug("notify message from an exited master", zap.Int("master_pid", msg.PID))
 			return
 		}
 		k.log.Warn("notify message from unknown process ignored", logevent.NotifyUnknownSender, zap.Int("sender_pid", msg.PID))
 		return
 	}
-	k.noteExit(m.pid, msg.Fields)
+	noteExit(m, msg.Fields)
 	if msg.Fields[link.KeyStop] == "1" && !k.stopping {
 		k.log.Info("stop requested through a master: stopping every other master", logevent.KeeperStopping, zap.Int("master_pid", m.pid))
 		k.stopping, k.stopSig, k.stopAt = true, syscall.SIGTERM, k.sys.now()
@@ -366,35 +396,47 @@ func (k *keeper) onNote(msg notify.Msg) {
 		// master of record.
 		k.setRecord(m)
 		if !k.ready {
-			k.trim()
+			k.ready = true // first: the at-rest line is said at info from now on
+			k.trim(m, "generation_ready")
 		}
-		k.ready = true
 	}
 	k.relay(msg.Fields)
 }
 
-// exitedMaster says whether pid is a master the keeper knew that has
-// exited: the last one, the last of record, or one whose status it holds.
-func (k *keeper) exitedMaster(pid int) bool {
-	if _, ok := k.statuses[pid]; ok {
-		return true
+// lastExited is the master that exited last, nil before any did.
+func (k *keeper) lastExited() *keptMaster {
+	if len(k.gone) == 0 {
+		return nil
 	}
-	return (k.lastExited != nil && k.lastExited.pid == pid) || (k.lastRecord != nil && k.lastRecord.pid == pid)
+	return k.gone[len(k.gone)-1]
 }
 
-// noteExit keeps the exit status master pid said in fields (link.KeyExit),
-// unless one is known already (reaped, which is the kernel's word). Its
-// parent may be another master, which reaps it: this is then the only way
-// to learn its status.
-func (k *keeper) noteExit(pid int, fields map[string]string) {
+// exitedMaster is the master of pid among those that exited lately (gone)
+// and the last of record, nil if none: a late note of a master that
+// exited long before is taken for a stranger's.
+func (k *keeper) exitedMaster(pid int) *keptMaster {
+	for i := len(k.gone) - 1; i >= 0; i-- {
+		if k.gone[i].pid == pid {
+			return k.gone[i]
+		}
+	}
+	if k.lastRecord != nil && k.lastRecord.pid == pid {
+		return k.lastRecord
+	}
+	return nil
+}
+
+// noteExit keeps the exit status m said in fields (link.KeyExit), unless
+// one is known already (reaped, which is the kernel's word). Its parent
+// may be another master, which reaps it: this is then the only way to
+// learn its status.
+func noteExit(m *keptMaster, fields map[string]string) {
 	v, ok := fields[link.KeyExit]
 	if !ok {
 		return
 	}
 	if code, err := strconv.Atoi(v); err == nil {
-		if _, known := k.statuses[pid]; !known {
-			k.statuses[pid] = code
-		}
+		m.setStatus(code, true)
 	}
 }
 
@@ -500,8 +542,18 @@ func (k *keeper) announced(m *keptMaster) {
 }
 
 // trim gives back what start-up or an upgrade used (osutil.Trim): after
-// the first generation came up, and after each master's exit.
-func (k *keeper) trim() { k.sys.trim() }
+// the first generation came up, and after each master's exit (m, and
+// trigger says which). It then says so (keeper_at_rest): the keeper's
+// memory from that line on is its memory at rest, which is what a
+// benchmark or a soak waits for before it measures, and heap_live_bytes
+// (what the collection just run found live) shows in the log alone
+// whether the keeper grows with the upgrades.
+func (k *keeper) trim(m *keptMaster, trigger string) {
+	unmapped := k.sys.trim()
+	k.logOutcome("keeper at rest: memory given back", logevent.KeeperAtRest, zap.Int("master_pid", m.pid),
+		zap.String("trigger", trigger), zap.Int("masters", len(k.masters)),
+		zap.Uint64("heap_live_bytes", osutil.HeapLive()), zap.Int64("binary_bytes_unmapped", unmapped))
+}
 
 // sigName is a signal's name as logs give it: "SIGUSR2".
 func sigName(sig syscall.Signal) string { return unix.SignalName(sig) }

@@ -491,3 +491,83 @@ func TestAnswerToAMasterThatStoppedWaitingIsNoError(t *testing.T) {
 		t.Fatalf("%d error entries for an EBADF answer, want 1", n)
 	}
 }
+
+// The keeper lives as long as the service and holds almost nothing: what
+// it keeps of the masters it knew must not grow with the upgrades. 2,000
+// upgrades on the fake OS, in each order an exit can be seen in (reaped
+// by the keeper before or after its pidfd said so, or by its parent with
+// only a note to say its status): the keeper's state stays the size it
+// had after the first few.
+func TestStateStaysBoundedOverManyUpgrades(t *testing.T) {
+	l := serving(t)
+	old, next := 100, 101
+	upgrade := func(i int) {
+		l.child(next, old)
+		l.announce(next)
+		l.ready(next)
+		switch i % 3 {
+		case 0: // the keeper's child, reaped at SIGCHLD before the pidfd
+			l.exit(old, 0, true)
+		case 1: // reaped by its parent: its note is the only word
+			l.note(old, link.ExitMsg(0))
+			l.exit(old, 0, false)
+		case 2: // the note read after the exit was handled
+			l.exit(old, 0, false)
+			l.note(old, link.ExitMsg(0))
+		}
+		if l.k.record == nil || l.k.record.pid != next {
+			t.Fatalf("upgrade %d: master of record %v, want %d", i, l.k.record, next)
+		}
+		old, next = next, next+1
+	}
+	for i := range 10 {
+		upgrade(i)
+	}
+	warm := l.k.held()
+	for i := 10; i < 2000; i++ {
+		upgrade(i)
+		if n := l.k.held(); n > warm {
+			t.Fatalf("after upgrade %d the keeper holds %d entries, after 10 it held %d", i, n, warm)
+		}
+	}
+	if n := l.events(logevent.NotifyUnknownSender.String); n != 0 {
+		t.Fatalf("%d notify_unknown_sender entries, want 0", n)
+	}
+	// The service still ends with the status of the master that served.
+	l.note(old, link.ExitMsg(5))
+	if code, done := l.exit(old, 5, false); !done || code != 5 {
+		t.Fatalf("keeper exit %d (done %v), want 5", code, done)
+	}
+}
+
+// held counts the entries of the keeper's state that could grow with the
+// masters it has known.
+func (k *keeper) held() int {
+	return len(k.masters) + len(k.gone) + cap(k.gone) + len(k.pending) + len(k.exited)
+}
+
+// The keeper says when it is at rest (at info), after it gave memory
+// back: once its first generation serves, and after each master's exit,
+// naming that master; a benchmark measures it from that line on.
+func TestAtRestSaidAfterEachTrim(t *testing.T) {
+	l := newLK(t)
+	l.announce(100)
+	if l.f.trims != 0 || l.events(logevent.KeeperAtRest.String) != 0 {
+		t.Fatalf("%d trims before the first generation serves, want 0", l.f.trims)
+	}
+	l.ready(100)
+	l.child(101, 100)
+	l.announce(101)
+	l.ready(101)
+	l.exit(100, 0, true)
+	var got []string
+	for _, e := range l.logs.All() {
+		if c := e.ContextMap(); c["event"] == logevent.KeeperAtRest.String && e.Level == zap.InfoLevel {
+			got = append(got, fmt.Sprintf("%v %v %v", c["trigger"], c["master_pid"], c["masters"]))
+		}
+	}
+	want := []string{"generation_ready 100 1", "master_exited 100 1"}
+	if !slices.Equal(got, want) || l.f.trims != 2 {
+		t.Fatalf("keeper_at_rest entries %q after %d trims, want %q after 2", got, l.f.trims, want)
+	}
+}

@@ -53,8 +53,9 @@ type sys struct {
 	answer func(to, refusal string) error
 	// ttyAlive reports whether the controlling terminal is still there.
 	ttyAlive func() bool
-	// trim gives memory back (osutil.Trim).
-	trim func()
+	// trim gives memory back (osutil.Trim) and returns how many bytes of
+	// the binary's pages it unmapped.
+	trim func() int64
 	// endService ends what is left of the service (its cgroup subtree, or
 	// the subreaper's remaining children) and removes the pid file.
 	endService func()
@@ -161,10 +162,7 @@ func (o *osSys) sys() sys {
 		},
 		answer:   func(to, refusal string) error { return link.Answer(o.ackFD, to, refusal) },
 		ttyAlive: ttyAlive,
-		trim: func() {
-			dropped := osutil.Trim()
-			o.log.Debug("memory trimmed", zap.Int64("binary_bytes_unmapped", dropped))
-		},
+		trim:     osutil.Trim,
 		endService: func() {
 			o.endTrees()
 			o.pidLock.Release()

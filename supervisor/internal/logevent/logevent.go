@@ -105,6 +105,10 @@ var (
 	SignalHeld       = named("signal_held")       // signal: no master of record yet
 	MasterRefused    = named("master_refused")    // sender_pid, error: an announcement not accepted
 	TerminalHungUp   = named("terminal_hung_up")  // the terminal went: stopping
+	// master_pid, trigger (generation_ready, master_exited), masters,
+	// heap_live_bytes, binary_bytes_unmapped: memory given back, the
+	// keeper is at rest
+	KeeperAtRest = named("keeper_at_rest")
 )
 
 // A generation's whole process tree, a stop's sockets, the pid file.

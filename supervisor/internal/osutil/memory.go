@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"runtime/metrics"
 	"strconv"
 	"strings"
 
@@ -66,6 +67,18 @@ func Trim() int64 {
 		}
 	}
 	return dropped
+}
+
+// HeapLive is how many bytes of heap objects the last garbage collection
+// found live (runtime/metrics' /gc/heap/live:bytes): right after Trim,
+// what this process holds.
+func HeapLive() uint64 {
+	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64()
 }
 
 func madvise(m mapping, advice int) error {
