@@ -117,6 +117,7 @@ func openOS(kc Config, log *zap.Logger) *osSys {
 			go watchTTY(f, o.ttyHung)
 		}
 	}
+	notify.Sweep(nil) // a keeper's start is no handover to hold up
 	sock, err := notify.Open(nil)
 	if err != nil {
 		log.Error("keeper: notify socket", zap.Error(err))
