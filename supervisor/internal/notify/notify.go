@@ -98,8 +98,14 @@ func traversable(d string) bool {
 	}
 }
 
-// sweepNotifyDirs removes notify directories in base that this user owns
-// and whose socket nobody reads any more (their master was SIGKILLed).
+// Sweep removes the notify directories that Open would make its own in
+// (for cred), that this user owns and whose socket nobody reads any more
+// (their master was SIGKILLed). It dials every live socket there, one per
+// running master and keeper on the machine, so a master calls it once it
+// serves, not on the way to its first spawn. Blocks for the dials; errors
+// are ignored (a directory left is litter, not a fault).
+func Sweep(cred *syscall.Credential) { sweepNotifyDirs(notifyBase(cred)) }
+
 func sweepNotifyDirs(base string) {
 	socks, _ := filepath.Glob(filepath.Join(base, notifyDirPrefix+"*", "notify"))
 	for _, sock := range socks {
@@ -120,9 +126,9 @@ func sweepNotifyDirs(base string) {
 
 // Open binds a new notify socket. cred, when workers run as
 // another user, names the group that may enter the directory and send.
+// It sweeps nothing (Sweep does).
 func Open(cred *syscall.Credential) (*Socket, error) {
 	base := notifyBase(cred)
-	sweepNotifyDirs(base)
 	dir, err := os.MkdirTemp(base, notifyDirPrefix) // mode 0700
 	if err != nil {
 		return nil, fmt.Errorf("notify socket directory in %s: %w", base, err)
