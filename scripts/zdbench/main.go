@@ -375,7 +375,12 @@ func build(ctx context.Context, dir string) (binaries, error) {
 		bin.baton: "github.com/baton-sh/baton/cmd/baton",
 		bin.hello: "github.com/baton-sh/baton/examples/hello",
 	} {
+		// baton as make build builds it: with the Makefile's TAGS, which
+		// leave the man page generator out of what a master loads.
 		cmd := exec.CommandContext(ctx, goTool, "build", "-o", path, pkg)
+		if path == bin.baton {
+			cmd = exec.CommandContext(ctx, goTool, "build", "-tags", "urfave_cli_no_docs", "-o", path, pkg)
+		}
 		cmd.Dir = filepath.Dir(gomod)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			if ctx.Err() != nil {
