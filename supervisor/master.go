@@ -200,6 +200,16 @@ func Run(cfg Config) error {
 	m.runAt = runAt
 	m.steps = steps
 	m.keeper = keeper
+	// The generation's cgroups are made while this master waits for the
+	// keeper and opens its sockets (setupTrees takes them).
+	trees := make(chan treesMade, 1)
+	go func() { trees <- prepareTrees(keeper.Cgroup, gen, m.self, cfg.Workers) }()
+	treesTaken := false
+	defer func() {
+		if !treesTaken { // a set-up failure: nothing was started in them
+			(<-trees).discard()
+		}
+	}()
 	if err := m.met.restore(origin.metrics); err != nil {
 		m.log.Warn("previous master's metrics not carried over", zap.Error(err))
 	}
@@ -240,7 +250,8 @@ func Run(cfg Config) error {
 		return err
 	}
 	m.steps.mark("sockets", time.Now(), processCPU())
-	m.setupTrees(keeper)
+	m.setupTrees(keeper, <-trees)
+	treesTaken = true
 	defer m.closeTrees()
 	if keeper.Present() {
 		if err := m.watchKeeper(); err != nil {
@@ -702,6 +713,13 @@ func (m *master) bootDone() {
 		m.log.Info("generation ready", append(fields, logevent.GenerationReady)...)
 	}
 	m.sdNotify(fmt.Sprintf("MAINPID=%d\nREADY=1\nSTATUS=generation %d, %d workers", m.self, m.gen, len(m.slots)))
+	if m.notify != nil {
+		// Notify directories of SIGKILLed masters: litter that can wait
+		// until this generation serves (a dial per running master on the
+		// machine; it was a quarter of a new master's CPU before its
+		// loop).
+		go notify.Sweep(m.cfg.Credential)
+	}
 	if m.reserve {
 		// Only the next upgrade needs them, and it cannot start before
 		// this point: creating threads before the first spawn cost a new
@@ -737,17 +755,21 @@ func (m *master) bootFailed(err error, reason string, fields ...zap.Field) {
 func (m *master) onNotify(msg notify.Msg) {
 	w := m.procs[msg.PID]
 	if w == nil {
-		w = m.workerAncestor(msg.PID)
-	}
-	if w == nil {
 		// The new master may be gone (and reaped) by the time its report is
 		// read, so it is known by the token it was given, not by its pid.
+		// Looked at before the walk up the sender's ancestors in /proc: a
+		// new master sends a report for each step of its start, and the
+		// walk (up to 16 reads of /proc) for each took the old master's
+		// CPU while the new one spawned.
 		if t := msg.Fields[reportToken]; t != "" && t == m.up.token && m.onChildReport(msg.PID, msg.Fields) {
 			return
 		}
 		if t := msg.Fields[reportToken]; t != "" && t == m.origin.parentToken && m.onParentOrder(msg.Fields) {
 			return
 		}
+		w = m.workerAncestor(msg.PID)
+	}
+	if w == nil {
 		m.log.Warn("notify message from unknown process ignored", logevent.NotifyUnknownSender, zap.Int("sender_pid", msg.PID))
 		return
 	}

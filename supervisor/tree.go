@@ -71,29 +71,89 @@ type trees struct {
 	base     cgroup.Group // the service's cgroup subtree (cgroup mode)
 	gen      cgroup.Group // this generation's cgroup (cgroup mode)
 	seq      int
+	ahead    []treeAhead        // index i: worker i's first cgroup, made before the spawn (prepareTrees)
 	left     map[*procTree]bool // worker exited, tree not yet empty
 	checking bool               // a check is scheduled
 	killed   int                // survivors (tree members, not workers) SIGKILLed so far
 }
 
+// treeAhead is a worker's cgroup made before its spawn, with its directory
+// open for CLONE_INTO_CGROUP.
+type treeAhead struct {
+	g   cgroup.Group
+	dir *os.File
+	seq int
+}
+
+// treesMade is what prepareTrees made: the generation's cgroup (or why
+// not) and the first cgroup of each of its workers.
+type treesMade struct {
+	gen   cgroup.Group
+	err   error
+	ahead []treeAhead
+}
+
+// prepareTrees makes the cgroup of generation gen of master self under the
+// keeper's subtree base (nothing when base is ""), and one for each of its
+// first workers, named as newTree names them (worker-INDEX.SEQ). Run
+// calls it off the loop while it waits for the keeper and opens the
+// sockets: four mkdirs and opens were a tenth of the spawn's CPU, on the
+// way to every worker's fork. Blocks for the mkdirs; a worker's cgroup that
+// cannot be made is left to newTree.
+func prepareTrees(base string, gen, self, workers int) treesMade {
+	if base == "" {
+		return treesMade{}
+	}
+	g, err := cgroup.Make(filepath.Join(base, fmt.Sprintf("gen-%d.%d", gen, self)))
+	if err != nil {
+		return treesMade{err: err}
+	}
+	made := treesMade{gen: g, ahead: make([]treeAhead, workers)}
+	for i := range made.ahead {
+		seq := i + 1
+		w, err := cgroup.Make(filepath.Join(g.Path(), fmt.Sprintf("worker-%d.%d", i, seq)))
+		if err != nil {
+			continue
+		}
+		if f, err := w.Open(); err == nil {
+			made.ahead[i] = treeAhead{g: w, dir: f, seq: seq}
+		}
+	}
+	return made
+}
+
+// discard removes what prepareTrees made, when the master fails before
+// setupTrees.
+func (t treesMade) discard() {
+	for _, a := range t.ahead {
+		if a.dir != nil {
+			a.dir.Close()
+		}
+	}
+	if t.gen != "" {
+		t.gen.Remove(0)
+	}
+}
+
 // setupTrees picks the mechanism for this master's generation, as its
-// keeper's link says, and makes its cgroup. A cgroup that cannot be made
-// falls back to the subreaper, with a warning.
-func (m *master) setupTrees(l link.Link) {
+// keeper's link says, with the cgroups prepareTrees made. A cgroup that
+// cannot be made falls back to the subreaper, with a warning.
+func (m *master) setupTrees(l link.Link, made treesMade) {
 	m.trees.left = make(map[*procTree]bool)
 	base := l.Cgroup
 	if base == "" {
 		m.trees.mode, m.trees.why = treeSubreaper, l.TreesWhy
 		return
 	}
-	g, err := cgroup.Make(filepath.Join(base, fmt.Sprintf("gen-%d.%d", m.gen, m.self)))
-	if err != nil {
-		m.log.Warn("generation cgroup not made: process trees tracked by the subreaper", zap.Error(err))
-		m.trees.mode, m.trees.why = treeSubreaper, err.Error()
+	if made.err != nil {
+		m.log.Warn("generation cgroup not made: process trees tracked by the subreaper", zap.Error(made.err))
+		m.trees.mode, m.trees.why = treeSubreaper, made.err.Error()
 		return
 	}
-	m.trees.mode, m.trees.base, m.trees.gen = treeCgroup, cgroup.Group(base), g
-	m.log.Info("generation cgroup made", zap.String("cgroup", g.Path()))
+	m.trees.mode, m.trees.base, m.trees.gen = treeCgroup, cgroup.Group(base), made.gen
+	// The names of those made ahead are taken: newTree's own start after.
+	m.trees.ahead, m.trees.seq = made.ahead, len(made.ahead)
+	m.log.Info("generation cgroup made", zap.String("cgroup", made.gen.Path()))
 }
 
 // newTree prepares the tree of the worker about to start in slot index.
@@ -103,6 +163,11 @@ func (m *master) setupTrees(l link.Link) {
 func (m *master) newTree(index int) (*procTree, []string, *os.File) {
 	if m.trees.mode == "" {
 		return nil, nil, nil
+	}
+	if m.trees.mode == treeCgroup && index < len(m.trees.ahead) && m.trees.ahead[index].dir != nil {
+		a := m.trees.ahead[index]
+		m.trees.ahead[index] = treeAhead{}
+		return &procTree{marker: fmt.Sprintf("%d.%d.%d", m.gen, m.self, a.seq), cg: a.g}, nil, a.dir
 	}
 	m.trees.seq++
 	t := &procTree{marker: fmt.Sprintf("%d.%d.%d", m.gen, m.self, m.trees.seq)}
@@ -252,6 +317,12 @@ func (m *master) treesEmpty() bool { return len(m.trees.left) == 0 }
 
 // closeTrees removes the generation's cgroup once the master is done.
 func (m *master) closeTrees() {
+	for _, a := range m.trees.ahead {
+		if a.dir != nil {
+			a.dir.Close() // never used: removed with the generation's
+		}
+	}
+	m.trees.ahead = nil
 	if m.trees.gen == "" {
 		return
 	}

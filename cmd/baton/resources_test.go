@@ -10,10 +10,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/baton-sh/baton/internal/loadgen"
 	"github.com/baton-sh/baton/supervisor/tasks"
 )
 
@@ -85,8 +87,14 @@ func TestTightPidsMax(t *testing.T) {
 	addr := freeAddr(t)
 	b := batonIn(t, dir, "-l", addr, "-w", "2", "--", bin("hello"))
 	b.waitReady()
-	load := newLoad(t, addr, 2)
-	used := pidsCurrent(t, dir)
+	var answered atomic.Int64
+	load := startLoad(t, loadgen.Config{Network: "tcp", Addr: addr, Clients: 2, ReleaseHeader: "Hello-Generation",
+		Duration: 60 * time.Second, MaxRequests: 2_000_000, Timeout: 10 * time.Second,
+		OnResponse: func([]byte) { answered.Add(1) }})
+	// The workers add OS threads as the load starts: measured at once, the
+	// count grew into the margin below and a worker died for want of a
+	// thread (1 run in 6, failed requests). Measure it once steady.
+	used := steadyTasks(t, dir, &answered)
 	// Room for a few tasks more, far from a second generation's worth.
 	setPidsMax(t, dir, used+4)
 	for i := 0; i < 5; i++ {
@@ -134,6 +142,27 @@ func TestTightPidsMax(t *testing.T) {
 		t.Fatalf("-w 200 under pids.max 60: exit %d, want 1 and one line naming pids.max:\n%s", code, buf.String())
 	}
 	t.Logf("start refusal: %s", lastLine(buf.String()))
+}
+
+// steadyTasks waits until the load has had 200 answers, then until the
+// cgroup's task count has held still for a second while the load goes on
+// answering, and returns it; it fails the test after 30 s.
+func steadyTasks(t *testing.T, dir string, answered *atomic.Int64) int {
+	t.Helper()
+	eventually(t, 30*time.Second, "200 answers to the load", func() bool { return answered.Load() >= 200 })
+	const quiet = time.Second
+	deadline := time.Now().Add(30 * time.Second)
+	n, since, sinceAnswers := pidsCurrent(t, dir), time.Now(), answered.Load()
+	for time.Since(since) < quiet || answered.Load() == sinceAnswers {
+		if time.Now().After(deadline) {
+			t.Fatalf("tasks in %s not steady under load after 30 s: %d now, %d answers", dir, n, answered.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+		if m := pidsCurrent(t, dir); m != n {
+			n, since, sinceAnswers = m, time.Now(), answered.Load()
+		}
+	}
+	return n
 }
 
 func lastLine(s string) string {

@@ -29,17 +29,20 @@ type fakeOS struct {
 	parents  map[int]int       // what /proc says of a process's parent
 	parentErr,
 	watchErr map[int]error
-	notBaton  map[int]bool // runs another program
-	zombies   []reaped     // children waiting to be reaped
-	children  map[int]int  // a blocking wait's result, by pid
-	manager   []string     // messages to the service manager
-	answers   []string     // "to: refusal" ("" refusal: accepted)
-	answerErr error        // what answering returns
-	ttyDead   bool
-	trims     int // trim calls
-	ended     int // endService calls
-	endedAt   int // masters the keeper knew when it ended the service
-	k         *keeper
+	notBaton map[int]bool // runs another program
+	// exitsAtExe: the process exits as the keeper reads its executable
+	// (a zombie's cannot be read), between its two reads of /proc.
+	exitsAtExe map[int]bool
+	zombies    []reaped    // children waiting to be reaped
+	children   map[int]int // a blocking wait's result, by pid
+	manager    []string    // messages to the service manager
+	answers    []string    // "to: refusal" ("" refusal: accepted)
+	answerErr  error       // what answering returns
+	ttyDead    bool
+	trims      int // trim calls
+	ended      int // endService calls
+	endedAt    int // masters the keeper knew when it ended the service
+	k          *keeper
 }
 
 type fakeProc struct {
@@ -61,7 +64,8 @@ func (p *fakeProc) close() { p.closed = true }
 func newFakeOS() *fakeOS {
 	return &fakeOS{now: time.Unix(1_700_000_000, 0), nextPid: 100, procs: map[int]*fakeProc{}, gone: map[int]func(){},
 		parents: map[int]int{}, parentErr: map[int]error{}, watchErr: map[int]error{}, notBaton: map[int]bool{},
-		children: map[int]int{}}
+		exitsAtExe: map[int]bool{},
+		children:   map[int]int{}}
 }
 
 func (f *fakeOS) add(pid int, gone func()) *fakeProc {
@@ -93,7 +97,13 @@ func (f *fakeOS) sys() sys {
 			}
 			return ppid, nil
 		},
-		sameProgram: func(pid int) bool { return !f.notBaton[pid] },
+		sameProgram: func(pid int) bool {
+			if f.exitsAtExe[pid] {
+				delete(f.parents, pid)
+				return false
+			}
+			return !f.notBaton[pid]
+		},
 		watch: func(pid int, gone func()) (proc, error) {
 			if err := f.watchErr[pid]; err != nil {
 				return nil, err

@@ -125,6 +125,7 @@ func newKeeper(kc Config, s sys, self int, log *zap.Logger) *keeper {
 // master. An error starting the first master is logged and returns 1.
 func Run(kc Config) int {
 	osutil.LowGC()
+	osutil.OneProc()
 	log := kc.Log
 	if log == nil {
 		log = zap.NewNop()
@@ -445,19 +446,27 @@ func noteExit(m *keptMaster, fields map[string]string) {
 // does not; a failure of the keeper's own (out of descriptors) is said as
 // such, never taken for a fact about the process.
 func (k *keeper) register(pid int) (*keptMaster, string) {
-	ppid, err := k.sys.parent(pid)
-	if osutil.NoProcess(err) {
+	exited := func() (*keptMaster, string) {
 		// Gone before its announcement was read: a master that failed its
 		// own start checks says so in one line and exits without waiting
 		// for the answer. Nothing to adopt, and no stranger to warn of.
 		k.log.Debug("master announcement from a process that has exited", zap.Int("sender_pid", pid))
 		return nil, "exited before its announcement was read"
 	}
+	ppid, err := k.sys.parent(pid)
+	if osutil.NoProcess(err) {
+		return exited()
+	}
 	if err != nil {
 		k.log.Error("master announcement not accepted: keeper cannot read the process", logevent.MasterRefused, zap.Int("sender_pid", pid), zap.Error(err))
 		return nil, "keeper cannot read the process: " + err.Error()
 	}
 	if !k.sys.sameProgram(pid) {
+		// A zombie's executable cannot be read: one that exited since its
+		// parent was read is no stranger either.
+		if _, err := k.sys.parent(pid); osutil.NoProcess(err) {
+			return exited()
+		}
 		k.log.Warn("master announcement from a process that does not run baton ignored", zap.Int("sender_pid", pid))
 		return nil, "not running baton"
 	}

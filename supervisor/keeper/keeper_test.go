@@ -142,9 +142,14 @@ func TestAnnouncementsRefused(t *testing.T) {
 	// start checks): no warning, as no stranger announced.
 	l.f.parentErr[206] = fmt.Errorf("open /proc/206/stat: %w", syscall.ENOENT)
 	l.announce(206)
+	// The same, exiting between the keeper's reading of its parent and of
+	// its executable (TestTightPidsMax's start refusal, 1 run in 20).
+	l.child(207, 100)
+	l.f.exitsAtExe[207] = true
+	l.announce(207)
 	for _, e := range l.logs.All() {
 		for _, f := range e.Context {
-			if f.Key == "sender_pid" && f.Integer == 206 && e.Level > zap.DebugLevel {
+			if f.Key == "sender_pid" && (f.Integer == 206 || f.Integer == 207) && e.Level > zap.DebugLevel {
 				t.Fatalf("an announcement from an exited process logged at %s: %q", e.Level, e.Message)
 			}
 		}
@@ -158,6 +163,7 @@ func TestAnnouncementsRefused(t *testing.T) {
 		"@baton-ack-203: keeper cannot watch it: pidfd_open: no such process",
 		"@baton-ack-204: keeper cannot watch it: pidfd_open: too many open files",
 		"@baton-ack-206: exited before its announcement was read",
+		"@baton-ack-207: exited before its announcement was read",
 	}
 	l.wantAnswers(want...)
 	if len(l.k.masters) != 1 {

@@ -5,6 +5,7 @@ package keeper
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"strconv"
@@ -32,7 +33,8 @@ type sys struct {
 	// exited. It returns its pid and a handle on it.
 	startMaster func(gone func()) (int, proc, error)
 	// parent is pid's parent pid; the error satisfies osutil.NoProcess
-	// when pid is gone, and is the keeper's own failure otherwise.
+	// when pid is gone or a zombie (it has exited), and is the keeper's
+	// own failure otherwise.
 	parent func(pid int) (int, error)
 	// sameProgram reports whether pid runs baton, as the keeper does.
 	sameProgram func(pid int) bool
@@ -115,6 +117,7 @@ func openOS(kc Config, log *zap.Logger) *osSys {
 			go watchTTY(f, o.ttyHung)
 		}
 	}
+	notify.Sweep(nil) // a keeper's start is no handover to hold up
 	sock, err := notify.Open(nil)
 	if err != nil {
 		log.Error("keeper: notify socket", zap.Error(err))
@@ -138,8 +141,12 @@ func (o *osSys) sys() sys {
 		now:         time.Now,
 		startMaster: o.startMaster,
 		parent: func(pid int) (ppid int, err error) {
-			err = o.fds.Do(func() (err error) { ppid, err = osutil.Parent(pid); return err })
-			return ppid, err
+			var st osutil.Stat
+			err = o.fds.Do(func() (err error) { st, err = osutil.ReadStat(pid); return err })
+			if err == nil && st.State == 'Z' {
+				return 0, fmt.Errorf("process %d has exited (a zombie): %w", pid, fs.ErrNotExist)
+			}
+			return st.PPID, err
 		},
 		sameProgram: osutil.SameProgram,
 		watch: func(pid int, gone func()) (proc, error) {

@@ -98,8 +98,14 @@ func traversable(d string) bool {
 	}
 }
 
-// sweepNotifyDirs removes notify directories in base that this user owns
-// and whose socket nobody reads any more (their master was SIGKILLed).
+// Sweep removes the notify directories that Open would make its own in
+// (for cred), that this user owns and whose socket nobody reads any more
+// (their master was SIGKILLed). It dials every live socket there, one per
+// running master and keeper on the machine, so a master calls it once it
+// serves, not on the way to its first spawn. Blocks for the dials; errors
+// are ignored (a directory left is litter, not a fault).
+func Sweep(cred *syscall.Credential) { sweepNotifyDirs(notifyBase(cred)) }
+
 func sweepNotifyDirs(base string) {
 	socks, _ := filepath.Glob(filepath.Join(base, notifyDirPrefix+"*", "notify"))
 	for _, sock := range socks {
@@ -120,9 +126,9 @@ func sweepNotifyDirs(base string) {
 
 // Open binds a new notify socket. cred, when workers run as
 // another user, names the group that may enter the directory and send.
+// It sweeps nothing (Sweep does).
 func Open(cred *syscall.Credential) (*Socket, error) {
 	base := notifyBase(cred)
-	sweepNotifyDirs(base)
 	dir, err := os.MkdirTemp(base, notifyDirPrefix) // mode 0700
 	if err != nil {
 		return nil, fmt.Errorf("notify socket directory in %s: %w", base, err)
@@ -201,10 +207,26 @@ func (n *Socket) Barrier(timeout time.Duration) {
 }
 
 // Run reads datagrams until the socket is closed, handing each to deliver.
+// Each is read into a buffer of its own size, learnt first (peekSize): a
+// buffer with room for the largest (a failure report with stderr lines,
+// tens of KiB) would be kept for the process's life, and one of 64 KiB
+// made here lived on this goroutine's stack, which it doubled to 128 KiB
+// in the keeper and in every master, for messages of a hundred bytes.
 func (n *Socket) Run(deliver func(Msg)) {
-	buf := make([]byte, 64<<10) // room for a failure report with stderr lines
+	rc, err := n.conn.SyscallConn()
+	if err != nil {
+		return
+	}
 	oob := make([]byte, syscall.CmsgSpace(syscall.SizeofUcred))
 	for {
+		size, err := peekSize(rc)
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		if err != nil {
+			size = 64 << 10 // cannot tell: room for any message baton sends
+		}
+		buf := make([]byte, size)
 		nb, noob, _, _, err := n.conn.ReadMsgUnix(buf, oob)
 		if errors.Is(err, net.ErrClosed) {
 			return
@@ -227,6 +249,25 @@ func (n *Socket) Run(deliver func(Msg)) {
 		}
 		deliver(Msg{PID: pid, Fields: fields})
 	}
+}
+
+// peekSize waits for the next datagram on rc and returns its length,
+// leaving it queued (MSG_PEEK; MSG_TRUNC makes the kernel give the real
+// length, not what fitted the empty buffer).
+func peekSize(rc syscall.RawConn) (int, error) {
+	var size int
+	var serr error
+	err := rc.Read(func(fd uintptr) bool {
+		size, _, _, _, serr = syscall.Recvmsg(int(fd), nil, nil, syscall.MSG_PEEK|syscall.MSG_TRUNC)
+		return !errors.Is(serr, syscall.EAGAIN)
+	})
+	if err != nil {
+		return 0, err
+	}
+	if serr != nil {
+		return 0, fmt.Errorf("peek at a notify datagram: %w", serr)
+	}
+	return size, nil
 }
 
 // Close closes the socket and removes its directory.

@@ -3,7 +3,6 @@ package osutil
 import (
 	"os"
 	"strconv"
-	"syscall"
 )
 
 // Fd is one open file descriptor of this process with what it points to
@@ -33,13 +32,4 @@ func OwnFds() []Fd {
 		out = append(out, Fd{fd, link})
 	}
 	return out
-}
-
-// MarkCloexecFrom makes every fd >= first close-on-exec.
-func MarkCloexecFrom(first int) {
-	for _, fd := range OwnFds() {
-		if fd.Num >= first {
-			syscall.CloseOnExec(fd.Num)
-		}
-	}
 }

@@ -1,0 +1,25 @@
+//go:build linux
+
+package osutil
+
+import (
+	"math"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// MarkCloexecFrom makes every fd >= first close-on-exec: one
+// close_range(2) call (Linux 5.11), else fd by fd from the /proc/self/fd
+// listing. (OwnFds reads every fd's link, which a new master's start paid
+// for each inherited fd before its first spawn.)
+func MarkCloexecFrom(first int) {
+	if unix.CloseRange(uint(first), math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC) == nil {
+		return
+	}
+	for _, fd := range OwnFds() {
+		if fd.Num >= first {
+			syscall.CloseOnExec(fd.Num)
+		}
+	}
+}
