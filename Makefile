@@ -87,7 +87,7 @@ bench-deps:
 	DEBIAN_FRONTEND=noninteractive apt-get install -y nginx-light unicorn
 
 bench:
-	$(GO) run ./scripts/zdbench $(BENCHFLAGS)
+	$(GO) run ./scripts/zdbench -tags '$(TAGS)' $(BENCHFLAGS)
 
 # SOAK_UPGRADES upgrades back to back of an instant app (examples/hello, 4
 # workers) under SOAK_CLIENTS clients of load, then one summary: requests,
@@ -100,7 +100,7 @@ SOAK_UPGRADES ?= 1000
 SOAK_STRATEGY ?= shared
 SOAK_CLIENTS  ?= 16
 soak:
-	$(GO) run ./scripts/zdbench -soak $(SOAK_UPGRADES) -soak-strategy $(SOAK_STRATEGY) \
+	$(GO) run ./scripts/zdbench -tags '$(TAGS)' -soak $(SOAK_UPGRADES) -soak-strategy $(SOAK_STRATEGY) \
 		-concurrency $(SOAK_CLIENTS) $(if $(filter 1,$(SOAK_KILL)),-soak-kill) \
 		-json bench-results/soak-$(SOAK_STRATEGY).json
 

@@ -54,6 +54,7 @@ type options struct {
 	soakStrategy    string
 	soakKill        bool
 	baseline        string // a baton binary whose handovers are measured beside this tree's
+	tags            string // build tags for baton, as make build gives them
 }
 
 func main() {
@@ -110,6 +111,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.peerRounds, "peer-rounds", 3, "rounds the peers' upgrades are split into; each round starts every server afresh, in rotating order")
 	fs.IntVar(&o.soak, "soak", 0, "run only the soak: this many upgrades back to back under load (make soak), then a summary of failures, handover percentiles, and the keeper's and master's memory and fds")
 	fs.StringVar(&o.soakStrategy, "soak-strategy", "shared", "the soak's --strategy: shared, blue-green or canary")
+	fs.StringVar(&o.tags, "tags", "", "build tags for baton (make bench and make soak pass make build's, so that what is measured is the baton make build makes)")
 	fs.StringVar(&o.baseline, "baseline", "", "a baton binary (built from another commit) whose handovers are measured first in each handover phase (upgrades, scaling), for before/after figures from one run")
 	fs.BoolVar(&o.soakKill, "soak-kill", false, "soak: SIGKILL a random worker after about one upgrade in four, and wait for its replacement")
 	if err := fs.Parse(args); err != nil {
@@ -265,7 +267,7 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (err error) {
 	}()
 
 	b.progress("building baton and hello")
-	if b.bin, err = build(ctx, dir); err != nil {
+	if b.bin, err = build(ctx, dir, o.tags); err != nil {
 		return err
 	}
 	if o.baseline != "" {
@@ -359,8 +361,9 @@ func (b *bench) phases(ctx context.Context, rep *report) error {
 	return nil
 }
 
-// build compiles baton and hello from the module zdbench belongs to.
-func build(ctx context.Context, dir string) (binaries, error) {
+// build compiles baton (with build tags tags) and hello from the module
+// zdbench belongs to.
+func build(ctx context.Context, dir, tags string) (binaries, error) {
 	bin := binaries{dir: dir, baton: filepath.Join(dir, "baton"), hello: filepath.Join(dir, "hello")}
 	goTool, err := exec.LookPath("go")
 	if err != nil {
@@ -375,7 +378,11 @@ func build(ctx context.Context, dir string) (binaries, error) {
 		bin.baton: "github.com/baton-sh/baton/cmd/baton",
 		bin.hello: "github.com/baton-sh/baton/examples/hello",
 	} {
-		cmd := exec.CommandContext(ctx, goTool, "build", "-o", path, pkg)
+		args := []string{"build", "-o", path}
+		if path == bin.baton && tags != "" {
+			args = append(args, "-tags", tags)
+		}
+		cmd := exec.CommandContext(ctx, goTool, append(args, pkg)...)
 		cmd.Dir = filepath.Dir(gomod)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			if ctx.Err() != nil {

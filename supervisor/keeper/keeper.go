@@ -125,6 +125,7 @@ func newKeeper(kc Config, s sys, self int, log *zap.Logger) *keeper {
 // master. An error starting the first master is logged and returns 1.
 func Run(kc Config) int {
 	osutil.LowGC()
+	osutil.OneProc()
 	log := kc.Log
 	if log == nil {
 		log = zap.NewNop()

@@ -207,10 +207,26 @@ func (n *Socket) Barrier(timeout time.Duration) {
 }
 
 // Run reads datagrams until the socket is closed, handing each to deliver.
+// Each is read into a buffer of its own size, learnt first (peekSize): a
+// buffer with room for the largest (a failure report with stderr lines,
+// tens of KiB) would be kept for the process's life, and one of 64 KiB
+// made here lived on this goroutine's stack, which it doubled to 128 KiB
+// in the keeper and in every master, for messages of a hundred bytes.
 func (n *Socket) Run(deliver func(Msg)) {
-	buf := make([]byte, 64<<10) // room for a failure report with stderr lines
+	rc, err := n.conn.SyscallConn()
+	if err != nil {
+		return
+	}
 	oob := make([]byte, syscall.CmsgSpace(syscall.SizeofUcred))
 	for {
+		size, err := peekSize(rc)
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		if err != nil {
+			size = 64 << 10 // cannot tell: room for any message baton sends
+		}
+		buf := make([]byte, size)
 		nb, noob, _, _, err := n.conn.ReadMsgUnix(buf, oob)
 		if errors.Is(err, net.ErrClosed) {
 			return
@@ -233,6 +249,25 @@ func (n *Socket) Run(deliver func(Msg)) {
 		}
 		deliver(Msg{PID: pid, Fields: fields})
 	}
+}
+
+// peekSize waits for the next datagram on rc and returns its length,
+// leaving it queued (MSG_PEEK; MSG_TRUNC makes the kernel give the real
+// length, not what fitted the empty buffer).
+func peekSize(rc syscall.RawConn) (int, error) {
+	var size int
+	var serr error
+	err := rc.Read(func(fd uintptr) bool {
+		size, _, _, _, serr = syscall.Recvmsg(int(fd), nil, nil, syscall.MSG_PEEK|syscall.MSG_TRUNC)
+		return !errors.Is(serr, syscall.EAGAIN)
+	})
+	if err != nil {
+		return 0, err
+	}
+	if serr != nil {
+		return 0, fmt.Errorf("peek at a notify datagram: %w", serr)
+	}
+	return size, nil
 }
 
 // Close closes the socket and removes its directory.

@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"io"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"strconv"
@@ -31,6 +32,19 @@ const lowGC = 25
 func LowGC() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(lowGC)
+	}
+}
+
+// OneProc runs this process's Go code on one CPU at a time (GOMAXPROCS
+// 1), unless the user set GOMAXPROCS, for a process that waits for events
+// and handles each in microseconds: each processor the runtime runs keeps
+// its own cache of partly used heap spans (one per size class) and its own
+// garbage collection worker, which cost such a process more memory than
+// the parallelism is worth. Blocking system calls still run on threads of
+// their own. Call once, early.
+func OneProc() {
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(1)
 	}
 }
 
