@@ -195,7 +195,7 @@ func Run(cfg Config) error {
 	if origin.workers > 0 {
 		cfg.Workers = origin.workers // as TTIN, TTOU or scale left it
 	}
-	m := newMaster(cfg, s, tableflipUpgrader{upg}, gen)
+	m := newMaster(cfg, s, tableflipUpgrader{upg, cfg.Log}, gen)
 	m.origin = origin
 	if origin.parentNotify != "" && origin.parentAlive {
 		m.origin.keptNotify = s.keepNotify(origin.parentNotify)

@@ -15,7 +15,6 @@ import (
 	"github.com/baton-sh/baton/supervisor/control"
 	"github.com/baton-sh/baton/supervisor/sockets"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 )
@@ -336,10 +335,17 @@ func (m *master) serveMetrics() {
 	if mt.ln == nil || mt.srv != nil {
 		return
 	}
+	// The go_* and process_* series come from the Go and process
+	// collectors client_golang registers on its default registry in its
+	// own package initialisation, which every baton runs anyway: gathered
+	// from there, not built again from the collectors package, whose
+	// import cost each exec of baton its package-level regexps and
+	// database/sql's initialisation. Only this master's own collector is
+	// registered here.
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(mt, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(mt)
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("/metrics", promhttp.HandlerFor(prometheus.Gatherers{prometheus.DefaultGatherer, reg}, promhttp.HandlerOpts{}))
 	// ConnState counts connections, so that a master about to exit can
 	// answer every scrape it accepted (stopMetrics).
 	mt.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,

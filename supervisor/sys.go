@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -88,8 +89,12 @@ type upgrader interface {
 	Registry() sockets.Registry
 }
 
-// tableflipUpgrader is *tableflip.Upgrader as an upgrader.
-type tableflipUpgrader struct{ *tableflip.Upgrader }
+// tableflipUpgrader is *tableflip.Upgrader as an upgrader; log says its
+// retries.
+type tableflipUpgrader struct {
+	*tableflip.Upgrader
+	log *zap.Logger
+}
 
 func (u tableflipUpgrader) Registry() sockets.Registry { return u.Fds }
 
@@ -100,19 +105,60 @@ func (u tableflipUpgrader) Registry() sockets.Registry { return u.Fds }
 // place that reads it.
 const tableflipParentNotExited = "parent hasn't exited"
 
-// Upgrade is tableflip's, with its stale refusal retried. The master asks
-// for an upgrade only after WaitForParent said the old master exited, but
-// WaitForParent learns it from a channel that tableflip's loop reads
-// separately and may not have read yet (its select picks at random among
-// ready cases). The parent is gone, so the refusal is stale within
-// microseconds: up to 50 retries 2 ms apart, then the refusal stands.
+// tableflipTextBusy ends tableflip v1.2.3's error when the exec of the new
+// master failed with ETXTBSY: the error reaches us formatted with %s
+// through three layers ("can't start child: can't start process PATH:
+// fork/exec: text file busy"), so errors.Is cannot find the errno and its
+// text is the only handle; this is the one place that reads it.
+var tableflipTextBusy = "fork/exec: " + syscall.ETXTBSY.Error()
+
+// An exec that failed with ETXTBSY is retried execBusyRetries times,
+// execBusyPause apart. The binary is open for writing somewhere: most often
+// a package manager wrote it and a process it forked meanwhile inherited
+// the descriptor, which goes at that child's own exec or exit, within
+// milliseconds. Half a second covers that on a loaded machine, and a
+// failed exec leaves nothing behind (tableflip closes the child's pipes,
+// no process was made), so the upgrade is only delayed, never harmed.
+const (
+	execBusyRetries = 20
+	execBusyPause   = 25 * time.Millisecond
+)
+
+// Upgrade is tableflip's, with two transient failures retried:
+//
+//   - its stale refusal. The master asks for an upgrade only after
+//     WaitForParent said the old master exited, but WaitForParent learns
+//     it from a channel that tableflip's loop reads separately and may not
+//     have read yet (its select picks at random among ready cases). The
+//     parent is gone, so the refusal is stale within microseconds: up to
+//     50 retries 2 ms apart, then the refusal stands.
+//   - an exec of the baton binary that failed with ETXTBSY (see
+//     execBusyRetries), each retry logged (upgrade_exec_busy); after the
+//     last the error stands and the upgrade fails as before.
+//
+// It blocks until the new master is ready or the upgrade failed.
 func (u tableflipUpgrader) Upgrade() error {
-	err := u.Upgrader.Upgrade()
-	for i := 0; i < 50 && err != nil && err.Error() == tableflipParentNotExited; i++ {
-		time.Sleep(2 * time.Millisecond)
-		err = u.Upgrader.Upgrade()
+	log := u.log
+	if log == nil {
+		log = zap.NewNop()
 	}
-	return err
+	err := u.Upgrader.Upgrade()
+	for stale, busy := 0, 0; err != nil; err = u.Upgrader.Upgrade() {
+		switch {
+		case err.Error() == tableflipParentNotExited && stale < 50:
+			stale++
+			time.Sleep(2 * time.Millisecond)
+		case strings.HasSuffix(err.Error(), tableflipTextBusy) && busy < execBusyRetries:
+			busy++
+			log.Info("baton binary busy (open for writing elsewhere): exec retried", logevent.UpgradeExecBusy,
+				zap.String("binary", os.Args[0]), zap.Int("attempt", busy), zap.Int("of", execBusyRetries),
+				zap.Duration("pause", execBusyPause))
+			time.Sleep(execBusyPause)
+		default:
+			return err
+		}
+	}
+	return nil
 }
 
 // procSpec is one worker process to start.

@@ -409,6 +409,12 @@ func TestMetricsAcrossUpgrades(t *testing.T) {
 			t.Errorf("%s = %v, want %v", name, got, want)
 		}
 	}
+	// client_golang's Go runtime and process series, beside baton's own.
+	for _, name := range []string{"go_goroutines", "go_memstats_heap_alloc_bytes", "process_resident_memory_bytes", "process_open_fds"} {
+		if got := sample(t, body, name); !(got > 0) {
+			t.Errorf("%s = %v, want > 0", name, got)
+		}
+	}
 	// Each old generation's 2 workers drained after its handover, counted
 	// by the master that serves next: 20 once the last old master exited.
 	eventually(t, 30*time.Second, "20 drained exits in the serving master's series", func() bool {

@@ -542,26 +542,8 @@ func TestMasterEnvironmentDoesNotAccumulate(t *testing.T) {
 
 func TestPreflightRefusesAMissingBatonBinary(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	self := filepath.Join(dir, "baton")
-	data, err := os.ReadFile(bin("baton"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := writeExecutable(self, data); err != nil {
-		t.Fatal(err)
-	}
 	addr := freeAddr(t)
-	b := startBatonCmd(t, exec.Command(self, "run", "--log-format", "json", "-l", addr, "--", bin("hello")), nil)
-	// The harness only kills binaries from binDir; this master runs a copy.
-	// Until Wait has reaped it, its pid cannot be another process's.
-	t.Cleanup(func() {
-		select {
-		case <-b.done:
-		default:
-			syscall.Kill(b.pid, syscall.SIGKILL)
-		}
-	})
+	b, self := startCopiedBaton(t, "-l", addr, "--", bin("hello"))
 	b.waitReady()
 	os.Remove(self) // a deploy that removed baton instead of replacing it
 	starts := b.log.count("master_starting")
@@ -581,8 +563,8 @@ func TestPreflightRefusesAMissingBatonBinary(t *testing.T) {
 // the new master is exec'd from the path, not from the running image.
 func TestUpgradeReplacesBatonItself(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	self := filepath.Join(dir, "baton")
+	addr := freeAddr(t)
+	b, self := startCopiedBaton(t, "-l", addr, "-w", "2", "--", bin("hello"))
 	install := func(from string) {
 		data, err := os.ReadFile(from)
 		if err != nil {
@@ -596,19 +578,6 @@ func TestUpgradeReplacesBatonItself(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	install(bin("baton"))
-	addr := freeAddr(t)
-	b := startBatonCmd(t, exec.Command(self, "run", "--log-format", "json", "-l", addr, "-w", "2", "--", bin("hello")), nil)
-	// The harness kills only binaries from binDir; these masters run copies.
-	t.Cleanup(func() {
-		for _, ev := range b.log.all() {
-			if ev.str("event") == "master_starting" && alive(ev.num("master_pid")) {
-				if exe, _ := os.Readlink("/proc/" + strconv.Itoa(ev.num("master_pid")) + "/exe"); strings.HasPrefix(exe, dir) {
-					syscall.Kill(ev.num("master_pid"), syscall.SIGKILL)
-				}
-			}
-		}
-	})
 	first := b.log.wait(t, "master_starting", nil, 10*time.Second)
 	if first.str("version") != "dev" {
 		t.Fatalf("first master runs version %q", first.str("version"))

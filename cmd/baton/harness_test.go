@@ -446,6 +446,42 @@ func procStat(pid int) (state byte, ppid int, err error) {
 	return f[0][0], ppid, err
 }
 
+// startCopiedBaton starts baton run ARGS (JSON log) from a copy of the
+// baton binary, self, in a directory of the test's own, so that the test
+// may replace or remove it. The harness kills only binaries from binDir:
+// at cleanup the keeper and every master that still runs from that
+// directory are SIGKILLed.
+func startCopiedBaton(t *testing.T, args ...string) (b *baton, self string) {
+	t.Helper()
+	dir := t.TempDir()
+	self = filepath.Join(dir, "baton")
+	data, err := os.ReadFile(bin("baton"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeExecutable(self, data); err != nil {
+		t.Fatal(err)
+	}
+	b = startBatonCmd(t, exec.Command(self, append([]string{"run", "--log-format", "json"}, args...)...), nil)
+	t.Cleanup(func() {
+		// The keeper first (it would start a master anew), while Wait has
+		// not reaped it, so its pid cannot be another process's.
+		select {
+		case <-b.done:
+		default:
+			syscall.Kill(b.pid, syscall.SIGKILL)
+		}
+		for _, ev := range b.log.all() {
+			if ev.str("event") == "master_starting" && alive(ev.num("master_pid")) {
+				if exe, _ := os.Readlink("/proc/" + strconv.Itoa(ev.num("master_pid")) + "/exe"); strings.HasPrefix(exe, dir+"/") {
+					syscall.Kill(ev.num("master_pid"), syscall.SIGKILL)
+				}
+			}
+		}
+	})
+	return b, self
+}
+
 // writeExecutable writes data to path, mode 0755, through another process
 // (sh's cat), never through a descriptor of this one: a child that a
 // parallel test forks from this process while it holds a file open for

@@ -55,6 +55,7 @@ var (
 	TaskLimitHit         = named("task_limit_hit")         // times, headroom: pids.max was hit during an upgrade
 	HookLeftovers        = named("hook_leftovers")         // the hook's group outlived it: SIGTERM sent, kill_after
 	UpgradeFailed        = named("upgrade_failed")         // reason; the old generation keeps serving
+	UpgradeExecBusy      = named("upgrade_exec_busy")      // binary, attempt, of, pause: exec failed with ETXTBSY, retried
 	HookOutput           = named("hook_output")            // stream, line of --before-upgrade
 	HandedOver           = named("handed_over")            // old master: new_master_pid, handover
 	HandoverComplete     = named("handover_complete")      // new master: workers, total, baton
