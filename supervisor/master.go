@@ -197,6 +197,9 @@ func Run(cfg Config) error {
 	}
 	m := newMaster(cfg, s, tableflipUpgrader{upg, cfg.Log}, gen)
 	m.origin = origin
+	if origin.parentNotify != "" && origin.parentAlive {
+		m.origin.keptNotify = s.keepNotify(origin.parentNotify)
+	}
 	m.runAt = runAt
 	m.steps = steps
 	m.keeper = keeper
