@@ -107,8 +107,7 @@ var (
 	MasterRefused    = named("master_refused")    // sender_pid, error: an announcement not accepted
 	TerminalHungUp   = named("terminal_hung_up")  // the terminal went: stopping
 	// master_pid, trigger (generation_ready, master_exited), masters,
-	// heap_live_bytes, binary_bytes_unmapped: memory given back, the
-	// keeper is at rest
+	// binary_bytes_unmapped: memory given back, the keeper is at rest
 	KeeperAtRest = named("keeper_at_rest")
 )
 

@@ -8,7 +8,6 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
-	"runtime/metrics"
 	"strconv"
 	"strings"
 
@@ -81,18 +80,6 @@ func Trim() int64 {
 		}
 	}
 	return dropped
-}
-
-// HeapLive is how many bytes of heap objects the last garbage collection
-// found live (runtime/metrics' /gc/heap/live:bytes): right after Trim,
-// what this process holds.
-func HeapLive() uint64 {
-	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
-	metrics.Read(s)
-	if s[0].Value.Kind() != metrics.KindUint64 {
-		return 0
-	}
-	return s[0].Value.Uint64()
 }
 
 func madvise(m mapping, advice int) error {
