@@ -120,8 +120,9 @@ func (f *fakeOS) sys() sys {
 			f.reports = append(f.reports, msg)
 			return nil
 		},
-		setenv:   func(k, v string) { f.mu.Lock(); f.env[k] = v; f.mu.Unlock() },
-		parentOf: func(int) int { return 0 }, // no process has a parent here
+		keepNotify: func(string) func() { return func() {} },
+		setenv:     func(k, v string) { f.mu.Lock(); f.env[k] = v; f.mu.Unlock() },
+		parentOf:   func(int) int { return 0 }, // no process has a parent here
 		headroom: func() tasks.Headroom {
 			f.mu.Lock()
 			defer f.mu.Unlock()

@@ -197,6 +197,9 @@ func Run(cfg Config) error {
 	}
 	m := newMaster(cfg, s, tableflipUpgrader{upg, cfg.Log}, gen)
 	m.origin = origin
+	if origin.parentNotify != "" && origin.parentAlive {
+		m.origin.keptNotify = s.keepNotify(origin.parentNotify)
+	}
 	m.runAt = runAt
 	m.steps = steps
 	m.keeper = keeper
@@ -709,11 +712,18 @@ func (m *master) bootDone() {
 		m.origin.tookOver(now, m.cfg.DrainTimeout)
 		m.log.Info("handover complete: new generation serving", append(fields, logevent.HandoverComplete)...)
 	} else {
+		if m.notify != nil {
+			// The sweep below, done here: no handover waits on a first
+			// master, and run after the trim, the sweep mapped again
+			// what the trim gave back (1.4 MiB of the master's PSS at
+			// rest).
+			notify.Sweep(m.cfg.Credential)
+		}
 		m.trim() // before the line: whoever waits for it sees a master at rest
 		m.log.Info("generation ready", append(fields, logevent.GenerationReady)...)
 	}
 	m.sdNotify(fmt.Sprintf("MAINPID=%d\nREADY=1\nSTATUS=generation %d, %d workers", m.self, m.gen, len(m.slots)))
-	if m.notify != nil {
+	if m.notify != nil && m.origin.parentPID != 0 {
 		// Notify directories of SIGKILLed masters: litter that can wait
 		// until this generation serves (a dial per running master on the
 		// machine; it was a quarter of a new master's CPU before its

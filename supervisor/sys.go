@@ -45,6 +45,10 @@ type sys struct {
 	// notifyTo sends one sd_notify datagram to addr (the old master's
 	// notify socket, for upgrade reports).
 	notifyTo func(addr, msg string) error
+	// keepNotify makes notifyTo to addr reuse one socket until release is
+	// called (a new master's reports to its old master: a dozen or more
+	// per handover).
+	keepNotify func(addr string) (release func())
 	// setenv changes the environment the next master is executed with.
 	setenv func(key, value string)
 	// parentOf returns a process's parent pid, 0 when unknown (notify
@@ -228,6 +232,7 @@ func statusOf(ps *os.ProcessState) exitStatus {
 func osSys(workers int) (sys, func()) {
 	sp := spawn.New(spawn.UnblockCaught)
 	go sp.Grow(workers)
+	var kept keptNotifiers
 	return sys{
 		start: func(p procSpec, exited func(exitStatus)) (process, error) {
 			return startOSProcess(sp, p, exited)
@@ -256,11 +261,12 @@ func osSys(workers int) (sys, func()) {
 		},
 		notifyManager: func(msg string) error {
 			if addr := os.Getenv("NOTIFY_SOCKET"); addr != "" {
-				return osutil.SendNotify(addr, msg)
+				return kept.manager(addr).Send(msg, 100*time.Millisecond)
 			}
 			return nil
 		},
-		notifyTo:       osutil.SendNotify,
+		notifyTo:       kept.send,
+		keepNotify:     kept.keep,
 		setenv:         func(k, v string) { os.Setenv(k, v) },
 		parentOf:       osutil.ParentOf,
 		healthProbe:    healthProbe,
@@ -274,6 +280,58 @@ func osSys(workers int) (sys, func()) {
 		},
 		headroom: osTasks.headroom, treeTasks: osTasks.treeTasks, limitHits: osTasks.limitHits,
 	}, sp.Stop
+}
+
+// keptNotifiers are the sockets the real seam sends sd_notify datagrams
+// over for more than one message: to the service manager for the master's
+// life (one fd), to an address keepNotify names until released. Every
+// other address gets a socket per message, so that a peer that is gone
+// (a failed new master) leaves no fd behind.
+type keptNotifiers struct {
+	mu    sync.Mutex
+	mgr   *osutil.Notifier
+	mgrTo string
+	to    map[string]*osutil.Notifier
+}
+
+func (k *keptNotifiers) manager(addr string) *osutil.Notifier {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.mgr == nil || k.mgrTo != addr {
+		if k.mgr != nil {
+			k.mgr.Close()
+		}
+		k.mgr, k.mgrTo = osutil.NewNotifier(addr), addr
+	}
+	return k.mgr
+}
+
+func (k *keptNotifiers) send(addr, msg string) error {
+	k.mu.Lock()
+	n := k.to[addr]
+	k.mu.Unlock()
+	if n == nil {
+		return osutil.SendNotify(addr, msg)
+	}
+	return n.Send(msg, 100*time.Millisecond)
+}
+
+func (k *keptNotifiers) keep(addr string) func() {
+	n := osutil.NewNotifier(addr)
+	k.mu.Lock()
+	if k.to == nil {
+		k.to = make(map[string]*osutil.Notifier)
+	}
+	k.to[addr] = n
+	k.mu.Unlock()
+	return func() {
+		k.mu.Lock()
+		if k.to[addr] == n {
+			delete(k.to, addr)
+		}
+		k.mu.Unlock()
+		n.Close()
+	}
 }
 
 // osProcess is a worker process of this machine.

@@ -54,9 +54,12 @@ const (
 // takeover (tookOver) and when the old master exits (onParentExited); the
 // rest of the master only reads it.
 type originState struct {
-	parentAlive    bool      // the old master has not exited yet
-	parentPID      int       // the old master (this master's parent at start)
-	parentNotify   string    // where to report
+	parentAlive  bool   // the old master has not exited yet
+	parentPID    int    // the old master (this master's parent at start)
+	parentNotify string // where to report
+	// keptNotify releases the socket the reports go over (sys.keepNotify)
+	// once the old master is gone; nil when there is none.
+	keptNotify     func()
 	parentToken    string    // include in reports
 	start          time.Time // when the old master got the USR2
 	launch         time.Time // when it re-executed baton (steps.go)
@@ -491,6 +494,10 @@ func (m *master) waitForParent() {
 func (m *master) onParentExited() {
 	m.origin.parentDeadline = time.Time{}
 	m.origin.parentAlive = false
+	if m.origin.keptNotify != nil {
+		m.origin.keptNotify()
+		m.origin.keptNotify = nil
+	}
 	m.resteerAlone() // bluegreen.go
 	if m.phase == phaseBooting && m.rollout.offered {
 		// The old master died (OOM, SIGKILL) while checking this

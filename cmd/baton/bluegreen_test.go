@@ -344,6 +344,11 @@ func TestRolloutBadInput(t *testing.T) {
 			t.Errorf("%v: exit %d, lines %q; want exit 2 and one line saying %q\n%s", c.args, code, lines, c.want, out)
 		}
 	}
+	// Given in the environment, a rollout flag is refused the same way.
+	code, lines, out := runBatonEnv(t, nil, []string{"BATON_BAKE=5s"}, "run", "-l", "127.0.0.1:1", "--", bin("hello"))
+	if want := "--bake 5s: needs --strategy blue-green or canary"; code != 2 || len(lines) != 1 || !strings.Contains(lines[0], want) {
+		t.Errorf("BATON_BAKE=5s: exit %d, lines %q; want exit 2 and one line saying %q\n%s", code, lines, want, out)
+	}
 	if _, err := os.Stat(sock); err == nil {
 		t.Errorf("refused start left %s behind", sock)
 	}

@@ -270,6 +270,11 @@ func printSoak(w io.Writer, r *report) {
 	fmt.Fprintf(w, "keeper + master PSS: %s at start, %s at the end; growth after warm-up: keeper %+.2f MiB, master %+.2f MiB\n",
 		mib(s.Start.Keeper.PSS+s.Start.Master.PSS), mib(s.End.Keeper.PSS+s.End.Master.PSS),
 		float64(s.End.Keeper.PSS-s.Warm.Keeper.PSS)/(1<<20), float64(s.End.Master.PSS-s.Warm.Master.PSS)/(1<<20))
+	// A leak is anonymous memory; each master is a new process whose
+	// share of the binary's pages varies by some hundred KiB with what it
+	// touched since its trim, so its PSS at one point is noisy.
+	fmt.Fprintf(w, "anonymous (PSS) growth after warm-up: keeper %+.2f MiB, master %+.2f MiB\n",
+		float64(s.End.Keeper.PSSAnon-s.Warm.Keeper.PSSAnon)/(1<<20), float64(s.End.Master.PSSAnon-s.Warm.Master.PSSAnon)/(1<<20))
 }
 
 // byKind is "refused 0, reset 3, ..." in failureKinds' order.
