@@ -24,8 +24,12 @@ TAGS      ?= urfave_cli_no_docs
 
 all: build
 
+# baton is built without cgo: a static binary starts without the dynamic
+# loader and libc, which every new master of a handover pays for (1.1-1.5
+# ms of CPU per start), and maps fewer pages. User and group names only
+# NSS knows (LDAP, sssd) are asked of getent(1) (supervisor/internal/account).
 build:
-	$(GO) build -tags '$(TAGS)' -ldflags '$(LDFLAGS)' -o $(BIN)/baton ./cmd/baton
+	CGO_ENABLED=0 $(GO) build -tags '$(TAGS)' -ldflags '$(LDFLAGS)' -o $(BIN)/baton ./cmd/baton
 	$(GO) build -o $(BIN)/hello ./examples/hello
 	@$(MAKE) --no-print-directory docs
 

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -21,6 +20,8 @@ import (
 	"github.com/baton-sh/baton/supervisor/sockets"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-sh/baton/supervisor/internal/account"
 )
 
 // Config is everything a master needs. cmd/baton builds it from flags.
@@ -116,36 +117,34 @@ func LookupCredential(userName, groupName string) (*syscall.Credential, error) {
 	}
 	cred := &syscall.Credential{Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid())}
 	if userName != "" {
-		u, err := user.Lookup(userName)
+		u, err := account.LookupUser(userName)
 		if err != nil {
-			if u, err = user.LookupId(userName); err != nil {
-				return nil, badConfig("--user", strconv.Quote(userName), "no such user", nil)
-			}
+			return nil, badConfig("--user", strconv.Quote(userName), notFound("user", err), nil)
 		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		cred.Uid, cred.Gid = uint32(uid), uint32(gid)
-		if gids, err := u.GroupIds(); err == nil {
-			for _, g := range gids {
-				if n, err := strconv.Atoi(g); err == nil {
-					cred.Groups = append(cred.Groups, uint32(n))
-				}
-			}
+		cred.Uid, cred.Gid = uint32(u.UID), uint32(u.GID)
+		for _, g := range u.Groups {
+			cred.Groups = append(cred.Groups, uint32(g))
 		}
 	} else {
 		cred.NoSetGroups = true
 	}
 	if groupName != "" {
-		g, err := user.LookupGroup(groupName)
+		gid, err := account.LookupGroup(groupName)
 		if err != nil {
-			if g, err = user.LookupGroupId(groupName); err != nil {
-				return nil, badConfig("--group", strconv.Quote(groupName), "no such group", nil)
-			}
+			return nil, badConfig("--group", strconv.Quote(groupName), notFound("group", err), nil)
 		}
-		gid, _ := strconv.Atoi(g.Gid)
 		cred.Gid = uint32(gid)
 	}
 	return cred, nil
+}
+
+// notFound is the reason a user or group lookup failed: "no such user"
+// when no source knows the name, else what went wrong (getent's timeout).
+func notFound(what string, err error) string {
+	if errors.Is(err, account.ErrNotFound) {
+		return "no such " + what
+	}
+	return err.Error()
 }
 
 // ErrBadConfig matches (errors.Is) every error about a bad flag value or

@@ -111,6 +111,9 @@
 //	internal/logevent the stable "event" names of the log entries tests,
 //	                  tools and journald act on; every such entry carries one
 //	internal/cgroup   cgroup v2: make, clone into, list, kill
+//	internal/account  --user, --group and socket owners: os/user (the
+//	                  static binary reads /etc/passwd, /etc/group), then
+//	                  getent for accounts only NSS knows
 //	earlysig          the signals baton gives a meaning to, caught from the
 //	                  first package init so that none takes its default
 //	                  action before a loop reads it

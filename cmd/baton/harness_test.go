@@ -50,7 +50,7 @@ func TestMain(m *testing.M) {
 		if name == "baton" {
 			tags = batonTags
 		}
-		out, err := exec.Command(goTool(), "build", "-tags", tags, "-o", filepath.Join(dir, name), pkg).CombinedOutput()
+		out, err := staticBuild("-tags", tags, "-o", filepath.Join(dir, name), pkg)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", name, err, out)
 			os.RemoveAll(dir)
@@ -58,7 +58,7 @@ func TestMain(m *testing.M) {
 		}
 	}
 	// A second baton, as a deploy would install it, to upgrade baton itself.
-	out, err := exec.Command(goTool(), "build", "-tags", batonTags, "-ldflags", "-X main.version=test-v2", "-o", filepath.Join(dir, "baton-v2"), ".").CombinedOutput()
+	out, err := staticBuild("-tags", batonTags, "-ldflags", "-X main.version=test-v2", "-o", filepath.Join(dir, "baton-v2"), ".")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "build baton-v2: %v\n%s", err, out)
 		os.RemoveAll(dir)
@@ -495,4 +495,12 @@ func writeExecutable(path string, data []byte) error {
 		return fmt.Errorf("write executable %s: %w: %s", path, err, out)
 	}
 	return nil
+}
+
+// staticBuild runs go build without cgo, as make build does: the tests run
+// the static binary users get.
+func staticBuild(args ...string) ([]byte, error) {
+	cmd := exec.Command(goTool(), append([]string{"build"}, args...)...)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	return cmd.CombinedOutput()
 }

@@ -384,6 +384,9 @@ func build(ctx context.Context, dir, tags string) (binaries, error) {
 		}
 		cmd := exec.CommandContext(ctx, goTool, append(args, pkg)...)
 		cmd.Dir = filepath.Dir(gomod)
+		if path == bin.baton {
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as make build
+		}
 		if out, err := cmd.CombinedOutput(); err != nil {
 			if ctx.Err() != nil {
 				return bin, fmt.Errorf("go build %s: %w", pkg, ctx.Err())

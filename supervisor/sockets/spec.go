@@ -7,9 +7,10 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/user"
 	"strconv"
 	"strings"
+
+	"github.com/baton-sh/baton/supervisor/internal/account"
 )
 
 // Spec is one parsed --listen value.
@@ -197,21 +198,21 @@ func parsePerm(query string) (*Perm, error) {
 			}
 			p.Mode = os.FileMode(m)
 		case "user":
-			u, err := user.Lookup(v)
-			if err != nil {
-				if u, err = user.LookupId(v); err != nil {
-					return nil, fmt.Errorf("user %q: no such user", v)
-				}
+			u, err := account.LookupUser(v)
+			if errors.Is(err, account.ErrNotFound) {
+				return nil, fmt.Errorf("user %q: no such user", v)
+			} else if err != nil {
+				return nil, err
 			}
-			p.UID, _ = strconv.Atoi(u.Uid)
+			p.UID = u.UID
 		case "group":
-			g, err := user.LookupGroup(v)
-			if err != nil {
-				if g, err = user.LookupGroupId(v); err != nil {
-					return nil, fmt.Errorf("group %q: no such group", v)
-				}
+			gid, err := account.LookupGroup(v)
+			if errors.Is(err, account.ErrNotFound) {
+				return nil, fmt.Errorf("group %q: no such group", v)
+			} else if err != nil {
+				return nil, err
 			}
-			p.GID, _ = strconv.Atoi(g.Gid)
+			p.GID = gid
 		default:
 			return nil, fmt.Errorf("unknown option %q (want mode, user or group)", k)
 		}

@@ -1,0 +1,151 @@
+// Package account resolves user and group names (or numeric ids) to ids.
+//
+// make build builds baton without cgo (a static binary: no dynamic loader
+// and no libc to map at every master's start, which a handover waits for),
+// so os/user reads /etc/passwd and /etc/group itself and cannot see
+// accounts that only the system's NSS modules know (LDAP, sssd,
+// nss-systemd). For a name os/user does not find, this package asks
+// getent(1), which goes through NSS, before it says the account does not
+// exist. In a cgo build os/user uses NSS already and the fallback finds
+// nothing more.
+package account
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"os/user"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ErrNotFound is returned (wrapped) when neither os/user nor getent knows
+// the account.
+var ErrNotFound = errors.New("not found")
+
+// getentTimeout bounds one getent call: an NSS module whose server does
+// not answer must not hang a master's start.
+const getentTimeout = 5 * time.Second
+
+// User is a user account's ids.
+type User struct {
+	UID, GID int   // the user's id and primary group
+	Groups   []int // every group the user is in (supplementary groups)
+}
+
+// LookupUser resolves a user name or numeric uid. It runs getent (blocking,
+// at most getentTimeout per call) only when os/user finds nothing. The
+// error wraps ErrNotFound when no source knows the account.
+func LookupUser(name string) (User, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		u, err = user.LookupId(name)
+	}
+	if err == nil {
+		uid, err1 := strconv.Atoi(u.Uid)
+		gid, err2 := strconv.Atoi(u.Gid)
+		if err1 == nil && err2 == nil {
+			out := User{UID: uid, GID: gid}
+			if gids, err := u.GroupIds(); err == nil {
+				for _, g := range gids {
+					if n, err := strconv.Atoi(g); err == nil {
+						out.Groups = append(out.Groups, n)
+					}
+				}
+			}
+			return out, nil
+		}
+	}
+	return lookupUserNSS(name)
+}
+
+// LookupGroup resolves a group name or numeric gid, like LookupUser.
+func LookupGroup(name string) (int, error) {
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		g, err = user.LookupGroupId(name)
+	}
+	if err == nil {
+		if gid, err := strconv.Atoi(g.Gid); err == nil {
+			return gid, nil
+		}
+	}
+	fields, err := getent("group", name)
+	if err != nil {
+		return 0, fmt.Errorf("group %q: %w", name, err)
+	}
+	// name:password:gid:members
+	if len(fields) < 3 {
+		return 0, fmt.Errorf("group %q: getent answered %q: %w", name, strings.Join(fields, ":"), ErrNotFound)
+	}
+	gid, err := strconv.Atoi(fields[2])
+	if err != nil {
+		return 0, fmt.Errorf("group %q: getent answered gid %q: %w", name, fields[2], ErrNotFound)
+	}
+	return gid, nil
+}
+
+func lookupUserNSS(name string) (User, error) {
+	fields, err := getent("passwd", name)
+	if err != nil {
+		return User{}, fmt.Errorf("user %q: %w", name, err)
+	}
+	// name:password:uid:gid:gecos:home:shell
+	if len(fields) < 4 {
+		return User{}, fmt.Errorf("user %q: getent answered %q: %w", name, strings.Join(fields, ":"), ErrNotFound)
+	}
+	uid, err1 := strconv.Atoi(fields[2])
+	gid, err2 := strconv.Atoi(fields[3])
+	if err1 != nil || err2 != nil {
+		return User{}, fmt.Errorf("user %q: getent answered ids %q:%q: %w", name, fields[2], fields[3], ErrNotFound)
+	}
+	u := User{UID: uid, GID: gid}
+	// "NAME  GID GID …": every group the account is in, through NSS.
+	if out, err := run("initgroups", fields[0]); err == nil {
+		f := strings.Fields(string(out))
+		for _, s := range f[min(1, len(f)):] {
+			if n, err := strconv.Atoi(s); err == nil {
+				u.Groups = append(u.Groups, n)
+			}
+		}
+	}
+	return u, nil
+}
+
+// getent returns the colon-separated fields of getent's one line for key
+// in database db.
+func getent(db, key string) ([]string, error) {
+	out, err := run(db, key)
+	if err != nil {
+		return nil, err
+	}
+	line, _, _ := bytes.Cut(out, []byte("\n"))
+	return strings.Split(string(line), ":"), nil
+}
+
+// run runs getent DB KEY. Exit status 2 is getent's "key not found".
+func run(db, key string) ([]byte, error) {
+	if key == "" || strings.HasPrefix(key, "-") {
+		return nil, ErrNotFound // never an option of getent's
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), getentTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "getent", db, key).Output()
+	var ee *exec.ExitError
+	switch {
+	case err == nil && len(bytes.TrimSpace(out)) > 0:
+		return out, nil
+	case ctx.Err() != nil:
+		return nil, fmt.Errorf("getent %s %s: no answer within %s", db, key, getentTimeout)
+	case err == nil, errors.As(err, &ee) && ee.ExitCode() == 2:
+		return nil, ErrNotFound
+	case errors.Is(err, exec.ErrNotFound):
+		// No getent (a minimal container): /etc/passwd, read above, is
+		// all there is.
+		return nil, ErrNotFound
+	}
+	return nil, fmt.Errorf("getent %s %s: %w", db, key, err)
+}
