@@ -282,6 +282,9 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (err error) {
 	if o.soak > 0 {
 		b.progress("soak: %d upgrades, --strategy %s, %d workers, concurrency %d", o.soak, o.soakStrategy, o.workers, o.concurrency)
 		rep.Soak, phaseErr = b.soak(ctx)
+		if phaseErr == nil && rep.Soak != nil {
+			phaseErr = soakVerdict(rep.Soak)
+		}
 	} else {
 		phaseErr = b.phases(ctx, rep)
 	}

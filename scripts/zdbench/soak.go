@@ -285,3 +285,24 @@ func byKind(m map[string]int) string {
 	}
 	return strings.Join(kinds, ", ")
 }
+
+// soakVerdict is the soak's pass or fail, for make soak's exit status: every
+// upgrade asked for handed over, and no request failed except on a
+// connection a SIGKILLed worker held, or that was queued unaccepted at its
+// port, at the kill (a SIGKILL loses what its process held, whatever the
+// supervisor does). nil when it passed.
+func soakVerdict(s *soakResult) error {
+	var bad []string
+	if s.HandedOver < s.Requested {
+		bad = append(bad, fmt.Sprintf("%d of %d upgrades handed over", s.HandedOver, s.Requested))
+	}
+	a := s.FailedOn
+	explained := harness.Total(a.Held) + harness.Total(a.Queued)
+	if n := s.Requests.Failed - explained; n > 0 {
+		bad = append(bad, fmt.Sprintf("%d of %d requests failed outside the killed workers' connections", n, s.Requests.Requests))
+	}
+	if len(bad) == 0 {
+		return nil
+	}
+	return fmt.Errorf("soak failed: %s", strings.Join(bad, "; "))
+}

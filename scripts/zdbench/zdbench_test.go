@@ -233,3 +233,35 @@ func processesUnder(dir string) []string {
 	}
 	return out
 }
+
+// make soak exits non-zero unless every upgrade handed over and every failed
+// request was on a connection a SIGKILLed worker held or was queued to.
+func TestSoakVerdict(t *testing.T) {
+	pass := soakResult{Requested: 10, Done: 10, HandedOver: 10, Requests: requestCounts{Requests: 1000}}
+	withKills := pass
+	withKills.Requests.Failed = 3
+	withKills.FailedOn = harness.Attribution{Held: map[string]int{"reset": 2}, Queued: map[string]int{"reset": 1}}
+	other := withKills
+	other.Requests.Failed = 4
+	other.FailedOn.Other = map[string]int{"eof": 1}
+	unlisted := withKills
+	unlisted.Requests.Failed = 5 // two the load generator only counted
+	short := pass
+	short.HandedOver = 9
+	for _, c := range []struct {
+		name string
+		s    soakResult
+		want string // "" passes
+	}{
+		{"clean", pass, ""},
+		{"failures on killed workers' connections", withKills, ""},
+		{"a failure elsewhere", other, "1 of 1000 requests failed outside"},
+		{"failures nobody attributed", unlisted, "2 of 1000 requests failed outside"},
+		{"an upgrade that did not hand over", short, "9 of 10 upgrades handed over"},
+	} {
+		err := soakVerdict(&c.s)
+		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("%s: soakVerdict = %v, want %q", c.name, err, c.want)
+		}
+	}
+}
