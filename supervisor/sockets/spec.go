@@ -198,19 +198,19 @@ func parsePerm(query string) (*Perm, error) {
 			}
 			p.Mode = os.FileMode(m)
 		case "user":
-			u, err := account.LookupUser(v)
+			uid, err := account.LookupUID(v)
 			if errors.Is(err, account.ErrNotFound) {
 				return nil, fmt.Errorf("user %q: no such user", v)
 			} else if err != nil {
-				return nil, err
+				return nil, fmt.Errorf("user %q: %w", v, err)
 			}
-			p.UID = u.UID
+			p.UID = uid
 		case "group":
 			gid, err := account.LookupGroup(v)
 			if errors.Is(err, account.ErrNotFound) {
 				return nil, fmt.Errorf("group %q: no such group", v)
 			} else if err != nil {
-				return nil, err
+				return nil, fmt.Errorf("group %q: %w", v, err)
 			}
 			p.GID = gid
 		default:

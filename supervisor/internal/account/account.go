@@ -27,8 +27,8 @@ import (
 var ErrNotFound = errors.New("not found")
 
 // getentTimeout bounds one getent call: an NSS module whose server does
-// not answer must not hang a master's start.
-const getentTimeout = 5 * time.Second
+// not answer must not hang a master's start. A variable for tests.
+var getentTimeout = 5 * time.Second
 
 // User is a user account's ids.
 type User struct {
@@ -36,9 +36,11 @@ type User struct {
 	Groups   []int // every group the user is in (supplementary groups)
 }
 
-// LookupUser resolves a user name or numeric uid. It runs getent (blocking,
-// at most getentTimeout per call) only when os/user finds nothing. The
-// error wraps ErrNotFound when no source knows the account.
+// LookupUser resolves a user name or numeric uid. The user's groups are
+// getent's (initgroups, through NSS: groups LDAP or nss-systemd know for an
+// account in /etc/passwd too) when getent answers, else those /etc/group
+// lists. It runs getent (blocking, at most getentTimeout per call) once
+// or twice. The error wraps ErrNotFound when no source knows the account.
 func LookupUser(name string) (User, error) {
 	u, err := user.Lookup(name)
 	if err != nil {
@@ -49,7 +51,9 @@ func LookupUser(name string) (User, error) {
 		gid, err2 := strconv.Atoi(u.Gid)
 		if err1 == nil && err2 == nil {
 			out := User{UID: uid, GID: gid}
-			if gids, err := u.GroupIds(); err == nil {
+			if groups, ok := initgroups(u.Username); ok {
+				out.Groups = groups
+			} else if gids, err := u.GroupIds(); err == nil {
 				for _, g := range gids {
 					if n, err := strconv.Atoi(g); err == nil {
 						out.Groups = append(out.Groups, n)
@@ -60,6 +64,49 @@ func LookupUser(name string) (User, error) {
 		}
 	}
 	return lookupUserNSS(name)
+}
+
+// LookupUID resolves a user name or numeric uid to the uid alone (a socket
+// file's owner: no groups asked for), like LookupUser.
+func LookupUID(name string) (int, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		u, err = user.LookupId(name)
+	}
+	if err == nil {
+		if uid, err := strconv.Atoi(u.Uid); err == nil {
+			return uid, nil
+		}
+	}
+	fields, err := getent("passwd", name)
+	if err != nil {
+		return 0, err
+	}
+	if len(fields) < 3 {
+		return 0, fmt.Errorf("getent answered %q: %w", strings.Join(fields, ":"), ErrNotFound)
+	}
+	uid, err := strconv.Atoi(fields[2])
+	if err != nil {
+		return 0, fmt.Errorf("getent answered uid %q: %w", fields[2], ErrNotFound)
+	}
+	return uid, nil
+}
+
+// initgroups returns every group of the named account through NSS, from
+// getent's "NAME  GID GID …"; false when getent cannot say.
+func initgroups(name string) ([]int, bool) {
+	out, err := run("initgroups", name)
+	if err != nil {
+		return nil, false
+	}
+	f := strings.Fields(string(out))
+	var groups []int
+	for _, s := range f[min(1, len(f)):] {
+		if n, err := strconv.Atoi(s); err == nil {
+			groups = append(groups, n)
+		}
+	}
+	return groups, true
 }
 
 // LookupGroup resolves a group name or numeric gid, like LookupUser.
@@ -75,15 +122,15 @@ func LookupGroup(name string) (int, error) {
 	}
 	fields, err := getent("group", name)
 	if err != nil {
-		return 0, fmt.Errorf("group %q: %w", name, err)
+		return 0, err
 	}
 	// name:password:gid:members
 	if len(fields) < 3 {
-		return 0, fmt.Errorf("group %q: getent answered %q: %w", name, strings.Join(fields, ":"), ErrNotFound)
+		return 0, fmt.Errorf("getent answered %q: %w", strings.Join(fields, ":"), ErrNotFound)
 	}
 	gid, err := strconv.Atoi(fields[2])
 	if err != nil {
-		return 0, fmt.Errorf("group %q: getent answered gid %q: %w", name, fields[2], ErrNotFound)
+		return 0, fmt.Errorf("getent answered gid %q: %w", fields[2], ErrNotFound)
 	}
 	return gid, nil
 }
@@ -91,27 +138,19 @@ func LookupGroup(name string) (int, error) {
 func lookupUserNSS(name string) (User, error) {
 	fields, err := getent("passwd", name)
 	if err != nil {
-		return User{}, fmt.Errorf("user %q: %w", name, err)
+		return User{}, err
 	}
 	// name:password:uid:gid:gecos:home:shell
 	if len(fields) < 4 {
-		return User{}, fmt.Errorf("user %q: getent answered %q: %w", name, strings.Join(fields, ":"), ErrNotFound)
+		return User{}, fmt.Errorf("getent answered %q: %w", strings.Join(fields, ":"), ErrNotFound)
 	}
 	uid, err1 := strconv.Atoi(fields[2])
 	gid, err2 := strconv.Atoi(fields[3])
 	if err1 != nil || err2 != nil {
-		return User{}, fmt.Errorf("user %q: getent answered ids %q:%q: %w", name, fields[2], fields[3], ErrNotFound)
+		return User{}, fmt.Errorf("getent answered ids %q:%q: %w", fields[2], fields[3], ErrNotFound)
 	}
 	u := User{UID: uid, GID: gid}
-	// "NAME  GID GID …": every group the account is in, through NSS.
-	if out, err := run("initgroups", fields[0]); err == nil {
-		f := strings.Fields(string(out))
-		for _, s := range f[min(1, len(f)):] {
-			if n, err := strconv.Atoi(s); err == nil {
-				u.Groups = append(u.Groups, n)
-			}
-		}
-	}
+	u.Groups, _ = initgroups(fields[0])
 	return u, nil
 }
 
@@ -133,7 +172,11 @@ func run(db, key string) ([]byte, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), getentTimeout)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "getent", db, key).Output()
+	cmd := exec.CommandContext(ctx, "getent", db, key)
+	// A child of getent's that keeps the pipe open must not hold us past
+	// the timeout (Output waits for the pipe to close otherwise).
+	cmd.WaitDelay = time.Second
+	out, err := cmd.Output()
 	var ee *exec.ExitError
 	switch {
 	case err == nil && len(bytes.TrimSpace(out)) > 0:

@@ -5,7 +5,9 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 )
 
 // fakeGetent puts a getent on PATH that answers like glibc's for one
@@ -19,6 +21,8 @@ case "$1 $2" in
 "passwd nssuser"|"passwd 4242") echo "nssuser:*:4242:4343:NSS only:/home/nssuser:/bin/sh" ;;
 "initgroups nssuser") echo "nssuser               4343 5000" ;;
 "group nssgroup"|"group 4343") echo "nssgroup:*:4343:nssuser" ;;
+"initgroups root") echo "root                  0 7777" ;;
+"passwd slowuser") sleep 3 & exec sleep 30 ;;
 *) exit 2 ;;
 esac
 `
@@ -71,5 +75,40 @@ func TestAccountsOnlyNSSKnowsComeFromGetent(t *testing.T) {
 	}
 	if _, err := LookupGroup("nosuchgroup"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("LookupGroup(nosuchgroup): %v; want ErrNotFound", err)
+	}
+}
+
+// A local account's groups are NSS's too (a group only LDAP or nss-systemd
+// lists for a user of /etc/passwd), as a cgo build's initgroups would see.
+func TestLocalAccountsGroupsComeFromNSS(t *testing.T) {
+	fakeGetent(t)
+	u, err := LookupUser("root")
+	if err != nil || u.UID != 0 {
+		t.Fatalf("LookupUser(root) = %+v, %v", u, err)
+	}
+	if !slices.Equal(u.Groups, []int{0, 7777}) {
+		t.Fatalf("LookupUser(root) groups %v; want [0 7777] from getent initgroups", u.Groups)
+	}
+	if uid, err := LookupUID("nssuser"); err != nil || uid != 4242 {
+		t.Fatalf("LookupUID(nssuser) = %d, %v; want 4242", uid, err)
+	}
+}
+
+// A getent that does not answer is given up on at the timeout, even when a
+// child of its keeps the output pipe open; the error is not "not found".
+func TestGetentThatHangsIsCutAtTheTimeout(t *testing.T) {
+	fakeGetent(t)
+	old := getentTimeout
+	getentTimeout = 200 * time.Millisecond
+	t.Cleanup(func() { getentTimeout = old })
+	t0 := time.Now()
+	_, err := LookupUser("slowuser")
+	took := time.Since(t0)
+	if err == nil || errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "no answer within") {
+		t.Fatalf("LookupUser(slowuser) = %v; want a timeout error", err)
+	}
+	// The timeout and WaitDelay's second; the grandchild holds the pipe 3 s.
+	if took > 2500*time.Millisecond {
+		t.Fatalf("LookupUser(slowuser) took %s: the pipe a child of getent held kept it", took)
 	}
 }
