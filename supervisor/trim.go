@@ -34,12 +34,17 @@ func startupFields(launch, runAt, bootAt time.Time) []zap.Field {
 }
 
 // trim gives back what the master's start-up or last upgrade used and will
-// not use again (osutil.Trim): called once it serves alone. A master keeps
-// the runtime's default GC target: it lives one generation, and a lower
-// target would wake it for collections while it should sleep through the
-// traffic (TestMasterStaysOutOfTheDataPath).
+// not use again (osutil.Trim): called once it serves alone. From then on
+// the master collects at the keeper's low GC target (unless GOGC is set):
+// its start-up, with the default target, is not held up by collections,
+// and a master that does not allocate is never woken by one
+// (TestMasterStaysOutOfTheDataPath).
 func (m *master) trim() {
 	t0 := m.sys.now()
+	// Serving, what allocates in a master is a status request, a /metrics
+	// scrape or a membership check: at the default target the garbage of a
+	// few scrapes grew its heap to the 4 MiB minimum before a collection.
+	osutil.LowGC()
 	dropped := osutil.Trim()
 	m.log.Debug("memory trimmed", zap.Int64("binary_bytes_unmapped", dropped), zap.Duration("took", m.sys.now().Sub(t0)))
 }
