@@ -38,6 +38,7 @@ build:
 # a build of the same source with urfave/cli's generator (baton-docs,
 # removed once it has printed the page).
 docs:
+	@test -x $(BIN)/baton || { echo "make docs: $(BIN)/baton is missing: run make build (which runs docs)" >&2; exit 2; }
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/baton-docs ./cmd/baton
 	$(BIN)/baton-docs man > $(BIN)/baton.1
 	rm -f $(BIN)/baton-docs

@@ -114,7 +114,7 @@ func printSteps(w io.Writer, r *report) {
 	if len(cols) == 0 {
 		return
 	}
-	fmt.Fprintf(w, "\nWhere a handover's time goes, 4 workers (from the new master's log: median ms of wall time, and in brackets of the new master's CPU time;\n  upgrades per column in brackets)\n")
+	fmt.Fprintf(w, "\nWhere a handover's time goes, 4 workers (from the new master's log: median ms of wall time, and in brackets of the new master's CPU time,\n  the old master's for preflight; upgrades per column in brackets)\n")
 	tw := table(w)
 	fmt.Fprint(tw, "  step\t")
 	for _, c := range cols {
