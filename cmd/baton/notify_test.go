@@ -115,3 +115,50 @@ func TestNotifySocketReachableByUserWorkersUnderPrivateRuntimeDir(t *testing.T) 
 		t.Fatalf("served %q", body)
 	}
 }
+
+// staleNotifyDir makes in base what a SIGKILLed master leaves: a notify
+// directory of this user whose socket is bound but read by nobody (a dial
+// to it is refused).
+func staleNotifyDir(t *testing.T, base string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp(base, "baton-notify.")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = syscall.Bind(fd, &syscall.SockaddrUnix{Name: filepath.Join(dir, "notify")})
+	syscall.Close(fd) // the path stays, nobody reads it
+	if err != nil {
+		t.Fatalf("bind %s/notify: %v", dir, err)
+	}
+	return dir
+}
+
+// The sweep of stale notify directories no longer happens in notify.Open
+// (on the way to a new master's first spawn) but once the new generation
+// serves: a directory left by a master SIGKILLed while baton ran (after
+// the keeper's and the first master's sweeps) is gone after an upgrade.
+func TestUpgradeSweepsNotifyDirectoryLeftSinceStart(t *testing.T) {
+	t.Parallel()
+	base := t.TempDir()
+	addr := freeAddr(t)
+	b := startBaton(t, []string{"XDG_RUNTIME_DIR=" + base}, "-l", addr, "-w", "1", "--", bin("hello"))
+	b.waitReady()
+	stale := staleNotifyDir(t, base)
+	if dirs := notifyDirs(t, base); len(dirs) != 3 || !slices.Contains(dirs, stale) {
+		t.Fatalf("notify directories %v; want the keeper's, the master's and %s", dirs, stale)
+	}
+	b.upgrade(t, b.pid, 1) // returns once the new generation serves and the old master has exited
+	// The new master sweeps in the background after handover_complete,
+	// with no event of its own: the directory is looked at until it goes.
+	eventually(t, 10*time.Second, "the stale notify directory "+stale+" to be swept", func() bool {
+		_, err := os.Lstat(stale)
+		return os.IsNotExist(err)
+	})
+	if dirs := notifyDirs(t, base); len(dirs) != 2 {
+		t.Fatalf("after the sweep: notify directories %v, want the keeper's and the new master's", dirs)
+	}
+}
