@@ -445,3 +445,24 @@ func TestScaleRefusedDuringAnUpgrade(t *testing.T) {
 		t.Fatalf("after the upgrade: scale error %v, %d slots", err, len(l.m.slots))
 	}
 }
+
+// A serving master that replaced crashed workers gives back what starting
+// them used once the generation is whole again, not before.
+func TestTrimAfterReplacementsMakeTheGenerationWhole(t *testing.T) {
+	l := serving(t, testConfig(2))
+	before := l.m.trims
+	l.exit(l.proc(0), exitStatus{code: 1})
+	l.exit(l.proc(1), exitStatus{code: 1})
+	l.advance(backoffMin)
+	if l.started() != 4 {
+		t.Fatalf("started %d, want both workers restarted", l.started())
+	}
+	l.ready(l.proc(2))
+	if l.m.trims != before {
+		t.Fatalf("trimmed with a worker still starting (%d -> %d)", before, l.m.trims)
+	}
+	l.ready(l.proc(3))
+	if l.m.trims != before+1 {
+		t.Fatalf("trims %d -> %d once both replacements were ready, want one more", before, l.m.trims)
+	}
+}

@@ -98,6 +98,7 @@ type master struct {
 	trees        trees          // the generation's process trees (tree.go)
 	steps        startSteps     // when each step of this master's start ended (steps.go)
 	reserve      bool           // make the spare threads once serving (tasks.go); false in tests
+	trims        int            // times trim gave memory back (trim.go)
 }
 
 // newMaster returns a master that has started nothing. gen is its

@@ -45,6 +45,7 @@ func (m *master) trim() {
 	// scrape or a membership check: at the default target the garbage of a
 	// few scrapes grew its heap to the 4 MiB minimum before a collection.
 	osutil.LowGC()
+	m.trims++
 	dropped := osutil.Trim()
 	m.log.Debug("memory trimmed", zap.Int64("binary_bytes_unmapped", dropped), zap.Duration("took", m.sys.now().Sub(t0)))
 }

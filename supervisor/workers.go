@@ -229,6 +229,13 @@ func (m *master) markReady(w *worker) {
 	w.stopReady()
 	w.stopReadyTimer()
 	startup := m.sys.now().Sub(w.started)
+	if m.phase == phaseServing && !m.origin.parentAlive && !m.up.running && m.allReady() {
+		// A replacement (a crash, TTIN) that makes the generation whole
+		// again while this master serves alone: starting it mapped the
+		// spawn path again; back to rest, before the line, so that
+		// whoever waits for it measures a trimmed master.
+		m.trim()
+	}
 	w.log.Info("worker ready", logevent.WorkerReady, zap.Duration("startup", startup))
 	m.step(control.Progress{Event: control.EvWorkerReady, Worker: intp(w.index), PID: w.pid, DurationMS: ms(startup),
 		Message: fmt.Sprintf("worker %d ready (pid %d) after %s", w.index, w.pid, startup.Round(time.Millisecond))})
