@@ -465,3 +465,53 @@ func TestDrainedGenerationCountsItsKilledSurvivors(t *testing.T) {
 		})
 	}
 }
+
+// A new master makes its generation's cgroups (gen-N.PID and a worker-I.SEQ
+// per first worker) while it waits for the keeper and opens its sockets;
+// when that set-up fails, nothing was started in them and they are
+// removed: a failed upgrade leaves no gen-2 cgroup behind. The set-up fails
+// here at the keeper's handshake: the binary the new master runs is not
+// the keeper's any more (the keeper's was renamed away and another copy
+// put in its place), so the keeper refuses its announcement.
+func TestFailedSetUpOfNewMasterLeavesNoCgroups(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	b, self := startCopiedBaton(t, "-l", addr, "-w", "2", "--", bin("hello"))
+	ev := b.log.wait(t, "process_trees", nil, 10*time.Second)
+	if got := ev.str("mechanism"); got != "cgroup" {
+		t.Skipf("SKIP: no cgroup v2 baton can write here (%s): %s", got, ev.str("reason"))
+	}
+	base := ev.str("cgroup")
+	b.waitReady()
+	if gens, _ := filepath.Glob(filepath.Join(base, "gen-1.*")); len(gens) != 1 {
+		t.Fatalf("generation 1's cgroups in %s: %v, want one", base, gens)
+	}
+	data, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(self, self+".running"); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeExecutable(self, data); err != nil {
+		t.Fatal(err)
+	}
+	from := b.log.len()
+	if err := syscall.Kill(b.firstMaster(), syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	// Its reason is the keeper's refusal of the new master's announcement,
+	// after prepareTrees had made gen-2 (without the removal the directory
+	// is still there).
+	b.log.waitFrom(t, from, "upgrade_failed", nil, 30*time.Second)
+	if gens, _ := filepath.Glob(filepath.Join(base, "gen-2.*")); len(gens) != 0 {
+		t.Fatalf("a new master that failed its set-up left its cgroups: %v", gens)
+	}
+	if body := mustGet(t, addr, "/"); !strings.HasPrefix(body, "hello ") {
+		t.Fatalf("served %q after the failed upgrade", body)
+	}
+	b.signal(syscall.SIGTERM) // the keeper ends the service and its cgroups
+	if code := b.waitExit(30 * time.Second); code != 0 {
+		t.Fatalf("keeper exit %d after SIGTERM", code)
+	}
+}
