@@ -466,3 +466,35 @@ func TestTrimAfterReplacementsMakeTheGenerationWhole(t *testing.T) {
 		t.Fatalf("trims %d -> %d once both replacements were ready, want one more", before, l.m.trims)
 	}
 }
+
+// The new master's reports are known by their token before the old master
+// walks up the sender's ancestors (m.sys.parentOf, reads of /proc): a new
+// master sends one for each step of its start, and the walk for each took
+// the old master's CPU while the new one spawned. A report with a wrong
+// token is still dropped.
+func TestChildReportKnownByTokenWithoutAncestryWalk(t *testing.T) {
+	l := serving(t, testConfig(2))
+	walks := 0
+	l.m.sys.parentOf = func(int) int { walks++; return 0 }
+	if why := l.m.requestUpgrade("test", false); why != "" {
+		t.Fatal(why)
+	}
+	ready := `{"generation":2,"total_ms":30,"workers_starting_ms":20}`
+	l.m.handle(evNotify{PID: 998, Fields: map[string]string{reportToken: "forged", reportReady: ready}})
+	if l.m.up.ready != nil {
+		t.Fatalf("a report with a wrong token was believed: %+v", l.m.up.ready)
+	}
+	walks = 0
+	l.m.handle(evNotify{PID: 999, Fields: map[string]string{reportToken: l.m.up.token, reportReady: ready}})
+	if l.m.up.ready == nil || l.m.up.ready.NewMasterPID != 999 {
+		t.Fatalf("the new master's report not taken: %+v", l.m.up.ready)
+	}
+	if walks != 0 {
+		t.Fatalf("the sender's ancestry was looked up %d times for a report with the upgrade's token, want 0", walks)
+	}
+	l.upg.results <- nil
+	l.awaitEvent()
+	if l.m.phase != phaseHandedOver {
+		t.Fatalf("phase %d after handover", l.m.phase)
+	}
+}
