@@ -241,7 +241,11 @@ func (k *keeper) onExited(m *keptMaster) {
 		k.gone = append(k.gone[:0], k.gone[1:]...) // in place: no new array per exit
 	}
 	k.gone = append(k.gone, m)
-	k.trim(m, "master_exited") // an upgrade is over: what it used is garbage now
+	if len(k.masters) > 0 {
+		// An upgrade is over: what it used is garbage now. With no
+		// master left the keeper is about to exit: nothing to rest for.
+		k.trim(m, "master_exited")
+	}
 	if m == k.record {
 		k.record = nil
 		k.lastRecord = m

@@ -576,4 +576,9 @@ func TestAtRestSaidAfterEachTrim(t *testing.T) {
 	if !slices.Equal(got, want) || l.f.trims != 2 {
 		t.Fatalf("keeper_at_rest entries %q after %d trims, want %q after 2", got, l.f.trims, want)
 	}
+	// The last master's exit ends the keeper: no rest said before it goes.
+	l.exit(101, 0, true)
+	if n := l.events(logevent.KeeperAtRest.String); n != 2 || l.f.trims != 2 {
+		t.Fatalf("after the last master's exit: %d keeper_at_rest entries, %d trims; want 2 and 2", n, l.f.trims)
+	}
 }
