@@ -597,3 +597,47 @@ func TestUpgradeReplacesBatonItself(t *testing.T) {
 		t.Fatalf("stop: %d %s", code, out)
 	}
 }
+
+// baton upgraded by moving a symlink on its path to a new binary (a
+// release directory per version): the new master runs another file than
+// the keeper and is known by the keeper's token.
+func TestUpgradeBatonBySymlink(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	dir := t.TempDir()
+	for v, from := range map[string]string{"v1": bin("baton"), "v2": bin("baton-v2")} {
+		data, err := os.ReadFile(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Mkdir(filepath.Join(dir, v), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := writeExecutable(filepath.Join(dir, v, "baton"), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	link := filepath.Join(dir, "baton")
+	if err := os.Symlink("v1/baton", link); err != nil {
+		t.Fatal(err)
+	}
+	b := startBatonFrom(t, dir, link, "-l", addr, "-w", "2", "--", bin("hello"))
+	b.waitReady()
+	if err := os.Symlink("v2/baton", link+".new"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(link+".new", link); err != nil { // ln -sfn, atomically
+		t.Fatal(err)
+	}
+	master := b.upgrade(t, b.pid, 1)
+	ev := b.log.wait(t, "master_starting", func(e logEvent) bool { return e.num("master_pid") == master }, time.Second)
+	if ev.str("version") != "test-v2" {
+		t.Fatalf("new master runs version %q, want test-v2 from the symlink's new target", ev.str("version"))
+	}
+	if body := mustGet(t, addr, "/"); field(body, "generation") != "2" {
+		t.Fatalf("served %q", body)
+	}
+	if code, out := b.ctl(t, "stop"); code != 0 {
+		t.Fatalf("stop: %d %s", code, out)
+	}
+}

@@ -462,7 +462,15 @@ func startCopiedBaton(t *testing.T, args ...string) (b *baton, self string) {
 	if err := writeExecutable(self, data); err != nil {
 		t.Fatal(err)
 	}
-	b = startBatonCmd(t, exec.Command(self, append([]string{"run", "--log-format", "json"}, args...)...), nil)
+	return startBatonFrom(t, dir, self, args...), self
+}
+
+// startBatonFrom starts baton run from path, a baton of the test's own in
+// dir (the path may be a symlink to one), and ends at cleanup every
+// master that runs a binary from dir.
+func startBatonFrom(t *testing.T, dir, path string, args ...string) *baton {
+	t.Helper()
+	b := startBatonCmd(t, exec.Command(path, append([]string{"run", "--log-format", "json"}, args...)...), nil)
 	t.Cleanup(func() {
 		// The keeper first (it would start a master anew), while Wait has
 		// not reaped it, so its pid cannot be another process's.
@@ -479,7 +487,7 @@ func startCopiedBaton(t *testing.T, args ...string) (b *baton, self string) {
 			}
 		}
 	})
-	return b, self
+	return b
 }
 
 // writeExecutable writes data to path, mode 0755, through another process

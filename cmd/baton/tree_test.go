@@ -466,17 +466,13 @@ func TestDrainedGenerationCountsItsKilledSurvivors(t *testing.T) {
 	}
 }
 
-// A new master makes its generation's cgroups (gen-N.PID and a worker-I.SEQ
-// per first worker) while it waits for the keeper and opens its sockets;
-// when that set-up fails, nothing was started in them and they are
-// removed: a failed upgrade leaves no gen-2 cgroup behind. The set-up fails
-// here at the keeper's handshake: the binary the new master runs is not
-// the keeper's any more (the keeper's was renamed away and another copy
-// put in its place), so the keeper refuses its announcement.
+// A new master whose set-up fails after it made its generation's cgroups
+// (here: the keeper, stopped, never answers its announcement, so it gives
+// up after link.AnnounceWait) removes them: nothing was started in them.
 func TestFailedSetUpOfNewMasterLeavesNoCgroups(t *testing.T) {
 	t.Parallel()
 	addr := freeAddr(t)
-	b, self := startCopiedBaton(t, "-l", addr, "-w", "2", "--", bin("hello"))
+	b := startBaton(t, nil, "-l", addr, "-w", "2", "--", bin("hello"))
 	ev := b.log.wait(t, "process_trees", nil, 10*time.Second)
 	if got := ev.str("mechanism"); got != "cgroup" {
 		t.Skipf("SKIP: no cgroup v2 baton can write here (%s): %s", got, ev.str("reason"))
@@ -486,24 +482,23 @@ func TestFailedSetUpOfNewMasterLeavesNoCgroups(t *testing.T) {
 	if gens, _ := filepath.Glob(filepath.Join(base, "gen-1.*")); len(gens) != 1 {
 		t.Fatalf("generation 1's cgroups in %s: %v, want one", base, gens)
 	}
-	data, err := os.ReadFile(self)
-	if err != nil {
+	if err := syscall.Kill(b.pid, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Rename(self, self+".running"); err != nil {
-		t.Fatal(err)
+	continued := false
+	cont := func() {
+		if !continued {
+			continued = true
+			syscall.Kill(b.pid, syscall.SIGCONT)
+		}
 	}
-	if err := writeExecutable(self, data); err != nil {
-		t.Fatal(err)
-	}
+	t.Cleanup(cont)
 	from := b.log.len()
 	if err := syscall.Kill(b.firstMaster(), syscall.SIGUSR2); err != nil {
 		t.Fatal(err)
 	}
-	// Its reason is the keeper's refusal of the new master's announcement,
-	// after prepareTrees had made gen-2 (without the removal the directory
-	// is still there).
 	b.log.waitFrom(t, from, "upgrade_failed", nil, 30*time.Second)
+	cont()
 	if gens, _ := filepath.Glob(filepath.Join(base, "gen-2.*")); len(gens) != 0 {
 		t.Fatalf("a new master that failed its set-up left its cgroups: %v", gens)
 	}

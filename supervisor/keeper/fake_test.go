@@ -104,6 +104,7 @@ func (f *fakeOS) sys() sys {
 			}
 			return !f.notBaton[pid]
 		},
+		knowsToken: func(tok string) bool { return tok != "" && tok == fakeToken },
 		watch: func(pid int, gone func()) (proc, error) {
 			if err := f.watchErr[pid]; err != nil {
 				return nil, err
@@ -176,6 +177,9 @@ func (l *lk) note(pid int, kv ...string) {
 }
 
 // announce has pid announce itself as a master, waiting for an answer.
+// fakeToken is the fake keeper's link.EnvToken.
+const fakeToken = "f00d"
+
 func (l *lk) announce(pid int) {
 	l.note(pid, link.KeyRegister+"=1", link.KeyAckTo+"=@baton-ack-"+fmt.Sprint(pid))
 }

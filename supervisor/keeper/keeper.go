@@ -368,7 +368,7 @@ func (k *keeper) onNote(msg notify.Msg) {
 	if announce, ackTo := link.Announcement(msg.Fields); announce {
 		var why string
 		if m == nil {
-			m, why = k.register(msg.PID)
+			m, why = k.register(msg.PID, msg.Fields[link.KeyToken])
 		} else {
 			k.announced(m) // the first master
 		}
@@ -449,7 +449,7 @@ func noteExit(m *keptMaster, fields map[string]string) {
 // know (tableflip's re-exec) or of ours. It returns nil and why when it
 // does not; a failure of the keeper's own (out of descriptors) is said as
 // such, never taken for a fact about the process.
-func (k *keeper) register(pid int) (*keptMaster, string) {
+func (k *keeper) register(pid int, token string) (*keptMaster, string) {
 	exited := func() (*keptMaster, string) {
 		// Gone before its announcement was read: a master that failed its
 		// own start checks says so in one line and exits without waiting
@@ -465,7 +465,9 @@ func (k *keeper) register(pid int) (*keptMaster, string) {
 		k.log.Error("master announcement not accepted: keeper cannot read the process", logevent.MasterRefused, zap.Int("sender_pid", pid), zap.Error(err))
 		return nil, "keeper cannot read the process: " + err.Error()
 	}
-	if !k.sys.sameProgram(pid) {
+	// The keeper's own program, or a master that shows the keeper's
+	// token (baton upgraded by a symlink moved to another file).
+	if !k.sys.sameProgram(pid) && !k.sys.knowsToken(token) {
 		// A zombie's executable cannot be read: one that exited since its
 		// parent was read is no stranger either.
 		if _, err := k.sys.parent(pid); osutil.NoProcess(err) {

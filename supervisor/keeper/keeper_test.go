@@ -582,3 +582,26 @@ func TestAtRestSaidAfterEachTrim(t *testing.T) {
 		t.Fatalf("after the last master's exit: %d keeper_at_rest entries, %d trims; want 2 and 2", n, l.f.trims)
 	}
 }
+
+// A new master that runs another file than the keeper (baton upgraded by
+// moving a symlink on its path to a new binary) is known by the keeper's
+// token, which only masters carry; without it, or with another, it is
+// refused as before.
+func TestAnnouncementOfAnotherBinaryKnownByToken(t *testing.T) {
+	l := serving(t)
+	l.child(301, 100)
+	l.f.notBaton[301] = true
+	l.note(301, link.KeyRegister+"=1", link.KeyAckTo+"=@baton-ack-301", link.KeyToken+"="+fakeToken)
+	if l.k.masters[301] == nil {
+		t.Fatal("a master of another binary that showed the keeper's token was not registered")
+	}
+	l.child(302, 100)
+	l.f.notBaton[302] = true
+	l.note(302, link.KeyRegister+"=1", link.KeyAckTo+"=@baton-ack-302", link.KeyToken+"=forged")
+	l.child(303, 100)
+	l.f.notBaton[303] = true
+	l.announce(303)
+	if l.k.masters[302] != nil || l.k.masters[303] != nil {
+		t.Fatal("a process of another binary with a wrong or no token was registered")
+	}
+}

@@ -3,6 +3,9 @@
 package keeper
 
 import (
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -38,6 +41,10 @@ type sys struct {
 	parent func(pid int) (int, error)
 	// sameProgram reports whether pid runs baton, as the keeper does.
 	sameProgram func(pid int) bool
+	// knowsToken reports whether tok is the secret the keeper gave its
+	// masters (link.EnvToken): a master that runs another file (a
+	// symlink on baton's path moved to a new binary) shows it.
+	knowsToken func(tok string) bool
 	// watch takes a handle on pid (which stays valid when the pid is
 	// reused) and calls gone once pid has exited. Its error satisfies
 	// osutil.NoProcess when pid is already gone.
@@ -92,13 +99,14 @@ type osSys struct {
 	pidLock  *pidfile.Lock   // the pid file, held for the keeper's life
 	trees    keeperTrees     // the service's cgroup subtree (tree.go)
 	stalePID int             // the keeper a stale pid file named (its subtree is ended at start)
+	token    string          // link.EnvToken: random, made at start
 }
 
 // openOS sets the keeper's process up: descriptors in reserve, the answer
 // socket, a lower OOM score, child subreaper, the terminal's watch, the
 // notify socket, the pid file. It logs what failed and returns nil then.
 func openOS(kc Config, log *zap.Logger) *osSys {
-	o := &osSys{kc: kc, log: log, self: os.Getpid(), ttyHung: make(chan time.Time, 1)}
+	o := &osSys{kc: kc, log: log, self: os.Getpid(), ttyHung: make(chan time.Time, 1), token: newToken()}
 	// A limit the masters still fit in must not starve the keeper of the
 	// few descriptors it needs to adopt one (a pidfd, a /proc read, an
 	// answer): those are retried with one of these released.
@@ -149,6 +157,9 @@ func (o *osSys) sys() sys {
 			return st.PPID, err
 		},
 		sameProgram: osutil.SameProgram,
+		knowsToken: func(tok string) bool {
+			return o.token != "" && subtle.ConstantTimeCompare([]byte(tok), []byte(o.token)) == 1
+		},
 		watch: func(pid int, gone func()) (proc, error) {
 			var fd int
 			err := o.fds.Do(func() (err error) { fd, err = unix.PidfdOpen(pid, 0); return err })
@@ -187,7 +198,7 @@ func (o *osSys) sys() sys {
 func (o *osSys) startMaster(gone func()) (int, proc, error) {
 	o.manager = os.Getenv("NOTIFY_SOCKET")
 	activated := os.Getenv("LISTEN_PID") == strconv.Itoa(o.self)
-	offer := link.Offer{KeeperPID: o.self, Notify: o.sock.Addr(), OOMScoreAdj: o.oomOrig}
+	offer := link.Offer{KeeperPID: o.self, Notify: o.sock.Addr(), OOMScoreAdj: o.oomOrig, Token: o.token}
 	o.setupTrees(&offer)
 	cmd := &exec.Cmd{
 		Path:        o.kc.Args[0],
@@ -342,4 +353,15 @@ func ttyAlive() bool {
 	}
 	f.Close()
 	return true
+}
+
+// newToken returns 128 random bits in hex for link.EnvToken, or "" if the
+// system has no randomness to give (then only the executable's path
+// tells a master).
+func newToken() string {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return ""
+	}
+	return hex.EncodeToString(b)
 }

@@ -47,6 +47,12 @@ const (
 	// EnvOOMScoreAdj is the keeper's oom_score_adj at its start, which a
 	// master restores for itself and its workers.
 	EnvOOMScoreAdj = "BATON_OOM_SCORE_ADJ"
+	// EnvToken is a random secret of the keeper's that every master
+	// passes on and shows in its announcement: a new master that runs
+	// another file than the keeper (baton upgraded by pointing a symlink
+	// at a new binary) is known by it, where a worker, which never sees
+	// BATON_ variables, is not.
+	EnvToken = "BATON_KEEPER_TOKEN"
 )
 
 // Keys of a master's messages on the keeper's notify socket, besides
@@ -56,6 +62,7 @@ const (
 	KeyStop     = "BATON_STOP"   // "1": a master was told to stop (baton stop)
 	KeyExit     = "BATON_EXIT"   // the status a master is about to exit with
 	KeyAckTo    = "BATON_ACK_TO" // where the keeper answers an announcement
+	KeyToken    = "BATON_TOKEN"  // the keeper's EnvToken, shown by an announcing master
 	KeyAccepted = "BATON_ACCEPTED"
 	KeyRefused  = "BATON_REFUSED"
 )
@@ -84,6 +91,7 @@ type Link struct {
 	acks      bool
 	notify    string // the keeper's notify socket
 	oomScore  string
+	token     string        // EnvToken
 	wait      time.Duration // for the keeper's answer; 0: AnnounceWait
 }
 
@@ -99,6 +107,7 @@ func FromEnv() Link {
 		acks:      os.Getenv(EnvAcks) == "1",
 		notify:    os.Getenv("NOTIFY_SOCKET"),
 		oomScore:  os.Getenv(EnvOOMScoreAdj),
+		token:     os.Getenv(EnvToken),
 	}
 }
 
@@ -163,7 +172,11 @@ func (l Link) Announce() error {
 	if rc, err := c.SyscallConn(); err == nil {
 		rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_PASSCRED, 1) })
 	}
-	if err := osutil.SendNotify(l.notify, KeyRegister+"=1\n"+KeyAckTo+"="+name); err != nil {
+	msg := KeyRegister + "=1\n" + KeyAckTo + "=" + name
+	if l.token != "" {
+		msg += "\n" + KeyToken + "=" + l.token
+	}
+	if err := osutil.SendNotify(l.notify, msg); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(wait)
@@ -234,6 +247,7 @@ type Offer struct {
 	Cgroup      string // the service's cgroup subtree, or ""
 	TreesWhy    string // why there is no cgroup (Cgroup "")
 	OOMScoreAdj string // the score the keeper started with, or ""
+	Token       string // EnvToken's value
 }
 
 // Env is the first master's environment: environ (the keeper's) without
@@ -247,7 +261,7 @@ func (o Offer) Env(environ []string, activated bool) []string {
 	for _, kv := range environ {
 		key, _, _ := strings.Cut(kv, "=")
 		switch {
-		case key == "NOTIFY_SOCKET", key == "WATCHDOG_PID", key == EnvKeeperPID, key == EnvCgroup:
+		case key == "NOTIFY_SOCKET", key == "WATCHDOG_PID", key == EnvKeeperPID, key == EnvCgroup, key == EnvToken:
 			continue
 		case strings.HasPrefix(key, "LISTEN_") && !activated:
 			continue
@@ -257,6 +271,9 @@ func (o Offer) Env(environ []string, activated bool) []string {
 	env = append(env, "NOTIFY_SOCKET="+o.Notify, EnvKeeperPID+"="+strconv.Itoa(o.KeeperPID), EnvAcks+"=1")
 	if o.OOMScoreAdj != "" {
 		env = append(env, EnvOOMScoreAdj+"="+o.OOMScoreAdj)
+	}
+	if o.Token != "" {
+		env = append(env, EnvToken+"="+o.Token)
 	}
 	if o.Cgroup != "" {
 		env = append(env, EnvCgroup+"="+o.Cgroup)
