@@ -498,3 +498,21 @@ func TestChildReportKnownByTokenWithoutAncestryWalk(t *testing.T) {
 		t.Fatalf("phase %d after handover", l.m.phase)
 	}
 }
+
+// A TTOU while the first generation boots, arriving after every worker it
+// keeps is ready, makes the generation ready: nothing else would
+// (TestSignalsAtStart/TTOU hung 20 s on it once start-up got faster).
+func TestTTOUDuringBootAfterTheOthersAreReady(t *testing.T) {
+	l := newLoop(t, testConfig(2))
+	l.ready(l.proc(0))
+	if l.m.phase != phaseBooting {
+		t.Fatal("serving with one of two workers ready")
+	}
+	l.signal(syscall.SIGTTOU)
+	if len(l.m.slots) != 1 || !l.proc(1).got(syscall.SIGTERM) {
+		t.Fatalf("after TTOU: %d slots; the removed worker must drain", len(l.m.slots))
+	}
+	if l.m.phase != phaseServing || l.upg.readies != 1 {
+		t.Fatalf("phase %d, tableflip Ready calls %d after TTOU left only ready workers; want serving, 1", l.m.phase, l.upg.readies)
+	}
+}

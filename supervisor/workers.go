@@ -241,11 +241,19 @@ func (m *master) markReady(w *worker) {
 		Message: fmt.Sprintf("worker %d ready (pid %d) after %s", w.index, w.pid, startup.Round(time.Millisecond))})
 	if m.phase == phaseBooting {
 		m.steps.workerStarted(startup)
-		if m.allReady() {
-			m.steps.mark("workers_ready", m.sys.now(), processCPU())
-			m.generationReady()
-		}
+		m.bootWhenAllReady()
 	}
+}
+
+// bootWhenAllReady makes a booting generation ready once every worker it
+// still has is: after a worker's readiness, and after a TTOU that removed
+// the one it still waited for.
+func (m *master) bootWhenAllReady() {
+	if m.phase != phaseBooting || m.rollout.offered || !m.allReady() {
+		return
+	}
+	m.steps.mark("workers_ready", m.sys.now(), processCPU())
+	m.generationReady()
 }
 
 func (m *master) allReady() bool {
@@ -444,6 +452,7 @@ func (m *master) removeWorker() {
 	if s.cur != nil {
 		m.drain(s.cur)
 	}
+	m.bootWhenAllReady()
 }
 
 // scale sets the worker count to n (baton scale), as TTIN and TTOU would
