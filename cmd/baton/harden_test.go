@@ -584,16 +584,23 @@ func TestUpgradeReplacesBatonItself(t *testing.T) {
 	}
 	b.waitReady()
 	install(bin("baton-v2"))
+	upgradeRunsV2(t, b, addr, "the replaced binary")
+}
+
+// upgradeRunsV2 upgrades b, whose baton path names baton-v2 now (from, for
+// the message: how it came to), checks that the new master runs it and that
+// generation 2 serves on addr, and stops baton.
+func upgradeRunsV2(t *testing.T, b *baton, addr, from string) {
+	t.Helper()
 	master := b.upgrade(t, b.pid, 1)
 	ev := b.log.wait(t, "master_starting", func(e logEvent) bool { return e.num("master_pid") == master }, time.Second)
 	if ev.str("version") != "test-v2" {
-		t.Fatalf("new master runs version %q, want the replaced binary's test-v2", ev.str("version"))
+		t.Fatalf("new master runs version %q, want %s's test-v2", ev.str("version"), from)
 	}
 	if body := mustGet(t, addr, "/"); field(body, "generation") != "2" {
 		t.Fatalf("served %q", body)
 	}
-	code, out := b.ctl(t, "stop")
-	if code != 0 {
+	if code, out := b.ctl(t, "stop"); code != 0 {
 		t.Fatalf("stop: %d %s", code, out)
 	}
 }
@@ -629,15 +636,5 @@ func TestUpgradeBatonBySymlink(t *testing.T) {
 	if err := os.Rename(link+".new", link); err != nil { // ln -sfn, atomically
 		t.Fatal(err)
 	}
-	master := b.upgrade(t, b.pid, 1)
-	ev := b.log.wait(t, "master_starting", func(e logEvent) bool { return e.num("master_pid") == master }, time.Second)
-	if ev.str("version") != "test-v2" {
-		t.Fatalf("new master runs version %q, want test-v2 from the symlink's new target", ev.str("version"))
-	}
-	if body := mustGet(t, addr, "/"); field(body, "generation") != "2" {
-		t.Fatalf("served %q", body)
-	}
-	if code, out := b.ctl(t, "stop"); code != 0 {
-		t.Fatalf("stop: %d %s", code, out)
-	}
+	upgradeRunsV2(t, b, addr, "the symlink's new target")
 }

@@ -42,6 +42,43 @@ type User struct {
 // lists. It runs getent (blocking, at most getentTimeout per call) once
 // or twice. The error wraps ErrNotFound when no source knows the account.
 func LookupUser(name string) (User, error) {
+	e, err := lookupPasswd(name)
+	if err != nil {
+		return User{}, err
+	}
+	u := User{UID: e.uid, GID: e.gid}
+	if groups, ok := initgroups(e.name); ok {
+		u.Groups = groups
+	} else if e.local != nil {
+		if gids, err := e.local.GroupIds(); err == nil {
+			for _, g := range gids {
+				if n, err := strconv.Atoi(g); err == nil {
+					u.Groups = append(u.Groups, n)
+				}
+			}
+		}
+	}
+	return u, nil
+}
+
+// LookupUID resolves a user name or numeric uid to the uid alone (a socket
+// file's owner: no groups asked for), like LookupUser.
+func LookupUID(name string) (int, error) {
+	e, err := lookupPasswd(name)
+	return e.uid, err
+}
+
+// passwdEntry is a user's passwd entry; local is os/user's when it came
+// from /etc/passwd (nil: from getent).
+type passwdEntry struct {
+	name     string
+	uid, gid int
+	local    *user.User
+}
+
+// lookupPasswd finds name (or a numeric uid) with os/user, else with
+// getent passwd; the error wraps ErrNotFound when neither knows it.
+func lookupPasswd(name string) (passwdEntry, error) {
 	u, err := user.Lookup(name)
 	if err != nil {
 		u, err = user.LookupId(name)
@@ -50,46 +87,23 @@ func LookupUser(name string) (User, error) {
 		uid, err1 := strconv.Atoi(u.Uid)
 		gid, err2 := strconv.Atoi(u.Gid)
 		if err1 == nil && err2 == nil {
-			out := User{UID: uid, GID: gid}
-			if groups, ok := initgroups(u.Username); ok {
-				out.Groups = groups
-			} else if gids, err := u.GroupIds(); err == nil {
-				for _, g := range gids {
-					if n, err := strconv.Atoi(g); err == nil {
-						out.Groups = append(out.Groups, n)
-					}
-				}
-			}
-			return out, nil
-		}
-	}
-	return lookupUserNSS(name)
-}
-
-// LookupUID resolves a user name or numeric uid to the uid alone (a socket
-// file's owner: no groups asked for), like LookupUser.
-func LookupUID(name string) (int, error) {
-	u, err := user.Lookup(name)
-	if err != nil {
-		u, err = user.LookupId(name)
-	}
-	if err == nil {
-		if uid, err := strconv.Atoi(u.Uid); err == nil {
-			return uid, nil
+			return passwdEntry{name: u.Username, uid: uid, gid: gid, local: u}, nil
 		}
 	}
 	fields, err := getent("passwd", name)
 	if err != nil {
-		return 0, err
+		return passwdEntry{}, err
 	}
-	if len(fields) < 3 {
-		return 0, fmt.Errorf("getent answered %q: %w", strings.Join(fields, ":"), ErrNotFound)
+	// name:password:uid:gid:gecos:home:shell
+	if len(fields) < 4 {
+		return passwdEntry{}, fmt.Errorf("getent answered %q: %w", strings.Join(fields, ":"), ErrNotFound)
 	}
-	uid, err := strconv.Atoi(fields[2])
-	if err != nil {
-		return 0, fmt.Errorf("getent answered uid %q: %w", fields[2], ErrNotFound)
+	uid, err1 := strconv.Atoi(fields[2])
+	gid, err2 := strconv.Atoi(fields[3])
+	if err1 != nil || err2 != nil {
+		return passwdEntry{}, fmt.Errorf("getent answered ids %q:%q: %w", fields[2], fields[3], ErrNotFound)
 	}
-	return uid, nil
+	return passwdEntry{name: fields[0], uid: uid, gid: gid}, nil
 }
 
 // initgroups returns every group of the named account through NSS, from
@@ -133,25 +147,6 @@ func LookupGroup(name string) (int, error) {
 		return 0, fmt.Errorf("getent answered gid %q: %w", fields[2], ErrNotFound)
 	}
 	return gid, nil
-}
-
-func lookupUserNSS(name string) (User, error) {
-	fields, err := getent("passwd", name)
-	if err != nil {
-		return User{}, err
-	}
-	// name:password:uid:gid:gecos:home:shell
-	if len(fields) < 4 {
-		return User{}, fmt.Errorf("getent answered %q: %w", strings.Join(fields, ":"), ErrNotFound)
-	}
-	uid, err1 := strconv.Atoi(fields[2])
-	gid, err2 := strconv.Atoi(fields[3])
-	if err1 != nil || err2 != nil {
-		return User{}, fmt.Errorf("getent answered ids %q:%q: %w", fields[2], fields[3], ErrNotFound)
-	}
-	u := User{UID: uid, GID: gid}
-	u.Groups, _ = initgroups(fields[0])
-	return u, nil
 }
 
 // getent returns the colon-separated fields of getent's one line for key
