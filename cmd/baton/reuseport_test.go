@@ -268,6 +268,11 @@ func TestReuseportStrayRestart(t *testing.T) {
 	if n := b.log.count("steering_uncertain"); n != 0 {
 		t.Fatalf("steering_uncertain before the stray restarted:\n%s", b.log.dump())
 	}
+	// The new master looks at the group once more when the old master has
+	// exited; the restart must come after that, with the stray in it (a
+	// restart before it can leave the new master alone in the group for
+	// that look, and it rightly re-steers to itself).
+	b.log.waitFrom(t, 0, "previous_master_exited", nil, 20*time.Second)
 	// The restart: the stray's socket closes and another one joins within
 	// a millisecond or so, well inside the 1 s between checks.
 	stray.srv.Close()

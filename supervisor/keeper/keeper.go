@@ -250,8 +250,11 @@ func (k *keeper) onExited(m *keptMaster) {
 		k.record = nil
 		k.lastRecord = m
 		// The one master left is the service now (a new master whose old
-		// one died mid-handover takes over): signals go to it.
-		if len(k.masters) == 1 {
+		// one died mid-handover takes over): signals go to it. Not in a
+		// stop: the one left is a new generation the stop cut short (a
+		// blue-green candidate in its bake), whose failure to start is not
+		// the service's exit status.
+		if len(k.masters) == 1 && !k.stopping {
 			for _, o := range k.masters {
 				k.setRecord(o)
 			}

@@ -605,3 +605,22 @@ func TestAnnouncementOfAnotherBinaryKnownByToken(t *testing.T) {
 		t.Fatal("a process of another binary with a wrong or no token was registered")
 	}
 }
+
+// A stop during a blue-green bake: the old master (of record) exits
+// first, then the candidate, which the stop cut short (status 1). The
+// service stopped cleanly: the keeper exits with the old master's 0, not
+// the candidate's (TestStopDuringBlueGreenBake, when the old one exited
+// first).
+func TestStopDuringBakeExitsWithTheServingMastersStatus(t *testing.T) {
+	l := serving(t)
+	l.child(101, 100)
+	l.announce(101)
+	l.k.onSignal(TERM)
+	if _, done := l.exit(100, 0, true); done {
+		t.Fatal("keeper exited with the candidate left")
+	}
+	code, done := l.exit(101, 1, true)
+	if !done || code != 0 {
+		t.Fatalf("keeper exit %d (done %v), want 0: the serving master's", code, done)
+	}
+}
