@@ -111,6 +111,7 @@ func (m *master) onControl(c *ctlConn) {
 	case control.CmdStatus:
 		c.reply(m.status())
 		c.close()
+		m.unsettle() // trim.go
 	case control.CmdReload:
 		// Held before the request is made, so that it hears every step
 		// (progress.go), the wait in a queue included.

@@ -467,6 +467,47 @@ func TestTrimAfterReplacementsMakeTheGenerationWhole(t *testing.T) {
 	}
 }
 
+// A master serving alone trims again settleAfter after its rest (its first
+// seconds map pages it does not use again), and after the last of a burst
+// of /metrics scrapes, never during an upgrade, and never by itself again.
+func TestSettleTrimAfterRestAndScrapes(t *testing.T) {
+	l := serving(t, testConfig(2))
+	rest := l.m.trims
+	expect := func(what string, want int) {
+		t.Helper()
+		if l.m.trims != want {
+			t.Fatalf("%s: trims %d, want %d", what, l.m.trims, want)
+		}
+	}
+	l.advance(settleAfter - time.Millisecond)
+	expect("before settleAfter at rest", rest)
+	l.advance(time.Millisecond)
+	expect("settleAfter after rest", rest+1)
+	l.advance(10 * settleAfter)
+	expect("idle", rest+1)
+
+	// A burst: the trim follows its last scrape.
+	for i := 0; i < 3; i++ {
+		l.m.handle(evScraped{})
+		l.step()
+		l.advance(settleAfter / 2)
+	}
+	expect("during a burst of scrapes", rest+1)
+	l.advance(settleAfter / 2)
+	expect("settleAfter after the last scrape", rest+2)
+	l.advance(10 * settleAfter)
+	expect("idle after the burst", rest+2)
+
+	// During an upgrade the pages are in use.
+	if why := l.m.requestUpgrade("test", false); why != "" {
+		t.Fatal(why)
+	}
+	l.m.handle(evScraped{})
+	l.step()
+	l.advance(2 * settleAfter)
+	expect("scraped during an upgrade", rest+2)
+}
+
 // The new master's reports are known by their token before the old master
 // walks up the sender's ancestors (m.sys.parentOf, reads of /proc): a new
 // master sends one for each step of its start, and the walk for each took

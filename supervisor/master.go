@@ -99,6 +99,7 @@ type master struct {
 	steps        startSteps     // when each step of this master's start ended (steps.go)
 	reserve      bool           // make the spare threads once serving (tasks.go); false in tests
 	trims        int            // times trim gave memory back (trim.go)
+	settle       settleState    // the trim after work done at rest (trim.go)
 }
 
 // newMaster returns a master that has started nothing. gen is its
@@ -583,6 +584,10 @@ func (m *master) handle(ev event) {
 		m.onMemberCheck()
 	case evMembers:
 		m.onMembers(ev)
+	case evSettle:
+		m.onSettle(ev)
+	case evScraped:
+		m.unsettle()
 	}
 	m.syncMetrics()
 }

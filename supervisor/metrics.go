@@ -345,7 +345,17 @@ func (m *master) serveMetrics() {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(mt)
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(prometheus.Gatherers{prometheus.DefaultGatherer, reg}, promhttp.HandlerOpts{}))
+	h := promhttp.HandlerFor(prometheus.Gatherers{prometheus.DefaultGatherer, reg}, promhttp.HandlerOpts{})
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r)
+		// For the trim that follows a burst of scrapes (trim.go). Not
+		// waiting for the loop: a master that stops waits for this
+		// connection's end (stopMetrics), and its loop may be that wait.
+		select {
+		case m.events <- evScraped{}:
+		default:
+		}
+	})
 	// ConnState counts connections, so that a master about to exit can
 	// answer every scrape it accepted (stopMetrics).
 	mt.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,

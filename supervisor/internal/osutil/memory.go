@@ -71,9 +71,12 @@ func Trim() int64 {
 	defer f.Close()
 	var dropped int64
 	for _, m := range cleanMappings(f, exe) {
-		// MADV_RANDOM: a later fault maps the one page touched, not the
-		// 64 KiB around it (the kernel's fault-around), so that what comes
-		// back is what is used.
+		// MADV_RANDOM: a fault on a page the page cache no longer holds
+		// reads that page alone, not a readahead window. It does not stop
+		// the kernel's fault-around: a fault on a cached page still maps
+		// the cached pages of its 64 KiB-aligned window (Linux 6.18: the
+		// binary's mappings carry the rr flag in smaps and come back in
+		// whole 64 KiB runs, per /proc/PID/pagemap).
 		madvise(m, unix.MADV_RANDOM)
 		if madvise(m, unix.MADV_DONTNEED) == nil {
 			dropped += m.rss
