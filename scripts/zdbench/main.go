@@ -50,7 +50,8 @@ type options struct {
 	skipPeers       bool
 	peerUpgrades    int
 	peerRounds      int
-	soak            int // > 0: run only the soak (make soak), this many upgrades
+	idleAfter       time.Duration // idle-memory phase: how long after rest and after the scrapes it samples (0: skip)
+	soak            int           // > 0: run only the soak (make soak), this many upgrades
 	soakStrategy    string
 	soakKill        bool
 	baseline        string // a baton binary whose handovers are measured beside this tree's
@@ -107,6 +108,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	scaling := fs.String("scaling-workers", "1,4,16,64", "worker counts for the handover scaling phase")
 	fs.IntVar(&o.scalingUpgrades, "scaling-upgrades", 3, "upgrades per worker count in the scaling phase")
 	fs.BoolVar(&o.skipPeers, "skip-peers", false, "skip the comparison with nginx and Unicorn")
+	fs.DurationVar(&o.idleAfter, "idle-after", 5*time.Second, "idle-memory phase: keeper + master PSS this long after rest, and after 20 /metrics scrapes (0: skip)")
 	fs.IntVar(&o.peerUpgrades, "peer-upgrades", 15, "upgrades of each server (baton, nginx, Unicorn) in the peers phase (0: skip it)")
 	fs.IntVar(&o.peerRounds, "peer-rounds", 3, "rounds the peers' upgrades are split into; each round starts every server afresh, in rotating order")
 	fs.IntVar(&o.soak, "soak", 0, "run only the soak: this many upgrades back to back under load (make soak), then a summary of failures, handover percentiles, and the keeper's and master's memory and fds")
@@ -137,6 +139,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 			"scaling-upgrades": func() { o.scalingUpgrades = 2 },
 			"peer-upgrades":    func() { o.peerUpgrades = 2 },
 			"peer-rounds":      func() { o.peerRounds = 1 },
+			"idle-after":       func() { o.idleAfter = 3 * time.Second },
 		}
 		for name, apply := range quick {
 			if !set[name] {
@@ -183,6 +186,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("-soak %d: want 0..1000000", o.soak)
 	case o.soakStrategy != "shared" && o.soakStrategy != "blue-green" && o.soakStrategy != "canary":
 		return o, fmt.Errorf("-soak-strategy %q: want shared, blue-green or canary", o.soakStrategy)
+	case o.idleAfter < 0 || o.idleAfter > 10*time.Minute:
+		return o, fmt.Errorf("-idle-after %s: want 0..10m", o.idleAfter)
 	case o.jsonPath == "":
 		return o, errors.New("-json: want a file path")
 	}
@@ -353,6 +358,12 @@ func (b *bench) phases(ctx context.Context, rep *report) error {
 		})
 		if err != nil {
 			return err
+		}
+	}
+	if o.idleAfter > 0 {
+		b.progress("idle memory: keeper + master PSS at rest, %s later, and %s after %d /metrics scrapes, shared and blue-green", o.idleAfter, o.idleAfter, idleScrapes)
+		if rep.IdleMemory, err = b.idlePhase(ctx); err != nil {
+			return fmt.Errorf("idle memory: %w", err)
 		}
 	}
 	if !o.skipPeers && o.peerUpgrades > 0 {

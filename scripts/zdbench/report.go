@@ -27,6 +27,7 @@ type report struct {
 	Naive             *naiveResult    `json:"naive,omitempty"`
 	Scaling           []scalingRow    `json:"scaling,omitempty"`
 	Peers             *peersResult    `json:"peers,omitempty"`
+	IdleMemory        *idleMemResult  `json:"idle_memory,omitempty"`
 	Soak              *soakResult     `json:"soak,omitempty"`
 	// The handover phases run with -baseline's binary, just before the
 	// same phases with this tree's.
@@ -54,6 +55,7 @@ type config struct {
 	SkipNaive       bool    `json:"skip_naive"`
 	SkipScaling     bool    `json:"skip_scaling"`
 	SkipPeers       bool    `json:"skip_peers"`
+	IdleAfterS      float64 `json:"idle_after_s"`
 	PeerUpgrades    int     `json:"peer_upgrades"`
 	PeerRounds      int     `json:"peer_rounds"`
 }
@@ -65,7 +67,7 @@ func configOf(o options) config {
 		SlowClients: o.slowClients, SlowMS: o.slowMS, Rounds: o.rounds, RoundSeconds: o.roundDur.Seconds(),
 		ScalingWorkers: o.scalingWorkers, ScalingUpgrades: o.scalingUpgrades,
 		SkipSteady: o.skipSteady, SkipNaive: o.skipNaive, SkipScaling: o.skipScaling,
-		SkipPeers: o.skipPeers, PeerUpgrades: o.peerUpgrades, PeerRounds: o.peerRounds,
+		SkipPeers: o.skipPeers, IdleAfterS: o.idleAfter.Seconds(), PeerUpgrades: o.peerUpgrades, PeerRounds: o.peerRounds,
 	}
 }
 
@@ -164,6 +166,8 @@ func targetsOf(r *report, o options) []target {
 	}
 	ts = append(ts, t)
 
+	ts = append(ts, idleTarget(r.IdleMemory))
+
 	t = target{Name: "fd and memory growth across upgrades", Want: "none (make soak for thousands)", Status: notMeasured}
 	if u := r.Upgrades; u != nil && u.HandedOver >= 2 {
 		m := u.Masters
@@ -252,6 +256,9 @@ func printReport(w io.Writer, r *report) {
 
 	if p := r.Peers; p != nil {
 		printPeers(w, p)
+	}
+	if m := r.IdleMemory; m != nil {
+		printIdle(w, m)
 	}
 
 	fmt.Fprintf(w, "\nTargets\n")

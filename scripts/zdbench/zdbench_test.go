@@ -48,7 +48,7 @@ func TestQuickRun(t *testing.T) {
 	if err := json.Unmarshal(raw, &generic); err != nil {
 		t.Fatalf("JSON file is not well-formed: %v", err)
 	}
-	for _, k := range []string{"machine", "config", "direct", "steady", "upgrades", "naive", "scaling", "targets"} {
+	for _, k := range []string{"machine", "config", "direct", "steady", "upgrades", "naive", "scaling", "idle_memory", "targets"} {
 		if generic[k] == nil {
 			t.Errorf("JSON file has no %q", k)
 		}
@@ -106,6 +106,29 @@ func TestQuickRun(t *testing.T) {
 	}
 	if u.LoadAvg == "" || !strings.Contains(stdout.String(), "Where a handover's time goes") {
 		t.Errorf("no step table or load average (%q) in the output", u.LoadAvg)
+	}
+
+	// Memory over time: every sample of both strategies, the target line.
+	if m := rep.IdleMemory; m == nil || len(m.Rows) != 2 || m.Scrapes != idleScrapes {
+		t.Errorf("idle memory incomplete: %+v", m)
+	} else {
+		for _, row := range m.Rows {
+			for _, p := range []memPair{row.AtRest, row.Idle, row.Scraped, row.AfterScrapes} {
+				if p.KeeperPSS <= 0 || p.MasterPSS <= 0 {
+					t.Errorf("idle memory, %s: a sample is missing: %+v", row.Strategy, row)
+				}
+			}
+		}
+	}
+	if !strings.Contains(stdout.String(), "Keeper + master PSS over time") {
+		t.Error("no idle-memory table in the output")
+	}
+	found := false
+	for _, tg := range rep.Targets {
+		found = found || (strings.HasPrefix(tg.Name, "keeper + master PSS steady") && tg.Status != notMeasured)
+	}
+	if !found {
+		t.Errorf("no measured steady-memory target in %+v", rep.Targets)
 	}
 
 	if n := rep.Naive; n == nil || len(n.List) != 1 || n.List[0].DowntimeMS <= 0 {
