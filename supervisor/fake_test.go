@@ -39,6 +39,8 @@ type fakeOS struct {
 	headroom    tasks.Headroom // zero: unlimited
 	tree        int64          // tasks of any process's tree
 	hits        int64          // pids.events max
+	// headroomReads and hitsReads count the reads of the task limits.
+	headroomReads, hitsReads int
 	// The rollout's checks: what the next health probes and smoke tests
 	// answer (nil: pass), the runs seen, and the canary shares set.
 	// probeFail, if set, fails every probe once probeErrs is used up.
@@ -132,13 +134,14 @@ func (f *fakeOS) sys() sys {
 		headroom: func() tasks.Headroom {
 			f.mu.Lock()
 			defer f.mu.Unlock()
+			f.headroomReads++
 			if f.headroom.Max == 0 {
 				return tasks.Headroom{Left: math.MaxInt64}
 			}
 			return f.headroom
 		},
 		treeTasks: func(int) int64 { return f.tree },
-		limitHits: func() int64 { f.mu.Lock(); defer f.mu.Unlock(); return f.hits },
+		limitHits: func() int64 { f.mu.Lock(); defer f.mu.Unlock(); f.hitsReads++; return f.hits },
 		healthProbe: func(context.Context, string, HealthCheck) (string, error) {
 			f.mu.Lock()
 			defer f.mu.Unlock()
