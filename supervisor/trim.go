@@ -40,6 +40,7 @@ func startupFields(launch, runAt, bootAt time.Time) []zap.Field {
 // and a master that does not allocate is never woken by one
 // (TestMasterStaysOutOfTheDataPath).
 func (m *master) trim() {
+	m.prepareSteer() // bluegreen.go
 	t0 := m.sys.now()
 	// Serving, what allocates in a master is a status request, a /metrics
 	// scrape or a membership check: at the default target the garbage of a

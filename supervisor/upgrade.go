@@ -38,6 +38,7 @@ const (
 	envNextWorkers    = "BATON_MASTER_WORKERS" // the worker count, as TTIN/TTOU/scale left it
 	envMetrics        = "BATON_MASTER_METRICS" // the counters so far (metrics.go)
 	envNoTaskLimit    = "BATON_NO_TASK_LIMIT"  // "1": the pre-flight checks just found no task limit (tasks.go)
+	envPrevSockets    = "BATON_PREV_SOCKETS"   // blue-green, canary: the old generation's socket inodes, comma-separated (members.go)
 )
 
 // Keys of the child's report on the parent's notify socket.
@@ -68,6 +69,7 @@ type originState struct {
 	workers        int       // the worker count the old master ran, or 0
 	metrics        string    // its counters, for metrics.restore
 	noTaskLimit    bool      // its pre-flight checks found no task limit (tasks.go)
+	prevSockets    []uint64  // the old generation's socket inodes, as its master named them
 	servingAt      time.Time // when this generation took over
 }
 
@@ -160,8 +162,13 @@ func (u *originState) readUpgradeEnv(hasParent bool) int {
 		}
 		u.metrics = os.Getenv(envMetrics)
 		u.noTaskLimit = os.Getenv(envNoTaskLimit) == "1"
+		for _, f := range strings.Split(os.Getenv(envPrevSockets), ",") {
+			if ino, err := strconv.ParseUint(f, 10, 64); err == nil {
+				u.prevSockets = append(u.prevSockets, ino)
+			}
+		}
 	}
-	for _, k := range []string{envNextGeneration, envUpgradeStart, envUpgradeLaunch, envPreflightCPU, envParentNotify, envUpgradeToken, envNextWorkers, envMetrics, envNoTaskLimit, "TABLEFLIP_HAS_PARENT_7DIU3"} {
+	for _, k := range []string{envNextGeneration, envUpgradeStart, envUpgradeLaunch, envPreflightCPU, envParentNotify, envUpgradeToken, envNextWorkers, envMetrics, envNoTaskLimit, envPrevSockets, "TABLEFLIP_HAS_PARENT_7DIU3"} {
 		os.Unsetenv(k)
 	}
 	return gen
@@ -257,6 +264,7 @@ func (m *master) launchUpgrade() {
 	m.sys.setenv(envUpgradeToken, u.token)
 	m.sys.setenv(envNextWorkers, strconv.Itoa(len(m.slots)))
 	m.sys.setenv(envMetrics, m.met.carry())
+	m.sys.setenv(envPrevSockets, m.socketInodes())
 	u.passed, u.childNotify = m.met.counts(), ""
 	go func() {
 		err := m.upg.Upgrade()
