@@ -148,6 +148,26 @@ func (m *master) rolloutStep(c *candidate, name, detail string) {
 // rest to ours.
 func (m *master) steer(canary int) error { return m.sys.steer(m.lns, canary) }
 
+// prepareSteer loads the eBPF programs this master's next upgrade attaches
+// (users kept here before it, the switch's weight, a canary's promotion)
+// while it is idle, so that the upgrade only attaches them: called before
+// each trim, which then gives back the pages the loading mapped. Loaded
+// once for the sockets' life; a failure is logged and the upgrade loads
+// them itself.
+func (m *master) prepareSteer() {
+	r := m.cfg.Rollout
+	if m.lns == nil || !r.Strategy.steered() {
+		return
+	}
+	pcts := []int{0, 100}
+	if r.Strategy == StrategyCanary {
+		pcts = append(pcts, r.CanaryWeight)
+	}
+	if err := m.lns.PrepareSteer(pcts...); err != nil {
+		m.log.Warn("steering programs not loaded ahead: the next upgrade loads them", zap.Error(err))
+	}
+}
+
 // prepareRollout runs before an upgrade starts: users stay on this
 // master's socket, the only one in the group now (index 0), and whatever
 // joins next (index 1) gets only probes.

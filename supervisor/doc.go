@@ -103,7 +103,7 @@
 //	                  stop and exit messages; nothing else reads them
 //	internal/notify   the sd_notify socket the keeper and every master read
 //	internal/spawn    the OS threads children are forked from (for
-//	                  PDEATHSIG; one per two CPUs, at most 4, each for the
+//	                  PDEATHSIG; one per CPU, 2 to 4, each for the
 //	                  process's life), and the signal mask they inherit
 //	internal/pidfile  the pid file, locked (F_OFD_SETLK) for the keeper's
 //	                  life: held means running, unheld means stale

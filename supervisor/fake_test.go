@@ -39,6 +39,8 @@ type fakeOS struct {
 	headroom    tasks.Headroom // zero: unlimited
 	tree        int64          // tasks of any process's tree
 	hits        int64          // pids.events max
+	// headroomReads and hitsReads count the reads of the task limits.
+	headroomReads, hitsReads int
 	// The rollout's checks: what the next health probes and smoke tests
 	// answer (nil: pass), the runs seen, and the canary shares set.
 	// probeFail, if set, fails every probe once probeErrs is used up.
@@ -72,33 +74,39 @@ func newFakeOS() *fakeOS {
 }
 
 func (f *fakeOS) sys() sys {
+	start := func(p procSpec, exited func(exitStatus)) (process, error) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.startErr != nil {
+			return nil, f.startErr
+		}
+		if f.startErrFor != nil {
+			if err := f.startErrFor(p); err != nil {
+				return nil, err
+			}
+		}
+		f.now = f.now.Add(f.startTakes)
+		pid := f.nextPid
+		if f.reusePid != 0 {
+			pid, f.reusePid = f.reusePid, 0
+		} else {
+			f.nextPid++
+		}
+		fp := &fakeProc{os: f, pid: pid, exited: exited, spec: p}
+		f.procs = append(f.procs, fp)
+		return fp, nil
+	}
 	return sys{
-		start: func(p procSpec, exited func(exitStatus)) (process, error) {
-			f.mu.Lock()
-			defer f.mu.Unlock()
-			if f.startErr != nil {
-				return nil, f.startErr
+		start: start,
+		startAll: func(ps []procSpec, exited []func(exitStatus)) []started {
+			out := make([]started, len(ps))
+			for i := range ps {
+				out[i].proc, out[i].err = start(ps[i], exited[i])
+				f.mu.Lock()
+				out[i].at = f.now
+				f.mu.Unlock()
 			}
-			if f.startErrFor != nil {
-				if err := f.startErrFor(p); err != nil {
-					return nil, err
-				}
-			}
-			f.now = f.now.Add(f.startTakes)
-			pid := f.nextPid
-			if f.reusePid != 0 {
-				pid, f.reusePid = f.reusePid, 0
-			} else {
-				f.nextPid++
-			}
-			fp := &fakeProc{os: f, pid: pid, exited: exited, spec: p}
-			f.procs = append(f.procs, fp)
-			return fp, nil
-		},
-		each: func(n int, fn func(int)) {
-			for i := range n {
-				fn(i)
-			}
+			return out
 		},
 		now: func() time.Time { f.mu.Lock(); defer f.mu.Unlock(); return f.now },
 		afterFunc: func(d time.Duration, fn func()) func() {
@@ -126,13 +134,14 @@ func (f *fakeOS) sys() sys {
 		headroom: func() tasks.Headroom {
 			f.mu.Lock()
 			defer f.mu.Unlock()
+			f.headroomReads++
 			if f.headroom.Max == 0 {
 				return tasks.Headroom{Left: math.MaxInt64}
 			}
 			return f.headroom
 		},
 		treeTasks: func(int) int64 { return f.tree },
-		limitHits: func() int64 { f.mu.Lock(); defer f.mu.Unlock(); return f.hits },
+		limitHits: func() int64 { f.mu.Lock(); defer f.mu.Unlock(); f.hitsReads++; return f.hits },
 		healthProbe: func(context.Context, string, HealthCheck) (string, error) {
 			f.mu.Lock()
 			defer f.mu.Unlock()

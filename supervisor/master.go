@@ -160,17 +160,19 @@ func Run(cfg Config) error {
 	defer release()
 	keeper := link.FromEnv()
 	pidFile := cfg.PIDFile
-	announced := make(chan error, 1)
+	var announced *link.Sent
 	if keeper.Present() {
 		// The keeper owns the pid file: its pid, for the service's life.
 		pidFile = ""
 		// Announce this master first thing (package link has the
 		// handshake); its answer is awaited below, before anything is
 		// started: the keeper must know this master before the old one
-		// can exit. Meanwhile this master takes tableflip's fds.
-		go func() { announced <- keeper.Announce() }()
-	} else {
-		announced <- nil
+		// can exit. Meanwhile this master takes tableflip's fds. The
+		// announcement is sent from here, not from a goroutine of its
+		// own, which started on another thread (woken for it) and sent
+		// it a scheduler's wake-up later.
+		announced = keeper.Send()
+		defer announced.Close()
 	}
 	upg, err := tableflip.New(tableflip.Options{
 		PIDFile: pidFile,
@@ -222,12 +224,12 @@ func Run(cfg Config) error {
 		upg.Stop()
 		return err
 	}
-	if err := <-announced; err != nil {
-		// Exiting is the refusal: the old master's upgrade fails with
-		// it, its sockets untouched.
-		return fmt.Errorf("announce to keeper %d: %w", keeper.KeeperPID, err)
-	}
 	if keeper.Present() {
+		if err := announced.Await(); err != nil {
+			// Exiting is the refusal: the old master's upgrade fails
+			// with it, its sockets untouched.
+			return fmt.Errorf("announce to keeper %d: %w", keeper.KeeperPID, err)
+		}
 		m.steps.mark("keeper_handshake", time.Now(), processCPU())
 		keeper.RestoreOOMScore() // the keeper's lowered score is its own
 		// Sockets of a systemd .socket unit, passed on by the keeper at

@@ -74,6 +74,22 @@ func (m *master) allowed() map[uint64]bool {
 	return own
 }
 
+// socketInodes is this generation's socket inodes for the next master
+// (envPrevSockets), comma-separated; "" unless its sockets are steered.
+func (m *master) socketInodes() string {
+	if m.lns == nil || !m.cfg.Rollout.Strategy.steered() {
+		return ""
+	}
+	var b strings.Builder
+	for i, ino := range m.lns.Inodes() {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.FormatUint(ino, 10))
+	}
+	return b.String()
+}
+
 // foreignNow runs the check at once (before a switch).
 func (m *master) foreignNow() ([]sockets.Listener, error) {
 	if m.lns == nil || !m.cfg.Rollout.Strategy.steered() {
@@ -171,6 +187,16 @@ func (m *master) checkWorkerSockets() string {
 		if !own[l.Inode] {
 			byIno[l.Inode] = l
 		}
+	}
+	// The previous generation's sockets, as its master named them, are
+	// no worker's: with nothing else in the groups (the usual case) the
+	// walk below, /proc reads of every worker's tasks and fds (1-1.5 ms of
+	// CPU before the candidate can report), is not needed.
+	for _, ino := range m.origin.prevSockets {
+		delete(byIno, ino)
+	}
+	if len(byIno) == 0 {
+		return ""
 	}
 	// One sentence per address, naming every worker that bound its own.
 	var addrs []string

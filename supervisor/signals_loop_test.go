@@ -72,6 +72,63 @@ func TestUSR1OnlyToReadyWorkers(t *testing.T) {
 	}
 }
 
+// The task limits are read once per upgrade: an old master whose
+// pre-flight checks found none tells the new master so, which then does
+// not read them again before its spawn, and reads no pids.max hits to
+// compare with. Under a limit, and after a --before-upgrade hook (the
+// checks ran before it), both are read as before.
+func TestTaskLimitsReadOncePerUpgrade(t *testing.T) {
+	reads := func(l *loop) (int, int) {
+		l.os.mu.Lock()
+		defer l.os.mu.Unlock()
+		return l.os.headroomReads, l.os.hitsReads
+	}
+	l := serving(t, testConfig(2))
+	h0, hits0 := reads(l)
+	if why := l.m.requestUpgrade("test", false); why != "" {
+		t.Fatalf("upgrade refused: %s", why)
+	}
+	h1, hits1 := reads(l)
+	if h1-h0 != 1 || hits1 != hits0 {
+		t.Fatalf("upgrade with no task limit read the headroom %d times and the hits %d times, want 1 and 0", h1-h0, hits1-hits0)
+	}
+	if v := l.os.env[envNoTaskLimit]; v != "1" {
+		t.Fatalf("%s=%q for the new master, want 1", envNoTaskLimit, v)
+	}
+	l.upg.results <- errUpgrade
+	l.awaitEvent()
+
+	// The new master's side: told there is none, it does not look.
+	tight := tasks.Headroom{Left: 0, Max: 10, Current: 10, Source: "pids.max of cgroup /x", Limit: tasks.LimitPidsMax}
+	fresh := newLoop(t, testConfig(2))
+	fresh.os.headroom = tight
+	fresh.m.origin.noTaskLimit = true
+	if err := fresh.m.startTasks(2); err != nil {
+		t.Fatalf("startTasks after the old master found no limit: %v", err)
+	}
+	if h, _ := reads(fresh); h != 0 {
+		t.Fatalf("startTasks read the headroom %d times, want 0", h)
+	}
+	fresh.m.origin.noTaskLimit = false
+	if err := fresh.m.startTasks(2); err == nil {
+		t.Fatal("startTasks with no word from an old master fit 2 workers in 0 tasks")
+	}
+
+	// Under a limit the old master reads the hits and says nothing.
+	l.os.mu.Lock()
+	l.os.headroom = tasks.Headroom{Left: 30, Max: 40, Current: 10, Source: "pids.max of cgroup /x", Limit: tasks.LimitPidsMax}
+	l.os.mu.Unlock()
+	if why := l.m.requestUpgrade("test", false); why != "" {
+		t.Fatalf("upgrade refused with room: %s", why)
+	}
+	if _, hits := reads(l); hits != hits1+1 {
+		t.Fatalf("upgrade under a limit read the hits %d times, want 1", hits-hits1)
+	}
+	if v := l.os.env[envNoTaskLimit]; v != "" {
+		t.Fatalf("%s=%q under a limit, want empty", envNoTaskLimit, v)
+	}
+}
+
 // Under a tight task limit TTIN and scale are refused, an upgrade is
 // refused at pre-flight naming the numbers, and a new master that died
 // while the cgroup's limit was hit says so in the reload's reason.

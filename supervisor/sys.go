@@ -31,10 +31,10 @@ type sys struct {
 	// start starts a worker process. exited is called once, from another
 	// goroutine, after the process has been reaped and its output read.
 	start func(p procSpec, exited func(exitStatus)) (process, error)
-	// each calls f(0) … f(n-1) and returns once all have returned: at
-	// once here (a generation's forks overlap, internal/spawn), one after
-	// another in tests, so that the loop's decisions are reproducible.
-	each func(n int, f func(i int))
+	// startAll starts a process per spec as start does, and returns each
+	// one's start in order: forked back to back from the spawning threads
+	// here (spawn.StartAll), one after another in tests.
+	startAll func(ps []procSpec, exited []func(exitStatus)) []started
 	// now is the clock; afterFunc calls f once d has passed, unless the
 	// returned stop is called first.
 	now       func() time.Time
@@ -231,28 +231,23 @@ func statusOf(ps *os.ProcessState) exitStatus {
 // workers workers at once are made in the background (spawn.Grow).
 func osSys(workers int) (sys, func()) {
 	sp := spawn.New(spawn.UnblockCaught)
-	go sp.Grow(workers)
+	go func() {
+		sp.Grow(workers)
+		// Go's first use of a pidfd (its first StartProcess: a worker's)
+		// first checks that clone(CLONE_PIDFD) works by cloning a child and
+		// waiting for its exit, 0.2-0.8 ms here: done now, while this
+		// master waits for the keeper, instead of before its first worker.
+		if p, err := os.FindProcess(os.Getpid()); err == nil {
+			p.Release()
+		}
+	}()
 	var kept keptNotifiers
 	return sys{
 		start: func(p procSpec, exited func(exitStatus)) (process, error) {
 			return startOSProcess(sp, p, exited)
 		},
-		each: func(n int, f func(i int)) {
-			if spawn.MaxThreads == 1 {
-				for i := range n {
-					f(i)
-				}
-				return
-			}
-			var wg sync.WaitGroup
-			for i := 1; i < n; i++ {
-				wg.Add(1)
-				go func() { defer wg.Done(); f(i) }()
-			}
-			if n > 0 {
-				f(0)
-			}
-			wg.Wait()
+		startAll: func(ps []procSpec, exited []func(exitStatus)) []started {
+			return startOSProcesses(sp, ps, exited)
 		},
 		now: time.Now,
 		afterFunc: func(d time.Duration, f func()) func() {
@@ -343,52 +338,85 @@ type osProcess struct {
 	reaped bool // set before the kernel may hand the pid to another process
 }
 
-func startOSProcess(sp *spawn.Spawner, p procSpec, exited func(exitStatus)) (*osProcess, error) {
-	cmd := &exec.Cmd{
-		Path:       p.path,
-		Args:       p.argv,
-		Env:        p.env,
-		Dir:        p.dir,
-		Stdout:     os.Stdout,
-		Stderr:     os.Stderr,
-		ExtraFiles: p.files,
-		SysProcAttr: &syscall.SysProcAttr{
-			Setpgid:    true, // a terminal's ^C reaches the master only
-			Pdeathsig:  syscall.SIGKILL,
-			Credential: p.cred,
-		},
-	}
-	if p.cgroup != nil {
-		cmd.SysProcAttr.UseCgroupFD = true
-		cmd.SysProcAttr.CgroupFD = int(p.cgroup.Fd())
-	}
-	// Tagged: both streams through the master. Inherit: stderr is teed,
-	// so failure reports carry its last lines in both modes.
-	pipes, err := newWorkerPipes(p.output != OutputTagged)
-	if err != nil {
-		return nil, fmt.Errorf("output pipes: %w", err)
-	}
-	if pipes.outW != nil {
-		cmd.Stdout = pipes.outW
-	}
-	cmd.Stderr = pipes.errW
-	if err := sp.Start(cmd); err != nil {
-		if pipes != nil {
-			pipes.abandon()
+// started is one process of a startAll: the process, or the error that
+// kept it from starting; at is when its fork returned.
+type started struct {
+	proc process
+	err  error
+	at   time.Time
+}
+
+func startOSProcess(sp *spawn.Spawner, p procSpec, exited func(exitStatus)) (process, error) {
+	st := startOSProcesses(sp, []procSpec{p}, []func(exitStatus){exited})[0]
+	return st.proc, st.err
+}
+
+// startOSProcesses starts one process per spec (spawn.StartAll: forked
+// back to back) and returns each one's start, in order; exited[i] is
+// called once the i-th has been reaped and its output read.
+func startOSProcesses(sp *spawn.Spawner, ps []procSpec, exited []func(exitStatus)) []started {
+	out := make([]started, len(ps))
+	cmds, pipes := make([]*exec.Cmd, 0, len(ps)), make([]*workerPipes, len(ps))
+	idx := make([]int, 0, len(ps)) // ps index of each of cmds
+	for i, p := range ps {
+		cmd := &exec.Cmd{
+			Path:       p.path,
+			Args:       p.argv,
+			Env:        p.env,
+			Dir:        p.dir,
+			Stdout:     os.Stdout,
+			Stderr:     os.Stderr,
+			ExtraFiles: p.files,
+			SysProcAttr: &syscall.SysProcAttr{
+				Setpgid:    true, // a terminal's ^C reaches the master only
+				Pdeathsig:  syscall.SIGKILL,
+				Credential: p.cred,
+			},
 		}
-		return nil, err
+		if p.cgroup != nil {
+			cmd.SysProcAttr.UseCgroupFD = true
+			cmd.SysProcAttr.CgroupFD = int(p.cgroup.Fd())
+		}
+		// Tagged: both streams through the master. Inherit: stderr is
+		// teed, so failure reports carry its last lines in both modes.
+		pp, err := newWorkerPipes(p.output != OutputTagged)
+		if err != nil {
+			out[i].err = fmt.Errorf("output pipes: %w", err)
+			continue
+		}
+		if pp.outW != nil {
+			cmd.Stdout = pp.outW
+		}
+		cmd.Stderr = pp.errW
+		pipes[i] = pp
+		cmds, idx = append(cmds, cmd), append(idx, i)
 	}
+	errs, at := sp.StartAll(cmds)
+	for k, err := range errs {
+		i, cmd, pp := idx[k], cmds[k], pipes[idx[k]]
+		out[i].at = at[k]
+		if err != nil {
+			pp.abandon()
+			out[i].err = err
+			continue
+		}
+		out[i].proc = watchOSProcess(cmd, pp, ps[i], exited[i])
+	}
+	return out
+}
+
+// watchOSProcess is what follows a started process's fork: its output is
+// read, and its exit waited for and handed to exited.
+func watchOSProcess(cmd *exec.Cmd, pipes *workerPipes, p procSpec, exited func(exitStatus)) *osProcess {
 	proc := &osProcess{pid: cmd.Process.Pid, pipes: pipes}
-	if pipes != nil {
-		msg, ev := p.outputMsg, p.outputEvent
-		if msg == "" {
-			msg = OutputMessage
-		}
-		if ev.Key == "" {
-			ev = logevent.WorkerOutput
-		}
-		pipes.started(p.log.With(zap.Int("pid", proc.pid)), msg, ev, p.onLine)
+	msg, ev := p.outputMsg, p.outputEvent
+	if msg == "" {
+		msg = OutputMessage
 	}
+	if ev.Key == "" {
+		ev = logevent.WorkerOutput
+	}
+	pipes.started(p.log.With(zap.Int("pid", proc.pid)), msg, ev, p.onLine)
 	go func() {
 		// Wait for the exit without reaping, so that signals stop before
 		// the pid can be reused: a timer that fires after this point
@@ -404,18 +432,16 @@ func startOSProcess(sp *spawn.Spawner, p procSpec, exited func(exitStatus)) (*os
 		proc.reaped = true
 		proc.mu.Unlock()
 		cmd.Wait()
-		if pipes != nil {
-			// Let the last words reach the log (and the failure report)
-			// before the exit is handled; a grandchild holding the pipe
-			// must not hold up the exit, hence the bound.
-			select {
-			case <-pipes.done:
-			case <-time.After(200 * time.Millisecond):
-			}
+		// Let the last words reach the log (and the failure report)
+		// before the exit is handled; a grandchild holding the pipe must
+		// not hold up the exit, hence the bound.
+		select {
+		case <-pipes.done:
+		case <-time.After(200 * time.Millisecond):
 		}
 		exited(statusOf(cmd.ProcessState))
 	}()
-	return proc, nil
+	return proc
 }
 
 func (p *osProcess) Pid() int { return p.pid }

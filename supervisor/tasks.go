@@ -82,17 +82,46 @@ func shortLimit(err error) string {
 // fitTasks returns a *tasksShort naming the numbers when need more tasks
 // do not fit under the tightest limit; what says what they are for.
 func (m *master) fitTasks(need int64, what string) error {
-	h := m.sys.headroom()
+	return fitIn(m.sys.headroom(), need, what)
+}
+
+// fitIn is fitTasks under headroom h.
+func fitIn(h tasks.Headroom, need int64, what string) error {
 	if h.Unlimited() || need <= h.Left {
 		return nil
 	}
 	return &tasksShort{msg: fmt.Sprintf("%s needs about %d tasks, but %s", what, need, h), limit: h.Limit}
 }
 
-// startTasks checks that n workers fit, at a master's start.
+// startTasks checks that n workers fit, at a master's start. A new master
+// whose old one found no task limit in its pre-flight checks, just before
+// it re-executed baton, does not look again: reading the limits (this
+// process's cgroups in /proc/self/cgroup, the pids hierarchy's mount in
+// /proc/self/mountinfo, each pids.max) was about 0.3 ms of CPU on the way
+// to its first spawn.
 func (m *master) startTasks(n int) error {
+	if m.origin.noTaskLimit {
+		return nil
+	}
 	spawners := min(n, spawn.MaxThreads)
 	return m.fitTasks(int64(2*n+spareThreads+spawners), fmt.Sprintf("starting %d workers (a process and a waiting thread each, %d spare threads and %d spawning threads)", n, spareThreads, spawners))
+}
+
+// passTaskLimit, as an upgrade launches, tells the new master whether the
+// pre-flight checks just found no task limit (envNoTaskLimit), and notes
+// the cgroups' pids.max hits to compare with if it fails (tasksReason).
+// With no limit nothing can be hit, and nothing is read: after a
+// --before-upgrade hook, which may have run for minutes since the checks,
+// the limits are read again, here and by the new master.
+func (m *master) passTaskLimit() {
+	u := &m.up
+	if u.noTaskLimit && u.hookTook == 0 {
+		u.limitHits = -1
+		m.sys.setenv(envNoTaskLimit, "1")
+		return
+	}
+	u.limitHits = m.sys.limitHits()
+	m.sys.setenv(envNoTaskLimit, "")
 }
 
 // perWorker is the tasks one more worker takes: its process tree as the
@@ -115,11 +144,13 @@ func (m *master) perWorker() int64 {
 // limit it counts nothing: walking this generation's process trees in /proc
 // cost the pre-flight checks of every upgrade about a millisecond of CPU.
 func (m *master) upgradeTasks() error {
-	if m.sys.headroom().Unlimited() {
+	h := m.sys.headroom()
+	m.up.noTaskLimit = h.Unlimited()
+	if m.up.noTaskLimit {
 		return nil
 	}
 	own := m.sys.treeTasks(m.self) // this master's threads, its workers' trees
-	return m.fitTasks(own, fmt.Sprintf("an upgrade (a new master and %d workers, as many tasks as this generation's %d)", len(m.slots), own))
+	return fitIn(h, own, fmt.Sprintf("an upgrade (a new master and %d workers, as many tasks as this generation's %d)", len(m.slots), own))
 }
 
 // addTasks checks that k more workers fit (TTIN, baton scale).
@@ -131,6 +162,9 @@ func (m *master) addTasks(k int) error {
 // tasksReason explains a new master's failure when the cgroup's pids.max
 // was hit while it ran (hits: the counter when the upgrade started).
 func (m *master) tasksReason(hits int64, reason string) string {
+	if hits < 0 {
+		return reason // no limit when it launched
+	}
 	now := m.sys.limitHits()
 	if now <= hits {
 		return reason

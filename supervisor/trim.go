@@ -36,7 +36,7 @@ func startupFields(launch, runAt, bootAt time.Time) []zap.Field {
 // settleAfter is how long a master serving alone waits, after work that
 // mapped pages of its binary again, before it trims again (settle). The
 // work is its first seconds at rest (the first membership check after the
-// boot re-claims the steering map and loads the steering program again;
+// boot re-claims the steering map and attaches the steering program again;
 // timers of the boot fire) and each burst of /metrics scrapes or control
 // requests: a scrape maps the HTTP server, the metrics library and their
 // data, about 5 MiB of the binary, and nothing in the loop uses them until
@@ -67,6 +67,7 @@ func (evScraped) isEvent() {}
 // (TestMasterStaysOutOfTheDataPath). Its first seconds at rest are followed
 // by one more trim (unsettle).
 func (m *master) trim() {
+	m.prepareSteer() // bluegreen.go
 	// Serving, what allocates in a master is a status request, a /metrics
 	// scrape or a membership check: at the default target the garbage of a
 	// few scrapes grew its heap to the 4 MiB minimum before a collection.

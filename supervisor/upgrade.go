@@ -37,6 +37,8 @@ const (
 	envUpgradeToken   = "BATON_UPGRADE_TOKEN"  // proves a report comes from that new master
 	envNextWorkers    = "BATON_MASTER_WORKERS" // the worker count, as TTIN/TTOU/scale left it
 	envMetrics        = "BATON_MASTER_METRICS" // the counters so far (metrics.go)
+	envNoTaskLimit    = "BATON_NO_TASK_LIMIT"  // "1": the pre-flight checks just found no task limit (tasks.go)
+	envPrevSockets    = "BATON_PREV_SOCKETS"   // blue-green, canary: the old generation's socket inodes, comma-separated (members.go)
 )
 
 // Keys of the child's report on the parent's notify socket.
@@ -66,6 +68,8 @@ type originState struct {
 	parentDeadline time.Time // the old master has surely exited by then
 	workers        int       // the worker count the old master ran, or 0
 	metrics        string    // its counters, for metrics.restore
+	noTaskLimit    bool      // its pre-flight checks found no task limit (tasks.go)
+	prevSockets    []uint64  // the old generation's socket inodes, as its master named them
 	servingAt      time.Time // when this generation took over
 }
 
@@ -96,7 +100,9 @@ type upgradeState struct {
 	waited      time.Duration // the wait for the previous generation's drain
 	queuedAt    time.Time     // non-zero while an upgrade waits (queue.go)
 	queuedBy    string        // what asked for it first
-	limitHits   int64         // the cgroup's pids.events max when it launched
+	limitHits   int64         // the cgroup's pids.events max when it launched; -1: not read (no limit)
+	// noTaskLimit: the pre-flight checks found no task limit (tasks.go).
+	noTaskLimit bool
 
 	// After a handover, reload requests are answered once every old
 	// worker has stopped accepting (said STOPPING=1, or exited), or after
@@ -155,8 +161,14 @@ func (u *originState) readUpgradeEnv(hasParent bool) int {
 			u.workers = n
 		}
 		u.metrics = os.Getenv(envMetrics)
+		u.noTaskLimit = os.Getenv(envNoTaskLimit) == "1"
+		for _, f := range strings.Split(os.Getenv(envPrevSockets), ",") {
+			if ino, err := strconv.ParseUint(f, 10, 64); err == nil {
+				u.prevSockets = append(u.prevSockets, ino)
+			}
+		}
 	}
-	for _, k := range []string{envNextGeneration, envUpgradeStart, envUpgradeLaunch, envPreflightCPU, envParentNotify, envUpgradeToken, envNextWorkers, envMetrics, "TABLEFLIP_HAS_PARENT_7DIU3"} {
+	for _, k := range []string{envNextGeneration, envUpgradeStart, envUpgradeLaunch, envPreflightCPU, envParentNotify, envUpgradeToken, envNextWorkers, envMetrics, envNoTaskLimit, envPrevSockets, "TABLEFLIP_HAS_PARENT_7DIU3"} {
 		os.Unsetenv(k)
 	}
 	return gen
@@ -234,7 +246,7 @@ func (m *master) launchUpgrade() {
 		start = u.asked
 	}
 	u.token = strconv.FormatUint(rand.Uint64(), 36)
-	u.limitHits = m.sys.limitHits()
+	m.passTaskLimit() // tasks.go
 	// tableflip re-executes us with os.Environ(); this is how the next
 	// master learns its generation, when the deploy began (after the
 	// hook: the handover's time is the new generation's), where to
@@ -252,6 +264,7 @@ func (m *master) launchUpgrade() {
 	m.sys.setenv(envUpgradeToken, u.token)
 	m.sys.setenv(envNextWorkers, strconv.Itoa(len(m.slots)))
 	m.sys.setenv(envMetrics, m.met.carry())
+	m.sys.setenv(envPrevSockets, m.socketInodes())
 	u.passed, u.childNotify = m.met.counts(), ""
 	go func() {
 		err := m.upg.Upgrade()

@@ -125,18 +125,19 @@ type launch struct {
 	at   time.Time // its fork returned
 }
 
-// startWorkers starts a worker in each of slots. The forks overlap (sys's
-// each); the loop waits for all of them, then records the started ones in
-// slot order before it handles any failure, so that a generation that
-// fails to start drains every worker it has.
+// startWorkers starts a worker in each of slots. The forks are one batch
+// (sys's startAll); the loop waits for all of them, then records the
+// started ones in slot order before it handles any failure, so that a
+// generation that fails to start drains every worker it has.
 func (m *master) startWorkers(slots []*slot) {
 	ls := make([]*launch, len(slots))
 	for i, s := range slots {
 		ls[i] = m.prepareStart(s)
 	}
-	m.sys.each(len(ls), func(i int) {
-		l := ls[i]
-		l.proc, l.err = m.sys.start(l.spec, func(st exitStatus) {
+	specs, exits := make([]procSpec, len(ls)), make([]func(exitStatus), len(ls))
+	for i, l := range ls {
+		specs[i] = l.spec
+		exits[i] = func(st exitStatus) {
 			if m.notify != nil {
 				// Datagrams are read in order: a worker's last READY=1 is
 				// handled before its exit (a server that says READY=1 and
@@ -144,9 +145,11 @@ func (m *master) startWorkers(slots []*slot) {
 				m.notify.Barrier(100 * time.Millisecond)
 			}
 			m.post(evExit{l.w, st})
-		})
-		l.at = m.sys.now()
-	})
+		}
+	}
+	for i, st := range m.sys.startAll(specs, exits) {
+		ls[i].proc, ls[i].err, ls[i].at = st.proc, st.err, st.at
+	}
 	for _, l := range ls {
 		if l.cg != nil {
 			l.cg.Close()

@@ -7,7 +7,9 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -64,8 +66,12 @@ func main() {
 }
 
 func run(args []string) int {
-	app := newApp()
-	err := app.Run(args)
+	var err error
+	if len(args) > 1 && args[1] == "master" && keeper.IsMaster() {
+		err = runMaster(args[2:])
+	} else {
+		err = newApp().Run(args)
+	}
 	if err == nil {
 		return 0
 	}
@@ -189,34 +195,118 @@ func runCommand(onUsage cli.OnUsageErrorFunc) *cli.Command {
 		Flags:           runFlags(),
 		OnUsageError:    onUsage,
 		HideHelpCommand: true,
-		Action: func(c *cli.Context) error {
-			cfg, err := configFrom(c)
-			if err != nil {
-				return &usageError{err}
-			}
-			log, reopen, dropped, err := newLogger(c.String("log-format"), c.String("log-level"), c.String("log-file"))
-			if err != nil {
-				return &usageError{err}
-			}
-			defer syncLogger(log)
-			if !keeper.IsMaster() {
-				// This process stays for the service's whole life; the
-				// masters below it come and go at every upgrade.
-				code := keeper.Run(keeper.Config{
-					Args: masterArgs(os.Args), PIDFile: cfg.PIDFile, ReopenLogs: reopen, Log: log.Named("keeper"),
-				})
-				if code != 0 {
-					return &exitCode{code, ""} // the master said why
-				}
-				return nil
-			}
-			cfg.Log = log.Named("master")
-			cfg.Version = buildVersion()
-			cfg.ReopenLogs = reopen
-			cfg.LogDropped = dropped
-			return supervisor.Run(cfg)
-		},
+		Action:          runAction,
 	}
+}
+
+// runAction is baton run's action, and baton master's: the keeper, or a
+// master when the keeper started this process.
+func runAction(c *cli.Context) error {
+	cfg, err := configFrom(c)
+	if err != nil {
+		return &usageError{err}
+	}
+	log, reopen, dropped, err := newLogger(c.String("log-format"), c.String("log-level"), c.String("log-file"))
+	if err != nil {
+		return &usageError{err}
+	}
+	defer syncLogger(log)
+	if !keeper.IsMaster() {
+		// This process stays for the service's whole life; the
+		// masters below it come and go at every upgrade.
+		code := keeper.Run(keeper.Config{
+			Args: masterArgs(os.Args), PIDFile: cfg.PIDFile, ReopenLogs: reopen, Log: log.Named("keeper"),
+		})
+		if code != 0 {
+			return &exitCode{code, ""} // the master said why
+		}
+		return nil
+	}
+	cfg.Log = log.Named("master")
+	cfg.Version = buildVersion()
+	cfg.ReopenLogs = reopen
+	cfg.LogDropped = dropped
+	return supervisor.Run(cfg)
+}
+
+// runMaster runs baton master as the keeper starts it (and tableflip
+// re-executes it at every upgrade): args is its command line after
+// "master", baton run's own. It is parsed with the flag package against
+// baton run's flag definitions, as urfave/cli would parse it (each flag's
+// Apply gives its default and its BATON_* variable, the same values and
+// the same errors), and goes to the same action, configFrom's checks
+// included. urfave/cli's own run of a command, before the action, asks
+// IsSet about every name of every flag, each a scan of all the flags'
+// names through a regular expression: about a millisecond of CPU, on the
+// way to every new master's first spawn. No help, completion or
+// subcommand is wanted here: the keeper's urfave/cli parsed this line
+// already, as baton run.
+func runMaster(args []string) error {
+	c, err := masterContext(args)
+	if err != nil {
+		return &usageError{err}
+	}
+	return runAction(c)
+}
+
+// masterContext parses runMaster's args into a context for runAction.
+func masterContext(args []string) (*cli.Context, error) {
+	flags := runFlags()
+	set := flag.NewFlagSet("master", flag.ContinueOnError)
+	set.SetOutput(io.Discard)
+	for _, f := range flags {
+		if err := f.Apply(set); err != nil {
+			return nil, err
+		}
+	}
+	if err := set.Parse(args); err != nil {
+		return nil, err
+	}
+	if err := sameAliases(flags, set); err != nil {
+		return nil, err
+	}
+	c := cli.NewContext(nil, set, nil)
+	// LocalFlagNames (rolloutFlagsFit) finds flags set from the
+	// environment through the command's flags.
+	c.Command = &cli.Command{Name: "master", Flags: flags}
+	return c, nil
+}
+
+// sameAliases gives every name of a flag the value given under one of
+// them (-w 4 is --workers 4), as urfave/cli does after its parse: the
+// flag package keeps a value per name. Two names of one flag given is
+// urfave/cli's error.
+func sameAliases(flags []cli.Flag, set *flag.FlagSet) error {
+	given := map[string]bool{}
+	set.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	for _, f := range flags {
+		names := f.Names()
+		var from *flag.Flag
+		for _, n := range names {
+			if !given[n] {
+				continue
+			}
+			if from != nil {
+				return errors.New("Cannot use two forms of the same flag: " + n + " " + from.Name)
+			}
+			from = set.Lookup(n)
+		}
+		if from == nil || len(names) == 1 {
+			continue
+		}
+		v := from.Value.String()
+		if s, ok := from.Value.(cli.Serializer); ok {
+			v = s.Serialize()
+		}
+		for _, n := range names {
+			if !given[n] {
+				if err := set.Set(n, v); err != nil {
+					return fmt.Errorf("--%s: %w", n, err)
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // masterArgs is the keeper's command line for its masters: the same, with

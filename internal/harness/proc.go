@@ -26,9 +26,12 @@ func Start(cmd *exec.Cmd) (*Tail, error) {
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
-	// Its own group: a terminal's ^C reaches only the caller, which then
-	// stops the processes in its own order.
-	cmd.SysProcAttr.Setpgid = true
+	// Its own group (or session, which makes it a group leader too): a
+	// terminal's ^C reaches only the caller, which then stops the
+	// processes in its own order.
+	if !cmd.SysProcAttr.Setsid {
+		cmd.SysProcAttr.Setpgid = true
+	}
 	if err := cmd.Start(); err != nil {
 		r.Close()
 		w.Close()

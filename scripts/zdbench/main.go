@@ -55,6 +55,7 @@ type options struct {
 	soakStrategy    string
 	soakKill        bool
 	baseline        string // a baton binary whose handovers are measured beside this tree's
+	sameSession     bool   // servers in zdbench's session instead of one each
 	tags            string // build tags for baton, as make build gives them
 }
 
@@ -115,6 +116,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.soakStrategy, "soak-strategy", "shared", "the soak's --strategy: shared, blue-green or canary")
 	fs.StringVar(&o.tags, "tags", "", "build tags for baton (make bench and make soak pass make build's, so that what is measured is the baton make build makes)")
 	fs.StringVar(&o.baseline, "baseline", "", "a baton binary (built from another commit) whose handovers are measured first in each handover phase (upgrades, scaling), for before/after figures from one run")
+	fs.BoolVar(&o.sameSession, "same-session", false, "start every server in zdbench's own session, the load generator's, instead of a session of its own as systemd starts each service (and nginx's daemon mode itself): with the kernel's autogroup on, each thread of the load generator then competes with each of the server's for the CPUs")
 	fs.BoolVar(&o.soakKill, "soak-kill", false, "soak: SIGKILL a random worker after about one upgrade in four, and wait for its replacement")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -212,6 +214,19 @@ type bench struct {
 	progress func(format string, args ...any)
 }
 
+// serverAttr is how every server (baton, hello run directly, Unicorn,
+// nginx's first process) starts: in a session of its own, as systemd
+// starts each service, unless -same-session. The session decides how the
+// kernel shares the CPUs when its autogroup is on: between sessions first,
+// so a server competes with the load generator as one group, not thread
+// by thread. nginx's daemon mode starts a session of its own either way.
+func (b *bench) serverAttr() *syscall.SysProcAttr {
+	if b.opts.sameSession {
+		return &syscall.SysProcAttr{Setpgid: true}
+	}
+	return &syscall.SysProcAttr{Setsid: true}
+}
+
 func (b *bench) track(s stopper) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -252,6 +267,10 @@ func (b *bench) cleanup() error {
 
 func run(ctx context.Context, o options, stdout, stderr io.Writer) (err error) {
 	rep := &report{Machine: machineInfo(), Config: configOf(o)}
+	rep.Machine.ServerSession = "own"
+	if o.sameSession {
+		rep.Machine.ServerSession = "zdbench"
+	}
 	b := &bench{opts: o}
 	t0 := time.Now()
 	b.progress = func(format string, args ...any) {
@@ -421,6 +440,12 @@ type machine struct {
 	Date         string `json:"date"`
 	LoadAvgStart string `json:"loadavg_start"`
 	LoadAvgEnd   string `json:"loadavg_end"`
+	// Autogroup is the kernel's sched_autogroup_enabled ("1": the CPUs are
+	// shared between sessions first, then between the threads of each).
+	Autogroup string `json:"sched_autogroup_enabled"`
+	// ServerSession is where the servers ran: "own" (a session each) or
+	// "zdbench" (-same-session).
+	ServerSession string `json:"server_session"`
 }
 
 func machineInfo() machine {
@@ -441,6 +466,10 @@ func machineInfo() machine {
 	}
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.Kernel = strings.TrimSpace(string(b))
+	}
+	m.Autogroup = "unknown"
+	if b, err := os.ReadFile("/proc/sys/kernel/sched_autogroup_enabled"); err == nil {
+		m.Autogroup = strings.TrimSpace(string(b))
 	}
 	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
 		for _, line := range strings.Split(string(b), "\n") {

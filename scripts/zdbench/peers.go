@@ -464,7 +464,9 @@ func (b *bench) newSignalPeer(kind string, seq int, pidName string) (*signalPeer
 // start starts cmd with its output on the shared log pipe.
 func (s *signalPeer) start(ctx context.Context, b *bench, cmd *exec.Cmd) error {
 	cmd.Env = childEnv()
-	// Its own process group: a Ctrl-C on the terminal reaches only zdbench.
+	// Its own session or process group: a Ctrl-C on the terminal reaches
+	// only zdbench.
+	cmd.SysProcAttr = b.serverAttr()
 	log, err := harness.Start(cmd)
 	if err != nil {
 		return fmt.Errorf("%s: %w", s.kind, err)

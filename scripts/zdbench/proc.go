@@ -103,9 +103,10 @@ func (b *bench) startBaton(ctx context.Context, workers int, env []string, args 
 		"--ready-timeout", readyTimeout.String(), "--drain-timeout", drainTimeout.String())
 	cmd.Args = append(append(cmd.Args, args...), "--", b.bin.hello)
 	cmd.Env = append(childEnv(), env...)
-	// In its own process group (harness.Start): a Ctrl-C on the terminal
-	// reaches only zdbench, which then stops baton gracefully instead of
-	// leaving half of it.
+	// In its own session or process group (serverAttr, harness.Start): a
+	// Ctrl-C on the terminal reaches only zdbench, which then stops baton
+	// gracefully instead of leaving half of it.
+	cmd.SysProcAttr = b.serverAttr()
 	if p.log, err = harness.Start(cmd); err != nil {
 		return nil, err
 	}
@@ -317,7 +318,7 @@ func (b *bench) startHello(ctx context.Context, addr string) (*helloProc, time.T
 	h.cmd = exec.Command(b.bin.hello)
 	h.cmd.Env = append(childEnv(), "HELLO_LISTEN="+addr)
 	h.cmd.Stdout, h.cmd.Stderr = h.out, h.out
-	h.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	h.cmd.SysProcAttr = b.serverAttr()
 	if err := h.cmd.Start(); err != nil {
 		return nil, time.Time{}, fmt.Errorf("start hello: %w", err)
 	}

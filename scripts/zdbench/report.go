@@ -186,6 +186,11 @@ func printReport(w io.Writer, r *report) {
 	fmt.Fprintf(w, "\nzdbench: baton zero-downtime benchmark\n")
 	fmt.Fprintf(w, "machine: %d CPUs (%s), Linux %s, %s, %d MB RAM, %s\n", m.NProc, m.CPUModel, m.Kernel, m.GoVersion, m.MemTotalMB, m.Date)
 	fmt.Fprintf(w, "load average: %s at start, %s at end (the load generator runs on this machine too)\n", m.LoadAvgStart, m.LoadAvgEnd)
+	session := "a session of its own, as systemd starts a service"
+	if m.ServerSession == "zdbench" {
+		session = "zdbench's session, the load generator's (-same-session)"
+	}
+	fmt.Fprintf(w, "each server runs in %s; kernel autogroup (sched_autogroup_enabled): %s\n", session, m.Autogroup)
 	if r.Soak != nil {
 		printSoak(w, r)
 		printNotes(w, r)

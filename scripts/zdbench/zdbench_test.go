@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -285,6 +286,48 @@ func TestSoakVerdict(t *testing.T) {
 		err := soakVerdict(&c.s)
 		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
 			t.Errorf("%s: soakVerdict = %v, want %q", c.name, err, c.want)
+		}
+	}
+}
+
+// Every server starts in a session of its own, as systemd starts a
+// service, unless -same-session puts it in the benchmark's: with the
+// kernel's autogroup on, that decides whether the load generator's threads
+// compete with the server's one by one.
+func TestServerSession(t *testing.T) {
+	hello := filepath.Join(t.TempDir(), "hello")
+	if out, err := exec.Command("go", "build", "-o", hello, "github.com/baton-sh/baton/examples/hello").CombinedOutput(); err != nil {
+		t.Fatalf("build hello: %v\n%s", err, out)
+	}
+	for _, same := range []bool{false, true} {
+		b := &bench{opts: options{sameSession: same}, bin: binaries{hello: hello}}
+		addr, err := harness.FreeAddr()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		h, _, err := b.startHello(ctx, addr)
+		cancel()
+		if h != nil {
+			defer h.stop()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid := h.cmd.Process.Pid
+		stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Fields after the command's closing parenthesis: state ppid pgrp session.
+		f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+		pgrp, sid := f[2], f[3]
+		own := strconv.Itoa(pid)
+		if pgrp != own {
+			t.Errorf("same session %v: hello %d in process group %s, want its own", same, pid, pgrp)
+		}
+		if (sid == own) == same {
+			t.Errorf("same session %v: hello %d in session %s (its own: %v)", same, pid, sid, sid == own)
 		}
 	}
 }

@@ -306,3 +306,50 @@ func kernelVersion(release string) (major, minor int) {
 	fmt.Sscanf(release, "%d.%d", &major, &minor)
 	return
 }
+
+// A group's steering programs are loaded once each (PrepareSteer ahead of
+// an upgrade, or the first Steer) and attached again from then on: the
+// switch and the way back only attach, and still steer right.
+func TestEBPFSteerAttachesLoadedPrograms(t *testing.T) {
+	spec := freeSpec(t)
+	reg := &fakeRegistry{}
+	defer reg.close()
+	old := ebpfGroup(t, spec, reg, 1, true)
+	if err := old.PrepareSteer(0, 100); err != nil {
+		t.Fatal(err)
+	}
+	loaded := map[int]any{}
+	for pct, l := range old.progs[0].loaded {
+		loaded[pct] = l.prog
+	}
+	if len(loaded) != 2 {
+		t.Fatalf("%d programs loaded ahead, want 2 (0 and 100)", len(loaded))
+	}
+	cand := ebpfGroup(t, spec, reg, 2, false)
+	users := func(want0, want1 int) {
+		t.Helper()
+		if got := dialN(t, spec.Addr, false, 10, 2*time.Second); got != 10 {
+			t.Fatalf("%d of 10 connections completed", got)
+		}
+		o, c := queueOf(t, old.files[0]), queueOf(t, cand.files[0])
+		acceptAll(t, old.files[0])
+		acceptAll(t, cand.files[0])
+		if o != want0 || c != want1 {
+			t.Fatalf("users: old %d, candidate %d; want %d, %d", o, c, want0, want1)
+		}
+	}
+	for _, step := range []struct{ pct, old, cand int }{{0, 10, 0}, {100, 0, 10}, {0, 10, 0}} {
+		if err := old.Steer(step.pct); err != nil {
+			t.Fatal(err)
+		}
+		users(step.old, step.cand)
+	}
+	if n := len(old.progs[0].loaded); n != 2 {
+		t.Fatalf("%d programs after three steers, want the 2 loaded ahead", n)
+	}
+	for pct, l := range old.progs[0].loaded {
+		if loaded[pct] != any(l.prog) {
+			t.Fatalf("the program for %d%% was loaded again", pct)
+		}
+	}
+}

@@ -249,7 +249,7 @@ func (s *Set) Close() {
 	s.files = nil
 	for _, p := range s.progs {
 		if p != nil {
-			p.m.Close()
+			p.close()
 		}
 	}
 	s.progs = nil

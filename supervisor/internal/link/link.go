@@ -155,20 +155,35 @@ func ExitMsg(code int) string { return KeyExit + "=" + strconv.Itoa(code) }
 // Announce tells the keeper that this process is a master, and returns
 // once it accepted; the error says why not. It blocks for AnnounceWait
 // at most.
-func (l Link) Announce() error {
+func (l Link) Announce() error { return l.Send().Await() }
+
+// Sent is an announcement sent to the keeper (Send) whose answer is read
+// by Await.
+type Sent struct {
+	l   Link
+	c   *net.UnixConn // the answer's socket; nil: no answer to read
+	err error         // the send's
+}
+
+// Send announces this master to the keeper and returns without waiting
+// for the answer (Await reads it), so that the master does its own set-up
+// while the keeper handles the announcement. It does not block.
+func (l Link) Send() *Sent {
+	a := &Sent{l: l}
 	wait := l.wait
 	if wait == 0 {
 		wait = AnnounceWait
 	}
 	if !l.acks {
-		return osutil.SendNotify(l.notify, KeyRegister+"=1")
+		a.err = osutil.SendNotify(l.notify, KeyRegister+"=1")
+		return a
 	}
 	name := ackPrefix + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatUint(rand.Uint64(), 36)
 	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: name, Net: "unixgram"})
 	if err != nil {
-		return fmt.Errorf("socket for the keeper's answer: %w", err)
+		a.err = fmt.Errorf("socket for the keeper's answer: %w", err)
+		return a
 	}
-	defer c.Close()
 	if rc, err := c.SyscallConn(); err == nil {
 		rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_PASSCRED, 1) })
 	}
@@ -177,22 +192,39 @@ func (l Link) Announce() error {
 		msg += "\n" + KeyToken + "=" + l.token
 	}
 	if err := osutil.SendNotify(l.notify, msg); err != nil {
-		return err
+		c.Close()
+		a.err = err
+		return a
 	}
-	deadline := time.Now().Add(wait)
-	c.SetReadDeadline(deadline)
+	c.SetReadDeadline(time.Now().Add(wait))
+	a.c = c
+	return a
+}
+
+// Await returns once the keeper accepted the announcement; the error says
+// why not (the send's error, a refusal, no answer). It blocks until
+// AnnounceWait after Send at most. Call it once.
+func (a *Sent) Await() error {
+	if a.c == nil {
+		return a.err
+	}
+	defer a.Close()
 	buf := make([]byte, 4096)
 	oob := make([]byte, syscall.CmsgSpace(syscall.SizeofUcred))
 	for {
-		nb, noob, _, _, err := c.ReadMsgUnix(buf, oob)
+		nb, noob, _, _, err := a.c.ReadMsgUnix(buf, oob)
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				return fmt.Errorf("keeper %d did not answer this master's announcement within %s (stopped or starved?)", l.KeeperPID, wait)
+				wait := a.l.wait
+				if wait == 0 {
+					wait = AnnounceWait
+				}
+				return fmt.Errorf("keeper %d did not answer this master's announcement within %s (stopped or starved?)", a.l.KeeperPID, wait)
 			}
 			return fmt.Errorf("read the keeper's answer: %w", err)
 		}
-		if notify.SenderPID(oob[:noob]) != l.KeeperPID {
+		if notify.SenderPID(oob[:noob]) != a.l.KeeperPID {
 			continue // only the keeper answers
 		}
 		f := notify.Parse(buf[:nb])
@@ -200,8 +232,16 @@ func (l Link) Announce() error {
 			return nil
 		}
 		if why, ok := f[KeyRefused]; ok {
-			return fmt.Errorf("keeper %d refused this master: %s", l.KeeperPID, why)
+			return fmt.Errorf("keeper %d refused this master: %s", a.l.KeeperPID, why)
 		}
+	}
+}
+
+// Close closes the answer's socket, for a master that gives up before
+// Await (Await closes it too). Safe to call more than once.
+func (a *Sent) Close() {
+	if a.c != nil {
+		a.c.Close()
 	}
 }
 

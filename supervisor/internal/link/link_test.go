@@ -112,6 +112,61 @@ func TestAnnounceWithoutAcksDoesNotWait(t *testing.T) {
 	}
 }
 
+// Send has sent the announcement when it returns: a keeper reads it while
+// the master goes on with its set-up, and Await then takes the answer
+// that waited meanwhile. A keeper that never answers still fails Await
+// within the wait, counted from Send.
+func TestSendReturnsWithTheAnnouncementSent(t *testing.T) {
+	addr := filepath.Join(t.TempDir(), "notify")
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fd := OpenAnswerSocket()
+	if fd < 0 {
+		t.Fatal("no answer socket")
+	}
+	defer syscall.Close(fd)
+	const wait = 300 * time.Millisecond
+	l := Link{KeeperPID: os.Getpid(), acks: true, notify: addr, wait: wait}
+	for _, answer := range []bool{true, false} {
+		sent := l.Send()
+		buf := make([]byte, 4096)
+		n, _, err := syscall.Recvfrom(connFd(t, c), buf, syscall.MSG_DONTWAIT)
+		if err != nil {
+			t.Fatalf("keeper's socket right after Send: %v, want the announcement there", err)
+		}
+		ok, to := Announcement(notify.Parse(buf[:n]))
+		if !ok || to == "" {
+			t.Fatalf("keeper read %q, want an announcement with an address for the answer", buf[:n])
+		}
+		t0 := time.Now()
+		if answer {
+			Answer(fd, to, "")
+			if err := sent.Await(); err != nil {
+				t.Fatalf("Await of an answer sent before it: %v", err)
+			}
+			continue
+		}
+		if err := sent.Await(); err == nil || time.Since(t0) > wait+5*time.Second {
+			t.Fatalf("Await with no answer: %v after %s, want a failure within %s", err, time.Since(t0), wait)
+		}
+	}
+}
+
+// connFd is c's descriptor, for a read that must not wait.
+func connFd(t *testing.T, c *net.UnixConn) int {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fd int
+	rc.Control(func(f uintptr) { fd = int(f) })
+	return fd
+}
+
 func TestOfferEnv(t *testing.T) {
 	environ := []string{"PATH=/bin", "NOTIFY_SOCKET=/run/systemd/notify", "WATCHDOG_PID=1", "WATCHDOG_USEC=10",
 		EnvKeeperPID + "=9", EnvCgroup + "=/old", "LISTEN_FDS=2", "LISTEN_PID=5"}

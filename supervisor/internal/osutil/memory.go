@@ -10,6 +10,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -27,12 +28,15 @@ import (
 const lowGC = 25
 
 // LowGC lowers the garbage collector's target for a process whose live heap
-// is small, unless the user set GOGC. Call once, early.
-func LowGC() {
+// is small, unless the user set GOGC. Only the first call sets it: setting
+// the target stops the world, and a master calls this at every trim.
+func LowGC() { lowGCOnce() }
+
+var lowGCOnce = sync.OnceFunc(func() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(lowGC)
 	}
-}
+})
 
 // OneProc runs this process's Go code on one CPU at a time (GOMAXPROCS
 // 1), unless the user set GOMAXPROCS, for a process that waits for events

@@ -4,6 +4,7 @@ package osutil
 
 import (
 	"os"
+	"runtime/debug"
 	"strings"
 	"testing"
 )
@@ -89,4 +90,20 @@ func exeRSS(t *testing.T, exe string) int64 {
 		kb += m.rss >> 10
 	}
 	return kb
+}
+
+// LowGC sets the collector's target once: each setting stops the world,
+// and a master trims (and calls it) after every upgrade.
+func TestLowGCSetsTheTargetOnce(t *testing.T) {
+	prev := debug.SetGCPercent(100)
+	defer debug.SetGCPercent(prev)
+	LowGC()
+	got := debug.SetGCPercent(77)
+	if os.Getenv("GOGC") == "" && got != lowGC {
+		t.Fatalf("after LowGC the GC target was %d, want %d", got, lowGC)
+	}
+	LowGC()
+	if got := debug.SetGCPercent(100); got != 77 {
+		t.Fatalf("a second LowGC set the GC target again (%d, want 77 left as it was)", got)
+	}
 }

@@ -3,6 +3,7 @@
 package spawn
 
 import (
+	"fmt"
 	"os/exec"
 	"runtime"
 	"sync"
@@ -68,5 +69,54 @@ func TestSpawnerConcurrentStartsKeepPdeathsig(t *testing.T) {
 	case pid := <-exited:
 		t.Fatalf("worker %d exited while its spawner lives", pid)
 	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+// StartAll returns each command's own result in order, whichever thread's
+// run it was in, and when each start returned: a run's starts go back to
+// back on one thread, and a start that fails fails alone.
+func TestStartAllResultsInOrder(t *testing.T) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep(1) here: " + err.Error())
+	}
+	for _, threads := range []int{1, 2} {
+		t.Run(fmt.Sprintf("%d threads", threads), func(t *testing.T) {
+			defer func(n int) { MaxThreads = n }(MaxThreads)
+			MaxThreads = threads
+			sp := New(UnblockCaught)
+			defer sp.Stop()
+			const n, bad = 5, 3
+			cmds := make([]*exec.Cmd, n)
+			for i := range cmds {
+				path := sleep
+				if i == bad {
+					path = "/nonexistent/baton-test-server"
+				}
+				cmds[i] = &exec.Cmd{Path: path, Args: []string{"sleep", "60"},
+					SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}}
+			}
+			before := time.Now()
+			errs, at := sp.StartAll(cmds)
+			after := time.Now()
+			for i, c := range cmds {
+				if i == bad {
+					if errs[i] == nil || c.Process != nil {
+						t.Fatalf("start %d of a missing binary: err %v, process %v", i, errs[i], c.Process)
+					}
+					continue
+				}
+				if errs[i] != nil {
+					t.Fatalf("start %d: %v", i, errs[i])
+				}
+				t.Cleanup(func() { c.Process.Kill(); c.Wait() }) // by pid: ours
+				if at[i].Before(before) || at[i].After(after) {
+					t.Fatalf("start %d returned at %v, outside the call (%v .. %v)", i, at[i], before, after)
+				}
+			}
+			if got := sp.Threads(); got != threads {
+				t.Fatalf("%d spawning threads after StartAll of %d with MaxThreads %d", got, n, threads)
+			}
+		})
 	}
 }
