@@ -77,7 +77,9 @@
 //	              its own port, one that never sends READY=1
 //	shim.go       the trampoline that sets LISTEN_PID
 //	trim.go       giving back start-up's memory once a keeper or master
-//	              is at rest (internal/osutil's Trim)
+//	              is at rest (internal/osutil's Trim), and a master's again
+//	              2 s after its first seconds at rest and after a burst of
+//	              scrapes or status requests (settle)
 //	quiet.go      keeping the listening sockets out of the master's epoll
 //	refuse.go     a stop's refusal of new connections once the workers
 //	              have let go of the sockets (sockets/refuse.go)
