@@ -43,6 +43,7 @@ import (
 const (
 	reportCandidate = "BATON_UPGRADE_CANDIDATE" // JSON ReloadResult: workers ready, awaiting promotion
 	reportNotify    = "BATON_CANDIDATE_NOTIFY"  // the new master's notify socket, for orders
+	reportSockets   = "BATON_CANDIDATE_SOCKETS" // its sockets' inodes, comma-separated (members.go)
 	orderPromote    = "BATON_PROMOTE"           // "1": call Ready now
 	orderRollback   = "BATON_ROLLBACK"          // reason; users are back on the old generation
 	// With orderPromote: how long the checks before the switch and the
@@ -74,8 +75,12 @@ func (s stage) String() string {
 // candidate is the new generation of the upgrade under way, for the old
 // master's loop.
 type candidate struct {
-	pid      int
-	notify   string // its master's notify socket
+	pid    int
+	notify string // its master's notify socket
+	// sockets are its sockets' inodes as its master reported them; nil
+	// from a master that did not (the membership check then reads its
+	// fds in /proc).
+	sockets  []uint64
 	gen      int
 	stage    stage
 	switched bool
@@ -198,6 +203,14 @@ func (m *master) onCandidate(pid int, fields map[string]string) {
 		return
 	}
 	c := &candidate{pid: pid, notify: fields[reportNotify], gen: m.gen + 1, readyAt: m.sys.now()}
+	if s := fields[reportSockets]; s != "" {
+		c.sockets = []uint64{}
+		for _, f := range strings.Split(s, ",") {
+			if ino, err := strconv.ParseUint(f, 10, 64); err == nil {
+				c.sockets = append(c.sockets, ino)
+			}
+		}
+	}
 	m.rollout.cand = c
 	m.rolloutStep(c, "ready", "new generation's workers ready; no user connection can reach them")
 	m.log.Info("candidate generation ready: checking it before the switch",
@@ -500,7 +513,8 @@ func (m *master) generationReady() {
 	m.log.Info("generation ready as a candidate: waiting for the old master's checks", logevent.RolloutCandidate, zap.Duration("workers_starting", m.steps.longest))
 	m.step(control.Progress{Event: control.EvGenerationReady, Count: len(m.slots), DurationMS: ms(now.Sub(m.bootAt)),
 		Message: fmt.Sprintf("all %d workers ready after %s; the old master checks them before the switch", len(m.slots), now.Sub(m.bootAt).Round(time.Millisecond))})
-	m.sys.notifyTo(m.origin.parentNotify, reportToken+"="+m.origin.parentToken+"\n"+reportCandidate+"="+string(b)+"\n"+reportNotify+"="+m.notifyAddr())
+	m.sys.notifyTo(m.origin.parentNotify, reportToken+"="+m.origin.parentToken+"\n"+reportCandidate+"="+string(b)+"\n"+reportNotify+"="+m.notifyAddr()+
+		"\n"+reportSockets+"="+m.socketInodes())
 }
 
 // onParentOrder takes an order from the old master; false when fields hold

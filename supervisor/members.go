@@ -57,7 +57,11 @@ func (m *master) allowed() map[uint64]bool {
 		own[ino] = true
 	}
 	if c := m.rollout.cand; c != nil && c.stage < stageRolledBack {
-		for _, ino := range sockets.SocketInodes(c.pid) {
+		inos := c.sockets
+		if inos == nil {
+			inos = sockets.SocketInodes(c.pid)
+		}
+		for _, ino := range inos {
 			own[ino] = true
 		}
 	}

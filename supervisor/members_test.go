@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -78,5 +79,42 @@ func TestWorkerSocketCheckLeavesThePreviousGenerationOut(t *testing.T) {
 	m.origin.prevSockets = prev.Inodes()
 	if why := m.checkWorkerSockets(); why != "" {
 		t.Fatalf("with the previous generation named, the check said %q", why)
+	}
+}
+
+// The old master's check before the switch takes the candidate's sockets
+// from its report, not from its master's fds in /proc: here the
+// candidate's "master" is a sleep(1) that holds no socket, so a check
+// that read its fds would call the candidate's socket foreign.
+func TestSwitchCheckTakesTheCandidatesReportedSockets(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := []sockets.Spec{{Name: "web", Network: "tcp", Addr: l.Addr().String()}}
+	l.Close()
+	old, err := sockets.OpenGroup(spec, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	cand, err := sockets.OpenGroup(spec, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cand.Close()
+	sleep := exec.Command("sleep", "60")
+	if err := sleep.Start(); err != nil {
+		t.Skip("no sleep(1): " + err.Error())
+	}
+	defer func() { sleep.Process.Kill(); sleep.Wait() }() // by pid: ours
+	m := &master{cfg: Config{Rollout: Rollout{Strategy: StrategyBlueGreen}}, lns: old, log: zap.NewNop()}
+	m.rollout.cand = &candidate{pid: sleep.Process.Pid}
+	if fs, err := m.foreignNow(); err != nil || len(fs) != 1 {
+		t.Fatalf("with no sockets reported, the candidate's socket should look foreign: %v, %v", fs, err)
+	}
+	m.rollout.cand.sockets = cand.Inodes()
+	if fs, err := m.foreignNow(); err != nil || len(fs) != 0 {
+		t.Fatalf("with the candidate's sockets reported: foreign %v, %v", fs, err)
 	}
 }
