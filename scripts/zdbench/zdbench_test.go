@@ -213,7 +213,12 @@ func TestPeers(t *testing.T) {
 			t.Errorf("%s: handover or RSS not measured: first new %+v, old gone %+v, RSS %+v", name, s.FirstNew, s.OldGone, s.MasterRSS)
 		}
 		for _, rec := range s.List {
-			if rec.NewMaster == 0 || rec.NewMaster == rec.OldMaster || rec.FirstNewMS == nil || *rec.FirstNewMS > rec.OldGoneMS {
+			// nginx's and Unicorn's old masters are told to go only once a
+			// client saw the new generation answer; baton retires its old
+			// master itself once the new generation serves, and on a busy
+			// machine a client's first fresh connection can come after
+			// that (0 failed requests, checked above, is the guarantee).
+			if rec.NewMaster == 0 || rec.NewMaster == rec.OldMaster || rec.FirstNewMS == nil || (name != "baton" && *rec.FirstNewMS > rec.OldGoneMS) {
 				t.Errorf("%s upgrade %d: %+v; want a new master serving before the old one went", name, rec.N, rec)
 			}
 			masters = append(masters, rec.OldMaster, rec.NewMaster)
