@@ -25,8 +25,10 @@ type Mix struct {
 	SlowPath    string
 	SlowTimeout time.Duration // per slow request; default Timeout
 
-	// Probe adds one more client, back to back on fresh connections.
-	Probe bool
+	// Probe adds one more client on fresh connections, back to back, or
+	// ProbePause apart.
+	Probe      bool
+	ProbePause time.Duration
 	// OnFresh sees the body of every successful answer on a fresh
 	// connection (fresh clients and the probe), from many goroutines.
 	OnFresh func(body []byte)
@@ -92,7 +94,9 @@ func StartMix(ctx context.Context, m Mix) (wait func() MixResult) {
 		run(&out.Slow, c)
 	}
 	if m.Probe {
-		run(&out.Probe, with(1, 0, m.OnFresh))
+		c := with(1, 0, m.OnFresh)
+		c.Pause = m.ProbePause
+		run(&out.Probe, c)
 	}
 	return func() MixResult {
 		wg.Wait()

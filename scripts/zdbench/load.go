@@ -22,7 +22,8 @@ type loadPlan struct {
 	keepAlive   float64 // share of clients that reuse their connection
 	slowClients int     // clients that keep one slow request in flight each
 	slowMS      int
-	probe       bool // one more client, back to back on fresh connections
+	probe       bool          // one more client on fresh connections,
+	probePause  time.Duration // back to back, or this far apart
 	tracker     *genTracker
 	bound       time.Duration // every client stops by then at the latest
 }
@@ -34,7 +35,7 @@ func startLoad(ctx context.Context, pl loadPlan) (wait func() loadgen.MixResult)
 		Network: "tcp", Addr: pl.addr, Clients: pl.clients, KeepAlive: pl.keepAlive,
 		SlowClients: pl.slowClients, SlowPath: "/?sleep=" + strconv.Itoa(pl.slowMS),
 		SlowTimeout: time.Duration(pl.slowMS)*time.Millisecond + 10*time.Second,
-		Probe:       pl.probe, Duration: pl.bound,
+		Probe:       pl.probe, ProbePause: pl.probePause, Duration: pl.bound,
 	}
 	if pl.tracker != nil {
 		m.OnFresh = pl.tracker.saw

@@ -56,7 +56,9 @@ type options struct {
 	soakKill        bool
 	baseline        string // a baton binary whose handovers are measured beside this tree's
 	sameSession     bool   // servers in zdbench's session instead of one each
-	tags            string // build tags for baton, as make build gives them
+	// scalingProbePause paces the scaling phase's probe (0: back to back)
+	scalingProbePause time.Duration
+	tags              string // build tags for baton, as make build gives them
 }
 
 func main() {
@@ -108,6 +110,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.roundDur, "round-duration", 3*time.Second, "load duration of one steady-state run")
 	scaling := fs.String("scaling-workers", "1,4,16,64", "worker counts for the handover scaling phase")
 	fs.IntVar(&o.scalingUpgrades, "scaling-upgrades", 3, "upgrades per worker count in the scaling phase")
+	fs.DurationVar(&o.scalingProbePause, "scaling-probe-pause", 2*time.Millisecond, "the scaling phase's probe (its only load) sends a request on a fresh connection this often; 0: back to back, which keeps about one CPU busy")
 	fs.BoolVar(&o.skipPeers, "skip-peers", false, "skip the comparison with nginx and Unicorn")
 	fs.DurationVar(&o.idleAfter, "idle-after", 5*time.Second, "idle-memory phase: keeper + master PSS this long after rest, and after 20 /metrics scrapes (0: skip)")
 	fs.IntVar(&o.peerUpgrades, "peer-upgrades", 15, "upgrades of each server (baton, nginx, Unicorn) in the peers phase (0: skip it)")
@@ -165,6 +168,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("-naive-restarts %d: want 0..1000", o.naiveRestarts)
 	case o.workers < 1 || o.workers > 1024:
 		return o, fmt.Errorf("-workers %d: want 1..1024", o.workers)
+	case o.scalingProbePause < 0 || o.scalingProbePause > time.Second:
+		return o, fmt.Errorf("-scaling-probe-pause %s: want 0..1s", o.scalingProbePause)
 	case o.interval < 100*time.Millisecond || o.interval > time.Hour:
 		return o, fmt.Errorf("-interval %s: want 100ms..1h", o.interval)
 	case o.keepAlive < 0 || o.keepAlive > 1:

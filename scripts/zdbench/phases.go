@@ -624,7 +624,7 @@ func (b *bench) scalingOnce(ctx context.Context, workers, delayMS int) (scalingR
 	tr := newGenTracker()
 	probeCtx, stopProbe := context.WithCancel(ctx)
 	defer stopProbe()
-	wait := startLoad(probeCtx, loadPlan{addr: p.addr, probe: true, tracker: tr,
+	wait := startLoad(probeCtx, loadPlan{addr: p.addr, probe: true, probePause: b.opts.scalingProbePause, tracker: tr,
 		bound: time.Duration(row.Upgrades)*(readyTimeout+drainTimeout) + 5*time.Minute})
 	var hs []handover
 	var loopErr error

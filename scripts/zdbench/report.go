@@ -38,26 +38,27 @@ type report struct {
 }
 
 type config struct {
-	Quick           bool    `json:"quick"`
-	Upgrades        int     `json:"upgrades"`
-	Concurrency     int     `json:"concurrency"`
-	KeepAlive       float64 `json:"keep_alive_share"`
-	NaiveRestarts   int     `json:"naive_restarts"`
-	Workers         int     `json:"workers"`
-	IntervalMS      float64 `json:"interval_ms"`
-	SlowClients     int     `json:"slow_clients"`
-	SlowMS          int     `json:"slow_request_ms"`
-	Rounds          int     `json:"steady_rounds"`
-	RoundSeconds    float64 `json:"steady_round_seconds"`
-	ScalingWorkers  []int   `json:"scaling_workers"`
-	ScalingUpgrades int     `json:"scaling_upgrades"`
-	SkipSteady      bool    `json:"skip_steady"`
-	SkipNaive       bool    `json:"skip_naive"`
-	SkipScaling     bool    `json:"skip_scaling"`
-	SkipPeers       bool    `json:"skip_peers"`
-	IdleAfterS      float64 `json:"idle_after_s"`
-	PeerUpgrades    int     `json:"peer_upgrades"`
-	PeerRounds      int     `json:"peer_rounds"`
+	Quick               bool    `json:"quick"`
+	Upgrades            int     `json:"upgrades"`
+	Concurrency         int     `json:"concurrency"`
+	KeepAlive           float64 `json:"keep_alive_share"`
+	NaiveRestarts       int     `json:"naive_restarts"`
+	Workers             int     `json:"workers"`
+	IntervalMS          float64 `json:"interval_ms"`
+	SlowClients         int     `json:"slow_clients"`
+	SlowMS              int     `json:"slow_request_ms"`
+	Rounds              int     `json:"steady_rounds"`
+	RoundSeconds        float64 `json:"steady_round_seconds"`
+	ScalingWorkers      []int   `json:"scaling_workers"`
+	ScalingUpgrades     int     `json:"scaling_upgrades"`
+	ScalingProbePauseMS float64 `json:"scaling_probe_pause_ms"`
+	SkipSteady          bool    `json:"skip_steady"`
+	SkipNaive           bool    `json:"skip_naive"`
+	SkipScaling         bool    `json:"skip_scaling"`
+	SkipPeers           bool    `json:"skip_peers"`
+	IdleAfterS          float64 `json:"idle_after_s"`
+	PeerUpgrades        int     `json:"peer_upgrades"`
+	PeerRounds          int     `json:"peer_rounds"`
 }
 
 func configOf(o options) config {
@@ -65,7 +66,7 @@ func configOf(o options) config {
 		Quick: o.quick, Upgrades: o.upgrades, Concurrency: o.concurrency, KeepAlive: o.keepAlive,
 		NaiveRestarts: o.naiveRestarts, Workers: o.workers, IntervalMS: msOf(o.interval),
 		SlowClients: o.slowClients, SlowMS: o.slowMS, Rounds: o.rounds, RoundSeconds: o.roundDur.Seconds(),
-		ScalingWorkers: o.scalingWorkers, ScalingUpgrades: o.scalingUpgrades,
+		ScalingWorkers: o.scalingWorkers, ScalingUpgrades: o.scalingUpgrades, ScalingProbePauseMS: msOf(o.scalingProbePause),
 		SkipSteady: o.skipSteady, SkipNaive: o.skipNaive, SkipScaling: o.skipScaling,
 		SkipPeers: o.skipPeers, IdleAfterS: o.idleAfter.Seconds(), PeerUpgrades: o.peerUpgrades, PeerRounds: o.peerRounds,
 	}
@@ -246,7 +247,11 @@ func printReport(w io.Writer, r *report) {
 	}
 
 	if len(r.Scaling) > 0 {
-		fmt.Fprintf(w, "\n5. Handover time against worker count (medians over %d upgrades each; probe only, no load)\n", r.Scaling[0].Upgrades)
+		probe := "a probe on fresh connections back to back"
+		if r.Config.ScalingProbePauseMS > 0 {
+			probe = fmt.Sprintf("a probe on a fresh connection every %g ms", r.Config.ScalingProbePauseMS)
+		}
+		fmt.Fprintf(w, "\n5. Handover time against worker count (medians over %d upgrades each; no load: %s)\n", r.Scaling[0].Upgrades, probe)
 		tw := table(w)
 		fmt.Fprintln(tw, "  workers\tapp start-up\ttotal (ms)\tapp (ms)\tbaton (ms)\tfirst new response (ms)\tmaster RSS\tfailures\t")
 		for _, row := range r.Scaling {
