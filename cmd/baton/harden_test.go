@@ -49,13 +49,22 @@ func waitExec(t *testing.T, pid int, suffix string) {
 }
 
 func TestWorkerEnvironmentAndFdsAreExactlyTheContract(t *testing.T) {
+	// Under blue-green and canary each master also holds the steering
+	// map (eBPF, as root), which it passes on to the next master and
+	// must not to its workers.
+	for _, strategy := range []string{"shared", "blue-green"} {
+		t.Run(strategy, func(t *testing.T) { workerContract(t, strategy) })
+	}
+}
+
+func workerContract(t *testing.T, strategy string) {
 	t.Parallel()
 	rec := newNotifyRecorder(t)
 	addr := freeAddr(t)
 	b := startBaton(t, []string{
 		"NOTIFY_SOCKET=" + rec.path, "WATCHDOG_USEC=60000000", "LISTEN_FDS=9", "LISTEN_PID=1",
 		"BATON_SOMETHING=internal", "APP_SETTING=kept",
-	}, "-l", "web="+addr, "-w", "2", "--ready", "delay:0s", "--", "sleep", "60")
+	}, "-l", "web="+addr, "-w", "2", "--ready", "delay:0s", "--strategy", strategy, "--", "sleep", "60")
 	b.waitReady()
 	check := func(gen int) {
 		t.Helper()
@@ -94,6 +103,8 @@ func TestWorkerEnvironmentAndFdsAreExactlyTheContract(t *testing.T) {
 	// and sentinel variable must not reach workers either.
 	b.upgrade(t, b.pid, 1)
 	check(2)
+	b.upgrade(t, b.pid, 2)
+	check(3)
 }
 
 func TestEnvFileIsReadByEveryGeneration(t *testing.T) {

@@ -186,7 +186,10 @@ func groupMap(reg Registry, spec Spec) (*ebpf.Map, error) {
 			return nil, fmt.Errorf("inherit the map of %s: %w", spec, err)
 		}
 		if f != nil {
-			fd, err := unix.Dup(int(f.Fd()))
+			// Close-on-exec, like every fd of a master but the sockets it
+			// passes on (dup(2) would clear it): a worker, hook or smoke
+			// test given the map could steer users' connections.
+			fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 3)
 			f.Close()
 			if err != nil {
 				return nil, fmt.Errorf("inherit the map of %s: %w", spec, err)
