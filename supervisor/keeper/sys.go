@@ -259,14 +259,25 @@ func watchPidfd(pid, fd int, gone func()) {
 				break
 			}
 		}
-		// Fall back to /proc, every 100 ms, for this master.
-		for !osutil.Gone(pid) {
+		// Fall back to /proc, every 100 ms, for this master, and to the
+		// pidfd again: a zombie answers the pidfd's signal 0, and a /proc
+		// read that fails for a reason of the keeper's own (EMFILE) proves
+		// nothing, but once the keeper has reaped the master the pidfd says
+		// ESRCH, whatever /proc says.
+		for !procGone(pid) {
+			if serr := unix.PidfdSendSignal(fd, 0, nil, 0); errors.Is(serr, syscall.ESRCH) {
+				break
+			}
 			time.Sleep(100 * time.Millisecond)
 		}
 		break
 	}
 	gone()
 }
+
+// procGone is osutil.Gone, a variable for tests (a /proc that cannot be
+// read).
+var procGone = osutil.Gone
 
 // reapAll collects every exited child: masters re-parented to the keeper,
 // and orphans of any process below it (PID 1's duty in a container).
