@@ -124,7 +124,7 @@ func (m *master) onControl(c *ctlConn) {
 	case control.CmdScale:
 		prev, err := m.scale(c.req.Workers)
 		if err != nil {
-			c.reply(control.NewRefusal("scale refused: " + err.Error()))
+			c.reply(control.NewRefusal("scale: " + err.Error())) // the client says "refused"
 		} else {
 			c.reply(control.ScaleResult{OK: true, Previous: prev, Workers: len(m.slots)})
 		}

@@ -156,7 +156,11 @@ func (m *master) upgradeTasks() error {
 // addTasks checks that k more workers fit (TTIN, baton scale).
 func (m *master) addTasks(k int) error {
 	per := m.perWorker()
-	return m.fitTasks(int64(k)*per, fmt.Sprintf("%d more workers (%d tasks each)", k, per))
+	what := fmt.Sprintf("%d more workers (%d tasks each)", k, per)
+	if k == 1 {
+		what = fmt.Sprintf("1 more worker (%d tasks)", per)
+	}
+	return m.fitTasks(int64(k)*per, what)
 }
 
 // tasksReason explains a new master's failure when the cgroup's pids.max
