@@ -55,22 +55,7 @@ func TestForeignAction(t *testing.T) {
 // test process, which holds the previous generation's socket: walked, it
 // would be named as a worker that opened its own.
 func TestWorkerSocketCheckLeavesThePreviousGenerationOut(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec := []sockets.Spec{{Name: "web", Network: "tcp", Addr: l.Addr().String()}}
-	l.Close()
-	prev, err := sockets.OpenGroup(spec, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prev.Close()
-	cur, err := sockets.OpenGroup(spec, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cur.Close()
+	prev, cur := twoGenerations(t)
 	m := &master{cfg: Config{Rollout: Rollout{Strategy: StrategyBlueGreen}}, lns: cur, log: zap.NewNop(),
 		slots: []*slot{{index: 0, cur: &worker{index: 0, pid: os.Getpid()}}}}
 	if why := m.checkWorkerSockets(); !strings.Contains(why, "worker 0 (pid "+strconv.Itoa(os.Getpid())) {
@@ -87,22 +72,7 @@ func TestWorkerSocketCheckLeavesThePreviousGenerationOut(t *testing.T) {
 // candidate's "master" is a sleep(1) that holds no socket, so a check
 // that read its fds would call the candidate's socket foreign.
 func TestSwitchCheckTakesTheCandidatesReportedSockets(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec := []sockets.Spec{{Name: "web", Network: "tcp", Addr: l.Addr().String()}}
-	l.Close()
-	old, err := sockets.OpenGroup(spec, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer old.Close()
-	cand, err := sockets.OpenGroup(spec, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cand.Close()
+	old, cand := twoGenerations(t)
 	sleep := exec.Command("sleep", "60")
 	if err := sleep.Start(); err != nil {
 		t.Skip("no sleep(1): " + err.Error())
@@ -117,4 +87,28 @@ func TestSwitchCheckTakesTheCandidatesReportedSockets(t *testing.T) {
 	if fs, err := m.foreignNow(); err != nil || len(fs) != 0 {
 		t.Fatalf("with the candidate's sockets reported: foreign %v, %v", fs, err)
 	}
+}
+
+// twoGenerations opens two sockets in one reuseport group on a free
+// loopback port, as two generations' masters hold them; closed at the
+// test's end.
+func twoGenerations(t *testing.T) (first, second *sockets.Set) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := []sockets.Spec{{Name: "web", Network: "tcp", Addr: l.Addr().String()}}
+	l.Close()
+	first, err = sockets.OpenGroup(spec, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(first.Close)
+	second, err = sockets.OpenGroup(spec, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(second.Close)
+	return first, second
 }
