@@ -203,14 +203,7 @@ func (m *master) onCandidate(pid int, fields map[string]string) {
 		return
 	}
 	c := &candidate{pid: pid, notify: fields[reportNotify], gen: m.gen + 1, readyAt: m.sys.now()}
-	if s := fields[reportSockets]; s != "" {
-		c.sockets = []uint64{}
-		for _, f := range strings.Split(s, ",") {
-			if ino, err := strconv.ParseUint(f, 10, 64); err == nil {
-				c.sockets = append(c.sockets, ino)
-			}
-		}
-	}
+	c.sockets = parseInodes(fields[reportSockets])
 	m.rollout.cand = c
 	m.rolloutStep(c, "ready", "new generation's workers ready; no user connection can reach them")
 	m.log.Info("candidate generation ready: checking it before the switch",

@@ -78,8 +78,24 @@ func (m *master) allowed() map[uint64]bool {
 	return own
 }
 
+// parseInodes reads a list socketInodes wrote: nil for "" (a master that
+// did not say), else the inodes (empty if none parsed).
+func parseInodes(s string) []uint64 {
+	if s == "" {
+		return nil
+	}
+	out := []uint64{}
+	for _, f := range strings.Split(s, ",") {
+		if ino, err := strconv.ParseUint(f, 10, 64); err == nil {
+			out = append(out, ino)
+		}
+	}
+	return out
+}
+
 // socketInodes is this generation's socket inodes for the next master
-// (envPrevSockets), comma-separated; "" unless its sockets are steered.
+// (envPrevSockets) and for the old one (reportSockets), comma-separated;
+// "" unless its sockets are steered.
 func (m *master) socketInodes() string {
 	if m.lns == nil || !m.cfg.Rollout.Strategy.steered() {
 		return ""

@@ -162,11 +162,7 @@ func (u *originState) readUpgradeEnv(hasParent bool) int {
 		}
 		u.metrics = os.Getenv(envMetrics)
 		u.noTaskLimit = os.Getenv(envNoTaskLimit) == "1"
-		for _, f := range strings.Split(os.Getenv(envPrevSockets), ",") {
-			if ino, err := strconv.ParseUint(f, 10, 64); err == nil {
-				u.prevSockets = append(u.prevSockets, ino)
-			}
-		}
+		u.prevSockets = parseInodes(os.Getenv(envPrevSockets))
 	}
 	for _, k := range []string{envNextGeneration, envUpgradeStart, envUpgradeLaunch, envPreflightCPU, envParentNotify, envUpgradeToken, envNextWorkers, envMetrics, envNoTaskLimit, envPrevSockets, "TABLEFLIP_HAS_PARENT_7DIU3"} {
 		os.Unsetenv(k)

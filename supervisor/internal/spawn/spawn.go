@@ -42,9 +42,9 @@ type Spawner struct {
 // thread overlaps those waits. On 2 CPUs (24 handovers each, interleaved,
 // load 3-4) 4 workers of a generation started in 9.5 ms median from four
 // threads against 14.6 from one, with the same CPU (2.8 ms), and in 8.8
-// from two against 8.5 from four; under 64 clients, two were no slower. (Before starts were batched per thread, four threads
-// at load 40 cost 4.3 ms of CPU instead of 3.1.) So: one per CPU, at least
-// two, at most four.
+// from two against 8.5 from four; under 64 clients, two were no slower.
+// (Before starts were batched per thread, four threads at load 40 cost 4.3
+// ms of CPU instead of 3.1.) So: one per CPU, at least two, at most four.
 var MaxThreads = max(2, min(4, runtime.NumCPU()))
 
 // spawnReq is a run of starts for one thread: it starts cmds in order
@@ -104,8 +104,9 @@ func (s *Spawner) Start(cmd *exec.Cmd) error {
 }
 
 // StartAll starts every cmd and returns each one's error (nil: started)
-// and when its start returned, in cmds' order. The starts are split into one run per thread (up to
-// MaxThreads), each run forked back to back by its thread: a thread that
+// and when its start returned, in cmds' order. The starts are split into
+// one run per thread (up to MaxThreads), each run forked back to back by
+// its thread: a thread that
 // took a start request per command would hand control back to the caller's
 // goroutine after every fork, two thread wake-ups each, and on a busy
 // machine each wake-up waits for a CPU behind the servers already started.
