@@ -91,6 +91,7 @@ type master struct {
 	accepts      *acceptWatch
 	hook         *hookRun       // the --before-upgrade command while it runs (hook.go)
 	hookLeft     []hookLeftover // groups of past hooks still being ended (hookleft.go)
+	leftChecking bool           // a check of hookLeft is scheduled
 	prog         progressState  // progress.go
 	met          *metrics       // metrics.go
 	rollout      rolloutState   // blue-green and canary (bluegreen.go)
@@ -524,7 +525,8 @@ func (m *master) exit() error {
 }
 
 func (m *master) finished() bool {
-	return (m.phase == phaseStopping || m.phase == phaseHandedOver) && len(m.procs) == 0 && m.hook == nil && m.treesEmpty()
+	return (m.phase == phaseStopping || m.phase == phaseHandedOver) && len(m.procs) == 0 && m.hook == nil && m.treesEmpty() &&
+		m.hookLeftoversGone()
 }
 
 // handle is the loop's one dispatch: every state change starts here.
@@ -562,6 +564,8 @@ func (m *master) handle(ev event) {
 		m.onRefuseCheck()
 	case evTreeCheck:
 		m.onTreeCheck()
+	case evHookLeftCheck:
+		m.onHookLeftCheck()
 	case evHookExit:
 		m.onHookExit(ev.h, ev.status)
 	case evHookTimeout:
