@@ -417,15 +417,22 @@ func watchOSProcess(cmd *exec.Cmd, pipes *workerPipes, p procSpec, exited func(e
 		ev = logevent.WorkerOutput
 	}
 	pipes.started(p.log.With(zap.Int("pid", proc.pid)), msg, ev, p.onLine)
+	// Open before the goroutine: the process is this one's unreaped child,
+	// so the pidfd names it even if it has exited already.
+	w, werr := osutil.WatchExit(proc.pid)
 	go func() {
 		// Wait for the exit without reaping, so that signals stop before
 		// the pid can be reused: a timer that fires after this point
 		// finds the process marked reaped instead of killing a stranger.
-		var info unix.Siginfo
-		for {
-			err := unix.Waitid(unix.P_PID, proc.pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
-			if !errors.Is(err, syscall.EINTR) {
-				break
+		// Through the poller when the kernel allows it (no OS thread held
+		// per worker), else a blocking waitid.
+		if werr != nil || w.Wait() != nil {
+			var info unix.Siginfo
+			for {
+				err := unix.Waitid(unix.P_PID, proc.pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+				if !errors.Is(err, syscall.EINTR) {
+					break
+				}
 			}
 		}
 		proc.mu.Lock()

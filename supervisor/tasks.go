@@ -31,9 +31,12 @@ import (
 //     the reload's reason.
 //
 // The estimates: a worker is a process (with its own threads) plus one
-// master thread waiting for it (sys.go); a new generation needs what the
-// running one uses (this master's threads and its workers' trees). At
-// the first start nothing runs yet: one task per worker process is a floor.
+// task of margin, the master's thread waiting for it where the kernel
+// (before 5.10, without PIDFD_NONBLOCK) makes that wait a blocking call
+// (sys.go; newer kernels wait through the poller, no thread per worker); a
+// new generation needs what the running one uses (this master's threads
+// and its workers' trees). At the first start nothing runs yet: two tasks
+// per worker are a floor.
 
 // spareThreads is how many threads a master keeps idle for an upgrade. An
 // upgrade was measured to add 1 to 2 threads to the old master (waiting
@@ -104,7 +107,7 @@ func (m *master) startTasks(n int) error {
 		return nil
 	}
 	spawners := min(n, spawn.MaxThreads)
-	return m.fitTasks(int64(2*n+spareThreads+spawners), fmt.Sprintf("starting %d workers (a process and a waiting thread each, %d spare threads and %d spawning threads)", n, spareThreads, spawners))
+	return m.fitTasks(int64(2*n+spareThreads+spawners), fmt.Sprintf("starting %d workers (2 tasks each, %d spare threads and %d spawning threads)", n, spareThreads, spawners))
 }
 
 // passTaskLimit, as an upgrade launches, tells the new master whether the
@@ -125,7 +128,8 @@ func (m *master) passTaskLimit() {
 }
 
 // perWorker is the tasks one more worker takes: its process tree as the
-// running workers measure (at least 1), and the thread waiting for it.
+// running workers measure (at least 1), and one of margin (a waiting
+// thread on kernels before 5.10).
 func (m *master) perWorker() int64 {
 	var sum, n int64
 	for _, w := range m.procs {

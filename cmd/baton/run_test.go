@@ -449,3 +449,40 @@ func TestReplacementThatNeverGetsReadyIsRetried(t *testing.T) {
 		t.Fatalf("served %q, want the latest replacement %d", body, ev.num("pid"))
 	}
 }
+
+// taskCount is how many threads pid has.
+func taskCount(t *testing.T, pid int) int {
+	t.Helper()
+	tasks, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(tasks)
+}
+
+// A master waits for its workers' exits through pidfds in Go's poller: a
+// blocking wait per worker held an OS thread each, a task counted against
+// pids.max and about 50 KiB of stacks, made while a generation started.
+func TestMasterThreadsDoNotGrowWithWorkers(t *testing.T) {
+	t.Parallel()
+	const workers = 24
+	addr := freeAddr(t)
+	b := startBaton(t, nil, "-l", addr, "-w", strconv.Itoa(workers), "--ready", "delay:0s", "--", "sleep", "60")
+	b.waitReady()
+	master := b.firstMaster()
+	if n := len(b.workerPids(1)); n != workers {
+		t.Fatalf("%d workers ready, want %d", n, workers)
+	}
+	// The runtime's own threads (a few per CPU, the signal and spawning
+	// threads) do not depend on the workers; one blocked thread per worker
+	// would put the count above their number.
+	if n := taskCount(t, master); n >= workers {
+		t.Fatalf("master %d runs %d threads for %d workers: a thread per worker", master, n, workers)
+	}
+	// An exit is still seen through the poller.
+	w := b.workerPids(1)[0]
+	if err := syscall.Kill(w, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	b.log.wait(t, "worker_crashed", func(e logEvent) bool { return e["pid"] == float64(w) }, 10*time.Second)
+}

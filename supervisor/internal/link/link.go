@@ -29,7 +29,6 @@ import (
 
 	"github.com/baton-sh/baton/supervisor/internal/notify"
 	"github.com/baton-sh/baton/supervisor/internal/osutil"
-	"golang.org/x/sys/unix"
 )
 
 // Variables the keeper sets for its masters. Masters pass them on to the
@@ -122,23 +121,21 @@ func (l Link) Present() bool { return l.KeeperPID != 0 }
 // its pid was already reused (the pidfd would name another process). The
 // error names the keeper when it cannot be watched (gone: ESRCH).
 func (l Link) WatchGone(child bool, gone func()) error {
-	fd, err := unix.PidfdOpen(l.KeeperPID, 0)
+	w, err := osutil.WatchExit(l.KeeperPID)
 	if err != nil {
 		return fmt.Errorf("watch keeper %d: %w", l.KeeperPID, err)
 	}
 	if child && os.Getppid() != l.KeeperPID {
-		// Re-parented: the keeper was gone before the pidfd was opened.
-		unix.Close(fd)
+		// Re-parented: the keeper was gone before the pidfd was opened,
+		// which may name another process.
+		w.Close()
 		go gone()
 		return nil
 	}
+	// Through the poller: a blocking poll would hold an OS thread for the
+	// master's life, one made while a new master starts.
 	go func() {
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		for {
-			if _, err := unix.Poll(fds, -1); !errors.Is(err, syscall.EINTR) {
-				break
-			}
-		}
+		w.Wait()
 		gone()
 	}()
 	return nil
