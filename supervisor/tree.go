@@ -62,6 +62,14 @@ type procTree struct {
 	// whether it got it.
 	deadline time.Time
 	killed   bool
+	// counted: the survivors already logged and counted in trees.killed.
+	// A tree can be killed twice (at its worker's drain deadline, then
+	// again when that worker's exit is handled) while a process SIGKILLed
+	// the first time is still dying, not yet a zombie, and so still
+	// listed; it is one survivor. Keyed by pid within this one tree: its
+	// kills come moments apart, far less time than the kernel takes to
+	// hand the pid of a process still dying, then reaped, to another.
+	counted map[int]bool
 }
 
 // trees is the master's side of its generation's trees.
@@ -221,15 +229,23 @@ func (m *master) signalTree(w *worker, sig syscall.Signal) {
 }
 
 // killTree SIGKILLs what is left of t, logging each process as a survivor
-// (pid, command, generation, worker), and reason says why.
+// (pid, command, generation, worker), and reason says why. A process is
+// logged and counted once however often its tree is killed.
 func (m *master) killTree(t *procTree, reason string) {
 	if t == nil {
 		return
 	}
 	t.killed = true
 	left := m.members(t)
-	m.trees.killed += len(left)
 	for _, p := range left {
+		if t.counted[p] {
+			continue
+		}
+		if t.counted == nil {
+			t.counted = make(map[int]bool, len(left))
+		}
+		t.counted[p] = true
+		m.trees.killed++
 		m.log.Warn("survivor killed", logevent.SurvivorKilled, zap.Int("pid", p), zap.String("command", osutil.Command(p)),
 			zap.Int("worker", t.w.index), zap.Int("worker_pid", t.w.pid), zap.String("reason", reason),
 			zap.String("mechanism", m.trees.mode))

@@ -3,8 +3,17 @@
 package supervisor
 
 import (
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"testing"
+
+	"github.com/baton-sh/baton/supervisor/internal/cgroup"
+	"github.com/baton-sh/baton/supervisor/internal/logevent"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // movingTable is a process table in which one move happens after a given
@@ -74,5 +83,33 @@ func TestWalkMarkedFindsProcessesThatMove(t *testing.T) {
 				t.Errorf("%s, moved after %d reads: tree %v holds the master %d (no marker)", c.name, moveAt, got, master)
 			}
 		}
+	}
+}
+
+// A tree killed twice, at its worker's drain deadline and again when that
+// worker's exit is handled, while the survivor SIGKILLed the first time is
+// still dying (listed, not yet a zombie), counts and logs that survivor
+// once. Before, old_generation_drained said survivors_killed 2 for one
+// helper (seen under load, with the worker itself killed at the deadline).
+// The dying survivor is a live process listed in a directory that stands
+// for the worker's cgroup: its cgroup.procs names it and a "kill" of it
+// (a write of cgroup.kill) kills nothing.
+func TestKilledSurvivorIsCountedOnce(t *testing.T) {
+	sleep := exec.Command("sleep", "30")
+	if err := sleep.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sleep.Process.Kill(); sleep.Wait() })
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(sleep.Process.Pid)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zap.WarnLevel)
+	m := &master{log: zap.New(core), trees: trees{mode: treeCgroup}}
+	tree := &procTree{w: &worker{index: 0, pid: os.Getpid(), exited: true}, cg: cgroup.Group(dir)}
+	m.killTree(tree, "drain timeout")
+	m.killTree(tree, "worker exited")
+	if got := logs.FilterField(logevent.SurvivorKilled).Len(); m.trees.killed != 1 || got != 1 {
+		t.Fatalf("one survivor killed twice: counted %d, logged %d times; want 1 and 1", m.trees.killed, got)
 	}
 }
