@@ -574,16 +574,20 @@ func (m *master) onSwitchBackWait() {
 
 // drainWhenIdle drains every worker once this master's accept queues are
 // empty, for at most the drain timeout; under the shared strategy at once
-// (another generation accepts from the same queue).
+// (another generation accepts from the same queue). A stopping master
+// (not one that handed over) then refuses new connections: only then,
+// since the refusal waits at most refuseGrace for workers to let go of
+// the sockets, and a worker still accepting, not yet told to drain, sees
+// its accept fail (hello exited with its requests in flight).
 func (m *master) drainWhenIdle() {
 	if !m.cfg.Rollout.Strategy.steered() {
-		m.drainAll()
+		m.drainStopping()
 		return
 	}
 	for _, s := range m.slots {
 		s.cancelRestart()
 	}
-	m.rollout.afterIdle = m.drainAll
+	m.rollout.afterIdle = m.drainStopping
 	files := append([]*os.File(nil), m.files...)
 	bound := m.cfg.DrainTimeout
 	start := m.sys.now()
@@ -591,6 +595,15 @@ func (m *master) drainWhenIdle() {
 		n := m.sys.waitQueueEmpty(files, bound)
 		m.post(evQueueIdle{left: n, waited: m.sys.now().Sub(start)})
 	}()
+}
+
+// drainStopping drains every worker, and refuses new connections if this
+// master is stopping (refuse.go).
+func (m *master) drainStopping() {
+	m.drainAll()
+	if m.phase == phaseStopping {
+		m.refuseNew()
+	}
 }
 
 // leaveGroup closes this master's sockets when it exits. After a

@@ -35,6 +35,7 @@ type (
 	evAcceptCheck    struct{} // sample the accept queues (hints.go)
 	evRefuseCheck    struct{} // have the workers let go of the sockets? (refuse.go)
 	evTreeCheck      struct{} // are exited workers' trees empty? (tree.go)
+	evHookLeftCheck  struct{} // are past hooks' groups empty? (hookleft.go)
 	evHookExit       struct {
 		h      *hookRun
 		status exitStatus
@@ -84,6 +85,7 @@ func (evKeeperGone) isEvent()     {}
 func (evAcceptCheck) isEvent()    {}
 func (evRefuseCheck) isEvent()    {}
 func (evTreeCheck) isEvent()      {}
+func (evHookLeftCheck) isEvent()  {}
 func (evHookExit) isEvent()       {}
 func (evHookTimeout) isEvent()    {}
 func (evHookOutput) isEvent()     {}

@@ -91,6 +91,7 @@ type master struct {
 	accepts      *acceptWatch
 	hook         *hookRun       // the --before-upgrade command while it runs (hook.go)
 	hookLeft     []hookLeftover // groups of past hooks still being ended (hookleft.go)
+	leftChecking bool           // a check of hookLeft is scheduled
 	prog         progressState  // progress.go
 	met          *metrics       // metrics.go
 	rollout      rolloutState   // blue-green and canary (bluegreen.go)
@@ -374,7 +375,6 @@ func (m *master) release(owner bool) {
 	// closes. So an old master that handed over may call it safely, and a
 	// new master whose old one still serves must not.
 	if owner || !m.origin.parentAlive {
-		m.waitCandidate()
 		m.upg.Stop()
 		<-m.upg.Exit()
 		if owner && m.cfg.PIDFile != "" && !m.keeper.Present() {
@@ -382,25 +382,6 @@ func (m *master) release(owner bool) {
 				os.Remove(m.cfg.PIDFile)
 			}
 		}
-	}
-}
-
-// waitCandidate waits, before tableflip's Stop, for a blue-green or canary
-// candidate master that still runs (a stop during its checks or its
-// bake): Stop SIGKILLs a new master that has not said ready, which a
-// candidate says only once promoted, and its workers die with it, with
-// the requests in flight on them. The keeper sent the stop to the
-// candidate too: it drains and exits on its own. Bounded by what that
-// takes it (start-up it may still be in, then its drain), and more.
-func (m *master) waitCandidate() {
-	c := m.rollout.cand
-	if c == nil || c.pid <= 0 {
-		return
-	}
-	m.log.Info("waiting for the candidate generation to drain before exiting", zap.Int("candidate_master_pid", c.pid))
-	deadline := time.Now().Add(m.cfg.ReadyTimeout + m.cfg.DrainTimeout + 5*time.Second)
-	for !osutil.Gone(c.pid) && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -518,13 +499,24 @@ func (m *master) exit() error {
 		return m.bootErr
 	}
 	m.killHookLeftovers()
-	m.release(true)
+	// A new master stopped before it took over owns nothing while its
+	// old master lives: the unix sockets' paths and the pid file are the
+	// old one's.
+	m.release(!m.origin.parentAlive || !m.origin.servingAt.IsZero())
 	m.log.Info("master stopped", logevent.MasterStopped)
 	return nil
 }
 
+// finished reports whether the loop is done. A blue-green or canary
+// candidate (a stop during its checks or bake) keeps an old master's loop
+// going until tableflip's Upgrade has returned with its exit
+// (rolloutDone): the loop must answer the candidate's stop (users back
+// here, so that it drains at once), tableflip reaps it (else the keeper
+// did, and logged a failed master), and tableflip's Stop would SIGKILL a
+// candidate still running, with its workers and their requests.
 func (m *master) finished() bool {
-	return (m.phase == phaseStopping || m.phase == phaseHandedOver) && len(m.procs) == 0 && m.hook == nil && m.treesEmpty()
+	return (m.phase == phaseStopping || m.phase == phaseHandedOver) && len(m.procs) == 0 && m.hook == nil && m.treesEmpty() &&
+		m.hookLeftoversGone() && m.rollout.cand == nil
 }
 
 // handle is the loop's one dispatch: every state change starts here.
@@ -562,6 +554,8 @@ func (m *master) handle(ev event) {
 		m.onRefuseCheck()
 	case evTreeCheck:
 		m.onTreeCheck()
+	case evHookLeftCheck:
+		m.onHookLeftCheck()
 	case evHookExit:
 		m.onHookExit(ev.h, ev.status)
 	case evHookTimeout:
@@ -636,15 +630,16 @@ func (m *master) stop(trigger string) {
 	m.log.Info("stop requested: draining workers", logevent.MasterStopping, zap.String("trigger", trigger),
 		zap.Duration("drain_timeout", m.cfg.DrainTimeout))
 	if m.phase == phaseBooting {
-		m.bootErr = fmt.Errorf("%w: stopped by %s while starting", ErrBootFailed, trigger)
-		if !m.origin.parentAlive {
-			m.bootErr = nil // a plain start interrupted by the operator is a clean stop
-		}
+		// A stop is the operator's (baton stop reaches every master
+		// through the keeper, a blue-green candidate in its bake
+		// included): the generation did not fail, it is not wanted any
+		// more, and the master exits 0 once drained. The old master, if
+		// any, still hears why its upgrade ended; what it owns stays its
+		// own (exit).
 		m.reportFailure("new master received " + trigger + " before its workers were ready")
 		m.dropQueued("master stopping (" + trigger + ")")
 		m.phase = phaseStopping
-		m.drainCandidate()
-		m.refuseNew()
+		m.drainCandidate() // and refuses new connections once the drain is ordered
 		return
 	}
 	m.sdNotify("STOPPING=1")
@@ -764,8 +759,7 @@ func (m *master) bootFailed(err error, reason string, fields ...zap.Field) {
 	m.bootErr = err
 	m.reportFailure(reason)
 	m.phase = phaseStopping
-	m.drainCandidate()
-	m.refuseNew()
+	m.drainCandidate() // and refuses new connections once the drain is ordered
 }
 
 // onNotify handles one sd_notify datagram, attributed by the kernel to the

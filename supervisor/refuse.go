@@ -40,6 +40,8 @@ type refusal struct {
 // candidate has sockets of its own in the group (users reach them once
 // switched, during the bake), so it refuses on them too when stopped;
 // left listening, they parked new clients while the old master's refused.
+// It is called once the workers have been told to drain (drainAll):
+// refuseGrace counts from then.
 func (m *master) refuseNew() {
 	sameSockets := m.origin.parentAlive && m.origin.servingAt.IsZero() && !m.cfg.Rollout.Strategy.steered()
 	if m.lns == nil || m.refusal.started || sameSockets {

@@ -493,6 +493,35 @@ func TestRolloutNewMasterDiedDuringTheBake(t *testing.T) {
 	}
 }
 
+// TestRolloutStopDuringTheBake: baton stop reaches both masters during
+// the bake. The old master's loop goes on after its own workers are gone,
+// while the candidate runs: it takes the candidate's stop report (users
+// back here, and the order that lets the candidate drain at once), and it
+// ends only once tableflip's Upgrade has returned with the candidate's
+// exit. Its loop used to end with its workers; the candidate then waited
+// 1 s for an order nobody sent, and was reaped by the keeper.
+func TestRolloutStopDuringTheBake(t *testing.T) {
+	l, c, rc := baking(t, StrategyBlueGreen)
+	l.signal(syscall.SIGTERM)
+	l.exitDrained()
+	if l.m.phase != phaseStopping || l.m.finished() {
+		t.Fatalf("phase %d, finished %v with the candidate still running; want stopping, not finished", l.m.phase, l.m.finished())
+	}
+	l.m.handle(evNotify{PID: 999, Fields: map[string]string{reportToken: l.m.up.token,
+		reportFailed: "new master received SIGTERM before its workers were ready"}})
+	l.step()
+	if c.stage != stageRolledBack || !slices.Equal(orders(l), []string{"rollback"}) || !slices.Equal(l.steered(), []int{0, 100, 0}) {
+		t.Fatalf("stage %s, orders %v, steering %v; want users back (0) and a rollback order", c.stage, orders(l), l.steered())
+	}
+	if l.m.finished() {
+		t.Fatal("finished before tableflip's Upgrade returned")
+	}
+	finishUpgrade(l, rc, errUpgrade)
+	if !l.m.finished() {
+		t.Fatalf("not finished once the candidate exited (candidate %v)", l.m.rollout.cand)
+	}
+}
+
 func TestRolloutBakeHealthFailure(t *testing.T) {
 	l, c, rc := baking(t, StrategyBlueGreen)
 	l.os.mu.Lock()
@@ -582,6 +611,29 @@ func TestCandidateRolledBack(t *testing.T) {
 	}
 	// Its queue emptied (the fake's at once), its workers drain.
 	l.until("the rolled-back workers' drain", func() bool { return l.proc(0).got(syscall.SIGTERM) })
+}
+
+// TestCandidateStoppedDuringTheBake: a stop is no failure. The candidate
+// tells the old master, drains once users are back there, and exits 0
+// (it used to exit 1, "stopped by SIGTERM while starting").
+func TestCandidateStoppedDuringTheBake(t *testing.T) {
+	l := newCandidate(t)
+	l.signal(syscall.SIGTERM)
+	if l.m.phase != phaseStopping || l.m.bootErr != nil {
+		t.Fatalf("phase %d, bootErr %v; want stopping, no error", l.m.phase, l.m.bootErr)
+	}
+	if !slices.ContainsFunc(l.os.reports, func(r string) bool { return strings.Contains(r, reportFailed+"=") }) {
+		t.Fatalf("the old master was not told: %q", l.os.reports)
+	}
+	if l.proc(0).got(syscall.SIGTERM) {
+		t.Fatal("workers drained before users were back on the old generation")
+	}
+	l.m.handle(evNotify{PID: 1, Fields: map[string]string{reportToken: "tok", orderRollback: "new master failed"}})
+	l.until("the workers' drain", func() bool { return l.proc(0).got(syscall.SIGTERM) && l.proc(1).got(syscall.SIGTERM) })
+	l.exitDrained()
+	if !l.m.finished() || l.m.bootErr != nil {
+		t.Fatalf("finished %v, bootErr %v; want a clean stop", l.m.finished(), l.m.bootErr)
+	}
 }
 
 func TestCandidateOldMasterGoneDuringTheBake(t *testing.T) {

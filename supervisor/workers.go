@@ -409,6 +409,7 @@ func (m *master) drainAll() {
 
 func (m *master) killAll() {
 	m.stopHook(syscall.SIGKILL)
+	m.killHookLeftovers() // hookleft.go
 	for _, w := range m.procs {
 		w.killed = true
 		w.proc.SignalGroup(syscall.SIGKILL)

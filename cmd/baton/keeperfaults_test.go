@@ -89,31 +89,47 @@ func checkServesAfterOldExits(t *testing.T, b *baton, addr string, gen int) {
 
 // A --before-upgrade hook's background process used to die of SIGPIPE at
 // its next line once the old master went away. Now the hook's leftovers
-// end with the hook: SIGTERM to its process group; one that ignores TERM
-// is SIGKILLed when the master exits (or 5 s later).
+// end with the hook: SIGTERM to its process group, and the master waits
+// for them before it exits; one that ignores TERM is SIGKILLed 5 s later.
+// The polite one takes half a second to finish on TERM: a master that
+// SIGKILLed its hook's group as it exited, a handover (some 20 ms) after
+// the TERM, cut that short (and on a loaded machine, a handler that is
+// instant but not yet scheduled).
 func TestHookLeftoversEndWithTheHook(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	for _, c := range []struct{ name, trap string }{
-		{"polite", `trap 'echo TERM >> "$F"; exit 0' TERM`},
+		{"polite", `trap 'sleep 0.5; echo TERM >> "$F"; exit 0' TERM`},
 		{"stubborn", `trap '' TERM`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			f := filepath.Join(dir, c.name)
-			hook := `F=` + f + `; export F; sh -c '` + strings.ReplaceAll(c.trap, `'`, `'\''`) +
-				`; trap "echo PIPE >> \"$F\"" PIPE; echo $$ > "$F.pid"; i=0; while [ $i -lt 100 ]; do i=$((i+1)); echo left-$i || echo EPIPE >> "$F"; sleep 0.1; done' & echo hook-done`
+			// The leftover writes its pid (whole, by a rename) once its
+			// traps are set, and the hook exits only then (or after 10 s):
+			// a TERM before the trap would end it by the default action.
+			leftover := c.trap + `; trap "echo PIPE >> \"$F\"" PIPE; echo $$ > "$F.tmp" && mv "$F.tmp" "$F.pid"; ` +
+				`i=0; while [ $i -lt 200 ]; do i=$((i+1)); echo left-$i || echo EPIPE >> "$F"; sleep 0.1; done`
+			hook := `F=` + f + `; export F; sh -c '` + strings.ReplaceAll(leftover, `'`, `'\''`) + `' & ` +
+				`i=0; while [ ! -e "$F.pid" ] && [ $i -lt 200 ]; do i=$((i+1)); sleep 0.05; done; echo hook-done`
 			addr := freeAddr(t)
 			b := startBaton(t, nil, "-l", addr, "-w", "1", "--before-upgrade", hook, "--", bin("hello"))
 			b.waitReady()
+			from := b.log.len()
 			if code, out := b.ctl(t, "reload"); code != 0 {
 				t.Fatalf("reload: %d\n%s", code, out)
 			}
+			b.log.waitFrom(t, from, "hook_leftovers", nil, 10*time.Second)
 			pidb, err := os.ReadFile(f + ".pid")
 			if err != nil {
 				t.Fatal(err)
 			}
-			pid, _ := strconv.Atoi(strings.TrimSpace(string(pidb)))
-			eventually(t, 8*time.Second, "the hook's leftover to end", func() bool { return !alive(pid) })
+			pid, err := strconv.Atoi(strings.TrimSpace(string(pidb)))
+			if err != nil || pid <= 0 {
+				t.Fatalf("leftover's pid file: %q", pidb)
+			}
+			// SIGKILL comes 5 s after the TERM; the rest is the margin of a
+			// loaded machine.
+			eventually(t, 15*time.Second, "the hook's leftover to end", func() bool { return !alive(pid) })
 			got, _ := os.ReadFile(f)
 			if strings.Contains(string(got), "PIPE") {
 				t.Fatalf("leftover died of a broken pipe: %q", got)

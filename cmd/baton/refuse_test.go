@@ -104,7 +104,9 @@ func TestFailedFirstStartRefusesNewConnections(t *testing.T) {
 // on the candidate completes. Before, the candidate's socket stayed
 // listening (clients parked, then reset), and the old master's exit
 // SIGKILLed the candidate master (tableflip ends a child that has not
-// said ready), its workers and their requests with it.
+// said ready), its workers and their requests with it. And a stop is no
+// failure: the candidate stops cleanly (it used to exit 1, "stopped by
+// SIGTERM while starting", which the keeper logged when it reaped it).
 func TestStopDuringBlueGreenBake(t *testing.T) {
 	t.Parallel()
 	b, addr, envFile := bgSetup(t, "HELLO_TAG=v1\n", "--strategy", "blue-green", "--bake", "20s")
@@ -129,5 +131,8 @@ func TestStopDuringBlueGreenBake(t *testing.T) {
 		if e.str("event") == "master_exited" && e.num("status") != 0 {
 			t.Fatalf("master %d exited with status %d during the stop", e.num("master_pid"), e.num("status"))
 		}
+	}
+	for gen := 1; gen <= 2; gen++ {
+		b.log.waitFrom(t, from, "master_stopped", func(e logEvent) bool { return e.num("generation") == gen }, time.Second)
 	}
 }
