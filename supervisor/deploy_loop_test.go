@@ -290,26 +290,38 @@ func TestScale(t *testing.T) {
 	}
 }
 
-// A new master reports each step of its start to the old master.
+// A new master reports each step of its start to the old master when a
+// reload request follows the upgrade, and none when nobody does (SIGUSR2):
+// only whether it took over.
 func TestNewMasterReportsSteps(t *testing.T) {
-	f, upg := newFakeOS(), newFakeUpgrader()
-	m := newMaster(testConfig(2), f.sys(), upg, 2)
-	m.origin.parentNotify, m.origin.parentToken, m.origin.parentAlive = "@old", "tok", true
-	l := &loop{t: t, m: m, os: f, upg: upg}
-	m.boot()
-	l.step()
-	l.ready(l.proc(0))
-	l.ready(l.proc(1))
-	var got []string
-	for _, r := range f.reports {
-		if _, js, ok := strings.Cut(r, reportProgress+"="); ok && strings.HasPrefix(r, reportToken+"=tok\n") {
-			var p control.Progress
-			json.Unmarshal([]byte(js), &p)
-			got = append(got, p.Event+"/"+strconv.Itoa(p.Generation))
+	for _, followed := range []bool{true, false} {
+		f, upg := newFakeOS(), newFakeUpgrader()
+		m := newMaster(testConfig(2), f.sys(), upg, 2)
+		m.origin.parentNotify, m.origin.parentToken, m.origin.parentAlive = "@old", "tok", true
+		m.origin.followed = followed
+		l := &loop{t: t, m: m, os: f, upg: upg}
+		m.boot()
+		l.step()
+		l.ready(l.proc(0))
+		l.ready(l.proc(1))
+		var got []string
+		ready := 0
+		for _, r := range f.reports {
+			if _, js, ok := strings.Cut(r, reportProgress+"="); ok && strings.HasPrefix(r, reportToken+"=tok\n") {
+				var p control.Progress
+				json.Unmarshal([]byte(js), &p)
+				got = append(got, p.Event+"/"+strconv.Itoa(p.Generation))
+			}
+			if strings.Contains(r, reportReady+"=") {
+				ready++
+			}
 		}
-	}
-	want := "master_started/2 worker_started/2 worker_started/2 worker_ready/2 worker_ready/2 generation_ready/2"
-	if strings.Join(got, " ") != want {
-		t.Fatalf("steps %q, want %q", got, want)
+		want := "master_started/2 worker_started/2 worker_started/2 worker_ready/2 worker_ready/2 generation_ready/2"
+		if !followed {
+			want = ""
+		}
+		if strings.Join(got, " ") != want || ready != 1 {
+			t.Fatalf("followed %v: steps %q and %d ready reports, want %q and 1", followed, got, ready, want)
+		}
 	}
 }

@@ -326,12 +326,26 @@ func TestUpgradeRefusals(t *testing.T) {
 	})
 }
 
+func TestUSR2UpgradeIsNotFollowed(t *testing.T) {
+	l := serving(t, testConfig(2))
+	l.os.env[envFollowed] = "1" // left by an earlier upgrade
+	l.signal(syscall.SIGUSR2)
+	if !l.m.up.running || l.os.env[envFollowed] != "" {
+		t.Fatalf("running %v, %s=%q after SIGUSR2, want an upgrade no reload follows", l.m.up.running, envFollowed, l.os.env[envFollowed])
+	}
+}
+
 func TestHandover(t *testing.T) {
 	l := serving(t, testConfig(2))
 	c := &ctlConn{conn: discardConn{}, req: control.Request{Cmd: control.CmdReload}}
 	l.m.onControl(c)
 	if !l.m.up.running || l.os.env[envNextGeneration] != "2" || l.os.env[envUpgradeToken] == "" {
 		t.Fatalf("upgrade not under way, or the next master's environment not set: %v", l.os.env)
+	}
+	// A reload request follows this upgrade: the new master reports its
+	// steps (progress.go). After a SIGUSR2 it does not (TestUSR2UpgradeIsNotFollowed).
+	if l.os.env[envFollowed] != "1" {
+		t.Fatalf("%s=%q for an upgrade a reload request follows, want 1", envFollowed, l.os.env[envFollowed])
 	}
 	// The new master's report, then tableflip's success.
 	l.m.handle(evNotify{PID: 999, Fields: map[string]string{reportToken: l.m.up.token,

@@ -457,7 +457,7 @@ func (m *master) boot() {
 
 // startGeneration starts this master's workers.
 func (m *master) startGeneration() {
-	m.prog.forwarding.Store(m.origin.parentNotify != "")
+	m.prog.forwarding.Store(m.origin.parentNotify != "" && m.origin.followed)
 	rel, err := resolveRelease(m.cfg)
 	if err != nil {
 		m.bootFailed(fmt.Errorf("%w: %w", ErrBootFailed, err), err.Error())

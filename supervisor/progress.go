@@ -118,9 +118,13 @@ func (m *master) progress(p control.Progress) {
 }
 
 // step reports a step of this master's start to the old master that is
-// upgrading to it, while this generation starts. Elsewhere it does nothing.
+// upgrading to it, while this generation starts, when a reload request
+// asked for the upgrade (no request joins an upgrade under way: it is
+// refused or waits for the next). Elsewhere it does nothing: each report
+// is a datagram that wakes the old master while the new generation starts
+// (10 for 4 workers, 130 for 64), for nobody to read after a SIGUSR2.
 func (m *master) step(p control.Progress) {
-	if m.origin.parentNotify == "" || m.phase != phaseBooting {
+	if m.origin.parentNotify == "" || !m.origin.followed || m.phase != phaseBooting {
 		return
 	}
 	m.sendStep(p)
@@ -138,7 +142,7 @@ func (m *master) sendStep(p control.Progress) {
 // line while this master's generation starts as an upgrade (for baton
 // reload --follow-logs), or nil when there is no one to forward to.
 func (m *master) outputForwarder(index int) func(stream, line string) {
-	if m.origin.parentNotify == "" {
+	if m.origin.parentNotify == "" || !m.origin.followed {
 		return nil
 	}
 	return func(stream, line string) {

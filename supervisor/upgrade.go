@@ -39,6 +39,7 @@ const (
 	envMetrics        = "BATON_MASTER_METRICS" // the counters so far (metrics.go)
 	envNoTaskLimit    = "BATON_NO_TASK_LIMIT"  // "1": the pre-flight checks just found no task limit (tasks.go)
 	envPrevSockets    = "BATON_PREV_SOCKETS"   // blue-green, canary: the old generation's socket inodes, comma-separated (members.go)
+	envFollowed       = "BATON_FOLLOWED"       // "1": a reload request waited for this upgrade when it launched (progress.go)
 )
 
 // Keys of the child's report on the parent's notify socket.
@@ -63,6 +64,7 @@ type originState struct {
 	// once the old master is gone; nil when there is none.
 	keptNotify     func()
 	parentToken    string    // include in reports
+	followed       bool      // a reload request follows the upgrade: report each step (progress.go)
 	start          time.Time // when the old master got the USR2
 	launch         time.Time // when it re-executed baton (steps.go)
 	parentDeadline time.Time // the old master has surely exited by then
@@ -163,8 +165,9 @@ func (u *originState) readUpgradeEnv(hasParent bool) int {
 		u.metrics = os.Getenv(envMetrics)
 		u.noTaskLimit = os.Getenv(envNoTaskLimit) == "1"
 		u.prevSockets = parseInodes(os.Getenv(envPrevSockets))
+		u.followed = os.Getenv(envFollowed) == "1"
 	}
-	for _, k := range []string{envNextGeneration, envUpgradeStart, envUpgradeLaunch, envPreflightCPU, envParentNotify, envUpgradeToken, envNextWorkers, envMetrics, envNoTaskLimit, envPrevSockets, "TABLEFLIP_HAS_PARENT_7DIU3"} {
+	for _, k := range []string{envNextGeneration, envUpgradeStart, envUpgradeLaunch, envPreflightCPU, envParentNotify, envUpgradeToken, envNextWorkers, envMetrics, envNoTaskLimit, envPrevSockets, envFollowed, "TABLEFLIP_HAS_PARENT_7DIU3"} {
 		os.Unsetenv(k)
 	}
 	return gen
@@ -261,6 +264,11 @@ func (m *master) launchUpgrade() {
 	m.sys.setenv(envNextWorkers, strconv.Itoa(len(m.slots)))
 	m.sys.setenv(envMetrics, m.met.carry())
 	m.sys.setenv(envPrevSockets, m.socketInodes())
+	followed := ""
+	if len(u.waiters) > 0 {
+		followed = "1"
+	}
+	m.sys.setenv(envFollowed, followed)
 	u.passed, u.childNotify = m.met.counts(), ""
 	go func() {
 		err := m.upg.Upgrade()

@@ -478,10 +478,13 @@ func TestWorkerOutputFloodAndLongLines(t *testing.T) {
 	b.log.wait(t, "generation_ready", nil, 60*time.Second)
 	// The pump logs at its own pace, behind the worker: wait for the end.
 	b.log.wait(t, "worker_output", func(e logEvent) bool { return e.str("line") == "last words" && e.str("stream") == "stderr" }, 30*time.Second)
-	var partial, flood, longest int
+	var partial, flood, longest, unnamed int
 	for _, ev := range b.log.all() {
 		if ev.str("event") != "worker_output" {
 			continue
+		}
+		if ev.num("pid") <= 0 || ev["worker"] == nil || ev.num("generation") != 1 {
+			unnamed++ // each line says whose it is
 		}
 		l := ev.str("line")
 		longest = max(longest, len(l))
@@ -497,6 +500,9 @@ func TestWorkerOutputFloodAndLongLines(t *testing.T) {
 	}
 	if flood != 20000 {
 		t.Errorf("%d of 20000 stderr lines logged", flood)
+	}
+	if unnamed > 0 {
+		t.Errorf("%d output lines without their worker's pid, index and generation", unnamed)
 	}
 	if rss := rssKB(t, b.firstMaster()); rss > 40<<10 {
 		t.Errorf("master RSS %d KB after the flood", rss)

@@ -303,7 +303,7 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (err error) {
 		// In the binaries' directory: only processes running from there
 		// are the benchmark's (harness.Ours).
 		if b.bin.baseline, err = copyBinary(o.baseline, filepath.Join(dir, "baton-baseline")); err != nil {
-			return err
+			return fmt.Errorf("-baseline: %w", err)
 		}
 		rep.Baseline = &report{}
 	}
@@ -416,7 +416,8 @@ func build(ctx context.Context, dir, tags string) (binaries, error) {
 		bin.baton: "github.com/baton-sh/baton/cmd/baton",
 		bin.hello: "github.com/baton-sh/baton/examples/hello",
 	} {
-		args := []string{"build", "-o", path}
+		linked := path + ".linked"
+		args := []string{"build", "-o", linked}
 		if path == bin.baton && tags != "" {
 			args = append(args, "-tags", tags)
 		}
@@ -431,6 +432,11 @@ func build(ctx context.Context, dir, tags string) (binaries, error) {
 			}
 			return bin, fmt.Errorf("go build %s: %v: %s", pkg, err, oneLine(string(out)))
 		}
+		// Run a copy, as installed (copyBinary says why).
+		if _, err := copyBinary(linked, path); err != nil {
+			return bin, err
+		}
+		os.Remove(linked)
 	}
 	return bin, nil
 }
